@@ -1,0 +1,272 @@
+//! Elementwise kernels: maps over one, two or three views of one shape.
+
+use ndarray::{ArrayD, ArrayViewD, Zip};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::{host, to_vec, view, wrap, PARALLEL_MIN};
+use crate::backend::{BinaryOp, CmpOp, UnaryOp};
+use crate::dtype::DType;
+use crate::storage::{CpuBuffer, RawTensor};
+
+const CHUNK: usize = 8192;
+
+/// `f` applied to every element, in row-major order of the view.
+fn map1<T, U>(x: &ArrayViewD<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
+where
+    T: Copy + Send + Sync,
+    U: Copy + Send + Sync + Default,
+{
+    let n = x.len();
+    if let Some(s) = x.as_slice() {
+        if n >= PARALLEL_MIN {
+            let mut out = vec![U::default(); n];
+            out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| {
+                for (o, &i) in o.iter_mut().zip(i) {
+                    *o = f(i);
+                }
+            });
+            return out;
+        }
+        return s.iter().map(|&v| f(v)).collect();
+    }
+    let mut out = ArrayD::<U>::default(x.raw_dim());
+    let z = Zip::from(&mut out).and(x);
+    if n >= PARALLEL_MIN {
+        z.par_for_each(|o, &i| *o = f(i));
+    } else {
+        z.for_each(|o, &i| *o = f(i));
+    }
+    out.into_raw_vec_and_offset().0
+}
+
+/// `f` applied to pairs of elements of two views of one shape.
+fn map2<T, U>(a: &ArrayViewD<T>, b: &ArrayViewD<T>, f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U>
+where
+    T: Copy + Send + Sync,
+    U: Copy + Send + Sync + Default,
+{
+    let n = a.len();
+    if let (Some(sa), Some(sb)) = (a.as_slice(), b.as_slice()) {
+        if n >= PARALLEL_MIN {
+            let mut out = vec![U::default(); n];
+            out.par_chunks_mut(CHUNK)
+                .zip(sa.par_chunks(CHUNK).zip(sb.par_chunks(CHUNK)))
+                .for_each(|(o, (x, y))| {
+                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                        *o = f(x, y);
+                    }
+                });
+            return out;
+        }
+        return sa.iter().zip(sb).map(|(&x, &y)| f(x, y)).collect();
+    }
+    let mut out = ArrayD::<U>::default(a.raw_dim());
+    let z = Zip::from(&mut out).and(a).and(b);
+    if n >= PARALLEL_MIN {
+        z.par_for_each(|o, &x, &y| *o = f(x, y));
+    } else {
+        z.for_each(|o, &x, &y| *o = f(x, y));
+    }
+    out.into_raw_vec_and_offset().0
+}
+
+fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &ArrayViewD<T>) -> Vec<T> {
+    let one = T::one();
+    let zero = T::zero();
+    match op {
+        UnaryOp::Neg => map1(x, |v| -v),
+        UnaryOp::Exp => map1(x, |v| v.exp()),
+        UnaryOp::Log => map1(x, |v| v.ln()),
+        UnaryOp::Log1p => map1(x, |v| v.ln_1p()),
+        UnaryOp::Sqrt => map1(x, |v| v.sqrt()),
+        UnaryOp::Rsqrt => map1(x, |v| one / v.sqrt()),
+        UnaryOp::Sin => map1(x, |v| v.sin()),
+        UnaryOp::Cos => map1(x, |v| v.cos()),
+        UnaryOp::Tanh => map1(x, |v| v.tanh()),
+        UnaryOp::Sigmoid => map1(x, |v| {
+            if v >= zero {
+                one / (one + (-v).exp())
+            } else {
+                let e = v.exp();
+                e / (one + e)
+            }
+        }),
+        UnaryOp::Abs => map1(x, |v| v.abs()),
+        UnaryOp::Sign => map1(x, |v| {
+            if v > zero {
+                one
+            } else if v < zero {
+                -one
+            } else {
+                v
+            }
+        }),
+        UnaryOp::Relu => map1(x, |v| if v > zero { v } else { zero }),
+        UnaryOp::Not => unreachable!("checked by the op layer"),
+    }
+}
+
+/// Elementwise unary kernel.
+pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
+    let shape = x.shape();
+    match host(x) {
+        CpuBuffer::F32(d) => wrap(float_unary(op, &view(d, &x.layout)), shape),
+        CpuBuffer::F64(d) => wrap(float_unary(op, &view(d, &x.layout)), shape),
+        CpuBuffer::I64(d) => {
+            let v = view(d, &x.layout);
+            let out = match op {
+                UnaryOp::Neg => map1(&v, |a: i64| a.wrapping_neg()),
+                UnaryOp::Abs => map1(&v, |a: i64| a.wrapping_abs()),
+                UnaryOp::Sign => map1(&v, |a: i64| a.signum()),
+                UnaryOp::Relu => map1(&v, |a: i64| a.max(0)),
+                _ => unreachable!("checked by the op layer"),
+            };
+            wrap(out, shape)
+        }
+        CpuBuffer::Bool(d) => wrap(map1(&view(d, &x.layout), |a: bool| !a), shape),
+    }
+}
+
+fn float_binary<T: Float + Send + Sync + Default>(op: BinaryOp, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<T> {
+    match op {
+        BinaryOp::Add => map2(a, b, |x, y| x + y),
+        BinaryOp::Sub => map2(a, b, |x, y| x - y),
+        BinaryOp::Mul => map2(a, b, |x, y| x * y),
+        BinaryOp::Div => map2(a, b, |x, y| x / y),
+        BinaryOp::Pow => map2(a, b, |x, y| x.powf(y)),
+        BinaryOp::Maximum => map2(a, b, |x, y| if x.is_nan() || x >= y { x } else { y }),
+        BinaryOp::Minimum => map2(a, b, |x, y| if x.is_nan() || x <= y { x } else { y }),
+        _ => unreachable!("checked by the op layer"),
+    }
+}
+
+fn int_pow(x: i64, y: i64) -> i64 {
+    if y < 0 {
+        panic!("pow: integer base {x} to the negative power {y}; cast to a float dtype first")
+    }
+    x.wrapping_pow(y.min(u32::MAX as i64) as u32)
+}
+
+fn int_div(x: i64, y: i64) -> i64 {
+    if y == 0 {
+        panic!("div: integer division by zero; cast to a float dtype for IEEE semantics")
+    }
+    x.div_euclid(y) - if y < 0 && x.rem_euclid(y) != 0 { 1 } else { 0 }
+}
+
+/// Elementwise binary kernel.
+pub(super) fn binary(op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let shape = a.shape();
+    match (host(a), host(b)) {
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
+            wrap(float_binary(op, &view(x, &a.layout), &view(y, &b.layout)), shape)
+        }
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
+            wrap(float_binary(op, &view(x, &a.layout), &view(y, &b.layout)), shape)
+        }
+        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => {
+            let (x, y) = (view(x, &a.layout), view(y, &b.layout));
+            let out = match op {
+                BinaryOp::Add => map2(&x, &y, |p: i64, q| p.wrapping_add(q)),
+                BinaryOp::Sub => map2(&x, &y, |p: i64, q| p.wrapping_sub(q)),
+                BinaryOp::Mul => map2(&x, &y, |p: i64, q| p.wrapping_mul(q)),
+                BinaryOp::Div => map2(&x, &y, int_div),
+                BinaryOp::Pow => map2(&x, &y, int_pow),
+                BinaryOp::Maximum => map2(&x, &y, |p: i64, q| p.max(q)),
+                BinaryOp::Minimum => map2(&x, &y, |p: i64, q| p.min(q)),
+                _ => unreachable!("checked by the op layer"),
+            };
+            wrap(out, shape)
+        }
+        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => {
+            let (x, y) = (view(x, &a.layout), view(y, &b.layout));
+            let out = match op {
+                BinaryOp::And | BinaryOp::Mul | BinaryOp::Minimum => map2(&x, &y, |p: bool, q| p & q),
+                BinaryOp::Or | BinaryOp::Add | BinaryOp::Maximum => map2(&x, &y, |p: bool, q| p | q),
+                BinaryOp::Xor => map2(&x, &y, |p: bool, q| p ^ q),
+                _ => unreachable!("checked by the op layer"),
+            };
+            wrap(out, shape)
+        }
+        _ => unreachable!("operands of one dtype: checked by the op layer"),
+    }
+}
+
+fn cmp<T: PartialOrd + Copy + Send + Sync>(op: CmpOp, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<bool> {
+    match op {
+        CmpOp::Eq => map2(a, b, |x, y| x == y),
+        CmpOp::Ne => map2(a, b, |x, y| x != y),
+        CmpOp::Lt => map2(a, b, |x, y| x < y),
+        CmpOp::Le => map2(a, b, |x, y| x <= y),
+        CmpOp::Gt => map2(a, b, |x, y| x > y),
+        CmpOp::Ge => map2(a, b, |x, y| x >= y),
+    }
+}
+
+/// Elementwise comparison kernel.
+pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let shape = a.shape();
+    let out = match (host(a), host(b)) {
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
+        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
+        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
+        _ => unreachable!("operands of one dtype: checked by the op layer"),
+    };
+    wrap(out, shape)
+}
+
+fn sel<T: Copy + Send + Sync + Default>(c: &ArrayViewD<bool>, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<T> {
+    let mut out = ArrayD::<T>::default(a.raw_dim());
+    Zip::from(&mut out).and(c).and(a).and(b).for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+    out.into_raw_vec_and_offset().0
+}
+
+/// `cond ? a : b` kernel.
+pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let CpuBuffer::Bool(c) = host(cond) else { unreachable!("condition is bool: checked by the op layer") };
+    let c = view(c, &cond.layout);
+    let shape = a.shape();
+    match (host(a), host(b)) {
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
+        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
+        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
+        _ => unreachable!("operands of one dtype: checked by the op layer"),
+    }
+}
+
+fn cast_view<T: Copy + Send + Sync>(v: &ArrayViewD<T>, dtype: DType, shape: &[usize], to: impl Fn(T) -> f64 + Sync + Send) -> RawTensor {
+    match dtype {
+        DType::F32 => wrap(map1(v, |x| to(x) as f32), shape),
+        DType::F64 => wrap(map1(v, &to), shape),
+        DType::I64 => wrap(map1(v, |x| to(x) as i64), shape),
+        DType::Bool => wrap(map1(v, |x| to(x) != 0.0), shape),
+    }
+}
+
+/// Dtype conversion kernel (floats to i64 truncate toward zero; non-zero is true).
+pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
+    let shape = x.shape();
+    match host(x) {
+        CpuBuffer::F32(d) if dtype == DType::F64 => wrap(map1(&view(d, &x.layout), |v| v as f64), shape),
+        CpuBuffer::F64(d) if dtype == DType::F32 => wrap(map1(&view(d, &x.layout), |v| v as f32), shape),
+        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(to_vec(&view(d, &x.layout)), shape),
+        CpuBuffer::F32(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v as f64),
+        CpuBuffer::F64(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v),
+        CpuBuffer::I64(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v as f64),
+        CpuBuffer::Bool(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| if v { 1.0 } else { 0.0 }),
+    }
+}
+
+/// Row-major copy of a view.
+pub(super) fn contiguous(x: &RawTensor) -> RawTensor {
+    let shape = x.shape();
+    match host(x) {
+        CpuBuffer::F32(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
+        CpuBuffer::F64(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
+        CpuBuffer::I64(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
+        CpuBuffer::Bool(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
+    }
+}

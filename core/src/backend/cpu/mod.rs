@@ -1,0 +1,188 @@
+//! The built-in CPU backend: ndarray views over shared host buffers, gemm for matmul, rayon for
+//! large elementwise and reduction kernels.
+
+mod elementwise;
+mod index;
+mod matmul;
+mod reduce;
+
+use std::sync::{Arc, OnceLock};
+
+use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
+
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::layout::Layout;
+use crate::storage::{CpuBuffer, RawTensor, Storage};
+
+/// Element count from which kernels split their work across threads.
+pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+
+/// The CPU backend (stateless).
+#[derive(Debug, Default)]
+pub struct CpuBackend;
+
+/// The shared CPU backend instance.
+pub fn cpu_backend() -> Arc<dyn Backend> {
+    static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
+    CPU.get_or_init(|| Arc::new(CpuBackend)).clone()
+}
+
+/// An ndarray view of `data` under `layout` (negative and zero strides allowed).
+pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
+    let rank = layout.rank();
+    let mut base = layout.offset as isize;
+    let mut strides = Vec::with_capacity(rank);
+    for i in 0..rank {
+        let s = layout.strides[i];
+        if s < 0 && layout.shape[i] > 0 {
+            base += s * (layout.shape[i] as isize - 1);
+        }
+        strides.push(s.unsigned_abs());
+    }
+    let numel = layout.numel();
+    if numel == 0 {
+        return ArrayViewD::from_shape(IxDyn(&layout.shape), &[]).expect("empty view");
+    }
+    assert!(base >= 0 && (base as usize) < data.len().max(1), "layout out of buffer bounds");
+    // SAFETY: the layout was derived by view operations from a layout that addressed only
+    // elements of this buffer, so every index it reaches lies inside `data`; the view is
+    // read-only, so aliasing through zero strides is allowed.
+    let mut v = unsafe {
+        ArrayViewD::from_shape_ptr(
+            IxDyn(&layout.shape).strides(IxDyn(&strides)),
+            data.as_ptr().add(base as usize),
+        )
+    };
+    for i in 0..rank {
+        if layout.strides[i] < 0 {
+            v.invert_axis(Axis(i));
+        }
+    }
+    v
+}
+
+/// The host buffer of a CPU tensor (panics for other devices: the dispatcher prevents that).
+pub(crate) fn host(x: &RawTensor) -> &CpuBuffer {
+    match &x.storage {
+        Storage::Cpu(b) => b,
+        Storage::Device(b) => panic!("cpu backend received a tensor on {}", b.device()),
+    }
+}
+
+/// Wraps a freshly computed contiguous vector as a tensor.
+pub(crate) fn wrap<T: 'static>(data: Vec<T>, shape: &[usize]) -> RawTensor
+where
+    Vec<T>: IntoBuffer,
+{
+    RawTensor::from_cpu(data.into_buffer(), shape)
+}
+
+/// Conversion of a typed vector into a [`CpuBuffer`].
+pub(crate) trait IntoBuffer {
+    /// Moves the vector into a shared buffer.
+    fn into_buffer(self) -> CpuBuffer;
+}
+
+macro_rules! into_buffer {
+    ($t:ty, $v:ident) => {
+        impl IntoBuffer for Vec<$t> {
+            fn into_buffer(self) -> CpuBuffer {
+                CpuBuffer::$v(Arc::new(self))
+            }
+        }
+    };
+}
+into_buffer!(f32, F32);
+into_buffer!(f64, F64);
+into_buffer!(i64, I64);
+into_buffer!(bool, Bool);
+
+/// Elements of a view in row-major order, as a new vector (no copy work beyond the walk).
+pub(crate) fn to_vec<T: Copy>(v: &ArrayViewD<T>) -> Vec<T> {
+    match v.as_slice() {
+        Some(s) => s.to_vec(),
+        None => v.iter().copied().collect(),
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn unary(&self, op: UnaryOp, x: &RawTensor) -> RawTensor {
+        elementwise::unary(op, x)
+    }
+
+    fn binary(&self, op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::binary(op, a, b)
+    }
+
+    fn compare(&self, op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::compare(op, a, b)
+    }
+
+    fn select(&self, cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::select(cond, a, b)
+    }
+
+    fn reduce(&self, op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
+        reduce::reduce(op, x, axes)
+    }
+
+    fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
+        reduce::arg_reduce(op, x, axis)
+    }
+
+    fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        matmul::matmul(a, b)
+    }
+
+    fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
+        elementwise::cast(x, dtype)
+    }
+
+    fn contiguous(&self, x: &RawTensor) -> RawTensor {
+        elementwise::contiguous(x)
+    }
+
+    fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor {
+        index::gather(x, idx)
+    }
+
+    fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        index::scatter_add(base, idx, upd)
+    }
+
+    fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
+        index::concat(xs, axis)
+    }
+
+    fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor {
+        index::embed(x, shape, starts, steps)
+    }
+
+    fn full(&self, shape: &[usize], dtype: DType, value: f64, _device: Device) -> RawTensor {
+        let n = crate::shape::numel(shape);
+        match dtype {
+            DType::F32 => wrap(vec![value as f32; n], shape),
+            DType::F64 => wrap(vec![value; n], shape),
+            DType::I64 => wrap(vec![value as i64; n], shape),
+            DType::Bool => wrap(vec![value != 0.0; n], shape),
+        }
+    }
+
+    fn from_host(&self, buf: CpuBuffer, shape: &[usize], _device: Device) -> RawTensor {
+        RawTensor::from_cpu(buf, shape)
+    }
+
+    fn to_host(&self, x: &RawTensor) -> CpuBuffer {
+        let buf = host(x);
+        if x.layout.is_contiguous() && x.layout.offset == 0 && buf.len() == x.layout.numel() {
+            return buf.clone();
+        }
+        host(&elementwise::contiguous(x)).clone()
+    }
+}

@@ -1,0 +1,139 @@
+//! Reduction kernels: the reduced axes are moved last and every output element folds one
+//! contiguous run of input elements. Chunking is fixed (not thread-count dependent), so results
+//! are identical on every machine.
+
+use ndarray::ArrayViewD;
+use rayon::prelude::*;
+
+use super::{host, view, wrap, IntoBuffer, PARALLEL_MIN};
+use crate::backend::{ArgOp, ReduceOp};
+use crate::storage::{CpuBuffer, RawTensor};
+
+const FOLD_CHUNK: usize = 16384;
+
+/// The view's elements with `axes` moved last, row-major, plus the output count and run length.
+fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
+    let rank = v.ndim();
+    let mut perm: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
+    perm.extend_from_slice(axes);
+    let p = v.clone().permuted_axes(perm);
+    let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
+    let outputs = if run == 0 { v.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &s)| s).product() } else { v.len() / run };
+    let data = match p.as_slice() {
+        Some(s) => s.to_vec(),
+        None => p.iter().copied().collect(),
+    };
+    (data, outputs, run)
+}
+
+fn fold_run<T: Copy + Send + Sync>(run: &[T], init: T, f: fn(T, T) -> T) -> T {
+    if run.len() >= PARALLEL_MIN {
+        let parts: Vec<T> = run.par_chunks(FOLD_CHUNK).map(|c| c.iter().fold(init, |a, &b| f(a, b))).collect();
+        parts.into_iter().fold(init, f)
+    } else {
+        // Several accumulators break the dependency chain (the compiler vectorises this).
+        let mut acc = [init; 8];
+        let mut chunks = run.chunks_exact(8);
+        for c in &mut chunks {
+            for i in 0..8 {
+                acc[i] = f(acc[i], c[i]);
+            }
+        }
+        let mut total = init;
+        for a in acc {
+            total = f(total, a);
+        }
+        chunks.remainder().iter().fold(total, |a, &b| f(a, b))
+    }
+}
+
+fn reduce_typed<T>(v: &ArrayViewD<T>, axes: &[usize], init: T, f: fn(T, T) -> T) -> Vec<T>
+where
+    T: Copy + Send + Sync,
+{
+    let (data, outputs, run) = runs(v, axes);
+    if run == 0 {
+        return vec![init; outputs];
+    }
+    if outputs * run >= PARALLEL_MIN && outputs > 1 {
+        data.par_chunks(run).map(|c| fold_run(c, init, f)).collect()
+    } else {
+        data.chunks(run).map(|c| fold_run(c, init, f)).collect()
+    }
+}
+
+macro_rules! float_reduce {
+    ($t:ty, $op:expr, $v:expr, $axes:expr) => {
+        match $op {
+            ReduceOp::Sum => reduce_typed::<$t>($v, $axes, 0.0, |a, b| a + b),
+            ReduceOp::Prod => reduce_typed::<$t>($v, $axes, 1.0, |a, b| a * b),
+            ReduceOp::Max => reduce_typed::<$t>($v, $axes, <$t>::NEG_INFINITY, |a, b| if a.is_nan() || a >= b { a } else { b }),
+            ReduceOp::Min => reduce_typed::<$t>($v, $axes, <$t>::INFINITY, |a, b| if a.is_nan() || a <= b { a } else { b }),
+        }
+    };
+}
+
+/// Reduction kernel, keeping reduced axes as extent 1.
+pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
+    let mut shape = x.shape().to_vec();
+    for &a in axes {
+        shape[a] = 1;
+    }
+    match host(x) {
+        CpuBuffer::F32(d) => wrap(float_reduce!(f32, op, &view(d, &x.layout), axes), &shape),
+        CpuBuffer::F64(d) => wrap(float_reduce!(f64, op, &view(d, &x.layout), axes), &shape),
+        CpuBuffer::I64(d) => {
+            let v = view(d, &x.layout);
+            let out = match op {
+                ReduceOp::Sum => reduce_typed::<i64>(&v, axes, 0, |a, b| a.wrapping_add(b)),
+                ReduceOp::Prod => reduce_typed::<i64>(&v, axes, 1, |a, b| a.wrapping_mul(b)),
+                ReduceOp::Max => reduce_typed::<i64>(&v, axes, i64::MIN, |a, b| a.max(b)),
+                ReduceOp::Min => reduce_typed::<i64>(&v, axes, i64::MAX, |a, b| a.min(b)),
+            };
+            wrap(out, &shape)
+        }
+        CpuBuffer::Bool(d) => {
+            let v = view(d, &x.layout);
+            let out = match op {
+                ReduceOp::Max | ReduceOp::Sum => reduce_typed::<bool>(&v, axes, false, |a, b| a | b),
+                ReduceOp::Min | ReduceOp::Prod => reduce_typed::<bool>(&v, axes, true, |a, b| a & b),
+            };
+            wrap(out, &shape)
+        }
+    }
+}
+
+fn arg_typed<T: Copy + PartialOrd + Send + Sync>(v: &ArrayViewD<T>, axis: usize, max: bool) -> Vec<i64> {
+    let (data, outputs, run) = runs(v, &[axis]);
+    if run == 0 {
+        panic!("argmax/argmin: the reduced axis {axis} has extent 0 (shape {:?})", v.shape());
+    }
+    let _ = outputs;
+    data.chunks(run)
+        .map(|c| {
+            let mut best = 0usize;
+            for (i, &val) in c.iter().enumerate().skip(1) {
+                // NaN never compares greater, so the first element wins ties, as in NumPy.
+                let better = if max { val > c[best] } else { val < c[best] };
+                if better {
+                    best = i;
+                }
+            }
+            best as i64
+        })
+        .collect()
+}
+
+/// Index-of-extremum kernel, keeping `axis` as extent 1.
+pub(super) fn arg_reduce(op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
+    let mut shape = x.shape().to_vec();
+    shape[axis] = 1;
+    let max = op == ArgOp::ArgMax;
+    let out = match host(x) {
+        CpuBuffer::F32(d) => arg_typed(&view(d, &x.layout), axis, max),
+        CpuBuffer::F64(d) => arg_typed(&view(d, &x.layout), axis, max),
+        CpuBuffer::I64(d) => arg_typed(&view(d, &x.layout), axis, max),
+        CpuBuffer::Bool(d) => arg_typed(&view(d, &x.layout), axis, max),
+    };
+    RawTensor::from_cpu(out.into_buffer(), &shape)
+}

@@ -1,0 +1,188 @@
+//! The `Backend` trait: the kernels every device must provide, and the registry that maps a
+//! [`Device`] to its backend. The CPU backend is built in; other crates register theirs.
+
+pub mod cpu;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::storage::{CpuBuffer, RawTensor};
+
+/// Elementwise functions of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `e^x`
+    Exp,
+    /// natural logarithm
+    Log,
+    /// `log(1 + x)`
+    Log1p,
+    /// square root
+    Sqrt,
+    /// `1 / sqrt(x)`
+    Rsqrt,
+    /// sine
+    Sin,
+    /// cosine
+    Cos,
+    /// hyperbolic tangent
+    Tanh,
+    /// `1 / (1 + e^-x)`
+    Sigmoid,
+    /// absolute value
+    Abs,
+    /// -1, 0 or 1
+    Sign,
+    /// `max(x, 0)`
+    Relu,
+    /// logical not (bool)
+    Not,
+}
+
+/// Elementwise functions of two operands of the same shape and dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a ^ b`
+    Pow,
+    /// larger of the two
+    Maximum,
+    /// smaller of the two
+    Minimum,
+    /// logical and (bool)
+    And,
+    /// logical or (bool)
+    Or,
+    /// logical exclusive or (bool)
+    Xor,
+}
+
+/// Elementwise comparisons; the result is bool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// `a == b`
+    Eq,
+    /// `a != b`
+    Ne,
+    /// `a < b`
+    Lt,
+    /// `a <= b`
+    Le,
+    /// `a > b`
+    Gt,
+    /// `a >= b`
+    Ge,
+}
+
+/// Reductions over axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// sum
+    Sum,
+    /// product
+    Prod,
+    /// maximum
+    Max,
+    /// minimum
+    Min,
+}
+
+/// Index-of-extremum reductions over one axis; the result is i64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArgOp {
+    /// index of the first maximum
+    ArgMax,
+    /// index of the first minimum
+    ArgMin,
+}
+
+/// The kernels of one device family. Inputs arrive checked: shapes agree (binary operands are
+/// already broadcast views of one shape), dtypes agree, axes are in range. Outputs are new
+/// contiguous tensors on the same device.
+pub trait Backend: Send + Sync {
+    /// A short name for messages (`cpu`, `cuda`).
+    fn name(&self) -> &'static str;
+    /// Elementwise function of one operand; same dtype out (bool for `Not`).
+    fn unary(&self, op: UnaryOp, x: &RawTensor) -> RawTensor;
+    /// Elementwise function of two operands of one shape and dtype.
+    fn binary(&self, op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor;
+    /// Elementwise comparison of two operands of one shape and dtype, giving bool.
+    fn compare(&self, op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor;
+    /// `cond ? a : b` elementwise; all three of one shape, `cond` bool.
+    fn select(&self, cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor;
+    /// Reduces `axes` (sorted, distinct) keeping them as extent-1 axes.
+    fn reduce(&self, op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor;
+    /// Index of the extremum along `axis`, keeping it as an extent-1 axis; i64.
+    fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor;
+    /// `[..., m, k] x [..., k, n] -> [..., m, n]`; the leading (batch) extents are equal.
+    fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor;
+    /// Converts elements to `dtype`.
+    fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
+    /// A contiguous copy.
+    fn contiguous(&self, x: &RawTensor) -> RawTensor;
+    /// `out[b, p, i, q] = x[b, p, idx[b, i], q]` with `x: [B, P, N, Q]`, `idx: [B, I]` (i64,
+    /// already in `0..N`).
+    fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor;
+    /// `base` plus `upd[b, p, i, q]` added at `[b, p, idx[b, i], q]`; shapes as in `gather`.
+    fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor;
+    /// Joins tensors of equal shapes except along `axis`.
+    fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor;
+    /// Zeros of `shape` with `x` written at `starts[a] + steps[a] * i` along every axis `a`
+    /// (steps positive): the transpose of strided slicing.
+    fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor;
+    /// A tensor of `shape` filled with `value` (converted to `dtype`).
+    fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor;
+    /// Copies a host buffer onto `device`.
+    fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor;
+    /// Copies a tensor into a contiguous host buffer.
+    fn to_host(&self, x: &RawTensor) -> CpuBuffer;
+}
+
+type Registry = RwLock<HashMap<&'static str, Arc<dyn Backend>>>;
+
+fn registry() -> &'static Registry {
+    static REG: OnceLock<Registry> = OnceLock::new();
+    REG.get_or_init(|| RwLock::new(HashMap::new()))
+}
+
+fn family(device: Device) -> &'static str {
+    match device {
+        Device::Cpu => "cpu",
+        Device::Cuda(_) => "cuda",
+    }
+}
+
+/// Registers the backend that computes tensors of `device`'s family (all CUDA ordinals share
+/// one backend). Called by device crates at initialisation.
+pub fn register_backend(device: Device, backend: Arc<dyn Backend>) {
+    registry().write().unwrap_or_else(|e| e.into_inner()).insert(family(device), backend);
+}
+
+/// The backend for `device`, or an error saying that none is registered.
+pub fn try_backend_for(device: Device) -> crate::error::Result<Arc<dyn Backend>> {
+    if device == Device::Cpu {
+        return Ok(cpu::cpu_backend());
+    }
+    registry().read().unwrap_or_else(|e| e.into_inner()).get(family(device)).cloned().ok_or_else(|| {
+        crate::error::Error::DeviceUnavailable {
+            device,
+            reason: "no backend is registered for it; enable and initialise the nabla-cuda backend".into(),
+        }
+    })
+}
+
+/// The backend for `device`; panics with a hint when none is registered.
+pub fn backend_for(device: Device) -> Arc<dyn Backend> {
+    try_backend_for(device).unwrap_or_else(|e| panic!("{e}"))
+}

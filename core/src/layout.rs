@@ -1,0 +1,107 @@
+//! Strided layouts: how a logical index maps into a flat storage buffer.
+//!
+//! Views (transpose, broadcast, slicing with steps, flips, expand/squeeze and reshapes of
+//! contiguous data) only change the layout and share the storage, as NumPy does.
+
+use crate::shape::{contiguous_strides, numel};
+
+/// Shape, strides (in elements, possibly zero or negative) and offset of a view into a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Extent of every axis.
+    pub shape: Vec<usize>,
+    /// Step in elements between neighbours along every axis.
+    pub strides: Vec<isize>,
+    /// Index in the buffer of the element at index `[0, 0, ...]`.
+    pub offset: usize,
+}
+
+impl Layout {
+    /// A row-major layout starting at offset 0.
+    pub fn contiguous(shape: &[usize]) -> Layout {
+        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Rank (number of axes).
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// True when the view is row-major with no gaps (axes of extent 1 may have any stride).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1isize;
+        for i in (0..self.shape.len()).rev() {
+            if self.shape[i] == 1 {
+                continue;
+            }
+            if self.strides[i] != expected {
+                return false;
+            }
+            expected *= self.shape[i] as isize;
+        }
+        true
+    }
+
+    /// Axes reordered: axis `i` of the result is axis `perm[i]` of `self`.
+    pub fn permute(&self, perm: &[usize]) -> Layout {
+        Layout {
+            shape: perm.iter().map(|&p| self.shape[p]).collect(),
+            strides: perm.iter().map(|&p| self.strides[p]).collect(),
+            offset: self.offset,
+        }
+    }
+
+    /// Broadcast (right-aligned, extents 1 become `shape`'s extents with stride 0).
+    /// The caller has checked compatibility.
+    pub fn broadcast_to(&self, shape: &[usize]) -> Layout {
+        let lead = shape.len() - self.rank();
+        let mut strides = vec![0isize; shape.len()];
+        for i in 0..self.rank() {
+            if self.shape[i] == shape[lead + i] {
+                strides[lead + i] = self.strides[i];
+            }
+        }
+        Layout { shape: shape.to_vec(), strides, offset: self.offset }
+    }
+
+    /// Keeps elements `start, start + step, ...` (`len` of them) along `axis`; `step` may be negative.
+    pub fn slice_axis(&self, axis: usize, start: usize, step: isize, len: usize) -> Layout {
+        let mut out = self.clone();
+        if len > 0 {
+            out.offset = (self.offset as isize + start as isize * self.strides[axis]) as usize;
+        }
+        out.shape[axis] = len;
+        out.strides[axis] = self.strides[axis] * step;
+        out
+    }
+
+    /// Inserts an axis of extent 1 at `axis`.
+    pub fn expand_dims(&self, axis: usize) -> Layout {
+        let mut out = self.clone();
+        out.shape.insert(axis, 1);
+        out.strides.insert(axis, 0);
+        out
+    }
+
+    /// Removes the axis `axis`, which must have extent 1.
+    pub fn squeeze_axis(&self, axis: usize) -> Layout {
+        let mut out = self.clone();
+        out.shape.remove(axis);
+        out.strides.remove(axis);
+        out
+    }
+
+    /// The same elements under a new shape, when that needs no copy (contiguous data).
+    pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
+        if self.is_contiguous() {
+            Some(Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset })
+        } else {
+            None
+        }
+    }
+}

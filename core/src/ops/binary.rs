@@ -1,0 +1,188 @@
+//! Elementwise functions of two tensors with NumPy broadcasting, and their derivatives.
+
+use super::{promote_pair, require_float, require_same_device};
+use crate::backend::BinaryOp;
+use crate::dtype::DType;
+use crate::shape::broadcast_shapes;
+use crate::tensor::Tensor;
+use crate::trace::Rule;
+
+fn op_name(op: BinaryOp) -> &'static str {
+    match op {
+        BinaryOp::Add => "add",
+        BinaryOp::Sub => "sub",
+        BinaryOp::Mul => "mul",
+        BinaryOp::Div => "div",
+        BinaryOp::Pow => "pow",
+        BinaryOp::Maximum => "maximum",
+        BinaryOp::Minimum => "minimum",
+        BinaryOp::And => "logical_and",
+        BinaryOp::Or => "logical_or",
+        BinaryOp::Xor => "logical_xor",
+    }
+}
+
+/// Both operands as views of their broadcast shape (no copy).
+pub(crate) fn broadcast_views(op: &str, a: &Tensor, b: &Tensor) -> (crate::storage::RawTensor, crate::storage::RawTensor, Vec<usize>) {
+    let shape = broadcast_shapes(op, a.shape(), b.shape());
+    let ra = a.raw().with_layout(a.layout().broadcast_to(&shape));
+    let rb = b.raw().with_layout(b.layout().broadcast_to(&shape));
+    (ra, rb, shape)
+}
+
+struct BinaryRule(BinaryOp);
+
+/// `1` where `x` wins against `y` under `strict`, `0.5` on ties, else `0` (JAX's convention for
+/// the gradient of maximum/minimum).
+fn winner_mask(x: &Tensor, y: &Tensor, strict: fn(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    let d = x.dtype();
+    strict(x, y).cast(d) + x.eq(y).cast(d) * 0.5
+}
+
+impl BinaryRule {
+    /// The partial derivatives (d out/d a, d out/d b) multiplied by `g`, before un-broadcasting.
+    fn partials(&self, a: &Tensor, b: &Tensor, out: &Tensor, ga: Option<&Tensor>, gb: Option<&Tensor>) -> (Option<Tensor>, Option<Tensor>) {
+        match self.0 {
+            BinaryOp::Add => (ga.cloned(), gb.cloned()),
+            BinaryOp::Sub => (ga.cloned(), gb.map(|g| -g)),
+            BinaryOp::Mul => (ga.map(|g| g * b), gb.map(|g| g * a)),
+            BinaryOp::Div => (ga.map(|g| g / b), gb.map(|g| -(g * out / b))),
+            BinaryOp::Pow => (
+                ga.map(|g| g * b * a.pow(&(b - 1.0))),
+                gb.map(|g| {
+                    // d/db a^b = a^b log a, defined as 0 where a == 0 (as JAX does).
+                    let zero = a.eq(&a.scalar_like(0.0));
+                    let safe_a = zero.where_(&a.ones_like(), a);
+                    g * zero.where_(&out.zeros_like(), &(out * safe_a.log()))
+                }),
+            ),
+            BinaryOp::Maximum => (ga.map(|g| g * winner_mask(a, b, Tensor::gt)), gb.map(|g| g * winner_mask(b, a, Tensor::gt))),
+            BinaryOp::Minimum => (ga.map(|g| g * winner_mask(a, b, Tensor::lt)), gb.map(|g| g * winner_mask(b, a, Tensor::lt))),
+            BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => (None, None),
+        }
+    }
+}
+
+impl Rule for BinaryRule {
+    fn name(&self) -> String {
+        op_name(self.0).into()
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let (da, db) = self.partials(a, b, out, Some(ct), Some(ct));
+        vec![da.map(|g| g.sum_to_shape(a.shape())), db.map(|g| g.sum_to_shape(b.shape()))]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        let (da, db) = self.partials(&inputs[0], &inputs[1], out, tangents[0].as_ref(), tangents[1].as_ref());
+        let da = da.map(|t| t.broadcast_to(out.shape()));
+        match (da, db) {
+            (Some(x), Some(y)) => Some(x + y),
+            (Some(x), None) => Some(x),
+            (None, Some(y)) => Some(y.broadcast_to(out.shape())),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The broadcasting binary primitive (operands promoted to one dtype).
+pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
+    let name = op_name(op);
+    require_same_device(name, a, b);
+    let (a, b) = promote_pair(a, b);
+    let logical = matches!(op, BinaryOp::And | BinaryOp::Or | BinaryOp::Xor);
+    if logical != (a.dtype() == DType::Bool) {
+        panic!(
+            "{name}: unsupported dtype {} (shapes {:?} and {:?}); logical ops take bool tensors, arithmetic takes numbers",
+            a.dtype(),
+            a.shape(),
+            b.shape()
+        );
+    }
+    let (ra, rb, _) = broadcast_views(name, &a, &b);
+    let raw = a.backend().binary(op, &ra, &rb);
+    if a.dtype().is_float() {
+        Tensor::record(raw, &[&a, &b], || BinaryRule(op))
+    } else {
+        Tensor::from_raw(raw)
+    }
+}
+
+impl Tensor {
+    /// `self + other` with broadcasting.
+    pub fn add(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Add, self, other)
+    }
+    /// `self - other` with broadcasting.
+    pub fn sub(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Sub, self, other)
+    }
+    /// `self * other` with broadcasting.
+    pub fn mul(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Mul, self, other)
+    }
+    /// `self / other` with broadcasting (integers: floor division).
+    pub fn div(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Div, self, other)
+    }
+    /// `self ^ other` with broadcasting.
+    pub fn pow(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Pow, self, other)
+    }
+    /// Elementwise maximum with broadcasting; ties split the gradient equally.
+    pub fn maximum(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Maximum, self, other)
+    }
+    /// Elementwise minimum with broadcasting; ties split the gradient equally.
+    pub fn minimum(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Minimum, self, other)
+    }
+    /// Logical and of bool tensors.
+    pub fn logical_and(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::And, self, other)
+    }
+    /// Logical or of bool tensors.
+    pub fn logical_or(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Or, self, other)
+    }
+    /// Logical exclusive or of bool tensors.
+    pub fn logical_xor(&self, other: &Tensor) -> Tensor {
+        binary(BinaryOp::Xor, self, other)
+    }
+    /// `self ^ p` for a constant exponent `p` (cheaper than [`Tensor::pow`], no log needed).
+    pub fn powf(&self, p: f64) -> Tensor {
+        require_float("powf", self);
+        let s = self.scalar_like(p);
+        let rs = s.raw().with_layout(s.layout().broadcast_to(self.shape()));
+        let raw = self.backend().binary(BinaryOp::Pow, self.raw(), &rs);
+        Tensor::record(raw, &[self], || PowScalarRule(p))
+    }
+    /// Elementwise maximum with a scalar.
+    pub fn maximum_scalar(&self, v: f64) -> Tensor {
+        self.maximum(&self.scalar_like(v))
+    }
+    /// Elementwise minimum with a scalar.
+    pub fn minimum_scalar(&self, v: f64) -> Tensor {
+        self.minimum(&self.scalar_like(v))
+    }
+    /// Limits every element to `[min, max]` (NumPy's `clip`).
+    pub fn clamp(&self, min: f64, max: f64) -> Tensor {
+        if min > max {
+            panic!("clamp: min {min} is greater than max {max}");
+        }
+        self.maximum_scalar(min).minimum_scalar(max)
+    }
+}
+
+struct PowScalarRule(f64);
+
+impl Rule for PowScalarRule {
+    fn name(&self) -> String {
+        format!("pow(p={})", self.0)
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(ct * inputs[0].powf(self.0 - 1.0) * self.0)]
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        Some(tangents[0].as_ref()? * inputs[0].powf(self.0 - 1.0) * self.0)
+    }
+}

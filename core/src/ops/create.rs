@@ -1,0 +1,159 @@
+//! Construction: literals, filled tensors, ranges, identity, seeded random draws.
+
+use crate::backend::backend_for;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// `shape` filled with `value` as `dtype` on `device`.
+    pub fn full_on(shape: &[usize], value: f64, dtype: DType, device: Device) -> Tensor {
+        Tensor::from_raw(backend_for(device).full(shape, dtype, value, device))
+    }
+
+    /// `shape` filled with `value` as `dtype`, on the CPU.
+    pub fn full(shape: &[usize], value: f64, dtype: DType) -> Tensor {
+        Tensor::full_on(shape, value, dtype, Device::Cpu)
+    }
+
+    /// Zeros of `shape` and `dtype`.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, 0.0, dtype)
+    }
+
+    /// Ones of `shape` and `dtype`.
+    pub fn ones(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(shape, 1.0, dtype)
+    }
+
+    /// `start, start + step, ...` up to but excluding `stop` (NumPy's `arange`).
+    pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Tensor {
+        if step == 0.0 || !step.is_finite() {
+            panic!("arange: step must be finite and non-zero, got {step}");
+        }
+        let n = ((stop - start) / step).ceil().max(0.0) as usize;
+        let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
+        Tensor::from_vec(v, &[n]).cast(dtype)
+    }
+
+    /// `num` evenly spaced values from `start` to `stop` inclusive (NumPy's `linspace`).
+    pub fn linspace(start: f64, stop: f64, num: usize, dtype: DType) -> Tensor {
+        let v: Vec<f64> = match num {
+            0 => vec![],
+            1 => vec![start],
+            _ => (0..num).map(|i| start + (stop - start) * i as f64 / (num - 1) as f64).collect(),
+        };
+        Tensor::from_vec(v, &[num]).cast(dtype)
+    }
+
+    /// The `n x n` identity matrix.
+    pub fn eye(n: usize, dtype: DType) -> Tensor {
+        let mut v = vec![0.0f64; n * n];
+        for i in 0..n {
+            v[i * n + i] = 1.0;
+        }
+        Tensor::from_vec(v, &[n, n]).cast(dtype)
+    }
+}
+
+/// Nested Rust literals that become tensors: scalars, arrays, nested arrays and vectors.
+/// Float literals give the default float dtype f32 (as JAX does), integers give i64.
+pub trait TensorLiteral {
+    /// Appends the elements (row-major) and returns the shape.
+    fn collect_into(&self, out: &mut LiteralData) -> Vec<usize>;
+}
+
+/// Elements gathered from a literal, by kind.
+#[derive(Default, Debug)]
+pub struct LiteralData {
+    floats: Vec<f64>,
+    ints: Vec<i64>,
+    bools: Vec<bool>,
+}
+
+macro_rules! scalar_literal {
+    ($t:ty, $field:ident, $conv:expr) => {
+        impl TensorLiteral for $t {
+            fn collect_into(&self, out: &mut LiteralData) -> Vec<usize> {
+                out.$field.push($conv(*self));
+                vec![]
+            }
+        }
+    };
+}
+scalar_literal!(f64, floats, |v| v);
+scalar_literal!(f32, floats, |v: f32| v as f64);
+scalar_literal!(i64, ints, |v| v);
+scalar_literal!(i32, ints, |v: i32| v as i64);
+scalar_literal!(bool, bools, |v| v);
+
+fn collect_seq<T: TensorLiteral>(items: &[T], out: &mut LiteralData) -> Vec<usize> {
+    let mut inner: Option<Vec<usize>> = None;
+    for it in items {
+        let s = it.collect_into(out);
+        match &inner {
+            None => inner = Some(s),
+            Some(prev) if *prev != s => {
+                panic!("tensor: ragged nested literal: rows of shapes {prev:?} and {s:?}; every row must have one shape")
+            }
+            _ => {}
+        }
+    }
+    let mut shape = vec![items.len()];
+    shape.extend(inner.unwrap_or_default());
+    shape
+}
+
+impl<T: TensorLiteral, const N: usize> TensorLiteral for [T; N] {
+    fn collect_into(&self, out: &mut LiteralData) -> Vec<usize> {
+        collect_seq(self, out)
+    }
+}
+
+impl<T: TensorLiteral> TensorLiteral for Vec<T> {
+    fn collect_into(&self, out: &mut LiteralData) -> Vec<usize> {
+        collect_seq(self, out)
+    }
+}
+
+impl<T: TensorLiteral> TensorLiteral for &[T] {
+    fn collect_into(&self, out: &mut LiteralData) -> Vec<usize> {
+        collect_seq(self, out)
+    }
+}
+
+fn literal_parts(data: &impl TensorLiteral) -> (LiteralData, Vec<usize>) {
+    let mut d = LiteralData::default();
+    let shape = data.collect_into(&mut d);
+    let kinds = [!d.floats.is_empty(), !d.ints.is_empty(), !d.bools.is_empty()];
+    if kinds.iter().filter(|&&k| k).count() > 1 {
+        panic!("tensor: a literal mixes floats, integers and bools; use one kind");
+    }
+    (d, shape)
+}
+
+/// A tensor from a Rust literal: `tensor(3.0)`, `tensor([1.0, 2.0])`, `tensor([[1, 2], [3, 4]])`.
+/// Floats become f32 (the default float dtype), integers i64, bools bool.
+pub fn tensor(data: impl TensorLiteral) -> Tensor {
+    let (d, shape) = literal_parts(&data);
+    if !d.ints.is_empty() {
+        Tensor::from_vec(d.ints, &shape)
+    } else if !d.bools.is_empty() {
+        Tensor::from_vec(d.bools, &shape)
+    } else {
+        Tensor::from_vec(d.floats.iter().map(|&v| v as f32).collect(), &shape)
+    }
+}
+
+/// A tensor from a Rust literal with an explicit dtype: `tensor_of([1.0, 2.0], DType::F64)`.
+pub fn tensor_of(data: impl TensorLiteral, dtype: DType) -> Tensor {
+    let (d, shape) = literal_parts(&data);
+    let base = if !d.ints.is_empty() {
+        Tensor::from_vec(d.ints, &shape)
+    } else if !d.bools.is_empty() {
+        Tensor::from_vec(d.bools, &shape)
+    } else {
+        Tensor::from_vec(d.floats, &shape)
+    };
+    base.cast(dtype)
+}

@@ -1,0 +1,108 @@
+//! Matrix products with NumPy semantics: matmul (1-D, 2-D, batched, broadcast), dot, outer.
+
+use super::require_same_device;
+use crate::shape::broadcast_shapes;
+use crate::tensor::Tensor;
+use crate::trace::Rule;
+
+struct MatmulRule;
+
+impl Rule for MatmulRule {
+    fn name(&self) -> String {
+        "matmul".into()
+    }
+    fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        let (a, b) = (&inputs[0], &inputs[1]);
+        let ga = ct.matmul(&b.swap_axes(-1, -2)).sum_to_shape(a.shape());
+        let gb = a.swap_axes(-1, -2).matmul(ct).sum_to_shape(b.shape());
+        vec![Some(ga), Some(gb)]
+    }
+    fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
+        let left = t[0].as_ref().map(|ta| ta.matmul(&inputs[1]));
+        let right = t[1].as_ref().map(|tb| inputs[0].matmul(tb));
+        match (left, right) {
+            (Some(l), Some(r)) => Some(l + r),
+            (l, r) => l.or(r),
+        }
+    }
+}
+
+/// The primitive: both operands at least 2-D, batch axes broadcast.
+fn matmul_nd(a: &Tensor, b: &Tensor) -> Tensor {
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k, k2, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 2], b.shape()[rb - 1]);
+    if k != k2 {
+        panic!(
+            "matmul: inner dimensions differ: lhs {:?} ({}) x rhs {:?} ({}); the last axis of lhs must equal the second-to-last of rhs",
+            a.shape(),
+            a.dtype(),
+            b.shape(),
+            b.dtype()
+        );
+    }
+    let batch = broadcast_shapes("matmul (batch axes)", &a.shape()[..ra - 2], &b.shape()[..rb - 2]);
+    let mut sa = batch.clone();
+    sa.extend([m, k]);
+    let mut sb = batch.clone();
+    sb.extend([k, n]);
+    let va = a.raw().with_layout(a.layout().broadcast_to(&sa));
+    let vb = b.raw().with_layout(b.layout().broadcast_to(&sb));
+    let raw = a.backend().matmul(&va, &vb);
+    if a.dtype().is_float() {
+        Tensor::record(raw, &[a, b], || MatmulRule)
+    } else {
+        Tensor::from_raw(raw)
+    }
+}
+
+impl Tensor {
+    /// Matrix product with NumPy's `matmul` semantics: 1-D operands are promoted to a row
+    /// (lhs) or column (rhs) and that axis is removed again; leading axes broadcast.
+    pub fn matmul(&self, other: &Tensor) -> Tensor {
+        require_same_device("matmul", self, other);
+        if self.rank() == 0 || other.rank() == 0 {
+            panic!(
+                "matmul: operands must be at least 1-D, got lhs {:?} ({}) and rhs {:?} ({}); use mul for scalars",
+                self.shape(),
+                self.dtype(),
+                other.shape(),
+                other.dtype()
+            );
+        }
+        if self.dtype() != other.dtype() {
+            panic!(
+                "matmul: dtypes differ: lhs {:?} ({}) x rhs {:?} ({}); cast one operand",
+                self.shape(),
+                self.dtype(),
+                other.shape(),
+                other.dtype()
+            );
+        }
+        if self.dtype() == crate::DType::Bool {
+            panic!("matmul: bool operands are not supported (shapes {:?} and {:?})", self.shape(), other.shape());
+        }
+        let a = if self.rank() == 1 { self.expand_dims(0) } else { self.clone() };
+        let b = if other.rank() == 1 { other.expand_dims(-1) } else { other.clone() };
+        let mut out = matmul_nd(&a, &b);
+        if other.rank() == 1 {
+            out = out.squeeze([-1]);
+        }
+        if self.rank() == 1 {
+            out = out.squeeze([-1 - (other.rank() != 1) as isize]);
+        }
+        out
+    }
+
+    /// NumPy's `dot` for 1-D and 2-D operands (inner product, matrix-vector, matrix-matrix).
+    pub fn dot(&self, other: &Tensor) -> Tensor {
+        if self.rank() > 2 || other.rank() > 2 {
+            panic!("dot: supports 1-D and 2-D operands, got {:?} and {:?}; use matmul for batches", self.shape(), other.shape());
+        }
+        self.matmul(other)
+    }
+
+    /// Outer product of two vectors (flattened first, as NumPy): shape `[n, m]`.
+    pub fn outer(&self, other: &Tensor) -> Tensor {
+        self.flatten().expand_dims(1) * other.flatten().expand_dims(0)
+    }
+}

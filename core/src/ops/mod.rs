@@ -1,0 +1,147 @@
+//! Ops: every op checks its inputs (panicking with a message that names the op, the shapes and
+//! dtypes, and a fix), runs the backend kernel, and records its derivative rules when an input
+//! is traced. Rules are written in these same public ops.
+
+pub mod binary;
+pub mod cast;
+pub mod compare;
+pub mod create;
+pub mod index;
+pub mod linalg;
+pub mod nn;
+pub mod overload;
+pub mod reduce;
+pub mod shape;
+pub mod unary;
+
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+/// Which axes a reduction covers: all of them, or a list (negative counts from the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Axes {
+    /// Every axis.
+    All,
+    /// These axes.
+    List(Vec<isize>),
+}
+
+impl Axes {
+    /// The list form, or `None` for all axes.
+    pub fn as_option(&self) -> Option<&[isize]> {
+        match self {
+            Axes::All => None,
+            Axes::List(v) => Some(v),
+        }
+    }
+}
+
+impl From<isize> for Axes {
+    fn from(a: isize) -> Axes {
+        Axes::List(vec![a])
+    }
+}
+impl From<i32> for Axes {
+    fn from(a: i32) -> Axes {
+        Axes::List(vec![a as isize])
+    }
+}
+impl From<usize> for Axes {
+    fn from(a: usize) -> Axes {
+        Axes::List(vec![a as isize])
+    }
+}
+impl<const N: usize> From<[i32; N]> for Axes {
+    fn from(a: [i32; N]) -> Axes {
+        Axes::List(a.iter().map(|&x| x as isize).collect())
+    }
+}
+impl<const N: usize> From<[isize; N]> for Axes {
+    fn from(a: [isize; N]) -> Axes {
+        Axes::List(a.to_vec())
+    }
+}
+impl From<&[isize]> for Axes {
+    fn from(a: &[isize]) -> Axes {
+        Axes::List(a.to_vec())
+    }
+}
+impl From<Vec<isize>> for Axes {
+    fn from(a: Vec<isize>) -> Axes {
+        Axes::List(a)
+    }
+}
+impl From<Option<Vec<isize>>> for Axes {
+    fn from(a: Option<Vec<isize>>) -> Axes {
+        a.map_or(Axes::All, Axes::List)
+    }
+}
+
+/// Panics unless `x` has a float dtype.
+pub(crate) fn require_float(op: &str, x: &Tensor) {
+    if !x.dtype().is_float() {
+        panic!(
+            "{op}: needs a float tensor (f32 or f64), got {} with shape {:?}; cast it with .cast(DType::F32)",
+            x.dtype(),
+            x.shape()
+        );
+    }
+}
+
+/// Panics unless both tensors are on one device.
+pub(crate) fn require_same_device(op: &str, a: &Tensor, b: &Tensor) {
+    if a.device() != b.device() {
+        panic!(
+            "{op}: operands are on different devices: lhs {:?} ({}) on {}, rhs {:?} ({}) on {}; \
+             move one with .to_device(..)",
+            a.shape(),
+            a.dtype(),
+            a.device(),
+            b.shape(),
+            b.dtype(),
+            b.device()
+        );
+    }
+}
+
+/// Both operands cast to their promoted dtype.
+pub(crate) fn promote_pair(a: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
+    let d = DType::promote(a.dtype(), b.dtype());
+    let ca = if a.dtype() == d { a.clone() } else { a.cast(d) };
+    let cb = if b.dtype() == d { b.clone() } else { b.cast(d) };
+    (ca, cb)
+}
+
+impl Tensor {
+    /// A scalar of this tensor's dtype and device.
+    pub fn scalar_like(&self, value: f64) -> Tensor {
+        Tensor::full_on(&[], value, self.dtype(), self.device())
+    }
+
+    /// Zeros of this tensor's shape, dtype and device.
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::full_on(self.shape(), 0.0, self.dtype(), self.device())
+    }
+
+    /// Ones of this tensor's shape, dtype and device.
+    pub fn ones_like(&self) -> Tensor {
+        Tensor::full_on(self.shape(), 1.0, self.dtype(), self.device())
+    }
+
+    /// Sums away the axes that broadcasting added or stretched, giving `shape` (the transpose
+    /// of `broadcast_to(shape)`).
+    pub fn sum_to_shape(&self, shape: &[usize]) -> Tensor {
+        if self.shape() == shape {
+            return self.clone();
+        }
+        let lead = self.rank() - shape.len();
+        let mut axes: Vec<isize> = (0..lead as isize).collect();
+        for (i, &s) in shape.iter().enumerate() {
+            if s == 1 && self.shape()[lead + i] != 1 {
+                axes.push((lead + i) as isize);
+            }
+        }
+        let summed = if axes.is_empty() { self.clone() } else { self.sum(axes, true) };
+        summed.reshape(shape)
+    }
+}

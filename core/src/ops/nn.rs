@@ -1,0 +1,79 @@
+//! Neural-network functions composed from primitives (their derivatives follow by composition):
+//! gelu, silu, softplus, softmax, log_softmax, cross-entropy, mse.
+
+use super::{require_float, Axes};
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+
+impl Tensor {
+    /// GELU, tanh approximation (JAX's default `approximate=True`):
+    /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    pub fn gelu(&self) -> Tensor {
+        require_float("gelu", self);
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let inner = (self + self.powf(3.0) * 0.044715) * c;
+        self * 0.5 * (inner.tanh() + 1.0)
+    }
+
+    /// SiLU (swish): `x * sigmoid(x)`.
+    pub fn silu(&self) -> Tensor {
+        require_float("silu", self);
+        self * self.sigmoid()
+    }
+
+    /// `log(1 + e^x)`, computed without overflow as `relu(x) + log1p(e^-|x|)`.
+    pub fn softplus(&self) -> Tensor {
+        require_float("softplus", self);
+        self.relu() + (-self.abs()).exp().log1p()
+    }
+
+    /// Softmax along `axis`, shifted by the maximum for stability.
+    pub fn softmax(&self, axis: isize) -> Tensor {
+        require_float("softmax", self);
+        let shifted = self - self.max(axis, true).stop_gradient();
+        let e = shifted.exp();
+        &e / e.sum(axis, true)
+    }
+
+    /// Log-softmax along `axis`: `x - logsumexp(x)`.
+    pub fn log_softmax(&self, axis: isize) -> Tensor {
+        require_float("log_softmax", self);
+        self - self.logsumexp(axis, true)
+    }
+}
+
+/// Mean softmax cross-entropy of `logits` `[.., classes]` against integer `labels` `[..]`
+/// (i64) or one-hot / probability `labels` of the logits' shape (float).
+pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
+    require_float("cross_entropy", logits);
+    let logp = logits.log_softmax(-1);
+    if labels.dtype() == DType::I64 {
+        let batch = &logits.shape()[..logits.rank().saturating_sub(1)];
+        if labels.shape() != batch {
+            panic!(
+                "cross_entropy: integer labels of shape {:?} must have the logits' shape without the class axis, {:?} (logits {:?})",
+                labels.shape(),
+                batch,
+                logits.shape()
+            );
+        }
+        -logp.take_along_axis(&labels.expand_dims(-1), -1).mean(Axes::All, false)
+    } else {
+        if labels.shape() != logits.shape() {
+            panic!(
+                "cross_entropy: float labels of shape {:?} must match the logits {:?} (one-hot or probabilities)",
+                labels.shape(),
+                logits.shape()
+            );
+        }
+        -(labels * logp).sum(-1, false).mean(Axes::All, false)
+    }
+}
+
+/// Mean squared error `mean((pred - target)^2)`.
+pub fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
+    if pred.shape() != target.shape() {
+        panic!("mse: prediction {:?} and target {:?} must have one shape", pred.shape(), target.shape());
+    }
+    (pred - target).square().mean(Axes::All, false)
+}

@@ -1,0 +1,133 @@
+//! Elementwise functions of one tensor and their derivatives.
+//!
+//! Every primitive here is elementwise, so its VJP and JVP are the same product
+//! `g * f'(x)`: one function per op gives both.
+
+use super::require_float;
+use crate::backend::UnaryOp;
+use crate::dtype::DType;
+use crate::tensor::Tensor;
+use crate::trace::Rule;
+
+/// The derivative rule of an elementwise unary primitive.
+struct UnaryRule(UnaryOp);
+
+/// `g * f'(x)` for primitive `op`, with `out = f(x)`; `None` where the derivative is zero.
+fn scale_by_derivative(op: UnaryOp, x: &Tensor, out: &Tensor, g: &Tensor) -> Option<Tensor> {
+    Some(match op {
+        UnaryOp::Neg => -g,
+        UnaryOp::Exp => g * out,
+        UnaryOp::Log => g / x,
+        UnaryOp::Log1p => g / (x + 1.0),
+        UnaryOp::Sqrt => g * 0.5 / out,
+        UnaryOp::Rsqrt => g * -0.5 * out / x,
+        UnaryOp::Sin => g * x.cos(),
+        UnaryOp::Cos => -(g * x.sin()),
+        UnaryOp::Tanh => g * (1.0 - out * out),
+        UnaryOp::Sigmoid => g * out * (1.0 - out),
+        UnaryOp::Abs => g * x.sign(),
+        UnaryOp::Relu => g * x.gt_scalar(0.0).cast(g.dtype()),
+        UnaryOp::Sign | UnaryOp::Not => return None,
+    })
+}
+
+impl Rule for UnaryRule {
+    fn name(&self) -> String {
+        format!("{:?}", self.0).to_lowercase()
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![scale_by_derivative(self.0, &inputs[0], out, ct)]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        scale_by_derivative(self.0, &inputs[0], out, tangents[0].as_ref()?)
+    }
+}
+
+fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
+    let raw = x.backend().unary(op, x.raw());
+    if x.dtype().is_float() && op != UnaryOp::Sign {
+        Tensor::record(raw, &[x], || UnaryRule(op))
+    } else {
+        Tensor::from_raw(raw)
+    }
+}
+
+macro_rules! float_unary {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        impl Tensor {
+            $(
+                $(#[$doc])*
+                pub fn $name(&self) -> Tensor {
+                    require_float(stringify!($name), self);
+                    unary(self, UnaryOp::$op)
+                }
+            )*
+        }
+    };
+}
+
+float_unary! {
+    /// `e^x`, elementwise.
+    exp => Exp,
+    /// Natural logarithm, elementwise.
+    log => Log,
+    /// `log(1 + x)`, accurate for small `x`.
+    log1p => Log1p,
+    /// Square root, elementwise.
+    sqrt => Sqrt,
+    /// `1 / sqrt(x)`, elementwise.
+    rsqrt => Rsqrt,
+    /// Sine, elementwise.
+    sin => Sin,
+    /// Cosine, elementwise.
+    cos => Cos,
+    /// Hyperbolic tangent, elementwise.
+    tanh => Tanh,
+    /// Logistic sigmoid `1 / (1 + e^-x)`, computed without overflow.
+    sigmoid => Sigmoid,
+}
+
+impl Tensor {
+    /// `-x`, elementwise (floats and integers).
+    pub fn neg(&self) -> Tensor {
+        self.require_numeric("neg");
+        unary(self, UnaryOp::Neg)
+    }
+
+    /// Absolute value (floats and integers); its derivative is `sign(x)`.
+    pub fn abs(&self) -> Tensor {
+        self.require_numeric("abs");
+        unary(self, UnaryOp::Abs)
+    }
+
+    /// -1, 0 or 1 by the sign of each element; zero derivative.
+    pub fn sign(&self) -> Tensor {
+        self.require_numeric("sign");
+        unary(self, UnaryOp::Sign)
+    }
+
+    /// `max(x, 0)`, elementwise; derivative 0 at 0 (as JAX).
+    pub fn relu(&self) -> Tensor {
+        self.require_numeric("relu");
+        unary(self, UnaryOp::Relu)
+    }
+
+    /// `x * x`, elementwise.
+    pub fn square(&self) -> Tensor {
+        self * self
+    }
+
+    /// Logical not of a bool tensor.
+    pub fn logical_not(&self) -> Tensor {
+        if self.dtype() != DType::Bool {
+            panic!("logical_not: needs a bool tensor, got {} with shape {:?}", self.dtype(), self.shape());
+        }
+        unary(self, UnaryOp::Not)
+    }
+
+    fn require_numeric(&self, op: &str) {
+        if self.dtype() == DType::Bool {
+            panic!("{op}: not defined for bool tensors (shape {:?}); cast to a number dtype first", self.shape());
+        }
+    }
+}

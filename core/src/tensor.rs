@@ -1,0 +1,296 @@
+//! `Tensor`: a cheap, clonable, thread-safe handle to an immutable value.
+
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{backend_for, Backend};
+use crate::device::Device;
+use crate::dtype::{DType, Element};
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::shape::numel;
+use crate::storage::{CpuBuffer, RawTensor};
+use crate::trace::{next_id, union_levels, Level, Node, Rule};
+
+/// An n-dimensional array of `f32`, `f64`, `i64` or `bool` on a [`Device`].
+///
+/// Cloning is cheap (a reference count). Ops run eagerly; when an input is being traced by a
+/// transform (`vjp`, `jvp`, ...) or was marked with [`Tensor::requires_grad`], the op also
+/// records a graph node, otherwise it records nothing.
+#[derive(Clone)]
+pub struct Tensor(Arc<Inner>);
+
+struct Inner {
+    raw: RawTensor,
+    node: Option<Arc<Node>>,
+}
+
+impl Tensor {
+    /// Wraps a backend value as an untraced tensor.
+    pub fn from_raw(raw: RawTensor) -> Tensor {
+        Tensor(Arc::new(Inner { raw, node: None }))
+    }
+
+    /// The backend value (storage and layout).
+    pub fn raw(&self) -> &RawTensor {
+        &self.0.raw
+    }
+
+    pub(crate) fn node(&self) -> Option<&Arc<Node>> {
+        self.0.node.as_ref()
+    }
+
+    /// The backend that computes this tensor's device.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        backend_for(self.device())
+    }
+
+    /// Result of an op: records a node when an input is traced by a recording level.
+    pub(crate) fn record<R: Rule + 'static>(raw: RawTensor, inputs: &[&Tensor], rule: impl FnOnce() -> R) -> Tensor {
+        if inputs.iter().all(|t| t.0.node.is_none()) {
+            return Tensor::from_raw(raw);
+        }
+        let levels = union_levels(inputs.iter().filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())));
+        if levels.is_empty() {
+            return Tensor::from_raw(raw);
+        }
+        let node = Node {
+            id: next_id(),
+            rule: Box::new(rule()),
+            inputs: Mutex::new(Some(inputs.iter().map(|t| (*t).clone()).collect())),
+            levels,
+            grad: None,
+        };
+        Tensor(Arc::new(Inner { raw, node: Some(Arc::new(node)) }))
+    }
+
+    /// A new leaf of `level` with this tensor's value. When this tensor is itself traced by an
+    /// enclosing level, the leaf stays connected to it (as an identity op), so an outer
+    /// transform sees through the inner one.
+    pub(crate) fn leaf_of(&self, level: &Arc<Level>, with_grad_slot: bool) -> Tensor {
+        let outer = self.0.node.as_ref().map(|n| union_levels(std::iter::once(n.levels.as_slice()))).unwrap_or_default();
+        let mut levels = outer.clone();
+        levels.push(level.clone());
+        levels.sort_by_key(|l| l.id());
+        let inputs = if outer.is_empty() { vec![] } else { vec![self.clone()] };
+        let node = Node {
+            id: next_id(),
+            rule: Box::new(LeafRule),
+            inputs: Mutex::new(Some(inputs)),
+            levels,
+            grad: with_grad_slot.then(|| Mutex::new(None)),
+        };
+        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), node: Some(Arc::new(node)) }))
+    }
+
+    /// The same value with no trace: gradients do not flow through it (JAX's
+    /// `stop_gradient`, PyTorch's `detach`).
+    pub fn stop_gradient(&self) -> Tensor {
+        if self.0.node.is_none() {
+            return self.clone();
+        }
+        Tensor::from_raw(self.0.raw.clone())
+    }
+
+    /// Alias of [`Tensor::stop_gradient`].
+    pub fn detach(&self) -> Tensor {
+        self.stop_gradient()
+    }
+
+    /// True when this tensor carries a recorded graph node.
+    pub fn is_traced(&self) -> bool {
+        self.0.node.is_some()
+    }
+
+    /// Id of the graph node, if any (stable for the tensor's lifetime; used in printouts).
+    pub fn node_id(&self) -> Option<u64> {
+        self.0.node.as_ref().map(|n| n.id)
+    }
+
+    /// The extent of every axis.
+    pub fn shape(&self) -> &[usize] {
+        &self.0.raw.layout.shape
+    }
+
+    /// Number of axes (0 for a scalar).
+    pub fn rank(&self) -> usize {
+        self.shape().len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(self.shape())
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.raw.dtype()
+    }
+
+    /// The device holding the storage.
+    pub fn device(&self) -> Device {
+        self.0.raw.device()
+    }
+
+    /// The strided layout of the view (shape, strides, offset).
+    pub fn layout(&self) -> &Layout {
+        &self.0.raw.layout
+    }
+
+    /// True when both tensors view the same storage buffer (no copy was made between them).
+    pub fn shares_storage_with(&self, other: &Tensor) -> bool {
+        use crate::storage::Storage;
+        match (&self.0.raw.storage, &other.0.raw.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => match (a, b) {
+                (CpuBuffer::F32(x), CpuBuffer::F32(y)) => Arc::ptr_eq(x, y),
+                (CpuBuffer::F64(x), CpuBuffer::F64(y)) => Arc::ptr_eq(x, y),
+                (CpuBuffer::I64(x), CpuBuffer::I64(y)) => Arc::ptr_eq(x, y),
+                (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => Arc::ptr_eq(x, y),
+                _ => false,
+            },
+            (Storage::Device(a), Storage::Device(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    /// A contiguous host buffer with the elements in row-major order.
+    pub fn to_host_buffer(&self) -> CpuBuffer {
+        self.backend().to_host(&self.0.raw)
+    }
+
+    /// The elements in row-major order, converted to `T` (floats to integers truncate).
+    pub fn to_vec<T: Element>(&self) -> Vec<T> {
+        let t = if self.dtype() == T::DTYPE { self.clone() } else { self.cast(T::DTYPE) };
+        let buf = t.to_host_buffer();
+        let any: &dyn std::any::Any = match &buf {
+            CpuBuffer::F32(v) => v.as_ref(),
+            CpuBuffer::F64(v) => v.as_ref(),
+            CpuBuffer::I64(v) => v.as_ref(),
+            CpuBuffer::Bool(v) => v.as_ref(),
+        };
+        any.downcast_ref::<Vec<T>>().expect("cast produced the requested dtype").clone()
+    }
+
+    /// The single element of a one-element tensor; panics naming the shape otherwise.
+    pub fn item<T: Element>(&self) -> T {
+        if self.numel() != 1 {
+            panic!(
+                "item: the tensor has shape {:?} ({} elements); item needs exactly one element \
+                 (reduce it with sum/mean or index it first)",
+                self.shape(),
+                self.numel()
+            );
+        }
+        self.to_vec::<T>()[0]
+    }
+
+    /// A tensor from a flat row-major vector and a shape; the dtype comes from `T`. Panics when
+    /// the length does not match the shape (see [`Tensor::try_from_vec`]).
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Tensor
+    where
+        Vec<T>: IntoCpuBuffer,
+    {
+        Tensor::try_from_vec(data, shape).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Tensor::from_vec`], returning an error instead of panicking.
+    pub fn try_from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Tensor>
+    where
+        Vec<T>: IntoCpuBuffer,
+    {
+        if data.len() != numel(shape) {
+            return Err(Error::ShapeMismatch {
+                op: "from_vec",
+                detail: format!(
+                    "{} elements cannot fill shape {:?} ({} elements)",
+                    data.len(),
+                    shape,
+                    numel(shape)
+                ),
+            });
+        }
+        Ok(Tensor::from_raw(RawTensor::from_cpu(data.into_cpu_buffer(), shape)))
+    }
+
+    /// Copies the tensor to `device` (no-op when it is there already). Gradients flow through.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let target = crate::backend::try_backend_for(device)?;
+        let host = self.to_host_buffer();
+        let raw = target.from_host(host, self.shape(), device);
+        Ok(Tensor::record(raw, &[self], || crate::ops::cast::ToDevice { from: self.device(), to: device }))
+    }
+
+    /// A new leaf that accumulates gradients in [`Tensor::grad`] when `backward` runs
+    /// (PyTorch's `requires_grad_()`); ops on it are recorded until `backward` frees them.
+    pub fn requires_grad(&self) -> Tensor {
+        if !self.dtype().is_float() {
+            panic!("requires_grad: only float tensors carry gradients; this one is {}", self.dtype());
+        }
+        self.leaf_of(&crate::transforms::backward::autograd_level(), true)
+    }
+
+    /// True for leaves created by [`Tensor::requires_grad`].
+    pub fn is_grad_leaf(&self) -> bool {
+        self.0.node.as_ref().is_some_and(|n| n.grad.is_some())
+    }
+
+    /// The gradient accumulated by `backward` calls so far, if any.
+    pub fn grad(&self) -> Option<Tensor> {
+        let slot = self.0.node.as_ref()?.grad.as_ref()?;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Clears the accumulated gradient (PyTorch's `zero_grad`).
+    pub fn zero_grad(&self) {
+        if let Some(slot) = self.0.node.as_ref().and_then(|n| n.grad.as_ref()) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+}
+
+/// Conversion of a typed vector into a [`CpuBuffer`] (implemented for the four element types).
+pub trait IntoCpuBuffer {
+    /// Moves the vector into a shared host buffer.
+    fn into_cpu_buffer(self) -> CpuBuffer;
+}
+
+macro_rules! into_cpu {
+    ($t:ty, $v:ident) => {
+        impl IntoCpuBuffer for Vec<$t> {
+            fn into_cpu_buffer(self) -> CpuBuffer {
+                CpuBuffer::$v(Arc::new(self))
+            }
+        }
+    };
+}
+into_cpu!(f32, F32);
+into_cpu!(f64, F64);
+into_cpu!(i64, I64);
+into_cpu!(bool, Bool);
+
+/// Identity rule of a transform's leaf (connects it to its primal when that is traced).
+pub(crate) struct LeafRule;
+
+impl Rule for LeafRule {
+    fn name(&self) -> String {
+        "leaf".into()
+    }
+    fn vjp(&self, _inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(ct.clone())]
+    }
+    fn jvp(&self, _inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        tangents.first().cloned().flatten()
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor(shape={:?}, dtype={}, device={}", self.shape(), self.dtype(), self.device())?;
+        if let Some(id) = self.node_id() {
+            write!(f, ", node=%{id}")?;
+        }
+        write!(f, ")\n{self}")
+    }
+}

@@ -1,0 +1,51 @@
+//! Graph nodes and the derivative-rule trait every differentiable op implements.
+
+use std::sync::{Arc, Mutex};
+
+use super::level::Level;
+use crate::tensor::Tensor;
+
+/// The derivative rules of one op application. Rules are written in public tensor ops, so the
+/// derivative of a rule is again a trace and higher-order derivatives come from composition.
+pub trait Rule: Send + Sync {
+    /// One-line description for graph printouts (`sum(axes=[0], keepdims=false)`).
+    fn name(&self) -> String;
+    /// Cotangents of the inputs given the cotangent `ct` of the output (`None`: zero or not
+    /// differentiable).
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>>;
+    /// Tangent of the output given tangents of the inputs (`None`: zero). At least one
+    /// tangent is present.
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor>;
+}
+
+/// A recorded op application.
+pub(crate) struct Node {
+    /// Unique, increasing id (topological order).
+    pub id: u64,
+    /// The derivative rules.
+    pub rule: Box<dyn Rule>,
+    /// The inputs; `None` once `backward` freed the graph.
+    pub inputs: Mutex<Option<Vec<Tensor>>>,
+    /// The levels this node belongs to, sorted by id.
+    pub levels: Vec<Arc<Level>>,
+    /// Accumulated gradient, for leaves created by `requires_grad`.
+    pub grad: Option<Mutex<Option<Tensor>>>,
+}
+
+impl Node {
+    /// True when the node belongs to level `id`.
+    pub fn in_level(&self, id: u64) -> bool {
+        self.levels.iter().any(|l| l.id() == id)
+    }
+
+    /// A copy of the inputs; panics with a hint when the graph was freed.
+    pub fn inputs(&self) -> Vec<Tensor> {
+        self.inputs.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| {
+            panic!(
+                "backward: the graph through `{}` was already freed by an earlier backward; \
+                 pass retain_graph = Some(true) to the first call to keep it",
+                self.rule.name()
+            )
+        })
+    }
+}

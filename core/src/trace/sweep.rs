@@ -1,0 +1,120 @@
+//! Walks over a recorded graph: collection of one level's nodes in topological order, the
+//! reverse (VJP) sweep and the forward (JVP) sweep.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::tensor::Tensor;
+
+fn in_level(t: &Tensor, level: u64) -> bool {
+    t.node().is_some_and(|n| n.in_level(level))
+}
+
+/// The tensors reachable from `outputs` whose node belongs to `level`, in increasing node id
+/// (a topological order); the walk does not pass through the nodes in `stops`.
+pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &HashSet<u64>) -> Vec<Tensor> {
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    let mut stack: Vec<Tensor> = outputs.iter().filter(|t| in_level(t, level)).cloned().collect();
+    while let Some(t) = stack.pop() {
+        let node = t.node().expect("filtered to traced tensors");
+        if !seen.insert(node.id) {
+            continue;
+        }
+        if !stops.contains(&node.id) {
+            for inp in node.inputs() {
+                if in_level(&inp, level) && !seen.contains(&inp.node_id().expect("traced")) {
+                    stack.push(inp);
+                }
+            }
+        }
+        order.push(t);
+    }
+    order.sort_by_key(|t| t.node_id());
+    order
+}
+
+fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: &str) {
+    if g.shape() != target.shape() {
+        panic!(
+            "internal error in the derivative rule of `{rule}`: cotangent of shape {:?} for an input of shape {:?}",
+            g.shape(),
+            target.shape()
+        );
+    }
+    let g = if g.dtype() == target.dtype() { g } else { g.cast(target.dtype()) };
+    let id = target.node_id().expect("traced");
+    let sum = match map.remove(&id) {
+        Some(prev) => prev + g,
+        None => g,
+    };
+    map.insert(id, sum);
+}
+
+/// The reverse sweep: cotangents of every node of `level` reached from `seeds`
+/// (output, cotangent) pairs. Nodes in `stops` (the level's leaves) receive cotangents but do
+/// not pass them on. Returns the cotangents of the stop nodes, by node id, and the ids of
+/// every node visited.
+pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: u64, stops: &HashSet<u64>) -> (HashMap<u64, Tensor>, Vec<Tensor>) {
+    let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
+    let order = collect(&outputs, level, stops);
+    let mut cts: HashMap<u64, Tensor> = HashMap::new();
+    for (o, c) in seeds {
+        if in_level(o, level) {
+            accumulate(&mut cts, o, c.clone(), "output");
+        }
+    }
+    let mut leaf_cts = HashMap::new();
+    for t in order.iter().rev() {
+        let node = t.node().expect("collected tensors are traced");
+        let Some(ct) = cts.remove(&node.id) else { continue };
+        if stops.contains(&node.id) {
+            leaf_cts.insert(node.id, ct);
+            continue;
+        }
+        let inputs = node.inputs();
+        let grads = node.rule.vjp(&inputs, t, &ct);
+        for (inp, g) in inputs.iter().zip(grads) {
+            if let Some(g) = g {
+                if in_level(inp, level) {
+                    accumulate(&mut cts, inp, g, &node.rule.name());
+                }
+            }
+        }
+    }
+    (leaf_cts, order)
+}
+
+/// The forward sweep: tangents of `outputs` given tangents of the level's leaves (by node id).
+/// Returns the tangent of every output that depends on a leaf (`None` otherwise).
+pub(crate) fn forward(outputs: &[Tensor], level: u64, leaf_tangents: HashMap<u64, Tensor>) -> Vec<Option<Tensor>> {
+    let stops: HashSet<u64> = leaf_tangents.keys().copied().collect();
+    let order = collect(outputs, level, &stops);
+    let mut tangents = leaf_tangents;
+    for t in &order {
+        let node = t.node().expect("collected tensors are traced");
+        if stops.contains(&node.id) {
+            continue;
+        }
+        let inputs = node.inputs();
+        let ins: Vec<Option<Tensor>> = inputs
+            .iter()
+            .map(|i| if in_level(i, level) { i.node_id().and_then(|id| tangents.get(&id).cloned()) } else { None })
+            .collect();
+        if ins.iter().all(|t| t.is_none()) {
+            continue;
+        }
+        if let Some(out_t) = node.rule.jvp(&inputs, t, &ins) {
+            if out_t.shape() != t.shape() {
+                panic!(
+                    "internal error in the derivative rule of `{}`: tangent of shape {:?} for an output of shape {:?}",
+                    node.rule.name(),
+                    out_t.shape(),
+                    t.shape()
+                );
+            }
+            let out_t = if out_t.dtype() == t.dtype() { out_t } else { out_t.cast(t.dtype()) };
+            tangents.insert(node.id, out_t);
+        }
+    }
+    outputs.iter().map(|o| if in_level(o, level) { tangents.get(&o.node_id().expect("traced")).cloned() } else { None }).collect()
+}

@@ -1,0 +1,37 @@
+//! Forward mode: `jvp` traces the function on fresh leaves and sweeps the recorded graph forward
+//! with the tangents.
+
+use std::collections::HashMap;
+
+use super::{check_like, release_finished};
+use crate::tensor::Tensor;
+use crate::trace::{sweep, Level};
+
+/// Outputs of `f(primals)` and their tangents for `tangents` of the primals (one per primal,
+/// each of its primal's shape and dtype).
+pub fn jvp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor], tangents: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
+    if primals.len() != tangents.len() {
+        panic!("jvp: {} tangents given for {} primals; pass one per primal", tangents.len(), primals.len());
+    }
+    for (i, (t, p)) in tangents.iter().zip(primals).enumerate() {
+        check_like("jvp", "tangent", i, t, p);
+    }
+    let level = Level::open();
+    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
+    let outputs = f(&leaves);
+    level.close();
+    let seeds: HashMap<u64, Tensor> = leaves.iter().zip(tangents).map(|(l, t)| (l.node_id().expect("leaf"), t.clone())).collect();
+    let out_tangents = sweep::forward(&outputs, level.id(), seeds);
+    let tangents_out = outputs
+        .iter()
+        .zip(out_tangents)
+        .map(|(o, t)| release_finished(&t.unwrap_or_else(|| o.zeros_like())))
+        .collect();
+    (outputs.iter().map(release_finished).collect(), tangents_out)
+}
+
+/// `(f(x), J v)` for a function of one tensor with one output.
+pub fn jvp(f: impl FnOnce(&Tensor) -> Tensor, x: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
+    let (mut o, mut t) = jvp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x), std::slice::from_ref(v));
+    (o.remove(0), t.remove(0))
+}

@@ -1,0 +1,97 @@
+//! Reverse mode: `vjp` traces the function on fresh leaves, and the returned [`VjpFn`] sweeps
+//! the recorded graph backwards for any cotangent.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::{check_like, release_finished};
+use crate::tensor::Tensor;
+use crate::trace::{sweep, Level};
+
+/// The pullback returned by [`vjp_many`]: maps output cotangents to primal cotangents. It can
+/// be called any number of times (and from any thread).
+pub struct VjpFn {
+    level: Arc<Level>,
+    leaves: Vec<Tensor>,
+    outputs: Vec<Tensor>,
+}
+
+impl VjpFn {
+    /// Cotangents of the primals (one per primal, zeros where an output does not depend on it)
+    /// for `cotangents` of the outputs (one per output, each of its output's shape and dtype).
+    pub fn call(&self, cotangents: &[Tensor]) -> Vec<Tensor> {
+        if cotangents.len() != self.outputs.len() {
+            panic!("vjp: {} cotangents given for {} outputs; pass one per output", cotangents.len(), self.outputs.len());
+        }
+        for (i, (c, o)) in cotangents.iter().zip(&self.outputs).enumerate() {
+            check_like("vjp", "cotangent", i, c, o);
+        }
+        let stops: HashSet<u64> = self.leaves.iter().filter_map(|l| l.node_id()).collect();
+        let seeds: Vec<(Tensor, Tensor)> = self.outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
+        let (leaf_cts, _) = sweep::reverse(&seeds, self.level.id(), &stops);
+        self.leaves
+            .iter()
+            .map(|l| {
+                let g = leaf_cts.get(&l.node_id().expect("leaves are traced")).cloned().unwrap_or_else(|| l.zeros_like());
+                release_finished(&g)
+            })
+            .collect()
+    }
+
+    /// The outputs' shapes, in order.
+    pub fn output_shapes(&self) -> Vec<Vec<usize>> {
+        self.outputs.iter().map(|o| o.shape().to_vec()).collect()
+    }
+}
+
+/// Traces `f` on fresh leaves made from `primals` and returns its outputs and the pullback.
+/// Leaves are fresh per call, so nested calls never mix up their perturbations; primals that
+/// an enclosing transform traces stay connected to it.
+pub fn vjp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor]) -> (Vec<Tensor>, VjpFn) {
+    let level = Level::open();
+    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
+    let outputs = f(&leaves);
+    level.close();
+    let released = outputs.iter().map(release_finished).collect();
+    (released, VjpFn { level, leaves, outputs })
+}
+
+/// `vjp` of a function of one tensor with one output: returns `(f(x), pullback)` where
+/// `pullback(ct)` is the cotangent of `x`.
+pub fn vjp(f: impl FnOnce(&Tensor) -> Tensor, x: &Tensor) -> (Tensor, impl Fn(&Tensor) -> Tensor) {
+    let (mut outs, pullback) = vjp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x));
+    let out = outs.remove(0);
+    (out, move |ct: &Tensor| pullback.call(std::slice::from_ref(ct)).remove(0))
+}
+
+/// Checks that `out` is a scalar, naming the transform.
+pub(crate) fn require_scalar(op: &str, out: &Tensor) {
+    if out.rank() != 0 {
+        panic!(
+            "{op}: the function must return a scalar (shape []), got shape {:?} ({}); reduce it \
+             (e.g. .sum_all()) or use vjp / jacrev for non-scalar outputs",
+            out.shape(),
+            out.dtype()
+        );
+    }
+    if !out.dtype().is_float() {
+        panic!("{op}: the function must return a float scalar, got {}", out.dtype());
+    }
+}
+
+/// `(f(x), df/dx)` for a scalar-valued `f` of one tensor.
+pub fn value_and_grad(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> (Tensor, Tensor) {
+    move |x: &Tensor| {
+        let (outs, pullback) = vjp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x));
+        require_scalar("grad", &outs[0]);
+        let g = pullback.call(&[outs[0].ones_like()]).remove(0);
+        (outs[0].clone(), g)
+    }
+}
+
+/// The gradient `df/dx` of a scalar-valued `f` of one tensor, as a function (compose it:
+/// `grad(grad(f))`).
+pub fn grad(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> Tensor {
+    let vg = value_and_grad(f);
+    move |x: &Tensor| vg(x).1
+}
