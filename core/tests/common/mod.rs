@@ -1,0 +1,196 @@
+//! Shared by the fixture-driven tests: the JSON fixture reader and the table that maps an op
+//! name and its params (as written by `ci/gen_fixtures.py`) to nabla calls.
+#![allow(dead_code)]
+
+use nabla_core as nb;
+use nb::{Axes, DType, Sl, Tensor};
+use serde_json::Value;
+
+/// One fixture case.
+pub struct Case {
+    pub name: String,
+    pub op: String,
+    pub params: Value,
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+    pub raw: Value,
+}
+
+/// A fixture tensor as a nabla tensor.
+pub fn tensor_from(v: &Value) -> Tensor {
+    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+    let data = v["data"].as_array().unwrap();
+    match v["dtype"].as_str().unwrap() {
+        "f64" => Tensor::from_vec(data.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>(), &shape),
+        "i64" => Tensor::from_vec(data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>(), &shape),
+        "bool" => Tensor::from_vec(data.iter().map(|x| x.as_bool().unwrap()).collect::<Vec<bool>>(), &shape),
+        d => panic!("unknown fixture dtype {d}"),
+    }
+}
+
+/// All cases of `core/tests/fixtures/ops_f64.json`.
+pub fn load_cases() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ops_f64.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let root: Value = serde_json::from_str(&text).expect("fixture JSON");
+    root["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let outputs = match c.get("outputs") {
+                Some(list) => list.as_array().unwrap().iter().map(tensor_from).collect(),
+                None => vec![tensor_from(&c["output"])],
+            };
+            Case {
+                name: c["name"].as_str().unwrap().to_string(),
+                op: c["op"].as_str().unwrap().to_string(),
+                params: c["params"].clone(),
+                inputs: c["inputs"].as_array().unwrap().iter().map(tensor_from).collect(),
+                outputs,
+                raw: c.clone(),
+            }
+        })
+        .collect()
+}
+
+fn axes(v: &Value) -> Axes {
+    match v.as_array() {
+        None => Axes::All,
+        Some(a) => Axes::List(a.iter().map(|x| x.as_i64().unwrap() as isize).collect()),
+    }
+}
+
+fn int(v: &Value) -> isize {
+    v.as_i64().unwrap() as isize
+}
+
+fn opt_int(v: &Value) -> Option<isize> {
+    v.as_i64().map(|x| x as isize)
+}
+
+/// Runs op `op` with fixture params on `x` (inputs in fixture order).
+pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
+    let one = |t: Tensor| vec![t];
+    match op {
+        "neg" => one(-&x[0]),
+        "exp" => one(x[0].exp()),
+        "log" => one(x[0].log()),
+        "log1p" => one(x[0].log1p()),
+        "sqrt" => one(x[0].sqrt()),
+        "rsqrt" => one(x[0].rsqrt()),
+        "square" => one(x[0].square()),
+        "abs" => one(x[0].abs()),
+        "sign" => one(x[0].sign()),
+        "sin" => one(x[0].sin()),
+        "cos" => one(x[0].cos()),
+        "tanh" => one(x[0].tanh()),
+        "sigmoid" => one(x[0].sigmoid()),
+        "relu" => one(x[0].relu()),
+        "gelu" => one(x[0].gelu()),
+        "silu" => one(x[0].silu()),
+        "softplus" => one(x[0].softplus()),
+        "add" => one(&x[0] + &x[1]),
+        "sub" => one(&x[0] - &x[1]),
+        "mul" => one(&x[0] * &x[1]),
+        "div" => one(&x[0] / &x[1]),
+        "pow" => one(x[0].pow(&x[1])),
+        "maximum" => one(x[0].maximum(&x[1])),
+        "minimum" => one(x[0].minimum(&x[1])),
+        "pow_scalar" => one(x[0].powf(p["exponent"].as_f64().unwrap())),
+        "eq" => one(x[0].eq(&x[1])),
+        "ne" => one(x[0].ne(&x[1])),
+        "lt" => one(x[0].lt(&x[1])),
+        "le" => one(x[0].le(&x[1])),
+        "gt" => one(x[0].gt(&x[1])),
+        "ge" => one(x[0].ge(&x[1])),
+        "logical_and" => one(x[0].logical_and(&x[1])),
+        "logical_or" => one(x[0].logical_or(&x[1])),
+        "logical_xor" => one(x[0].logical_xor(&x[1])),
+        "logical_not" => one(x[0].logical_not()),
+        "where" => one(nb::where_(&x[0], &x[1], &x[2])),
+        "clamp" => one(x[0].clamp(p["min"].as_f64().unwrap(), p["max"].as_f64().unwrap())),
+        "sum" | "mean" | "max" | "min" | "prod" | "var" | "logsumexp" => {
+            let (a, k) = (axes(&p["axes"]), p["keepdims"].as_bool().unwrap());
+            one(match op {
+                "sum" => x[0].sum(a, k),
+                "mean" => x[0].mean(a, k),
+                "max" => x[0].max(a, k),
+                "min" => x[0].min(a, k),
+                "prod" => x[0].prod(a, k),
+                "var" => x[0].var(a, k),
+                _ => x[0].logsumexp(a, k),
+            })
+        }
+        "argmax" => one(x[0].argmax(opt_int(&p["axis"]), p["keepdims"].as_bool().unwrap())),
+        "argmin" => one(x[0].argmin(opt_int(&p["axis"]), p["keepdims"].as_bool().unwrap())),
+        "matmul" => one(x[0].matmul(&x[1])),
+        "dot" => one(x[0].dot(&x[1])),
+        "outer" => one(x[0].outer(&x[1])),
+        "reshape" => one(x[0].reshape(p["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<i64>>())),
+        "transpose" => one(match p["axes"].as_array() {
+            None => x[0].transpose(),
+            Some(a) => x[0].permute(&a.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>()),
+        }),
+        "broadcast_to" => one(x[0].broadcast_to(&p["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>())),
+        "expand_dims" => one(x[0].expand_dims(int(&p["axis"]))),
+        "squeeze" => one(x[0].squeeze(axes(&p["axes"]))),
+        "flatten" => one(x[0].flatten()),
+        "slice" => {
+            let specs: Vec<Sl> = p["ranges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| Sl::new(opt_int(&r[0]), opt_int(&r[1]), int(&r[2])))
+                .collect();
+            one(x[0].slice(&specs))
+        }
+        "flip" => one(x[0].flip(axes(&p["axes"]))),
+        "pad" => {
+            let w: Vec<(usize, usize)> = p["widths"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize)).collect();
+            one(x[0].pad(&w))
+        }
+        "index" => one(x[0].i(int(&p["index"]))),
+        "stack" => one(nb::stack(x, int(&p["axis"]))),
+        "concatenate" => one(nb::concatenate(x, int(&p["axis"]))),
+        "split" => x[0].split(p["sections"].as_u64().unwrap() as usize, int(&p["axis"])),
+        "take" => one(x[0].take(&x[1], int(&p["axis"]))),
+        "take_along_axis" => one(x[0].take_along_axis(&x[1], int(&p["axis"]))),
+        "one_hot" => one(nb::one_hot(&x[0], p["num_classes"].as_u64().unwrap() as usize, DType::F64)),
+        "scatter_add" => one(x[0].scatter_add(&x[1], &x[2], int(&p["axis"]))),
+        "softmax" => one(x[0].softmax(int(&p["axis"]))),
+        "log_softmax" => one(x[0].log_softmax(int(&p["axis"]))),
+        "cross_entropy" => one(nb::cross_entropy(&x[0], &x[1])),
+        "mse" => one(nb::mse(&x[0], &x[1])),
+        other => panic!("no mapping for fixture op {other}"),
+    }
+}
+
+/// Indices of the float inputs (the ones derivatives are taken against).
+pub fn float_inputs(inputs: &[Tensor]) -> Vec<usize> {
+    (0..inputs.len()).filter(|&i| inputs[i].dtype().is_float()).collect()
+}
+
+/// `apply` as a function of the float inputs only (the others held fixed).
+pub fn of_floats<'a>(op: &'a str, p: &'a Value, inputs: &'a [Tensor]) -> impl Fn(&[Tensor]) -> Vec<Tensor> + 'a {
+    let idx = float_inputs(inputs);
+    move |fs: &[Tensor]| {
+        let mut all = inputs.to_vec();
+        for (k, &i) in idx.iter().enumerate() {
+            all[i] = fs[k].clone();
+        }
+        apply(op, p, &all)
+    }
+}
+
+/// Max absolute difference after checking shape and dtype; panics with the case name.
+pub fn assert_close(name: &str, what: &str, got: &Tensor, want: &Tensor, rtol: f64, atol: f64) {
+    assert_eq!(got.shape(), want.shape(), "{name}: {what}: shape");
+    let (g, w) = (got.to_vec::<f64>(), want.to_vec::<f64>());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!(
+            (a - b).abs() <= atol + rtol * b.abs(),
+            "{name}: {what}: element {i}: got {a}, want {b}\n got {got}\nwant {want}"
+        );
+    }
+}
