@@ -11,7 +11,10 @@ const EDGE: usize = 3;
 fn format_floats(values: &[f64]) -> Vec<String> {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     let max = finite.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let min_nonzero = finite.iter().filter(|v| **v != 0.0).fold(f64::INFINITY, |m, v| m.min(v.abs()));
+    let min_nonzero = finite
+        .iter()
+        .filter(|v| **v != 0.0)
+        .fold(f64::INFINITY, |m, v| m.min(v.abs()));
     let scientific = max >= 1e8 || (min_nonzero < 1e-4 && min_nonzero.is_finite());
     values
         .iter()
@@ -19,14 +22,33 @@ fn format_floats(values: &[f64]) -> Vec<String> {
             if v.is_nan() {
                 "nan".into()
             } else if v.is_infinite() {
-                if v > 0.0 { "inf".into() } else { "-inf".into() }
+                if v > 0.0 {
+                    "inf".into()
+                } else {
+                    "-inf".into()
+                }
             } else if scientific {
                 format!("{v:.8e}")
             } else {
                 let s = format!("{v:.8}");
-                let s = s.trim_end_matches('0');
-                s.to_string()
+                s.trim_end_matches('0').to_string()
             }
+        })
+        .collect()
+}
+
+/// Pads fixed-point cells so that their decimal points line up (NumPy's layout).
+fn align_decimal_points(cells: Vec<String>) -> Vec<String> {
+    let split = |c: &str| match c.find('.') {
+        Some(i) if !c.contains('e') => (c[..i].len(), c.len() - i),
+        _ => (c.len(), 0),
+    };
+    let frac = cells.iter().map(|c| split(c).1).max().unwrap_or(0);
+    cells
+        .into_iter()
+        .map(|c| {
+            let pad = frac - split(&c).1;
+            format!("{c}{}", " ".repeat(pad))
         })
         .collect()
 }
@@ -40,7 +62,11 @@ fn render(shape: &[usize], cells: &[String], width: usize, depth: usize, summari
     let inner: usize = shape[1..].iter().product();
     out.push('[');
     let indices: Vec<Option<usize>> = if summarise && n > 2 * EDGE {
-        (0..EDGE).map(Some).chain(std::iter::once(None)).chain((n - EDGE..n).map(Some)).collect()
+        (0..EDGE)
+            .map(Some)
+            .chain(std::iter::once(None))
+            .chain((n - EDGE..n).map(Some))
+            .collect()
     } else {
         (0..n).map(Some).collect()
     };
@@ -55,7 +81,14 @@ fn render(shape: &[usize], cells: &[String], width: usize, depth: usize, summari
         }
         match i {
             None => out.push_str("..."),
-            Some(i) => render(&shape[1..], &cells[i * inner..(i + 1) * inner], width, depth + 1, summarise, out),
+            Some(i) => render(
+                &shape[1..],
+                &cells[i * inner..(i + 1) * inner],
+                width,
+                depth + 1,
+                summarise,
+                out,
+            ),
         }
     }
     out.push(']');
@@ -64,9 +97,13 @@ fn render(shape: &[usize], cells: &[String], width: usize, depth: usize, summari
 impl fmt::Display for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cells: Vec<String> = match self.dtype() {
-            DType::F32 | DType::F64 => format_floats(&self.to_vec::<f64>()),
+            DType::F32 | DType::F64 => align_decimal_points(format_floats(&self.to_vec::<f64>())),
             DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
-            DType::Bool => self.to_vec::<bool>().iter().map(|&v| if v { "True".into() } else { "False".into() }).collect(),
+            DType::Bool => self
+                .to_vec::<bool>()
+                .iter()
+                .map(|&v| if v { "True".into() } else { "False".into() })
+                .collect(),
         };
         let width = cells.iter().map(|c| c.len()).max().unwrap_or(0);
         let mut s = String::new();

@@ -19,7 +19,11 @@ pub struct Layout {
 impl Layout {
     /// A row-major layout starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
-        Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: 0 }
+        Layout {
+            shape: shape.to_vec(),
+            strides: contiguous_strides(shape),
+            offset: 0,
+        }
     }
 
     /// Number of elements.
@@ -66,7 +70,11 @@ impl Layout {
                 strides[lead + i] = self.strides[i];
             }
         }
-        Layout { shape: shape.to_vec(), strides, offset: self.offset }
+        Layout {
+            shape: shape.to_vec(),
+            strides,
+            offset: self.offset,
+        }
     }
 
     /// Keeps elements `start, start + step, ...` (`len` of them) along `axis`; `step` may be negative.
@@ -99,7 +107,11 @@ impl Layout {
     /// The same elements under a new shape, when that needs no copy (contiguous data).
     pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         if self.is_contiguous() {
-            Some(Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: self.offset })
+            Some(Layout {
+                shape: shape.to_vec(),
+                strides: contiguous_strides(shape),
+                offset: self.offset,
+            })
         } else {
             None
         }

@@ -80,7 +80,10 @@ pub struct RawTensor {
 impl RawTensor {
     /// A contiguous host tensor owning `buf`, with shape `shape`.
     pub fn from_cpu(buf: CpuBuffer, shape: &[usize]) -> RawTensor {
-        RawTensor { storage: Storage::Cpu(buf), layout: Layout::contiguous(shape) }
+        RawTensor {
+            storage: Storage::Cpu(buf),
+            layout: Layout::contiguous(shape),
+        }
     }
 
     /// The dtype of the elements.
@@ -106,6 +109,9 @@ impl RawTensor {
 
     /// The same storage under another layout.
     pub fn with_layout(&self, layout: Layout) -> RawTensor {
-        RawTensor { storage: self.storage.clone(), layout }
+        RawTensor {
+            storage: self.storage.clone(),
+            layout,
+        }
     }
 }

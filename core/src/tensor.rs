@@ -49,7 +49,11 @@ impl Tensor {
         if inputs.iter().all(|t| t.0.node.is_none()) {
             return Tensor::from_raw(raw);
         }
-        let levels = union_levels(inputs.iter().filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())));
+        let levels = union_levels(
+            inputs
+                .iter()
+                .filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())),
+        );
         if levels.is_empty() {
             return Tensor::from_raw(raw);
         }
@@ -60,14 +64,22 @@ impl Tensor {
             levels,
             grad: None,
         };
-        Tensor(Arc::new(Inner { raw, node: Some(Arc::new(node)) }))
+        Tensor(Arc::new(Inner {
+            raw,
+            node: Some(Arc::new(node)),
+        }))
     }
 
     /// A new leaf of `level` with this tensor's value. When this tensor is itself traced by an
     /// enclosing level, the leaf stays connected to it (as an identity op), so an outer
     /// transform sees through the inner one.
     pub(crate) fn leaf_of(&self, level: &Arc<Level>, with_grad_slot: bool) -> Tensor {
-        let outer = self.0.node.as_ref().map(|n| union_levels(std::iter::once(n.levels.as_slice()))).unwrap_or_default();
+        let outer = self
+            .0
+            .node
+            .as_ref()
+            .map(|n| union_levels(std::iter::once(n.levels.as_slice())))
+            .unwrap_or_default();
         let mut levels = outer.clone();
         levels.push(level.clone());
         levels.sort_by_key(|l| l.id());
@@ -79,7 +91,10 @@ impl Tensor {
             levels,
             grad: with_grad_slot.then(|| Mutex::new(None)),
         };
-        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), node: Some(Arc::new(node)) }))
+        Tensor(Arc::new(Inner {
+            raw: self.0.raw.clone(),
+            node: Some(Arc::new(node)),
+        }))
     }
 
     /// The same value with no trace: gradients do not flow through it (JAX's
@@ -159,7 +174,11 @@ impl Tensor {
 
     /// The elements in row-major order, converted to `T` (floats to integers truncate).
     pub fn to_vec<T: Element>(&self) -> Vec<T> {
-        let t = if self.dtype() == T::DTYPE { self.clone() } else { self.cast(T::DTYPE) };
+        let t = if self.dtype() == T::DTYPE {
+            self.clone()
+        } else {
+            self.cast(T::DTYPE)
+        };
         let buf = t.to_host_buffer();
         let any: &dyn std::any::Any = match &buf {
             CpuBuffer::F32(v) => v.as_ref(),
@@ -167,7 +186,9 @@ impl Tensor {
             CpuBuffer::I64(v) => v.as_ref(),
             CpuBuffer::Bool(v) => v.as_ref(),
         };
-        any.downcast_ref::<Vec<T>>().expect("cast produced the requested dtype").clone()
+        any.downcast_ref::<Vec<T>>()
+            .expect("cast produced the requested dtype")
+            .clone()
     }
 
     /// The single element of a one-element tensor; panics naming the shape otherwise.
@@ -219,14 +240,20 @@ impl Tensor {
         let target = crate::backend::try_backend_for(device)?;
         let host = self.to_host_buffer();
         let raw = target.from_host(host, self.shape(), device);
-        Ok(Tensor::record(raw, &[self], || crate::ops::cast::ToDevice { from: self.device(), to: device }))
+        Ok(Tensor::record(raw, &[self], || crate::ops::cast::ToDevice {
+            from: self.device(),
+            to: device,
+        }))
     }
 
     /// A new leaf that accumulates gradients in [`Tensor::grad`] when `backward` runs
     /// (PyTorch's `requires_grad_()`); ops on it are recorded until `backward` frees them.
     pub fn requires_grad(&self) -> Tensor {
         if !self.dtype().is_float() {
-            panic!("requires_grad: only float tensors carry gradients; this one is {}", self.dtype());
+            panic!(
+                "requires_grad: only float tensors carry gradients; this one is {}",
+                self.dtype()
+            );
         }
         self.leaf_of(&crate::transforms::backward::autograd_level(), true)
     }
@@ -287,7 +314,13 @@ impl Rule for LeafRule {
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor(shape={:?}, dtype={}, device={}", self.shape(), self.dtype(), self.device())?;
+        write!(
+            f,
+            "Tensor(shape={:?}, dtype={}, device={}",
+            self.shape(),
+            self.dtype(),
+            self.device()
+        )?;
         if let Some(id) = self.node_id() {
             write!(f, ", node=%{id}")?;
         }

@@ -41,8 +41,33 @@ fn differentiable(c: &Case) -> bool {
 }
 
 const ELEMENTWISE: &[&str] = &[
-    "neg", "sign", "exp", "log", "log1p", "sqrt", "rsqrt", "square", "abs", "sin", "cos", "tanh", "sigmoid", "relu", "gelu",
-    "silu", "softplus", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "pow_scalar", "where", "clamp",
+    "neg",
+    "sign",
+    "exp",
+    "log",
+    "log1p",
+    "sqrt",
+    "rsqrt",
+    "square",
+    "abs",
+    "sin",
+    "cos",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "gelu",
+    "silu",
+    "softplus",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "pow",
+    "maximum",
+    "minimum",
+    "pow_scalar",
+    "where",
+    "clamp",
 ];
 
 #[test]
@@ -60,7 +85,11 @@ fn first_derivatives_match_finite_differences() {
         let (_, pullback) = nb::vjp_many(&f, &xs);
         let cts = pullback.call(&u);
         let (lhs, rhs) = (dot(&u, &tangents), dot(&cts, &v));
-        assert!((lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()), "{}: <u, Jv> = {lhs} but <J^T u, v> = {rhs}", c.name);
+        assert!(
+            (lhs - rhs).abs() <= 1e-9 * (1.0 + lhs.abs()),
+            "{}: <u, Jv> = {lhs} but <J^T u, v> = {rhs}",
+            c.name
+        );
         checked += 1;
     }
     assert!(checked > 300, "only {checked} differentiable cases");
@@ -71,7 +100,10 @@ fn first_derivatives_match_finite_differences() {
 fn second_derivatives_of_elementwise_ops_match_finite_differences() {
     let mut rng = Rng::new(11);
     let mut checked = 0;
-    for c in load_cases().iter().filter(|c| differentiable(c) && ELEMENTWISE.contains(&c.op.as_str())) {
+    for c in load_cases()
+        .iter()
+        .filter(|c| differentiable(c) && ELEMENTWISE.contains(&c.op.as_str()))
+    {
         let idx = float_inputs(&c.inputs);
         let xs: Vec<Tensor> = idx.iter().map(|&i| c.inputs[i].clone()).collect();
         let f = of_floats(&c.op, &c.params, &c.inputs);
@@ -88,7 +120,11 @@ fn second_derivatives_of_elementwise_ops_match_finite_differences() {
         let (_, pb) = nb::vjp_many(g, &xs);
         let back = pb.call(&w);
         let (lhs, rhs) = (dot(&w, &want), dot(&back, &v));
-        assert!((lhs - rhs).abs() <= 1e-5 * (1.0 + lhs.abs()), "{}: vjp of vjp: {lhs} vs {rhs}", c.name);
+        assert!(
+            (lhs - rhs).abs() <= 1e-5 * (1.0 + lhs.abs()),
+            "{}: vjp of vjp: {lhs} vs {rhs}",
+            c.name
+        );
         checked += 1;
     }
     assert!(checked > 130, "only {checked} elementwise cases");

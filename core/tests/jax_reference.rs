@@ -13,7 +13,11 @@ const ATOL: f64 = 1e-12;
 #[test]
 fn forward_values_match_jax() {
     let cases = load_cases();
-    assert!(cases.len() > 300, "expected the full fixture set, found {} cases", cases.len());
+    assert!(
+        cases.len() > 300,
+        "expected the full fixture set, found {} cases",
+        cases.len()
+    );
     for c in &cases {
         let got = apply(&c.op, &c.params, &c.inputs);
         assert_eq!(got.len(), c.outputs.len(), "{}: number of outputs", c.name);
@@ -42,7 +46,14 @@ fn vjp_and_jvp_match_jax() {
             let grads = pullback.call(&cts);
             let want: Vec<&serde_json::Value> = v["grads"].as_array().unwrap().iter().collect();
             for (k, &i) in fidx.iter().enumerate() {
-                assert_close(&c.name, &format!("vjp grad {i}"), &grads[k], &tensor_from(want[i]), RTOL, ATOL);
+                assert_close(
+                    &c.name,
+                    &format!("vjp grad {i}"),
+                    &grads[k],
+                    &tensor_from(want[i]),
+                    RTOL,
+                    ATOL,
+                );
             }
             nv += 1;
         }

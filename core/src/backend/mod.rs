@@ -144,6 +144,7 @@ pub trait Backend: Send + Sync {
     /// A tensor of `shape` filled with `value` (converted to `dtype`).
     fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor;
     /// Copies a host buffer onto `device`.
+    #[allow(clippy::wrong_self_convention)]
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor;
     /// Copies a tensor into a contiguous host buffer.
     fn to_host(&self, x: &RawTensor) -> CpuBuffer;
@@ -166,7 +167,10 @@ fn family(device: Device) -> &'static str {
 /// Registers the backend that computes tensors of `device`'s family (all CUDA ordinals share
 /// one backend). Called by device crates at initialisation.
 pub fn register_backend(device: Device, backend: Arc<dyn Backend>) {
-    registry().write().unwrap_or_else(|e| e.into_inner()).insert(family(device), backend);
+    registry()
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(family(device), backend);
 }
 
 /// The backend for `device`, or an error saying that none is registered.
@@ -174,12 +178,15 @@ pub fn try_backend_for(device: Device) -> crate::error::Result<Arc<dyn Backend>>
     if device == Device::Cpu {
         return Ok(cpu::cpu_backend());
     }
-    registry().read().unwrap_or_else(|e| e.into_inner()).get(family(device)).cloned().ok_or_else(|| {
-        crate::error::Error::DeviceUnavailable {
+    registry()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(family(device))
+        .cloned()
+        .ok_or_else(|| crate::error::Error::DeviceUnavailable {
             device,
             reason: "no backend is registered for it; enable and initialise the nabla-cuda backend".into(),
-        }
-    })
+        })
 }
 
 /// The backend for `device`; panics with a hint when none is registered.

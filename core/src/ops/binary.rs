@@ -23,7 +23,11 @@ fn op_name(op: BinaryOp) -> &'static str {
 }
 
 /// Both operands as views of their broadcast shape (no copy).
-pub(crate) fn broadcast_views(op: &str, a: &Tensor, b: &Tensor) -> (crate::storage::RawTensor, crate::storage::RawTensor, Vec<usize>) {
+pub(crate) fn broadcast_views(
+    op: &str,
+    a: &Tensor,
+    b: &Tensor,
+) -> (crate::storage::RawTensor, crate::storage::RawTensor, Vec<usize>) {
     let shape = broadcast_shapes(op, a.shape(), b.shape());
     let ra = a.raw().with_layout(a.layout().broadcast_to(&shape));
     let rb = b.raw().with_layout(b.layout().broadcast_to(&shape));
@@ -41,7 +45,14 @@ fn winner_mask(x: &Tensor, y: &Tensor, strict: fn(&Tensor, &Tensor) -> Tensor) -
 
 impl BinaryRule {
     /// The partial derivatives (d out/d a, d out/d b) multiplied by `g`, before un-broadcasting.
-    fn partials(&self, a: &Tensor, b: &Tensor, out: &Tensor, ga: Option<&Tensor>, gb: Option<&Tensor>) -> (Option<Tensor>, Option<Tensor>) {
+    fn partials(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        out: &Tensor,
+        ga: Option<&Tensor>,
+        gb: Option<&Tensor>,
+    ) -> (Option<Tensor>, Option<Tensor>) {
         match self.0 {
             BinaryOp::Add => (ga.cloned(), gb.cloned()),
             BinaryOp::Sub => (ga.cloned(), gb.map(|g| -g)),
@@ -56,8 +67,14 @@ impl BinaryRule {
                     g * zero.where_(&out.zeros_like(), &(out * safe_a.log()))
                 }),
             ),
-            BinaryOp::Maximum => (ga.map(|g| g * winner_mask(a, b, Tensor::gt)), gb.map(|g| g * winner_mask(b, a, Tensor::gt))),
-            BinaryOp::Minimum => (ga.map(|g| g * winner_mask(a, b, Tensor::lt)), gb.map(|g| g * winner_mask(b, a, Tensor::lt))),
+            BinaryOp::Maximum => (
+                ga.map(|g| g * winner_mask(a, b, Tensor::gt)),
+                gb.map(|g| g * winner_mask(b, a, Tensor::gt)),
+            ),
+            BinaryOp::Minimum => (
+                ga.map(|g| g * winner_mask(a, b, Tensor::lt)),
+                gb.map(|g| g * winner_mask(b, a, Tensor::lt)),
+            ),
             BinaryOp::And | BinaryOp::Or | BinaryOp::Xor => (None, None),
         }
     }
@@ -70,7 +87,10 @@ impl Rule for BinaryRule {
     fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         let (a, b) = (&inputs[0], &inputs[1]);
         let (da, db) = self.partials(a, b, out, Some(ct), Some(ct));
-        vec![da.map(|g| g.sum_to_shape(a.shape())), db.map(|g| g.sum_to_shape(b.shape()))]
+        vec![
+            da.map(|g| g.sum_to_shape(a.shape())),
+            db.map(|g| g.sum_to_shape(b.shape())),
+        ]
     }
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         let (da, db) = self.partials(&inputs[0], &inputs[1], out, tangents[0].as_ref(), tangents[1].as_ref());

@@ -37,10 +37,17 @@ impl Rule for ToDevice {
         format!("to_device({} -> {})", self.from, self.to)
     }
     fn vjp(&self, _i: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        vec![Some(ct.to_device(self.from).expect("the source device was usable for the forward pass"))]
+        vec![Some(
+            ct.to_device(self.from)
+                .expect("the source device was usable for the forward pass"),
+        )]
     }
     fn jvp(&self, _i: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        Some(t[0].as_ref()?.to_device(self.to).expect("the target device was usable for the forward pass"))
+        Some(
+            t[0].as_ref()?
+                .to_device(self.to)
+                .expect("the target device was usable for the forward pass"),
+        )
     }
 }
 
@@ -53,7 +60,10 @@ impl Tensor {
         }
         let raw = self.backend().cast(self.raw(), dtype);
         if self.dtype().is_float() && dtype.is_float() {
-            Tensor::record(raw, &[self], || CastRule { from: self.dtype(), to: dtype })
+            Tensor::record(raw, &[self], || CastRule {
+                from: self.dtype(),
+                to: dtype,
+            })
         } else {
             Tensor::from_raw(raw)
         }

@@ -41,7 +41,9 @@ impl Tensor {
         let v: Vec<f64> = match num {
             0 => vec![],
             1 => vec![start],
-            _ => (0..num).map(|i| start + (stop - start) * i as f64 / (num - 1) as f64).collect(),
+            _ => (0..num)
+                .map(|i| start + (stop - start) * i as f64 / (num - 1) as f64)
+                .collect(),
         };
         Tensor::from_vec(v, &[num]).cast(dtype)
     }
@@ -94,7 +96,9 @@ fn collect_seq<T: TensorLiteral>(items: &[T], out: &mut LiteralData) -> Vec<usiz
         match &inner {
             None => inner = Some(s),
             Some(prev) if *prev != s => {
-                panic!("tensor: ragged nested literal: rows of shapes {prev:?} and {s:?}; every row must have one shape")
+                panic!(
+                    "tensor: ragged nested literal: rows of shapes {prev:?} and {s:?}; every row must have one shape"
+                )
             }
             _ => {}
         }

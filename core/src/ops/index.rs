@@ -17,7 +17,11 @@ fn around_axis(x: &Tensor, axis: usize) -> (Tensor, usize, usize, usize) {
 /// Indices as a flat i64 tensor with negatives wrapped, checked against `n`.
 fn checked_indices(op: &str, idx: &Tensor, n: usize, x_shape: &[usize], axis: usize) -> Tensor {
     if idx.dtype() != DType::I64 {
-        panic!("{op}: indices must be i64, got {} with shape {:?}; cast them with .cast(DType::I64)", idx.dtype(), idx.shape());
+        panic!(
+            "{op}: indices must be i64, got {} with shape {:?}; cast them with .cast(DType::I64)",
+            idx.dtype(),
+            idx.shape()
+        );
     }
     let flat = idx.stop_gradient().reshape([1, idx.numel()]);
     let values = flat.to_vec::<i64>();
@@ -27,7 +31,9 @@ fn checked_indices(op: &str, idx: &Tensor, n: usize, x_shape: &[usize], axis: us
     }
     if values.iter().any(|&v| v < 0) {
         let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
-        return Tensor::from_vec(wrapped, &[1, values.len()]).to_device(idx.device()).expect("same device as idx");
+        return Tensor::from_vec(wrapped, &[1, values.len()])
+            .to_device(idx.device())
+            .expect("same device as idx");
     }
     flat
 }
@@ -105,7 +111,11 @@ impl Tensor {
                 idx.shape()
             );
         }
-        let updates = if updates.dtype() == self.dtype() { updates.clone() } else { updates.cast(self.dtype()) };
+        let updates = if updates.dtype() == self.dtype() {
+            updates.clone()
+        } else {
+            updates.cast(self.dtype())
+        };
         let (x4, pre, n, post) = around_axis(self, a);
         let flat = checked_indices("scatter_add", idx, n, self.shape(), a);
         let u4 = updates.reshape([1, pre, idx.numel(), post]);
@@ -132,7 +142,11 @@ impl Tensor {
         let xm = self.moveaxis(a as isize, -1);
         let im = idx.moveaxis(a as isize, -1);
         let n = xm.shape()[xm.rank() - 1];
-        let mut rows_shape = crate::shape::broadcast_shapes("take_along_axis", &xm.shape()[..xm.rank() - 1], &im.shape()[..im.rank() - 1]);
+        let mut rows_shape = crate::shape::broadcast_shapes(
+            "take_along_axis",
+            &xm.shape()[..xm.rank() - 1],
+            &im.shape()[..im.rank() - 1],
+        );
         let k = im.shape()[im.rank() - 1];
         let mut xs = rows_shape.clone();
         xs.push(n);
@@ -151,7 +165,11 @@ impl Tensor {
 /// One-hot encoding of integer labels: shape `labels.shape ++ [num_classes]`, `dtype` floats.
 pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Tensor {
     if labels.dtype() != DType::I64 {
-        panic!("one_hot: labels must be i64, got {} with shape {:?}", labels.dtype(), labels.shape());
+        panic!(
+            "one_hot: labels must be i64, got {} with shape {:?}",
+            labels.dtype(),
+            labels.shape()
+        );
     }
     let classes = Tensor::arange(0.0, num_classes as f64, 1.0, DType::I64);
     labels.expand_dims(-1).eq(&classes).cast(dtype)

@@ -30,7 +30,12 @@ impl Rule for MatmulRule {
 /// The primitive: both operands at least 2-D, batch axes broadcast.
 fn matmul_nd(a: &Tensor, b: &Tensor) -> Tensor {
     let (ra, rb) = (a.rank(), b.rank());
-    let (m, k, k2, n) = (a.shape()[ra - 2], a.shape()[ra - 1], b.shape()[rb - 2], b.shape()[rb - 1]);
+    let (m, k, k2, n) = (
+        a.shape()[ra - 2],
+        a.shape()[ra - 1],
+        b.shape()[rb - 2],
+        b.shape()[rb - 1],
+    );
     if k != k2 {
         panic!(
             "matmul: inner dimensions differ: lhs {:?} ({}) x rhs {:?} ({}); the last axis of lhs must equal the second-to-last of rhs",
@@ -79,10 +84,22 @@ impl Tensor {
             );
         }
         if self.dtype() == crate::DType::Bool {
-            panic!("matmul: bool operands are not supported (shapes {:?} and {:?})", self.shape(), other.shape());
+            panic!(
+                "matmul: bool operands are not supported (shapes {:?} and {:?})",
+                self.shape(),
+                other.shape()
+            );
         }
-        let a = if self.rank() == 1 { self.expand_dims(0) } else { self.clone() };
-        let b = if other.rank() == 1 { other.expand_dims(-1) } else { other.clone() };
+        let a = if self.rank() == 1 {
+            self.expand_dims(0)
+        } else {
+            self.clone()
+        };
+        let b = if other.rank() == 1 {
+            other.expand_dims(-1)
+        } else {
+            other.clone()
+        };
         let mut out = matmul_nd(&a, &b);
         if other.rank() == 1 {
             out = out.squeeze([-1]);
@@ -96,7 +113,11 @@ impl Tensor {
     /// NumPy's `dot` for 1-D and 2-D operands (inner product, matrix-vector, matrix-matrix).
     pub fn dot(&self, other: &Tensor) -> Tensor {
         if self.rank() > 2 || other.rank() > 2 {
-            panic!("dot: supports 1-D and 2-D operands, got {:?} and {:?}; use matmul for batches", self.shape(), other.shape());
+            panic!(
+                "dot: supports 1-D and 2-D operands, got {:?} and {:?}; use matmul for batches",
+                self.shape(),
+                other.shape()
+            );
         }
         self.matmul(other)
     }

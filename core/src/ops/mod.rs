@@ -141,7 +141,11 @@ impl Tensor {
                 axes.push((lead + i) as isize);
             }
         }
-        let summed = if axes.is_empty() { self.clone() } else { self.sum(axes, true) };
+        let summed = if axes.is_empty() {
+            self.clone()
+        } else {
+            self.sum(axes, true)
+        };
         summed.reshape(shape)
     }
 }

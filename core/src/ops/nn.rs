@@ -73,7 +73,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
 /// Mean squared error `mean((pred - target)^2)`.
 pub fn mse(pred: &Tensor, target: &Tensor) -> Tensor {
     if pred.shape() != target.shape() {
-        panic!("mse: prediction {:?} and target {:?} must have one shape", pred.shape(), target.shape());
+        panic!(
+            "mse: prediction {:?} and target {:?} must have one shape",
+            pred.shape(),
+            target.shape()
+        );
     }
     (pred - target).square().mean(Axes::All, false)
 }

@@ -62,7 +62,10 @@ fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> T
     let axes = normalize_axes(name, axes.as_option(), x.rank());
     if matches!(op, ReduceOp::Max | ReduceOp::Min) {
         if let Some(&a) = axes.iter().find(|&&a| x.shape()[a] == 0) {
-            panic!("{name}: axis {a} of shape {:?} is empty and {name} has no identity", x.shape());
+            panic!(
+                "{name}: axis {a} of shape {:?} is empty and {name} has no identity",
+                x.shape()
+            );
         }
     }
     let kept = if axes.is_empty() {
@@ -78,7 +81,13 @@ fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> T
     if keepdims {
         kept
     } else {
-        let shape: Vec<usize> = x.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &s)| s).collect();
+        let shape: Vec<usize> = x
+            .shape()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &s)| s)
+            .collect();
         kept.reshape(&shape)
     }
 }
@@ -108,7 +117,10 @@ impl Tensor {
     pub fn mean(&self, axes: impl Into<Axes>, keepdims: bool) -> Tensor {
         require_float("mean", self);
         let axes = axes.into();
-        let count: usize = normalize_axes("mean", axes.as_option(), self.rank()).iter().map(|&a| self.shape()[a]).product();
+        let count: usize = normalize_axes("mean", axes.as_option(), self.rank())
+            .iter()
+            .map(|&a| self.shape()[a])
+            .product();
         self.sum(axes, keepdims) / count as f64
     }
     /// Mean of every element, as a scalar.
@@ -135,7 +147,13 @@ impl Tensor {
             out
         } else {
             let keep = normalize_axes("logsumexp", axes.as_option(), self.rank());
-            let shape: Vec<usize> = self.shape().iter().enumerate().filter(|(i, _)| !keep.contains(i)).map(|(_, &s)| s).collect();
+            let shape: Vec<usize> = self
+                .shape()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !keep.contains(i))
+                .map(|(_, &s)| s)
+                .collect();
             out.reshape(&shape)
         }
     }
@@ -150,11 +168,19 @@ impl Tensor {
 
     fn arg_reduce(&self, op: ArgOp, name: &str, axis: Option<isize>, keepdims: bool) -> Tensor {
         let Some(axis) = axis else {
-            let flat = self.reshape(&[self.numel()]).arg_reduce(op, name, Some(0), false);
-            return if keepdims { flat.reshape(&vec![1; self.rank()]) } else { flat };
+            let flat = self.reshape([self.numel()]).arg_reduce(op, name, Some(0), false);
+            return if keepdims {
+                flat.reshape(vec![1; self.rank()])
+            } else {
+                flat
+            };
         };
         let axis = normalize_axis(name, axis, self.rank().max(1));
-        let x = if self.rank() == 0 { self.reshape(&[1]) } else { self.clone() };
+        let x = if self.rank() == 0 {
+            self.reshape([1])
+        } else {
+            self.clone()
+        };
         if x.shape()[axis] == 0 {
             panic!("{name}: axis {axis} of shape {:?} is empty", self.shape());
         }

@@ -177,7 +177,11 @@ impl Rule for ConcatRule {
             .collect()
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        let parts: Vec<Tensor> = inputs.iter().zip(t).map(|(x, t)| t.clone().unwrap_or_else(|| x.zeros_like())).collect();
+        let parts: Vec<Tensor> = inputs
+            .iter()
+            .zip(t)
+            .map(|(x, t)| t.clone().unwrap_or_else(|| x.zeros_like()))
+            .collect();
         Some(concatenate(&parts, self.axis as isize))
     }
 }
@@ -196,11 +200,19 @@ pub struct Sl {
 impl Sl {
     /// The whole axis (`:`).
     pub fn all() -> Sl {
-        Sl { start: None, stop: None, step: 1 }
+        Sl {
+            start: None,
+            stop: None,
+            step: 1,
+        }
     }
     /// `start:stop`.
     pub fn range(start: isize, stop: isize) -> Sl {
-        Sl { start: Some(start), stop: Some(stop), step: 1 }
+        Sl {
+            start: Some(start),
+            stop: Some(stop),
+            step: 1,
+        }
     }
     /// `start:stop:step` with optional ends.
     pub fn new(start: Option<isize>, stop: Option<isize>, step: isize) -> Sl {
@@ -239,12 +251,20 @@ fn slice_bounds(s: Sl, len: usize) -> (isize, usize) {
     if s.step > 0 {
         let start = s.start.map_or(0, |v| norm(v, 0, n));
         let stop = s.stop.map_or(n, |v| norm(v, 0, n));
-        let count = if stop > start { (stop - start + s.step - 1) / s.step } else { 0 };
+        let count = if stop > start {
+            (stop - start + s.step - 1) / s.step
+        } else {
+            0
+        };
         (start, count as usize)
     } else {
         let start = s.start.map_or(n - 1, |v| norm(v, -1, n - 1));
         let stop = s.stop.map_or(-1, |v| norm(v, -1, n - 1));
-        let count = if start > stop { (start - stop + (-s.step) - 1) / (-s.step) } else { 0 };
+        let count = if start > stop {
+            (start - stop + (-s.step) - 1) / (-s.step)
+        } else {
+            0
+        };
         (start, count as usize)
     }
 }
@@ -265,7 +285,9 @@ impl Tensor {
                 c.with_layout(l)
             }
         };
-        Tensor::record(raw, &[self], || ReshapeRule { from: self.shape().to_vec() })
+        Tensor::record(raw, &[self], || ReshapeRule {
+            from: self.shape().to_vec(),
+        })
     }
 
     /// All elements as a 1-D tensor.
@@ -276,8 +298,16 @@ impl Tensor {
     /// Axes reordered: axis `i` of the result is axis `perm[i]` of `self` (a view).
     pub fn permute(&self, perm: &[usize]) -> Tensor {
         let mut seen = vec![false; self.rank()];
-        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true)) {
-            panic!("permute: {perm:?} is not a permutation of the {} axes of shape {:?}", self.rank(), self.shape());
+        if perm.len() != self.rank()
+            || perm
+                .iter()
+                .any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true))
+        {
+            panic!(
+                "permute: {perm:?} is not a permutation of the {} axes of shape {:?}",
+                self.rank(),
+                self.shape()
+            );
         }
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return self.clone();
@@ -294,7 +324,10 @@ impl Tensor {
 
     /// Axes `a` and `b` exchanged (negative counts from the end).
     pub fn swap_axes(&self, a: isize, b: isize) -> Tensor {
-        let (a, b) = (normalize_axis("swap_axes", a, self.rank()), normalize_axis("swap_axes", b, self.rank()));
+        let (a, b) = (
+            normalize_axis("swap_axes", a, self.rank()),
+            normalize_axis("swap_axes", b, self.rank()),
+        );
         let mut perm: Vec<usize> = (0..self.rank()).collect();
         perm.swap(a, b);
         self.permute(&perm)
@@ -302,7 +335,10 @@ impl Tensor {
 
     /// Axis `src` moved to position `dst`.
     pub fn moveaxis(&self, src: isize, dst: isize) -> Tensor {
-        let (s, d) = (normalize_axis("moveaxis", src, self.rank()), normalize_axis("moveaxis", dst, self.rank()));
+        let (s, d) = (
+            normalize_axis("moveaxis", src, self.rank()),
+            normalize_axis("moveaxis", dst, self.rank()),
+        );
         let mut perm: Vec<usize> = (0..self.rank()).filter(|&a| a != s).collect();
         perm.insert(d, s);
         self.permute(&perm)
@@ -322,14 +358,18 @@ impl Tensor {
             ),
         }
         let raw = self.raw().with_layout(self.layout().broadcast_to(shape));
-        Tensor::record(raw, &[self], || BroadcastRule { from: self.shape().to_vec() })
+        Tensor::record(raw, &[self], || BroadcastRule {
+            from: self.shape().to_vec(),
+        })
     }
 
     /// A new axis of extent 1 at `axis` (negative counts from the end of the result).
     pub fn expand_dims(&self, axis: isize) -> Tensor {
         let a = normalize_axis("expand_dims", axis, self.rank() + 1);
         let raw = self.raw().with_layout(self.layout().expand_dims(a));
-        Tensor::record(raw, &[self], || ReshapeRule { from: self.shape().to_vec() })
+        Tensor::record(raw, &[self], || ReshapeRule {
+            from: self.shape().to_vec(),
+        })
     }
 
     /// Removes the listed axes, which must have extent 1 (`Axes::All`: every extent-1 axis).
@@ -340,13 +380,19 @@ impl Tensor {
             Some(_) => normalize_axes("squeeze", axes.as_option(), self.rank()),
         };
         if let Some(&a) = list.iter().find(|&&a| self.shape()[a] != 1) {
-            panic!("squeeze: axis {a} of shape {:?} has extent {}, not 1", self.shape(), self.shape()[a]);
+            panic!(
+                "squeeze: axis {a} of shape {:?} has extent {}, not 1",
+                self.shape(),
+                self.shape()[a]
+            );
         }
         let mut layout = self.layout().clone();
         for &a in list.iter().rev() {
             layout = layout.squeeze_axis(a);
         }
-        Tensor::record(self.raw().with_layout(layout), &[self], || ReshapeRule { from: self.shape().to_vec() })
+        Tensor::record(self.raw().with_layout(layout), &[self], || ReshapeRule {
+            from: self.shape().to_vec(),
+        })
     }
 
     /// Strided slice with positive steps on every axis, giving `lens` elements per axis.
@@ -371,7 +417,10 @@ impl Tensor {
             return self.clone();
         }
         let raw = self.backend().embed(self.raw(), shape, starts, steps);
-        Tensor::record(raw, &[self], || EmbedRule { starts: starts.to_vec(), steps: steps.to_vec() })
+        Tensor::record(raw, &[self], || EmbedRule {
+            starts: starts.to_vec(),
+            steps: steps.to_vec(),
+        })
     }
 
     /// Reverses the order of elements along `axes` (a view with negative strides).
@@ -389,13 +438,20 @@ impl Tensor {
             let n = layout.shape[a];
             layout = layout.slice_axis(a, n.saturating_sub(1), -1, n);
         }
-        Tensor::record(self.raw().with_layout(layout), &[self], || FlipRule { axes: axes.to_vec() })
+        Tensor::record(self.raw().with_layout(layout), &[self], || FlipRule {
+            axes: axes.to_vec(),
+        })
     }
 
     /// Python slicing `x[s0, s1, ...]`, one [`Sl`] per leading axis (a view).
     pub fn slice(&self, specs: &[Sl]) -> Tensor {
         if specs.len() > self.rank() {
-            panic!("slice: {} slices given for a tensor of rank {} (shape {:?})", specs.len(), self.rank(), self.shape());
+            panic!(
+                "slice: {} slices given for a tensor of rank {} (shape {:?})",
+                specs.len(),
+                self.rank(),
+                self.shape()
+            );
         }
         let mut flips = vec![];
         let mut starts = vec![0; self.rank()];
@@ -406,7 +462,11 @@ impl Tensor {
             let (start, count) = slice_bounds(s, n);
             if s.step < 0 {
                 flips.push(ax);
-                starts[ax] = if count == 0 { 0 } else { (n as isize - 1 - start) as usize };
+                starts[ax] = if count == 0 {
+                    0
+                } else {
+                    (n as isize - 1 - start) as usize
+                };
             } else {
                 starts[ax] = if count == 0 { 0 } else { start as usize };
             }
@@ -434,16 +494,25 @@ impl Tensor {
         let axis = normalize_axis("index", axis, self.rank());
         let n = self.shape()[axis] as isize;
         if index < -n || index >= n {
-            panic!("index: index {index} is out of range for axis {axis} of extent {n} (shape {:?})", self.shape());
+            panic!(
+                "index: index {index} is out of range for axis {axis} of extent {n} (shape {:?})",
+                self.shape()
+            );
         }
         let i = if index < 0 { index + n } else { index };
-        self.slice_axis(axis as isize, Some(i), Some(i + 1), 1).squeeze([axis as isize])
+        self.slice_axis(axis as isize, Some(i), Some(i + 1), 1)
+            .squeeze([axis as isize])
     }
 
     /// Zero padding: `widths[a] = (before, after)` elements added on each side of axis `a`.
     pub fn pad(&self, widths: &[(usize, usize)]) -> Tensor {
         if widths.len() != self.rank() {
-            panic!("pad: {} (before, after) pairs given for a tensor of rank {} (shape {:?})", widths.len(), self.rank(), self.shape());
+            panic!(
+                "pad: {} (before, after) pairs given for a tensor of rank {} (shape {:?})",
+                widths.len(),
+                self.rank(),
+                self.shape()
+            );
         }
         let shape: Vec<usize> = self.shape().iter().zip(widths).map(|(&s, &(b, a))| s + b + a).collect();
         let starts: Vec<usize> = widths.iter().map(|w| w.0).collect();
@@ -455,16 +524,23 @@ impl Tensor {
         let a = normalize_axis("split", axis, self.rank());
         let n = self.shape()[a];
         if sections == 0 || n % sections != 0 {
-            panic!("split: axis {a} of shape {:?} (extent {n}) cannot be split into {sections} equal sections", self.shape());
+            panic!(
+                "split: axis {a} of shape {:?} (extent {n}) cannot be split into {sections} equal sections",
+                self.shape()
+            );
         }
         let len = n / sections;
-        (0..sections).map(|i| self.slice_axis(a as isize, Some((i * len) as isize), Some(((i + 1) * len) as isize), 1)).collect()
+        (0..sections)
+            .map(|i| self.slice_axis(a as isize, Some((i * len) as isize), Some(((i + 1) * len) as isize), 1))
+            .collect()
     }
 }
 
 /// Joins tensors along an existing axis (a copy). Shapes must agree on every other axis.
 pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
-    let Some(first) = tensors.first() else { panic!("concatenate: needs at least one tensor") };
+    let Some(first) = tensors.first() else {
+        panic!("concatenate: needs at least one tensor")
+    };
     let a = normalize_axis("concatenate", axis, first.rank().max(1));
     let dtype = tensors.iter().map(|t| t.dtype()).fold(first.dtype(), DType::promote);
     for (i, t) in tensors.iter().enumerate() {
@@ -479,7 +555,10 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
             );
         }
     }
-    let cast: Vec<Tensor> = tensors.iter().map(|t| if t.dtype() == dtype { t.clone() } else { t.cast(dtype) }).collect();
+    let cast: Vec<Tensor> = tensors
+        .iter()
+        .map(|t| if t.dtype() == dtype { t.clone() } else { t.cast(dtype) })
+        .collect();
     if cast.len() == 1 {
         return cast[0].clone();
     }
@@ -495,10 +574,16 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
 
 /// Joins tensors of one shape along a new axis.
 pub fn stack(tensors: &[Tensor], axis: isize) -> Tensor {
-    let Some(first) = tensors.first() else { panic!("stack: needs at least one tensor") };
+    let Some(first) = tensors.first() else {
+        panic!("stack: needs at least one tensor")
+    };
     for (i, t) in tensors.iter().enumerate() {
         if t.shape() != first.shape() {
-            panic!("stack: tensor {i} has shape {:?}, tensor 0 has {:?}; all must match", t.shape(), first.shape());
+            panic!(
+                "stack: tensor {i} has shape {:?}, tensor 0 has {:?}; all must match",
+                t.shape(),
+                first.shape()
+            );
         }
     }
     let a = normalize_axis("stack", axis, first.rank() + 1) as isize;

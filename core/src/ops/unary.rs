@@ -120,14 +120,21 @@ impl Tensor {
     /// Logical not of a bool tensor.
     pub fn logical_not(&self) -> Tensor {
         if self.dtype() != DType::Bool {
-            panic!("logical_not: needs a bool tensor, got {} with shape {:?}", self.dtype(), self.shape());
+            panic!(
+                "logical_not: needs a bool tensor, got {} with shape {:?}",
+                self.dtype(),
+                self.shape()
+            );
         }
         unary(self, UnaryOp::Not)
     }
 
     fn require_numeric(&self, op: &str) {
         if self.dtype() == DType::Bool {
-            panic!("{op}: not defined for bool tensors (shape {:?}); cast to a number dtype first", self.shape());
+            panic!(
+                "{op}: not defined for bool tensors (shape {:?}); cast to a number dtype first",
+                self.shape()
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Trace levels: one per transform call, open while its function is being traced.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -16,15 +17,21 @@ pub(crate) fn next_id() -> u64 {
 pub struct Level {
     id: u64,
     open: AtomicBool,
-    /// While non-zero, ops do not record nodes for this level (used by `backward` on the
-    /// long-lived autograd level while it runs derivative rules).
-    paused: AtomicUsize,
+}
+
+thread_local! {
+    /// Ids of the levels paused on this thread: `backward` pauses the long-lived autograd level
+    /// on its own thread while it runs derivative rules, without affecting other threads.
+    static PAUSED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Level {
     /// Opens a new level.
     pub fn open() -> Arc<Level> {
-        Arc::new(Level { id: next_id(), open: AtomicBool::new(true), paused: AtomicUsize::new(0) })
+        Arc::new(Level {
+            id: next_id(),
+            open: AtomicBool::new(true),
+        })
     }
 
     /// Its id (larger for newer levels).
@@ -34,7 +41,7 @@ impl Level {
 
     /// True while ops should record nodes for this level.
     pub fn is_recording(&self) -> bool {
-        self.open.load(Ordering::Acquire) && self.paused.load(Ordering::Acquire) == 0
+        self.open.load(Ordering::Acquire) && !PAUSED.with(|p| p.borrow().contains(&self.id))
     }
 
     /// Stops recording for good: the traced function has returned.
@@ -42,19 +49,24 @@ impl Level {
         self.open.store(false, Ordering::Release);
     }
 
-    /// Stops recording until the guard is dropped.
+    /// Stops recording on this thread until the guard is dropped.
     pub(crate) fn pause(self: &Arc<Level>) -> PauseGuard {
-        self.paused.fetch_add(1, Ordering::AcqRel);
-        PauseGuard(self.clone())
+        PAUSED.with(|p| p.borrow_mut().push(self.id));
+        PauseGuard(self.id)
     }
 }
 
-/// Resumes recording on a paused level when dropped.
-pub(crate) struct PauseGuard(Arc<Level>);
+/// Resumes recording of a paused level on this thread when dropped.
+pub(crate) struct PauseGuard(u64);
 
 impl Drop for PauseGuard {
     fn drop(&mut self) {
-        self.0.paused.fetch_sub(1, Ordering::AcqRel);
+        PAUSED.with(|p| {
+            let mut p = p.borrow_mut();
+            if let Some(i) = p.iter().rposition(|&id| id == self.0) {
+                p.remove(i);
+            }
+        });
     }
 }
 

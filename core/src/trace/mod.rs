@@ -14,5 +14,5 @@ pub(crate) mod sweep;
 
 pub use level::Level;
 pub(crate) use level::{next_id, union_levels};
-pub use node::Rule;
 pub(crate) use node::Node;
+pub use node::Rule;

@@ -40,12 +40,16 @@ impl Node {
 
     /// A copy of the inputs; panics with a hint when the graph was freed.
     pub fn inputs(&self) -> Vec<Tensor> {
-        self.inputs.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_else(|| {
-            panic!(
-                "backward: the graph through `{}` was already freed by an earlier backward; \
+        self.inputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| {
+                panic!(
+                    "backward: the graph through `{}` was already freed by an earlier backward; \
                  pass retain_graph = Some(true) to the first call to keep it",
-                self.rule.name()
-            )
-        })
+                    self.rule.name()
+                )
+            })
     }
 }

@@ -41,7 +41,11 @@ fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: 
             target.shape()
         );
     }
-    let g = if g.dtype() == target.dtype() { g } else { g.cast(target.dtype()) };
+    let g = if g.dtype() == target.dtype() {
+        g
+    } else {
+        g.cast(target.dtype())
+    };
     let id = target.node_id().expect("traced");
     let sum = match map.remove(&id) {
         Some(prev) => prev + g,
@@ -54,7 +58,11 @@ fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: 
 /// (output, cotangent) pairs. Nodes in `stops` (the level's leaves) receive cotangents but do
 /// not pass them on. Returns the cotangents of the stop nodes, by node id, and the ids of
 /// every node visited.
-pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: u64, stops: &HashSet<u64>) -> (HashMap<u64, Tensor>, Vec<Tensor>) {
+pub(crate) fn reverse(
+    seeds: &[(Tensor, Tensor)],
+    level: u64,
+    stops: &HashSet<u64>,
+) -> (HashMap<u64, Tensor>, Vec<Tensor>) {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
     let order = collect(&outputs, level, stops);
     let mut cts: HashMap<u64, Tensor> = HashMap::new();
@@ -98,7 +106,13 @@ pub(crate) fn forward(outputs: &[Tensor], level: u64, leaf_tangents: HashMap<u64
         let inputs = node.inputs();
         let ins: Vec<Option<Tensor>> = inputs
             .iter()
-            .map(|i| if in_level(i, level) { i.node_id().and_then(|id| tangents.get(&id).cloned()) } else { None })
+            .map(|i| {
+                if in_level(i, level) {
+                    i.node_id().and_then(|id| tangents.get(&id).cloned())
+                } else {
+                    None
+                }
+            })
             .collect();
         if ins.iter().all(|t| t.is_none()) {
             continue;
@@ -112,9 +126,22 @@ pub(crate) fn forward(outputs: &[Tensor], level: u64, leaf_tangents: HashMap<u64
                     t.shape()
                 );
             }
-            let out_t = if out_t.dtype() == t.dtype() { out_t } else { out_t.cast(t.dtype()) };
+            let out_t = if out_t.dtype() == t.dtype() {
+                out_t
+            } else {
+                out_t.cast(t.dtype())
+            };
             tangents.insert(node.id, out_t);
         }
     }
-    outputs.iter().map(|o| if in_level(o, level) { tangents.get(&o.node_id().expect("traced")).cloned() } else { None }).collect()
+    outputs
+        .iter()
+        .map(|o| {
+            if in_level(o, level) {
+                tangents.get(&o.node_id().expect("traced")).cloned()
+            } else {
+                None
+            }
+        })
+        .collect()
 }

@@ -46,7 +46,11 @@ pub struct BackwardOptions {
 /// `outputs` with `cotangents` (one per output, of its shape and dtype).
 pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOptions) {
     if outputs.len() != cotangents.len() {
-        panic!("backward: {} cotangents given for {} outputs", cotangents.len(), outputs.len());
+        panic!(
+            "backward: {} cotangents given for {} outputs",
+            cotangents.len(),
+            outputs.len()
+        );
     }
     for (i, (c, o)) in cotangents.iter().zip(outputs).enumerate() {
         super::check_like("backward", "cotangent", i, c, o);
@@ -57,7 +61,11 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
     }
     let seeds: Vec<(Tensor, Tensor)> = outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
     let all = sweep::collect(outputs, level.id(), &HashSet::new());
-    let stops: HashSet<u64> = all.iter().filter(|t| t.is_grad_leaf()).filter_map(|t| t.node_id()).collect();
+    let stops: HashSet<u64> = all
+        .iter()
+        .filter(|t| t.is_grad_leaf())
+        .filter_map(|t| t.node_id())
+        .collect();
     let (leaf_cts, visited) = {
         let _paused = level.pause();
         sweep::reverse(&seeds, level.id(), &stops)
@@ -78,7 +86,11 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
     }
     if !options.retain_graph.unwrap_or(false) {
         for t in visited.iter().filter(|t| !t.is_grad_leaf()) {
-            *t.node().expect("traced").inputs.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *t.node()
+                .expect("traced")
+                .inputs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
     if let Some(hook) = hook_slot().read().unwrap_or_else(|e| e.into_inner()).clone() {
@@ -91,6 +103,10 @@ impl Tensor {
     /// `loss.backward()`).
     pub fn backward(&self) {
         require_scalar("backward", self);
-        backward(std::slice::from_ref(self), &[self.ones_like()], BackwardOptions::default());
+        backward(
+            std::slice::from_ref(self),
+            &[self.ones_like()],
+            BackwardOptions::default(),
+        );
     }
 }

@@ -45,7 +45,13 @@ pub fn format_graph(outputs: &[Tensor]) -> String {
         let extra = if t.is_grad_leaf() { " requires_grad" } else { "" };
         let _ = writeln!(s, "%{id} = {name}({args}) : {}{extra}", describe(t));
     }
-    let outs: Vec<String> = outputs.iter().map(|o| o.node_id().map_or_else(|| format!("const {}", describe(o)), |n| format!("%{n}"))).collect();
+    let outs: Vec<String> = outputs
+        .iter()
+        .map(|o| {
+            o.node_id()
+                .map_or_else(|| format!("const {}", describe(o)), |n| format!("%{n}"))
+        })
+        .collect();
     let _ = write!(s, "return {}", outs.join(", "));
     s
 }

@@ -9,9 +9,17 @@ use crate::trace::{sweep, Level};
 
 /// Outputs of `f(primals)` and their tangents for `tangents` of the primals (one per primal,
 /// each of its primal's shape and dtype).
-pub fn jvp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor], tangents: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
+pub fn jvp_many(
+    f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
+    primals: &[Tensor],
+    tangents: &[Tensor],
+) -> (Vec<Tensor>, Vec<Tensor>) {
     if primals.len() != tangents.len() {
-        panic!("jvp: {} tangents given for {} primals; pass one per primal", tangents.len(), primals.len());
+        panic!(
+            "jvp: {} tangents given for {} primals; pass one per primal",
+            tangents.len(),
+            primals.len()
+        );
     }
     for (i, (t, p)) in tangents.iter().zip(primals).enumerate() {
         check_like("jvp", "tangent", i, t, p);
@@ -20,7 +28,11 @@ pub fn jvp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor], ta
     let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
     let outputs = f(&leaves);
     level.close();
-    let seeds: HashMap<u64, Tensor> = leaves.iter().zip(tangents).map(|(l, t)| (l.node_id().expect("leaf"), t.clone())).collect();
+    let seeds: HashMap<u64, Tensor> = leaves
+        .iter()
+        .zip(tangents)
+        .map(|(l, t)| (l.node_id().expect("leaf"), t.clone()))
+        .collect();
     let out_tangents = sweep::forward(&outputs, level.id(), seeds);
     let tangents_out = outputs
         .iter()

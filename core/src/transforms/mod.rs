@@ -27,7 +27,11 @@ pub(crate) fn check_like(op: &str, what: &str, i: usize, given: &Tensor, expecte
             given.dtype(),
             expected.shape(),
             expected.dtype(),
-            if what.starts_with("cotangent") { "output" } else { "primal" }
+            if what.starts_with("cotangent") {
+                "output"
+            } else {
+                "primal"
+            }
         );
     }
 }

@@ -21,7 +21,11 @@ impl VjpFn {
     /// for `cotangents` of the outputs (one per output, each of its output's shape and dtype).
     pub fn call(&self, cotangents: &[Tensor]) -> Vec<Tensor> {
         if cotangents.len() != self.outputs.len() {
-            panic!("vjp: {} cotangents given for {} outputs; pass one per output", cotangents.len(), self.outputs.len());
+            panic!(
+                "vjp: {} cotangents given for {} outputs; pass one per output",
+                cotangents.len(),
+                self.outputs.len()
+            );
         }
         for (i, (c, o)) in cotangents.iter().zip(&self.outputs).enumerate() {
             check_like("vjp", "cotangent", i, c, o);
@@ -32,7 +36,10 @@ impl VjpFn {
         self.leaves
             .iter()
             .map(|l| {
-                let g = leaf_cts.get(&l.node_id().expect("leaves are traced")).cloned().unwrap_or_else(|| l.zeros_like());
+                let g = leaf_cts
+                    .get(&l.node_id().expect("leaves are traced"))
+                    .cloned()
+                    .unwrap_or_else(|| l.zeros_like());
                 release_finished(&g)
             })
             .collect()
@@ -61,7 +68,9 @@ pub fn vjp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor]) ->
 pub fn vjp(f: impl FnOnce(&Tensor) -> Tensor, x: &Tensor) -> (Tensor, impl Fn(&Tensor) -> Tensor) {
     let (mut outs, pullback) = vjp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x));
     let out = outs.remove(0);
-    (out, move |ct: &Tensor| pullback.call(std::slice::from_ref(ct)).remove(0))
+    (out, move |ct: &Tensor| {
+        pullback.call(std::slice::from_ref(ct)).remove(0)
+    })
 }
 
 /// Checks that `out` is a scalar, naming the transform.

@@ -18,7 +18,12 @@ pub struct Case {
 
 /// A fixture tensor as a nabla tensor.
 pub fn tensor_from(v: &Value) -> Tensor {
-    let shape: Vec<usize> = v["shape"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap() as usize).collect();
+    let shape: Vec<usize> = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap() as usize)
+        .collect();
     let data = v["data"].as_array().unwrap();
     match v["dtype"].as_str().unwrap() {
         "f64" => Tensor::from_vec(data.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>(), &shape),
@@ -127,12 +132,26 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "matmul" => one(x[0].matmul(&x[1])),
         "dot" => one(x[0].dot(&x[1])),
         "outer" => one(x[0].outer(&x[1])),
-        "reshape" => one(x[0].reshape(p["shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect::<Vec<i64>>())),
+        "reshape" => one(x[0].reshape(
+            p["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect::<Vec<i64>>(),
+        )),
         "transpose" => one(match p["axes"].as_array() {
             None => x[0].transpose(),
             Some(a) => x[0].permute(&a.iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>()),
         }),
-        "broadcast_to" => one(x[0].broadcast_to(&p["shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect::<Vec<_>>())),
+        "broadcast_to" => one(x[0].broadcast_to(
+            &p["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect::<Vec<_>>(),
+        )),
         "expand_dims" => one(x[0].expand_dims(int(&p["axis"]))),
         "squeeze" => one(x[0].squeeze(axes(&p["axes"]))),
         "flatten" => one(x[0].flatten()),
@@ -147,7 +166,12 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         }
         "flip" => one(x[0].flip(axes(&p["axes"]))),
         "pad" => {
-            let w: Vec<(usize, usize)> = p["widths"].as_array().unwrap().iter().map(|r| (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize)).collect();
+            let w: Vec<(usize, usize)> = p["widths"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize))
+                .collect();
             one(x[0].pad(&w))
         }
         "index" => one(x[0].i(int(&p["index"]))),
@@ -156,7 +180,11 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "split" => x[0].split(p["sections"].as_u64().unwrap() as usize, int(&p["axis"])),
         "take" => one(x[0].take(&x[1], int(&p["axis"]))),
         "take_along_axis" => one(x[0].take_along_axis(&x[1], int(&p["axis"]))),
-        "one_hot" => one(nb::one_hot(&x[0], p["num_classes"].as_u64().unwrap() as usize, DType::F64)),
+        "one_hot" => one(nb::one_hot(
+            &x[0],
+            p["num_classes"].as_u64().unwrap() as usize,
+            DType::F64,
+        )),
         "scatter_add" => one(x[0].scatter_add(&x[1], &x[2], int(&p["axis"]))),
         "softmax" => one(x[0].softmax(int(&p["axis"]))),
         "log_softmax" => one(x[0].log_softmax(int(&p["axis"]))),

@@ -219,13 +219,19 @@ pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
 
 fn sel<T: Copy + Send + Sync + Default>(c: &ArrayViewD<bool>, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<T> {
     let mut out = ArrayD::<T>::default(a.raw_dim());
-    Zip::from(&mut out).and(c).and(a).and(b).for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+    Zip::from(&mut out)
+        .and(c)
+        .and(a)
+        .and(b)
+        .for_each(|o, &c, &x, &y| *o = if c { x } else { y });
     out.into_raw_vec_and_offset().0
 }
 
 /// `cond ? a : b` kernel.
 pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
-    let CpuBuffer::Bool(c) = host(cond) else { unreachable!("condition is bool: checked by the op layer") };
+    let CpuBuffer::Bool(c) = host(cond) else {
+        unreachable!("condition is bool: checked by the op layer")
+    };
     let c = view(c, &cond.layout);
     let shape = a.shape();
     match (host(a), host(b)) {
@@ -237,7 +243,12 @@ pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTenso
     }
 }
 
-fn cast_view<T: Copy + Send + Sync>(v: &ArrayViewD<T>, dtype: DType, shape: &[usize], to: impl Fn(T) -> f64 + Sync + Send) -> RawTensor {
+fn cast_view<T: Copy + Send + Sync>(
+    v: &ArrayViewD<T>,
+    dtype: DType,
+    shape: &[usize],
+    to: impl Fn(T) -> f64 + Sync + Send,
+) -> RawTensor {
     match dtype {
         DType::F32 => wrap(map1(v, |x| to(x) as f32), shape),
         DType::F64 => wrap(map1(v, &to), shape),

@@ -47,7 +47,13 @@ pub(super) fn gather(x: &RawTensor, idx: &RawTensor) -> RawTensor {
     }
 }
 
-fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(base: &mut [T], dims: [usize; 4], idx: &[i64], upd: &[T], i_len: usize) {
+fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
+    base: &mut [T],
+    dims: [usize; 4],
+    idx: &[i64],
+    upd: &[T],
+    i_len: usize,
+) {
     let [bn, p, n, q] = dims;
     for b in 0..bn {
         for pp in 0..p {
@@ -125,14 +131,22 @@ pub(super) fn concat(xs: &[&RawTensor], axis: usize) -> RawTensor {
     }
 }
 
-fn embed_typed<T: Copy + Default>(x: ndarray::ArrayViewD<'_, T>, shape: &[usize], starts: &[usize], steps: &[usize]) -> Vec<T> {
+fn embed_typed<T: Copy + Default>(
+    x: ndarray::ArrayViewD<'_, T>,
+    shape: &[usize],
+    starts: &[usize],
+    steps: &[usize],
+) -> Vec<T> {
     let mut out = ArrayD::<T>::default(IxDyn(shape));
     {
         let mut target = out.view_mut();
         for ax in 0..shape.len() {
             let len = x.shape()[ax];
             let end = starts[ax] + steps[ax] * len.saturating_sub(1) + usize::from(len > 0);
-            target.slice_axis_inplace(Axis(ax), Slice::new(starts[ax] as isize, Some(end as isize), steps[ax] as isize));
+            target.slice_axis_inplace(
+                Axis(ax),
+                Slice::new(starts[ax] as isize, Some(end as isize), steps[ax] as isize),
+            );
         }
         target.assign(&x);
     }

@@ -40,7 +40,11 @@ fn gemm_typed<T: Copy + Default + 'static>(
     let a_offs = batch_offsets(al);
     let b_offs = batch_offsets(bl);
     let mut out = vec![T::default(); a_offs.len() * m * n];
-    let par = if m * n * k >= PARALLEL_WORK { Parallelism::Rayon(0) } else { Parallelism::None };
+    let par = if m * n * k >= PARALLEL_WORK {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     for (bi, (&ao, &bo)) in a_offs.iter().zip(&b_offs).enumerate() {
         if m * n == 0 {
             continue;

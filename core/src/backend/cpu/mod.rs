@@ -45,7 +45,10 @@ pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
     if numel == 0 {
         return ArrayViewD::from_shape(IxDyn(&layout.shape), &[]).expect("empty view");
     }
-    assert!(base >= 0 && (base as usize) < data.len().max(1), "layout out of buffer bounds");
+    assert!(
+        base >= 0 && (base as usize) < data.len().max(1),
+        "layout out of buffer bounds"
+    );
     // SAFETY: the layout was derived by view operations from a layout that addressed only
     // elements of this buffer, so every index it reaches lies inside `data`; the view is
     // read-only, so aliasing through zero strides is allowed.

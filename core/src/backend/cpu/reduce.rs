@@ -18,7 +18,7 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
     perm.extend_from_slice(axes);
     let p = v.clone().permuted_axes(perm);
     let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
-    let outputs = if run == 0 { v.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &s)| s).product() } else { v.len() / run };
+    let outputs: usize = v.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &s)| s).product();
     let data = match p.as_slice() {
         Some(s) => s.to_vec(),
         None => p.iter().copied().collect(),
@@ -28,7 +28,10 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
 
 fn fold_run<T: Copy + Send + Sync>(run: &[T], init: T, f: fn(T, T) -> T) -> T {
     if run.len() >= PARALLEL_MIN {
-        let parts: Vec<T> = run.par_chunks(FOLD_CHUNK).map(|c| c.iter().fold(init, |a, &b| f(a, b))).collect();
+        let parts: Vec<T> = run
+            .par_chunks(FOLD_CHUNK)
+            .map(|c| c.iter().fold(init, |a, &b| f(a, b)))
+            .collect();
         parts.into_iter().fold(init, f)
     } else {
         // Several accumulators break the dependency chain (the compiler vectorises this).
@@ -67,8 +70,20 @@ macro_rules! float_reduce {
         match $op {
             ReduceOp::Sum => reduce_typed::<$t>($v, $axes, 0.0, |a, b| a + b),
             ReduceOp::Prod => reduce_typed::<$t>($v, $axes, 1.0, |a, b| a * b),
-            ReduceOp::Max => reduce_typed::<$t>($v, $axes, <$t>::NEG_INFINITY, |a, b| if a.is_nan() || a >= b { a } else { b }),
-            ReduceOp::Min => reduce_typed::<$t>($v, $axes, <$t>::INFINITY, |a, b| if a.is_nan() || a <= b { a } else { b }),
+            ReduceOp::Max => {
+                reduce_typed::<$t>(
+                    $v,
+                    $axes,
+                    <$t>::NEG_INFINITY,
+                    |a, b| if a.is_nan() || a >= b { a } else { b },
+                )
+            }
+            ReduceOp::Min => reduce_typed::<$t>(
+                $v,
+                $axes,
+                <$t>::INFINITY,
+                |a, b| if a.is_nan() || a <= b { a } else { b },
+            ),
         }
     };
 }
@@ -104,11 +119,13 @@ pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
 }
 
 fn arg_typed<T: Copy + PartialOrd + Send + Sync>(v: &ArrayViewD<T>, axis: usize, max: bool) -> Vec<i64> {
-    let (data, outputs, run) = runs(v, &[axis]);
+    let (data, _, run) = runs(v, &[axis]);
     if run == 0 {
-        panic!("argmax/argmin: the reduced axis {axis} has extent 0 (shape {:?})", v.shape());
+        panic!(
+            "argmax/argmin: the reduced axis {axis} has extent 0 (shape {:?})",
+            v.shape()
+        );
     }
-    let _ = outputs;
     data.chunks(run)
         .map(|c| {
             let mut best = 0usize;
