@@ -21,7 +21,10 @@ fn literals_and_constructors() {
     assert_eq!(nb::tensor_of([1.5, 2.5], DType::F64).dtype(), DType::F64);
     assert_eq!(nb::tensor([true, false]).dtype(), DType::Bool);
     assert_eq!(Tensor::arange(0.0, 5.0, 2.0, DType::I64).to_vec::<i64>(), vec![0, 2, 4]);
-    assert_eq!(Tensor::linspace(0.0, 1.0, 5, DType::F64).to_vec::<f64>(), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    assert_eq!(
+        Tensor::linspace(0.0, 1.0, 5, DType::F64).to_vec::<f64>(),
+        vec![0.0, 0.25, 0.5, 0.75, 1.0]
+    );
     assert_eq!(Tensor::eye(2, DType::F32).to_vec::<f32>(), vec![1.0, 0.0, 0.0, 1.0]);
     assert_eq!(Tensor::full(&[2], 7.0, DType::I64).to_vec::<i64>(), vec![7, 7]);
     assert!(Tensor::try_from_vec(vec![1.0f32; 5], &[2, 3]).is_err());
@@ -33,12 +36,18 @@ fn casting_between_dtypes() {
     let x = nb::tensor([-1.7, 0.0, 2.9]);
     assert_eq!(x.cast(DType::I64).to_vec::<i64>(), vec![-1, 0, 2]);
     assert_eq!(x.cast(DType::Bool).to_vec::<bool>(), vec![true, false, true]);
-    assert_eq!(nb::tensor([true, false]).cast(DType::F64).to_vec::<f64>(), vec![1.0, 0.0]);
+    assert_eq!(
+        nb::tensor([true, false]).cast(DType::F64).to_vec::<f64>(),
+        vec![1.0, 0.0]
+    );
 }
 
 #[test]
 fn display_prints_like_numpy() {
-    assert_eq!(nb::tensor([[1.0, 2.0], [3.0, 4.5]]).to_string(), "[[1.  2. ]\n [3.  4.5]]");
+    assert_eq!(
+        nb::tensor([[1.0, 2.0], [3.0, 4.5]]).to_string(),
+        "[[1.  2. ]\n [3.  4.5]]"
+    );
     assert_eq!(nb::tensor([1, 20, 300]).to_string(), "[  1  20 300]");
     assert_eq!(nb::tensor(2.0).to_string(), "2.");
     let big = Tensor::arange(0.0, 2000.0, 1.0, DType::I64);
@@ -60,7 +69,10 @@ fn views_share_storage_without_copying() {
     ] {
         assert!(v.shares_storage_with(&x), "a view copied: shape {:?}", v.shape());
     }
-    assert_eq!(x.slice(&[Sl::range(1, 2), Sl::new(None, None, -2)]).to_vec::<f32>(), vec![20., 21., 22., 23., 12., 13., 14., 15.]);
+    assert_eq!(
+        x.slice(&[Sl::range(1, 2), Sl::new(None, None, -2)]).to_vec::<f32>(),
+        vec![20., 21., 22., 23., 12., 13., 14., 15.]
+    );
     // A reshape of a non-contiguous view must copy, as NumPy does.
     assert!(!x.transpose().reshape([24]).shares_storage_with(&x));
 }
@@ -77,7 +89,10 @@ fn seeded_random_is_reproducible() {
     let u = Rng::new(0).uniform(&[2], 0.0, 1.0, DType::F64).to_vec::<f64>();
     assert!(u.iter().all(|v| (0.0..1.0).contains(v)));
     let mut r = Rng::new(3);
-    assert_ne!(r.uniform(&[4], 0.0, 1.0, DType::F64).to_vec::<f64>(), r.uniform(&[4], 0.0, 1.0, DType::F64).to_vec::<f64>());
+    assert_ne!(
+        r.uniform(&[4], 0.0, 1.0, DType::F64).to_vec::<f64>(),
+        r.uniform(&[4], 0.0, 1.0, DType::F64).to_vec::<f64>()
+    );
     let mut p = Rng::new(5).permutation(10).to_vec::<i64>();
     p.sort();
     assert_eq!(p, (0..10).collect::<Vec<i64>>());
@@ -92,11 +107,17 @@ fn integer_and_bool_ops() {
     assert_eq!((&a / &b).to_vec::<i64>(), vec![3, -4, -2]);
     assert_eq!(a.sum_all().item::<i64>(), 4);
     assert_eq!(a.max(0, false).item::<i64>(), 7);
-    assert_eq!(a.gt(&b).logical_and(&a.lt_scalar(5.0)).to_vec::<bool>(), vec![false, false, true]);
+    assert_eq!(
+        a.gt(&b).logical_and(&a.lt_scalar(5.0)).to_vec::<bool>(),
+        vec![false, false, true]
+    );
     assert_eq!(nb::tensor([true, true, false]).sum_all().item::<i64>(), 2);
     // Mixed dtypes promote, as NumPy does.
     assert_eq!((&a + &nb::tensor([0.5, 0.5, 0.5])).dtype(), DType::F32);
-    assert_eq!(nb::tensor([[1, 2], [3, 4]]).matmul(&nb::tensor([1, 1])).to_vec::<i64>(), vec![3, 7]);
+    assert_eq!(
+        nb::tensor([[1, 2], [3, 4]]).matmul(&nb::tensor([1, 1])).to_vec::<i64>(),
+        vec![3, 7]
+    );
 }
 
 #[test]
@@ -118,7 +139,10 @@ fn errors_name_the_op_shapes_and_dtypes() {
     let m = panic_message(|| {
         let _ = Tensor::ones(&[2, 3], DType::F32) + Tensor::ones(&[4], DType::F32);
     });
-    assert!(m.starts_with("add: shapes [2, 3] and [4] cannot be broadcast together"), "{m}");
+    assert!(
+        m.starts_with("add: shapes [2, 3] and [4] cannot be broadcast together"),
+        "{m}"
+    );
     let m = panic_message(|| {
         nb::tensor([1, 2]).exp();
     });

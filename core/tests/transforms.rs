@@ -64,7 +64,14 @@ fn forward_over_reverse_and_reverse_over_forward_agree() {
 fn backward_accumulates_across_calls_and_frees_the_graph() {
     let w = nb::tensor_of([1.0, 2.0, 3.0], DType::F64).requires_grad();
     let loss = (&w * &w).sum_all();
-    nb::backward(&[loss.clone()], &[loss.ones_like()], BackwardOptions { retain_graph: Some(true), show_graph: false });
+    nb::backward(
+        std::slice::from_ref(&loss),
+        &[loss.ones_like()],
+        BackwardOptions {
+            retain_graph: Some(true),
+            show_graph: false,
+        },
+    );
     assert_eq!(w.grad().unwrap().to_vec::<f64>(), vec![2.0, 4.0, 6.0]);
     loss.backward();
     assert_eq!(w.grad().unwrap().to_vec::<f64>(), vec![4.0, 8.0, 12.0]);
@@ -91,12 +98,18 @@ fn untraced_results_carry_no_graph() {
     let x = nb::tensor([1.0, 2.0]);
     assert!(!(x.exp() * 2.0).is_traced());
     let (y, g) = nb::value_and_grad(|x: &Tensor| x.square().sum_all())(&x);
-    assert!(!y.is_traced() && !g.is_traced(), "finished transforms must release their trace");
+    assert!(
+        !y.is_traced() && !g.is_traced(),
+        "finished transforms must release their trace"
+    );
 }
 
 #[test]
 fn graph_printout_has_one_line_per_op() {
-    let text = nb::trace_graph(|a| vec![(a[0].tanh() * &a[1]).sum(0, false)], &[nb::tensor([1.0, 2.0]), nb::tensor([3.0, 4.0])]);
+    let text = nb::trace_graph(
+        |a| vec![(a[0].tanh() * &a[1]).sum(0, false)],
+        &[nb::tensor([1.0, 2.0]), nb::tensor([3.0, 4.0])],
+    );
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 7, "{text}");
     assert!(lines[2].contains("= tanh(%") && lines[3].contains("= mul(%"), "{text}");
@@ -120,10 +133,16 @@ fn misuse_gives_messages_that_name_the_problem() {
     let m = panic_message(|| {
         nb::jvp(|x| x.exp(), &nb::tensor([1.0, 2.0]), &nb::tensor([1.0]));
     });
-    assert!(m.contains("jvp") && m.contains("tangent 0") && m.contains("[1]") && m.contains("[2]"), "{m}");
+    assert!(
+        m.contains("jvp") && m.contains("tangent 0") && m.contains("[1]") && m.contains("[2]"),
+        "{m}"
+    );
     let m = panic_message(|| {
         let (_, pb) = nb::vjp(|x| x.exp(), &nb::tensor([1.0, 2.0]));
         pb(&nb::tensor([1.0, 2.0, 3.0]));
     });
-    assert!(m.contains("vjp") && m.contains("cotangent 0") && m.contains("[3]"), "{m}");
+    assert!(
+        m.contains("vjp") && m.contains("cotangent 0") && m.contains("[3]"),
+        "{m}"
+    );
 }

@@ -18,7 +18,13 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
     perm.extend_from_slice(axes);
     let p = v.clone().permuted_axes(perm);
     let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
-    let outputs: usize = v.shape().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &s)| s).product();
+    let outputs: usize = v
+        .shape()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &s)| s)
+        .product();
     let data = match p.as_slice() {
         Some(s) => s.to_vec(),
         None => p.iter().copied().collect(),
