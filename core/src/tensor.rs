@@ -111,6 +111,18 @@ impl Tensor {
         self.stop_gradient()
     }
 
+    /// When this handle is the last owner of a node, takes that node's inputs (so that the node
+    /// can be dropped without recursion).
+    pub(crate) fn into_unique_node_inputs(self) -> Option<Vec<Tensor>> {
+        let inner = Arc::into_inner(self.0)?;
+        let node = Arc::into_inner(inner.node?)?;
+        let taken = match node.inputs.lock() {
+            Ok(mut inputs) => inputs.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        taken
+    }
+
     /// True when this tensor carries a recorded graph node.
     pub fn is_traced(&self) -> bool {
         self.0.node.is_some()

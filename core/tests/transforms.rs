@@ -146,3 +146,21 @@ fn misuse_gives_messages_that_name_the_problem() {
         "{m}"
     );
 }
+
+#[test]
+fn long_chains_are_differentiated_and_freed_without_stack_overflow() {
+    let x = nb::tensor_of(1.0, DType::F64);
+    let (out, pullback) = nb::vjp(
+        |x| {
+            let mut y = x.clone();
+            for _ in 0..100_000 {
+                y = &y * 1.0;
+            }
+            y
+        },
+        &x,
+    );
+    assert_eq!(out.item::<f64>(), 1.0);
+    assert_eq!(pullback(&out.ones_like()).item::<f64>(), 1.0);
+    drop(pullback); // drops a 100k-node chain
+}

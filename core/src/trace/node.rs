@@ -53,3 +53,19 @@ impl Node {
             })
     }
 }
+
+impl Drop for Node {
+    /// Frees long chains of nodes iteratively: a recursive drop of a graph with many thousands
+    /// of ops in a row would overflow the stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Tensor> = match self.inputs.get_mut() {
+            Ok(inputs) => inputs.take().unwrap_or_default(),
+            Err(poisoned) => poisoned.into_inner().take().unwrap_or_default(),
+        };
+        while let Some(t) = stack.pop() {
+            if let Some(inputs) = t.into_unique_node_inputs() {
+                stack.extend(inputs);
+            }
+        }
+    }
+}
