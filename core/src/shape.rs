@@ -77,3 +77,13 @@ pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
     }
     strides
 }
+
+/// `shape` with the listed axes removed (the result shape of a reduction without keepdims).
+pub fn remove_axes(shape: &[usize], axes: &[usize]) -> Vec<usize> {
+    shape
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &s)| s)
+        .collect()
+}

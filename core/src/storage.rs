@@ -115,3 +115,23 @@ impl RawTensor {
         }
     }
 }
+
+/// Conversion of a typed vector into a [`CpuBuffer`] (implemented for the four element types).
+pub trait IntoCpuBuffer {
+    /// Moves the vector into a shared host buffer.
+    fn into_cpu_buffer(self) -> CpuBuffer;
+}
+
+macro_rules! into_cpu {
+    ($t:ty, $v:ident) => {
+        impl IntoCpuBuffer for Vec<$t> {
+            fn into_cpu_buffer(self) -> CpuBuffer {
+                CpuBuffer::$v(Arc::new(self))
+            }
+        }
+    };
+}
+into_cpu!(f32, F32);
+into_cpu!(f64, F64);
+into_cpu!(i64, I64);
+into_cpu!(bool, Bool);

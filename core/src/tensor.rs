@@ -8,7 +8,7 @@ use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::numel;
-use crate::storage::{CpuBuffer, RawTensor};
+use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::trace::{next_id, union_levels, Level, Node, Rule};
 
 /// An n-dimensional array of `f32`, `f64`, `i64` or `bool` on a [`Device`].
@@ -288,26 +288,6 @@ impl Tensor {
         }
     }
 }
-
-/// Conversion of a typed vector into a [`CpuBuffer`] (implemented for the four element types).
-pub trait IntoCpuBuffer {
-    /// Moves the vector into a shared host buffer.
-    fn into_cpu_buffer(self) -> CpuBuffer;
-}
-
-macro_rules! into_cpu {
-    ($t:ty, $v:ident) => {
-        impl IntoCpuBuffer for Vec<$t> {
-            fn into_cpu_buffer(self) -> CpuBuffer {
-                CpuBuffer::$v(Arc::new(self))
-            }
-        }
-    };
-}
-into_cpu!(f32, F32);
-into_cpu!(f64, F64);
-into_cpu!(i64, I64);
-into_cpu!(bool, Bool);
 
 /// Identity rule of a transform's leaf (connects it to its primal when that is traced).
 pub(crate) struct LeafRule;

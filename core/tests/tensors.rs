@@ -1,16 +1,11 @@
 //! Tensor basics: construction, dtypes, casting, printing, views that share storage, seeded
 //! randomness, integer and bool ops, and error messages that name the op and shapes.
 
+mod common;
+
+use common::panic_message;
 use nabla_core as nb;
 use nb::{DType, Rng, Sl, Tensor};
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(e) => e.downcast::<&str>().map(|s| s.to_string()).unwrap_or_default(),
-    }
-}
 
 #[test]
 fn literals_and_constructors() {

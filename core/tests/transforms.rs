@@ -1,6 +1,9 @@
 //! The transforms under nesting: perturbation confusion, higher derivatives, gradient
 //! accumulation by `backward`, graph freeing, and the error messages of misuse.
 
+mod common;
+
+use common::panic_message;
 use nabla_core as nb;
 use nb::{BackwardOptions, DType, Tensor};
 
@@ -114,14 +117,6 @@ fn graph_printout_has_one_line_per_op() {
     assert_eq!(lines.len(), 7, "{text}");
     assert!(lines[2].contains("= tanh(%") && lines[3].contains("= mul(%"), "{text}");
     assert!(lines.last().unwrap().starts_with("return %"), "{text}");
-}
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
-    match err.downcast::<String>() {
-        Ok(s) => *s,
-        Err(e) => e.downcast::<&str>().map(|s| s.to_string()).unwrap_or_default(),
-    }
 }
 
 #[test]

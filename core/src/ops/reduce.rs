@@ -3,7 +3,7 @@
 use super::{require_float, Axes};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::dtype::DType;
-use crate::shape::{normalize_axes, normalize_axis};
+use crate::shape::{normalize_axes, normalize_axis, remove_axes};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
@@ -81,14 +81,7 @@ fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> T
     if keepdims {
         kept
     } else {
-        let shape: Vec<usize> = x
-            .shape()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &s)| s)
-            .collect();
-        kept.reshape(&shape)
+        kept.reshape(remove_axes(x.shape(), &axes))
     }
 }
 
@@ -147,14 +140,7 @@ impl Tensor {
             out
         } else {
             let keep = normalize_axes("logsumexp", axes.as_option(), self.rank());
-            let shape: Vec<usize> = self
-                .shape()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !keep.contains(i))
-                .map(|(_, &s)| s)
-                .collect();
-            out.reshape(&shape)
+            out.reshape(remove_axes(self.shape(), &keep))
         }
     }
     /// Index of the first maximum along `axis` (`None`: of the flattened tensor); i64, no gradient.

@@ -222,3 +222,12 @@ pub fn assert_close(name: &str, what: &str, got: &Tensor, want: &Tensor, rtol: f
         );
     }
 }
+
+/// The message of the panic that `f` raises; fails the test when it does not panic.
+pub fn panic_message(f: impl FnOnce()) -> String {
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
+    match err.downcast::<String>() {
+        Ok(s) => *s,
+        Err(e) => e.downcast::<&str>().map(|s| s.to_string()).unwrap_or_default(),
+    }
+}

@@ -2,8 +2,8 @@
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
-use super::{host, to_vec, view, wrap, IntoBuffer};
-use crate::storage::{CpuBuffer, RawTensor};
+use super::{host, to_vec, view, wrap};
+use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 
 fn indices(idx: &RawTensor) -> Vec<i64> {
     match host(idx) {
@@ -120,7 +120,7 @@ pub(super) fn concat(xs: &[&RawTensor], axis: usize) -> RawTensor {
                 })
                 .collect();
             let (out, shape) = concat_typed(parts, axis);
-            RawTensor::from_cpu(out.into_buffer(), &shape)
+            RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
         }};
     }
     match host(xs[0]) {

@@ -14,7 +14,7 @@ use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
-use crate::storage::{CpuBuffer, RawTensor, Storage};
+use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor, Storage};
 
 /// Element count from which kernels split their work across threads.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
@@ -77,30 +77,10 @@ pub(crate) fn host(x: &RawTensor) -> &CpuBuffer {
 /// Wraps a freshly computed contiguous vector as a tensor.
 pub(crate) fn wrap<T: 'static>(data: Vec<T>, shape: &[usize]) -> RawTensor
 where
-    Vec<T>: IntoBuffer,
+    Vec<T>: IntoCpuBuffer,
 {
-    RawTensor::from_cpu(data.into_buffer(), shape)
+    RawTensor::from_cpu(data.into_cpu_buffer(), shape)
 }
-
-/// Conversion of a typed vector into a [`CpuBuffer`].
-pub(crate) trait IntoBuffer {
-    /// Moves the vector into a shared buffer.
-    fn into_buffer(self) -> CpuBuffer;
-}
-
-macro_rules! into_buffer {
-    ($t:ty, $v:ident) => {
-        impl IntoBuffer for Vec<$t> {
-            fn into_buffer(self) -> CpuBuffer {
-                CpuBuffer::$v(Arc::new(self))
-            }
-        }
-    };
-}
-into_buffer!(f32, F32);
-into_buffer!(f64, F64);
-into_buffer!(i64, I64);
-into_buffer!(bool, Bool);
 
 /// Elements of a view in row-major order, as a new vector (no copy work beyond the walk).
 pub(crate) fn to_vec<T: Copy>(v: &ArrayViewD<T>) -> Vec<T> {

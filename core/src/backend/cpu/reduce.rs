@@ -5,9 +5,9 @@
 use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
-use super::{host, view, wrap, IntoBuffer, PARALLEL_MIN};
+use super::{host, view, wrap, PARALLEL_MIN};
 use crate::backend::{ArgOp, ReduceOp};
-use crate::storage::{CpuBuffer, RawTensor};
+use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 
 const FOLD_CHUNK: usize = 16384;
 
@@ -18,13 +18,7 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
     perm.extend_from_slice(axes);
     let p = v.clone().permuted_axes(perm);
     let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
-    let outputs: usize = v
-        .shape()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !axes.contains(i))
-        .map(|(_, &s)| s)
-        .product();
+    let outputs: usize = crate::shape::remove_axes(v.shape(), axes).iter().product();
     let data = match p.as_slice() {
         Some(s) => s.to_vec(),
         None => p.iter().copied().collect(),
@@ -158,5 +152,5 @@ pub(super) fn arg_reduce(op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
         CpuBuffer::I64(d) => arg_typed(&view(d, &x.layout), axis, max),
         CpuBuffer::Bool(d) => arg_typed(&view(d, &x.layout), axis, max),
     };
-    RawTensor::from_cpu(out.into_buffer(), &shape)
+    RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
 }
