@@ -73,3 +73,34 @@ fn vjp_and_jvp_match_jax() {
     assert!(nv > 250 && nj > 250, "too few derivative cases: {nv} vjp, {nj} jvp");
     println!("derivatives: {nv} vjp and {nj} jvp cases checked against JAX");
 }
+
+#[test]
+fn f32_forward_values_match_jax_within_f32_precision() {
+    let mut checked = 0;
+    for c in load_cases() {
+        let inputs: Vec<Tensor> = c
+            .inputs
+            .iter()
+            .map(|t| {
+                if t.dtype() == nb::DType::F64 {
+                    t.cast(nb::DType::F32)
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+        let got = apply(&c.op, &c.params, &inputs);
+        for (g, w) in got.iter().zip(&c.outputs) {
+            let float_in = c.inputs.iter().any(|t| t.dtype() == nb::DType::F64);
+            let want_dtype = if w.dtype() == nb::DType::F64 && float_in {
+                nb::DType::F32
+            } else {
+                w.dtype()
+            };
+            assert_eq!(g.dtype(), want_dtype, "{}: f32 dtype", c.name);
+            assert_close(&c.name, "f32 output", g, w, 1e-5, 1e-5);
+        }
+        checked += 1;
+    }
+    println!("forward f32: {checked} cases");
+}
