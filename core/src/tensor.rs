@@ -21,13 +21,49 @@ pub struct Tensor(Arc<Inner>);
 
 struct Inner {
     raw: RawTensor,
+    /// vmap levels of the leading physical axes, sorted by id (empty outside `vmap`).
+    batch: Vec<u64>,
     node: Option<Arc<Node>>,
+}
+
+/// The union of the inputs' vmap levels, sorted.
+fn union_batch(inputs: &[&Tensor]) -> Vec<u64> {
+    let mut out: Vec<u64> = Vec::new();
+    for t in inputs {
+        for &l in &t.0.batch {
+            if !out.contains(&l) {
+                out.push(l);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 impl Tensor {
     /// Wraps a backend value as an untraced tensor.
     pub fn from_raw(raw: RawTensor) -> Tensor {
-        Tensor(Arc::new(Inner { raw, node: None }))
+        Tensor(Arc::new(Inner { raw, batch: Vec::new(), node: None }))
+    }
+
+    /// The vmap levels of the leading physical axes (empty outside `vmap`).
+    pub(crate) fn batch(&self) -> &[u64] {
+        &self.0.batch
+    }
+
+    /// True inside `vmap` for tensors that carry batch axes (their values cannot be read).
+    pub fn is_batched(&self) -> bool {
+        !self.0.batch.is_empty()
+    }
+
+    /// Number of leading physical axes that are vmap batch axes.
+    pub(crate) fn nb(&self) -> usize {
+        self.0.batch.len()
+    }
+
+    /// An op result with no derivative: carries the union of the inputs' vmap levels.
+    pub(crate) fn untraced(raw: RawTensor, inputs: &[&Tensor]) -> Tensor {
+        Tensor(Arc::new(Inner { raw, batch: union_batch(inputs), node: None }))
     }
 
     /// The backend value (storage and layout).
@@ -44,18 +80,26 @@ impl Tensor {
         backend_for(self.device())
     }
 
-    /// Result of an op: records a node when an input is traced by a recording level.
+    /// Result of an op: records a node when an input is traced by a recording level; the
+    /// result carries the union of the inputs' vmap levels.
     pub(crate) fn record<R: Rule + 'static>(raw: RawTensor, inputs: &[&Tensor], rule: impl FnOnce() -> R) -> Tensor {
-        if inputs.iter().all(|t| t.0.node.is_none()) {
-            return Tensor::from_raw(raw);
-        }
-        let levels = union_levels(
-            inputs
-                .iter()
-                .filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())),
-        );
+        Tensor::record_batched(raw, union_batch(inputs), inputs, rule)
+    }
+
+    /// Like [`Tensor::record`] with the result's vmap levels given explicitly.
+    pub(crate) fn record_batched<R: Rule + 'static>(
+        raw: RawTensor,
+        batch: Vec<u64>,
+        inputs: &[&Tensor],
+        rule: impl FnOnce() -> R,
+    ) -> Tensor {
+        let levels = if inputs.iter().all(|t| t.0.node.is_none()) {
+            Vec::new()
+        } else {
+            union_levels(inputs.iter().filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())))
+        };
         if levels.is_empty() {
-            return Tensor::from_raw(raw);
+            return Tensor(Arc::new(Inner { raw, batch, node: None }));
         }
         let node = Node {
             id: next_id(),
@@ -64,10 +108,7 @@ impl Tensor {
             levels,
             grad: None,
         };
-        Tensor(Arc::new(Inner {
-            raw,
-            node: Some(Arc::new(node)),
-        }))
+        Tensor(Arc::new(Inner { raw, batch, node: Some(Arc::new(node)) }))
     }
 
     /// A new leaf of `level` with this tensor's value. When this tensor is itself traced by an
@@ -91,10 +132,7 @@ impl Tensor {
             levels,
             grad: with_grad_slot.then(|| Mutex::new(None)),
         };
-        Tensor(Arc::new(Inner {
-            raw: self.0.raw.clone(),
-            node: Some(Arc::new(node)),
-        }))
+        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), batch: self.0.batch.clone(), node: Some(Arc::new(node)) }))
     }
 
     /// The same value with no trace: gradients do not flow through it (JAX's
@@ -103,7 +141,7 @@ impl Tensor {
         if self.0.node.is_none() {
             return self.clone();
         }
-        Tensor::from_raw(self.0.raw.clone())
+        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), batch: self.0.batch.clone(), node: None }))
     }
 
     /// Alias of [`Tensor::stop_gradient`].
@@ -133,9 +171,9 @@ impl Tensor {
         self.0.node.as_ref().map(|n| n.id)
     }
 
-    /// The extent of every axis.
+    /// The extent of every axis (inside `vmap`: of one example, without the batch axes).
     pub fn shape(&self) -> &[usize] {
-        &self.0.raw.layout.shape
+        &self.0.raw.layout.shape[self.0.batch.len()..]
     }
 
     /// Number of axes (0 for a scalar).
@@ -158,7 +196,8 @@ impl Tensor {
         self.0.raw.device()
     }
 
-    /// The strided layout of the view (shape, strides, offset).
+    /// The strided layout of the view (shape, strides, offset), including vmap batch axes
+    /// first.
     pub fn layout(&self) -> &Layout {
         &self.0.raw.layout
     }
@@ -181,6 +220,14 @@ impl Tensor {
 
     /// A contiguous host buffer with the elements in row-major order.
     pub fn to_host_buffer(&self) -> CpuBuffer {
+        if !self.0.batch.is_empty() {
+            panic!(
+                "reading the values of a tensor inside vmap is not possible (shape {:?} per example, \
+                 batched by {} vmap level(s)); return it from the mapped function instead",
+                self.shape(),
+                self.0.batch.len()
+            );
+        }
         self.backend().to_host(&self.0.raw)
     }
 
@@ -250,8 +297,8 @@ impl Tensor {
             return Ok(self.clone());
         }
         let target = crate::backend::try_backend_for(device)?;
-        let host = self.to_host_buffer();
-        let raw = target.from_host(host, self.shape(), device);
+        let host = self.backend().to_host(&self.0.raw);
+        let raw = target.from_host(host, &self.0.raw.layout.shape, device);
         Ok(Tensor::record(raw, &[self], || crate::ops::cast::ToDevice {
             from: self.device(),
             to: device,

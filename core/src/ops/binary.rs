@@ -1,9 +1,8 @@
 //! Elementwise functions of two tensors with NumPy broadcasting, and their derivatives.
 
-use super::{promote_pair, require_float, require_same_device};
+use super::{broadcast_aligned, promote_pair, require_float, require_same_device};
 use crate::backend::BinaryOp;
 use crate::dtype::DType;
-use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
@@ -20,18 +19,6 @@ fn op_name(op: BinaryOp) -> &'static str {
         BinaryOp::Or => "logical_or",
         BinaryOp::Xor => "logical_xor",
     }
-}
-
-/// Both operands as views of their broadcast shape (no copy).
-pub(crate) fn broadcast_views(
-    op: &str,
-    a: &Tensor,
-    b: &Tensor,
-) -> (crate::storage::RawTensor, crate::storage::RawTensor, Vec<usize>) {
-    let shape = broadcast_shapes(op, a.shape(), b.shape());
-    let ra = a.raw().with_layout(a.layout().broadcast_to(&shape));
-    let rb = b.raw().with_layout(b.layout().broadcast_to(&shape));
-    (ra, rb, shape)
 }
 
 struct BinaryRule(BinaryOp);
@@ -118,12 +105,12 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
             b.shape()
         );
     }
-    let (ra, rb, _) = broadcast_views(name, &a, &b);
-    let raw = a.backend().binary(op, &ra, &rb);
+    let views = broadcast_aligned(name, &[&a, &b]);
+    let raw = a.backend().binary(op, &views[0], &views[1]);
     if a.dtype().is_float() {
         Tensor::record(raw, &[&a, &b], || BinaryRule(op))
     } else {
-        Tensor::from_raw(raw)
+        Tensor::untraced(raw, &[&a, &b])
     }
 }
 
@@ -172,7 +159,7 @@ impl Tensor {
     pub fn powf(&self, p: f64) -> Tensor {
         require_float("powf", self);
         let s = self.scalar_like(p);
-        let rs = s.raw().with_layout(s.layout().broadcast_to(self.shape()));
+        let rs = s.raw().with_layout(s.layout().broadcast_to(&self.layout().shape));
         let raw = self.backend().binary(BinaryOp::Pow, self.raw(), &rs);
         Tensor::record(raw, &[self], || PowScalarRule(p))
     }

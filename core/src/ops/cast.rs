@@ -65,7 +65,7 @@ impl Tensor {
                 to: dtype,
             })
         } else {
-            Tensor::from_raw(raw)
+            Tensor::untraced(raw, &[self])
         }
     }
 }

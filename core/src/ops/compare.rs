@@ -1,18 +1,16 @@
 //! Comparisons (giving bool, with no gradient) and `where` selection.
 
-use super::binary::broadcast_views;
-use super::{promote_pair, require_same_device};
+use super::{broadcast_aligned, promote_pair, require_same_device};
 use crate::backend::CmpOp;
 use crate::dtype::DType;
-use crate::shape::broadcast_shapes;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
 fn compare(op: CmpOp, name: &str, a: &Tensor, b: &Tensor) -> Tensor {
     require_same_device(name, a, b);
     let (a, b) = promote_pair(a, b);
-    let (ra, rb, _) = broadcast_views(name, &a, &b);
-    Tensor::from_raw(a.backend().compare(op, &ra, &rb))
+    let views = broadcast_aligned(name, &[&a, &b]);
+    Tensor::untraced(a.backend().compare(op, &views[0], &views[1]), &[&a, &b])
 }
 
 macro_rules! comparisons {
@@ -85,13 +83,12 @@ impl Tensor {
         require_same_device("where", self, a);
         require_same_device("where", a, b);
         let (a, b) = promote_pair(a, b);
-        let shape = broadcast_shapes("where", &broadcast_shapes("where", self.shape(), a.shape()), b.shape());
-        let view = |t: &Tensor| t.raw().with_layout(t.layout().broadcast_to(&shape));
-        let raw = a.backend().select(&view(self), &view(&a), &view(&b));
+        let views = broadcast_aligned("where", &[self, &a, &b]);
+        let raw = a.backend().select(&views[0], &views[1], &views[2]);
         if a.dtype().is_float() {
             Tensor::record(raw, &[self, &a, &b], || WhereRule)
         } else {
-            Tensor::from_raw(raw)
+            Tensor::untraced(raw, &[self, &a, &b])
         }
     }
 }

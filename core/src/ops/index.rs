@@ -1,21 +1,39 @@
 //! Indexing: take (gather), take_along_axis, one_hot, scatter_add (the transpose of take).
 
-use super::require_same_device;
+use super::{aligned_layouts, physical, require_same_device};
 use crate::dtype::DType;
-use crate::shape::{normalize_axis, numel};
+use crate::layout::Layout;
+use crate::shape::{normalize_axis, numel, try_broadcast_shapes};
+use crate::storage::{CpuBuffer, RawTensor};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
-/// `x` seen as `[1, pre, n, post]` around `axis`, plus (pre, n, post).
-fn around_axis(x: &Tensor, axis: usize) -> (Tensor, usize, usize, usize) {
-    let pre = numel(&x.shape()[..axis]);
-    let post = numel(&x.shape()[axis + 1..]);
-    let n = x.shape()[axis];
-    (x.reshape([1, pre, n, post]), pre, n, post)
+/// (pre, n, post): the element counts before, along and after `axis` of a logical shape.
+fn around_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (numel(&shape[..axis]), shape[axis], numel(&shape[axis + 1..]))
 }
 
-/// Indices as a flat i64 tensor with negatives wrapped, checked against `n`.
-fn checked_indices(op: &str, idx: &Tensor, n: usize, x_shape: &[usize], axis: usize) -> Tensor {
+/// `t` (with aligned physical `layout`) broadcast to the batch extents `batch`, made contiguous
+/// and viewed as `dims`.
+fn contiguous_as(t: &Tensor, layout: &Layout, batch: &[usize], dims: &[usize]) -> RawTensor {
+    let view = t.raw().with_layout(layout.broadcast_to(&physical(batch, t.shape())));
+    let c = if view.layout.is_contiguous() { view } else { t.backend().contiguous(&view) };
+    let l = c.layout.reshape(dims).expect("contiguous");
+    c.with_layout(l)
+}
+
+/// The common batch extents of aligned layouts with `nb` batch axes.
+fn common_batch(layouts: &[Layout], nb: usize) -> Vec<usize> {
+    let mut bt = layouts[0].shape[..nb].to_vec();
+    for l in &layouts[1..] {
+        bt = try_broadcast_shapes(&bt, &l.shape[..nb]).expect("batch axes of one vmap level have one size");
+    }
+    bt
+}
+
+/// Indices as a contiguous `[batches, count]` i64 raw tensor with negatives wrapped, checked
+/// against the extent `n` (values are read on the host).
+fn checked_indices(op: &str, idx: &Tensor, layout: &Layout, batch: &[usize], n: usize, x_shape: &[usize], axis: usize) -> RawTensor {
     if idx.dtype() != DType::I64 {
         panic!(
             "{op}: indices must be i64, got {} with shape {:?}; cast them with .cast(DType::I64)",
@@ -23,19 +41,19 @@ fn checked_indices(op: &str, idx: &Tensor, n: usize, x_shape: &[usize], axis: us
             idx.shape()
         );
     }
-    let flat = idx.stop_gradient().reshape([1, idx.numel()]);
-    let values = flat.to_vec::<i64>();
+    let dims = [numel(batch), idx.numel()];
+    let raw = contiguous_as(idx, layout, batch, &dims);
+    let backend = idx.backend();
+    let CpuBuffer::I64(values) = backend.to_host(&raw) else { unreachable!("checked i64") };
     let ni = n as i64;
     if let Some(&bad) = values.iter().find(|&&v| v < -ni || v >= ni) {
         panic!("{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?})");
     }
     if values.iter().any(|&v| v < 0) {
         let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
-        return Tensor::from_vec(wrapped, &[1, values.len()])
-            .to_device(idx.device())
-            .expect("same device as idx");
+        return backend.from_host(CpuBuffer::I64(std::sync::Arc::new(wrapped)), &dims, idx.device());
     }
-    flat
+    raw
 }
 
 struct TakeRule {
@@ -78,18 +96,20 @@ impl Tensor {
     pub fn take(&self, idx: &Tensor, axis: isize) -> Tensor {
         require_same_device("take", self, idx);
         let a = normalize_axis("take", axis, self.rank());
-        let (x4, pre, n, post) = around_axis(self, a);
-        let flat = checked_indices("take", idx, n, self.shape(), a);
-        let raw = self.backend().gather(x4.raw(), flat.raw());
+        let (pre, n, post) = around_axis(self.shape(), a);
+        let (layouts, levels) = aligned_layouts(&[self, idx], None);
+        let bt = common_batch(&layouts, levels.len());
+        let x4 = contiguous_as(self, &layouts[0], &bt, &[numel(&bt), pre, n, post]);
+        let flat = checked_indices("take", idx, &layouts[1], &bt, n, self.shape(), a);
+        let raw = self.backend().gather(&x4, &flat);
         let mut shape = self.shape()[..a].to_vec();
         shape.extend_from_slice(idx.shape());
         shape.extend_from_slice(&self.shape()[a + 1..]);
-        debug_assert_eq!(numel(&shape), pre * idx.numel() * post);
-        let raw = raw.with_layout(crate::layout::Layout::contiguous(&shape));
+        let raw = raw.with_layout(Layout::contiguous(&physical(&bt, &shape)));
         if self.dtype().is_float() {
             Tensor::record(raw, &[self, idx], || TakeRule { axis: a })
         } else {
-            Tensor::from_raw(raw)
+            Tensor::untraced(raw, &[self, idx])
         }
     }
 
@@ -116,15 +136,19 @@ impl Tensor {
         } else {
             updates.cast(self.dtype())
         };
-        let (x4, pre, n, post) = around_axis(self, a);
-        let flat = checked_indices("scatter_add", idx, n, self.shape(), a);
-        let u4 = updates.reshape([1, pre, idx.numel(), post]);
-        let raw = self.backend().scatter_add(x4.raw(), flat.raw(), u4.raw());
-        let raw = raw.with_layout(crate::layout::Layout::contiguous(self.shape()));
+        let (pre, n, post) = around_axis(self.shape(), a);
+        let (layouts, levels) = aligned_layouts(&[self, idx, &updates], None);
+        let bt = common_batch(&layouts, levels.len());
+        let batches = numel(&bt);
+        let x4 = contiguous_as(self, &layouts[0], &bt, &[batches, pre, n, post]);
+        let flat = checked_indices("scatter_add", idx, &layouts[1], &bt, n, self.shape(), a);
+        let u4 = contiguous_as(&updates, &layouts[2], &bt, &[batches, pre, idx.numel(), post]);
+        let raw = self.backend().scatter_add(&x4, &flat, &u4);
+        let raw = raw.with_layout(Layout::contiguous(&physical(&bt, self.shape())));
         if self.dtype().is_float() {
             Tensor::record(raw, &[self, idx, &updates], || ScatterAddRule { axis: a })
         } else {
-            Tensor::from_raw(raw)
+            Tensor::untraced(raw, &[self, idx, &updates])
         }
     }
 

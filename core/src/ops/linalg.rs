@@ -1,7 +1,7 @@
 //! Matrix products with NumPy semantics: matmul (1-D, 2-D, batched, broadcast), dot, outer.
 
-use super::require_same_device;
-use crate::shape::broadcast_shapes;
+use super::{aligned_layouts, physical, require_same_device};
+use crate::shape::{broadcast_shapes, try_broadcast_shapes};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
@@ -45,18 +45,18 @@ fn matmul_nd(a: &Tensor, b: &Tensor) -> Tensor {
             b.dtype()
         );
     }
-    let batch = broadcast_shapes("matmul (batch axes)", &a.shape()[..ra - 2], &b.shape()[..rb - 2]);
-    let mut sa = batch.clone();
-    sa.extend([m, k]);
-    let mut sb = batch.clone();
-    sb.extend([k, n]);
-    let va = a.raw().with_layout(a.layout().broadcast_to(&sa));
-    let vb = b.raw().with_layout(b.layout().broadcast_to(&sb));
+    broadcast_shapes("matmul (batch axes)", &a.shape()[..ra - 2], &b.shape()[..rb - 2]);
+    // Physical: vmap batch axes and logical batch axes all lead; align and broadcast them.
+    let (layouts, _) = aligned_layouts(&[a, b], Some(ra.max(rb)));
+    let pr = layouts[0].rank();
+    let lead = try_broadcast_shapes(&layouts[0].shape[..pr - 2], &layouts[1].shape[..pr - 2]).expect("checked above");
+    let va = a.raw().with_layout(layouts[0].broadcast_to(&physical(&lead, &[m, k])));
+    let vb = b.raw().with_layout(layouts[1].broadcast_to(&physical(&lead, &[k, n])));
     let raw = a.backend().matmul(&va, &vb);
     if a.dtype().is_float() {
         Tensor::record(raw, &[a, b], || MatmulRule)
     } else {
-        Tensor::from_raw(raw)
+        Tensor::untraced(raw, &[a, b])
     }
 }
 

@@ -15,6 +15,9 @@ pub mod shape;
 pub mod unary;
 
 use crate::dtype::DType;
+use crate::layout::Layout;
+use crate::shape::{broadcast_shapes, try_broadcast_shapes};
+use crate::storage::RawTensor;
 use crate::tensor::Tensor;
 
 /// Which axes a reduction covers: all of them, or a list (negative counts from the end).
@@ -110,6 +113,66 @@ pub(crate) fn promote_pair(a: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
     let ca = if a.dtype() == d { a.clone() } else { a.cast(d) };
     let cb = if b.dtype() == d { b.clone() } else { b.cast(d) };
     (ca, cb)
+}
+
+/// The sorted union of the tensors' vmap levels.
+pub(crate) fn union_batch(ts: &[&Tensor]) -> Vec<u64> {
+    let mut levels: Vec<u64> = ts.iter().flat_map(|t| t.batch().iter().copied()).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    levels
+}
+
+/// Physical layouts of `ts` with one batch prefix: the union of their vmap levels, extent 1 where
+/// a tensor lacks a level. With `logical_rank`, the logical parts are also padded with leading
+/// extent-1 axes to that rank (NumPy broadcasting then works on the physical shapes).
+pub(crate) fn aligned_layouts(ts: &[&Tensor], logical_rank: Option<usize>) -> (Vec<Layout>, Vec<u64>) {
+    let levels = union_batch(ts);
+    let layouts = ts
+        .iter()
+        .map(|t| {
+            let mut l = t.layout().clone();
+            for (i, lv) in levels.iter().enumerate() {
+                if !t.batch().contains(lv) {
+                    l = l.expand_dims(i);
+                }
+            }
+            if let Some(rank) = logical_rank {
+                for _ in t.rank()..rank {
+                    l = l.expand_dims(levels.len());
+                }
+            }
+            l
+        })
+        .collect();
+    (layouts, levels)
+}
+
+/// The operands as views of one broadcast physical shape (logical shapes broadcast as in NumPy,
+/// batch axes by vmap level). Panics naming `op` when the logical shapes are incompatible.
+pub(crate) fn broadcast_aligned(op: &str, ts: &[&Tensor]) -> Vec<RawTensor> {
+    let mut logical: Vec<usize> = Vec::new();
+    for t in ts {
+        logical = broadcast_shapes(op, &logical, t.shape());
+    }
+    let (layouts, _) = aligned_layouts(ts, Some(logical.len()));
+    let mut physical = layouts[0].shape.clone();
+    for l in &layouts[1..] {
+        physical = try_broadcast_shapes(&physical, &l.shape).expect("batch axes of one vmap level have one size");
+    }
+    ts.iter().zip(layouts).map(|(t, l)| t.raw().with_layout(l.broadcast_to(&physical))).collect()
+}
+
+/// The physical extents of the batch axes of `t`.
+pub(crate) fn batch_extents(t: &Tensor) -> &[usize] {
+    &t.layout().shape[..t.nb()]
+}
+
+/// `batch ++ logical`, a physical shape.
+pub(crate) fn physical(batch: &[usize], logical: &[usize]) -> Vec<usize> {
+    let mut v = batch.to_vec();
+    v.extend_from_slice(logical);
+    v
 }
 
 impl Tensor {

@@ -71,11 +71,12 @@ fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> T
     let kept = if axes.is_empty() {
         x.clone()
     } else {
-        let raw = x.backend().reduce(op, x.raw(), &axes);
+        let physical_axes: Vec<usize> = axes.iter().map(|a| a + x.nb()).collect();
+        let raw = x.backend().reduce(op, x.raw(), &physical_axes);
         if x.dtype().is_float() {
             Tensor::record(raw, &[x], || ReduceRule { op, axes: axes.clone() })
         } else {
-            Tensor::from_raw(raw)
+            Tensor::untraced(raw, &[x])
         }
     };
     if keepdims {
@@ -170,7 +171,7 @@ impl Tensor {
         if x.shape()[axis] == 0 {
             panic!("{name}: axis {axis} of shape {:?} is empty", self.shape());
         }
-        let out = Tensor::from_raw(x.backend().arg_reduce(op, x.raw(), axis));
+        let out = Tensor::untraced(x.backend().arg_reduce(op, x.raw(), axis + x.nb()), &[&x]);
         if keepdims {
             out
         } else {

@@ -1,7 +1,7 @@
 //! Shape ops. All of them are views (layout changes sharing the storage) except `concatenate`,
 //! `pad` and a `reshape` of non-contiguous data, which copy, as in NumPy.
 
-use super::require_same_device;
+use super::{aligned_layouts, batch_extents, physical, require_same_device};
 use crate::dtype::DType;
 use crate::shape::{normalize_axes, normalize_axis, numel, try_broadcast_shapes};
 use crate::tensor::Tensor;
@@ -277,11 +277,12 @@ impl Tensor {
         if target == self.shape() {
             return self.clone();
         }
-        let raw = match self.layout().reshape(&target) {
+        let target_physical = physical(batch_extents(self), &target);
+        let raw = match self.layout().reshape(&target_physical) {
             Some(l) => self.raw().with_layout(l),
             None => {
                 let c = self.backend().contiguous(self.raw());
-                let l = c.layout.reshape(&target).expect("contiguous");
+                let l = c.layout.reshape(&target_physical).expect("contiguous");
                 c.with_layout(l)
             }
         };
@@ -312,7 +313,9 @@ impl Tensor {
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return self.clone();
         }
-        let raw = self.raw().with_layout(self.layout().permute(perm));
+        let nb = self.nb();
+        let physical_perm: Vec<usize> = (0..nb).chain(perm.iter().map(|&p| p + nb)).collect();
+        let raw = self.raw().with_layout(self.layout().permute(&physical_perm));
         Tensor::record(raw, &[self], || PermuteRule { perm: perm.to_vec() })
     }
 
@@ -357,7 +360,11 @@ impl Tensor {
                 shape
             ),
         }
-        let raw = self.raw().with_layout(self.layout().broadcast_to(shape));
+        let mut layout = self.layout().clone();
+        for _ in self.rank()..shape.len() {
+            layout = layout.expand_dims(self.nb());
+        }
+        let raw = self.raw().with_layout(layout.broadcast_to(&physical(batch_extents(self), shape)));
         Tensor::record(raw, &[self], || BroadcastRule {
             from: self.shape().to_vec(),
         })
@@ -366,7 +373,7 @@ impl Tensor {
     /// A new axis of extent 1 at `axis` (negative counts from the end of the result).
     pub fn expand_dims(&self, axis: isize) -> Tensor {
         let a = normalize_axis("expand_dims", axis, self.rank() + 1);
-        let raw = self.raw().with_layout(self.layout().expand_dims(a));
+        let raw = self.raw().with_layout(self.layout().expand_dims(a + self.nb()));
         Tensor::record(raw, &[self], || ReshapeRule {
             from: self.shape().to_vec(),
         })
@@ -388,7 +395,7 @@ impl Tensor {
         }
         let mut layout = self.layout().clone();
         for &a in list.iter().rev() {
-            layout = layout.squeeze_axis(a);
+            layout = layout.squeeze_axis(a + self.nb());
         }
         Tensor::record(self.raw().with_layout(layout), &[self], || ReshapeRule {
             from: self.shape().to_vec(),
@@ -402,7 +409,7 @@ impl Tensor {
         }
         let mut layout = self.layout().clone();
         for ax in 0..self.rank() {
-            layout = layout.slice_axis(ax, starts[ax], steps[ax] as isize, lens[ax]);
+            layout = layout.slice_axis(ax + self.nb(), starts[ax], steps[ax] as isize, lens[ax]);
         }
         Tensor::record(self.raw().with_layout(layout), &[self], || SliceRule {
             starts: starts.to_vec(),
@@ -416,7 +423,11 @@ impl Tensor {
         if shape == self.shape() {
             return self.clone();
         }
-        let raw = self.backend().embed(self.raw(), shape, starts, steps);
+        let nb = self.nb();
+        let physical_starts: Vec<usize> = std::iter::repeat_n(0, nb).chain(starts.iter().copied()).collect();
+        let physical_steps: Vec<usize> = std::iter::repeat_n(1, nb).chain(steps.iter().copied()).collect();
+        let target = physical(batch_extents(self), shape);
+        let raw = self.backend().embed(self.raw(), &target, &physical_starts, &physical_steps);
         Tensor::record(raw, &[self], || EmbedRule {
             starts: starts.to_vec(),
             steps: steps.to_vec(),
@@ -435,8 +446,9 @@ impl Tensor {
         }
         let mut layout = self.layout().clone();
         for &a in axes {
-            let n = layout.shape[a];
-            layout = layout.slice_axis(a, n.saturating_sub(1), -1, n);
+            let p = a + self.nb();
+            let n = layout.shape[p];
+            layout = layout.slice_axis(p, n.saturating_sub(1), -1, n);
         }
         Tensor::record(self.raw().with_layout(layout), &[self], || FlipRule {
             axes: axes.to_vec(),
@@ -562,13 +574,31 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
     if cast.len() == 1 {
         return cast[0].clone();
     }
-    let raws: Vec<&crate::storage::RawTensor> = cast.iter().map(|t| t.raw()).collect();
-    let raw = first.backend().concat(&raws, a);
     let refs: Vec<&Tensor> = cast.iter().collect();
+    // Bring every part to one batch prefix; extents other than the joined axis must then agree.
+    let (layouts, levels) = aligned_layouts(&refs, None);
+    let nb = levels.len();
+    let mut common = layouts[0].shape.clone();
+    for l in &layouts {
+        for d in 0..nb {
+            common[d] = common[d].max(l.shape[d]);
+        }
+    }
+    let raws: Vec<crate::storage::RawTensor> = cast
+        .iter()
+        .zip(&layouts)
+        .map(|(t, l)| {
+            let mut target = common.clone();
+            target[nb + a] = l.shape[nb + a];
+            t.raw().with_layout(l.broadcast_to(&target))
+        })
+        .collect();
+    let raw_refs: Vec<&crate::storage::RawTensor> = raws.iter().collect();
+    let raw = first.backend().concat(&raw_refs, nb + a);
     if dtype.is_float() {
         Tensor::record(raw, &refs, || ConcatRule { axis: a })
     } else {
-        Tensor::from_raw(raw)
+        Tensor::untraced(raw, &refs)
     }
 }
 

@@ -48,7 +48,7 @@ fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
     if x.dtype().is_float() && op != UnaryOp::Sign {
         Tensor::record(raw, &[x], || UnaryRule(op))
     } else {
-        Tensor::from_raw(raw)
+        Tensor::untraced(raw, &[x])
     }
 }
 
