@@ -97,7 +97,12 @@ fn render(shape: &[usize], cells: &[String], width: usize, depth: usize, summari
 impl fmt::Display for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_batched() {
-            return write!(f, "<batched inside vmap: {}{:?} per example>", self.dtype(), self.shape());
+            return write!(
+                f,
+                "<batched inside vmap: {}{:?} per example>",
+                self.dtype(),
+                self.shape()
+            );
         }
         let cells: Vec<String> = match self.dtype() {
             DType::F32 | DType::F64 => align_decimal_points(format_floats(&self.to_vec::<f64>())),

@@ -35,3 +35,4 @@ pub use transforms::backward::{backward, set_grad_sync_hook, BackwardOptions, Gr
 pub use transforms::graph::{format_graph, trace_graph};
 pub use transforms::jvp::{jvp, jvp_many};
 pub use transforms::vjp::{grad, value_and_grad, vjp, vjp_many, VjpFn};
+pub use transforms::vmap::{vmap, vmap_many};

@@ -43,7 +43,11 @@ fn union_batch(inputs: &[&Tensor]) -> Vec<u64> {
 impl Tensor {
     /// Wraps a backend value as an untraced tensor.
     pub fn from_raw(raw: RawTensor) -> Tensor {
-        Tensor(Arc::new(Inner { raw, batch: Vec::new(), node: None }))
+        Tensor(Arc::new(Inner {
+            raw,
+            batch: Vec::new(),
+            node: None,
+        }))
     }
 
     /// The vmap levels of the leading physical axes (empty outside `vmap`).
@@ -63,7 +67,11 @@ impl Tensor {
 
     /// An op result with no derivative: carries the union of the inputs' vmap levels.
     pub(crate) fn untraced(raw: RawTensor, inputs: &[&Tensor]) -> Tensor {
-        Tensor(Arc::new(Inner { raw, batch: union_batch(inputs), node: None }))
+        Tensor(Arc::new(Inner {
+            raw,
+            batch: union_batch(inputs),
+            node: None,
+        }))
     }
 
     /// The backend value (storage and layout).
@@ -96,7 +104,11 @@ impl Tensor {
         let levels = if inputs.iter().all(|t| t.0.node.is_none()) {
             Vec::new()
         } else {
-            union_levels(inputs.iter().filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())))
+            union_levels(
+                inputs
+                    .iter()
+                    .filter_map(|t| t.0.node.as_ref().map(|n| n.levels.as_slice())),
+            )
         };
         if levels.is_empty() {
             return Tensor(Arc::new(Inner { raw, batch, node: None }));
@@ -108,7 +120,11 @@ impl Tensor {
             levels,
             grad: None,
         };
-        Tensor(Arc::new(Inner { raw, batch, node: Some(Arc::new(node)) }))
+        Tensor(Arc::new(Inner {
+            raw,
+            batch,
+            node: Some(Arc::new(node)),
+        }))
     }
 
     /// A new leaf of `level` with this tensor's value. When this tensor is itself traced by an
@@ -132,7 +148,11 @@ impl Tensor {
             levels,
             grad: with_grad_slot.then(|| Mutex::new(None)),
         };
-        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), batch: self.0.batch.clone(), node: Some(Arc::new(node)) }))
+        Tensor(Arc::new(Inner {
+            raw: self.0.raw.clone(),
+            batch: self.0.batch.clone(),
+            node: Some(Arc::new(node)),
+        }))
     }
 
     /// The same value with no trace: gradients do not flow through it (JAX's
@@ -141,7 +161,11 @@ impl Tensor {
         if self.0.node.is_none() {
             return self.clone();
         }
-        Tensor(Arc::new(Inner { raw: self.0.raw.clone(), batch: self.0.batch.clone(), node: None }))
+        Tensor(Arc::new(Inner {
+            raw: self.0.raw.clone(),
+            batch: self.0.batch.clone(),
+            node: None,
+        }))
     }
 
     /// Alias of [`Tensor::stop_gradient`].

@@ -17,7 +17,11 @@ fn around_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
 /// and viewed as `dims`.
 fn contiguous_as(t: &Tensor, layout: &Layout, batch: &[usize], dims: &[usize]) -> RawTensor {
     let view = t.raw().with_layout(layout.broadcast_to(&physical(batch, t.shape())));
-    let c = if view.layout.is_contiguous() { view } else { t.backend().contiguous(&view) };
+    let c = if view.layout.is_contiguous() {
+        view
+    } else {
+        t.backend().contiguous(&view)
+    };
     let l = c.layout.reshape(dims).expect("contiguous");
     c.with_layout(l)
 }
@@ -33,7 +37,15 @@ fn common_batch(layouts: &[Layout], nb: usize) -> Vec<usize> {
 
 /// Indices as a contiguous `[batches, count]` i64 raw tensor with negatives wrapped, checked
 /// against the extent `n` (values are read on the host).
-fn checked_indices(op: &str, idx: &Tensor, layout: &Layout, batch: &[usize], n: usize, x_shape: &[usize], axis: usize) -> RawTensor {
+fn checked_indices(
+    op: &str,
+    idx: &Tensor,
+    layout: &Layout,
+    batch: &[usize],
+    n: usize,
+    x_shape: &[usize],
+    axis: usize,
+) -> RawTensor {
     if idx.dtype() != DType::I64 {
         panic!(
             "{op}: indices must be i64, got {} with shape {:?}; cast them with .cast(DType::I64)",
@@ -44,7 +56,9 @@ fn checked_indices(op: &str, idx: &Tensor, layout: &Layout, batch: &[usize], n: 
     let dims = [numel(batch), idx.numel()];
     let raw = contiguous_as(idx, layout, batch, &dims);
     let backend = idx.backend();
-    let CpuBuffer::I64(values) = backend.to_host(&raw) else { unreachable!("checked i64") };
+    let CpuBuffer::I64(values) = backend.to_host(&raw) else {
+        unreachable!("checked i64")
+    };
     let ni = n as i64;
     if let Some(&bad) = values.iter().find(|&&v| v < -ni || v >= ni) {
         panic!("{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?})");

@@ -160,7 +160,10 @@ pub(crate) fn broadcast_aligned(op: &str, ts: &[&Tensor]) -> Vec<RawTensor> {
     for l in &layouts[1..] {
         physical = try_broadcast_shapes(&physical, &l.shape).expect("batch axes of one vmap level have one size");
     }
-    ts.iter().zip(layouts).map(|(t, l)| t.raw().with_layout(l.broadcast_to(&physical))).collect()
+    ts.iter()
+        .zip(layouts)
+        .map(|(t, l)| t.raw().with_layout(l.broadcast_to(&physical)))
+        .collect()
 }
 
 /// The physical extents of the batch axes of `t`.

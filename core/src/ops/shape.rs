@@ -364,7 +364,9 @@ impl Tensor {
         for _ in self.rank()..shape.len() {
             layout = layout.expand_dims(self.nb());
         }
-        let raw = self.raw().with_layout(layout.broadcast_to(&physical(batch_extents(self), shape)));
+        let raw = self
+            .raw()
+            .with_layout(layout.broadcast_to(&physical(batch_extents(self), shape)));
         Tensor::record(raw, &[self], || BroadcastRule {
             from: self.shape().to_vec(),
         })
@@ -427,7 +429,9 @@ impl Tensor {
         let physical_starts: Vec<usize> = std::iter::repeat_n(0, nb).chain(starts.iter().copied()).collect();
         let physical_steps: Vec<usize> = std::iter::repeat_n(1, nb).chain(steps.iter().copied()).collect();
         let target = physical(batch_extents(self), shape);
-        let raw = self.backend().embed(self.raw(), &target, &physical_starts, &physical_steps);
+        let raw = self
+            .backend()
+            .embed(self.raw(), &target, &physical_starts, &physical_steps);
         Tensor::record(raw, &[self], || EmbedRule {
             starts: starts.to_vec(),
             steps: steps.to_vec(),

@@ -17,6 +17,9 @@ pub(crate) fn next_id() -> u64 {
 pub struct Level {
     id: u64,
     open: AtomicBool,
+    /// The id counter's value when the level closed (`u64::MAX` while open): ids between `id`
+    /// and this were created while the traced function ran.
+    closed_at: AtomicU64,
 }
 
 thread_local! {
@@ -31,6 +34,7 @@ impl Level {
         Arc::new(Level {
             id: next_id(),
             open: AtomicBool::new(true),
+            closed_at: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -46,7 +50,13 @@ impl Level {
 
     /// Stops recording for good: the traced function has returned.
     pub fn close(&self) {
+        self.closed_at.store(next_id(), Ordering::Release);
         self.open.store(false, Ordering::Release);
+    }
+
+    /// True when `id` (of a node or a vmap level) was created while this level's function ran.
+    pub fn encloses(&self, id: u64) -> bool {
+        id > self.id && id < self.closed_at.load(Ordering::Acquire)
     }
 
     /// Stops recording on this thread until the guard is dropped.

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::tensor::Tensor;
+use crate::trace::Level;
 
 fn in_level(t: &Tensor, level: u64) -> bool {
     t.node().is_some_and(|n| n.in_level(level))
@@ -33,7 +34,16 @@ pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &HashSet<u64>) -> V
     order
 }
 
-fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: &str) {
+fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: &str, level: &Level) {
+    // A vmap opened inside the traced function batches values that the target was shared by:
+    // its cotangent is the sum over that batch. Other vmap levels (enclosing ones, or one that
+    // maps the pullback itself, as jacrev does) stay.
+    let mut g = g;
+    for lv in g.batch().to_vec() {
+        if !target.batch().contains(&lv) && level.encloses(lv) {
+            g = crate::transforms::vmap::sum_out_level(&g, lv);
+        }
+    }
     if g.shape() != target.shape() {
         panic!(
             "internal error in the derivative rule of `{rule}`: cotangent of shape {:?} for an input of shape {:?}",
@@ -60,15 +70,15 @@ fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: 
 /// every node visited.
 pub(crate) fn reverse(
     seeds: &[(Tensor, Tensor)],
-    level: u64,
+    level: &Level,
     stops: &HashSet<u64>,
 ) -> (HashMap<u64, Tensor>, Vec<Tensor>) {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
-    let order = collect(&outputs, level, stops);
+    let order = collect(&outputs, level.id(), stops);
     let mut cts: HashMap<u64, Tensor> = HashMap::new();
     for (o, c) in seeds {
-        if in_level(o, level) {
-            accumulate(&mut cts, o, c.clone(), "output");
+        if in_level(o, level.id()) {
+            accumulate(&mut cts, o, c.clone(), "output", level);
         }
     }
     let mut leaf_cts = HashMap::new();
@@ -83,8 +93,8 @@ pub(crate) fn reverse(
         let grads = node.rule.vjp(&inputs, t, &ct);
         for (inp, g) in inputs.iter().zip(grads) {
             if let Some(g) = g {
-                if in_level(inp, level) {
-                    accumulate(&mut cts, inp, g, &node.rule.name());
+                if in_level(inp, level.id()) {
+                    accumulate(&mut cts, inp, g, &node.rule.name(), level);
                 }
             }
         }

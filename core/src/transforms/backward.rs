@@ -68,7 +68,7 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
         .collect();
     let (leaf_cts, visited) = {
         let _paused = level.pause();
-        sweep::reverse(&seeds, level.id(), &stops)
+        sweep::reverse(&seeds, &level, &stops)
     };
     let mut touched = Vec::new();
     for t in all.iter().filter(|t| t.is_grad_leaf()) {

@@ -5,6 +5,7 @@ pub mod backward;
 pub mod graph;
 pub mod jvp;
 pub mod vjp;
+pub mod vmap;
 
 use crate::tensor::Tensor;
 use crate::trace::union_levels;

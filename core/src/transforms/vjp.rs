@@ -32,7 +32,7 @@ impl VjpFn {
         }
         let stops: HashSet<u64> = self.leaves.iter().filter_map(|l| l.node_id()).collect();
         let seeds: Vec<(Tensor, Tensor)> = self.outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
-        let (leaf_cts, _) = sweep::reverse(&seeds, self.level.id(), &stops);
+        let (leaf_cts, _) = sweep::reverse(&seeds, &self.level, &stops);
         self.leaves
             .iter()
             .map(|l| {
