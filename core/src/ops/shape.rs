@@ -584,8 +584,8 @@ pub fn concatenate(tensors: &[Tensor], axis: isize) -> Tensor {
     let nb = levels.len();
     let mut common = layouts[0].shape.clone();
     for l in &layouts {
-        for d in 0..nb {
-            common[d] = common[d].max(l.shape[d]);
+        for (c, &e) in common[..nb].iter_mut().zip(&l.shape[..nb]) {
+            *c = (*c).max(e);
         }
     }
     let raws: Vec<crate::storage::RawTensor> = cast
