@@ -18,6 +18,7 @@ pub mod storage;
 pub mod tensor;
 pub mod trace;
 pub mod transforms;
+pub mod tree;
 
 pub use backend::{register_backend, Backend};
 pub use device::Device;
@@ -31,8 +32,17 @@ pub use ops::shape::{concatenate, stack, Sl};
 pub use ops::Axes;
 pub use random::Rng;
 pub use tensor::Tensor;
+pub use transforms::api::{
+    grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap,
+};
 pub use transforms::backward::{backward, set_grad_sync_hook, BackwardOptions, GradSyncHook};
 pub use transforms::graph::{format_graph, trace_graph};
-pub use transforms::jvp::{jvp, jvp_many};
-pub use transforms::vjp::{grad, value_and_grad, vjp, vjp_many, VjpFn};
-pub use transforms::vmap::{vmap, vmap_many};
+pub use transforms::jacobian::{hessian, jacfwd, jacfwd_with_aux, jacrev, jacrev_with_aux};
+pub use transforms::jvp::jvp_many;
+pub use transforms::positional::{
+    grad_with, grad_with_aux_with, jacfwd_with, jacrev_with, value_and_grad_with, value_and_grad_with_aux_with,
+    Argnums, GradOptions,
+};
+pub use transforms::vjp::{vjp_many, VjpFn};
+pub use transforms::vmap::vmap_many;
+pub use tree::Tree;

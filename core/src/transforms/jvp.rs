@@ -41,9 +41,3 @@ pub fn jvp_many(
         .collect();
     (outputs.iter().map(release_finished).collect(), tangents_out)
 }
-
-/// `(f(x), J v)` for a function of one tensor with one output.
-pub fn jvp(f: impl FnOnce(&Tensor) -> Tensor, x: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
-    let (mut o, mut t) = jvp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x), std::slice::from_ref(v));
-    (o.remove(0), t.remove(0))
-}

@@ -1,9 +1,12 @@
 //! The transforms: `vjp` and `jvp` (trace, then sweep), `grad` and `value_and_grad` built on
 //! `vjp`, PyTorch-style `backward`, and a printout of a traced program.
 
+pub mod api;
 pub mod backward;
 pub mod graph;
+pub mod jacobian;
 pub mod jvp;
+pub mod positional;
 pub mod vjp;
 pub mod vmap;
 

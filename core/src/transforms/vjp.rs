@@ -63,16 +63,6 @@ pub fn vjp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor]) ->
     (released, VjpFn { level, leaves, outputs })
 }
 
-/// `vjp` of a function of one tensor with one output: returns `(f(x), pullback)` where
-/// `pullback(ct)` is the cotangent of `x`.
-pub fn vjp(f: impl FnOnce(&Tensor) -> Tensor, x: &Tensor) -> (Tensor, impl Fn(&Tensor) -> Tensor) {
-    let (mut outs, pullback) = vjp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x));
-    let out = outs.remove(0);
-    (out, move |ct: &Tensor| {
-        pullback.call(std::slice::from_ref(ct)).remove(0)
-    })
-}
-
 /// Checks that `out` is a scalar, naming the transform.
 pub(crate) fn require_scalar(op: &str, out: &Tensor) {
     if out.rank() != 0 {
@@ -86,21 +76,4 @@ pub(crate) fn require_scalar(op: &str, out: &Tensor) {
     if !out.dtype().is_float() {
         panic!("{op}: the function must return a float scalar, got {}", out.dtype());
     }
-}
-
-/// `(f(x), df/dx)` for a scalar-valued `f` of one tensor.
-pub fn value_and_grad(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> (Tensor, Tensor) {
-    move |x: &Tensor| {
-        let (outs, pullback) = vjp_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x));
-        require_scalar("grad", &outs[0]);
-        let g = pullback.call(&[outs[0].ones_like()]).remove(0);
-        (outs[0].clone(), g)
-    }
-}
-
-/// The gradient `df/dx` of a scalar-valued `f` of one tensor, as a function (compose it:
-/// `grad(grad(f))`).
-pub fn grad(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> Tensor {
-    let vg = value_and_grad(f);
-    move |x: &Tensor| vg(x).1
 }

@@ -146,8 +146,3 @@ pub fn vmap_many(
         .map(|(o, &ax)| from_batch(o, level, normalize_axis("vmap (out_axes)", ax, o.rank() + 1), size))
         .collect()
 }
-
-/// Maps a function of one tensor over axis 0 of its argument, stacking the result on axis 0.
-pub fn vmap(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> Tensor {
-    move |x: &Tensor| vmap_many(|xs| vec![f(&xs[0])], std::slice::from_ref(x), &[Some(0)], &[0]).remove(0)
-}

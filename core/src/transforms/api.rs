@@ -1,0 +1,153 @@
+//! The typed API over pytrees: the closure takes one [`Tree`] argument (a tensor, a tuple of
+//! them, a parameter struct, ...) and derivatives come back in the same structure. Multiple
+//! positional arguments are a tuple; `vjp`'s pullback then returns one cotangent per element.
+
+use super::jvp::jvp_many;
+use super::release_finished;
+use super::vjp::{require_scalar, vjp_many};
+use super::vmap::vmap_many;
+use crate::tensor::Tensor;
+use crate::tree::Tree;
+
+/// Panics unless every leaf of a differentiated argument is a float tensor.
+pub(crate) fn require_float_leaves(op: &str, leaves: &[Tensor], allow_int: bool) {
+    if allow_int {
+        return;
+    }
+    if let Some((i, t)) = leaves.iter().enumerate().find(|(_, t)| !t.dtype().is_float()) {
+        panic!(
+            "{op}: input leaf {i} has dtype {} (shape {:?}); only float inputs can be differentiated. \
+             Cast it, or pass allow_int: true in GradOptions to get zero gradients for it",
+            t.dtype(),
+            t.shape()
+        );
+    }
+}
+
+/// `(f(primals), pullback)`: the pullback maps a cotangent shaped like the output to
+/// cotangents shaped like the primals (for a tuple of primals, one per element).
+pub fn vjp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A) -> (B, impl Fn(&B) -> A) {
+    let (out, pullback, ()) = vjp_with_aux(|a| (f(a), ()), primals);
+    (out, pullback)
+}
+
+/// Like [`vjp`] for a function returning `(output, aux)`: gives `(output, pullback, aux)`;
+/// `aux` is not differentiated.
+pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A) -> (B, impl Fn(&B) -> A, X) {
+    let template = primals.rebuild(primals.leaves());
+    let mut captured: Option<(B, X)> = None;
+    let (outs, pullback) = vjp_many(
+        |leaves| {
+            let (out, aux) = f(&primals.rebuild(leaves.to_vec()));
+            let flat = out.leaves();
+            captured = Some((out, aux));
+            flat
+        },
+        &primals.leaves(),
+    );
+    let (out_tree, aux) = captured.expect("the function ran");
+    let out = out_tree.rebuild(outs);
+    let aux = aux.map_leaves(release_finished);
+    let out_template = out.rebuild(out.leaves());
+    let call = move |ct: &B| {
+        let cts = ct.leaves();
+        if cts.len() != out_template.leaves().len() {
+            panic!(
+                "vjp: the cotangent has {} leaves but the output has {}; pass one shaped like the output",
+                cts.len(),
+                out_template.leaves().len()
+            );
+        }
+        template.rebuild(pullback.call(&cts))
+    };
+    (out, call, aux)
+}
+
+/// `(f(primals), J tangents)`: primals and tangents have one structure; each tangent leaf has
+/// its primal's shape and dtype.
+pub fn jvp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A, tangents: &A) -> (B, B) {
+    let (o, t, ()) = jvp_with_aux(|a| (f(a), ()), primals, tangents);
+    (o, t)
+}
+
+/// Like [`jvp`] for a function returning `(output, aux)`: gives `(output, tangent, aux)`.
+pub fn jvp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A, tangents: &A) -> (B, B, X) {
+    let (p, t) = (primals.leaves(), tangents.leaves());
+    if p.len() != t.len() {
+        panic!(
+            "jvp: the tangents have {} leaves but the primals have {}; they must have one structure",
+            t.len(),
+            p.len()
+        );
+    }
+    let mut captured: Option<(B, X)> = None;
+    let (outs, touts) = jvp_many(
+        |leaves| {
+            let (out, aux) = f(&primals.rebuild(leaves.to_vec()));
+            let flat = out.leaves();
+            captured = Some((out, aux));
+            flat
+        },
+        &p,
+        &t,
+    );
+    let (out_tree, aux) = captured.expect("the function ran");
+    let tangent = out_tree.rebuild(touts);
+    (out_tree.rebuild(outs), tangent, aux.map_leaves(release_finished))
+}
+
+/// `((value, aux), gradient)` of a scalar-valued `f` with auxiliary output.
+pub fn value_and_grad_with_aux<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X)) -> impl Fn(&A) -> ((Tensor, X), A) {
+    move |x: &A| {
+        require_float_leaves("grad", &x.leaves(), false);
+        let (value, pullback, aux) = vjp_with_aux(|a| f(a), x);
+        require_scalar("grad", &value);
+        let g = pullback(&value.ones_like());
+        ((value, aux), g)
+    }
+}
+
+/// `(f(x), df/dx)` for a scalar-valued `f`; the gradient has the structure of `x`.
+pub fn value_and_grad<A: Tree>(f: impl Fn(&A) -> Tensor) -> impl Fn(&A) -> (Tensor, A) {
+    let vg = value_and_grad_with_aux(move |a: &A| (f(a), ()));
+    move |x: &A| {
+        let ((v, ()), g) = vg(x);
+        (v, g)
+    }
+}
+
+/// The gradient of a scalar-valued `f`, as a function with the structure of its argument
+/// (compose it: `grad(grad(f))`).
+pub fn grad<A: Tree>(f: impl Fn(&A) -> Tensor) -> impl Fn(&A) -> A {
+    let vg = value_and_grad(f);
+    move |x: &A| vg(x).1
+}
+
+/// `(gradient, aux)` of a scalar-valued `f` returning `(value, aux)`.
+pub fn grad_with_aux<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X)) -> impl Fn(&A) -> (A, X) {
+    let vg = value_and_grad_with_aux(f);
+    move |x: &A| {
+        let ((_, aux), g) = vg(x);
+        (g, aux)
+    }
+}
+
+/// Maps `f` over axis 0 of every leaf of its argument and stacks every output leaf on axis 0.
+pub fn vmap<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> B {
+    move |x: &A| {
+        let leaves = x.leaves();
+        let mut template: Option<B> = None;
+        let outs = vmap_many(
+            |ls| {
+                let out = f(&x.rebuild(ls.to_vec()));
+                let flat = out.leaves();
+                template = Some(out);
+                flat
+            },
+            &leaves,
+            &vec![Some(0); leaves.len()],
+            &[0],
+        );
+        template.expect("the function ran").rebuild(outs)
+    }
+}

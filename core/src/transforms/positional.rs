@@ -1,0 +1,164 @@
+//! The positional API for functions of several tensor arguments, with `argnums` and the other
+//! options of Nabla's `grad` family, so that seed code ports line by line. `holomorphic`,
+//! `reduce_axes` and `mode` are accepted and ignored, as Nabla documents.
+
+use super::api::require_float_leaves;
+use super::jacobian::{jacfwd_leaves, jacrev_leaves};
+use super::vjp::{require_scalar, vjp_many};
+use crate::tensor::Tensor;
+use crate::tree::Tree;
+
+/// Which positional arguments to differentiate: one index, or several.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Argnums {
+    /// One argument (JAX `argnums=i`).
+    One(usize),
+    /// Several arguments, in this order (JAX `argnums=(i, j, ...)`).
+    Many(Vec<usize>),
+}
+
+impl Argnums {
+    /// The indices, checked against the number of arguments.
+    pub fn resolve(&self, op: &str, nargs: usize) -> Vec<usize> {
+        let list = match self {
+            Argnums::One(i) => vec![*i],
+            Argnums::Many(v) => v.clone(),
+        };
+        if let Some(&bad) = list.iter().find(|&&i| i >= nargs) {
+            panic!(
+                "{op}: argnums {self:?} refers to argument {bad}, but the function was called with {nargs} argument(s)"
+            );
+        }
+        if list.is_empty() {
+            panic!("{op}: argnums is empty; name at least one argument");
+        }
+        list
+    }
+}
+
+impl Default for Argnums {
+    fn default() -> Self {
+        Argnums::One(0)
+    }
+}
+impl From<usize> for Argnums {
+    fn from(i: usize) -> Self {
+        Argnums::One(i)
+    }
+}
+impl<const N: usize> From<[usize; N]> for Argnums {
+    fn from(v: [usize; N]) -> Self {
+        Argnums::Many(v.to_vec())
+    }
+}
+impl From<Vec<usize>> for Argnums {
+    fn from(v: Vec<usize>) -> Self {
+        Argnums::Many(v)
+    }
+}
+
+/// Options of the `grad` family (Nabla's keyword arguments).
+#[derive(Clone, Debug, Default)]
+pub struct GradOptions {
+    /// Which arguments to differentiate (default: the first).
+    pub argnums: Argnums,
+    /// Accepted and ignored (complex numbers are not supported).
+    pub holomorphic: bool,
+    /// Integer arguments named in `argnums` get zero gradients instead of an error.
+    pub allow_int: bool,
+    /// Accepted and ignored.
+    pub reduce_axes: Vec<isize>,
+    /// Accepted and ignored (`"reverse"` is always used for gradients).
+    pub mode: Option<String>,
+}
+
+/// Gradients of `f(args)` with respect to `wrt` (float leaves) plus zeros for allowed ints.
+fn gradients<X: Tree>(
+    op: &str,
+    f: &dyn Fn(&[Tensor]) -> (Tensor, X),
+    args: &[Tensor],
+    opts: &GradOptions,
+) -> ((Tensor, X), Vec<Tensor>) {
+    let wrt = opts.argnums.resolve(op, args.len());
+    let chosen: Vec<Tensor> = wrt.iter().map(|&i| args[i].clone()).collect();
+    require_float_leaves(op, &chosen, opts.allow_int);
+    let float_wrt: Vec<usize> = wrt.iter().copied().filter(|&i| args[i].dtype().is_float()).collect();
+    let mut aux = None;
+    let (outs, pullback) = vjp_many(
+        |xs| {
+            let mut all = args.to_vec();
+            for (k, &i) in float_wrt.iter().enumerate() {
+                all[i] = xs[k].clone();
+            }
+            let (v, a) = f(&all);
+            aux = Some(a);
+            vec![v]
+        },
+        &float_wrt.iter().map(|&i| args[i].clone()).collect::<Vec<_>>(),
+    );
+    require_scalar(op, &outs[0]);
+    let gs = pullback.call(&[outs[0].ones_like()]);
+    let grads = wrt
+        .iter()
+        .map(|&i| match float_wrt.iter().position(|&j| j == i) {
+            Some(k) => gs[k].clone(),
+            None => args[i].zeros_like(),
+        })
+        .collect();
+    let aux = aux.expect("the function ran").map_leaves(super::release_finished);
+    ((outs[0].clone(), aux), grads)
+}
+
+/// `grad` of `f(args...)` with options: one gradient per entry of `argnums`, in order.
+pub fn grad_with(f: impl Fn(&[Tensor]) -> Tensor, opts: GradOptions) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    move |args: &[Tensor]| gradients("grad", &|xs: &[Tensor]| (f(xs), ()), args, &opts).1
+}
+
+/// `value_and_grad` of `f(args...)` with options: `(value, gradients)`.
+pub fn value_and_grad_with(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    opts: GradOptions,
+) -> impl Fn(&[Tensor]) -> (Tensor, Vec<Tensor>) {
+    move |args: &[Tensor]| {
+        let ((v, ()), g) = gradients("value_and_grad", &|xs: &[Tensor]| (f(xs), ()), args, &opts);
+        (v, g)
+    }
+}
+
+/// `grad` with `has_aux`: `f` returns `(value, aux)`; gives `(gradients, aux)`.
+pub fn grad_with_aux_with<X: Tree>(
+    f: impl Fn(&[Tensor]) -> (Tensor, X),
+    opts: GradOptions,
+) -> impl Fn(&[Tensor]) -> (Vec<Tensor>, X) {
+    move |args: &[Tensor]| {
+        let ((_, aux), g) = gradients("grad", &f, args, &opts);
+        (g, aux)
+    }
+}
+
+/// `value_and_grad` with `has_aux`: gives `((value, aux), gradients)`.
+pub fn value_and_grad_with_aux_with<X: Tree>(
+    f: impl Fn(&[Tensor]) -> (Tensor, X),
+    opts: GradOptions,
+) -> impl Fn(&[Tensor]) -> ((Tensor, X), Vec<Tensor>) {
+    move |args: &[Tensor]| gradients("value_and_grad", &f, args, &opts)
+}
+
+/// Forward-mode Jacobians of `f(args...)` for each argument in `argnums` (shape
+/// `out.shape ++ arg.shape` each).
+pub fn jacfwd_with(f: impl Fn(&[Tensor]) -> Tensor, argnums: impl Into<Argnums>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let argnums = argnums.into();
+    move |args: &[Tensor]| {
+        let wrt = argnums.resolve("jacfwd", args.len());
+        jacfwd_leaves(&|xs: &[Tensor]| (f(xs), ()), args, &wrt).0
+    }
+}
+
+/// Reverse-mode Jacobians of `f(args...)` for each argument in `argnums`.
+pub fn jacrev_with(f: impl Fn(&[Tensor]) -> Tensor, argnums: impl Into<Argnums>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let argnums = argnums.into();
+    move |args: &[Tensor]| {
+        let wrt = argnums.resolve("jacrev", args.len());
+        jacrev_leaves(&|xs: &[Tensor]| (f(xs), ()), args, &wrt).0
+    }
+}
