@@ -15,6 +15,32 @@ the CRC32 of the case name and are rounded to 6 decimals, so the file is
 deterministic and the JSON inputs are exact.  The JAX version used is recorded
 in the output's "jax_version" field.
 
+The same run also writes core/tests/fixtures/compositions.json with reference
+values of transform compositions for every differentiable single-output case
+of ops_f64.json (same "name"; split is skipped).  Let xs be the case's f64
+inputs (in order) and g(*xs) the op with the i64/bool inputs and params held
+fixed, output y.  Fresh random arrays (rng seeded with the CRC32 of
+name + "#compositions", drawn in this order, uniform in [-1, 1), rounded to 6
+decimals) are: u (shape of y), v (one per x), w (one per x), c (shape of y).
+Each case line is
+    {"name", "u", "v": [..], "w": [..], "c",
+     "jacobian": [J_i]                 jax.jacfwd(g, argnums=all)(*xs), J_i: y.shape + x_i.shape
+     "vjp_vjp": [..]                   h(*xs) = vjp(g, *xs)[1](u); vjp(h, *xs)[1](tuple(w))
+     "jvp_vjp": [..]                   jvp(h, xs, v)[1]
+     "vjp_jvp": [..]                   k(*xs) = jvp(g, xs, v)[1]; vjp(k, *xs)[1](u)
+     "hessian": [[H_ij]]               hessian of sum(g(*xs) * c), H_ij: x_i.shape + x_j.shape
+     "vmap_vjp": [..]                  vmap over 3 examples of vjp(g, *xs_k)[1](u_k), leading axis 3
+     "vmap_jvp": T                     vmap over 3 examples of jvp(g, xs_k, v_k)[1], leading axis 3
+     "f32": {same 7 keys}}
+where example k (k = 0, 1, 2) uses xs_k = x * s_k, u_k = u * s_k, v_k = v * s_k
+with s_k = 1.0 + 0.05 * k (a float64 multiply).  The "f32" object repeats all
+seven transforms with JAX in float32: xs, u, v, w, c are cast to float32 first
+(round to nearest) and, for the vmap examples, the float32 arrays are multiplied
+by float32(s_k) in float32.  Its tensors have dtype "f32"; their data are the
+exact float32 values written as JSON floats.  If the file would exceed
+COMPOSITIONS_MAX_BYTES, the "hessian" of the largest cases (both f64 and f32)
+is set to null, largest first, until it fits.
+
 Run from the repository root:
     python3 -m venv .venv-jax && .venv-jax/bin/pip install jax numpy
     .venv-jax/bin/python ci/gen_fixtures.py
@@ -35,8 +61,12 @@ import numpy as np  # noqa: E402
 from jax.scipy.special import logsumexp  # noqa: E402
 
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "core", "tests", "fixtures", "ops_f64.json")
+COMPOSITIONS_PATH = os.path.join(os.path.dirname(OUT_PATH), "compositions.json")
+COMPOSITIONS_MAX_BYTES = 8_000_000
 
 CASES = []
+# (name, g, f64 primals) for every differentiable single-output case, in CASES order
+COMPOSABLE = []
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -141,6 +171,8 @@ def add_case(name, op, params, inputs, fn, diff=True):
         else:
             jvp["output_tangent"] = tensor(out_t)
         case["jvp"] = jvp
+        if not multi:
+            COMPOSABLE.append((name, g, [np.asarray(p) for p in primals]))
     CASES.append(case)
 
 
@@ -400,6 +432,115 @@ def gen_composites():
         add_case(name, "mse", {}, [uniform(r, s), uniform(r, s)], lambda p, t: jnp.mean((p - t) ** 2))
 
 
+# ----------------------------------------------------------------------------- compositions
+
+COMPOSITION_KEYS = ("jacobian", "vjp_vjp", "jvp_vjp", "vjp_jvp", "hessian", "vmap_vjp", "vmap_jvp")
+VMAP_SCALES = [1.0 + 0.05 * k for k in range(3)]
+
+
+def ftensor(a, dt, where):
+    """Float tensor of dtype dt ("f64" | "f32"); fails loudly on a wrong dtype or NaN/inf."""
+    a = np.asarray(a)
+    want = np.float64 if dt == "f64" else np.float32
+    if a.dtype != want:
+        raise TypeError(f"{where}: dtype {a.dtype}, expected {want.__name__}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}: non-finite value")
+    data = a.reshape(-1).astype(np.float64).tolist()
+    return {"dtype": dt, "shape": list(a.shape), "data": data}
+
+
+def compositions(g, xs, u, v, w, c, dt, where):
+    """The seven transform compositions of g at xs, computed in the dtype of xs."""
+    n = len(xs)
+    argnums = tuple(range(n))
+    xs = [jnp.asarray(x) for x in xs]
+    u, c = jnp.asarray(u), jnp.asarray(c)
+    v = [jnp.asarray(t) for t in v]
+    w = [jnp.asarray(t) for t in w]
+    ten = lambda a, key: ftensor(a, dt, f"{where} {key}")  # noqa: E731
+    out = {}
+
+    out["jacobian"] = [ten(j, "jacobian") for j in jax.jacfwd(g, argnums=argnums)(*xs)]
+
+    def h(*a):
+        return tuple(jax.vjp(g, *a)[1](u))
+
+    out["vjp_vjp"] = [ten(t, "vjp_vjp") for t in jax.vjp(h, *xs)[1](tuple(w))]
+    out["jvp_vjp"] = [ten(t, "jvp_vjp") for t in jax.jvp(h, tuple(xs), tuple(v))[1]]
+
+    def k(*a):
+        return jax.jvp(g, a, tuple(v))[1]
+
+    out["vjp_jvp"] = [ten(t, "vjp_jvp") for t in jax.vjp(k, *xs)[1](u)]
+
+    def s(*a):
+        return jnp.sum(g(*a) * c)
+
+    hess = jax.hessian(s, argnums=argnums)(*xs)
+    out["hessian"] = [[ten(hess[i][j], "hessian") for j in range(n)] for i in range(n)]
+
+    sc = [np.asarray(f, dtype=np.float64 if dt == "f64" else np.float32) for f in VMAP_SCALES]
+    bx = [jnp.stack([x * f for f in sc]) for x in xs]
+    bu = jnp.stack([u * f for f in sc])
+    bv = [jnp.stack([t * f for f in sc]) for t in v]
+    vv = jax.vmap(lambda *a: tuple(jax.vjp(g, *a[:n])[1](a[n])))(*bx, bu)
+    out["vmap_vjp"] = [ten(t, "vmap_vjp") for t in vv]
+    out["vmap_jvp"] = ten(jax.vmap(lambda *a: jax.jvp(g, a[:n], a[n:])[1])(*bx, *bv), "vmap_jvp")
+    return out
+
+
+def gen_compositions():
+    cases = []
+    for name, g, xs in COMPOSABLE:
+        y_shape = np.shape(g(*[jnp.asarray(x) for x in xs]))
+        rng = rng_for(name + "#compositions")
+        u = uniform(rng, y_shape, -1.0, 1.0)
+        v = [uniform(rng, x.shape, -1.0, 1.0) for x in xs]
+        w = [uniform(rng, x.shape, -1.0, 1.0) for x in xs]
+        c = uniform(rng, y_shape, -1.0, 1.0)
+        case = {"name": name, "u": tensor(u), "v": [tensor(t) for t in v], "w": [tensor(t) for t in w],
+                "c": tensor(c)}
+        case.update(compositions(g, xs, u, v, w, c, "f64", name))
+        f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+        case["f32"] = compositions(g, [f32(x) for x in xs], f32(u), [f32(t) for t in v], [f32(t) for t in w],
+                                   f32(c), "f32", name + " f32")
+        cases.append(case)
+
+    dumps = lambda c: json.dumps(c, separators=(",", ":"), allow_nan=False)  # noqa: E731
+    head = '{"jax_version":' + json.dumps(jax.__version__) + ',"cases":[\n'
+    tail = "\n]}\n"
+    lines = [dumps(c) for c in cases]
+    total = lambda: len(head) + len(tail) + sum(len(l) for l in lines) + 2 * (len(lines) - 1)  # noqa: E731,E741
+    dropped = []
+    if total() > COMPOSITIONS_MAX_BYTES:
+        order = sorted(range(len(cases)), key=lambda i: -len(dumps(cases[i]["hessian"])))
+        for i in order:
+            if total() <= COMPOSITIONS_MAX_BYTES:
+                break
+            cases[i]["hessian"] = None
+            cases[i]["f32"]["hessian"] = None
+            lines[i] = dumps(cases[i])
+            dropped.append(cases[i]["name"])
+    with open(COMPOSITIONS_PATH, "w") as f:
+        f.write(head)
+        f.write(",\n".join(lines))
+        f.write(tail)
+
+    counts = collections.Counter()
+    for c in cases:
+        for part, tag in ((c, ""), (c["f32"], "f32.")):
+            for key in COMPOSITION_KEYS:
+                if part[key] is not None:
+                    counts[tag + key] += 1
+    for key, n in counts.items():
+        print(f"{key:16s} {n}")
+    if dropped:
+        print(f"hessian dropped (size cap {COMPOSITIONS_MAX_BYTES} bytes) for {len(dropped)} cases: {', '.join(dropped)}")
+    print(f"{len(cases)} composition cases, {os.path.getsize(COMPOSITIONS_PATH)} bytes -> "
+          f"{os.path.normpath(COMPOSITIONS_PATH)}")
+
+
 def main():
     for gen in (gen_unary, gen_binary, gen_compare_logical, gen_where_clamp, gen_reductions, gen_linalg,
                 gen_shape_ops, gen_multi, gen_indexing, gen_composites):
@@ -415,6 +556,7 @@ def main():
         print(f"{op:16s} {n}")
     print(f"{len(CASES)} cases, {len(counts)} ops, {os.path.getsize(OUT_PATH)} bytes -> {os.path.normpath(OUT_PATH)}")
     print(f"jax {jax.__version__}")
+    gen_compositions()
 
 
 if __name__ == "__main__":

@@ -9,3 +9,4 @@
 //! ```
 
 pub use nabla_core::*;
+pub use nabla_derive::Tree;

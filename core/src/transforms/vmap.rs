@@ -88,8 +88,8 @@ impl Rule for FromBatchRule {
 }
 
 /// Maps `f` over axis `in_axes[i]` of argument `i` (`None`: the argument is shared by every
-/// example) and stacks every output along `out_axes[j]` (negative counts from the end of the
-/// stacked output). Every mapped argument must have one size along its mapped axis.
+/// example) and stacks every output along `out_axes[j]` (one entry serves all outputs;
+/// negative counts from the end of the stacked output). Every mapped argument must have one size along its mapped axis.
 pub fn vmap_many(
     f: impl FnOnce(&[Tensor]) -> Vec<Tensor>,
     args: &[Tensor],
@@ -134,15 +134,18 @@ pub fn vmap_many(
         .map(|(x, a)| a.map_or_else(|| x.clone(), |a| to_batch(x, level, a, size)))
         .collect();
     let outs = f(&batched);
-    if out_axes.len() != outs.len() {
+    if out_axes.len() != outs.len() && out_axes.len() != 1 {
         panic!(
-            "vmap: {} out_axes given for {} outputs; pass one per output",
+            "vmap: {} out_axes given for {} outputs; pass one per output, or one for all",
             out_axes.len(),
             outs.len()
         );
     }
     outs.iter()
-        .zip(out_axes)
-        .map(|(o, &ax)| from_batch(o, level, normalize_axis("vmap (out_axes)", ax, o.rank() + 1), size))
+        .enumerate()
+        .map(|(i, o)| {
+            let ax = out_axes[i.min(out_axes.len() - 1)];
+            from_batch(o, level, normalize_axis("vmap (out_axes)", ax, o.rank() + 1), size)
+        })
         .collect()
 }
