@@ -4,7 +4,7 @@
 //! Run: `cargo run --release --example seed_examples`
 
 use nabla as nb;
-use nb::{BackwardOptions, DType, Tensor};
+use nb::{BackwardOptions, DType, GradOptions, Tensor, Tree};
 
 fn show(name: &str, value: &Tensor) {
     let text = value.to_string().replace('\n', "\n    ");
@@ -63,6 +63,71 @@ fn main() {
     show("leaf.grad after one backward", &leaf.grad().expect("backward ran"));
     l.backward();
     show("leaf.grad after two backwards", &leaf.grad().expect("backward ran"));
+
+    // argnums: f(x, y) = x^2 y + sin(y), gradients with respect to (x, y) at (2, 3).
+    let g2 = |a: &[Tensor]| &a[0] * &a[0] * &a[1] + a[1].sin();
+    let args = [nb::tensor(2.0), nb::tensor(3.0)];
+    let grads = nb::grad_with(
+        g2,
+        GradOptions {
+            argnums: [0, 1].into(),
+            ..Default::default()
+        },
+    )(&args);
+    show("grad(f, argnums=(0, 1))(2, 3)[0]", &grads[0]);
+    show("grad(f, argnums=(0, 1))(2, 3)[1]", &grads[1]);
+
+    // has_aux: the auxiliary output comes back untouched.
+    let ((value, aux), g) =
+        nb::value_and_grad_with_aux(|x: &Tensor| (x.square().sum_all(), x.mean_all()))(&nb::tensor([1.0, 2.0, 3.0]));
+    show("value_and_grad(has_aux).value", &value);
+    show("value_and_grad(has_aux).aux", &aux);
+    show("value_and_grad(has_aux).grad", &g);
+
+    // vjp over a tuple of primals gives one cotangent per primal.
+    let (prod, pb) = nb::vjp(
+        |(a, b): &(Tensor, Tensor)| a * b,
+        &(nb::tensor([1.0, 2.0]), nb::tensor([3.0, 4.0])),
+    );
+    let (ga, gb) = pb(&prod.ones_like());
+    show("vjp(a * b).grads[0]", &ga);
+    show("vjp(a * b).grads[1]", &gb);
+
+    // Jacobians (out.shape ++ in.shape) and the Hessian.
+    let w = nb::tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]);
+    let lin = |x: &Tensor| w.matmul(x).tanh();
+    let x0 = nb::tensor([0.1, -0.2]);
+    show("jacfwd(tanh(W x))", &nb::jacfwd(lin)(&x0));
+    show("jacrev(tanh(W x))", &nb::jacrev(lin)(&x0));
+    show(
+        "hessian(sum(x^3))",
+        &nb::hessian(|x: &Tensor| x.powf(3.0).sum_all())(&nb::tensor([1.0, 2.0])),
+    );
+
+    // vmap, and per-example gradients as vmap of grad.
+    show("vmap(sum)(rows)", &nb::vmap(|r: &Tensor| r.sum_all())(&w));
+    let wv = nb::tensor([0.5, -1.0]);
+    let per_example = nb::vmap_many(
+        |ex| vec![nb::grad(|w: &Tensor| ex[0].dot(w).square())(&wv)],
+        std::slice::from_ref(&w),
+        &[Some(0)],
+        &[0],
+    );
+    show("per-example grads of (x . w)^2", &per_example[0]);
+
+    // A parameter struct is a pytree: its gradient has the same type.
+    #[derive(Tree)]
+    struct Affine {
+        w: Tensor,
+        b: Tensor,
+    }
+    let p = Affine {
+        w: nb::tensor([[1.0, 0.0], [0.0, 1.0]]),
+        b: nb::tensor([0.5, -0.5]),
+    };
+    let gp = nb::grad(|p: &Affine| (x0.matmul(&p.w) + &p.b).square().sum_all())(&p);
+    show("grad(params).w", &gp.w);
+    show("grad(params).b", &gp.b);
 
     println!("traced program of sum(tanh(a) * b):");
     println!(

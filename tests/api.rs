@@ -251,9 +251,12 @@ fn jacobians_have_out_then_in_shape_and_match_single_passes() {
     close(&nb::jacfwd_with(h, 1)(&[t64([1.0, 2.0]), t64([3.0, 4.0])])[0], &js[1]);
 }
 
+/// A boxed scalar-valued function of one tensor.
+type ScalarFn = Box<dyn Fn(&Tensor) -> Tensor>;
+
 #[test]
 fn all_four_hessian_compositions_agree() {
-    let funcs: Vec<Box<dyn Fn(&Tensor) -> Tensor>> = vec![
+    let funcs: Vec<ScalarFn> = vec![
         Box::new(|x: &Tensor| (x.sin() * x.square()).sum_all()),
         Box::new(|x: &Tensor| x.logsumexp(0, false)),
         Box::new(|x: &Tensor| (x.outer(x).tanh() * 0.5).sum_all() + x.powf(3.0).sum_all()),

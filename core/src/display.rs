@@ -8,7 +8,9 @@ use crate::tensor::Tensor;
 const SUMMARY_THRESHOLD: usize = 1000;
 const EDGE: usize = 3;
 
-fn format_floats(values: &[f64]) -> Vec<String> {
+/// Fixed-point or scientific cells, each with at most 8 fractional digits and no more than the
+/// shortest representation that round-trips at the tensor's precision (`single`: f32).
+fn format_floats(values: &[f64], single: bool) -> Vec<String> {
     let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     let max = finite.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let min_nonzero = finite
@@ -30,8 +32,19 @@ fn format_floats(values: &[f64]) -> Vec<String> {
             } else if scientific {
                 format!("{v:.8e}")
             } else {
-                let s = format!("{v:.8}");
-                s.trim_end_matches('0').to_string()
+                let shortest = if single {
+                    format!("{}", v as f32)
+                } else {
+                    format!("{v}")
+                };
+                let fraction = shortest.split_once('.').map_or(0, |(_, f)| f.len());
+                if fraction > 8 {
+                    format!("{v:.8}").trim_end_matches('0').to_string()
+                } else if fraction == 0 {
+                    format!("{shortest}.")
+                } else {
+                    shortest
+                }
             }
         })
         .collect()
@@ -105,7 +118,9 @@ impl fmt::Display for Tensor {
             );
         }
         let cells: Vec<String> = match self.dtype() {
-            DType::F32 | DType::F64 => align_decimal_points(format_floats(&self.to_vec::<f64>())),
+            DType::F32 | DType::F64 => {
+                align_decimal_points(format_floats(&self.to_vec::<f64>(), self.dtype() == DType::F32))
+            }
             DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
             DType::Bool => self
                 .to_vec::<bool>()

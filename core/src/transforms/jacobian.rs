@@ -136,10 +136,10 @@ pub(crate) fn jacrev_leaves<X: Tree>(
     (jacs, aux.expect("the function ran").map_leaves(release_finished))
 }
 
-fn typed<A: Tree, X: Tree>(
-    f: impl Fn(&A) -> (Tensor, X),
-    engine: fn(&dyn Fn(&[Tensor]) -> (Tensor, X), &[Tensor], &[usize]) -> (Vec<Tensor>, X),
-) -> impl Fn(&A) -> (A, X) {
+/// A function computing Jacobian blocks of `f` at primals with respect to the listed leaves.
+type JacobianEngine<X> = fn(&dyn Fn(&[Tensor]) -> (Tensor, X), &[Tensor], &[usize]) -> (Vec<Tensor>, X);
+
+fn typed<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X), engine: JacobianEngine<X>) -> impl Fn(&A) -> (A, X) {
     move |x: &A| {
         let leaves = x.leaves();
         super::api::require_float_leaves("jacobian", &leaves, false);
