@@ -11,11 +11,14 @@ impl Rule for MatmulRule {
     fn name(&self) -> String {
         "matmul".into()
     }
-    fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        self.vjp_wanted(inputs, out, ct, &[true, true])
+    }
+    fn vjp_wanted(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (a, b) = (&inputs[0], &inputs[1]);
-        let ga = ct.matmul(&b.swap_axes(-1, -2)).sum_to_shape(a.shape());
-        let gb = a.swap_axes(-1, -2).matmul(ct).sum_to_shape(b.shape());
-        vec![Some(ga), Some(gb)]
+        let ga = wanted[0].then(|| ct.matmul(&b.swap_axes(-1, -2)).sum_to_shape(a.shape()));
+        let gb = wanted[1].then(|| a.swap_axes(-1, -2).matmul(ct).sum_to_shape(b.shape()));
+        vec![ga, gb]
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
         let left = t[0].as_ref().map(|ta| ta.matmul(&inputs[1]));

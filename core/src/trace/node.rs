@@ -13,6 +13,13 @@ pub trait Rule: Send + Sync {
     /// Cotangents of the inputs given the cotangent `ct` of the output (`None`: zero or not
     /// differentiable).
     fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>>;
+    /// Like [`Rule::vjp`], computing only the cotangents of inputs with `wanted[i]` (the sweep
+    /// passes false for inputs that are constants of the trace). Rules whose unwanted
+    /// cotangents are expensive (matmul) override this.
+    fn vjp_wanted(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
+        let _ = wanted;
+        self.vjp(inputs, out, ct)
+    }
     /// Tangent of the output given tangents of the inputs (`None`: zero). At least one
     /// tangent is present.
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor>;

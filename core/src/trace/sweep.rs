@@ -90,7 +90,8 @@ pub(crate) fn reverse(
             continue;
         }
         let inputs = node.inputs();
-        let grads = node.rule.vjp(&inputs, t, &ct);
+        let wanted: Vec<bool> = inputs.iter().map(|i| in_level(i, level.id())).collect();
+        let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
         for (inp, g) in inputs.iter().zip(grads) {
             if let Some(g) = g {
                 if in_level(inp, level.id()) {

@@ -2,7 +2,7 @@
 
 use gemm::Parallelism;
 
-use super::{host, wrap};
+use super::{host, to_vec, view, wrap};
 use crate::layout::Layout;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -102,15 +102,73 @@ fn matmul_i64(a: &[i64], al: &Layout, b: &[i64], bl: &Layout) -> (Vec<i64>, Vec<
     (out, shape)
 }
 
+/// When one operand is shared by every batch (all its batch strides are zero, as after a
+/// broadcast), the batch folds into one large product instead of many small ones:
+/// `A [m,k] x B [batch, k, n]` becomes `A x [k, batch*n]`, and `A [batch, m, k] x B [k, n]`
+/// becomes `[batch*m, k] x B`. Returns the folded result, or `None` when no fold applies.
+fn folded<T: Copy + Default + Send + Sync + 'static>(
+    a: &[T],
+    al: &Layout,
+    b: &[T],
+    bl: &Layout,
+    zero: T,
+    one: T,
+) -> Option<(Vec<T>, Vec<usize>)> {
+    let r = al.rank();
+    if r <= 2 {
+        return None;
+    }
+    let batch = &al.shape[..r - 2];
+    let count: usize = batch.iter().product();
+    let (m, k, n) = (al.shape[r - 2], al.shape[r - 1], bl.shape[r - 1]);
+    let shared = |l: &Layout| l.strides[..r - 2].iter().all(|&s| s == 0);
+    let mut out_shape = batch.to_vec();
+    out_shape.extend([m, n]);
+    if shared(bl) && !shared(al) {
+        // [batch*m, k] x [k, n]: a's rows are stacked (copied to contiguous when needed).
+        let rows = to_vec(&view(a, al));
+        let al2 = Layout::contiguous(&[count * m, k]);
+        let bl2 = Layout {
+            shape: vec![k, n],
+            strides: bl.strides[r - 2..].to_vec(),
+            offset: bl.offset,
+        };
+        let (out, _) = gemm_typed(&rows, &al2, b, &bl2, zero, one);
+        return Some((out, out_shape));
+    }
+    if shared(al) && !shared(bl) {
+        // [m, k] x [k, batch*n]: b's batch moves next to its columns.
+        let bv = view(b, bl);
+        let mut perm: Vec<usize> = vec![r - 2];
+        perm.extend(0..r - 2);
+        perm.push(r - 1);
+        let cols = to_vec(&bv.permuted_axes(perm));
+        let al2 = Layout {
+            shape: vec![m, k],
+            strides: al.strides[r - 2..].to_vec(),
+            offset: al.offset,
+        };
+        let bl2 = Layout::contiguous(&[k, count * n]);
+        let (prod, _) = gemm_typed(a, &al2, &cols, &bl2, zero, one);
+        // prod is [m, batch, n]; the result is [batch, m, n].
+        let pv = view(&prod, &Layout::contiguous(&[m, count, n]));
+        let out = to_vec(&pv.permuted_axes(vec![1, 0, 2]));
+        return Some((out, out_shape));
+    }
+    None
+}
+
 /// Batched matmul kernel.
 pub(super) fn matmul(a: &RawTensor, b: &RawTensor) -> RawTensor {
     match (host(a), host(b)) {
         (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
-            let (out, shape) = gemm_typed(x, &a.layout, y, &b.layout, 0.0f32, 1.0f32);
+            let (out, shape) = folded(x, &a.layout, y, &b.layout, 0.0f32, 1.0f32)
+                .unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout, 0.0f32, 1.0f32));
             wrap(out, &shape)
         }
         (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
-            let (out, shape) = gemm_typed(x, &a.layout, y, &b.layout, 0.0f64, 1.0f64);
+            let (out, shape) = folded(x, &a.layout, y, &b.layout, 0.0f64, 1.0f64)
+                .unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout, 0.0f64, 1.0f64));
             wrap(out, &shape)
         }
         (CpuBuffer::I64(x), CpuBuffer::I64(y)) => {

@@ -82,12 +82,19 @@ where
     RawTensor::from_cpu(data.into_cpu_buffer(), shape)
 }
 
-/// Elements of a view in row-major order, as a new vector (no copy work beyond the walk).
+/// Elements of a view in row-major order, as a new vector. Non-contiguous views are copied
+/// with ndarray's `assign` (inner loops over whole lanes), which is many times faster than
+/// element-by-element iteration of a dynamic-rank view.
 pub(crate) fn to_vec<T: Copy>(v: &ArrayViewD<T>) -> Vec<T> {
-    match v.as_slice() {
-        Some(s) => s.to_vec(),
-        None => v.iter().copied().collect(),
+    if let Some(s) = v.as_slice() {
+        return s.to_vec();
     }
+    let Some(&first) = v.iter().next() else {
+        return Vec::new();
+    };
+    let mut out = ndarray::ArrayD::from_elem(v.raw_dim(), first);
+    out.assign(v);
+    out.into_raw_vec_and_offset().0
 }
 
 impl Backend for CpuBackend {

@@ -5,7 +5,7 @@
 use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
-use super::{host, view, wrap, PARALLEL_MIN};
+use super::{host, to_vec, view, wrap, PARALLEL_MIN};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 
@@ -19,10 +19,7 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
     let p = v.clone().permuted_axes(perm);
     let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
     let outputs: usize = crate::shape::remove_axes(v.shape(), axes).iter().product();
-    let data = match p.as_slice() {
-        Some(s) => s.to_vec(),
-        None => p.iter().copied().collect(),
-    };
+    let data = to_vec(&p);
     (data, outputs, run)
 }
 
