@@ -151,6 +151,10 @@ pub(crate) fn aligned_layouts(ts: &[&Tensor], logical_rank: Option<usize>) -> (V
 /// The operands as views of one broadcast physical shape (logical shapes broadcast as in NumPy,
 /// batch axes by vmap level). Panics naming `op` when the logical shapes are incompatible.
 pub(crate) fn broadcast_aligned(op: &str, ts: &[&Tensor]) -> Vec<RawTensor> {
+    if ts.iter().all(|t| t.shape() == ts[0].shape() && t.nb() == 0) {
+        // The common case outside vmap: one shape, nothing to align.
+        return ts.iter().map(|t| t.raw().clone()).collect();
+    }
     let mut logical: Vec<usize> = Vec::new();
     for t in ts {
         logical = broadcast_shapes(op, &logical, t.shape());
