@@ -27,6 +27,10 @@ pub fn tensor_from(v: &Value) -> Tensor {
     let data = v["data"].as_array().unwrap();
     match v["dtype"].as_str().unwrap() {
         "f64" => Tensor::from_vec(data.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>(), &shape),
+        "f32" => Tensor::from_vec(
+            data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>(),
+            &shape,
+        ),
         "i64" => Tensor::from_vec(data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>(), &shape),
         "bool" => Tensor::from_vec(data.iter().map(|x| x.as_bool().unwrap()).collect::<Vec<bool>>(), &shape),
         d => panic!("unknown fixture dtype {d}"),
