@@ -343,3 +343,37 @@ fn structure_and_shape_mistakes_are_named() {
     });
     assert!(m.contains("must return a scalar") && m.contains("[2]"), "{m}");
 }
+
+#[test]
+fn jacobian_options_and_vmap_axes() {
+    let h = |a: &[Tensor]| &a[0] * &a[1].sum_all();
+    let args = [t64([1.0, 2.0]), t64([3.0, 4.0, 5.0])];
+    // Argnums::All is Nabla's jacfwd default (argnums=None).
+    let js = nb::jacfwd_with(h, nb::Argnums::All)(&args);
+    assert_eq!((js[0].shape(), js[1].shape()), (&[2, 2][..], &[2, 3][..]));
+    close(&js[1], &nb::tensor_of([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]], DType::F64));
+    // allow_int: an integer argument gets a zero block instead of an error.
+    let hi = |a: &[Tensor]| &a[0] * a[1].cast(DType::F64).sum_all();
+    let with_int = [t64([1.0, 2.0]), nb::tensor([3, 4])];
+    let m = panic_message(|| {
+        nb::jacrev_with(hi, [0, 1])(&with_int);
+    });
+    assert!(m.contains("jacrev") && m.contains("allow_int"), "{m}");
+    let js = nb::jacrev_with(
+        hi,
+        GradOptions {
+            argnums: [0, 1].into(),
+            allow_int: true,
+            ..Default::default()
+        },
+    )(&with_int);
+    close(&js[0], &nb::tensor_of([[7.0, 0.0], [0.0, 7.0]], DType::F64));
+    assert_eq!(js[1].shape(), &[2, 2]);
+    assert_eq!(js[1].sum_all().item::<f64>(), 0.0);
+    // vmap_with: shared (None) leaves and an output axis other than 0.
+    let xs = nb::tensor_of([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], DType::F64);
+    let out =
+        nb::vmap_with(|(x, s): &(Tensor, Tensor)| x * s, vec![Some(0), None], vec![1])(&(xs.clone(), t64([10.0])));
+    assert_eq!(out.shape(), &[2, 3]);
+    close(&out, &(xs.transpose() * 10.0));
+}

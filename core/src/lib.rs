@@ -33,7 +33,7 @@ pub use ops::Axes;
 pub use random::Rng;
 pub use tensor::Tensor;
 pub use transforms::api::{
-    grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap,
+    grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap, vmap_with,
 };
 pub use transforms::backward::{backward, set_grad_sync_hook, BackwardOptions, GradSyncHook};
 pub use transforms::graph::{format_graph, trace_graph};

@@ -151,3 +151,27 @@ pub fn vmap<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> B {
         template.expect("the function ran").rebuild(outs)
     }
 }
+
+/// [`vmap`] with explicit axes: `in_axes[i]` for leaf `i` of the argument (`None`: shared by
+/// every example) and `out_axes[j]` for leaf `j` of the output (one entry serves all).
+pub fn vmap_with<A: Tree, B: Tree>(
+    f: impl Fn(&A) -> B,
+    in_axes: Vec<Option<isize>>,
+    out_axes: Vec<isize>,
+) -> impl Fn(&A) -> B {
+    move |x: &A| {
+        let mut template: Option<B> = None;
+        let outs = vmap_many(
+            |ls| {
+                let out = f(&x.rebuild(ls.to_vec()));
+                let flat = out.leaves();
+                template = Some(out);
+                flat
+            },
+            &x.leaves(),
+            &in_axes,
+            &out_axes,
+        );
+        template.expect("the function ran").rebuild(outs)
+    }
+}

@@ -15,6 +15,8 @@ pub enum Argnums {
     One(usize),
     /// Several arguments, in this order (JAX `argnums=(i, j, ...)`).
     Many(Vec<usize>),
+    /// Every argument (Nabla's `argnums=None` for `jacfwd`).
+    All,
 }
 
 impl Argnums {
@@ -23,6 +25,7 @@ impl Argnums {
         let list = match self {
             Argnums::One(i) => vec![*i],
             Argnums::Many(v) => v.clone(),
+            Argnums::All => (0..nargs).collect(),
         };
         if let Some(&bad) = list.iter().find(|&&i| i >= nargs) {
             panic!(
@@ -54,6 +57,30 @@ impl<const N: usize> From<[usize; N]> for Argnums {
 impl From<Vec<usize>> for Argnums {
     fn from(v: Vec<usize>) -> Self {
         Argnums::Many(v)
+    }
+}
+
+impl From<Argnums> for GradOptions {
+    fn from(argnums: Argnums) -> Self {
+        GradOptions {
+            argnums,
+            ..Default::default()
+        }
+    }
+}
+impl From<usize> for GradOptions {
+    fn from(i: usize) -> Self {
+        Argnums::One(i).into()
+    }
+}
+impl<const N: usize> From<[usize; N]> for GradOptions {
+    fn from(v: [usize; N]) -> Self {
+        Argnums::Many(v.to_vec()).into()
+    }
+}
+impl From<Vec<usize>> for GradOptions {
+    fn from(v: Vec<usize>) -> Self {
+        Argnums::Many(v).into()
     }
 }
 
@@ -144,21 +171,51 @@ pub fn value_and_grad_with_aux_with<X: Tree>(
     move |args: &[Tensor]| gradients("value_and_grad", &f, args, &opts)
 }
 
-/// Forward-mode Jacobians of `f(args...)` for each argument in `argnums` (shape
-/// `out.shape ++ arg.shape` each).
-pub fn jacfwd_with(f: impl Fn(&[Tensor]) -> Tensor, argnums: impl Into<Argnums>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
-    let argnums = argnums.into();
-    move |args: &[Tensor]| {
-        let wrt = argnums.resolve("jacfwd", args.len());
-        jacfwd_leaves(&|xs: &[Tensor]| (f(xs), ()), args, &wrt).0
-    }
+/// Jacobian blocks for the arguments `opts.argnums` names: float arguments through `engine`,
+/// integer ones (with `allow_int`) as zeros of shape `out.shape ++ arg.shape`.
+fn jacobians(
+    op: &str,
+    f: &dyn Fn(&[Tensor]) -> Tensor,
+    args: &[Tensor],
+    opts: &GradOptions,
+    engine: fn(&dyn Fn(&[Tensor]) -> (Tensor, ()), &[Tensor], &[usize]) -> (Vec<Tensor>, ()),
+) -> Vec<Tensor> {
+    let wrt = opts.argnums.resolve(op, args.len());
+    let chosen: Vec<Tensor> = wrt.iter().map(|&i| args[i].clone()).collect();
+    require_float_leaves(op, &chosen, opts.allow_int);
+    let float_wrt: Vec<usize> = wrt.iter().copied().filter(|&i| args[i].dtype().is_float()).collect();
+    let blocks = if float_wrt.is_empty() {
+        vec![]
+    } else {
+        engine(&|xs: &[Tensor]| (f(xs), ()), args, &float_wrt).0
+    };
+    let out_shape = if float_wrt.len() < wrt.len() {
+        f(args).shape().to_vec()
+    } else {
+        vec![]
+    };
+    wrt.iter()
+        .map(|&i| match float_wrt.iter().position(|&j| j == i) {
+            Some(k) => blocks[k].clone(),
+            None => {
+                let mut shape = out_shape.clone();
+                shape.extend_from_slice(args[i].shape());
+                Tensor::zeros(&shape, crate::DType::F32)
+            }
+        })
+        .collect()
 }
 
-/// Reverse-mode Jacobians of `f(args...)` for each argument in `argnums`.
-pub fn jacrev_with(f: impl Fn(&[Tensor]) -> Tensor, argnums: impl Into<Argnums>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
-    let argnums = argnums.into();
-    move |args: &[Tensor]| {
-        let wrt = argnums.resolve("jacrev", args.len());
-        jacrev_leaves(&|xs: &[Tensor]| (f(xs), ()), args, &wrt).0
-    }
+/// Forward-mode Jacobians of `f(args...)` for each argument that `opts` names (an argnums value
+/// converts into options; `Argnums::All` is Nabla's `argnums=None`), each of shape
+/// `out.shape ++ arg.shape`.
+pub fn jacfwd_with(f: impl Fn(&[Tensor]) -> Tensor, opts: impl Into<GradOptions>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let opts = opts.into();
+    move |args: &[Tensor]| jacobians("jacfwd", &f, args, &opts, jacfwd_leaves::<()>)
+}
+
+/// Reverse-mode Jacobians of `f(args...)` for each argument that `opts` names.
+pub fn jacrev_with(f: impl Fn(&[Tensor]) -> Tensor, opts: impl Into<GradOptions>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let opts = opts.into();
+    move |args: &[Tensor]| jacobians("jacrev", &f, args, &opts, jacrev_leaves::<()>)
 }
