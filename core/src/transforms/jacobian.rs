@@ -137,7 +137,7 @@ pub(crate) fn jacrev_leaves<X: Tree>(
 }
 
 /// A function computing Jacobian blocks of `f` at primals with respect to the listed leaves.
-type JacobianEngine<X> = fn(&dyn Fn(&[Tensor]) -> (Tensor, X), &[Tensor], &[usize]) -> (Vec<Tensor>, X);
+pub(crate) type JacobianEngine<X> = fn(&dyn Fn(&[Tensor]) -> (Tensor, X), &[Tensor], &[usize]) -> (Vec<Tensor>, X);
 
 fn typed<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X), engine: JacobianEngine<X>) -> impl Fn(&A) -> (A, X) {
     move |x: &A| {

@@ -3,7 +3,7 @@
 //! `reduce_axes` and `mode` are accepted and ignored, as Nabla documents.
 
 use super::api::require_float_leaves;
-use super::jacobian::{jacfwd_leaves, jacrev_leaves};
+use super::jacobian::{jacfwd_leaves, jacrev_leaves, JacobianEngine};
 use super::vjp::{require_scalar, vjp_many};
 use crate::tensor::Tensor;
 use crate::tree::Tree;
@@ -178,7 +178,7 @@ fn jacobians(
     f: &dyn Fn(&[Tensor]) -> Tensor,
     args: &[Tensor],
     opts: &GradOptions,
-    engine: fn(&dyn Fn(&[Tensor]) -> (Tensor, ()), &[Tensor], &[usize]) -> (Vec<Tensor>, ()),
+    engine: JacobianEngine<()>,
 ) -> Vec<Tensor> {
     let wrt = opts.argnums.resolve(op, args.len());
     let chosen: Vec<Tensor> = wrt.iter().map(|&i| args[i].clone()).collect();
