@@ -4,7 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{host, to_vec, view, wrap, PARALLEL_MIN};
+use super::{fast_math, host, to_vec, view, wrap, PARALLEL_MIN};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
 use crate::storage::{CpuBuffer, RawTensor};
@@ -111,7 +111,16 @@ fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &ArrayViewD<T>)
 pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
     let shape = x.shape();
     match host(x) {
-        CpuBuffer::F32(d) => wrap(float_unary(op, &view(d, &x.layout)), shape),
+        CpuBuffer::F32(d) => {
+            let v = view(d, &x.layout);
+            let out = match op {
+                UnaryOp::Exp => map1(&v, fast_math::exp_f32),
+                UnaryOp::Tanh => map1(&v, fast_math::tanh_f32),
+                UnaryOp::Sigmoid => map1(&v, |a: f32| 1.0 / (1.0 + fast_math::exp_f32(-a))),
+                _ => float_unary(op, &v),
+            };
+            wrap(out, shape)
+        }
         CpuBuffer::F64(d) => wrap(float_unary(op, &view(d, &x.layout)), shape),
         CpuBuffer::I64(d) => {
             let v = view(d, &x.layout);

@@ -2,6 +2,7 @@
 //! large elementwise and reduction kernels.
 
 mod elementwise;
+mod fast_math;
 mod index;
 mod matmul;
 mod reduce;

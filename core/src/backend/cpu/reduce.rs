@@ -23,7 +23,7 @@ fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
     (data, outputs, run)
 }
 
-fn fold_run<T: Copy + Send + Sync>(run: &[T], init: T, f: fn(T, T) -> T) -> T {
+fn fold_run<T: Copy + Send + Sync, F: Fn(T, T) -> T + Copy + Send + Sync>(run: &[T], init: T, f: F) -> T {
     if run.len() >= PARALLEL_MIN {
         let parts: Vec<T> = run
             .par_chunks(FOLD_CHUNK)
@@ -47,10 +47,35 @@ fn fold_run<T: Copy + Send + Sync>(run: &[T], init: T, f: fn(T, T) -> T) -> T {
     }
 }
 
-fn reduce_typed<T>(v: &ArrayViewD<T>, axes: &[usize], init: T, f: fn(T, T) -> T) -> Vec<T>
+/// Reduction of the leading `k` axes of a row-major view seen as `[rows, cols]`: rows are
+/// accumulated into one output row (vectorised along the columns, no transposing copy).
+fn reduce_leading_rows<T, F>(data: &[T], rows: usize, cols: usize, init: T, f: F) -> Vec<T>
 where
     T: Copy + Send + Sync,
+    F: Fn(T, T) -> T + Copy + Send + Sync,
 {
+    let mut out = vec![init; cols];
+    for row in data.chunks_exact(cols.max(1)).take(rows) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = f(*o, x);
+        }
+    }
+    out
+}
+
+fn reduce_typed<T, F>(v: &ArrayViewD<T>, axes: &[usize], init: T, f: F) -> Vec<T>
+where
+    T: Copy + Send + Sync,
+    F: Fn(T, T) -> T + Copy + Send + Sync,
+{
+    let leading = axes.iter().enumerate().all(|(i, &a)| i == a);
+    if let (true, Some(data), false) = (leading, v.as_slice(), axes.is_empty() || axes.len() == v.ndim()) {
+        let rows: usize = v.shape()[..axes.len()].iter().product();
+        let cols: usize = v.shape()[axes.len()..].iter().product();
+        if rows > 0 && cols > 1 {
+            return reduce_leading_rows(data, rows, cols, init, f);
+        }
+    }
     let (data, outputs, run) = runs(v, axes);
     if run == 0 {
         return vec![init; outputs];
@@ -65,17 +90,17 @@ where
 macro_rules! float_reduce {
     ($t:ty, $op:expr, $v:expr, $axes:expr) => {
         match $op {
-            ReduceOp::Sum => reduce_typed::<$t>($v, $axes, 0.0, |a, b| a + b),
-            ReduceOp::Prod => reduce_typed::<$t>($v, $axes, 1.0, |a, b| a * b),
+            ReduceOp::Sum => reduce_typed::<$t, _>($v, $axes, 0.0, |a, b| a + b),
+            ReduceOp::Prod => reduce_typed::<$t, _>($v, $axes, 1.0, |a, b| a * b),
             ReduceOp::Max => {
-                reduce_typed::<$t>(
+                reduce_typed::<$t, _>(
                     $v,
                     $axes,
                     <$t>::NEG_INFINITY,
                     |a, b| if a.is_nan() || a >= b { a } else { b },
                 )
             }
-            ReduceOp::Min => reduce_typed::<$t>(
+            ReduceOp::Min => reduce_typed::<$t, _>(
                 $v,
                 $axes,
                 <$t>::INFINITY,
@@ -97,18 +122,18 @@ pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
         CpuBuffer::I64(d) => {
             let v = view(d, &x.layout);
             let out = match op {
-                ReduceOp::Sum => reduce_typed::<i64>(&v, axes, 0, |a, b| a.wrapping_add(b)),
-                ReduceOp::Prod => reduce_typed::<i64>(&v, axes, 1, |a, b| a.wrapping_mul(b)),
-                ReduceOp::Max => reduce_typed::<i64>(&v, axes, i64::MIN, |a, b| a.max(b)),
-                ReduceOp::Min => reduce_typed::<i64>(&v, axes, i64::MAX, |a, b| a.min(b)),
+                ReduceOp::Sum => reduce_typed::<i64, _>(&v, axes, 0, |a, b| a.wrapping_add(b)),
+                ReduceOp::Prod => reduce_typed::<i64, _>(&v, axes, 1, |a, b| a.wrapping_mul(b)),
+                ReduceOp::Max => reduce_typed::<i64, _>(&v, axes, i64::MIN, |a, b| a.max(b)),
+                ReduceOp::Min => reduce_typed::<i64, _>(&v, axes, i64::MAX, |a, b| a.min(b)),
             };
             wrap(out, &shape)
         }
         CpuBuffer::Bool(d) => {
             let v = view(d, &x.layout);
             let out = match op {
-                ReduceOp::Max | ReduceOp::Sum => reduce_typed::<bool>(&v, axes, false, |a, b| a | b),
-                ReduceOp::Min | ReduceOp::Prod => reduce_typed::<bool>(&v, axes, true, |a, b| a & b),
+                ReduceOp::Max | ReduceOp::Sum => reduce_typed::<bool, _>(&v, axes, false, |a, b| a | b),
+                ReduceOp::Min | ReduceOp::Prod => reduce_typed::<bool, _>(&v, axes, true, |a, b| a & b),
             };
             wrap(out, &shape)
         }

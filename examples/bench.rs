@@ -1,0 +1,192 @@
+//! The benchmark table: our timings of the reference cases next to JAX (jit and eager) and
+//! PyTorch (eager) measured in the same invocation on the same machine.
+//!
+//! Run: `ci/bench` (sets up the JAX venv when missing), or directly
+//! `cargo run --release --example bench -- [--json out.json] [--python .venv-jax/bin/python]`.
+//! Cases, shapes and functions are those of `../shared/bench/jax_baseline.py`.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use clap::Parser;
+use nabla as nb;
+use nb::{DType, Rng, Tensor};
+
+/// Benchmark nabla-rs against JAX and PyTorch.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Python with JAX (and optionally PyTorch) installed.
+    #[arg(long, default_value = ".venv-jax/bin/python")]
+    python: PathBuf,
+    /// The JAX reference script.
+    #[arg(long, default_value = "../shared/bench/jax_baseline.py")]
+    jax_script: PathBuf,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "ci/torch_baseline.py")]
+    torch_script: PathBuf,
+    /// Only our own cases.
+    #[arg(long)]
+    ours_only: bool,
+}
+
+fn median_ms(warm: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warm {
+        f();
+    }
+    let mut ts: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ts.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    ts[runs / 2]
+}
+
+fn per_call_us(calls: usize, loops: usize, mut f: impl FnMut()) -> f64 {
+    for _ in 0..20 {
+        f();
+    }
+    let mut reps: Vec<f64> = (0..loops)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            t.elapsed().as_secs_f64() / calls as f64 * 1e6
+        })
+        .collect();
+    reps.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    reps[loops / 2]
+}
+
+/// The 784-512-512-10 MLP of the reference: tanh, then relu, log-softmax cross-entropy.
+fn mlp_loss(params: &[(Tensor, Tensor); 3], x: &Tensor, y: &Tensor) -> Tensor {
+    let [(w1, b1), (w2, b2), (w3, b3)] = params;
+    let h = (x.matmul(w1) + b1).tanh();
+    let h = (h.matmul(w2) + b2).relu();
+    let logp = (h.matmul(w3) + b3).log_softmax(-1);
+    -(y * logp).sum(-1, false).mean_all()
+}
+
+fn ours() -> Vec<(String, String, String, f64)> {
+    let mut rng = Rng::new(0);
+    let mut rows = Vec::new();
+    let mut layer = |i: usize, o: usize| {
+        (rng.normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), DType::F32), Tensor::zeros(&[o], DType::F32))
+    };
+    let params = [layer(784, 512), layer(512, 512), layer(512, 10)];
+    let mut rng = Rng::new(1);
+    let x = rng.normal(&[128, 784], 0.0, 1.0, DType::F32);
+    let labels = Tensor::from_vec((0..128).map(|i| (i * 7 % 10) as i64).collect(), &[128]);
+    let y = nb::one_hot(&labels, 10, DType::F32);
+    let vg = nb::value_and_grad(|p: &[(Tensor, Tensor); 3]| mlp_loss(p, &x, &y));
+    rows.push(("mlp_step_b128", median_ms(10, 200, || {
+        black_box(vg(&params));
+    }), "ms"));
+    let g = nb::grad(|x: &Tensor| (x.sin() * x + x.square()).sum_all());
+    let xs = Tensor::arange(0.0, 4.0, 1.0, DType::F32);
+    rows.push(("tiny_grad", per_call_us(1000, 5, || {
+        black_box(g(&xs));
+    }), "us/call"));
+    let n = 256;
+    let w = rng.normal(&[n, n], 0.0, 1.0 / (n as f64).sqrt(), DType::F32);
+    let xv = rng.normal(&[n], 0.0, 1.0, DType::F32);
+    let f = |x: &Tensor| w.matmul(x).tanh();
+    let jf = nb::jacfwd(f);
+    rows.push(("jacfwd_256", median_ms(10, 300, || {
+        black_box(jf(&xv));
+    }), "ms"));
+    let jr = nb::jacrev(f);
+    rows.push(("jacrev_256", median_ms(10, 300, || {
+        black_box(jr(&xv));
+    }), "ms"));
+    let a = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
+    let b = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
+    rows.push(("matmul_1024", median_ms(5, 50, || {
+        black_box(a.matmul(&b));
+    }), "ms"));
+    rows.into_iter().map(|(c, v, u)| (c.to_string(), "nabla-rs".to_string(), u.to_string(), v)).collect()
+}
+
+/// Runs a reference script that writes JSON rows `{case, system, unit, value}`.
+fn reference(python: &PathBuf, script: &PathBuf) -> Result<Vec<(String, String, String, f64)>, String> {
+    if !script.exists() {
+        return Err(format!("{} not found", script.display()));
+    }
+    let out = std::env::temp_dir().join(format!("nabla-bench-{}-{}.json", std::process::id(), script.file_stem().and_then(|s| s.to_str()).unwrap_or("ref")));
+    let status = Command::new(python).arg(script).arg("--json").arg(&out).status().map_err(|e| format!("{}: {e}", python.display()))?;
+    if !status.success() {
+        return Err(format!("{} {} exited with {status}", python.display(), script.display()));
+    }
+    let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let _ = std::fs::remove_file(&out);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r["case"].as_str().unwrap_or("?").to_string(),
+                r["system"].as_str().unwrap_or("?").to_string(),
+                r["unit"].as_str().unwrap_or("?").to_string(),
+                r["value"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect())
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut rows = ours();
+    if !args.ours_only {
+        for script in [&args.jax_script, &args.torch_script] {
+            match reference(&args.python, script) {
+                Ok(r) => rows.extend(r),
+                Err(e) => eprintln!("bench: skipping {}: {e}", script.display()),
+            }
+        }
+    }
+    let mut table: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut units: BTreeMap<String, String> = BTreeMap::new();
+    for (case, system, unit, value) in &rows {
+        table.entry(case.clone()).or_default().insert(system.clone(), *value);
+        units.insert(case.clone(), unit.clone());
+    }
+    let systems = ["nabla-rs", "jax.jit", "jax eager", "torch eager"];
+    println!("{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}", "case", "unit", systems[0], systems[1], systems[2], systems[3], "ours/jit", "ours/torch");
+    let cell = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let order = ["mlp_step_b128", "tiny_grad", "jacfwd_256", "jacrev_256", "matmul_1024"];
+    for case in order {
+        let Some(r) = table.get(case) else { continue };
+        let ratio = |s: &str| match (r.get("nabla-rs"), r.get(s)) {
+            (Some(a), Some(b)) => format!("{:.2}", a / b),
+            _ => "-".to_string(),
+        };
+        println!(
+            "{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}",
+            case,
+            units[case],
+            cell(r.get(systems[0])),
+            cell(r.get(systems[1])),
+            cell(r.get(systems[2])),
+            cell(r.get(systems[3])),
+            ratio("jax.jit"),
+            ratio("torch eager"),
+        );
+    }
+    println!("(ratios below 1 mean nabla-rs is faster)");
+    if let Some(path) = &args.json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(c, s, u, v)| serde_json::json!({"case": c, "system": s, "unit": u, "value": v}))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&json).expect("serialisable")).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    }
+}
