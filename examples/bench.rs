@@ -80,7 +80,10 @@ fn ours() -> Vec<(String, String, String, f64)> {
     let mut rng = Rng::new(0);
     let mut rows = Vec::new();
     let mut layer = |i: usize, o: usize| {
-        (rng.normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), DType::F32), Tensor::zeros(&[o], DType::F32))
+        (
+            rng.normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), DType::F32),
+            Tensor::zeros(&[o], DType::F32),
+        )
     };
     let params = [layer(784, 512), layer(512, 512), layer(512, 10)];
     let mut rng = Rng::new(1);
@@ -88,32 +91,54 @@ fn ours() -> Vec<(String, String, String, f64)> {
     let labels = Tensor::from_vec((0..128).map(|i| (i * 7 % 10) as i64).collect(), &[128]);
     let y = nb::one_hot(&labels, 10, DType::F32);
     let vg = nb::value_and_grad(|p: &[(Tensor, Tensor); 3]| mlp_loss(p, &x, &y));
-    rows.push(("mlp_step_b128", median_ms(10, 200, || {
-        black_box(vg(&params));
-    }), "ms"));
+    rows.push((
+        "mlp_step_b128",
+        median_ms(10, 200, || {
+            black_box(vg(&params));
+        }),
+        "ms",
+    ));
     let g = nb::grad(|x: &Tensor| (x.sin() * x + x.square()).sum_all());
     let xs = Tensor::arange(0.0, 4.0, 1.0, DType::F32);
-    rows.push(("tiny_grad", per_call_us(1000, 5, || {
-        black_box(g(&xs));
-    }), "us/call"));
+    rows.push((
+        "tiny_grad",
+        per_call_us(1000, 5, || {
+            black_box(g(&xs));
+        }),
+        "us/call",
+    ));
     let n = 256;
     let w = rng.normal(&[n, n], 0.0, 1.0 / (n as f64).sqrt(), DType::F32);
     let xv = rng.normal(&[n], 0.0, 1.0, DType::F32);
     let f = |x: &Tensor| w.matmul(x).tanh();
     let jf = nb::jacfwd(f);
-    rows.push(("jacfwd_256", median_ms(10, 300, || {
-        black_box(jf(&xv));
-    }), "ms"));
+    rows.push((
+        "jacfwd_256",
+        median_ms(10, 300, || {
+            black_box(jf(&xv));
+        }),
+        "ms",
+    ));
     let jr = nb::jacrev(f);
-    rows.push(("jacrev_256", median_ms(10, 300, || {
-        black_box(jr(&xv));
-    }), "ms"));
+    rows.push((
+        "jacrev_256",
+        median_ms(10, 300, || {
+            black_box(jr(&xv));
+        }),
+        "ms",
+    ));
     let a = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
     let b = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
-    rows.push(("matmul_1024", median_ms(5, 50, || {
-        black_box(a.matmul(&b));
-    }), "ms"));
-    rows.into_iter().map(|(c, v, u)| (c.to_string(), "nabla-rs".to_string(), u.to_string(), v)).collect()
+    rows.push((
+        "matmul_1024",
+        median_ms(5, 50, || {
+            black_box(a.matmul(&b));
+        }),
+        "ms",
+    ));
+    rows.into_iter()
+        .map(|(c, v, u)| (c.to_string(), "nabla-rs".to_string(), u.to_string(), v))
+        .collect()
 }
 
 /// Runs a reference script that writes JSON rows `{case, system, unit, value}`.
@@ -121,10 +146,23 @@ fn reference(python: &PathBuf, script: &PathBuf) -> Result<Vec<(String, String, 
     if !script.exists() {
         return Err(format!("{} not found", script.display()));
     }
-    let out = std::env::temp_dir().join(format!("nabla-bench-{}-{}.json", std::process::id(), script.file_stem().and_then(|s| s.to_str()).unwrap_or("ref")));
-    let status = Command::new(python).arg(script).arg("--json").arg(&out).status().map_err(|e| format!("{}: {e}", python.display()))?;
+    let out = std::env::temp_dir().join(format!(
+        "nabla-bench-{}-{}.json",
+        std::process::id(),
+        script.file_stem().and_then(|s| s.to_str()).unwrap_or("ref")
+    ));
+    let status = Command::new(python)
+        .arg(script)
+        .arg("--json")
+        .arg(&out)
+        .status()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
     if !status.success() {
-        return Err(format!("{} {} exited with {status}", python.display(), script.display()));
+        return Err(format!(
+            "{} {} exited with {status}",
+            python.display(),
+            script.display()
+        ));
     }
     let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let _ = std::fs::remove_file(&out);
@@ -160,7 +198,10 @@ fn main() {
         units.insert(case.clone(), unit.clone());
     }
     let systems = ["nabla-rs", "jax.jit", "jax eager", "torch eager"];
-    println!("{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}", "case", "unit", systems[0], systems[1], systems[2], systems[3], "ours/jit", "ours/torch");
+    println!(
+        "{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}",
+        "case", "unit", systems[0], systems[1], systems[2], systems[3], "ours/jit", "ours/torch"
+    );
     let cell = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let order = ["mlp_step_b128", "tiny_grad", "jacfwd_256", "jacrev_256", "matmul_1024"];
     for case in order {
@@ -187,6 +228,7 @@ fn main() {
             .iter()
             .map(|(c, s, u, v)| serde_json::json!({"case": c, "system": s, "unit": u, "value": v}))
             .collect();
-        std::fs::write(path, serde_json::to_string_pretty(&json).expect("serialisable")).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        std::fs::write(path, serde_json::to_string_pretty(&json).expect("serialisable"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     }
 }

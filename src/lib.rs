@@ -4,3 +4,5 @@
 
 pub use nabla_core::*;
 pub use nabla_derive::Tree;
+/// Training pieces: layers, initialisers, metrics, optimizers, schedules, data, checkpoints.
+pub use nabla_nn as nn;

@@ -3,3 +3,16 @@
 //! schedules, data loading (the embedded digits set, MNIST IDX files), and checkpoints.
 
 pub mod checkpoint;
+pub mod data;
+pub mod digest;
+pub mod init;
+pub mod layers;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
+pub use init::Init;
+pub use layers::{Activation, Linear, Mlp};
+pub use metrics::accuracy;
+pub use optim::{Adam, OptState, Optimizer, Sgd};
+pub use schedule::Schedule;

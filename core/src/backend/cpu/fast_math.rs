@@ -16,8 +16,7 @@ pub(super) fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(-86.5, 88.72);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // 2^n as 2^(n-1) * 2 keeps the exponent field valid for n = 128.
     let scale = f32::from_bits((((n as i32) + 126) as u32) << 23);
     let y = p * scale * 2.0;
@@ -53,7 +52,9 @@ mod tests {
     use super::*;
 
     fn sweep() -> impl Iterator<Item = f32> {
-        (-200_000..=200_000).map(|i| i as f32 * 1e-4).chain([-90.0, -87.5, 88.5, 1e-30, -1e-30, 0.0])
+        (-200_000..=200_000)
+            .map(|i| i as f32 * 1e-4)
+            .chain([-90.0, -87.5, 88.5, 1e-30, -1e-30, 0.0])
     }
 
     #[test]
@@ -62,7 +63,10 @@ mod tests {
             let want = (x as f64).exp();
             let got = exp_f32(x) as f64;
             let rel = ((got - want) / want).abs();
-            assert!(rel < 3e-7 || (want < 1e-37 && got < 1e-37), "exp({x}) = {got}, want {want}, rel {rel}");
+            assert!(
+                rel < 3e-7 || (want < 1e-37 && got < 1e-37),
+                "exp({x}) = {got}, want {want}, rel {rel}"
+            );
         }
         assert_eq!(exp_f32(100.0), f32::INFINITY);
         assert_eq!(exp_f32(-200.0), 0.0);
@@ -75,7 +79,10 @@ mod tests {
             let want = (x as f64).tanh();
             let got = tanh_f32(x) as f64;
             let err = (got - want).abs();
-            assert!(err <= 1e-6 * want.abs().max(1e-30) || err < 1e-38, "tanh({x}) = {got}, want {want}");
+            assert!(
+                err <= 1e-6 * want.abs().max(1e-30) || err < 1e-38,
+                "tanh({x}) = {got}, want {want}"
+            );
         }
         assert_eq!(tanh_f32(50.0), 1.0);
         assert_eq!(tanh_f32(-50.0), -1.0);

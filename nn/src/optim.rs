@@ -1,0 +1,225 @@
+//! Optimizers over any pytree: SGD (momentum, Nesterov, weight decay) and Adam / AdamW. The
+//! optimizer state is a pytree too (`Tree`), so it can be flattened into a checkpoint.
+
+use nabla_core::{Tensor, Tree};
+
+/// Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay
+/// (PyTorch's conventions: `v = mu v + g`, step along `v` or `g + mu v`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sgd {
+    /// Momentum factor (0 disables the velocity buffer).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient (`g + wd * p`).
+    pub weight_decay: f64,
+}
+
+/// Adam (Kingma & Ba 2015), or AdamW (Loshchilov & Hutter 2019) with `decoupled_weight_decay`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Adam {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to the root of the second moment.
+    pub eps: f64,
+    /// Weight decay: added to the gradient (Adam) or applied to the weights (AdamW).
+    pub weight_decay: f64,
+    /// AdamW: decay the weights directly instead of adding an L2 term to the gradient.
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled_weight_decay: false,
+        }
+    }
+}
+
+/// An optimizer chosen at run time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    /// SGD.
+    Sgd(Sgd),
+    /// Adam or AdamW.
+    Adam(Adam),
+}
+
+/// The state of an [`Optimizer`] for parameters of type `P`.
+#[derive(Clone, Debug)]
+pub enum OptState<P> {
+    /// SGD's velocity (absent without momentum).
+    Sgd {
+        /// Velocity per parameter.
+        velocity: Option<P>,
+    },
+    /// Adam's moments and step count.
+    Adam {
+        /// First moments.
+        m: P,
+        /// Second moments.
+        v: P,
+        /// Updates applied so far (for bias correction).
+        count: u64,
+    },
+}
+
+fn zip3(a: &[Tensor], b: &[Tensor], c: &[Tensor], name: &str) {
+    if a.len() != b.len() || a.len() != c.len() {
+        panic!(
+            "{name}: parameters ({}), gradients ({}) and state ({}) have different numbers of leaves",
+            a.len(),
+            b.len(),
+            c.len()
+        );
+    }
+}
+
+impl Optimizer {
+    /// The initial state (zeros) for `params`.
+    pub fn init<P: Tree>(&self, params: &P) -> OptState<P> {
+        match self {
+            Optimizer::Sgd(s) => OptState::Sgd {
+                velocity: (s.momentum != 0.0).then(|| params.map_leaves(|t| t.zeros_like())),
+            },
+            Optimizer::Adam(_) => OptState::Adam {
+                m: params.map_leaves(|t| t.zeros_like()),
+                v: params.map_leaves(|t| t.zeros_like()),
+                count: 0,
+            },
+        }
+    }
+
+    /// One update with learning rate `lr`: the new parameters and state.
+    pub fn update<P: Tree>(&self, params: &P, grads: &P, state: &OptState<P>, lr: f64) -> (P, OptState<P>) {
+        let (p, g) = (params.leaves(), grads.leaves());
+        match (self, state) {
+            (Optimizer::Sgd(s), OptState::Sgd { velocity }) => {
+                let g: Vec<Tensor> = p
+                    .iter()
+                    .zip(&g)
+                    .map(|(p, g)| {
+                        if s.weight_decay != 0.0 {
+                            g + p * s.weight_decay
+                        } else {
+                            g.clone()
+                        }
+                    })
+                    .collect();
+                match velocity {
+                    None => {
+                        let new: Vec<Tensor> = p.iter().zip(&g).map(|(p, g)| p - g * lr).collect();
+                        (params.rebuild(new), OptState::Sgd { velocity: None })
+                    }
+                    Some(vel) => {
+                        let v = vel.leaves();
+                        zip3(&p, &g, &v, "sgd");
+                        let v_new: Vec<Tensor> = v.iter().zip(&g).map(|(v, g)| v * s.momentum + g).collect();
+                        let new: Vec<Tensor> = p
+                            .iter()
+                            .zip(&g)
+                            .zip(&v_new)
+                            .map(|((p, g), v)| {
+                                if s.nesterov {
+                                    p - (g + v * s.momentum) * lr
+                                } else {
+                                    p - v * lr
+                                }
+                            })
+                            .collect();
+                        (
+                            params.rebuild(new),
+                            OptState::Sgd {
+                                velocity: Some(vel.rebuild(v_new)),
+                            },
+                        )
+                    }
+                }
+            }
+            (Optimizer::Adam(a), OptState::Adam { m, v, count }) => {
+                let (ml, vl) = (m.leaves(), v.leaves());
+                zip3(&p, &g, &ml, "adam");
+                let t = count + 1;
+                let c1 = 1.0 - a.beta1.powi(t as i32);
+                let c2 = 1.0 - a.beta2.powi(t as i32);
+                let mut new_p = Vec::with_capacity(p.len());
+                let mut new_m = Vec::with_capacity(p.len());
+                let mut new_v = Vec::with_capacity(p.len());
+                for i in 0..p.len() {
+                    let g = if a.weight_decay != 0.0 && !a.decoupled_weight_decay {
+                        &g[i] + &p[i] * a.weight_decay
+                    } else {
+                        g[i].clone()
+                    };
+                    let m1 = &ml[i] * a.beta1 + &g * (1.0 - a.beta1);
+                    let v1 = &vl[i] * a.beta2 + g.square() * (1.0 - a.beta2);
+                    let step = (&m1 / c1) / ((&v1 / c2).sqrt() + a.eps) * lr;
+                    let mut q = &p[i] - step;
+                    if a.decoupled_weight_decay && a.weight_decay != 0.0 {
+                        q = q - &p[i] * (lr * a.weight_decay);
+                    }
+                    new_p.push(q);
+                    new_m.push(m1);
+                    new_v.push(v1);
+                }
+                (
+                    params.rebuild(new_p),
+                    OptState::Adam {
+                        m: m.rebuild(new_m),
+                        v: v.rebuild(new_v),
+                        count: t,
+                    },
+                )
+            }
+            _ => panic!("optimizer update: the state was created by a different optimizer"),
+        }
+    }
+}
+
+impl<P: Tree> OptState<P> {
+    /// Updates applied so far (Adam); 0 for SGD, whose update does not depend on it.
+    pub fn count(&self) -> u64 {
+        match self {
+            OptState::Sgd { .. } => 0,
+            OptState::Adam { count, .. } => *count,
+        }
+    }
+
+    /// The same state with its update count set (when restoring a checkpoint).
+    pub fn with_count(self, n: u64) -> Self {
+        match self {
+            OptState::Adam { m, v, .. } => OptState::Adam { m, v, count: n },
+            s => s,
+        }
+    }
+}
+
+impl<P: Tree> Tree for OptState<P> {
+    fn flatten_into(&self, leaves: &mut Vec<Tensor>) {
+        match self {
+            OptState::Sgd { velocity } => velocity.flatten_into(leaves),
+            OptState::Adam { m, v, .. } => {
+                m.flatten_into(leaves);
+                v.flatten_into(leaves);
+            }
+        }
+    }
+    fn unflatten_from(&self, leaves: &mut dyn Iterator<Item = Tensor>) -> Self {
+        match self {
+            OptState::Sgd { velocity } => OptState::Sgd {
+                velocity: velocity.unflatten_from(leaves),
+            },
+            OptState::Adam { m, v, count } => OptState::Adam {
+                m: m.unflatten_from(leaves),
+                v: v.unflatten_from(leaves),
+                count: *count,
+            },
+        }
+    }
+}
