@@ -24,6 +24,21 @@ pub(crate) fn require_float_leaves(op: &str, leaves: &[Tensor], allow_int: bool)
     }
 }
 
+/// `f` as a function of the primals' leaves that returns the output's leaves and keeps the
+/// output tree and aux in `captured` (transforms work on leaves; results are rebuilt from it).
+fn on_leaves<'a, A: Tree, B: Tree, X>(
+    f: impl FnOnce(&A) -> (B, X) + 'a,
+    primals: &'a A,
+    captured: &'a mut Option<(B, X)>,
+) -> impl FnOnce(&[Tensor]) -> Vec<Tensor> + 'a {
+    move |leaves: &[Tensor]| {
+        let (out, aux) = f(&primals.rebuild(leaves.to_vec()));
+        let flat = out.leaves();
+        *captured = Some((out, aux));
+        flat
+    }
+}
+
 /// `(f(primals), pullback)`: the pullback maps a cotangent shaped like the output to
 /// cotangents shaped like the primals (for a tuple of primals, one per element).
 pub fn vjp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A) -> (B, impl Fn(&B) -> A) {
@@ -36,26 +51,17 @@ pub fn vjp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A) -> (B, impl F
 pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A) -> (B, impl Fn(&B) -> A, X) {
     let template = primals.rebuild(primals.leaves());
     let mut captured: Option<(B, X)> = None;
-    let (outs, pullback) = vjp_many(
-        |leaves| {
-            let (out, aux) = f(&primals.rebuild(leaves.to_vec()));
-            let flat = out.leaves();
-            captured = Some((out, aux));
-            flat
-        },
-        &primals.leaves(),
-    );
+    let (outs, pullback) = vjp_many(on_leaves(f, primals, &mut captured), &primals.leaves());
     let (out_tree, aux) = captured.expect("the function ran");
     let out = out_tree.rebuild(outs);
     let aux = aux.map_leaves(release_finished);
-    let out_template = out.rebuild(out.leaves());
+    let out_leaves = out.leaves().len();
     let call = move |ct: &B| {
         let cts = ct.leaves();
-        if cts.len() != out_template.leaves().len() {
+        if cts.len() != out_leaves {
             panic!(
-                "vjp: the cotangent has {} leaves but the output has {}; pass one shaped like the output",
+                "vjp: the cotangent has {} leaves but the output has {out_leaves}; pass one shaped like the output",
                 cts.len(),
-                out_template.leaves().len()
             );
         }
         template.rebuild(pullback.call(&cts))
@@ -81,16 +87,7 @@ pub fn jvp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), pri
         );
     }
     let mut captured: Option<(B, X)> = None;
-    let (outs, touts) = jvp_many(
-        |leaves| {
-            let (out, aux) = f(&primals.rebuild(leaves.to_vec()));
-            let flat = out.leaves();
-            captured = Some((out, aux));
-            flat
-        },
-        &p,
-        &t,
-    );
+    let (outs, touts) = jvp_many(on_leaves(f, primals, &mut captured), &p, &t);
     let (out_tree, aux) = captured.expect("the function ran");
     let tangent = out_tree.rebuild(touts);
     (out_tree.rebuild(outs), tangent, aux.map_leaves(release_finished))
@@ -134,22 +131,7 @@ pub fn grad_with_aux<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X)) -> impl Fn
 
 /// Maps `f` over axis 0 of every leaf of its argument and stacks every output leaf on axis 0.
 pub fn vmap<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> B {
-    move |x: &A| {
-        let leaves = x.leaves();
-        let mut template: Option<B> = None;
-        let outs = vmap_many(
-            |ls| {
-                let out = f(&x.rebuild(ls.to_vec()));
-                let flat = out.leaves();
-                template = Some(out);
-                flat
-            },
-            &leaves,
-            &vec![Some(0); leaves.len()],
-            &[0],
-        );
-        template.expect("the function ran").rebuild(outs)
-    }
+    move |x: &A| vmap_with(&f, vec![Some(0); x.leaves().len()], vec![0])(x)
 }
 
 /// [`vmap`] with explicit axes: `in_axes[i]` for leaf `i` of the argument (`None`: shared by
@@ -160,18 +142,13 @@ pub fn vmap_with<A: Tree, B: Tree>(
     out_axes: Vec<isize>,
 ) -> impl Fn(&A) -> B {
     move |x: &A| {
-        let mut template: Option<B> = None;
+        let mut captured: Option<(B, ())> = None;
         let outs = vmap_many(
-            |ls| {
-                let out = f(&x.rebuild(ls.to_vec()));
-                let flat = out.leaves();
-                template = Some(out);
-                flat
-            },
+            on_leaves(|a: &A| (f(a), ()), x, &mut captured),
             &x.leaves(),
             &in_axes,
             &out_axes,
         );
-        template.expect("the function ran").rebuild(outs)
+        captured.expect("the function ran").0.rebuild(outs)
     }
 }
