@@ -8,10 +8,12 @@
 //! levels that are still open (the enclosing transforms): that is what makes `grad(grad(f))`
 //! work, and what keeps perturbations of nested calls apart.
 
+mod ids;
 mod level;
 mod node;
 pub(crate) mod sweep;
 
+pub(crate) use ids::{IdMap, IdSet};
 pub use level::Level;
 pub(crate) use level::{next_id, union_levels};
 pub(crate) use node::Node;

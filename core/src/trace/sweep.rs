@@ -1,10 +1,8 @@
 //! Walks over a recorded graph: collection of one level's nodes in topological order, the
 //! reverse (VJP) sweep and the forward (JVP) sweep.
 
-use std::collections::{HashMap, HashSet};
-
 use crate::tensor::Tensor;
-use crate::trace::Level;
+use crate::trace::{IdMap, IdSet, Level};
 
 fn in_level(t: &Tensor, level: u64) -> bool {
     t.node().is_some_and(|n| n.in_level(level))
@@ -12,8 +10,8 @@ fn in_level(t: &Tensor, level: u64) -> bool {
 
 /// The tensors reachable from `outputs` whose node belongs to `level`, in increasing node id
 /// (a topological order); the walk does not pass through the nodes in `stops`.
-pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &HashSet<u64>) -> Vec<Tensor> {
-    let mut seen = HashSet::new();
+pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &IdSet) -> Vec<Tensor> {
+    let mut seen = IdSet::default();
     let mut order = Vec::new();
     let mut stack: Vec<Tensor> = outputs.iter().filter(|t| in_level(t, level)).cloned().collect();
     while let Some(t) = stack.pop() {
@@ -34,7 +32,7 @@ pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &HashSet<u64>) -> V
     order
 }
 
-fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: &str, level: &Level) {
+fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, rule: &str, level: &Level) {
     // A vmap opened inside the traced function batches values that the target was shared by:
     // its cotangent is the sum over that batch. Other vmap levels (enclosing ones, or one that
     // maps the pullback itself, as jacrev does) stay.
@@ -68,20 +66,16 @@ fn accumulate(map: &mut HashMap<u64, Tensor>, target: &Tensor, g: Tensor, rule: 
 /// (output, cotangent) pairs. Nodes in `stops` (the level's leaves) receive cotangents but do
 /// not pass them on. Returns the cotangents of the stop nodes, by node id, and the ids of
 /// every node visited.
-pub(crate) fn reverse(
-    seeds: &[(Tensor, Tensor)],
-    level: &Level,
-    stops: &HashSet<u64>,
-) -> (HashMap<u64, Tensor>, Vec<Tensor>) {
+pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) -> (IdMap<Tensor>, Vec<Tensor>) {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
     let order = collect(&outputs, level.id(), stops);
-    let mut cts: HashMap<u64, Tensor> = HashMap::new();
+    let mut cts: IdMap<Tensor> = IdMap::default();
     for (o, c) in seeds {
         if in_level(o, level.id()) {
             accumulate(&mut cts, o, c.clone(), "output", level);
         }
     }
-    let mut leaf_cts = HashMap::new();
+    let mut leaf_cts = IdMap::default();
     for t in order.iter().rev() {
         let node = t.node().expect("collected tensors are traced");
         let Some(ct) = cts.remove(&node.id) else { continue };
@@ -105,8 +99,8 @@ pub(crate) fn reverse(
 
 /// The forward sweep: tangents of `outputs` given tangents of the level's leaves (by node id).
 /// Returns the tangent of every output that depends on a leaf (`None` otherwise).
-pub(crate) fn forward(outputs: &[Tensor], level: u64, leaf_tangents: HashMap<u64, Tensor>) -> Vec<Option<Tensor>> {
-    let stops: HashSet<u64> = leaf_tangents.keys().copied().collect();
+pub(crate) fn forward(outputs: &[Tensor], level: u64, leaf_tangents: IdMap<Tensor>) -> Vec<Option<Tensor>> {
+    let stops: IdSet = leaf_tangents.keys().copied().collect();
     let order = collect(outputs, level, &stops);
     let mut tangents = leaf_tangents;
     for t in &order {

@@ -1,13 +1,12 @@
 //! PyTorch-style `backward`: gradients accumulate on leaves created by
 //! [`Tensor::requires_grad`], across calls, until cleared with [`Tensor::zero_grad`].
 
-use std::collections::HashSet;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use super::graph::format_graph;
 use super::vjp::require_scalar;
 use crate::tensor::Tensor;
-use crate::trace::{sweep, Level};
+use crate::trace::{sweep, IdSet, Level};
 
 /// The long-lived level that records ops on `requires_grad` leaves.
 pub(crate) fn autograd_level() -> Arc<Level> {
@@ -60,8 +59,8 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
         println!("{}", format_graph(outputs));
     }
     let seeds: Vec<(Tensor, Tensor)> = outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
-    let all = sweep::collect(outputs, level.id(), &HashSet::new());
-    let stops: HashSet<u64> = all
+    let all = sweep::collect(outputs, level.id(), &IdSet::default());
+    let stops: IdSet = all
         .iter()
         .filter(|t| t.is_grad_leaf())
         .filter_map(|t| t.node_id())

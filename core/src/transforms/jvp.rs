@@ -1,11 +1,9 @@
 //! Forward mode: `jvp` traces the function on fresh leaves and sweeps the recorded graph forward
 //! with the tangents.
 
-use std::collections::HashMap;
-
 use super::{check_like, release_finished};
 use crate::tensor::Tensor;
-use crate::trace::{sweep, Level};
+use crate::trace::{sweep, IdMap, Level};
 
 /// Outputs of `f(primals)` and their tangents for `tangents` of the primals (one per primal,
 /// each of its primal's shape and dtype).
@@ -28,7 +26,7 @@ pub fn jvp_many(
     let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
     let outputs = f(&leaves);
     level.close();
-    let seeds: HashMap<u64, Tensor> = leaves
+    let seeds: IdMap<Tensor> = leaves
         .iter()
         .zip(tangents)
         .map(|(l, t)| (l.node_id().expect("leaf"), t.clone()))

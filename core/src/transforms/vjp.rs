@@ -1,12 +1,11 @@
 //! Reverse mode: `vjp` traces the function on fresh leaves, and the returned [`VjpFn`] sweeps
 //! the recorded graph backwards for any cotangent.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{check_like, release_finished};
 use crate::tensor::Tensor;
-use crate::trace::{sweep, Level};
+use crate::trace::{sweep, IdSet, Level};
 
 /// The pullback returned by [`vjp_many`]: maps output cotangents to primal cotangents. It can
 /// be called any number of times (and from any thread).
@@ -30,7 +29,7 @@ impl VjpFn {
         for (i, (c, o)) in cotangents.iter().zip(&self.outputs).enumerate() {
             check_like("vjp", "cotangent", i, c, o);
         }
-        let stops: HashSet<u64> = self.leaves.iter().filter_map(|l| l.node_id()).collect();
+        let stops: IdSet = self.leaves.iter().filter_map(|l| l.node_id()).collect();
         let seeds: Vec<(Tensor, Tensor)> = self.outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
         let (leaf_cts, _) = sweep::reverse(&seeds, &self.level, &stops);
         self.leaves
