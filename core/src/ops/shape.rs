@@ -44,7 +44,7 @@ fn resolve_shape(from: &[usize], ext: &[i64]) -> Vec<usize> {
     let known: usize = ext.iter().filter(|&&e| e >= 0).map(|&e| e as usize).product();
     let mut out: Vec<usize> = ext.iter().map(|&e| e.max(0) as usize).collect();
     if let Some(&i) = infer.first() {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             panic!("reshape: cannot infer -1 in {ext:?} for {total} elements (shape {from:?})");
         }
         out[i] = total / known;
@@ -539,7 +539,7 @@ impl Tensor {
     pub fn split(&self, sections: usize, axis: isize) -> Vec<Tensor> {
         let a = normalize_axis("split", axis, self.rank());
         let n = self.shape()[a];
-        if sections == 0 || n % sections != 0 {
+        if sections == 0 || !n.is_multiple_of(sections) {
             panic!(
                 "split: axis {a} of shape {:?} (extent {n}) cannot be split into {sections} equal sections",
                 self.shape()

@@ -1,4 +1,5 @@
-//! Matrix multiplication through the `gemm` crate, looping over (broadcast) batch axes.
+//! Matrix multiplication, looping over (broadcast) batch axes: f32 through our AVX-512 kernel
+//! (`sgemm_avx512`) on CPUs that have it, otherwise (and for f64) through the `gemm` crate.
 
 use gemm::Parallelism;
 
@@ -25,57 +26,153 @@ fn batch_offsets(layout: &Layout) -> Vec<isize> {
     offs
 }
 
-fn gemm_typed<T: Copy + Default + 'static>(
-    a: &[T],
-    al: &Layout,
-    b: &[T],
-    bl: &Layout,
+/// Element types with a dense product kernel.
+trait GemmScalar: Copy + Default + Send + Sync + 'static {
+    /// Whether [`GemmScalar::product`] writes every output element even when `k == 0`, so that
+    /// the output may start uninitialised.
+    fn writes_all() -> bool {
+        false
+    }
+
+    /// Writes the `m x n` row-major product of the strided `m x k` matrix at `a` and `k x n`
+    /// matrix at `b` into `dst`.
+    ///
+    /// # Safety
+    /// The strides must address only readable elements; `dst` must be valid for `m * n` writes
+    /// and, unless [`GemmScalar::writes_all`], initialised.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut Self,
+        a: *const Self,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const Self,
+        b_rs: isize,
+        b_cs: isize,
+    );
+}
+
+/// The product through the `gemm` crate (all threads from `PARALLEL_WORK`).
+///
+/// # Safety
+/// As for [`GemmScalar::product`]; `dst` must be initialised.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate<T: Copy + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    a: *const T,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const T,
+    b_rs: isize,
+    b_cs: isize,
     zero: T,
     one: T,
-) -> (Vec<T>, Vec<usize>) {
+) {
+    let par = if m * n * k >= PARALLEL_WORK {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: forwarded from the caller; k == 0 is handled by gemm (it writes beta * 0 = zero
+    // with read_dst false, and dst starts zeroed anyway).
+    unsafe {
+        gemm::gemm(
+            m, n, k, dst, 1, n as isize, false, a, a_cs, a_rs, b, b_cs, b_rs, zero, one, false, false, false, par,
+        );
+    }
+}
+
+impl GemmScalar for f32 {
+    #[cfg(target_arch = "x86_64")]
+    fn writes_all() -> bool {
+        super::sgemm_avx512::available()
+    }
+
+    unsafe fn product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        a: *const f32,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const f32,
+        b_rs: isize,
+        b_cs: isize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if super::sgemm_avx512::available() {
+            // SAFETY: AVX-512F and FMA were detected; the rest is the caller's contract.
+            unsafe { super::sgemm_avx512::sgemm(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, dst) };
+            return;
+        }
+        // SAFETY: the caller's contract (dst is initialised when `writes_all` is false).
+        unsafe { gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0) };
+    }
+}
+
+impl GemmScalar for f64 {
+    unsafe fn product(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f64,
+        a: *const f64,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const f64,
+        b_rs: isize,
+        b_cs: isize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0) };
+    }
+}
+
+fn gemm_typed<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> (Vec<T>, Vec<usize>) {
     let r = al.rank();
     let (m, k, n) = (al.shape[r - 2], al.shape[r - 1], bl.shape[r - 1]);
     let mut shape = al.shape[..r - 2].to_vec();
     shape.extend([m, n]);
     let a_offs = batch_offsets(al);
     let b_offs = batch_offsets(bl);
-    let mut out = vec![T::default(); a_offs.len() * m * n];
-    let par = if m * n * k >= PARALLEL_WORK {
-        Parallelism::Rayon(0)
+    let total = a_offs.len() * m * n;
+    let uninit = T::writes_all();
+    let mut out: Vec<T> = if uninit {
+        Vec::with_capacity(total)
     } else {
-        Parallelism::None
+        vec![T::default(); total]
     };
-    for (bi, (&ao, &bo)) in a_offs.iter().zip(&b_offs).enumerate() {
-        if m * n == 0 {
-            continue;
+    if m * n > 0 {
+        for (bi, (&ao, &bo)) in a_offs.iter().zip(&b_offs).enumerate() {
+            // SAFETY: the layouts address only elements of `a` and `b` (they come from checked
+            // view operations), and `dst` has room for an m x n row-major block of `out`'s
+            // allocation (initialised unless the kernel writes every element).
+            unsafe {
+                T::product(
+                    m,
+                    n,
+                    k,
+                    out.as_mut_ptr().add(bi * m * n),
+                    a.as_ptr().offset(ao),
+                    al.strides[r - 2],
+                    al.strides[r - 1],
+                    b.as_ptr().offset(bo),
+                    bl.strides[r - 2],
+                    bl.strides[r - 1],
+                )
+            };
         }
-        let dst = out[bi * m * n..].as_mut_ptr();
-        // SAFETY: the layouts address only elements of `a` and `b` (they come from checked view
-        // operations), `dst` has room for an m x n row-major block, and k == 0 is handled by
-        // gemm (it writes beta * 0 = zero with read_dst false).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                n as isize,
-                false,
-                a.as_ptr().offset(ao),
-                al.strides[r - 1],
-                al.strides[r - 2],
-                b.as_ptr().offset(bo),
-                bl.strides[r - 1],
-                bl.strides[r - 2],
-                zero,
-                one,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+    }
+    if uninit {
+        // SAFETY: the batches' products wrote all `total` elements (none when m * n == 0).
+        unsafe { out.set_len(total) };
     }
     (out, shape)
 }
@@ -106,14 +203,7 @@ fn matmul_i64(a: &[i64], al: &Layout, b: &[i64], bl: &Layout) -> (Vec<i64>, Vec<
 /// broadcast), the batch folds into one large product instead of many small ones:
 /// `A [m,k] x B [batch, k, n]` becomes `A x [k, batch*n]`, and `A [batch, m, k] x B [k, n]`
 /// becomes `[batch*m, k] x B`. Returns the folded result, or `None` when no fold applies.
-fn folded<T: Copy + Default + Send + Sync + 'static>(
-    a: &[T],
-    al: &Layout,
-    b: &[T],
-    bl: &Layout,
-    zero: T,
-    one: T,
-) -> Option<(Vec<T>, Vec<usize>)> {
+fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(Vec<T>, Vec<usize>)> {
     let r = al.rank();
     if r <= 2 {
         return None;
@@ -133,7 +223,7 @@ fn folded<T: Copy + Default + Send + Sync + 'static>(
             strides: bl.strides[r - 2..].to_vec(),
             offset: bl.offset,
         };
-        let (out, _) = gemm_typed(&rows, &al2, b, &bl2, zero, one);
+        let (out, _) = gemm_typed(&rows, &al2, b, &bl2);
         return Some((out, out_shape));
     }
     if shared(al) && !shared(bl) {
@@ -149,7 +239,7 @@ fn folded<T: Copy + Default + Send + Sync + 'static>(
             offset: al.offset,
         };
         let bl2 = Layout::contiguous(&[k, count * n]);
-        let (prod, _) = gemm_typed(a, &al2, &cols, &bl2, zero, one);
+        let (prod, _) = gemm_typed(a, &al2, &cols, &bl2);
         // prod is [m, batch, n]; the result is [batch, m, n].
         let pv = view(&prod, &Layout::contiguous(&[m, count, n]));
         let out = to_vec(&pv.permuted_axes(vec![1, 0, 2]));
@@ -162,13 +252,13 @@ fn folded<T: Copy + Default + Send + Sync + 'static>(
 pub(super) fn matmul(a: &RawTensor, b: &RawTensor) -> RawTensor {
     match (host(a), host(b)) {
         (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
-            let (out, shape) = folded(x, &a.layout, y, &b.layout, 0.0f32, 1.0f32)
-                .unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout, 0.0f32, 1.0f32));
+            let (out, shape) =
+                folded(x, &a.layout, y, &b.layout).unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout));
             wrap(out, &shape)
         }
         (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
-            let (out, shape) = folded(x, &a.layout, y, &b.layout, 0.0f64, 1.0f64)
-                .unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout, 0.0f64, 1.0f64));
+            let (out, shape) =
+                folded(x, &a.layout, y, &b.layout).unwrap_or_else(|| gemm_typed(x, &a.layout, y, &b.layout));
             wrap(out, &shape)
         }
         (CpuBuffer::I64(x), CpuBuffer::I64(y)) => {

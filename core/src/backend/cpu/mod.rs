@@ -1,11 +1,14 @@
-//! The built-in CPU backend: ndarray views over shared host buffers, gemm for matmul, rayon for
-//! large elementwise and reduction kernels.
+//! The built-in CPU backend: ndarray views over shared host buffers, our AVX-512 sgemm (or the
+//! gemm crate) for matmul, rayon for large elementwise and reduction kernels.
 
 mod elementwise;
 mod fast_math;
 mod index;
 mod matmul;
 mod reduce;
+// The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
+#[cfg(target_arch = "x86_64")]
+mod sgemm_avx512;
 
 use std::sync::{Arc, OnceLock};
 
