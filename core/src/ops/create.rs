@@ -50,11 +50,19 @@ impl Tensor {
 
     /// The `n x n` identity matrix.
     pub fn eye(n: usize, dtype: DType) -> Tensor {
-        let mut v = vec![0.0f64; n * n];
-        for i in 0..n {
-            v[i * n + i] = 1.0;
+        fn build<T: Copy>(n: usize, zero: T, one: T) -> Vec<T> {
+            let mut v = vec![zero; n * n];
+            for i in 0..n {
+                v[i * n + i] = one;
+            }
+            v
         }
-        Tensor::from_vec(v, &[n, n]).cast(dtype)
+        match dtype {
+            DType::F32 => Tensor::from_vec(build(n, 0.0f32, 1.0), &[n, n]),
+            DType::F64 => Tensor::from_vec(build(n, 0.0f64, 1.0), &[n, n]),
+            DType::I64 => Tensor::from_vec(build(n, 0i64, 1), &[n, n]),
+            DType::Bool => Tensor::from_vec(build(n, false, true), &[n, n]),
+        }
     }
 }
 

@@ -215,16 +215,43 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
     let mut out_shape = batch.to_vec();
     out_shape.extend([m, n]);
     if shared(bl) && !shared(al) {
-        // [batch*m, k] x [k, n]: a's rows are stacked (copied to contiguous when needed).
-        let rows = to_vec(&view(a, al));
-        let al2 = Layout::contiguous(&[count * m, k]);
+        // [batch*m, k] x [k, n]: a's rows are stacked, in place when its batch and row axes
+        // merge into one strided axis, else copied to contiguous.
         let bl2 = Layout {
             shape: vec![k, n],
             strides: bl.strides[r - 2..].to_vec(),
             offset: bl.offset,
         };
-        let (out, _) = gemm_typed(&rows, &al2, b, &bl2);
+        if let Some(stride) = merged_stride(&al.shape[..r - 1], &al.strides[..r - 1]) {
+            let al2 = Layout {
+                shape: vec![count * m, k],
+                strides: vec![stride, al.strides[r - 1]],
+                offset: al.offset,
+            };
+            let (out, _) = gemm_typed(a, &al2, b, &bl2);
+            return Some((out, out_shape));
+        }
+        let rows = to_vec(&view(a, al));
+        let (out, _) = gemm_typed(&rows, &Layout::contiguous(&[count * m, k]), b, &bl2);
         return Some((out, out_shape));
+    }
+    if shared(al) && n == 1 {
+        // Batched matrix-vector products: out [batch, m] = B [batch, k] x A^T [k, m], read in
+        // place through strides (no copy in or out).
+        if let Some(stride) = merged_stride(&bl.shape[..r - 2], &bl.strides[..r - 2]) {
+            let lhs = Layout {
+                shape: vec![count, k],
+                strides: vec![stride, bl.strides[r - 2]],
+                offset: bl.offset,
+            };
+            let rhs = Layout {
+                shape: vec![k, m],
+                strides: vec![al.strides[r - 1], al.strides[r - 2]],
+                offset: al.offset,
+            };
+            let (out, _) = gemm_typed(b, &lhs, a, &rhs);
+            return Some((out, out_shape));
+        }
     }
     if shared(al) && !shared(bl) {
         // [m, k] x [k, batch*n]: b's batch moves next to its columns.
@@ -246,6 +273,23 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
         return Some((out, out_shape));
     }
     None
+}
+
+/// The stride of the single axis that `shape`/`strides` (row-major order) flatten into without
+/// a copy, or `None` when they do not merge. Extent-1 axes are ignored.
+fn merged_stride(shape: &[usize], strides: &[isize]) -> Option<isize> {
+    let mut inner: Option<(usize, isize)> = None;
+    for (&len, &stride) in shape.iter().zip(strides).rev() {
+        if len == 1 {
+            continue;
+        }
+        inner = match inner {
+            None => Some((len, stride)),
+            Some((count, s)) if stride == s * count as isize => Some((count * len, s)),
+            Some(_) => return None,
+        };
+    }
+    Some(inner.map_or(1, |(_, s)| s))
 }
 
 /// Batched matmul kernel.
