@@ -3,15 +3,22 @@
 //! Views (transpose, broadcast, slicing with steps, flips, expand/squeeze and reshapes of
 //! contiguous data) only change the layout and share the storage, as NumPy does.
 
+use smallvec::SmallVec;
+
 use crate::shape::{contiguous_strides, numel};
+
+/// Axis extents, stored inline for up to 6 axes (no allocation for typical tensors).
+pub type Dims = SmallVec<[usize; 6]>;
+/// Axis strides in elements, stored inline for up to 6 axes.
+pub type Strides = SmallVec<[isize; 6]>;
 
 /// Shape, strides (in elements, possibly zero or negative) and offset of a view into a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Extent of every axis.
-    pub shape: Vec<usize>,
+    pub shape: Dims,
     /// Step in elements between neighbours along every axis.
-    pub strides: Vec<isize>,
+    pub strides: Strides,
     /// Index in the buffer of the element at index `[0, 0, ...]`.
     pub offset: usize,
 }
@@ -20,7 +27,7 @@ impl Layout {
     /// A row-major layout starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
         Layout {
-            shape: shape.to_vec(),
+            shape: shape.into(),
             strides: contiguous_strides(shape),
             offset: 0,
         }
@@ -64,14 +71,14 @@ impl Layout {
     /// The caller has checked compatibility.
     pub fn broadcast_to(&self, shape: &[usize]) -> Layout {
         let lead = shape.len() - self.rank();
-        let mut strides = vec![0isize; shape.len()];
+        let mut strides: Strides = smallvec::smallvec![0isize; shape.len()];
         for i in 0..self.rank() {
             if self.shape[i] == shape[lead + i] {
                 strides[lead + i] = self.strides[i];
             }
         }
         Layout {
-            shape: shape.to_vec(),
+            shape: shape.into(),
             strides,
             offset: self.offset,
         }
@@ -108,7 +115,7 @@ impl Layout {
     pub fn reshape(&self, shape: &[usize]) -> Option<Layout> {
         if self.is_contiguous() {
             Some(Layout {
-                shape: shape.to_vec(),
+                shape: shape.into(),
                 strides: contiguous_strides(shape),
                 offset: self.offset,
             })

@@ -68,8 +68,8 @@ pub fn normalize_axes(op: &str, axes: Option<&[isize]>, rank: usize) -> Vec<usiz
 }
 
 /// Row-major (C order) strides of a shape, in elements.
-pub fn contiguous_strides(shape: &[usize]) -> Vec<isize> {
-    let mut strides = vec![0isize; shape.len()];
+pub fn contiguous_strides(shape: &[usize]) -> crate::layout::Strides {
+    let mut strides: crate::layout::Strides = smallvec::smallvec![0isize; shape.len()];
     let mut acc = 1isize;
     for i in (0..shape.len()).rev() {
         strides[i] = acc;

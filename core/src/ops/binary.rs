@@ -105,8 +105,12 @@ pub(crate) fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Tensor {
             b.shape()
         );
     }
-    let views = broadcast_aligned(name, &[&a, &b]);
-    let raw = a.backend().binary(op, &views[0], &views[1]);
+    let raw = if a.shape() == b.shape() && a.nb() == 0 && b.nb() == 0 {
+        a.backend().binary(op, a.raw(), b.raw())
+    } else {
+        let views = broadcast_aligned(name, &[&a, &b]);
+        a.backend().binary(op, &views[0], &views[1])
+    };
     if a.dtype().is_float() {
         Tensor::record(raw, &[&a, &b], || BinaryRule(op))
     } else {

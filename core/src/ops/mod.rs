@@ -160,7 +160,7 @@ pub(crate) fn broadcast_aligned(op: &str, ts: &[&Tensor]) -> Vec<RawTensor> {
         logical = broadcast_shapes(op, &logical, t.shape());
     }
     let (layouts, _) = aligned_layouts(ts, Some(logical.len()));
-    let mut physical = layouts[0].shape.clone();
+    let mut physical = layouts[0].shape.to_vec();
     for l in &layouts[1..] {
         physical = try_broadcast_shapes(&physical, &l.shape).expect("batch axes of one vmap level have one size");
     }

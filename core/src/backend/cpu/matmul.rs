@@ -218,14 +218,14 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
         // [batch*m, k] x [k, n]: a's rows are stacked, in place when its batch and row axes
         // merge into one strided axis, else copied to contiguous.
         let bl2 = Layout {
-            shape: vec![k, n],
-            strides: bl.strides[r - 2..].to_vec(),
+            shape: smallvec::smallvec![k, n],
+            strides: bl.strides[r - 2..].into(),
             offset: bl.offset,
         };
         if let Some(stride) = merged_stride(&al.shape[..r - 1], &al.strides[..r - 1]) {
             let al2 = Layout {
-                shape: vec![count * m, k],
-                strides: vec![stride, al.strides[r - 1]],
+                shape: smallvec::smallvec![count * m, k],
+                strides: smallvec::smallvec![stride, al.strides[r - 1]],
                 offset: al.offset,
             };
             let (out, _) = gemm_typed(a, &al2, b, &bl2);
@@ -240,13 +240,13 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
         // place through strides (no copy in or out).
         if let Some(stride) = merged_stride(&bl.shape[..r - 2], &bl.strides[..r - 2]) {
             let lhs = Layout {
-                shape: vec![count, k],
-                strides: vec![stride, bl.strides[r - 2]],
+                shape: smallvec::smallvec![count, k],
+                strides: smallvec::smallvec![stride, bl.strides[r - 2]],
                 offset: bl.offset,
             };
             let rhs = Layout {
-                shape: vec![k, m],
-                strides: vec![al.strides[r - 1], al.strides[r - 2]],
+                shape: smallvec::smallvec![k, m],
+                strides: smallvec::smallvec![al.strides[r - 1], al.strides[r - 2]],
                 offset: al.offset,
             };
             let (out, _) = gemm_typed(b, &lhs, a, &rhs);
@@ -261,8 +261,8 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
         perm.push(r - 1);
         let cols = to_vec(&bv.permuted_axes(perm));
         let al2 = Layout {
-            shape: vec![m, k],
-            strides: al.strides[r - 2..].to_vec(),
+            shape: smallvec::smallvec![m, k],
+            strides: al.strides[r - 2..].into(),
             offset: al.offset,
         };
         let bl2 = Layout::contiguous(&[k, count * n]);

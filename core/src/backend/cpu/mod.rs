@@ -35,9 +35,15 @@ pub fn cpu_backend() -> Arc<dyn Backend> {
 
 /// An ndarray view of `data` under `layout` (negative and zero strides allowed).
 pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
+    let numel = layout.numel();
+    if layout.is_contiguous() {
+        // The common case: a row-major run of the buffer (no stride arithmetic, no unsafe).
+        let run = &data[layout.offset.min(data.len())..][..numel];
+        return ArrayViewD::from_shape(IxDyn(&layout.shape), run).expect("contiguous layout fits its run");
+    }
     let rank = layout.rank();
     let mut base = layout.offset as isize;
-    let mut strides = Vec::with_capacity(rank);
+    let mut strides: smallvec::SmallVec<[usize; 6]> = smallvec::SmallVec::with_capacity(rank);
     for i in 0..rank {
         let s = layout.strides[i];
         if s < 0 && layout.shape[i] > 0 {
@@ -45,7 +51,6 @@ pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
         }
         strides.push(s.unsigned_abs());
     }
-    let numel = layout.numel();
     if numel == 0 {
         return ArrayViewD::from_shape(IxDyn(&layout.shape), &[]).expect("empty view");
     }
