@@ -102,7 +102,7 @@ impl Tensor {
         rule: impl FnOnce() -> R,
     ) -> Tensor {
         let levels = if inputs.iter().all(|t| t.0.node.is_none()) {
-            Vec::new()
+            Default::default()
         } else {
             union_levels(
                 inputs
@@ -140,7 +140,11 @@ impl Tensor {
         let mut levels = outer.clone();
         levels.push(level.clone());
         levels.sort_by_key(|l| l.id());
-        let inputs = if outer.is_empty() { vec![] } else { vec![self.clone()] };
+        let inputs: crate::trace::Inputs = if outer.is_empty() {
+            smallvec::smallvec![]
+        } else {
+            smallvec::smallvec![self.clone()]
+        };
         let node = Node {
             id: next_id(),
             rule: Box::new(LeafRule),
@@ -175,7 +179,7 @@ impl Tensor {
 
     /// When this handle is the last owner of a node, takes that node's inputs (so that the node
     /// can be dropped without recursion).
-    pub(crate) fn into_unique_node_inputs(self) -> Option<Vec<Tensor>> {
+    pub(crate) fn into_unique_node_inputs(self) -> Option<crate::trace::Inputs> {
         let inner = Arc::into_inner(self.0)?;
         let node = Arc::into_inner(inner.node?)?;
         let taken = match node.inputs.lock() {

@@ -81,8 +81,8 @@ impl Drop for PauseGuard {
 }
 
 /// The recording levels among `lists`, sorted by id, without repeats.
-pub(crate) fn union_levels<'a>(lists: impl Iterator<Item = &'a [Arc<Level>]>) -> Vec<Arc<Level>> {
-    let mut out: Vec<Arc<Level>> = Vec::new();
+pub(crate) fn union_levels<'a>(lists: impl Iterator<Item = &'a [Arc<Level>]>) -> super::node::Levels {
+    let mut out = super::node::Levels::new();
     for list in lists {
         for l in list {
             if l.is_recording() && !out.iter().any(|o| o.id == l.id) {

@@ -16,5 +16,5 @@ pub(crate) mod sweep;
 pub(crate) use ids::{IdMap, IdSet};
 pub use level::Level;
 pub(crate) use level::{next_id, union_levels};
-pub(crate) use node::Node;
 pub use node::Rule;
+pub(crate) use node::{Inputs, Node};

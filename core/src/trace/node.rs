@@ -2,6 +2,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use smallvec::SmallVec;
+
 use super::level::Level;
 use crate::tensor::Tensor;
 
@@ -25,6 +27,11 @@ pub trait Rule: Send + Sync {
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor>;
 }
 
+/// The inputs of a node (inline for up to three, the common case).
+pub(crate) type Inputs = SmallVec<[Tensor; 3]>;
+/// The levels of a node (inline for up to two nested transforms).
+pub(crate) type Levels = SmallVec<[Arc<Level>; 2]>;
+
 /// A recorded op application.
 pub(crate) struct Node {
     /// Unique, increasing id (topological order).
@@ -32,9 +39,9 @@ pub(crate) struct Node {
     /// The derivative rules.
     pub rule: Box<dyn Rule>,
     /// The inputs; `None` once `backward` freed the graph.
-    pub inputs: Mutex<Option<Vec<Tensor>>>,
+    pub inputs: Mutex<Option<Inputs>>,
     /// The levels this node belongs to, sorted by id.
-    pub levels: Vec<Arc<Level>>,
+    pub levels: Levels,
     /// Accumulated gradient, for leaves created by `requires_grad`.
     pub grad: Option<Mutex<Option<Tensor>>>,
 }
@@ -46,7 +53,7 @@ impl Node {
     }
 
     /// A copy of the inputs; panics with a hint when the graph was freed.
-    pub fn inputs(&self) -> Vec<Tensor> {
+    pub fn inputs(&self) -> Inputs {
         self.inputs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -66,8 +73,8 @@ impl Drop for Node {
     /// of ops in a row would overflow the stack.
     fn drop(&mut self) {
         let mut stack: Vec<Tensor> = match self.inputs.get_mut() {
-            Ok(inputs) => inputs.take().unwrap_or_default(),
-            Err(poisoned) => poisoned.into_inner().take().unwrap_or_default(),
+            Ok(inputs) => inputs.take().unwrap_or_default().into_vec(),
+            Err(poisoned) => poisoned.into_inner().take().unwrap_or_default().into_vec(),
         };
         while let Some(t) = stack.pop() {
             if let Some(inputs) = t.into_unique_node_inputs() {

@@ -7,9 +7,22 @@ use rayon::prelude::*;
 use super::{fast_math, host, to_vec, view, wrap, PARALLEL_MIN};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
+use crate::layout::Layout;
 use crate::storage::{CpuBuffer, RawTensor};
 
 const CHUNK: usize = 8192;
+
+/// A view for an elementwise kernel: with `flat` (every operand contiguous, same shape) the
+/// buffer run as a 1-D view, which skips ndarray's shape validation (elementwise results are
+/// the same in any shape); otherwise the strided view.
+fn ev<'a, T>(data: &'a [T], layout: &Layout, flat: bool) -> ArrayViewD<'a, T> {
+    if flat {
+        let start = layout.offset.min(data.len());
+        ndarray::ArrayView1::from(&data[start..start + layout.numel()]).into_dyn()
+    } else {
+        view(data, layout)
+    }
+}
 
 /// `f` applied to every element, in row-major order of the view.
 fn map1<T, U>(x: &ArrayViewD<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
@@ -109,10 +122,11 @@ fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &ArrayViewD<T>)
 
 /// Elementwise unary kernel.
 pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
+    let flat = x.layout.is_contiguous();
     let shape = x.shape();
     match host(x) {
         CpuBuffer::F32(d) => {
-            let v = view(d, &x.layout);
+            let v = ev(d, &x.layout, flat);
             let out = match op {
                 UnaryOp::Exp => map1(&v, fast_math::exp_f32),
                 UnaryOp::Tanh => map1(&v, fast_math::tanh_f32),
@@ -121,9 +135,9 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
             };
             wrap(out, shape)
         }
-        CpuBuffer::F64(d) => wrap(float_unary(op, &view(d, &x.layout)), shape),
+        CpuBuffer::F64(d) => wrap(float_unary(op, &ev(d, &x.layout, flat)), shape),
         CpuBuffer::I64(d) => {
-            let v = view(d, &x.layout);
+            let v = ev(d, &x.layout, flat);
             let out = match op {
                 UnaryOp::Neg => map1(&v, |a: i64| a.wrapping_neg()),
                 UnaryOp::Abs => map1(&v, |a: i64| a.wrapping_abs()),
@@ -133,7 +147,7 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
             };
             wrap(out, shape)
         }
-        CpuBuffer::Bool(d) => wrap(map1(&view(d, &x.layout), |a: bool| !a), shape),
+        CpuBuffer::Bool(d) => wrap(map1(&ev(d, &x.layout, flat), |a: bool| !a), shape),
     }
 }
 
@@ -166,16 +180,19 @@ fn int_div(x: i64, y: i64) -> i64 {
 
 /// Elementwise binary kernel.
 pub(super) fn binary(op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let flat = a.layout.is_contiguous() && b.layout.is_contiguous();
     let shape = a.shape();
     match (host(a), host(b)) {
-        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
-            wrap(float_binary(op, &view(x, &a.layout), &view(y, &b.layout)), shape)
-        }
-        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
-            wrap(float_binary(op, &view(x, &a.layout), &view(y, &b.layout)), shape)
-        }
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => wrap(
+            float_binary(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
+            shape,
+        ),
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => wrap(
+            float_binary(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
+            shape,
+        ),
         (CpuBuffer::I64(x), CpuBuffer::I64(y)) => {
-            let (x, y) = (view(x, &a.layout), view(y, &b.layout));
+            let (x, y) = (ev(x, &a.layout, flat), ev(y, &b.layout, flat));
             let out = match op {
                 BinaryOp::Add => map2(&x, &y, |p: i64, q| p.wrapping_add(q)),
                 BinaryOp::Sub => map2(&x, &y, |p: i64, q| p.wrapping_sub(q)),
@@ -189,7 +206,7 @@ pub(super) fn binary(op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
             wrap(out, shape)
         }
         (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => {
-            let (x, y) = (view(x, &a.layout), view(y, &b.layout));
+            let (x, y) = (ev(x, &a.layout, flat), ev(y, &b.layout, flat));
             let out = match op {
                 BinaryOp::And | BinaryOp::Mul | BinaryOp::Minimum => map2(&x, &y, |p: bool, q| p & q),
                 BinaryOp::Or | BinaryOp::Add | BinaryOp::Maximum => map2(&x, &y, |p: bool, q| p | q),
@@ -215,12 +232,13 @@ fn cmp<T: PartialOrd + Copy + Send + Sync>(op: CmpOp, a: &ArrayViewD<T>, b: &Arr
 
 /// Elementwise comparison kernel.
 pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let flat = a.layout.is_contiguous() && b.layout.is_contiguous();
     let shape = a.shape();
     let out = match (host(a), host(b)) {
-        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
-        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
-        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
-        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => cmp(op, &view(x, &a.layout), &view(y, &b.layout)),
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => cmp(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => cmp(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
+        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => cmp(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
+        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => cmp(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),
         _ => unreachable!("operands of one dtype: checked by the op layer"),
     };
     wrap(out, shape)
@@ -238,16 +256,25 @@ fn sel<T: Copy + Send + Sync + Default>(c: &ArrayViewD<bool>, a: &ArrayViewD<T>,
 
 /// `cond ? a : b` kernel.
 pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
+    let flat = cond.layout.is_contiguous() && a.layout.is_contiguous() && b.layout.is_contiguous();
     let CpuBuffer::Bool(c) = host(cond) else {
         unreachable!("condition is bool: checked by the op layer")
     };
-    let c = view(c, &cond.layout);
+    let c = ev(c, &cond.layout, flat);
     let shape = a.shape();
     match (host(a), host(b)) {
-        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
-        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
-        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
-        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => wrap(sel(&c, &view(x, &a.layout), &view(y, &b.layout)), shape),
+        (CpuBuffer::F32(x), CpuBuffer::F32(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
+        (CpuBuffer::F64(x), CpuBuffer::F64(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
+        (CpuBuffer::I64(x), CpuBuffer::I64(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
+        (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
         _ => unreachable!("operands of one dtype: checked by the op layer"),
     }
 }
@@ -268,25 +295,27 @@ fn cast_view<T: Copy + Send + Sync>(
 
 /// Dtype conversion kernel (floats to i64 truncate toward zero; non-zero is true).
 pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
+    let flat = x.layout.is_contiguous();
     let shape = x.shape();
     match host(x) {
-        CpuBuffer::F32(d) if dtype == DType::F64 => wrap(map1(&view(d, &x.layout), |v| v as f64), shape),
-        CpuBuffer::F64(d) if dtype == DType::F32 => wrap(map1(&view(d, &x.layout), |v| v as f32), shape),
-        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(to_vec(&view(d, &x.layout)), shape),
-        CpuBuffer::F32(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v as f64),
-        CpuBuffer::F64(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v),
-        CpuBuffer::I64(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| v as f64),
-        CpuBuffer::Bool(d) => cast_view(&view(d, &x.layout), dtype, shape, |v| if v { 1.0 } else { 0.0 }),
+        CpuBuffer::F32(d) if dtype == DType::F64 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f64), shape),
+        CpuBuffer::F64(d) if dtype == DType::F32 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f32), shape),
+        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(to_vec(&ev(d, &x.layout, flat)), shape),
+        CpuBuffer::F32(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
+        CpuBuffer::F64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v),
+        CpuBuffer::I64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
+        CpuBuffer::Bool(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| if v { 1.0 } else { 0.0 }),
     }
 }
 
 /// Row-major copy of a view.
 pub(super) fn contiguous(x: &RawTensor) -> RawTensor {
+    let flat = x.layout.is_contiguous();
     let shape = x.shape();
     match host(x) {
-        CpuBuffer::F32(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
-        CpuBuffer::F64(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
-        CpuBuffer::I64(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
-        CpuBuffer::Bool(d) => wrap(map1(&view(d, &x.layout), |v| v), shape),
+        CpuBuffer::F32(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
+        CpuBuffer::F64(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
+        CpuBuffer::I64(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
+        CpuBuffer::Bool(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
     }
 }
