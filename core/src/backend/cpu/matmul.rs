@@ -106,16 +106,26 @@ impl GemmScalar for f32 {
         b_rs: isize,
         b_cs: isize,
     ) {
+        // Matrix-vector shapes waste most of the kernel's 32-column tile; the gemm crate's
+        // vector path is faster there (0.005 vs 0.017 ms for 256x256 @ 256).
         #[cfg(target_arch = "x86_64")]
-        if super::sgemm_avx512::available() {
+        if m >= SKINNY && n >= SKINNY && super::sgemm_avx512::available() {
             // SAFETY: AVX-512F and FMA were detected; the rest is the caller's contract.
             unsafe { super::sgemm_avx512::sgemm(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, dst) };
             return;
         }
-        // SAFETY: the caller's contract (dst is initialised when `writes_all` is false).
-        unsafe { gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0) };
+        // SAFETY: `dst` is valid for m * n writes (the caller's contract); zeroing it first
+        // makes it initialised for the gemm crate even when `writes_all` let it start
+        // uninitialised.
+        unsafe {
+            std::ptr::write_bytes(dst, 0, m * n);
+            gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0)
+        };
     }
 }
+
+/// Below this many rows or columns f32 products go to the gemm crate.
+const SKINNY: usize = 8;
 
 impl GemmScalar for f64 {
     unsafe fn product(
