@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use clap::Parser;
+
+#[path = "timing/mod.rs"]
+mod timing;
 use nabla as nb;
 use nb::{DType, Rng, Tensor};
+use timing::{median_ms, per_call_us};
 
 /// Benchmark nabla-rs against JAX and PyTorch.
 #[derive(Parser, Debug)]
@@ -33,38 +36,6 @@ struct Args {
     /// Only our own cases.
     #[arg(long)]
     ours_only: bool,
-}
-
-fn median_ms(warm: usize, runs: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warm {
-        f();
-    }
-    let mut ts: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ts.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    ts[runs / 2]
-}
-
-fn per_call_us(calls: usize, loops: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..20 {
-        f();
-    }
-    let mut reps: Vec<f64> = (0..loops)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..calls {
-                f();
-            }
-            t.elapsed().as_secs_f64() / calls as f64 * 1e6
-        })
-        .collect();
-    reps.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    reps[loops / 2]
 }
 
 /// The 784-512-512-10 MLP of the reference: tanh, then relu, log-softmax cross-entropy.

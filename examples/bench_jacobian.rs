@@ -5,23 +5,13 @@
 //! Run: `cargo run --release --example bench_jacobian`
 
 use std::hint::black_box;
-use std::time::Instant;
+
+#[path = "timing/mod.rs"]
+mod timing;
+use timing::median_ms;
 
 use nabla as nb;
 use nb::{DType, Tensor};
-
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut ts: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[runs / 2]
-}
 
 fn main() {
     let n = 256;
@@ -29,22 +19,22 @@ fn main() {
     let w = rng.normal(&[n, n], 0.0, 1.0 / (n as f64).sqrt(), DType::F32);
     let x = rng.normal(&[n], 0.0, 1.0, DType::F32);
     let f = |x: &Tensor| w.matmul(x).tanh();
-    let forward = median_ms(200, || {
+    let forward = median_ms(1, 200, || {
         black_box(f(&x));
     });
-    let one_vjp = median_ms(200, || {
+    let one_vjp = median_ms(1, 200, || {
         let (out, pb) = nb::vjp(f, &x);
         black_box(pb(&out.ones_like()));
     });
     let jf = nb::jacfwd(f);
-    let jacfwd = median_ms(50, || {
+    let jacfwd = median_ms(1, 50, || {
         black_box(jf(&x));
     });
     let jr = nb::jacrev(f);
-    let jacrev = median_ms(50, || {
+    let jacrev = median_ms(1, 50, || {
         black_box(jr(&x));
     });
-    let rows = median_ms(5, || {
+    let rows = median_ms(1, 5, || {
         let (out, pb) = nb::vjp(f, &x);
         for i in 0..n {
             let mut e = vec![0.0f32; n];
