@@ -27,7 +27,7 @@ struct Inner {
 }
 
 /// The union of the inputs' vmap levels, sorted.
-fn union_batch(inputs: &[&Tensor]) -> Vec<u64> {
+pub(crate) fn union_batch(inputs: &[&Tensor]) -> Vec<u64> {
     let mut out: Vec<u64> = Vec::new();
     for t in inputs {
         for &l in &t.0.batch {

@@ -18,7 +18,7 @@ use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::shape::{broadcast_shapes, try_broadcast_shapes};
 use crate::storage::RawTensor;
-use crate::tensor::Tensor;
+use crate::tensor::{union_batch, Tensor};
 
 /// Which axes a reduction covers: all of them, or a list (negative counts from the end).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,14 +113,6 @@ pub(crate) fn promote_pair(a: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
     let ca = if a.dtype() == d { a.clone() } else { a.cast(d) };
     let cb = if b.dtype() == d { b.clone() } else { b.cast(d) };
     (ca, cb)
-}
-
-/// The sorted union of the tensors' vmap levels.
-pub(crate) fn union_batch(ts: &[&Tensor]) -> Vec<u64> {
-    let mut levels: Vec<u64> = ts.iter().flat_map(|t| t.batch().iter().copied()).collect();
-    levels.sort_unstable();
-    levels.dedup();
-    levels
 }
 
 /// Physical layouts of `ts` with one batch prefix: the union of their vmap levels, extent 1 where
