@@ -49,9 +49,10 @@ pub fn vjp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A) -> (B, impl F
 /// Like [`vjp`] for a function returning `(output, aux)`: gives `(output, pullback, aux)`;
 /// `aux` is not differentiated.
 pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A) -> (B, impl Fn(&B) -> A, X) {
-    let template = primals.rebuild(primals.leaves());
+    let leaves = primals.leaves();
+    let template = primals.rebuild(leaves.clone());
     let mut captured: Option<(B, X)> = None;
-    let (outs, pullback) = vjp_many(on_leaves(f, primals, &mut captured), &primals.leaves());
+    let (outs, pullback) = vjp_many(on_leaves(f, primals, &mut captured), &leaves);
     let (out_tree, aux) = captured.expect("the function ran");
     let out = out_tree.rebuild(outs);
     let aux = aux.map_leaves(release_finished);
