@@ -115,15 +115,16 @@ impl Tensor {
         }
         let node = Node {
             id: next_id(),
-            rule: Box::new(rule()),
+            rule: rule(),
             inputs: Mutex::new(Some(inputs.iter().map(|t| (*t).clone()).collect())),
             levels,
             grad: None,
         };
+        let node: Arc<Node> = Arc::new(node);
         Tensor(Arc::new(Inner {
             raw,
             batch,
-            node: Some(Arc::new(node)),
+            node: Some(node),
         }))
     }
 
@@ -147,15 +148,16 @@ impl Tensor {
         };
         let node = Node {
             id: next_id(),
-            rule: Box::new(LeafRule),
+            rule: LeafRule,
             inputs: Mutex::new(Some(inputs)),
             levels,
             grad: with_grad_slot.then(|| Mutex::new(None)),
         };
+        let node: Arc<Node> = Arc::new(node);
         Tensor(Arc::new(Inner {
             raw: self.0.raw.clone(),
             batch: self.0.batch.clone(),
-            node: Some(Arc::new(node)),
+            node: Some(node),
         }))
     }
 
@@ -181,12 +183,12 @@ impl Tensor {
     /// can be dropped without recursion).
     pub(crate) fn into_unique_node_inputs(self) -> Option<crate::trace::Inputs> {
         let inner = Arc::into_inner(self.0)?;
-        let node = Arc::into_inner(inner.node?)?;
-        let taken = match node.inputs.lock() {
-            Ok(mut inputs) => inputs.take(),
+        let mut node = inner.node?;
+        let node = Arc::get_mut(&mut node)?;
+        match node.inputs.get_mut() {
+            Ok(inputs) => inputs.take(),
             Err(poisoned) => poisoned.into_inner().take(),
-        };
-        taken
+        }
     }
 
     /// True when this tensor carries a recorded graph node.

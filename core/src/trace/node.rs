@@ -32,21 +32,22 @@ pub(crate) type Inputs = SmallVec<[Tensor; 3]>;
 /// The levels of a node (inline for up to two nested transforms).
 pub(crate) type Levels = SmallVec<[Arc<Level>; 2]>;
 
-/// A recorded op application.
-pub(crate) struct Node {
+/// A recorded op application. The rule is stored inline (the last field, unsized in
+/// `Node<dyn Rule>`), so recording a node is one allocation.
+pub(crate) struct Node<R: ?Sized + Rule = dyn Rule> {
     /// Unique, increasing id (topological order).
     pub id: u64,
-    /// The derivative rules.
-    pub rule: Box<dyn Rule>,
     /// The inputs; `None` once `backward` freed the graph.
     pub inputs: Mutex<Option<Inputs>>,
     /// The levels this node belongs to, sorted by id.
     pub levels: Levels,
     /// Accumulated gradient, for leaves created by `requires_grad`.
     pub grad: Option<Mutex<Option<Tensor>>>,
+    /// The derivative rules.
+    pub rule: R,
 }
 
-impl Node {
+impl<R: ?Sized + Rule> Node<R> {
     /// True when the node belongs to level `id`.
     pub fn in_level(&self, id: u64) -> bool {
         self.levels.iter().any(|l| l.id() == id)
@@ -68,13 +69,14 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl<R: ?Sized + Rule> Drop for Node<R> {
     /// Frees long chains of nodes iteratively: a recursive drop of a graph with many thousands
     /// of ops in a row would overflow the stack.
     fn drop(&mut self) {
-        let mut stack: Vec<Tensor> = match self.inputs.get_mut() {
-            Ok(inputs) => inputs.take().unwrap_or_default().into_vec(),
-            Err(poisoned) => poisoned.into_inner().take().unwrap_or_default().into_vec(),
+        // Inline for short chains: dropping a node usually allocates nothing.
+        let mut stack: Inputs = match self.inputs.get_mut() {
+            Ok(inputs) => inputs.take().unwrap_or_default(),
+            Err(poisoned) => poisoned.into_inner().take().unwrap_or_default(),
         };
         while let Some(t) = stack.pop() {
             if let Some(inputs) = t.into_unique_node_inputs() {

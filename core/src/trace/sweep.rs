@@ -2,7 +2,7 @@
 //! reverse (VJP) sweep and the forward (JVP) sweep.
 
 use crate::tensor::Tensor;
-use crate::trace::{IdMap, IdSet, Level};
+use crate::trace::{IdMap, IdSet, Level, Rule};
 
 fn in_level(t: &Tensor, level: u64) -> bool {
     t.node().is_some_and(|n| n.in_level(level))
@@ -32,7 +32,14 @@ pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &IdSet) -> Vec<Tens
     order
 }
 
-fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, rule: &str, level: &Level) {
+/// Where a cotangent came from, for the message of an internal shape error (named lazily: a
+/// rule's name is a formatted string).
+enum Source<'a> {
+    Output,
+    Rule(&'a dyn Rule),
+}
+
+fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, source: Source, level: &Level) {
     // A vmap opened inside the traced function batches values that the target was shared by:
     // its cotangent is the sum over that batch. Other vmap levels (enclosing ones, or one that
     // maps the pullback itself, as jacrev does) stay.
@@ -44,7 +51,11 @@ fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, rule: &str, l
     }
     if g.shape() != target.shape() {
         panic!(
-            "internal error in the derivative rule of `{rule}`: cotangent of shape {:?} for an input of shape {:?}",
+            "internal error in the derivative rule of `{}`: cotangent of shape {:?} for an input of shape {:?}",
+            match source {
+                Source::Output => "output".to_string(),
+                Source::Rule(r) => r.name(),
+            },
             g.shape(),
             target.shape()
         );
@@ -72,7 +83,7 @@ pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) 
     let mut cts: IdMap<Tensor> = IdMap::default();
     for (o, c) in seeds {
         if in_level(o, level.id()) {
-            accumulate(&mut cts, o, c.clone(), "output", level);
+            accumulate(&mut cts, o, c.clone(), Source::Output, level);
         }
     }
     let mut leaf_cts = IdMap::default();
@@ -84,12 +95,12 @@ pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) 
             continue;
         }
         let inputs = node.inputs();
-        let wanted: Vec<bool> = inputs.iter().map(|i| in_level(i, level.id())).collect();
+        let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
         let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
         for (inp, g) in inputs.iter().zip(grads) {
             if let Some(g) = g {
                 if in_level(inp, level.id()) {
-                    accumulate(&mut cts, inp, g, &node.rule.name(), level);
+                    accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
                 }
             }
         }

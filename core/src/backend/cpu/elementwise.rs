@@ -4,7 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{fast_math, host, to_vec, view, wrap, PARALLEL_MIN};
+use super::{fast_math, host, view, wrap, PARALLEL_MIN};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -12,56 +12,73 @@ use crate::storage::{CpuBuffer, RawTensor};
 
 const CHUNK: usize = 8192;
 
-/// A view for an elementwise kernel: with `flat` (every operand contiguous, same shape) the
-/// buffer run as a 1-D view, which skips ndarray's shape validation (elementwise results are
-/// the same in any shape); otherwise the strided view.
-fn ev<'a, T>(data: &'a [T], layout: &Layout, flat: bool) -> ArrayViewD<'a, T> {
-    if flat {
-        let start = layout.offset.min(data.len());
-        ndarray::ArrayView1::from(&data[start..start + layout.numel()]).into_dyn()
-    } else {
-        view(data, layout)
+/// An operand of an elementwise kernel: a contiguous run of the buffer (every operand
+/// contiguous with one shape; elementwise results do not depend on the shape, so these skip
+/// ndarray entirely) or a strided view.
+enum Src<'a, T> {
+    Flat(&'a [T]),
+    Strided(ArrayViewD<'a, T>),
+}
+
+impl<T> Src<'_, T> {
+    fn len(&self) -> usize {
+        match self {
+            Src::Flat(s) => s.len(),
+            Src::Strided(v) => v.len(),
+        }
     }
 }
 
-/// `f` applied to every element, in row-major order of the view.
-fn map1<T, U>(x: &ArrayViewD<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
+/// The operand for `layout` over `data`: flat when `flat` (all operands contiguous).
+fn ev<'a, T>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
+    if flat {
+        let start = layout.offset.min(data.len());
+        Src::Flat(&data[start..start + layout.numel()])
+    } else {
+        Src::Strided(view(data, layout))
+    }
+}
+
+/// `f` applied to every element, in row-major order.
+fn map1<T, U>(x: &Src<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
 where
     T: Copy + Send + Sync,
     U: Copy + Send + Sync + Default,
 {
     let n = x.len();
-    if let Some(s) = x.as_slice() {
-        if n >= PARALLEL_MIN {
+    match x {
+        Src::Flat(s) if n >= PARALLEL_MIN => {
             let mut out = vec![U::default(); n];
             out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| {
                 for (o, &i) in o.iter_mut().zip(i) {
                     *o = f(i);
                 }
             });
-            return out;
+            out
         }
-        return s.iter().map(|&v| f(v)).collect();
+        Src::Flat(s) => s.iter().map(|&v| f(v)).collect(),
+        Src::Strided(x) => {
+            let mut out = ArrayD::<U>::default(x.raw_dim());
+            let z = Zip::from(&mut out).and(x);
+            if n >= PARALLEL_MIN {
+                z.par_for_each(|o, &i| *o = f(i));
+            } else {
+                z.for_each(|o, &i| *o = f(i));
+            }
+            out.into_raw_vec_and_offset().0
+        }
     }
-    let mut out = ArrayD::<U>::default(x.raw_dim());
-    let z = Zip::from(&mut out).and(x);
-    if n >= PARALLEL_MIN {
-        z.par_for_each(|o, &i| *o = f(i));
-    } else {
-        z.for_each(|o, &i| *o = f(i));
-    }
-    out.into_raw_vec_and_offset().0
 }
 
-/// `f` applied to pairs of elements of two views of one shape.
-fn map2<T, U>(a: &ArrayViewD<T>, b: &ArrayViewD<T>, f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U>
+/// `f` applied to pairs of elements of two operands of one shape (both flat or both strided).
+fn map2<T, U>(a: &Src<T>, b: &Src<T>, f: impl Fn(T, T) -> U + Sync + Send) -> Vec<U>
 where
     T: Copy + Send + Sync,
     U: Copy + Send + Sync + Default,
 {
     let n = a.len();
-    if let (Some(sa), Some(sb)) = (a.as_slice(), b.as_slice()) {
-        if n >= PARALLEL_MIN {
+    match (a, b) {
+        (Src::Flat(sa), Src::Flat(sb)) if n >= PARALLEL_MIN => {
             let mut out = vec![U::default(); n];
             out.par_chunks_mut(CHUNK)
                 .zip(sa.par_chunks(CHUNK).zip(sb.par_chunks(CHUNK)))
@@ -70,21 +87,24 @@ where
                         *o = f(x, y);
                     }
                 });
-            return out;
+            out
         }
-        return sa.iter().zip(sb).map(|(&x, &y)| f(x, y)).collect();
+        (Src::Flat(sa), Src::Flat(sb)) => sa.iter().zip(sb.iter()).map(|(&x, &y)| f(x, y)).collect(),
+        (Src::Strided(a), Src::Strided(b)) => {
+            let mut out = ArrayD::<U>::default(a.raw_dim());
+            let z = Zip::from(&mut out).and(a).and(b);
+            if n >= PARALLEL_MIN {
+                z.par_for_each(|o, &x, &y| *o = f(x, y));
+            } else {
+                z.for_each(|o, &x, &y| *o = f(x, y));
+            }
+            out.into_raw_vec_and_offset().0
+        }
+        _ => unreachable!("operands of one kernel are all flat or all strided"),
     }
-    let mut out = ArrayD::<U>::default(a.raw_dim());
-    let z = Zip::from(&mut out).and(a).and(b);
-    if n >= PARALLEL_MIN {
-        z.par_for_each(|o, &x, &y| *o = f(x, y));
-    } else {
-        z.for_each(|o, &x, &y| *o = f(x, y));
-    }
-    out.into_raw_vec_and_offset().0
 }
 
-fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &ArrayViewD<T>) -> Vec<T> {
+fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &Src<T>) -> Vec<T> {
     let one = T::one();
     let zero = T::zero();
     match op {
@@ -151,7 +171,7 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
     }
 }
 
-fn float_binary<T: Float + Send + Sync + Default>(op: BinaryOp, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<T> {
+fn float_binary<T: Float + Send + Sync + Default>(op: BinaryOp, a: &Src<T>, b: &Src<T>) -> Vec<T> {
     match op {
         BinaryOp::Add => map2(a, b, |x, y| x + y),
         BinaryOp::Sub => map2(a, b, |x, y| x - y),
@@ -219,7 +239,7 @@ pub(super) fn binary(op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
     }
 }
 
-fn cmp<T: PartialOrd + Copy + Send + Sync>(op: CmpOp, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<bool> {
+fn cmp<T: PartialOrd + Copy + Send + Sync>(op: CmpOp, a: &Src<T>, b: &Src<T>) -> Vec<bool> {
     match op {
         CmpOp::Eq => map2(a, b, |x, y| x == y),
         CmpOp::Ne => map2(a, b, |x, y| x != y),
@@ -244,14 +264,24 @@ pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
     wrap(out, shape)
 }
 
-fn sel<T: Copy + Send + Sync + Default>(c: &ArrayViewD<bool>, a: &ArrayViewD<T>, b: &ArrayViewD<T>) -> Vec<T> {
-    let mut out = ArrayD::<T>::default(a.raw_dim());
-    Zip::from(&mut out)
-        .and(c)
-        .and(a)
-        .and(b)
-        .for_each(|o, &c, &x, &y| *o = if c { x } else { y });
-    out.into_raw_vec_and_offset().0
+fn sel<T: Copy + Send + Sync + Default>(c: &Src<bool>, a: &Src<T>, b: &Src<T>) -> Vec<T> {
+    match (c, a, b) {
+        (Src::Flat(c), Src::Flat(a), Src::Flat(b)) => c
+            .iter()
+            .zip(a.iter().zip(b.iter()))
+            .map(|(&c, (&x, &y))| if c { x } else { y })
+            .collect(),
+        (Src::Strided(c), Src::Strided(a), Src::Strided(b)) => {
+            let mut out = ArrayD::<T>::default(a.raw_dim());
+            Zip::from(&mut out)
+                .and(c)
+                .and(a)
+                .and(b)
+                .for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+            out.into_raw_vec_and_offset().0
+        }
+        _ => unreachable!("operands of one kernel are all flat or all strided"),
+    }
 }
 
 /// `cond ? a : b` kernel.
@@ -280,7 +310,7 @@ pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTenso
 }
 
 fn cast_view<T: Copy + Send + Sync>(
-    v: &ArrayViewD<T>,
+    v: &Src<T>,
     dtype: DType,
     shape: &[usize],
     to: impl Fn(T) -> f64 + Sync + Send,
@@ -300,7 +330,7 @@ pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
     match host(x) {
         CpuBuffer::F32(d) if dtype == DType::F64 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f64), shape),
         CpuBuffer::F64(d) if dtype == DType::F32 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f32), shape),
-        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(to_vec(&ev(d, &x.layout, flat)), shape),
+        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
         CpuBuffer::F32(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
         CpuBuffer::F64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v),
         CpuBuffer::I64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
