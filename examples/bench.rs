@@ -47,9 +47,14 @@ fn mlp_loss(params: &[(Tensor, Tensor); 3], x: &Tensor, y: &Tensor) -> Tensor {
     -(y * logp).sum(-1, false).mean_all()
 }
 
+/// A function of one tensor (the Jacobian cases, eager and under jit).
+type TensorFn<'a> = dyn Fn(&Tensor) -> Tensor + 'a;
+
+/// A row of ours: case, system, value, unit.
+type Row = (&'static str, &'static str, f64, &'static str);
+
 fn ours() -> Vec<(String, String, String, f64)> {
     let mut rng = Rng::new(0);
-    let mut rows = Vec::new();
     let mut layer = |i: usize, o: usize| {
         (
             rng.normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), DType::F32),
@@ -61,54 +66,67 @@ fn ours() -> Vec<(String, String, String, f64)> {
     let x = rng.normal(&[128, 784], 0.0, 1.0, DType::F32);
     let labels = Tensor::from_vec((0..128).map(|i| (i * 7 % 10) as i64).collect(), &[128]);
     let y = nb::one_hot(&labels, 10, DType::F32);
+    let mut rows: Vec<Row> = Vec::new();
     let vg = nb::value_and_grad(|p: &[(Tensor, Tensor); 3]| mlp_loss(p, &x, &y));
-    rows.push((
-        "mlp_step_b128",
-        median_ms(10, 200, || {
-            black_box(vg(&params));
-        }),
-        "ms",
-    ));
+    let vg_jit = nb::jit(&vg);
+    for (system, step) in [("nabla-rs", &vg as &dyn Fn(&_) -> _), ("nabla-rs jit", &vg_jit)] {
+        rows.push((
+            "mlp_step_b128",
+            system,
+            median_ms(10, 200, || {
+                black_box(step(&params));
+            }),
+            "ms",
+        ));
+    }
     let g = nb::grad(|x: &Tensor| (x.sin() * x + x.square()).sum_all());
+    let g_jit = nb::jit(&g);
     let xs = Tensor::arange(0.0, 4.0, 1.0, DType::F32);
-    rows.push((
-        "tiny_grad",
-        per_call_us(1000, 5, || {
-            black_box(g(&xs));
-        }),
-        "us/call",
-    ));
+    for (system, step) in [("nabla-rs", &g as &dyn Fn(&Tensor) -> Tensor), ("nabla-rs jit", &g_jit)] {
+        rows.push((
+            "tiny_grad",
+            system,
+            per_call_us(1000, 5, || {
+                black_box(step(&xs));
+            }),
+            "us/call",
+        ));
+    }
     let n = 256;
     let w = rng.normal(&[n, n], 0.0, 1.0 / (n as f64).sqrt(), DType::F32);
     let xv = rng.normal(&[n], 0.0, 1.0, DType::F32);
     let f = |x: &Tensor| w.matmul(x).tanh();
     let jf = nb::jacfwd(f);
-    rows.push((
-        "jacfwd_256",
-        median_ms(10, 300, || {
-            black_box(jf(&xv));
-        }),
-        "ms",
-    ));
     let jr = nb::jacrev(f);
-    rows.push((
-        "jacrev_256",
-        median_ms(10, 300, || {
-            black_box(jr(&xv));
-        }),
-        "ms",
-    ));
+    let (jf_jit, jr_jit) = (nb::jit(&jf), nb::jit(&jr));
+    let jacobians: [(&str, &str, &TensorFn<'_>); 4] = [
+        ("jacfwd_256", "nabla-rs", &jf),
+        ("jacfwd_256", "nabla-rs jit", &jf_jit),
+        ("jacrev_256", "nabla-rs", &jr),
+        ("jacrev_256", "nabla-rs jit", &jr_jit),
+    ];
+    for (case, system, jac) in jacobians {
+        rows.push((
+            case,
+            system,
+            median_ms(10, 300, || {
+                black_box(jac(&xv));
+            }),
+            "ms",
+        ));
+    }
     let a = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
     let b = rng.normal(&[1024, 1024], 0.0, 1.0, DType::F32);
     rows.push((
         "matmul_1024",
+        "nabla-rs",
         median_ms(5, 50, || {
             black_box(a.matmul(&b));
         }),
         "ms",
     ));
     rows.into_iter()
-        .map(|(c, v, u)| (c.to_string(), "nabla-rs".to_string(), u.to_string(), v))
+        .map(|(c, s, v, u)| (c.to_string(), s.to_string(), u.to_string(), v))
         .collect()
 }
 
@@ -168,29 +186,40 @@ fn main() {
         table.entry(case.clone()).or_default().insert(system.clone(), *value);
         units.insert(case.clone(), unit.clone());
     }
-    let systems = ["nabla-rs", "jax.jit", "jax eager", "torch eager"];
+    let systems = ["nabla-rs", "nabla-rs jit", "jax.jit", "jax eager", "torch eager"];
     println!(
-        "{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}",
-        "case", "unit", systems[0], systems[1], systems[2], systems[3], "ours/jit", "ours/torch"
+        "{:<14} {:>8} {:>11} {:>13} {:>11} {:>11} {:>12} {:>13} {:>13} {:>11}",
+        "case",
+        "unit",
+        systems[0],
+        systems[1],
+        systems[2],
+        systems[3],
+        systems[4],
+        "eager/jax.jit",
+        "ours jit/jax.jit",
+        "eager/torch"
     );
     let cell = |v: Option<&f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     let order = ["mlp_step_b128", "tiny_grad", "jacfwd_256", "jacrev_256", "matmul_1024"];
     for case in order {
         let Some(r) = table.get(case) else { continue };
-        let ratio = |s: &str| match (r.get("nabla-rs"), r.get(s)) {
+        let ratio = |ours: &str, theirs: &str| match (r.get(ours), r.get(theirs)) {
             (Some(a), Some(b)) => format!("{:.2}", a / b),
             _ => "-".to_string(),
         };
         println!(
-            "{:<14} {:>8} {:>11} {:>11} {:>11} {:>12} {:>10} {:>10}",
+            "{:<14} {:>8} {:>11} {:>13} {:>11} {:>11} {:>12} {:>13} {:>13} {:>11}",
             case,
             units[case],
             cell(r.get(systems[0])),
             cell(r.get(systems[1])),
             cell(r.get(systems[2])),
             cell(r.get(systems[3])),
-            ratio("jax.jit"),
-            ratio("torch eager"),
+            cell(r.get(systems[4])),
+            ratio("nabla-rs", "jax.jit"),
+            ratio("nabla-rs jit", "jax.jit"),
+            ratio("nabla-rs", "torch eager"),
         );
     }
     println!("(ratios below 1 mean nabla-rs is faster)");

@@ -43,8 +43,18 @@ fn main() {
     let tiny_grad = per_iter_ns(20_000, || {
         black_box(g(black_box(&x)));
     });
+    let g_jit = nb::Jit::new(nb::grad(|x: &Tensor| (x.sin() * x + x.square()).sum_all()));
+    let tiny_grad_jit = per_iter_ns(20_000, || {
+        black_box(g_jit.call(black_box(&x)));
+    });
+    assert_eq!(
+        g_jit.call(&x).to_vec::<f32>(),
+        g(&x).to_vec::<f32>(),
+        "jit replays the same values"
+    );
     println!("{:<34} {:>12}", "case (f32[4], best of 5)", "ns per call");
     println!("{:<34} {:>12.0}", "mul, untraced", untraced);
     println!("{:<34} {:>12.0}", "mul, traced (inside vjp)", traced);
     println!("{:<34} {:>12.0}", "tiny_grad: grad(sum(sin(x)*x+x^2))", tiny_grad);
+    println!("{:<34} {:>12.0}", "tiny_grad under jit (replayed)", tiny_grad_jit);
 }

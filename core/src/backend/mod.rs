@@ -173,8 +173,14 @@ pub fn register_backend(device: Device, backend: Arc<dyn Backend>) {
         .insert(family(device), backend);
 }
 
-/// The backend for `device`, or an error saying that none is registered.
+/// The backend for `device`, or an error saying that none is registered. While a `jit` call
+/// records on this thread, the backend comes wrapped in its recorder.
 pub fn try_backend_for(device: Device) -> crate::error::Result<Arc<dyn Backend>> {
+    registered_backend(device).map(crate::jit::intercept)
+}
+
+/// The registered backend for `device` itself (never wrapped by a `jit` recorder).
+pub(crate) fn registered_backend(device: Device) -> crate::error::Result<Arc<dyn Backend>> {
     if device == Device::Cpu {
         return Ok(cpu::cpu_backend());
     }

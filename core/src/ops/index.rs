@@ -1,7 +1,11 @@
 //! Indexing: take (gather), take_along_axis, one_hot, scatter_add (the transpose of take).
 
 use super::{aligned_layouts, physical, require_same_device};
+use std::sync::Arc;
+
+use crate::backend::Backend;
 use crate::dtype::DType;
+use crate::jit::{host_step, HostFn};
 use crate::layout::Layout;
 use crate::shape::{normalize_axis, numel, try_broadcast_shapes};
 use crate::storage::{CpuBuffer, RawTensor};
@@ -36,9 +40,10 @@ fn common_batch(layouts: &[Layout], nb: usize) -> Vec<usize> {
 }
 
 /// Indices as a contiguous `[batches, count]` i64 raw tensor with negatives wrapped, checked
-/// against the extent `n` (values are read on the host).
+/// against the extent `n`. The values are read on the host in a step that `jit` replays, so a
+/// recorded program checks every new batch of indices too.
 fn checked_indices(
-    op: &str,
+    op: &'static str,
     idx: &Tensor,
     layout: &Layout,
     batch: &[usize],
@@ -55,19 +60,23 @@ fn checked_indices(
     }
     let dims = [numel(batch), idx.numel()];
     let raw = contiguous_as(idx, layout, batch, &dims);
-    let backend = idx.backend();
-    let CpuBuffer::I64(values) = backend.to_host(&raw) else {
-        unreachable!("checked i64")
-    };
-    let ni = n as i64;
-    if let Some(&bad) = values.iter().find(|&&v| v < -ni || v >= ni) {
-        panic!("{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?})");
-    }
-    if values.iter().any(|&v| v < 0) {
-        let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
-        return backend.from_host(CpuBuffer::I64(std::sync::Arc::new(wrapped)), &dims, idx.device());
-    }
-    raw
+    let x_shape = x_shape.to_vec();
+    let device = idx.device();
+    let check: HostFn = Arc::new(move |backend: &dyn Backend, raw: &RawTensor| {
+        let CpuBuffer::I64(values) = backend.to_host(raw) else {
+            unreachable!("checked i64")
+        };
+        let ni = n as i64;
+        if let Some(&bad) = values.iter().find(|&&v| v < -ni || v >= ni) {
+            panic!("{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?})");
+        }
+        if values.iter().any(|&v| v < 0) {
+            let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
+            return backend.from_host(CpuBuffer::I64(Arc::new(wrapped)), &raw.layout.shape, device);
+        }
+        raw.clone()
+    });
+    host_step(device, &raw, check)
 }
 
 struct TakeRule {

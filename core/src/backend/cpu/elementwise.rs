@@ -12,11 +12,12 @@ use crate::storage::{CpuBuffer, RawTensor};
 
 const CHUNK: usize = 8192;
 
-/// An operand of an elementwise kernel: a contiguous run of the buffer (every operand
-/// contiguous with one shape; elementwise results do not depend on the shape, so these skip
-/// ndarray entirely) or a strided view.
+/// An operand of an elementwise kernel: a contiguous run of the buffer, one value repeated
+/// (a broadcast scalar), or a strided view. Kernels whose operands are all runs or repeated
+/// values skip ndarray entirely (elementwise results do not depend on the shape).
 enum Src<'a, T> {
     Flat(&'a [T]),
+    Splat(T, usize),
     Strided(ArrayViewD<'a, T>),
 }
 
@@ -24,19 +25,56 @@ impl<T> Src<'_, T> {
     fn len(&self) -> usize {
         match self {
             Src::Flat(s) => s.len(),
+            Src::Splat(_, n) => *n,
             Src::Strided(v) => v.len(),
         }
     }
 }
 
-/// The operand for `layout` over `data`: flat when `flat` (all operands contiguous).
-fn ev<'a, T>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
-    if flat {
+/// True when every element of the (non-empty) view is the buffer element at its offset.
+fn is_splat(layout: &Layout) -> bool {
+    layout.numel() > 0
+        && layout
+            .strides
+            .iter()
+            .zip(&layout.shape)
+            .all(|(&s, &n)| s == 0 || n == 1)
+}
+
+/// True when `layout` can be read as a run or a repeated value.
+fn is_flat(layout: &Layout) -> bool {
+    layout.is_contiguous() || is_splat(layout)
+}
+
+/// The operand for `layout` over `data`: a run or a repeated value when `flat` (all operands
+/// pass [`is_flat`]; only binary kernels accept repeated values), else a strided view.
+fn ev<'a, T: Copy>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
+    if flat && layout.is_contiguous() {
         let start = layout.offset.min(data.len());
         Src::Flat(&data[start..start + layout.numel()])
+    } else if flat {
+        Src::Splat(data[layout.offset], layout.numel())
     } else {
         Src::Strided(view(data, layout))
     }
+}
+
+/// `f` applied to every element of a run (in parallel chunks when it is long).
+fn map_run<T, U>(s: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
+where
+    T: Copy + Send + Sync,
+    U: Copy + Send + Sync + Default,
+{
+    if s.len() < PARALLEL_MIN {
+        return s.iter().map(|&v| f(v)).collect();
+    }
+    let mut out = vec![U::default(); s.len()];
+    out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| {
+        for (o, &i) in o.iter_mut().zip(i) {
+            *o = f(i);
+        }
+    });
+    out
 }
 
 /// `f` applied to every element, in row-major order.
@@ -47,16 +85,8 @@ where
 {
     let n = x.len();
     match x {
-        Src::Flat(s) if n >= PARALLEL_MIN => {
-            let mut out = vec![U::default(); n];
-            out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| {
-                for (o, &i) in o.iter_mut().zip(i) {
-                    *o = f(i);
-                }
-            });
-            out
-        }
-        Src::Flat(s) => s.iter().map(|&v| f(v)).collect(),
+        Src::Flat(s) => map_run(s, f),
+        Src::Splat(v, n) => vec![f(*v); *n],
         Src::Strided(x) => {
             let mut out = ArrayD::<U>::default(x.raw_dim());
             let z = Zip::from(&mut out).and(x);
@@ -90,6 +120,9 @@ where
             out
         }
         (Src::Flat(sa), Src::Flat(sb)) => sa.iter().zip(sb.iter()).map(|(&x, &y)| f(x, y)).collect(),
+        (Src::Flat(sa), Src::Splat(y, _)) => map_run(sa, |x| f(x, *y)),
+        (Src::Splat(x, _), Src::Flat(sb)) => map_run(sb, |y| f(*x, y)),
+        (Src::Splat(x, _), Src::Splat(y, _)) => vec![f(*x, *y); n],
         (Src::Strided(a), Src::Strided(b)) => {
             let mut out = ArrayD::<U>::default(a.raw_dim());
             let z = Zip::from(&mut out).and(a).and(b);
@@ -200,7 +233,7 @@ fn int_div(x: i64, y: i64) -> i64 {
 
 /// Elementwise binary kernel.
 pub(super) fn binary(op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
-    let flat = a.layout.is_contiguous() && b.layout.is_contiguous();
+    let flat = is_flat(&a.layout) && is_flat(&b.layout);
     let shape = a.shape();
     match (host(a), host(b)) {
         (CpuBuffer::F32(x), CpuBuffer::F32(y)) => wrap(
@@ -252,7 +285,7 @@ fn cmp<T: PartialOrd + Copy + Send + Sync>(op: CmpOp, a: &Src<T>, b: &Src<T>) ->
 
 /// Elementwise comparison kernel.
 pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
-    let flat = a.layout.is_contiguous() && b.layout.is_contiguous();
+    let flat = is_flat(&a.layout) && is_flat(&b.layout);
     let shape = a.shape();
     let out = match (host(a), host(b)) {
         (CpuBuffer::F32(x), CpuBuffer::F32(y)) => cmp(op, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)),

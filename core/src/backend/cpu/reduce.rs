@@ -69,6 +69,10 @@ where
     F: Fn(T, T) -> T + Copy + Send + Sync,
 {
     let leading = axes.iter().enumerate().all(|(i, &a)| i == a);
+    if let (true, Some(data)) = (leading && axes.len() == v.ndim(), v.as_slice()) {
+        // Every axis of a contiguous view: one fold over the buffer run, no copy.
+        return vec![fold_run(data, init, f)];
+    }
     if let (true, Some(data), false) = (leading, v.as_slice(), axes.is_empty() || axes.len() == v.ndim()) {
         let rows: usize = v.shape()[..axes.len()].iter().product();
         let cols: usize = v.shape()[axes.len()..].iter().product();

@@ -1,0 +1,254 @@
+//! Recording: while a jitted function runs for the first time with a new input signature,
+//! every backend handed out on this thread is wrapped so that each kernel call is appended to
+//! a [`Tape`] along with where its arguments came from.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use smallvec::SmallVec;
+
+use super::tape::{Call, HostFn, Ref, Step, Tape};
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::layout::Layout;
+use crate::storage::{CpuBuffer, RawTensor, Storage};
+
+/// A key for a storage buffer: the address of its shared allocation. Every recorded buffer is
+/// kept alive until recording ends, so an address cannot be reused for another buffer.
+pub(crate) fn storage_key(s: &Storage) -> usize {
+    match s {
+        Storage::Cpu(CpuBuffer::F32(v)) => Arc::as_ptr(v) as usize,
+        Storage::Cpu(CpuBuffer::F64(v)) => Arc::as_ptr(v) as usize,
+        Storage::Cpu(CpuBuffer::I64(v)) => Arc::as_ptr(v) as usize,
+        Storage::Cpu(CpuBuffer::Bool(v)) => Arc::as_ptr(v) as usize,
+        Storage::Device(d) => Arc::as_ptr(d) as *const u8 as usize,
+    }
+}
+
+/// The program being recorded.
+pub(crate) struct Recorder {
+    refs: HashMap<usize, Ref>,
+    steps: Vec<Step>,
+    consts: Vec<Storage>,
+    /// Step results, held so that their addresses stay unique while recording.
+    alive: Vec<Storage>,
+    /// Why the program cannot be replayed, when it cannot (the first reason found).
+    pub(crate) not_replayable: Option<String>,
+}
+
+impl Recorder {
+    /// A recorder whose inputs are the given storages (leaf `i` is `Ref::Input(i)`; leaves
+    /// sharing a buffer map to the first of them).
+    pub(crate) fn new(inputs: &[&Storage]) -> Recorder {
+        let mut refs = HashMap::new();
+        for (i, s) in inputs.iter().enumerate() {
+            refs.entry(storage_key(s)).or_insert(Ref::Input(i));
+        }
+        Recorder {
+            refs,
+            steps: Vec::new(),
+            consts: Vec::new(),
+            alive: inputs.iter().map(|s| (*s).clone()).collect(),
+            not_replayable: None,
+        }
+    }
+
+    /// Where `s` comes from; a buffer seen for the first time is a constant.
+    pub(crate) fn source(&mut self, s: &Storage) -> Ref {
+        let key = storage_key(s);
+        if let Some(r) = self.refs.get(&key) {
+            return *r;
+        }
+        let r = Ref::Const(self.consts.len());
+        self.consts.push(s.clone());
+        self.refs.insert(key, r);
+        r
+    }
+
+    /// Appends a kernel call; a call on constants only is folded (its result is a constant).
+    fn record(&mut self, call: Call, args: &[&RawTensor], out: &RawTensor, backend: &Arc<dyn Backend>) {
+        let sources: SmallVec<[(Ref, Layout); 3]> = args
+            .iter()
+            .map(|a| (self.source(&a.storage), a.layout.clone()))
+            .collect();
+        if sources.iter().all(|(r, _)| matches!(r, Ref::Const(_))) {
+            self.source(&out.storage);
+            return;
+        }
+        let r = Ref::Step(self.steps.len());
+        self.refs.insert(storage_key(&out.storage), r);
+        self.alive.push(out.storage.clone());
+        self.steps.push(Step {
+            call,
+            args: sources,
+            backend: backend.clone(),
+            last_uses: SmallVec::new(),
+        });
+    }
+
+    /// The finished program with `outputs` as its results, or why it cannot be replayed.
+    pub(crate) fn finish(mut self, outputs: &[RawTensor]) -> Result<Tape, String> {
+        if let Some(why) = self.not_replayable.take() {
+            return Err(why);
+        }
+        let outputs = outputs
+            .iter()
+            .map(|o| (self.source(&o.storage), o.layout.clone()))
+            .collect();
+        let mut tape = Tape {
+            steps: self.steps,
+            consts: self.consts,
+            outputs,
+        };
+        tape.plan_frees();
+        Ok(tape)
+    }
+}
+
+thread_local! {
+    /// The recorder of the jit call being traced on this thread, if any.
+    static ACTIVE: RefCell<Option<Arc<Mutex<Recorder>>>> = const { RefCell::new(None) };
+}
+
+/// True while a jitted function is being recorded on this thread.
+pub(crate) fn is_recording() -> bool {
+    ACTIVE.with(|a| a.borrow().is_some())
+}
+
+/// Makes `rec` the active recorder of this thread until the guard is dropped (also on panic).
+pub(crate) fn activate(rec: Arc<Mutex<Recorder>>) -> ActiveGuard {
+    ACTIVE.with(|a| *a.borrow_mut() = Some(rec));
+    ActiveGuard
+}
+
+/// Ends recording on this thread when dropped.
+pub(crate) struct ActiveGuard;
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| *a.borrow_mut() = None);
+    }
+}
+
+/// `backend`, wrapped to record its calls when this thread is recording (the backend
+/// registry passes every backend it hands out through here).
+pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
+    ACTIVE.with(|a| match a.borrow().as_ref() {
+        None => backend,
+        Some(rec) => Arc::new(RecordingBackend {
+            inner: backend,
+            rec: rec.clone(),
+        }),
+    })
+}
+
+/// Runs the host step `f` on `x` with `device`'s backend; while recording, the step is
+/// recorded so that a replay runs it on the new values (it is never a reason to stop
+/// replaying, unlike reading values with `to_host`).
+pub(crate) fn host_step(device: Device, x: &RawTensor, f: HostFn) -> RawTensor {
+    let backend = crate::backend::registered_backend(device).unwrap_or_else(|e| panic!("{e}"));
+    let out = f(backend.as_ref(), x);
+    if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
+        rec.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Call::Host(f), &[x], &out, &backend);
+    }
+    out
+}
+
+/// A backend that runs `inner` and records every call into `rec`.
+struct RecordingBackend {
+    inner: Arc<dyn Backend>,
+    rec: Arc<Mutex<Recorder>>,
+}
+
+impl RecordingBackend {
+    fn log(&self, call: Call, args: &[&RawTensor], out: RawTensor) -> RawTensor {
+        self.rec
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(call, args, &out, &self.inner);
+        out
+    }
+
+    /// Registers a result that depends on no input (created from nothing or from the host).
+    fn constant(&self, out: RawTensor) -> RawTensor {
+        self.rec.lock().unwrap_or_else(|e| e.into_inner()).source(&out.storage);
+        out
+    }
+}
+
+impl Backend for RecordingBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn unary(&self, op: UnaryOp, x: &RawTensor) -> RawTensor {
+        self.log(Call::Unary(op), &[x], self.inner.unary(op, x))
+    }
+    fn binary(&self, op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        self.log(Call::Binary(op), &[a, b], self.inner.binary(op, a, b))
+    }
+    fn compare(&self, op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        self.log(Call::Compare(op), &[a, b], self.inner.compare(op, a, b))
+    }
+    fn select(&self, cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        self.log(Call::Select, &[cond, a, b], self.inner.select(cond, a, b))
+    }
+    fn reduce(&self, op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
+        self.log(Call::Reduce(op, axes.to_vec()), &[x], self.inner.reduce(op, x, axes))
+    }
+    fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
+        self.log(Call::ArgReduce(op, axis), &[x], self.inner.arg_reduce(op, x, axis))
+    }
+    fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        self.log(Call::Matmul, &[a, b], self.inner.matmul(a, b))
+    }
+    fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
+        self.log(Call::Cast(dtype), &[x], self.inner.cast(x, dtype))
+    }
+    fn contiguous(&self, x: &RawTensor) -> RawTensor {
+        self.log(Call::Contiguous, &[x], self.inner.contiguous(x))
+    }
+    fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor {
+        self.log(Call::Gather, &[x, idx], self.inner.gather(x, idx))
+    }
+    fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        self.log(
+            Call::ScatterAdd,
+            &[base, idx, upd],
+            self.inner.scatter_add(base, idx, upd),
+        )
+    }
+    fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
+        self.log(Call::Concat(axis), xs, self.inner.concat(xs, axis))
+    }
+    fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor {
+        let call = Call::Embed {
+            shape: shape.to_vec(),
+            starts: starts.to_vec(),
+            steps: steps.to_vec(),
+        };
+        self.log(call, &[x], self.inner.embed(x, shape, starts, steps))
+    }
+    fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor {
+        self.constant(self.inner.full(shape, dtype, value, device))
+    }
+    fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor {
+        self.constant(self.inner.from_host(buf, shape, device))
+    }
+    fn to_host(&self, x: &RawTensor) -> CpuBuffer {
+        let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(rec.source(&x.storage), Ref::Const(_)) && rec.not_replayable.is_none() {
+            rec.not_replayable = Some(format!(
+                "the function read the values of a tensor of shape {:?} computed from its inputs \
+                 (item, to_vec, printing, or an op that checks indices on the host), so Rust \
+                 control flow may depend on them",
+                x.layout.shape
+            ));
+        }
+        drop(rec);
+        self.inner.to_host(x)
+    }
+}

@@ -1,0 +1,157 @@
+//! A recorded program: the kernel calls one run of a function made, with where each argument
+//! came from, replayed on new inputs without tracing, rules or graph bookkeeping.
+
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::dtype::DType;
+use crate::layout::Layout;
+use crate::storage::{RawTensor, Storage};
+
+/// Where a value of the program comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ref {
+    /// Input leaf `i` of the call.
+    Input(usize),
+    /// Constant `i`: a buffer that does not depend on the inputs (captured tensors, literals,
+    /// and results of kernels whose arguments were all constants, folded at record time).
+    Const(usize),
+    /// The result of step `i`.
+    Step(usize),
+}
+
+/// A host-side step that ops run on one tensor through the backend (reading index values to
+/// check and wrap them, for example): replayed like a kernel.
+pub(crate) type HostFn = Arc<dyn Fn(&dyn Backend, &RawTensor) -> RawTensor + Send + Sync>;
+
+/// One kernel of the [`Backend`] trait with its non-tensor arguments, or a host step.
+#[derive(Clone)]
+pub(crate) enum Call {
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CmpOp),
+    Select,
+    Reduce(ReduceOp, Vec<usize>),
+    ArgReduce(ArgOp, usize),
+    Matmul,
+    Cast(DType),
+    Contiguous,
+    Gather,
+    ScatterAdd,
+    Concat(usize),
+    Embed {
+        shape: Vec<usize>,
+        starts: Vec<usize>,
+        steps: Vec<usize>,
+    },
+    Host(HostFn),
+}
+
+impl Call {
+    /// Runs the kernel on `args` (as many as the kernel takes, in its order).
+    pub(crate) fn run(&self, backend: &dyn Backend, args: &[RawTensor]) -> RawTensor {
+        match self {
+            Call::Unary(op) => backend.unary(*op, &args[0]),
+            Call::Binary(op) => backend.binary(*op, &args[0], &args[1]),
+            Call::Compare(op) => backend.compare(*op, &args[0], &args[1]),
+            Call::Select => backend.select(&args[0], &args[1], &args[2]),
+            Call::Reduce(op, axes) => backend.reduce(*op, &args[0], axes),
+            Call::ArgReduce(op, axis) => backend.arg_reduce(*op, &args[0], *axis),
+            Call::Matmul => backend.matmul(&args[0], &args[1]),
+            Call::Cast(dtype) => backend.cast(&args[0], *dtype),
+            Call::Contiguous => backend.contiguous(&args[0]),
+            Call::Gather => backend.gather(&args[0], &args[1]),
+            Call::ScatterAdd => backend.scatter_add(&args[0], &args[1], &args[2]),
+            Call::Concat(axis) => {
+                let refs: Vec<&RawTensor> = args.iter().collect();
+                backend.concat(&refs, *axis)
+            }
+            Call::Embed { shape, starts, steps } => backend.embed(&args[0], shape, starts, steps),
+            Call::Host(f) => f(backend, &args[0]),
+        }
+    }
+}
+
+/// One recorded kernel call.
+pub(crate) struct Step {
+    pub call: Call,
+    /// The arguments: a value and the view of it the kernel read.
+    pub args: SmallVec<[(Ref, Layout); 3]>,
+    /// The backend that ran it.
+    pub backend: Arc<dyn Backend>,
+    /// Results of earlier steps read for the last time by this step (freed after it, so a
+    /// replay holds no more memory than the eager run did).
+    pub last_uses: SmallVec<[usize; 2]>,
+}
+
+/// A function's program for one input signature.
+pub(crate) struct Tape {
+    pub steps: Vec<Step>,
+    pub consts: Vec<Storage>,
+    /// The output leaves: a value and the view of it.
+    pub outputs: Vec<(Ref, Layout)>,
+}
+
+impl Tape {
+    /// Marks, for every step, the step results it reads for the last time (outputs are
+    /// never freed).
+    pub(crate) fn plan_frees(&mut self) {
+        let mut last = vec![usize::MAX; self.steps.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for (r, _) in &step.args {
+                if let Ref::Step(s) = r {
+                    last[*s] = i;
+                }
+            }
+        }
+        for (r, _) in &self.outputs {
+            if let Ref::Step(s) = r {
+                last[*s] = usize::MAX;
+            }
+        }
+        for (s, &at) in last.iter().enumerate() {
+            if at != usize::MAX {
+                self.steps[at].last_uses.push(s);
+            }
+        }
+    }
+
+    /// Runs the program on the input leaves' storages; gives the output leaves' values.
+    pub(crate) fn replay(&self, inputs: &[&Storage]) -> Vec<RawTensor> {
+        let mut values: Vec<Option<Storage>> = vec![None; self.steps.len()];
+        let mut args: SmallVec<[RawTensor; 3]> = SmallVec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            args.clear();
+            for (r, layout) in &step.args {
+                args.push(RawTensor {
+                    storage: self.resolve(*r, inputs, &values),
+                    layout: layout.clone(),
+                });
+            }
+            let out = step.call.run(step.backend.as_ref(), &args);
+            values[i] = Some(out.storage);
+            for &s in &step.last_uses {
+                values[s] = None;
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|(r, layout)| RawTensor {
+                storage: self.resolve(*r, inputs, &values),
+                layout: layout.clone(),
+            })
+            .collect()
+    }
+
+    fn resolve(&self, r: Ref, inputs: &[&Storage], values: &[Option<Storage>]) -> Storage {
+        match r {
+            Ref::Input(i) => inputs[i].clone(),
+            Ref::Const(i) => self.consts[i].clone(),
+            Ref::Step(i) => values[i]
+                .clone()
+                .expect("a step result is freed only after its last use"),
+        }
+    }
+}
