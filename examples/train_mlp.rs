@@ -144,9 +144,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // The loss and gradients of a batch; the batch is an argument, so one recorded program
     // serves every batch of a size. The optimizer update stays eager: it uses Rust numbers
     // (step count, learning rate) that a recording would fix.
-    let value_and_grad = |(m, x, y): &(Mlp, Tensor, Tensor)| {
-        nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(m)
-    };
+    let value_and_grad =
+        |(m, x, y): &(Mlp, Tensor, Tensor)| nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(m);
     let value_and_grad = nb::Jit::new(value_and_grad);
     let started = Instant::now();
     let mut last_loss = f64::NAN;

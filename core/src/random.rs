@@ -54,6 +54,7 @@ impl Rng {
         let key = self.next_key();
         let n = crate::shape::numel(shape);
         let v: Vec<f64> = (0..n as u64).map(|i| low + (high - low) * unit(key, i)).collect();
+        crate::jit::note_random_draw(shape);
         Tensor::from_vec(v, shape).cast(dtype)
     }
 
@@ -71,6 +72,7 @@ impl Rng {
                 mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
             })
             .collect();
+        crate::jit::note_random_draw(shape);
         Tensor::from_vec(v, shape).cast(dtype)
     }
 
@@ -82,6 +84,7 @@ impl Rng {
             let j = (unit(key, i as u64) * (i + 1) as f64) as usize;
             idx.swap(i, j.min(i));
         }
+        crate::jit::note_random_draw(&[n]);
         Tensor::from_vec(idx, &[n])
     }
 }

@@ -87,24 +87,52 @@ fn each_signature_gets_its_own_program() {
     assert_eq!(f.call(&a).item::<f32>(), 12.0);
     assert_eq!(f.call(&b).item::<f32>(), 6.0);
     assert_eq!(f.call(&c).item::<f64>(), 6.0);
-    // A transposed view has other strides than a contiguous matrix of the same shape.
     assert_eq!(f.call(&m).item::<f32>(), 20.0);
-    assert_eq!(f.call(&m.transpose()).item::<f32>(), 20.0);
+    // Same shape, other layouts: a transposed view and a slice of a larger buffer replay the
+    // matrix's program (they are read as contiguous copies).
+    let m_t = nb::tensor([[1.0f32, 3.0], [2.0, 4.0]]).transpose();
+    assert_eq!(f.call(&m_t).item::<f32>(), 20.0);
+    let big = nb::tensor([[0.0f32, 0.0], [1.0, 2.0], [3.0, 5.0]]);
+    assert_eq!(f.call(&big.slice_axis(0, Some(1), None, 1)).item::<f32>(), 22.0);
     assert_eq!(f.call(&(&a + 1.0)).item::<f32>(), 18.0);
     let info = f.cache_info();
-    assert_eq!(info.compiled, 5, "{info:?}");
-    assert_eq!(info.replays, 1, "{info:?}");
+    assert_eq!(info.compiled, 4, "{info:?}");
+    assert_eq!(info.replays, 3, "{info:?}");
 }
 
 #[test]
-fn arguments_sharing_a_buffer_are_part_of_the_signature() {
+fn arguments_sharing_a_buffer_stay_separate_inputs() {
     let f = Jit::new(|(x, y): &(Tensor, Tensor)| x * y);
     let a = nb::tensor([1.0f32, 2.0]);
     let b = nb::tensor([3.0f32, 4.0]);
     assert_eq!(f.call(&(a.clone(), a.clone())).to_vec::<f32>(), vec![1.0, 4.0]);
     assert_eq!(f.call(&(a.clone(), b.clone())).to_vec::<f32>(), vec![3.0, 8.0]);
     assert_eq!(f.call(&(b.clone(), b.clone())).to_vec::<f32>(), vec![9.0, 16.0]);
-    assert_eq!(f.cache_info().compiled, 2);
+    assert_eq!(f.cache_info().compiled, 1);
+    assert_eq!(f.cache_info().replays, 2);
+}
+
+#[test]
+fn a_captured_tensor_passed_as_the_argument_stays_a_constant() {
+    let w = nb::tensor([2.0f32, 3.0]);
+    let f = Jit::new(|x: &Tensor| x * &w);
+    // Recorded with w itself as the argument: the captured w must not become "the input".
+    assert_eq!(f.call(&w).to_vec::<f32>(), vec![4.0, 9.0]);
+    let y = nb::tensor([10.0f32, 100.0]);
+    assert_eq!(f.call(&y).to_vec::<f32>(), vec![20.0, 300.0]);
+    assert_eq!(f.cache_info().replays, 1);
+}
+
+#[test]
+fn random_draws_inside_the_function_fall_back_to_eager() {
+    let rng = std::sync::Mutex::new(nb::Rng::new(7));
+    let f = Jit::new(|x: &Tensor| x + rng.lock().unwrap().uniform(&[2], 0.0, 1.0, nb::DType::F32));
+    let x = nb::tensor([0.0f32, 0.0]);
+    let (a, b) = (f.call(&x).to_vec::<f32>(), f.call(&x).to_vec::<f32>());
+    assert_ne!(a, b, "each call draws new numbers, as it does eagerly");
+    let info = f.cache_info();
+    assert_eq!(info.compiled, 0);
+    assert!(info.eager[0].contains("draws random numbers"), "{}", info.eager[0]);
 }
 
 #[test]

@@ -5,34 +5,48 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::recorder::{activate, is_recording, storage_key, Recorder};
+use super::recorder::{activate, is_recording, Recorder};
 use super::tape::Tape;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
-use crate::storage::Storage;
+use crate::storage::{RawTensor, Storage};
 use crate::tensor::Tensor;
 use crate::tree::Tree;
 
-/// What identifies a recorded program: per input leaf its dtype, device and layout, and the
-/// index of the first leaf sharing its buffer.
+/// What identifies a recorded program: per input leaf its dtype, device and shape. Layouts
+/// and buffer sharing are not part of it: programs are recorded on fresh contiguous copies of
+/// the inputs, and replays read every input as a contiguous view (see [`contiguous_input`]).
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Signature(Vec<(DType, Device, Layout, usize)>);
+struct Signature(Vec<(DType, Device, Vec<usize>)>);
 
 impl Signature {
     fn of(leaves: &[Tensor]) -> Signature {
-        let keys: Vec<usize> = leaves.iter().map(|t| storage_key(&t.raw().storage)).collect();
         Signature(
             leaves
                 .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let first = keys[..i].iter().position(|&k| k == keys[i]).unwrap_or(i);
-                    (t.dtype(), t.device(), t.layout().clone(), first)
-                })
+                .map(|t| (t.dtype(), t.device(), t.shape().to_vec()))
                 .collect(),
         )
     }
+}
+
+/// `t`'s value as a row-major view starting at offset 0 of its buffer: the tensor's own
+/// storage when it already is one (no copy, the usual case), else a copy.
+fn contiguous_input(t: &Tensor) -> Storage {
+    let raw = t.raw();
+    if raw.layout == Layout::contiguous(&raw.layout.shape) {
+        return raw.storage.clone();
+    }
+    fresh_copy(t)
+}
+
+/// A new buffer holding `t`'s value, row-major from offset 0.
+fn fresh_copy(t: &Tensor) -> Storage {
+    crate::backend::registered_backend(t.device())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .contiguous(t.raw())
+        .storage
 }
 
 /// A signature's entry: a program and the output tree to rebuild, or the reason it runs
@@ -93,7 +107,7 @@ impl<A: Tree, B: Tree, F: Fn(&A) -> B> Jit<A, B, F> {
         match entry.as_deref() {
             Some(Entry::Compiled { tape, template }) => {
                 self.replays.fetch_add(1, Ordering::Relaxed);
-                let inputs: Vec<&Storage> = leaves.iter().map(|t| &t.raw().storage).collect();
+                let inputs: Vec<Storage> = leaves.iter().map(contiguous_input).collect();
                 let outs = tape.replay(&inputs).into_iter().map(Tensor::from_raw).collect();
                 template.rebuild(outs)
             }
@@ -108,11 +122,23 @@ impl<A: Tree, B: Tree, F: Fn(&A) -> B> Jit<A, B, F> {
     }
 
     fn record(&self, args: &A, leaves: &[Tensor], sig: Signature) -> B {
-        let inputs: Vec<&Storage> = leaves.iter().map(|t| &t.raw().storage).collect();
+        // The function runs on fresh copies of the inputs: a buffer that is an input then
+        // cannot also be a tensor the function captured (a constant), and inputs that share a
+        // buffer stay separate inputs of the program.
+        let copies: Vec<Tensor> = leaves
+            .iter()
+            .map(|t| {
+                Tensor::from_raw(RawTensor {
+                    storage: fresh_copy(t),
+                    layout: Layout::contiguous(t.shape()),
+                })
+            })
+            .collect();
+        let inputs: Vec<Storage> = copies.iter().map(|t| t.raw().storage.clone()).collect();
         let rec = Arc::new(Mutex::new(Recorder::new(&inputs)));
         let out = {
             let _active = activate(rec.clone());
-            self.run_eagerly(args)
+            self.run_eagerly(&args.rebuild(copies))
         };
         let rec = Arc::try_unwrap(rec)
             .unwrap_or_else(|_| panic!("jit: a backend handed out while recording outlived the call"))

@@ -17,5 +17,5 @@ mod recorder;
 mod tape;
 
 pub use api::{jit, CacheInfo, Jit};
-pub(crate) use recorder::{host_step, intercept};
+pub(crate) use recorder::{host_step, intercept, note_random_draw};
 pub(crate) use tape::HostFn;

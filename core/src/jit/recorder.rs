@@ -39,9 +39,8 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder whose inputs are the given storages (leaf `i` is `Ref::Input(i)`; leaves
-    /// sharing a buffer map to the first of them).
-    pub(crate) fn new(inputs: &[&Storage]) -> Recorder {
+    /// A recorder whose inputs are the given (distinct) storages: leaf `i` is `Ref::Input(i)`.
+    pub(crate) fn new(inputs: &[Storage]) -> Recorder {
         let mut refs = HashMap::new();
         for (i, s) in inputs.iter().enumerate() {
             refs.entry(storage_key(s)).or_insert(Ref::Input(i));
@@ -50,7 +49,7 @@ impl Recorder {
             refs,
             steps: Vec::new(),
             consts: Vec::new(),
-            alive: inputs.iter().map(|s| (*s).clone()).collect(),
+            alive: inputs.to_vec(),
             not_replayable: None,
         }
     }
@@ -142,6 +141,20 @@ pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
             rec: rec.clone(),
         }),
     })
+}
+
+/// Marks the program being recorded on this thread (if any) as not replayable: the function
+/// drew random numbers, which a replay would repeat instead of drawing new ones.
+pub(crate) fn note_random_draw(shape: &[usize]) {
+    if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
+        let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
+        if rec.not_replayable.is_none() {
+            rec.not_replayable = Some(format!(
+                "the function draws random numbers (an Rng tensor of shape {shape:?}); a replay would \
+                 repeat the same draw, so draw them outside and pass them in as an argument"
+            ));
+        }
+    }
 }
 
 /// Runs the host step `f` on `x` with `device`'s backend; while recording, the step is

@@ -119,7 +119,7 @@ impl Tape {
     }
 
     /// Runs the program on the input leaves' storages; gives the output leaves' values.
-    pub(crate) fn replay(&self, inputs: &[&Storage]) -> Vec<RawTensor> {
+    pub(crate) fn replay(&self, inputs: &[Storage]) -> Vec<RawTensor> {
         let mut values: Vec<Option<Storage>> = vec![None; self.steps.len()];
         let mut args: SmallVec<[RawTensor; 3]> = SmallVec::new();
         for (i, step) in self.steps.iter().enumerate() {
@@ -145,7 +145,7 @@ impl Tape {
             .collect()
     }
 
-    fn resolve(&self, r: Ref, inputs: &[&Storage], values: &[Option<Storage>]) -> Storage {
+    fn resolve(&self, r: Ref, inputs: &[Storage], values: &[Option<Storage>]) -> Storage {
         match r {
             Ref::Input(i) => inputs[i].clone(),
             Ref::Const(i) => self.consts[i].clone(),
