@@ -69,12 +69,21 @@ pub fn normalize_axes(op: &str, axes: Option<&[isize]>, rank: usize) -> Vec<usiz
 
 /// Row-major (C order) strides of a shape, in elements.
 pub fn contiguous_strides(shape: &[usize]) -> crate::layout::Strides {
-    let mut strides: crate::layout::Strides = smallvec::smallvec![0isize; shape.len()];
-    let mut acc = 1isize;
-    for i in (0..shape.len()).rev() {
-        strides[i] = acc;
-        acc *= shape[i].max(1) as isize;
+    let fill = |strides: &mut [isize]| {
+        let mut acc = 1isize;
+        for i in (0..shape.len()).rev() {
+            strides[i] = acc;
+            acc *= shape[i].max(1) as isize;
+        }
+    };
+    if shape.len() <= 6 {
+        // Filled in place: the usual ranks never touch the heap or smallvec's growth path.
+        let mut buf = [0isize; 6];
+        fill(&mut buf[..shape.len()]);
+        return crate::layout::Strides::from_buf_and_len(buf, shape.len());
     }
+    let mut strides: crate::layout::Strides = smallvec::smallvec![0isize; shape.len()];
+    fill(&mut strides);
     strides
 }
 

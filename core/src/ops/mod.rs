@@ -15,7 +15,7 @@ pub mod shape;
 pub mod unary;
 
 use crate::dtype::DType;
-use crate::layout::Layout;
+use crate::layout::{Dims, Layout};
 use crate::shape::{broadcast_shapes, try_broadcast_shapes};
 use crate::storage::RawTensor;
 use crate::tensor::{union_batch, Tensor};
@@ -168,8 +168,8 @@ pub(crate) fn batch_extents(t: &Tensor) -> &[usize] {
 }
 
 /// `batch ++ logical`, a physical shape.
-pub(crate) fn physical(batch: &[usize], logical: &[usize]) -> Vec<usize> {
-    let mut v = batch.to_vec();
+pub(crate) fn physical(batch: &[usize], logical: &[usize]) -> Dims {
+    let mut v = Dims::from_slice(batch);
     v.extend_from_slice(logical);
     v
 }

@@ -3,6 +3,7 @@
 
 use super::{aligned_layouts, batch_extents, physical, require_same_device};
 use crate::dtype::DType;
+use crate::layout::Dims;
 use crate::shape::{normalize_axes, normalize_axis, numel, try_broadcast_shapes};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
@@ -11,38 +12,41 @@ use crate::trace::Rule;
 /// inferred from the element count.
 pub trait ShapeArg {
     /// The signed extents (`-1` for the inferred one).
-    fn extents(&self) -> Vec<i64>;
+    fn extents(&self) -> Extents;
 }
+
+/// Signed target extents of a reshape, inline for up to 6 axes.
+pub type Extents = smallvec::SmallVec<[i64; 6]>;
 
 macro_rules! shape_arg {
     ($($t:ty),*) => {$(
         impl ShapeArg for &[$t] {
-            fn extents(&self) -> Vec<i64> { self.iter().map(|&v| v as i64).collect() }
+            fn extents(&self) -> Extents { self.iter().map(|&v| v as i64).collect() }
         }
         impl<const N: usize> ShapeArg for [$t; N] {
-            fn extents(&self) -> Vec<i64> { self.iter().map(|&v| v as i64).collect() }
+            fn extents(&self) -> Extents { self.iter().map(|&v| v as i64).collect() }
         }
         impl<const N: usize> ShapeArg for &[$t; N] {
-            fn extents(&self) -> Vec<i64> { self.iter().map(|&v| v as i64).collect() }
+            fn extents(&self) -> Extents { self.iter().map(|&v| v as i64).collect() }
         }
         impl ShapeArg for Vec<$t> {
-            fn extents(&self) -> Vec<i64> { self.iter().map(|&v| v as i64).collect() }
+            fn extents(&self) -> Extents { self.iter().map(|&v| v as i64).collect() }
         }
         impl ShapeArg for &Vec<$t> {
-            fn extents(&self) -> Vec<i64> { self.iter().map(|&v| v as i64).collect() }
+            fn extents(&self) -> Extents { self.iter().map(|&v| v as i64).collect() }
         }
     )*};
 }
 shape_arg!(usize, isize, i32, i64);
 
-fn resolve_shape(from: &[usize], ext: &[i64]) -> Vec<usize> {
+fn resolve_shape(from: &[usize], ext: &[i64]) -> Dims {
     let total = numel(from);
-    let infer: Vec<usize> = (0..ext.len()).filter(|&i| ext[i] == -1).collect();
+    let infer: smallvec::SmallVec<[usize; 2]> = (0..ext.len()).filter(|&i| ext[i] == -1).collect();
     if infer.len() > 1 || ext.iter().any(|&e| e < -1) {
         panic!("reshape: invalid target {ext:?}: extents must be >= 0 with at most one -1");
     }
     let known: usize = ext.iter().filter(|&&e| e >= 0).map(|&e| e as usize).product();
-    let mut out: Vec<usize> = ext.iter().map(|&e| e.max(0) as usize).collect();
+    let mut out: Dims = ext.iter().map(|&e| e.max(0) as usize).collect();
     if let Some(&i) = infer.first() {
         if known == 0 || !total.is_multiple_of(known) {
             panic!("reshape: cannot infer -1 in {ext:?} for {total} elements (shape {from:?})");
@@ -274,7 +278,7 @@ impl Tensor {
     /// contiguous, a copy otherwise (as NumPy).
     pub fn reshape(&self, shape: impl ShapeArg) -> Tensor {
         let target = resolve_shape(self.shape(), &shape.extents());
-        if target == self.shape() {
+        if target.as_slice() == self.shape() {
             return self.clone();
         }
         let target_physical = physical(batch_extents(self), &target);

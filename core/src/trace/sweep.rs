@@ -11,8 +11,9 @@ fn in_level(t: &Tensor, level: u64) -> bool {
 /// The tensors reachable from `outputs` whose node belongs to `level`, in increasing node id
 /// (a topological order); the walk does not pass through the nodes in `stops`.
 pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &IdSet) -> Vec<Tensor> {
-    let mut seen = IdSet::default();
-    let mut order = Vec::new();
+    // Sized for small graphs up front: growing these was a visible cost of tiny calls.
+    let mut seen = IdSet::with_capacity_and_hasher(32, Default::default());
+    let mut order = Vec::with_capacity(32);
     let mut stack: Vec<Tensor> = outputs.iter().filter(|t| in_level(t, level)).cloned().collect();
     while let Some(t) = stack.pop() {
         let node = t.node().expect("filtered to traced tensors");
@@ -80,7 +81,7 @@ fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, source: Sourc
 pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) -> (IdMap<Tensor>, Vec<Tensor>) {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
     let order = collect(&outputs, level.id(), stops);
-    let mut cts: IdMap<Tensor> = IdMap::default();
+    let mut cts: IdMap<Tensor> = IdMap::with_capacity_and_hasher(order.len(), Default::default());
     for (o, c) in seeds {
         if in_level(o, level.id()) {
             accumulate(&mut cts, o, c.clone(), Source::Output, level);
