@@ -54,7 +54,7 @@ impl Rng {
         let key = self.next_key();
         let n = crate::shape::numel(shape);
         let v: Vec<f64> = (0..n as u64).map(|i| low + (high - low) * unit(key, i)).collect();
-        crate::jit::note_random_draw(shape);
+        note_random_draw(shape);
         Tensor::from_vec(v, shape).cast(dtype)
     }
 
@@ -72,7 +72,7 @@ impl Rng {
                 mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
             })
             .collect();
-        crate::jit::note_random_draw(shape);
+        note_random_draw(shape);
         Tensor::from_vec(v, shape).cast(dtype)
     }
 
@@ -84,7 +84,18 @@ impl Rng {
             let j = (unit(key, i as u64) * (i + 1) as f64) as usize;
             idx.swap(i, j.min(i));
         }
-        crate::jit::note_random_draw(&[n]);
+        note_random_draw(&[n]);
         Tensor::from_vec(idx, &[n])
     }
+}
+
+/// Tells a `jit` recording (if one runs on this thread) that the function draws random
+/// numbers: a replay would repeat the same draw, so that signature runs eagerly instead.
+fn note_random_draw(shape: &[usize]) {
+    crate::jit::note_not_replayable(|| {
+        format!(
+            "the function draws random numbers (an Rng tensor of shape {shape:?}); a replay would \
+             repeat the same draw, so draw them outside and pass them in as an argument"
+        )
+    });
 }

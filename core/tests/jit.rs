@@ -232,3 +232,17 @@ fn a_panic_while_recording_leaves_nothing_recording() {
     assert_eq!(f.call(&nb::tensor([5.0f32, 2.0])).to_vec::<f32>(), vec![10.0, 4.0]);
     assert_eq!(f.cache_info().replays, 1);
 }
+
+#[test]
+fn backward_inside_the_function_falls_back_to_eager() {
+    let f = Jit::new(|x: &Tensor| {
+        let w = x.requires_grad();
+        (&w * &w).sum_all().backward();
+        w.grad().expect("filled by backward")
+    });
+    assert_eq!(f.call(&nb::tensor([1.0f32, 2.0])).to_vec::<f32>(), vec![2.0, 4.0]);
+    assert_eq!(f.call(&nb::tensor([3.0f32, 4.0])).to_vec::<f32>(), vec![6.0, 8.0]);
+    let info = f.cache_info();
+    assert_eq!(info.compiled, 0);
+    assert!(info.eager[0].contains("calls backward"), "{}", info.eager[0]);
+}

@@ -9,13 +9,13 @@
 //! As in JAX, the function must be pure in its tensor arguments: Rust control flow and side
 //! effects (printing, RNG state in Rust variables, `backward` filling `.grad`) happen once, when
 //! the signature is recorded. A function that reads tensor values computed from its inputs
-//! (`item`, `to_vec`, printing) is not replayed: its signature runs eagerly every time, and
-//! [`Jit::cache_info`] says why.
+//! (`item`, `to_vec`, printing), draws from an `Rng` or calls `backward` is not replayed: its
+//! signature runs eagerly every time, and [`Jit::cache_info`] says why.
 
 mod api;
 mod recorder;
 mod tape;
 
 pub use api::{jit, CacheInfo, Jit};
-pub(crate) use recorder::{host_step, intercept, note_random_draw};
+pub(crate) use recorder::{host_step, intercept, note_not_replayable};
 pub(crate) use tape::HostFn;

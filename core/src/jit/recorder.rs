@@ -143,16 +143,14 @@ pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
     })
 }
 
-/// Marks the program being recorded on this thread (if any) as not replayable: the function
-/// drew random numbers, which a replay would repeat instead of drawing new ones.
-pub(crate) fn note_random_draw(shape: &[usize]) {
+/// Marks the program being recorded on this thread (if any) as not replayable, for the reason
+/// `why` gives (called where a function does something a replay of kernels would not repeat:
+/// drawing random numbers, filling `.grad` slots in `backward`).
+pub(crate) fn note_not_replayable(why: impl FnOnce() -> String) {
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
         let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
         if rec.not_replayable.is_none() {
-            rec.not_replayable = Some(format!(
-                "the function draws random numbers (an Rng tensor of shape {shape:?}); a replay would \
-                 repeat the same draw, so draw them outside and pass them in as an argument"
-            ));
+            rec.not_replayable = Some(why());
         }
     }
 }

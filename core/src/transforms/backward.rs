@@ -54,6 +54,11 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
     for (i, (c, o)) in cotangents.iter().zip(outputs).enumerate() {
         super::check_like("backward", "cotangent", i, c, o);
     }
+    crate::jit::note_not_replayable(|| {
+        "the function calls backward, which fills .grad slots (a side effect a replay would not \
+         repeat); return gradients with grad / value_and_grad instead"
+            .to_string()
+    });
     let level = autograd_level();
     if options.show_graph {
         println!("{}", format_graph(outputs));
