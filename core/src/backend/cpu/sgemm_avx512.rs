@@ -17,7 +17,8 @@
 //!
 //! Determinism: every element of `C` is `((s_0) + s_1) + ...` where `s_j` is the in-order FMA
 //! chain over the `j`-th depth block; the depth blocks depend only on `k`, and threads split only
-//! rows or columns, so the result does not depend on the thread count.
+//! the output into blocks of rows and columns, so the result does not depend on the thread
+//! count.
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -139,25 +140,13 @@ pub(super) unsafe fn sgemm(
     } else {
         1
     };
-    // Split the dimension whose split duplicates less work: splitting columns makes every thread
-    // read (or pack) all of A (m * k), splitting rows pack all of B (k * n).
-    let split_cols = (m <= n && n > NR) || m <= MR;
-    let (len, unit) = if split_cols { (n, NR) } else { (m, MR) };
-    let chunk = len.div_ceil(parts).div_ceil(unit) * unit;
-    let parts = len.div_ceil(chunk);
+    let split = Split::new(m, n, k, parts);
+    let parts = split.parts();
     if parts <= 1 {
         // SAFETY: the caller's contract is forwarded unchanged.
         unsafe { sgemm_serial(m, n, k, sh, n) };
         return;
     }
-    let split = Split {
-        m,
-        n,
-        k,
-        len,
-        chunk,
-        cols: split_cols,
-    };
     // Parts 1.. are offered to the rayon pool; the calling thread runs part 0 and then any part
     // no worker has claimed yet, so it never waits for a job that has not started (no deadlock
     // when the pool is busy or the caller is itself a worker), and it waits for the running ones
@@ -232,53 +221,79 @@ fn claim(state: &AtomicU8) -> bool {
         .is_ok()
 }
 
-/// How a product is split into parts of whole column (or row) panels.
+/// How a product is split into a grid of output blocks of whole row and column panels.
 #[derive(Clone, Copy)]
 struct Split {
     m: usize,
     n: usize,
     k: usize,
-    /// The extent of the split dimension.
-    len: usize,
-    /// Columns (or rows) per part.
-    chunk: usize,
-    /// Whether columns (rather than rows) are split.
-    cols: bool,
+    /// Rows per block (a multiple of `MR`).
+    row_chunk: usize,
+    /// Columns per block (a multiple of `NR`).
+    col_chunk: usize,
 }
 
 impl Split {
-    /// Computes part `t`.
+    /// A grid of at most `parts` blocks. Every block reads all of its rows of `A` and packs
+    /// all of its columns of `B`, so the grid is chosen to make that traffic per block least
+    /// (`rows + cols` smallest): a split of one dimension only would have every thread stream
+    /// the whole other operand, which stops scaling beyond a few threads.
+    fn new(m: usize, n: usize, k: usize, parts: usize) -> Split {
+        let (row_panels, col_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+        // (traffic per block, blocks, row parts, column parts) of the best grid so far.
+        let mut best = (usize::MAX, 0, 1, 1);
+        for pr in 1..=parts.min(row_panels) {
+            let pc = (parts / pr).clamp(1, col_panels);
+            let traffic = row_panels.div_ceil(pr) * MR + col_panels.div_ceil(pc) * NR;
+            let blocks = pr * pc;
+            if traffic < best.0 || (traffic == best.0 && blocks > best.1) {
+                best = (traffic, blocks, pr, pc);
+            }
+        }
+        let (_, _, pr, pc) = best;
+        Split {
+            m,
+            n,
+            k,
+            row_chunk: row_panels.div_ceil(pr) * MR,
+            col_chunk: col_panels.div_ceil(pc) * NR,
+        }
+    }
+
+    fn row_parts(&self) -> usize {
+        self.m.div_ceil(self.row_chunk)
+    }
+
+    /// The number of blocks.
+    fn parts(&self) -> usize {
+        self.row_parts() * self.n.div_ceil(self.col_chunk)
+    }
+
+    /// Computes block `t` (row-block major).
     ///
     /// # Safety
-    /// As for [`sgemm`], and no other thread computes the same part at the same time.
+    /// As for [`sgemm`], and no other thread computes the same block at the same time.
     unsafe fn run(self, sh: Shared, t: usize) {
-        let start = t * self.chunk;
-        let size = self.chunk.min(self.len - start);
-        if self.cols {
-            let part = Shared {
-                a: sh.a,
-                // Column `start` of B and C exists (start < n); wrapping_offset keeps k == 0 fine.
-                b: Mat {
-                    ptr: sh.b.ptr.wrapping_offset(start as isize * sh.b.cs),
-                    ..sh.b
-                },
-                c: sh.c.wrapping_add(start),
-            };
-            // SAFETY: this part reads columns [start, start + size) of B and writes the same
-            // columns of C, which no other part writes (the parts partition the columns).
-            unsafe { sgemm_serial(self.m, size, self.k, part, self.n) };
-        } else {
-            let part = Shared {
-                a: Mat {
-                    ptr: sh.a.ptr.wrapping_offset(start as isize * sh.a.rs),
-                    ..sh.a
-                },
-                b: sh.b,
-                c: sh.c.wrapping_add(start * self.n),
-            };
-            // SAFETY: as above, with rows [start, start + size) of A and C.
-            unsafe { sgemm_serial(size, self.n, self.k, part, self.n) };
-        }
+        let (rb, cb) = (t % self.row_parts(), t / self.row_parts());
+        let (r0, c0) = (rb * self.row_chunk, cb * self.col_chunk);
+        let rows = self.row_chunk.min(self.m - r0);
+        let cols = self.col_chunk.min(self.n - c0);
+        let part = Shared {
+            // Row r0 of A and column c0 of B exist (r0 < m, c0 < n); wrapping_offset keeps
+            // k == 0 fine.
+            a: Mat {
+                ptr: sh.a.ptr.wrapping_offset(r0 as isize * sh.a.rs),
+                ..sh.a
+            },
+            b: Mat {
+                ptr: sh.b.ptr.wrapping_offset(c0 as isize * sh.b.cs),
+                ..sh.b
+            },
+            c: sh.c.wrapping_add(r0 * self.n + c0),
+        };
+        // SAFETY: this block reads rows [r0, r0 + rows) of A and columns [c0, c0 + cols) of B,
+        // and writes that block of C, which no other block writes (the blocks partition C).
+        unsafe { sgemm_serial(rows, cols, self.k, part, self.n) };
     }
 }
 
@@ -808,7 +823,7 @@ mod tests {
             c
         };
         let one = run(1);
-        for threads in [2, 3, 5] {
+        for threads in [2, 3, 5, 16] {
             let many = run(threads);
             assert!(one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits()));
         }
