@@ -45,9 +45,16 @@ const PARALLEL_WORK: usize = 1 << 19;
 /// Least work per thread of a split product.
 const WORK_PER_PART: usize = 1 << 18;
 
-/// Whether this CPU can run [`sgemm`].
+/// Whether [`sgemm`] is used: the CPU has AVX-512F and FMA, and the environment variable
+/// `NABLA_CPU_NO_AVX512` is not set (it selects the portable `gemm` crate path, for testing
+/// that path on machines with AVX-512 and for comparing the two).
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| {
+        std::env::var_os("NABLA_CPU_NO_AVX512").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("fma")
+    })
 }
 
 /// A strided matrix operand: the address of element (0, 0) and the element strides.
@@ -629,7 +636,9 @@ mod tests {
         if available() {
             return false;
         }
-        eprintln!("SKIPPED: this CPU has no AVX-512F/FMA, so the AVX-512 sgemm kernel is not used here");
+        eprintln!(
+            "SKIPPED: the AVX-512 sgemm kernel is not used here (no AVX-512F/FMA, or NABLA_CPU_NO_AVX512 is set)"
+        );
         true
     }
 
