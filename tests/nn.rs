@@ -244,3 +244,48 @@ fn training_learns_digits_and_resumes_bit_identically() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A whole training step (gradient and update) as one function of the model, optimizer state
+/// and batch: what one would hand to `jit`.
+fn train_step(
+    opt: Optimizer,
+) -> impl Fn(&(Mlp, nb::nn::OptState<Mlp>, Tensor, Tensor)) -> (Mlp, nb::nn::OptState<Mlp>) {
+    move |(model, state, x, y): &(Mlp, nb::nn::OptState<Mlp>, Tensor, Tensor)| {
+        let g = nb::grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(model);
+        opt.update(model, &g, state, 0.05)
+    }
+}
+
+#[test]
+fn jit_of_a_whole_sgd_step_replays_it_and_adam_falls_back_to_eager() {
+    let (train, _) = Dataset::digits().split(0.2, 0);
+    let batches = train.batches(16, 0, 0);
+    let sgd = Optimizer::Sgd(Sgd {
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 1e-4,
+    });
+    let adam = Optimizer::Adam(Adam::default());
+    for (opt, replayed) in [(sgd, true), (adam, false)] {
+        let model = Mlp::new(&[64, 16, 10], &[Activation::Relu], &mut Rng::new(3), DType::F32);
+        let step = train_step(opt);
+        let jitted = nb::Jit::new(train_step(opt));
+        let (mut eager, mut fast) = ((model.clone(), opt.init(&model)), (model.clone(), opt.init(&model)));
+        for b in batches.iter().take(4) {
+            eager = step(&(eager.0, eager.1, b.x.clone(), b.y.clone()));
+            fast = jitted.call(&(fast.0, fast.1, b.x.clone(), b.y.clone()));
+        }
+        assert_eq!(
+            digest::digest_hex(&eager.0.leaves()),
+            digest::digest_hex(&fast.0.leaves()),
+            "{opt:?}: four jitted steps end where four eager steps do"
+        );
+        let info = jitted.cache_info();
+        if replayed {
+            assert_eq!((info.compiled, info.replays), (1, 3), "{info:?}");
+        } else {
+            assert_eq!(info.compiled, 0, "{info:?}");
+            assert!(info.eager[0].contains("step count"), "{}", info.eager[0]);
+        }
+    }
+}

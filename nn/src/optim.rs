@@ -143,6 +143,12 @@ impl Optimizer {
                 }
             }
             (Optimizer::Adam(a), OptState::Adam { m, v, count }) => {
+                nabla_core::jit::note_not_replayable(|| {
+                    "Adam's update uses the state's Rust step count for bias correction (not a tensor), \
+                     so a replay would repeat the first step's; jit the gradient computation and \
+                     update outside it"
+                        .to_string()
+                });
                 let (ml, vl) = (m.leaves(), v.leaves());
                 zip3(&p, &g, &ml, "adam");
                 let t = count + 1;

@@ -17,5 +17,6 @@ mod recorder;
 mod tape;
 
 pub use api::{jit, CacheInfo, Jit};
-pub(crate) use recorder::{host_step, intercept, note_not_replayable};
+pub use recorder::note_not_replayable;
+pub(crate) use recorder::{host_step, intercept};
 pub(crate) use tape::HostFn;

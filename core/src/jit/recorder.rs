@@ -144,9 +144,12 @@ pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
 }
 
 /// Marks the program being recorded on this thread (if any) as not replayable, for the reason
-/// `why` gives (called where a function does something a replay of kernels would not repeat:
-/// drawing random numbers, filling `.grad` slots in `backward`).
-pub(crate) fn note_not_replayable(why: impl FnOnce() -> String) {
+/// `why` gives: the signature then runs eagerly on every call, and [`super::Jit::cache_info`]
+/// shows the reason. Called where a function does something a replay of kernels would not
+/// repeat (drawing random numbers, filling `.grad` slots in `backward`); library code whose
+/// results depend on Rust state that is not a tensor argument (an optimizer's step count)
+/// calls it too. Outside a recording it does nothing (and `why` is not called).
+pub fn note_not_replayable(why: impl FnOnce() -> String) {
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
         let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
         if rec.not_replayable.is_none() {
