@@ -245,12 +245,13 @@ fn training_learns_digits_and_resumes_bit_identically() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// What a training step takes: model, optimizer state, inputs and labels.
+type StepArgs = (Mlp, nb::nn::OptState<Mlp>, Tensor, Tensor);
+
 /// A whole training step (gradient and update) as one function of the model, optimizer state
 /// and batch: what one would hand to `jit`.
-fn train_step(
-    opt: Optimizer,
-) -> impl Fn(&(Mlp, nb::nn::OptState<Mlp>, Tensor, Tensor)) -> (Mlp, nb::nn::OptState<Mlp>) {
-    move |(model, state, x, y): &(Mlp, nb::nn::OptState<Mlp>, Tensor, Tensor)| {
+fn train_step(opt: Optimizer) -> impl Fn(&StepArgs) -> (Mlp, nb::nn::OptState<Mlp>) {
+    move |(model, state, x, y): &StepArgs| {
         let g = nb::grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(model);
         opt.update(model, &g, state, 0.05)
     }
