@@ -55,17 +55,25 @@ impl<R: ?Sized + Rule> Node<R> {
 
     /// A copy of the inputs; panics with a hint when the graph was freed.
     pub fn inputs(&self) -> Inputs {
-        self.inputs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_else(|| {
-                panic!(
-                    "backward: the graph through `{}` was already freed by an earlier backward; \
+        let mut copy = Inputs::new();
+        self.for_each_input(|t| copy.push(t.clone()));
+        copy
+    }
+
+    /// Calls `f` on every input without copying them (the walk that collects a graph); panics
+    /// with a hint when the graph was freed.
+    pub fn for_each_input(&self, mut f: impl FnMut(&Tensor)) {
+        let inputs = self.inputs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(inputs) = inputs.as_ref() else {
+            panic!(
+                "backward: the graph through `{}` was already freed by an earlier backward; \
                  pass retain_graph = Some(true) to the first call to keep it",
-                    self.rule.name()
-                )
-            })
+                self.rule.name()
+            )
+        };
+        for t in inputs {
+            f(t);
+        }
     }
 }
 

@@ -21,11 +21,11 @@ pub(crate) fn collect(outputs: &[Tensor], level: u64, stops: &IdSet) -> Vec<Tens
             continue;
         }
         if !stops.contains(&node.id) {
-            for inp in node.inputs() {
-                if in_level(&inp, level) && !seen.contains(&inp.node_id().expect("traced")) {
-                    stack.push(inp);
+            node.for_each_input(|inp| {
+                if in_level(inp, level) && !seen.contains(&inp.node_id().expect("traced")) {
+                    stack.push(inp.clone());
                 }
-            }
+            });
         }
         order.push(t);
     }
