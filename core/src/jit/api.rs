@@ -9,7 +9,7 @@ use super::recorder::{activate, is_recording, Recorder};
 use super::tape::Tape;
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::layout::Layout;
+use crate::layout::{Dims, Layout};
 use crate::storage::{RawTensor, Storage};
 use crate::tensor::Tensor;
 use crate::tree::Tree;
@@ -18,14 +18,14 @@ use crate::tree::Tree;
 /// and buffer sharing are not part of it: programs are recorded on fresh contiguous copies of
 /// the inputs, and replays read every input as a contiguous view (see [`contiguous_input`]).
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Signature(Vec<(DType, Device, Vec<usize>)>);
+struct Signature(Vec<(DType, Device, Dims)>);
 
 impl Signature {
     fn of(leaves: &[Tensor]) -> Signature {
         Signature(
             leaves
                 .iter()
-                .map(|t| (t.dtype(), t.device(), t.shape().to_vec()))
+                .map(|t| (t.dtype(), t.device(), Dims::from_slice(t.shape())))
                 .collect(),
         )
     }
