@@ -246,3 +246,27 @@ fn backward_inside_the_function_falls_back_to_eager() {
     assert_eq!(info.compiled, 0);
     assert!(info.eager[0].contains("calls backward"), "{}", info.eager[0]);
 }
+
+#[test]
+fn jit_of_jacobians_hessians_and_vmapped_gradients_replays_them() {
+    let w = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 1.5, 0.25, -0.5], &[2, 3]);
+    let f = |x: &Tensor| w.matmul(x).tanh();
+    let scalar = |x: &Tensor| (x.sin() * x.exp()).sum_all();
+    let x1 = Tensor::from_vec(vec![0.3f64, -0.7, 1.1], &[3]);
+    let x2 = Tensor::from_vec(vec![-1.2f64, 0.4, 0.9], &[3]);
+    let xs = Tensor::from_vec((0..12).map(|i| 0.1 * i as f64 - 0.5).collect(), &[4, 3]);
+    let xs2 = &xs * 1.3;
+    let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor + '_>, &Tensor, &Tensor)> = vec![
+        ("jacfwd", Box::new(nb::jacfwd(f)), &x1, &x2),
+        ("jacrev", Box::new(nb::jacrev(f)), &x1, &x2),
+        ("hessian", Box::new(nb::hessian(scalar)), &x1, &x2),
+        ("vmap of grad", Box::new(nb::vmap(nb::grad(scalar))), &xs, &xs2),
+    ];
+    for (name, eager, first, second) in cases {
+        let jitted = Jit::new(|x: &Tensor| eager(x));
+        jitted.call(first);
+        let (got, want) = (jitted.call(second), eager(second));
+        assert_close(name, "replay", &got, &want, 1e-15, 0.0);
+        assert_eq!(jitted.cache_info().replays, 1, "{name}");
+    }
+}
