@@ -247,6 +247,9 @@ fn backward_inside_the_function_falls_back_to_eager() {
     assert!(info.eager[0].contains("calls backward"), "{}", info.eager[0]);
 }
 
+/// A function of one tensor (a transformed function, boxed to put several in one list).
+type TensorFn<'a> = dyn Fn(&Tensor) -> Tensor + 'a;
+
 #[test]
 fn jit_of_jacobians_hessians_and_vmapped_gradients_replays_them() {
     let w = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 1.5, 0.25, -0.5], &[2, 3]);
@@ -256,7 +259,7 @@ fn jit_of_jacobians_hessians_and_vmapped_gradients_replays_them() {
     let x2 = Tensor::from_vec(vec![-1.2f64, 0.4, 0.9], &[3]);
     let xs = Tensor::from_vec((0..12).map(|i| 0.1 * i as f64 - 0.5).collect(), &[4, 3]);
     let xs2 = &xs * 1.3;
-    let cases: Vec<(&str, Box<dyn Fn(&Tensor) -> Tensor + '_>, &Tensor, &Tensor)> = vec![
+    let cases: Vec<(&str, Box<TensorFn<'_>>, &Tensor, &Tensor)> = vec![
         ("jacfwd", Box::new(nb::jacfwd(f)), &x1, &x2),
         ("jacrev", Box::new(nb::jacrev(f)), &x1, &x2),
         ("hessian", Box::new(nb::hessian(scalar)), &x1, &x2),
