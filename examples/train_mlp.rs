@@ -146,7 +146,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // (step count, learning rate) that a recording would fix.
     let value_and_grad =
         |(m, x, y): &(Mlp, Tensor, Tensor)| nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(m);
-    let value_and_grad = nb::Jit::new(value_and_grad);
+    let value_and_grad_jit = nb::Jit::new(value_and_grad);
     let started = Instant::now();
     let mut last_loss = f64::NAN;
     let mut seen = 0usize;
@@ -161,12 +161,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             let inputs = (model, batch.x.clone(), batch.y.clone());
             let (loss, grads) = if args.no_jit {
-                nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(&batch.x), &batch.y))(&inputs.0)
+                value_and_grad(&inputs)
             } else {
-                value_and_grad.call(&inputs)
+                value_and_grad_jit.call(&inputs)
             };
-            let model_now = inputs.0;
-            let (new_model, new_state) = opt.update(&model_now, &grads, &state, args.lr);
+            let (new_model, new_state) = opt.update(&inputs.0, &grads, &state, args.lr);
             model = new_model;
             state = new_state;
             step += 1;

@@ -1,7 +1,8 @@
 //! `jit`: record a function's kernel calls once per input signature and replay them.
 //!
-//! The first call with a new signature (the leaves' dtypes, devices, layouts and which leaves
-//! share a buffer) runs the function eagerly while every kernel call is recorded. Later calls
+//! The first call with a new signature (the leaves' dtypes, devices and shapes) runs the
+//! function eagerly, on fresh contiguous copies of the inputs, while every kernel call is
+//! recorded. Later calls
 //! with that signature replay the recorded kernels on the new inputs: no tracing, derivative
 //! rules, graph nodes or sweeps run, which is most of the cost of small ops. Kernels whose
 //! arguments are all constants (captured tensors, literals) are folded at record time.

@@ -17,7 +17,7 @@ use crate::storage::{CpuBuffer, RawTensor, Storage};
 
 /// A key for a storage buffer: the address of its shared allocation. Every recorded buffer is
 /// kept alive until recording ends, so an address cannot be reused for another buffer.
-pub(crate) fn storage_key(s: &Storage) -> usize {
+fn storage_key(s: &Storage) -> usize {
     match s {
         Storage::Cpu(CpuBuffer::F32(v)) => Arc::as_ptr(v) as usize,
         Storage::Cpu(CpuBuffer::F64(v)) => Arc::as_ptr(v) as usize,
@@ -35,7 +35,7 @@ pub(crate) struct Recorder {
     /// Step results, held so that their addresses stay unique while recording.
     alive: Vec<Storage>,
     /// Why the program cannot be replayed, when it cannot (the first reason found).
-    pub(crate) not_replayable: Option<String>,
+    not_replayable: Option<String>,
 }
 
 impl Recorder {
@@ -51,6 +51,14 @@ impl Recorder {
             consts: Vec::new(),
             alive: inputs.to_vec(),
             not_replayable: None,
+        }
+    }
+
+    /// Marks the program as not replayable; the first reason given is the one kept (`why` is
+    /// not called after that).
+    fn refuse(&mut self, why: impl FnOnce() -> String) {
+        if self.not_replayable.is_none() {
+            self.not_replayable = Some(why());
         }
     }
 
@@ -151,10 +159,7 @@ pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
 /// calls it too. Outside a recording it does nothing (and `why` is not called).
 pub fn note_not_replayable(why: impl FnOnce() -> String) {
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
-        let mut rec = rec.lock().unwrap_or_else(|e| e.into_inner());
-        if rec.not_replayable.is_none() {
-            rec.not_replayable = Some(why());
-        }
+        rec.lock().unwrap_or_else(|e| e.into_inner()).refuse(why);
     }
 }
 
@@ -254,13 +259,15 @@ impl Backend for RecordingBackend {
     }
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {
         let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
-        if !matches!(rec.source(&x.storage), Ref::Const(_)) && rec.not_replayable.is_none() {
-            rec.not_replayable = Some(format!(
-                "the function read the values of a tensor of shape {:?} computed from its inputs \
-                 (item, to_vec, printing, or an op that checks indices on the host), so Rust \
-                 control flow may depend on them",
-                x.layout.shape
-            ));
+        if !matches!(rec.source(&x.storage), Ref::Const(_)) {
+            rec.refuse(|| {
+                format!(
+                    "the function read the values of a tensor of shape {:?} computed from its inputs \
+                     (item, to_vec, printing, or an op that checks indices on the host), so Rust \
+                     control flow may depend on them",
+                    x.layout.shape
+                )
+            });
         }
         drop(rec);
         self.inner.to_host(x)
