@@ -4,5 +4,8 @@
 
 pub use nabla_core::*;
 pub use nabla_derive::Tree;
+/// Data parallelism: process groups from the environment, communicators (MPI with the `mpi`
+/// feature), `DataParallel` gradient sync inside `backward`, and the functional all-reduce.
+pub use nabla_dist as dist;
 /// Training pieces: layers, initialisers, metrics, optimizers, schedules, data, checkpoints.
 pub use nabla_nn as nn;

@@ -37,7 +37,7 @@ pub use tensor::Tensor;
 pub use transforms::api::{
     grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap, vmap_with,
 };
-pub use transforms::backward::{backward, set_grad_sync_hook, BackwardOptions, GradSyncHook};
+pub use transforms::backward::{backward, BackwardOptions, GradSyncHook};
 pub use transforms::graph::{format_graph, trace_graph};
 pub use transforms::jacobian::{hessian, jacfwd, jacfwd_with_aux, jacrev, jacrev_with_aux};
 pub use transforms::jvp::jvp_many;

@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::numel;
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
-use crate::trace::{next_id, union_levels, Level, Node, Rule};
+use crate::trace::{next_id, union_levels, GradSlot, Level, Node, Rule};
+use crate::transforms::backward::GradSyncHook;
 
 /// An n-dimensional array of `f32`, `f64`, `i64` or `bool` on a [`Device`].
 ///
@@ -131,7 +132,7 @@ impl Tensor {
     /// A new leaf of `level` with this tensor's value. When this tensor is itself traced by an
     /// enclosing level, the leaf stays connected to it (as an identity op), so an outer
     /// transform sees through the inner one.
-    pub(crate) fn leaf_of(&self, level: &Arc<Level>, with_grad_slot: bool) -> Tensor {
+    pub(crate) fn leaf_of(&self, level: &Arc<Level>, grad: Option<GradSlot>) -> Tensor {
         let outer = self
             .0
             .node
@@ -151,7 +152,7 @@ impl Tensor {
             rule: LeafRule,
             inputs: Mutex::new(Some(inputs)),
             levels,
-            grad: with_grad_slot.then(|| Mutex::new(None)),
+            grad,
         };
         let node: Arc<Node> = Arc::new(node);
         Tensor(Arc::new(Inner {
@@ -338,13 +339,29 @@ impl Tensor {
     /// A new leaf that accumulates gradients in [`Tensor::grad`] when `backward` runs
     /// (PyTorch's `requires_grad_()`); ops on it are recorded until `backward` frees them.
     pub fn requires_grad(&self) -> Tensor {
+        self.grad_leaf(None)
+    }
+
+    /// Like [`Tensor::requires_grad`], with a [`GradSyncHook`] that `backward` tells as soon
+    /// as this leaf's gradient is final, and once more when its sweep is over. This is how a
+    /// data-parallel wrapper (`nb::dist::DataParallel`) all-reduces gradients during the
+    /// backward sweep; the hook belongs to the leaves it was given to, not to the process.
+    pub fn requires_grad_with_hook(&self, hook: Arc<dyn GradSyncHook>) -> Tensor {
+        self.grad_leaf(Some(hook))
+    }
+
+    fn grad_leaf(&self, hook: Option<Arc<dyn GradSyncHook>>) -> Tensor {
         if !self.dtype().is_float() {
             panic!(
                 "requires_grad: only float tensors carry gradients; this one is {}",
                 self.dtype()
             );
         }
-        self.leaf_of(&crate::transforms::backward::autograd_level(), true)
+        let slot = GradSlot {
+            value: Mutex::new(None),
+            hook,
+        };
+        self.leaf_of(&crate::transforms::backward::autograd_level(), Some(slot))
     }
 
     /// True for leaves created by [`Tensor::requires_grad`].
@@ -352,17 +369,53 @@ impl Tensor {
         self.0.node.as_ref().is_some_and(|n| n.grad.is_some())
     }
 
+    pub(crate) fn grad_slot(&self) -> Option<&GradSlot> {
+        self.0.node.as_ref()?.grad.as_ref()
+    }
+
     /// The gradient accumulated by `backward` calls so far, if any.
     pub fn grad(&self) -> Option<Tensor> {
-        let slot = self.0.node.as_ref()?.grad.as_ref()?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.grad_slot()?.lock().clone()
+    }
+
+    /// Replaces the accumulated gradient (`None` clears it). For code that post-processes
+    /// gradients in place of the user, such as a data-parallel all-reduce or gradient
+    /// clipping. Panics when this tensor is not a `requires_grad` leaf, or when `grad` has
+    /// another shape or dtype than the leaf.
+    pub fn set_grad(&self, grad: Option<Tensor>) {
+        let Some(slot) = self.grad_slot() else {
+            panic!(
+                "set_grad: this tensor ({:?}, {}) is not a requires_grad leaf; only leaves carry .grad",
+                self.shape(),
+                self.dtype()
+            )
+        };
+        if let Some(g) = &grad {
+            if g.shape() != self.shape() || g.dtype() != self.dtype() || g.device() != self.device() {
+                panic!(
+                    "set_grad: gradient {:?} ({}, {}) does not match its leaf {:?} ({}, {})",
+                    g.shape(),
+                    g.dtype(),
+                    g.device(),
+                    self.shape(),
+                    self.dtype(),
+                    self.device()
+                );
+            }
+        }
+        *slot.lock() = grad.map(|g| g.stop_gradient());
     }
 
     /// Clears the accumulated gradient (PyTorch's `zero_grad`).
     pub fn zero_grad(&self) {
-        if let Some(slot) = self.0.node.as_ref().and_then(|n| n.grad.as_ref()) {
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(slot) = self.grad_slot() {
+            *slot.lock() = None;
         }
+    }
+
+    /// The hook this leaf was registered with by [`Tensor::requires_grad_with_hook`].
+    pub(crate) fn grad_hook(&self) -> Option<&Arc<dyn GradSyncHook>> {
+        self.grad_slot()?.hook.as_ref()
     }
 }
 

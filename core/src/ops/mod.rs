@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cast;
 pub mod compare;
 pub mod create;
+pub mod external;
 pub mod index;
 pub mod linalg;
 pub mod nn;

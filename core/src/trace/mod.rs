@@ -17,4 +17,4 @@ pub(crate) use ids::{IdMap, IdSet};
 pub use level::Level;
 pub(crate) use level::{next_id, union_levels};
 pub use node::Rule;
-pub(crate) use node::{Inputs, Node};
+pub(crate) use node::{GradSlot, Inputs, Node};

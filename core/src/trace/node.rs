@@ -27,6 +27,22 @@ pub trait Rule: Send + Sync {
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor>;
 }
 
+/// The `.grad` of a `requires_grad` leaf and the hook (if any) that `backward` tells when the
+/// gradient of this leaf is final.
+pub(crate) struct GradSlot {
+    /// The accumulated gradient.
+    pub value: Mutex<Option<Tensor>>,
+    /// The data-parallel hook the leaf was registered with.
+    pub hook: Option<Arc<dyn crate::transforms::backward::GradSyncHook>>,
+}
+
+impl GradSlot {
+    /// Locks the gradient (a poisoned lock is taken over: the value is a plain handle).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Option<Tensor>> {
+        self.value.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The inputs of a node (inline for up to three, the common case).
 pub(crate) type Inputs = SmallVec<[Tensor; 3]>;
 /// The levels of a node (inline for up to two nested transforms).
@@ -41,8 +57,8 @@ pub(crate) struct Node<R: ?Sized + Rule = dyn Rule> {
     pub inputs: Mutex<Option<Inputs>>,
     /// The levels this node belongs to, sorted by id.
     pub levels: Levels,
-    /// Accumulated gradient, for leaves created by `requires_grad`.
-    pub grad: Option<Mutex<Option<Tensor>>>,
+    /// Accumulated gradient (and its sync hook), for leaves created by `requires_grad`.
+    pub grad: Option<GradSlot>,
     /// The derivative rules.
     pub rule: R,
 }

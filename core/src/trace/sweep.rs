@@ -79,6 +79,24 @@ fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, source: Sourc
 /// not pass them on. Returns the cotangents of the stop nodes, by node id, and the ids of
 /// every node visited.
 pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) -> (IdMap<Tensor>, Vec<Tensor>) {
+    reverse_reporting(seeds, level, stops, None)
+}
+
+/// Called by [`reverse_reporting`] with a stop node and its cotangent as soon as that
+/// cotangent is final.
+pub(crate) type OnLeafReady<'a> = &'a mut dyn FnMut(&Tensor, &Tensor);
+
+/// [`reverse`], telling `on_ready` about each stop node as soon as its cotangent is final:
+/// when the last rule that feeds it has run, rather than when the sweep reaches the node
+/// (leaves are the oldest nodes, so the sweep reaches them last). The order depends only on
+/// the recorded graph, so every rank of a data-parallel job that traces the same function
+/// sees the same order.
+pub(crate) fn reverse_reporting(
+    seeds: &[(Tensor, Tensor)],
+    level: &Level,
+    stops: &IdSet,
+    mut on_ready: Option<OnLeafReady>,
+) -> (IdMap<Tensor>, Vec<Tensor>) {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
     let order = collect(&outputs, level.id(), stops);
     let mut cts: IdMap<Tensor> = IdMap::with_capacity_and_hasher(order.len(), Default::default());
@@ -87,21 +105,65 @@ pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) 
             accumulate(&mut cts, o, c.clone(), Source::Output, level);
         }
     }
+    // Rules still to run that feed each stop node (only counted when someone listens).
+    let mut pending: IdMap<u32> = IdMap::default();
+    if on_ready.is_some() {
+        for t in &order {
+            let node = t.node().expect("collected tensors are traced");
+            if stops.contains(&node.id) {
+                continue;
+            }
+            node.for_each_input(|inp| {
+                if let Some(id) = inp
+                    .node_id()
+                    .filter(|id| stops.contains(id) && in_level(inp, level.id()))
+                {
+                    *pending.entry(id).or_insert(0) += 1;
+                }
+            });
+        }
+    }
     let mut leaf_cts = IdMap::default();
+    let mut finish_leaf = |leaf: &Tensor, cts: &mut IdMap<Tensor>, leaf_cts: &mut IdMap<Tensor>| {
+        let id = leaf.node_id().expect("traced");
+        if let Some(ct) = cts.remove(&id) {
+            if let Some(f) = on_ready.as_mut() {
+                f(leaf, &ct);
+            }
+            leaf_cts.insert(id, ct);
+        }
+    };
     for t in order.iter().rev() {
         let node = t.node().expect("collected tensors are traced");
-        let Some(ct) = cts.remove(&node.id) else { continue };
         if stops.contains(&node.id) {
-            leaf_cts.insert(node.id, ct);
+            finish_leaf(t, &mut cts, &mut leaf_cts);
+            continue;
+        }
+        let ct = cts.remove(&node.id);
+        if ct.is_none() && pending.is_empty() {
             continue;
         }
         let inputs = node.inputs();
-        let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
-        let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
-        for (inp, g) in inputs.iter().zip(grads) {
-            if let Some(g) = g {
-                if in_level(inp, level.id()) {
-                    accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
+        if let Some(ct) = ct {
+            let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
+            let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
+            for (inp, g) in inputs.iter().zip(grads) {
+                if let Some(g) = g {
+                    if in_level(inp, level.id()) {
+                        accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            for inp in &inputs {
+                let Some(id) = inp.node_id() else { continue };
+                if let Some(left) = pending.get_mut(&id) {
+                    *left -= 1;
+                    if *left == 0 {
+                        pending.remove(&id);
+                        finish_leaf(inp, &mut cts, &mut leaf_cts);
+                    }
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! PyTorch-style `backward`: gradients accumulate on leaves created by
 //! [`Tensor::requires_grad`], across calls, until cleared with [`Tensor::zero_grad`].
 
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use super::graph::format_graph;
 use super::vjp::require_scalar;
@@ -14,21 +14,28 @@ pub(crate) fn autograd_level() -> Arc<Level> {
     LEVEL.get_or_init(Level::open).clone()
 }
 
-/// Called by `backward` with every leaf that received a gradient, after accumulation (the
-/// place where a data-parallel layer all-reduces the gradients across ranks).
+/// Listens to `backward` for the leaves it was registered with through
+/// [`Tensor::requires_grad_with_hook`]: the place where a data-parallel layer all-reduces
+/// gradients across ranks while the rest of the backward sweep still runs.
+///
+/// A hook belongs to its leaves (a model's parameters), not to the process: two models, or a
+/// model and an evaluation graph, each have their own, and a `backward` that reaches none of a
+/// hook's leaves does not call it.
 pub trait GradSyncHook: Send + Sync {
-    /// Synchronises the gradients of `leaves` (each has `grad()` set).
-    fn after_backward(&self, leaves: &[Tensor]);
-}
-
-fn hook_slot() -> &'static RwLock<Option<Arc<dyn GradSyncHook>>> {
-    static HOOK: OnceLock<RwLock<Option<Arc<dyn GradSyncHook>>>> = OnceLock::new();
-    HOOK.get_or_init(|| RwLock::new(None))
-}
-
-/// Installs (or with `None` removes) the gradient-sync hook that `backward` calls.
-pub fn set_grad_sync_hook(hook: Option<Arc<dyn GradSyncHook>>) {
-    *hook_slot().write().unwrap_or_else(|e| e.into_inner()) = hook;
+    /// A `backward` call whose graph reaches `reached` (this hook's leaves that the outputs
+    /// depend on) is about to sweep. Leaves of the hook not among them get no gradient from
+    /// this call, which a hook can act on at once. The default does nothing.
+    fn backward_begins(&self, reached: &[Tensor]) {
+        let _ = reached;
+    }
+    /// `leaf`'s gradient is final for this `backward` call: the last rule that feeds it has
+    /// run and its `.grad` holds the accumulated value. Called in the same order on every
+    /// process that traced the same function.
+    fn grad_ready(&self, leaf: &Tensor);
+    /// The sweep of a `backward` call that reached some of this hook's leaves is over (called
+    /// once per call, after every `grad_ready`): finish the sync and write the results into
+    /// `.grad`. Leaves of the hook that got no gradient in this call are the hook's to handle.
+    fn backward_done(&self);
 }
 
 /// Options of [`backward`].
@@ -70,24 +77,37 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
         .filter(|t| t.is_grad_leaf())
         .filter_map(|t| t.node_id())
         .collect();
-    let (leaf_cts, visited) = {
-        let _paused = level.pause();
-        sweep::reverse(&seeds, &level, &stops)
-    };
-    let mut touched = Vec::new();
+    // Each hook with the leaves of its own that this graph reaches, in order of first sight.
+    let mut hooks: Vec<(Arc<dyn GradSyncHook>, Vec<Tensor>)> = Vec::new();
     for t in all.iter().filter(|t| t.is_grad_leaf()) {
-        let node = t.node().expect("leaf");
-        if let Some(g) = leaf_cts.get(&node.id) {
-            let slot = node.grad.as_ref().expect("grad leaf");
-            let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = t.grad_hook() {
+            match hooks.iter_mut().find(|(k, _)| Arc::ptr_eq(k, h)) {
+                Some((_, reached)) => reached.push(t.clone()),
+                None => hooks.push((h.clone(), vec![t.clone()])),
+            }
+        }
+    }
+    let _paused = level.pause();
+    for (hook, reached) in &hooks {
+        hook.backward_begins(reached);
+    }
+    // Each leaf's gradient is accumulated into `.grad` the moment it is final, and its hook (if
+    // any) hears of it then, so a data-parallel all-reduce overlaps the rest of the sweep.
+    let mut on_ready = |leaf: &Tensor, g: &Tensor| {
+        let slot = leaf.grad_slot().expect("grad leaf");
+        {
+            let mut guard = slot.lock();
             let g = g.stop_gradient();
             *guard = Some(match guard.take() {
                 Some(prev) => prev + g,
                 None => g,
             });
-            touched.push(t.clone());
         }
-    }
+        if let Some(h) = &slot.hook {
+            h.grad_ready(leaf);
+        }
+    };
+    let (_, visited) = sweep::reverse_reporting(&seeds, &level, &stops, Some(&mut on_ready));
     if !options.retain_graph.unwrap_or(false) {
         for t in visited.iter().filter(|t| !t.is_grad_leaf()) {
             *t.node()
@@ -97,8 +117,8 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
                 .unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
-    if let Some(hook) = hook_slot().read().unwrap_or_else(|e| e.into_inner()).clone() {
-        hook.after_backward(&touched);
+    for (hook, _) in hooks {
+        hook.backward_done();
     }
 }
 

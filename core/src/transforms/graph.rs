@@ -60,7 +60,7 @@ pub fn format_graph(outputs: &[Tensor]) -> String {
 /// `jax.make_jaxpr`).
 pub fn trace_graph(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, args: &[Tensor]) -> String {
     let level = Level::open();
-    let leaves: Vec<Tensor> = args.iter().map(|a| a.leaf_of(&level, false)).collect();
+    let leaves: Vec<Tensor> = args.iter().map(|a| a.leaf_of(&level, None)).collect();
     let outs = f(&leaves);
     level.close();
     format_graph(&outs)

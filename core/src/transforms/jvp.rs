@@ -23,7 +23,7 @@ pub fn jvp_many(
         check_like("jvp", "tangent", i, t, p);
     }
     let level = Level::open();
-    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
+    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, None)).collect();
     let outputs = f(&leaves);
     level.close();
     let seeds: IdMap<Tensor> = leaves

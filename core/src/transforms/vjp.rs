@@ -55,7 +55,7 @@ impl VjpFn {
 /// an enclosing transform traces stay connected to it.
 pub fn vjp_many(f: impl FnOnce(&[Tensor]) -> Vec<Tensor>, primals: &[Tensor]) -> (Vec<Tensor>, VjpFn) {
     let level = Level::open();
-    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, false)).collect();
+    let leaves: Vec<Tensor> = primals.iter().map(|p| p.leaf_of(&level, None)).collect();
     let outputs = f(&leaves);
     level.close();
     let released = outputs.iter().map(release_finished).collect();

@@ -1,0 +1,222 @@
+//! `ProcessGroup`: what users hold. It wraps a [`Communicator`] with a sequence number per
+//! call, a timeout watchdog and errors that name the rank and the call, and adds typed
+//! helpers (tensors, pytrees) over the raw buffer collectives.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nabla_core::{DType, Tensor, Tree};
+
+use crate::comm::{Communicator, HostBuf, HostBufMut};
+use crate::error::{DistError, Result};
+use crate::single::SingleProcess;
+use crate::watchdog;
+
+/// The default time a collective may take before the watchdog ends the job.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A group of ranks that make the same calls in the same order: the handle every data-parallel
+/// piece takes. Cheap to clone (clones share the sequence counter).
+#[derive(Clone)]
+pub struct ProcessGroup {
+    comm: Arc<dyn Communicator>,
+    seq: Arc<AtomicU64>,
+    timeout: Duration,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ProcessGroup(`{}`, {} rank {} of {}, local {} of {})",
+            self.name,
+            self.comm.name(),
+            self.rank(),
+            self.world_size(),
+            self.local_rank(),
+            self.local_world_size()
+        )
+    }
+}
+
+impl ProcessGroup {
+    /// A group over `comm`, whose collectives end the job after `timeout`.
+    pub fn new(comm: Box<dyn Communicator>, timeout: Duration, name: &str) -> ProcessGroup {
+        ProcessGroup {
+            comm: Arc::from(comm),
+            seq: Arc::new(AtomicU64::new(0)),
+            timeout,
+            name: name.into(),
+        }
+    }
+
+    /// The group of one process (every collective is the identity).
+    pub fn single() -> ProcessGroup {
+        ProcessGroup::new(Box::new(SingleProcess), DEFAULT_TIMEOUT, "world")
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+    /// Rank among this node's ranks (which GPU to bind).
+    pub fn local_rank(&self) -> usize {
+        self.comm.local_rank()
+    }
+    /// Number of ranks on this node.
+    pub fn local_world_size(&self) -> usize {
+        self.comm.local_world_size()
+    }
+    /// The transport's name (`single`, `mpi`).
+    pub fn backend(&self) -> &'static str {
+        self.comm.name()
+    }
+    /// The group's name (in error messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The collective timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+    /// The same group with another collective timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> ProcessGroup {
+        self.timeout = timeout;
+        self
+    }
+    /// True for rank 0 (the one that prints and writes checkpoints).
+    pub fn is_main(&self) -> bool {
+        self.rank() == 0
+    }
+    /// Number of collectives called on this group so far.
+    pub fn calls(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// Runs one numbered, watched collective.
+    fn call<R>(
+        &self,
+        op: &'static str,
+        bytes: usize,
+        f: impl FnOnce(&dyn Communicator) -> Result<R, String>,
+    ) -> Result<R> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let _watch = (self.world_size() > 1).then(|| {
+            watchdog::watch(&self.comm, self.timeout, || {
+                format!(
+                    "nabla-dist: rank {} of {}: {op} (sequence #{seq}, {bytes} bytes) on group `{}` did not finish \
+                     within {:?}: another rank has died or stopped calling collectives (or calls them in \
+                     another order). Aborting the job. Raise the limit with NABLA_DIST_TIMEOUT=<seconds>.",
+                    self.rank(),
+                    self.world_size(),
+                    self.name,
+                    self.timeout
+                )
+            })
+        });
+        f(&*self.comm).map_err(|message| DistError::Collective {
+            rank: self.rank(),
+            world: self.world_size(),
+            op,
+            seq,
+            bytes,
+            group: self.name.to_string(),
+            message,
+        })
+    }
+
+    /// Sums `buf` over all ranks, in place.
+    pub fn all_reduce_sum(&self, buf: HostBufMut<'_>) -> Result<()> {
+        self.call("all_reduce_sum", buf.bytes(), |c| c.all_reduce_sum(buf))
+    }
+
+    /// Sums `send` over all ranks into `recv`.
+    pub fn all_reduce_sum_into(&self, send: HostBuf<'_>, recv: HostBufMut<'_>) -> Result<()> {
+        self.call("all_reduce_sum", send.bytes(), |c| c.all_reduce_sum_into(send, recv))
+    }
+
+    /// Overwrites `buf` with its value on `root`.
+    pub fn broadcast(&self, buf: HostBufMut<'_>, root: usize) -> Result<()> {
+        if root >= self.world_size() {
+            return Err(DistError::Usage(format!(
+                "broadcast: root {root} is outside a group of {} ranks",
+                self.world_size()
+            )));
+        }
+        self.call("broadcast", buf.bytes(), |c| c.broadcast(buf, root))
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self) -> Result<()> {
+        self.call("barrier", 0, |c| c.barrier())
+    }
+
+    /// Every rank's `mine`, indexed by rank.
+    pub fn all_gather_bytes(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.call("all_gather_bytes", mine.len(), |c| c.all_gather_bytes(mine))
+    }
+
+    /// A group over the same ranks whose calls are ordered independently of this one's (a
+    /// data-parallel wrapper reduces on its own group, on its own thread). Collective.
+    pub fn duplicate(&self, name: &str) -> Result<ProcessGroup> {
+        let comm = self.call("duplicate", 0, |c| c.duplicate())?;
+        Ok(ProcessGroup::new(comm, self.timeout, name))
+    }
+
+    /// Ends the whole job with `code`.
+    pub fn abort(&self, code: i32) -> ! {
+        self.comm.abort(code)
+    }
+
+    /// Rank 0's value of `t` on every rank (a new tensor of the same shape, dtype and device).
+    pub fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
+        if self.world_size() == 1 {
+            return Ok(t.clone());
+        }
+        let out = match t.dtype() {
+            DType::F32 => {
+                let mut v = t.to_vec::<f32>();
+                self.broadcast(HostBufMut::F32(&mut v), root)?;
+                Tensor::from_vec(v, t.shape())
+            }
+            DType::F64 => {
+                let mut v = t.to_vec::<f64>();
+                self.broadcast(HostBufMut::F64(&mut v), root)?;
+                Tensor::from_vec(v, t.shape())
+            }
+            DType::I64 => {
+                let mut v = t.to_vec::<i64>();
+                self.broadcast(HostBufMut::I64(&mut v), root)?;
+                Tensor::from_vec(v, t.shape())
+            }
+            DType::Bool => {
+                let mut v: Vec<u8> = t.to_vec::<bool>().into_iter().map(u8::from).collect();
+                self.broadcast(HostBufMut::U8(&mut v), root)?;
+                Tensor::from_vec(v.into_iter().map(|b| b != 0).collect::<Vec<bool>>(), t.shape())
+            }
+        };
+        out.to_device(t.device())
+            .map_err(|e| DistError::Usage(format!("broadcast_tensor: {e}")))
+    }
+
+    /// Every leaf of `tree` replaced by its value on `root` (how data-parallel training starts
+    /// every rank from the same parameters). Checks first that all ranks hold the same leaves.
+    pub fn broadcast_tree<P: Tree>(&self, tree: &P, root: usize) -> Result<P> {
+        if self.world_size() == 1 {
+            return Ok(tree.map_leaves(|t| t.clone()));
+        }
+        let leaves = tree.leaves();
+        crate::check::same_leaves_on_all_ranks(self, &leaves, "broadcast_tree")?;
+        let out = leaves
+            .iter()
+            .map(|t| self.broadcast_tensor(t, root))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(tree.rebuild(out))
+    }
+}

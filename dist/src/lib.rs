@@ -1,0 +1,47 @@
+//! nabla-dist: data-parallel training for nabla-rs (`nb::dist` in the facade crate).
+//!
+//! Every rank runs the same program on its shard of each global batch; the gradients are
+//! averaged over the ranks before the optimizer step, so every rank keeps identical parameters.
+//!
+//! - [`init`] finds the process group from the environment (`mpirun`, Hydra, `srun`, or a
+//!   single process), sizes the compute threads for the node and installs a panic hook that
+//!   takes the whole job down.
+//! - [`ProcessGroup`] numbers and watches every collective ([`Communicator`] is the transport
+//!   underneath: [`SingleProcess`], [`ThreadComm`] (ranks as threads, for tests), and MPI with the
+//!   `mpi` feature).
+//! - [`DataParallel`] all-reduces gradients inside `backward`, bucket by bucket while the
+//!   sweep goes on (PyTorch's DDP); [`all_reduce_mean`] / [`all_reduce_weighted`] and
+//!   [`value_and_grad`] do the same for the functional API, and replay under `nb::jit`.
+//! - [`Shard`] splits a global batch and weights uneven shards exactly.
+
+mod bucket;
+mod check;
+mod comm;
+mod data_parallel;
+pub mod env;
+mod error;
+mod functional;
+mod group;
+mod init;
+#[cfg(feature = "mpi")]
+mod mpi_comm;
+mod pack;
+mod shard;
+mod single;
+mod thread_comm;
+pub mod threads;
+mod watchdog;
+mod worker;
+
+pub use bucket::{plan as plan_buckets, Bucket, BucketPlan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
+pub use comm::{CommResult, Communicator, HostBuf, HostBufMut, HostVec};
+pub use data_parallel::{DataParallel, DataParallelConfig, NoSync, SyncStats};
+pub use error::{DistError, Result};
+pub use functional::{all_reduce_mean, all_reduce_weighted, value_and_grad};
+pub use group::{ProcessGroup, DEFAULT_TIMEOUT};
+pub use init::{init, init_with, InitOptions};
+#[cfg(feature = "mpi")]
+pub use mpi_comm::MpiCommunicator;
+pub use shard::Shard;
+pub use single::SingleProcess;
+pub use thread_comm::ThreadComm;

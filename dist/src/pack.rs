@@ -1,0 +1,60 @@
+//! Moving gradients between leaves and flat host buckets: packing scales each gradient by the
+//! rank's weight while it copies, so the all-reduce's sum is already the (weighted) mean;
+//! unpacking cuts the reduced bucket back into tensors of the leaves' shapes and devices.
+//!
+//! These run on host memory, what the MPI transport reduces. A device transport (NCCL) packs on
+//! the device instead; the bucket plan and the order of calls stay the same.
+
+use nabla_core::{DType, Tensor};
+
+use crate::bucket::Bucket;
+use crate::comm::HostVec;
+
+/// The bucket's elements: each leaf's gradient (zeros where `None`) times `weight`, in the
+/// bucket's packing order. `grads[k]` belongs to `bucket.leaves[k]`; `shapes` gives every
+/// leaf's element count by leaf index.
+pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], weight: f64) -> HostVec {
+    match bucket.dtype {
+        DType::F64 => {
+            let mut out = Vec::with_capacity(bucket.numel);
+            for (k, &leaf) in bucket.leaves.iter().enumerate() {
+                match &grads[k] {
+                    Some(g) => out.extend(g.to_vec::<f64>().into_iter().map(|x| x * weight)),
+                    None => out.resize(out.len() + numels[leaf], 0.0),
+                }
+            }
+            HostVec::F64(out)
+        }
+        _ => {
+            let w = weight as f32;
+            let mut out = Vec::with_capacity(bucket.numel);
+            for (k, &leaf) in bucket.leaves.iter().enumerate() {
+                match &grads[k] {
+                    Some(g) => out.extend(g.to_vec::<f32>().into_iter().map(|x| x * w)),
+                    None => out.resize(out.len() + numels[leaf], 0.0),
+                }
+            }
+            HostVec::F32(out)
+        }
+    }
+}
+
+/// The bucket's leaves' parts of `data`, as tensors shaped and placed like `like[k]` (the
+/// leaf `bucket.leaves[k]`).
+pub(crate) fn unpack(bucket: &Bucket, data: &HostVec, like: &[&Tensor]) -> Vec<Tensor> {
+    bucket
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(k, _)| {
+            let leaf = like[k];
+            let (start, n) = (bucket.offsets[k], leaf.numel());
+            let t = match data {
+                HostVec::F32(v) => Tensor::from_vec(v[start..start + n].to_vec(), leaf.shape()),
+                HostVec::F64(v) => Tensor::from_vec(v[start..start + n].to_vec(), leaf.shape()),
+            };
+            t.to_device(leaf.device())
+                .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient back to {}: {e}", leaf.device()))
+        })
+        .collect()
+}
