@@ -2,6 +2,11 @@
 //! with a progress bar, per-epoch train loss and held-out accuracy, checkpoints and resume.
 //!
 //! Run: `cargo run --release --example train_mlp` (see `--help`).
+//!
+//! Data-parallel with no code change: build with `--features mpi` and start it with
+//! `mpirun -np N target/release/examples/train_mlp`. Every rank trains on its shard of each
+//! global batch (`--batch-size` is the global batch) and the gradients are averaged over the
+//! ranks, weighted by shard size, so N ranks follow the single-process run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,6 +18,16 @@ use nb::nn::checkpoint::{self, Checkpoint};
 use nb::nn::data::Dataset;
 use nb::nn::{accuracy, digest, Activation, Adam, Mlp, Optimizer, Sgd};
 use nb::{DType, Rng, Tensor, Tree};
+
+/// How gradients are computed and synchronised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Api {
+    /// `nb::value_and_grad` (replayed with `nb::jit`), then `nb::dist::all_reduce_weighted`.
+    Functional,
+    /// PyTorch style: `requires_grad` leaves from `nb::dist::DataParallel`, `loss.backward()`,
+    /// gradients all-reduced during the backward sweep.
+    Backward,
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum OptimizerName {
@@ -29,7 +44,7 @@ struct Args {
     /// Passes over the training set.
     #[arg(long, default_value_t = 20)]
     epochs: u64,
-    /// Examples per step.
+    /// Examples per step (the global batch, over all ranks).
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Learning rate.
@@ -66,6 +81,12 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Gradient API: functional (value_and_grad, jit) or backward (DataParallel, loss.backward()).
+    #[arg(long, value_enum, default_value_t = Api::Functional)]
+    api: Api,
+    /// Print the global mean loss of every step (rank 0), for comparing runs.
+    #[arg(long)]
+    print_losses: bool,
 }
 
 fn optimizer(name: OptimizerName) -> Optimizer {
@@ -91,13 +112,31 @@ fn optimizer(name: OptimizerName) -> Optimizer {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = run(&args) {
-        eprintln!("train_mlp: {e}");
+    let group = match nb::dist::init() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("train_mlp: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args, &group) {
+        eprintln!("train_mlp: rank {} of {}: {e}", group.rank(), group.world_size());
+        if group.world_size() > 1 {
+            // The other ranks would wait in their next collective: end them all.
+            group.abort(1);
+        }
         std::process::exit(1);
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Rows `range` of `t` (a view).
+fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Tensor {
+    t.slice_axis(0, Some(range.start as isize), Some(range.end as isize), 1)
+}
+
+fn run(args: &Args, group: &nb::dist::ProcessGroup) -> Result<(), Box<dyn std::error::Error>> {
+    let (rank, world) = (group.rank(), group.world_size());
+    let main_rank = group.is_main();
     let (train, test) = match &args.data {
         Some(dir) => Dataset::mnist(dir)?,
         None => Dataset::digits().split(0.2, args.seed),
@@ -108,7 +147,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     widths.extend(&args.hidden);
     widths.push(classes);
     let mut rng = Rng::new(args.seed);
-    let mut model = Mlp::new(&widths, &[Activation::Relu], &mut rng, DType::F32);
+    let model = Mlp::new(&widths, &[Activation::Relu], &mut rng, DType::F32);
+    // Every rank starts from rank 0's parameters (DataParallel broadcasts them).
+    let (dp, mut model) = nb::dist::DataParallel::new(group, &model)?;
     let opt = optimizer(args.optimizer);
     let mut state = opt.init(&model);
     let mut step = 0u64;
@@ -132,9 +173,25 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         rng = Rng::from_state(ckpt.rng_state.0, ckpt.rng_state.1);
     }
 
+    if args.batch_size < world {
+        return Err(format!(
+            "--batch-size {} is the global batch and must give each of the {world} ranks at least one example",
+            args.batch_size
+        )
+        .into());
+    }
+    let last = train.len() % args.batch_size;
+    if last != 0 && last < world {
+        return Err(format!(
+            "the last batch of each epoch has {last} examples ({} % {}), fewer than the {world} ranks; choose another --batch-size",
+            train.len(),
+            args.batch_size
+        )
+        .into());
+    }
     let batches_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let total_steps = (args.epochs * batches_per_epoch).min(args.max_steps.unwrap_or(u64::MAX));
-    let bar = if args.quiet || args.json {
+    let bar = if args.quiet || args.json || !main_rank {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(total_steps)
@@ -159,27 +216,55 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             if step >= total_steps {
                 break;
             }
-            let inputs = (model, batch.x.clone(), batch.y.clone());
-            let (loss, grads) = if args.no_jit {
-                value_and_grad(&inputs)
-            } else {
-                value_and_grad_jit.call(&inputs)
+            let shard = nb::dist::Shard::of(batch.y.numel(), rank, world);
+            let (x, y) = (rows(&batch.x, shard.range()), rows(&batch.y, shard.range()));
+            let (loss, grads) = match args.api {
+                Api::Functional => {
+                    let inputs = (model.clone(), x, y);
+                    let local = if args.no_jit {
+                        value_and_grad(&inputs)
+                    } else {
+                        value_and_grad_jit.call(&inputs)
+                    };
+                    if world > 1 {
+                        // The loss travels in the same buckets as the gradients.
+                        nb::dist::all_reduce_weighted(group, &local, shard.weight())?
+                    } else {
+                        local
+                    }
+                }
+                Api::Backward => {
+                    dp.set_shard_sizes(shard.len, shard.global);
+                    let tracked = dp.track(&model);
+                    let loss = nb::cross_entropy(&tracked.forward(&x), &y);
+                    loss.backward();
+                    let loss = loss.detach();
+                    let loss = if world > 1 {
+                        nb::dist::all_reduce_weighted(group, &loss, shard.weight())?
+                    } else {
+                        loss
+                    };
+                    (loss, dp.grads(&tracked))
+                }
             };
-            let (new_model, new_state) = opt.update(&inputs.0, &grads, &state, args.lr);
+            let (new_model, new_state) = opt.update(&model, &grads, &state, args.lr);
             model = new_model;
             state = new_state;
             step += 1;
             last_loss = loss.item::<f32>() as f64;
+            if args.print_losses && main_rank {
+                bar.suspend(|| println!("step {step} loss {last_loss:.9}"));
+            }
             epoch_loss += last_loss;
             epoch_count += 1;
-            seen += batch.y.numel();
+            seen += shard.global;
             let rate = seen as f64 / started.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {last_loss:.4}  {rate:.0} examples/s"));
             bar.inc(1);
         }
         let test_acc = accuracy(&model.forward(&test.x), &test.y);
         bar.suspend(|| {
-            if !args.json {
+            if !args.json && main_rank {
                 println!(
                     "epoch {:>3}: train loss {:.4}, test accuracy {:.2} %",
                     epoch + 1,
@@ -188,7 +273,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 );
             }
         });
-        if let Some(path) = &args.checkpoint {
+        if let (Some(path), true) = (&args.checkpoint, main_rank) {
             let ckpt = Checkpoint {
                 step,
                 rng_state: rng.state(),
@@ -215,11 +300,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             "steps": step,
             "seconds": seconds,
             "param_checksum": checksum,
-            "rank": 0,
-            "world_size": 1,
+            "rank": rank,
+            "world_size": world,
+            "api": format!("{:?}", args.api).to_lowercase(),
         });
         println!("{line}");
-    } else {
+    } else if main_rank {
         println!(
             "done: {step} steps in {seconds:.2} s, test accuracy {:.2} %, param checksum {checksum}",
             100.0 * test_accuracy

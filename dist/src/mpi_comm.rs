@@ -19,6 +19,22 @@ use crate::comm::{CommResult, Communicator, HostBuf, HostBufMut};
 extern "C" {
     /// `MPI_IN_PLACE` of the library we link (from `csrc/mpi_in_place.c`).
     fn nabla_mpi_in_place() -> *mut c_void;
+    /// The C library's `atexit`.
+    fn atexit(f: extern "C" fn()) -> c_int;
+}
+
+/// Finalises MPI when the process exits normally while a communicator is still alive (the world
+/// group of `nb::dist::init` lives until exit): without MPI_Finalize, `mpirun` reports every
+/// rank as failed.
+extern "C" fn finalize_at_exit() {
+    let mut finalized: c_int = 0;
+    // SAFETY: MPI_Finalized may be called at any time, even after MPI_Finalize.
+    unsafe {
+        ffi::MPI_Finalized(&mut finalized);
+        if finalized == 0 {
+            ffi::MPI_Finalize();
+        }
+    }
 }
 
 /// The initialised MPI library; finalised when dropped.
@@ -84,6 +100,10 @@ impl MpiCommunicator {
                 "nabla-dist: the MPI library grants threading level {granted:?}, not Multiple: MPI calls are serialised \
                  through one lock (gradient all-reduce still runs on its own thread)"
             );
+        }
+        // SAFETY: registers a plain function; it runs at normal exit.
+        if unsafe { atexit(finalize_at_exit) } != 0 {
+            eprintln!("nabla-dist: could not register MPI_Finalize at exit; mpirun may report a failure at the end");
         }
         let world = universe.world();
         let runtime = Arc::new(Runtime {
