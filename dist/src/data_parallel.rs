@@ -402,7 +402,7 @@ impl GradSyncHook for Hook {
             comm += reduced.took;
             let bucket = &st.plan.buckets[b];
             let like: Vec<&Tensor> = bucket.leaves.iter().map(|&l| &st.leaves[l]).collect();
-            for (k, g) in unpack(bucket, &reduced.data, &like).into_iter().enumerate() {
+            for (k, g) in unpack(bucket, reduced.data, &like).into_iter().enumerate() {
                 like[k].set_grad(Some(g));
             }
             st.stats.buckets += 1;

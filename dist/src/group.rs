@@ -108,15 +108,12 @@ impl ProcessGroup {
     ) -> Result<R> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let _watch = (self.world_size() > 1).then(|| {
-            watchdog::watch(&self.comm, self.timeout, || {
+            let (rank, world, name, timeout) = (self.rank(), self.world_size(), self.name.clone(), self.timeout);
+            watchdog::watch(&self.comm, self.timeout, move || {
                 format!(
-                    "nabla-dist: rank {} of {}: {op} (sequence #{seq}, {bytes} bytes) on group `{}` did not finish \
-                     within {:?}: another rank has died or stopped calling collectives (or calls them in \
-                     another order). Aborting the job. Raise the limit with NABLA_DIST_TIMEOUT=<seconds>.",
-                    self.rank(),
-                    self.world_size(),
-                    self.name,
-                    self.timeout
+                    "nabla-dist: rank {rank} of {world}: {op} (sequence #{seq}, {bytes} bytes) on group `{name}` did not \
+                     finish within {timeout:?}: another rank has died or stopped calling collectives (or calls them \
+                     in another order). Aborting the job. Raise the limit with NABLA_DIST_TIMEOUT=<seconds>."
                 )
             })
         });

@@ -40,6 +40,10 @@ pub use error::{DistError, Result};
 pub use functional::{all_reduce_mean, all_reduce_weighted, value_and_grad};
 pub use group::{ProcessGroup, DEFAULT_TIMEOUT};
 pub use init::{init, init_with, InitOptions};
+/// The `mpi` crate this build links, for code that needs raw MPI next to ours (the benchmark
+/// compares against raw `MPI_Allreduce` through it).
+#[cfg(feature = "mpi")]
+pub use mpi;
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiCommunicator;
 pub use shard::Shard;

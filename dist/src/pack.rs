@@ -5,21 +5,23 @@
 //! These run on host memory, what the MPI transport reduces. A device transport (NCCL) packs on
 //! the device instead; the bucket plan and the order of calls stay the same.
 
+use nabla_core::storage::CpuBuffer;
 use nabla_core::{DType, Tensor};
 
 use crate::bucket::Bucket;
 use crate::comm::HostVec;
 
 /// The bucket's elements: each leaf's gradient (zeros where `None`) times `weight`, in the
-/// bucket's packing order. `grads[k]` belongs to `bucket.leaves[k]`; `shapes` gives every
-/// leaf's element count by leaf index.
+/// bucket's packing order, in one pass over each gradient's host buffer. `grads[k]` belongs to
+/// `bucket.leaves[k]`; `numels` gives every leaf's element count by leaf index.
 pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], weight: f64) -> HostVec {
     match bucket.dtype {
         DType::F64 => {
             let mut out = Vec::with_capacity(bucket.numel);
             for (k, &leaf) in bucket.leaves.iter().enumerate() {
-                match &grads[k] {
-                    Some(g) => out.extend(g.to_vec::<f64>().into_iter().map(|x| x * weight)),
+                match grads[k].as_ref().map(Tensor::to_host_buffer) {
+                    Some(CpuBuffer::F64(v)) => out.extend(v.iter().map(|x| x * weight)),
+                    Some(other) => panic!("nabla-dist: an f64 leaf has a {} gradient", other.dtype()),
                     None => out.resize(out.len() + numels[leaf], 0.0),
                 }
             }
@@ -29,8 +31,9 @@ pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], 
             let w = weight as f32;
             let mut out = Vec::with_capacity(bucket.numel);
             for (k, &leaf) in bucket.leaves.iter().enumerate() {
-                match &grads[k] {
-                    Some(g) => out.extend(g.to_vec::<f32>().into_iter().map(|x| x * w)),
+                match grads[k].as_ref().map(Tensor::to_host_buffer) {
+                    Some(CpuBuffer::F32(v)) => out.extend(v.iter().map(|x| x * w)),
+                    Some(other) => panic!("nabla-dist: an f32 leaf has a {} gradient", other.dtype()),
                     None => out.resize(out.len() + numels[leaf], 0.0),
                 }
             }
@@ -40,20 +43,22 @@ pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], 
 }
 
 /// The bucket's leaves' parts of `data`, as tensors shaped and placed like `like[k]` (the
-/// leaf `bucket.leaves[k]`).
-pub(crate) fn unpack(bucket: &Bucket, data: &HostVec, like: &[&Tensor]) -> Vec<Tensor> {
-    bucket
-        .leaves
-        .iter()
+/// leaf `bucket.leaves[k]`). On the host they are views into one tensor that owns the reduced
+/// bucket: no copy.
+pub(crate) fn unpack(bucket: &Bucket, data: HostVec, like: &[&Tensor]) -> Vec<Tensor> {
+    let n = data.len();
+    let whole = match data {
+        HostVec::F32(v) => Tensor::from_vec(v, &[n]),
+        HostVec::F64(v) => Tensor::from_vec(v, &[n]),
+    };
+    like.iter()
         .enumerate()
-        .map(|(k, _)| {
-            let leaf = like[k];
-            let (start, n) = (bucket.offsets[k], leaf.numel());
-            let t = match data {
-                HostVec::F32(v) => Tensor::from_vec(v[start..start + n].to_vec(), leaf.shape()),
-                HostVec::F64(v) => Tensor::from_vec(v[start..start + n].to_vec(), leaf.shape()),
-            };
-            t.to_device(leaf.device())
+        .map(|(k, leaf)| {
+            let start = bucket.offsets[k];
+            let part = whole
+                .slice_axis(0, Some(start as isize), Some((start + leaf.numel()) as isize), 1)
+                .reshape(leaf.shape());
+            part.to_device(leaf.device())
                 .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient back to {}: {e}", leaf.device()))
         })
         .collect()

@@ -84,3 +84,8 @@ mod tests {
         assert!(e.contains("NABLA_NUM_THREADS=\"zero\""), "{e}");
     }
 }
+
+/// The compute threads this process uses now (the size of rayon's global pool).
+pub fn current() -> usize {
+    rayon::current_num_threads()
+}

@@ -9,10 +9,15 @@ use std::time::{Duration, Instant};
 
 use crate::comm::Communicator;
 
-/// One collective being watched.
+/// How often the watchdog looks at the calls it watches: a call is reported at most this long
+/// after its deadline. Calls do not wake the watchdog, so watching costs a call only a map
+/// insert and remove.
+const POLL: Duration = Duration::from_millis(250);
+
+/// One collective being watched; its message is formatted only if it expires.
 struct Watched {
     deadline: Instant,
-    describe: String,
+    describe: Box<dyn Fn() -> String + Send>,
     comm: Arc<dyn Communicator>,
 }
 
@@ -48,17 +53,16 @@ impl Watchdog {
         loop {
             let now = Instant::now();
             if let Some(expired) = state.watched.values().find(|w| w.deadline <= now) {
-                eprintln!("{}", expired.describe);
+                eprintln!("{}", (expired.describe)());
                 expired.comm.abort(3);
             }
             let next = state.watched.values().map(|w| w.deadline).min();
-            state = match next {
-                Some(deadline) => {
-                    let wait = deadline.saturating_duration_since(now) + Duration::from_millis(5);
-                    self.wake.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0
-                }
-                None => self.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
-            };
+            let wait = next.map_or(POLL, |d| d.saturating_duration_since(now).min(POLL));
+            state = self
+                .wake
+                .wait_timeout(state, wait + Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -79,9 +83,13 @@ impl Drop for WatchGuard {
     }
 }
 
-/// Watches a collective: when it is still running after `timeout`, prints `describe` and aborts
-/// the job through `comm`.
-pub(crate) fn watch(comm: &Arc<dyn Communicator>, timeout: Duration, describe: impl FnOnce() -> String) -> WatchGuard {
+/// Watches a collective: when it is still running after `timeout`, prints what `describe`
+/// returns and aborts the job through `comm`.
+pub(crate) fn watch(
+    comm: &Arc<dyn Communicator>,
+    timeout: Duration,
+    describe: impl Fn() -> String + Send + 'static,
+) -> WatchGuard {
     let dog = watchdog();
     let mut state = dog.state.lock().unwrap_or_else(|e| e.into_inner());
     let id = state.next_id;
@@ -90,10 +98,9 @@ pub(crate) fn watch(comm: &Arc<dyn Communicator>, timeout: Duration, describe: i
         id,
         Watched {
             deadline: Instant::now() + timeout,
-            describe: describe(),
+            describe: Box::new(describe),
             comm: comm.clone(),
         },
     );
-    dog.wake.notify_all();
     WatchGuard { id }
 }
