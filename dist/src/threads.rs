@@ -58,6 +58,11 @@ pub fn configure(n: usize) {
     }
 }
 
+/// The compute threads this process uses now (the size of rayon's global pool).
+pub fn current() -> usize {
+    rayon::current_num_threads()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,9 +88,4 @@ mod tests {
         let e = threads_for_rank(None, 1, 2, &bad).unwrap_err().to_string();
         assert!(e.contains("NABLA_NUM_THREADS=\"zero\""), "{e}");
     }
-}
-
-/// The compute threads this process uses now (the size of rayon's global pool).
-pub fn current() -> usize {
-    rayon::current_num_threads()
 }
