@@ -13,17 +13,79 @@ pub type Dims = SmallVec<[usize; 6]>;
 pub type Strides = SmallVec<[isize; 6]>;
 
 /// Shape, strides (in elements, possibly zero or negative) and offset of a view into a buffer.
+///
+/// The fields are private to the crate: a layout reaches a buffer only through
+/// [`crate::storage::RawTensor::new`], which proves that every index it addresses lies inside
+/// the buffer, or through the crate's view ops, which only narrow a layout that already fits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Layout {
     /// Extent of every axis.
-    pub shape: Dims,
+    pub(crate) shape: Dims,
     /// Step in elements between neighbours along every axis.
-    pub strides: Strides,
+    pub(crate) strides: Strides,
     /// Index in the buffer of the element at index `[0, 0, ...]`.
-    pub offset: usize,
+    pub(crate) offset: usize,
 }
 
 impl Layout {
+    /// A layout with the given extents, strides (in elements) and offset. Any values are
+    /// accepted here; [`crate::storage::RawTensor::new`] checks them against a buffer. Panics
+    /// when `shape` and `strides` differ in length.
+    pub fn new(shape: &[usize], strides: &[isize], offset: usize) -> Layout {
+        if shape.len() != strides.len() {
+            panic!(
+                "Layout::new: shape {shape:?} has {} axes but strides {strides:?} have {}",
+                shape.len(),
+                strides.len()
+            );
+        }
+        Layout {
+            shape: Dims::from_slice(shape),
+            strides: Strides::from_slice(strides),
+            offset,
+        }
+    }
+
+    /// Extent of every axis.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Step in elements between neighbours along every axis.
+    pub fn strides(&self) -> &[isize] {
+        &self.strides
+    }
+
+    /// Index in the buffer of the element at index `[0, 0, ...]`.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The smallest and largest buffer index the layout addresses (`None` when it addresses
+    /// none: some extent is 0), computed without overflow.
+    pub fn index_range(&self) -> Option<(i128, i128)> {
+        if self.shape.contains(&0) {
+            return None;
+        }
+        let (mut lo, mut hi) = (self.offset as i128, self.offset as i128);
+        for (&d, &s) in self.shape.iter().zip(&self.strides) {
+            let reach = (d as i128 - 1) * s as i128;
+            if reach < 0 {
+                lo += reach;
+            } else {
+                hi += reach;
+            }
+        }
+        Some((lo, hi))
+    }
+
+    /// True when every index the layout addresses lies in `0..len`.
+    pub fn fits(&self, len: usize) -> bool {
+        match self.index_range() {
+            None => self.offset <= len,
+            Some((lo, hi)) => lo >= 0 && hi < len as i128,
+        }
+    }
     /// A row-major layout starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
         Layout {

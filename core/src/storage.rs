@@ -54,6 +54,12 @@ pub trait DeviceBuffer: Send + Sync + fmt::Debug {
     fn device(&self) -> Device;
     /// The dtype of the elements.
     fn dtype(&self) -> DType;
+    /// Number of elements the buffer holds.
+    fn len(&self) -> usize;
+    /// True when the buffer holds no element.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Downcasting hook for the backend that created the buffer.
     fn as_any(&self) -> &dyn Any;
 }
@@ -67,23 +73,85 @@ pub enum Storage {
     Device(Arc<dyn DeviceBuffer>),
 }
 
+impl Storage {
+    /// Number of elements in the buffer.
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(b) => b.len(),
+            Storage::Device(b) => b.len(),
+        }
+    }
+
+    /// True when the buffer holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A backend-level value: a storage buffer seen through a strided layout. Kernels take and
 /// return these; they know nothing of tracing or vmap.
+///
+/// Invariant, relied on by the kernels' unchecked reads: every index the layout addresses lies
+/// inside the buffer. It holds by construction: the fields are private to the crate, values
+/// from outside come through [`RawTensor::new`] (which checks) or [`RawTensor::from_cpu`]
+/// (contiguous, length checked), and the crate's view ops only narrow a layout that fits.
 #[derive(Clone, Debug)]
 pub struct RawTensor {
     /// The shared buffer.
-    pub storage: Storage,
+    pub(crate) storage: Storage,
     /// How the view maps indices into the buffer.
-    pub layout: Layout,
+    pub(crate) layout: Layout,
 }
 
 impl RawTensor {
-    /// A contiguous host tensor owning `buf`, with shape `shape`.
+    /// `storage` seen through `layout`, after proving that the smallest and largest index the
+    /// layout reaches lie inside the buffer; an error names both otherwise.
+    pub fn new(storage: Storage, layout: Layout) -> crate::error::Result<RawTensor> {
+        if !layout.fits(storage.len()) {
+            let reach = match layout.index_range() {
+                Some((lo, hi)) => format!("indices {lo}..={hi}"),
+                None => format!("offset {}", layout.offset),
+            };
+            return Err(crate::error::Error::ShapeMismatch {
+                op: "RawTensor::new",
+                detail: format!(
+                    "a layout of shape {:?}, strides {:?} and offset {} reaches {reach}, outside a buffer of {} \
+                     elements",
+                    layout.shape,
+                    layout.strides,
+                    layout.offset,
+                    storage.len()
+                ),
+            });
+        }
+        Ok(RawTensor { storage, layout })
+    }
+
+    /// A contiguous host tensor owning `buf`, with shape `shape`. Panics when the buffer's
+    /// length is not the shape's element count.
     pub fn from_cpu(buf: CpuBuffer, shape: &[usize]) -> RawTensor {
+        let layout = Layout::contiguous(shape);
+        if layout.numel() != buf.len() {
+            panic!(
+                "RawTensor::from_cpu: shape {shape:?} needs {} elements, the buffer has {}",
+                layout.numel(),
+                buf.len()
+            );
+        }
         RawTensor {
             storage: Storage::Cpu(buf),
-            layout: Layout::contiguous(shape),
+            layout,
         }
+    }
+
+    /// The shared buffer.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// How the view maps indices into the buffer.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The dtype of the elements.
@@ -107,8 +175,14 @@ impl RawTensor {
         &self.layout.shape
     }
 
-    /// The same storage under another layout.
-    pub fn with_layout(&self, layout: Layout) -> RawTensor {
+    /// The same storage under another layout, which the caller (a view op of this crate)
+    /// derived by narrowing this one, so it fits the buffer too.
+    pub(crate) fn with_layout(&self, layout: Layout) -> RawTensor {
+        debug_assert!(
+            layout.fits(self.storage.len()),
+            "internal error: a view layout {layout:?} leaves a buffer of {} elements",
+            self.storage.len()
+        );
         RawTensor {
             storage: self.storage.clone(),
             layout,

@@ -39,6 +39,24 @@ fn common_batch(layouts: &[Layout], nb: usize) -> Vec<usize> {
     bt
 }
 
+/// The indices an op accepts along an axis of extent `n`: `0..n`, and `-n..0` (counted from
+/// the end) when `wrap_negative`.
+#[derive(Clone, Copy)]
+struct IndexRange {
+    n: usize,
+    wrap_negative: bool,
+}
+
+/// `idx` checked against `range` (the message names `op`, the bad index, `axis`, the extent and
+/// `x_shape`) with negative indices wrapped, as a tensor of `idx`'s shape and vmap levels.
+fn checked_index_tensor(op: &'static str, idx: &Tensor, range: IndexRange, x_shape: &[usize], axis: usize) -> Tensor {
+    let (layouts, levels) = aligned_layouts(&[idx], None);
+    let bt = common_batch(&layouts, levels.len());
+    let raw = checked_indices(op, idx, &layouts[0], &bt, range, x_shape, axis);
+    let raw = raw.with_layout(Layout::contiguous(&physical(&bt, idx.shape())));
+    Tensor::untraced(raw, &[idx])
+}
+
 /// Indices as a contiguous `[batches, count]` i64 raw tensor with negatives wrapped, checked
 /// against the extent `n`. The values are read on the host in a step that `jit` replays, so a
 /// recorded program checks every new batch of indices too.
@@ -47,10 +65,11 @@ fn checked_indices(
     idx: &Tensor,
     layout: &Layout,
     batch: &[usize],
-    n: usize,
+    range: IndexRange,
     x_shape: &[usize],
     axis: usize,
 ) -> RawTensor {
+    let IndexRange { n, wrap_negative } = range;
     if idx.dtype() != DType::I64 {
         panic!(
             "{op}: indices must be i64, got {} with shape {:?}; cast them with .cast(DType::I64)",
@@ -67,8 +86,16 @@ fn checked_indices(
             unreachable!("checked i64")
         };
         let ni = n as i64;
-        if let Some(&bad) = values.iter().find(|&&v| v < -ni || v >= ni) {
-            panic!("{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?})");
+        let lowest = if wrap_negative { -ni } else { 0 };
+        if let Some(&bad) = values.iter().find(|&&v| v < lowest || v >= ni) {
+            let accepted = if wrap_negative {
+                format!("{} ..= {}", -ni, ni - 1)
+            } else {
+                format!("0 ..= {}", ni - 1)
+            };
+            panic!(
+                "{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?}); accepted: {accepted}"
+            );
         }
         if values.iter().any(|&v| v < 0) {
             let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
@@ -123,7 +150,8 @@ impl Tensor {
         let (layouts, levels) = aligned_layouts(&[self, idx], None);
         let bt = common_batch(&layouts, levels.len());
         let x4 = contiguous_as(self, &layouts[0], &bt, &[numel(&bt), pre, n, post]);
-        let flat = checked_indices("take", idx, &layouts[1], &bt, n, self.shape(), a);
+        let range = IndexRange { n, wrap_negative: true };
+        let flat = checked_indices("take", idx, &layouts[1], &bt, range, self.shape(), a);
         let raw = self.backend().gather(&x4, &flat);
         let mut shape = self.shape()[..a].to_vec();
         shape.extend_from_slice(idx.shape());
@@ -164,7 +192,8 @@ impl Tensor {
         let bt = common_batch(&layouts, levels.len());
         let batches = numel(&bt);
         let x4 = contiguous_as(self, &layouts[0], &bt, &[batches, pre, n, post]);
-        let flat = checked_indices("scatter_add", idx, &layouts[1], &bt, n, self.shape(), a);
+        let range = IndexRange { n, wrap_negative: true };
+        let flat = checked_indices("scatter_add", idx, &layouts[1], &bt, range, self.shape(), a);
         let u4 = contiguous_as(&updates, &layouts[2], &bt, &[batches, pre, idx.numel(), post]);
         let raw = self.backend().scatter_add(&x4, &flat, &u4);
         let raw = raw.with_layout(Layout::contiguous(&physical(&bt, self.shape())));
@@ -201,7 +230,10 @@ impl Tensor {
         rows_shape.push(k);
         let ib = im.broadcast_to(&rows_shape);
         let rows = numel(&rows_shape) / k.max(1);
-        let wrapped = ib.lt_scalar(0.0).where_(&(&ib + n as f64), &ib);
+        // Checked against the axis's own extent (not rows x n), negatives wrapped, before the
+        // row offsets make them flat indices.
+        let range = IndexRange { n, wrap_negative: true };
+        let wrapped = checked_index_tensor("take_along_axis", &ib, range, self.shape(), a);
         let offsets = (Tensor::arange(0.0, rows as f64, 1.0, DType::I64) * n as f64).reshape([rows, 1]);
         let flat_idx = wrapped.reshape([rows, k]) + offsets;
         let picked = xb.reshape([rows * n]).take(&flat_idx.reshape([rows * k]), 0);
@@ -210,6 +242,8 @@ impl Tensor {
 }
 
 /// One-hot encoding of integer labels: shape `labels.shape ++ [num_classes]`, `dtype` floats.
+/// A label outside `0..num_classes` panics naming it (JAX's `one_hot` gives a row of zeros
+/// instead, which hides wrong labels).
 pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Tensor {
     if labels.dtype() != DType::I64 {
         panic!(
@@ -218,6 +252,11 @@ pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Tensor {
             labels.shape()
         );
     }
+    let range = IndexRange {
+        n: num_classes,
+        wrap_negative: false,
+    };
+    let labels = checked_index_tensor("one_hot", labels, range, &[num_classes], 0);
     let classes = Tensor::arange(0.0, num_classes as f64, 1.0, DType::I64);
     labels.expand_dims(-1).eq(&classes).cast(dtype)
 }

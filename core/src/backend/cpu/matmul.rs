@@ -146,6 +146,12 @@ impl GemmScalar for f64 {
 }
 
 fn gemm_typed<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> (Vec<T>, Vec<usize>) {
+    assert!(
+        al.fits(a.len()) && bl.fits(b.len()),
+        "internal error: matmul layouts {al:?} / {bl:?} leave buffers of {} / {} elements",
+        a.len(),
+        b.len()
+    );
     let r = al.rank();
     let (m, k, n) = (al.shape[r - 2], al.shape[r - 1], bl.shape[r - 1]);
     let mut shape = al.shape[..r - 2].to_vec();
@@ -161,8 +167,8 @@ fn gemm_typed<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> (Vec
     };
     if m * n > 0 {
         for (bi, (&ao, &bo)) in a_offs.iter().zip(&b_offs).enumerate() {
-            // SAFETY: the layouts address only elements of `a` and `b` (they come from checked
-            // view operations), and `dst` has room for an m x n row-major block of `out`'s
+            // SAFETY: the layouts address only elements of `a` and `b` (`RawTensor`'s
+            // invariant, asserted at the top of this function), and `dst` has room for an m x n row-major block of `out`'s
             // allocation (initialised unless the kernel writes every element).
             unsafe {
                 T::product(

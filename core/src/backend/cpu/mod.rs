@@ -54,13 +54,17 @@ pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
     if numel == 0 {
         return ArrayViewD::from_shape(IxDyn(&layout.shape), &[]).expect("empty view");
     }
+    // The invariant below makes this hold; checking it costs a loop over the axes and keeps
+    // a broken invariant from becoming an out-of-bounds read.
     assert!(
-        base >= 0 && (base as usize) < data.len().max(1),
-        "layout out of buffer bounds"
+        base >= 0 && layout.fits(data.len()),
+        "internal error: layout {layout:?} leaves a buffer of {} elements",
+        data.len()
     );
-    // SAFETY: the layout was derived by view operations from a layout that addressed only
-    // elements of this buffer, so every index it reaches lies inside `data`; the view is
-    // read-only, so aliasing through zero strides is allowed.
+    // SAFETY: `RawTensor`'s invariant (checked by `RawTensor::new` for layouts from outside
+    // the crate, kept by the crate's view ops, which only narrow a fitting layout) says every
+    // index the layout reaches lies inside `data`; the view is read-only, so aliasing through
+    // zero strides is allowed.
     let mut v = unsafe {
         ArrayViewD::from_shape_ptr(
             IxDyn(&layout.shape).strides(IxDyn(&strides)),
