@@ -155,3 +155,23 @@ fn errors_name_the_op_shapes_and_dtypes() {
     });
     assert!(m.contains("reshape") && m.contains("[3]"), "{m}");
 }
+
+#[test]
+fn full_reductions_read_as_shortly_as_sum_all() {
+    let x = Tensor::from_vec(vec![3.0f64, -1.0, 4.0, 1.0, -5.0, 9.0], &[2, 3]);
+    assert_eq!(x.max_all().item::<f64>(), 9.0);
+    assert_eq!(x.min_all().item::<f64>(), -5.0);
+    assert_eq!(x.prod_all().item::<f64>(), 540.0);
+    assert_eq!(x.argmax_all().item::<i64>(), 5);
+    assert_eq!(x.argmin_all().item::<i64>(), 4);
+    let v = [3.0f64, -1.0, 4.0, 1.0, -5.0, 9.0];
+    let mean = v.iter().sum::<f64>() / 6.0;
+    let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / 6.0;
+    assert!((x.var_all().item::<f64>() - var).abs() < 1e-12);
+    let lse = x.logsumexp_all().item::<f64>();
+    let want = [3.0f64, -1.0, 4.0, 1.0, -5.0, 9.0].iter().map(|v| v.exp()).sum::<f64>().ln();
+    assert!((lse - want).abs() < 1e-12);
+    for t in [x.max_all(), x.min_all(), x.prod_all(), x.var_all(), x.logsumexp_all(), x.argmax_all()] {
+        assert_eq!(t.shape(), &[] as &[usize]);
+    }
+}

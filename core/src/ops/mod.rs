@@ -12,6 +12,7 @@ pub mod linalg;
 pub mod nn;
 pub mod overload;
 pub mod reduce;
+pub mod reduce_all;
 pub mod shape;
 pub mod unary;
 
