@@ -39,11 +39,13 @@ pub use transforms::api::{
 };
 pub use transforms::backward::{backward, BackwardOptions, GradSyncHook};
 pub use transforms::graph::{format_graph, trace_graph};
-pub use transforms::jacobian::{hessian, jacfwd, jacfwd_with_aux, jacrev, jacrev_with_aux};
+pub use transforms::jacobian::{
+    hessian, hessian_tree, jacfwd, jacfwd_multi, jacfwd_with_aux, jacrev, jacrev_multi, jacrev_with_aux,
+};
 pub use transforms::jvp::jvp_many;
 pub use transforms::positional::{
-    grad_with, grad_with_aux_with, jacfwd_with, jacrev_with, value_and_grad_with, value_and_grad_with_aux_with,
-    Argnums, GradOptions,
+    grad_with, grad_with_aux_with, hessian_with, jacfwd_many_with, jacfwd_with, jacrev_many_with, jacrev_with,
+    value_and_grad_with, value_and_grad_with_aux_with, Argnums, GradOptions,
 };
 pub use transforms::vjp::{vjp_many, VjpFn};
 pub use transforms::vmap::vmap_many;

@@ -39,6 +39,13 @@ pub trait Tree: Sized {
     fn map_leaves(&self, f: impl FnMut(&Tensor) -> Tensor) -> Self {
         self.rebuild(self.leaves().iter().map(f).collect())
     }
+
+    /// Leaf counts of the positional arguments this value stands for: one count per element for
+    /// a tuple (a function of several arguments takes them as a tuple), else one count for the
+    /// whole value. `vmap_with` uses it to accept `in_axes` per argument, as JAX does.
+    fn argument_leaf_counts(&self) -> Vec<usize> {
+        vec![self.leaves().len()]
+    }
 }
 
 impl Tree for Tensor {
@@ -63,6 +70,9 @@ macro_rules! tuple_tree {
             }
             fn unflatten_from(&self, leaves: &mut dyn Iterator<Item = Tensor>) -> Self {
                 ($(self.$idx.unflatten_from(leaves),)+)
+            }
+            fn argument_leaf_counts(&self) -> Vec<usize> {
+                vec![$(self.$idx.leaves().len()),+]
             }
         }
     };

@@ -169,9 +169,20 @@ fn full_reductions_read_as_shortly_as_sum_all() {
     let var = v.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / 6.0;
     assert!((x.var_all().item::<f64>() - var).abs() < 1e-12);
     let lse = x.logsumexp_all().item::<f64>();
-    let want = [3.0f64, -1.0, 4.0, 1.0, -5.0, 9.0].iter().map(|v| v.exp()).sum::<f64>().ln();
+    let want = [3.0f64, -1.0, 4.0, 1.0, -5.0, 9.0]
+        .iter()
+        .map(|v| v.exp())
+        .sum::<f64>()
+        .ln();
     assert!((lse - want).abs() < 1e-12);
-    for t in [x.max_all(), x.min_all(), x.prod_all(), x.var_all(), x.logsumexp_all(), x.argmax_all()] {
+    for t in [
+        x.max_all(),
+        x.min_all(),
+        x.prod_all(),
+        x.var_all(),
+        x.logsumexp_all(),
+        x.argmax_all(),
+    ] {
         assert_eq!(t.shape(), &[] as &[usize]);
     }
 }

@@ -135,19 +135,42 @@ pub fn vmap<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> B {
     move |x: &A| vmap_with(&f, vec![Some(0); x.leaves().len()], vec![0])(x)
 }
 
-/// [`vmap`] with explicit axes: `in_axes[i]` for leaf `i` of the argument (`None`: shared by
-/// every example) and `out_axes[j]` for leaf `j` of the output (one entry serves all).
+/// [`vmap`] with explicit axes (`None`: shared by every example). `in_axes` has one entry per
+/// leaf of the argument, or one per argument (per element of a tuple argument, as JAX's
+/// `in_axes=(0, None)`; the entry then applies to every leaf of that element), or a single
+/// entry for all. `out_axes[j]` is for leaf `j` of the output (one entry serves all).
 pub fn vmap_with<A: Tree, B: Tree>(
     f: impl Fn(&A) -> B,
     in_axes: Vec<Option<isize>>,
     out_axes: Vec<isize>,
 ) -> impl Fn(&A) -> B {
     move |x: &A| {
+        let leaves = x.leaves();
+        let per_argument = x.argument_leaf_counts();
+        let axes: Vec<Option<isize>> = if in_axes.len() == leaves.len() {
+            in_axes.clone()
+        } else if in_axes.len() == per_argument.len() {
+            per_argument
+                .iter()
+                .zip(&in_axes)
+                .flat_map(|(&n, &a)| std::iter::repeat_n(a, n))
+                .collect()
+        } else if in_axes.len() == 1 {
+            vec![in_axes[0]; leaves.len()]
+        } else {
+            panic!(
+                "vmap_with: {} in_axes given; the argument has {} leaves and {} top-level arguments \
+                 (give one entry per leaf, one per argument, or one for all)",
+                in_axes.len(),
+                leaves.len(),
+                per_argument.len()
+            )
+        };
         let mut captured: Option<(B, ())> = None;
         let outs = vmap_many(
             on_leaves(|a: &A| (f(a), ()), x, &mut captured),
-            &x.leaves(),
-            &in_axes,
+            &leaves,
+            &axes,
             &out_axes,
         );
         captured.expect("the function ran").0.rebuild(outs)

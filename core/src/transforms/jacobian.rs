@@ -43,13 +43,14 @@ fn basis(total: usize, offset: usize, like: &Tensor) -> Tensor {
         .reshape(shape)
 }
 
-/// Forward-mode Jacobians `d out / d primals[i]` for `i` in `wrt`, each of shape
-/// `out.shape ++ primals[i].shape`, and the auxiliary output.
+/// Forward-mode Jacobians `d outs[j] / d primals[i]` for every output `j` of `f` and `i` in
+/// `wrt`: `result[j][k]` has shape `outs[j].shape ++ primals[wrt[k]].shape`. The function is
+/// traced once for all outputs. Also returns the auxiliary output.
 pub(crate) fn jacfwd_leaves<X: Tree>(
-    f: &dyn Fn(&[Tensor]) -> (Tensor, X),
+    f: &dyn Fn(&[Tensor]) -> (Vec<Tensor>, X),
     primals: &[Tensor],
     wrt: &[usize],
-) -> (Vec<Tensor>, X) {
+) -> (Vec<Vec<Tensor>>, X) {
     let g = partial(f, primals, wrt);
     let xs: Vec<Tensor> = wrt.iter().map(|&i| primals[i].clone()).collect();
     let total: usize = xs.iter().map(|x| x.numel()).sum();
@@ -63,15 +64,15 @@ pub(crate) fn jacfwd_leaves<X: Tree>(
         })
         .collect();
     let aux: RefCell<Option<X>> = RefCell::new(None);
-    let out_shape: RefCell<Vec<usize>> = RefCell::new(vec![]);
+    let out_shapes: RefCell<Vec<Vec<usize>>> = RefCell::new(vec![]);
     let t = vmap_many(
         |ts| {
             let (_, touts) = jvp_many(
                 |leaves| {
-                    let (o, a) = g(leaves);
-                    *out_shape.borrow_mut() = o.shape().to_vec();
+                    let (os, a) = g(leaves);
+                    *out_shapes.borrow_mut() = os.iter().map(|o| o.shape().to_vec()).collect();
                     *aux.borrow_mut() = Some(a);
-                    vec![o]
+                    os
                 },
                 &xs,
                 ts,
@@ -82,17 +83,22 @@ pub(crate) fn jacfwd_leaves<X: Tree>(
         &vec![Some(0); tangents.len()],
         &[0],
     );
-    let out_shape = out_shape.into_inner();
-    let mut offset = 0;
-    let jacs = xs
+    let jacs = out_shapes
+        .into_inner()
         .iter()
-        .map(|x| {
-            let n = x.numel();
-            let block = t[0].slice_axis(0, Some(offset as isize), Some((offset + n) as isize), 1);
-            offset += n;
-            let mut shape = out_shape.clone();
-            shape.extend_from_slice(x.shape());
-            block.moveaxis(0, -1).reshape(shape)
+        .zip(&t)
+        .map(|(out_shape, tj)| {
+            let mut offset = 0;
+            xs.iter()
+                .map(|x| {
+                    let n = x.numel();
+                    let block = tj.slice_axis(0, Some(offset as isize), Some((offset + n) as isize), 1);
+                    offset += n;
+                    let mut shape = out_shape.clone();
+                    shape.extend_from_slice(x.shape());
+                    block.moveaxis(0, -1).reshape(shape)
+                })
+                .collect()
         })
         .collect();
     (
@@ -101,53 +107,102 @@ pub(crate) fn jacfwd_leaves<X: Tree>(
     )
 }
 
-/// Reverse-mode Jacobians, as [`jacfwd_leaves`].
+/// Reverse-mode Jacobians, as [`jacfwd_leaves`]: one trace, and one batched pullback over the
+/// basis cotangents of all outputs together.
 pub(crate) fn jacrev_leaves<X: Tree>(
-    f: &dyn Fn(&[Tensor]) -> (Tensor, X),
+    f: &dyn Fn(&[Tensor]) -> (Vec<Tensor>, X),
     primals: &[Tensor],
     wrt: &[usize],
-) -> (Vec<Tensor>, X) {
+) -> (Vec<Vec<Tensor>>, X) {
     let g = partial(f, primals, wrt);
     let xs: Vec<Tensor> = wrt.iter().map(|&i| primals[i].clone()).collect();
     let mut aux = None;
     let (outs, pullback) = vjp_many(
         |leaves| {
-            let (o, a) = g(leaves);
+            let (os, a) = g(leaves);
             aux = Some(a);
-            vec![o]
+            os
         },
         &xs,
     );
-    let out = &outs[0];
-    let m = out.numel();
-    let mut ct_shape = vec![m];
-    ct_shape.extend_from_slice(out.shape());
-    let cts = Tensor::eye(m, out.dtype()).reshape(ct_shape);
-    let rows = vmap_many(|c| pullback.call(c), &[cts], &[Some(0)], &[0]);
-    let jacs = rows
+    let total: usize = outs.iter().map(|o| o.numel()).sum();
+    let mut offset = 0;
+    let cts: Vec<Tensor> = outs
         .iter()
-        .zip(&xs)
-        .map(|(r, x)| {
-            let mut shape = out.shape().to_vec();
-            shape.extend_from_slice(x.shape());
-            r.reshape(shape)
+        .map(|o| {
+            let b = basis(total, offset, o);
+            offset += o.numel();
+            b
+        })
+        .collect();
+    let rows = vmap_many(|c| pullback.call(c), &cts, &vec![Some(0); cts.len()], &[0]);
+    let mut offset = 0;
+    let jacs = outs
+        .iter()
+        .map(|o| {
+            let m = o.numel();
+            let block: Vec<Tensor> = rows
+                .iter()
+                .zip(&xs)
+                .map(|(r, x)| {
+                    let mut shape = o.shape().to_vec();
+                    shape.extend_from_slice(x.shape());
+                    r.slice_axis(0, Some(offset as isize), Some((offset + m) as isize), 1)
+                        .reshape(shape)
+                })
+                .collect();
+            offset += m;
+            block
         })
         .collect();
     (jacs, aux.expect("the function ran").map_leaves(release_finished))
 }
 
-/// A function computing Jacobian blocks of `f` at primals with respect to the listed leaves.
-pub(crate) type JacobianEngine<X> = fn(&dyn Fn(&[Tensor]) -> (Tensor, X), &[Tensor], &[usize]) -> (Vec<Tensor>, X);
+/// A function computing Jacobian blocks (`[output][leaf]`) of `f` at primals with respect to
+/// the listed leaves.
+pub(crate) type JacobianEngine<X> =
+    fn(&dyn Fn(&[Tensor]) -> (Vec<Tensor>, X), &[Tensor], &[usize]) -> (Vec<Vec<Tensor>>, X);
 
-fn typed<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X), engine: JacobianEngine<X>) -> impl Fn(&A) -> (A, X) {
+/// Jacobians of a pytree-valued `f` of a pytree: one tree shaped like the argument per output
+/// leaf (in the output's leaf order).
+fn typed_multi<A: Tree, B: Tree, X: Tree>(
+    f: impl Fn(&A) -> (B, X),
+    engine: JacobianEngine<X>,
+) -> impl Fn(&A) -> (Vec<A>, X) {
     move |x: &A| {
         let leaves = x.leaves();
         super::api::require_float_leaves("jacobian", &leaves, false);
         let wrt: Vec<usize> = (0..leaves.len()).collect();
-        let h = |ls: &[Tensor]| f(&x.rebuild(ls.to_vec()));
+        let h = |ls: &[Tensor]| {
+            let (b, aux) = f(&x.rebuild(ls.to_vec()));
+            (b.leaves(), aux)
+        };
         let (jacs, aux) = engine(&h, &leaves, &wrt);
-        (x.rebuild(jacs), aux)
+        (jacs.into_iter().map(|per_leaf| x.rebuild(per_leaf)).collect(), aux)
     }
+}
+
+fn typed<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X), engine: JacobianEngine<X>) -> impl Fn(&A) -> (A, X) {
+    let j = typed_multi(f, engine);
+    move |x: &A| {
+        let (mut jacs, aux) = j(x);
+        (jacs.swap_remove(0), aux)
+    }
+}
+
+/// Forward-mode Jacobian of a pytree-valued `f` (JAX's `jacfwd` of a function with several
+/// outputs): for every output leaf, in the output's leaf order, a tree shaped like the argument
+/// whose leaves have shape `out_leaf.shape ++ arg_leaf.shape`. `f` is traced once for all
+/// outputs.
+pub fn jacfwd_multi<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> Vec<A> {
+    let j = typed_multi(move |a: &A| (f(a), ()), jacfwd_leaves::<()>);
+    move |x: &A| j(x).0
+}
+
+/// Reverse-mode Jacobian of a pytree-valued `f` (see [`jacfwd_multi`]).
+pub fn jacrev_multi<A: Tree, B: Tree>(f: impl Fn(&A) -> B) -> impl Fn(&A) -> Vec<A> {
+    let j = typed_multi(move |a: &A| (f(a), ()), jacrev_leaves::<()>);
+    move |x: &A| j(x).0
 }
 
 /// Forward-mode Jacobian of a tensor-valued `f`: for every leaf of the argument, a tensor of
@@ -177,4 +232,11 @@ pub fn jacrev_with_aux<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X)) -> impl 
 /// `x.shape ++ x.shape`.
 pub fn hessian(f: impl Fn(&Tensor) -> Tensor) -> impl Fn(&Tensor) -> Tensor {
     jacfwd(jacrev(f))
+}
+
+/// The Hessian of a scalar-valued `f` of any pytree (JAX's `hessian` of a pytree argument):
+/// `h[i]` is a tree shaped like the argument whose leaf `j` is the block
+/// `d^2 f / d leaf_i d leaf_j`, of shape `leaf_i.shape ++ leaf_j.shape`.
+pub fn hessian_tree<A: Tree>(f: impl Fn(&A) -> Tensor) -> impl Fn(&A) -> Vec<A> {
+    jacfwd_multi(jacrev(f))
 }

@@ -137,15 +137,17 @@ fn gradients<X: Tree>(
 }
 
 /// `grad` of `f(args...)` with options: one gradient per entry of `argnums`, in order.
-pub fn grad_with(f: impl Fn(&[Tensor]) -> Tensor, opts: GradOptions) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+pub fn grad_with(f: impl Fn(&[Tensor]) -> Tensor, opts: impl Into<GradOptions>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let opts = opts.into();
     move |args: &[Tensor]| gradients("grad", &|xs: &[Tensor]| (f(xs), ()), args, &opts).1
 }
 
 /// `value_and_grad` of `f(args...)` with options: `(value, gradients)`.
 pub fn value_and_grad_with(
     f: impl Fn(&[Tensor]) -> Tensor,
-    opts: GradOptions,
+    opts: impl Into<GradOptions>,
 ) -> impl Fn(&[Tensor]) -> (Tensor, Vec<Tensor>) {
+    let opts = opts.into();
     move |args: &[Tensor]| {
         let ((v, ()), g) = gradients("value_and_grad", &|xs: &[Tensor]| (f(xs), ()), args, &opts);
         (v, g)
@@ -155,8 +157,9 @@ pub fn value_and_grad_with(
 /// `grad` with `has_aux`: `f` returns `(value, aux)`; gives `(gradients, aux)`.
 pub fn grad_with_aux_with<X: Tree>(
     f: impl Fn(&[Tensor]) -> (Tensor, X),
-    opts: GradOptions,
+    opts: impl Into<GradOptions>,
 ) -> impl Fn(&[Tensor]) -> (Vec<Tensor>, X) {
+    let opts = opts.into();
     move |args: &[Tensor]| {
         let ((_, aux), g) = gradients("grad", &f, args, &opts);
         (g, aux)
@@ -166,20 +169,22 @@ pub fn grad_with_aux_with<X: Tree>(
 /// `value_and_grad` with `has_aux`: gives `((value, aux), gradients)`.
 pub fn value_and_grad_with_aux_with<X: Tree>(
     f: impl Fn(&[Tensor]) -> (Tensor, X),
-    opts: GradOptions,
+    opts: impl Into<GradOptions>,
 ) -> impl Fn(&[Tensor]) -> ((Tensor, X), Vec<Tensor>) {
+    let opts = opts.into();
     move |args: &[Tensor]| gradients("value_and_grad", &f, args, &opts)
 }
 
-/// Jacobian blocks for the arguments `opts.argnums` names: float arguments through `engine`,
-/// integer ones (with `allow_int`) as zeros of shape `out.shape ++ arg.shape`.
+/// Jacobian blocks `[output][argument]` for the arguments `opts.argnums` names: float
+/// arguments through `engine`, integer ones (with `allow_int`) as zeros of shape
+/// `out.shape ++ arg.shape`.
 fn jacobians(
     op: &str,
-    f: &dyn Fn(&[Tensor]) -> Tensor,
+    f: &dyn Fn(&[Tensor]) -> Vec<Tensor>,
     args: &[Tensor],
     opts: &GradOptions,
     engine: JacobianEngine<()>,
-) -> Vec<Tensor> {
+) -> Vec<Vec<Tensor>> {
     let wrt = opts.argnums.resolve(op, args.len());
     let chosen: Vec<Tensor> = wrt.iter().map(|&i| args[i].clone()).collect();
     require_float_leaves(op, &chosen, opts.allow_int);
@@ -189,33 +194,75 @@ fn jacobians(
     } else {
         engine(&|xs: &[Tensor]| (f(xs), ()), args, &float_wrt).0
     };
-    let out_shape = if float_wrt.len() < wrt.len() {
-        f(args).shape().to_vec()
+    let out_shapes: Vec<Vec<usize>> = if blocks.is_empty() || float_wrt.len() < wrt.len() {
+        f(args).iter().map(|o| o.shape().to_vec()).collect()
     } else {
         vec![]
     };
-    wrt.iter()
-        .map(|&i| match float_wrt.iter().position(|&j| j == i) {
-            Some(k) => blocks[k].clone(),
-            None => {
-                let mut shape = out_shape.clone();
-                shape.extend_from_slice(args[i].shape());
-                Tensor::zeros(&shape, crate::DType::F32)
-            }
+    let n_out = if blocks.is_empty() {
+        out_shapes.len()
+    } else {
+        blocks.len()
+    };
+    (0..n_out)
+        .map(|j| {
+            wrt.iter()
+                .map(|&i| match float_wrt.iter().position(|&k| k == i) {
+                    Some(k) => blocks[j][k].clone(),
+                    None => {
+                        let mut shape = out_shapes[j].clone();
+                        shape.extend_from_slice(args[i].shape());
+                        Tensor::zeros(&shape, crate::DType::F32)
+                    }
+                })
+                .collect()
         })
         .collect()
 }
 
-/// Forward-mode Jacobians of `f(args...)` for each argument that `opts` names (an argnums value
+/// Forward-mode Jacobians of `f(args...)` for each argument that `opts` names (argnums alone
 /// converts into options; `Argnums::All` is Nabla's `argnums=None`), each of shape
 /// `out.shape ++ arg.shape`.
 pub fn jacfwd_with(f: impl Fn(&[Tensor]) -> Tensor, opts: impl Into<GradOptions>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
-    let opts = opts.into();
-    move |args: &[Tensor]| jacobians("jacfwd", &f, args, &opts, jacfwd_leaves::<()>)
+    let j = jacfwd_many_with(move |xs: &[Tensor]| vec![f(xs)], opts);
+    move |args: &[Tensor]| j(args).swap_remove(0)
 }
 
 /// Reverse-mode Jacobians of `f(args...)` for each argument that `opts` names.
 pub fn jacrev_with(f: impl Fn(&[Tensor]) -> Tensor, opts: impl Into<GradOptions>) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+    let j = jacrev_many_with(move |xs: &[Tensor]| vec![f(xs)], opts);
+    move |args: &[Tensor]| j(args).swap_remove(0)
+}
+
+/// Forward-mode Jacobians of a function with several outputs: `result[j][k]` is
+/// `d outs[j] / d args[argnums[k]]`, of shape `outs[j].shape ++ arg.shape`. The function is
+/// traced once. With [`jacrev_with`] inside, all second derivatives in one line, as JAX's
+/// `jacfwd(jacrev(f, argnums=(0, 1)), argnums=(0, 1))`:
+/// `jacfwd_many_with(jacrev_with(f, [0, 1]), [0, 1])(&args)[i][j]` is `d^2 f / d args[i] d args[j]`.
+pub fn jacfwd_many_with(
+    f: impl Fn(&[Tensor]) -> Vec<Tensor>,
+    opts: impl Into<GradOptions>,
+) -> impl Fn(&[Tensor]) -> Vec<Vec<Tensor>> {
+    let opts = opts.into();
+    move |args: &[Tensor]| jacobians("jacfwd", &f, args, &opts, jacfwd_leaves::<()>)
+}
+
+/// Reverse-mode Jacobians of a function with several outputs (see [`jacfwd_many_with`]).
+pub fn jacrev_many_with(
+    f: impl Fn(&[Tensor]) -> Vec<Tensor>,
+    opts: impl Into<GradOptions>,
+) -> impl Fn(&[Tensor]) -> Vec<Vec<Tensor>> {
     let opts = opts.into();
     move |args: &[Tensor]| jacobians("jacrev", &f, args, &opts, jacrev_leaves::<()>)
+}
+
+/// The Hessian blocks of a scalar-valued `f(args...)` for the arguments `opts` names:
+/// `result[i][j]` is `d^2 f / d args[argnums[i]] d args[argnums[j]]` (Nabla's and JAX's
+/// `hessian(f, argnums)`).
+pub fn hessian_with(
+    f: impl Fn(&[Tensor]) -> Tensor,
+    opts: impl Into<GradOptions>,
+) -> impl Fn(&[Tensor]) -> Vec<Vec<Tensor>> {
+    let opts: GradOptions = opts.into();
+    jacfwd_many_with(jacrev_with(f, opts.clone()), opts)
 }
