@@ -43,14 +43,13 @@ fn basis(total: usize, offset: usize, like: &Tensor) -> Tensor {
         .reshape(shape)
 }
 
+/// A function of leaves returning several outputs and an auxiliary value.
+pub(crate) type TracedFn<'a, X> = &'a dyn Fn(&[Tensor]) -> (Vec<Tensor>, X);
+
 /// Forward-mode Jacobians `d outs[j] / d primals[i]` for every output `j` of `f` and `i` in
 /// `wrt`: `result[j][k]` has shape `outs[j].shape ++ primals[wrt[k]].shape`. The function is
 /// traced once for all outputs. Also returns the auxiliary output.
-pub(crate) fn jacfwd_leaves<X: Tree>(
-    f: &dyn Fn(&[Tensor]) -> (Vec<Tensor>, X),
-    primals: &[Tensor],
-    wrt: &[usize],
-) -> (Vec<Vec<Tensor>>, X) {
+pub(crate) fn jacfwd_leaves<X: Tree>(f: TracedFn<X>, primals: &[Tensor], wrt: &[usize]) -> (Vec<Vec<Tensor>>, X) {
     let g = partial(f, primals, wrt);
     let xs: Vec<Tensor> = wrt.iter().map(|&i| primals[i].clone()).collect();
     let total: usize = xs.iter().map(|x| x.numel()).sum();
@@ -109,11 +108,7 @@ pub(crate) fn jacfwd_leaves<X: Tree>(
 
 /// Reverse-mode Jacobians, as [`jacfwd_leaves`]: one trace, and one batched pullback over the
 /// basis cotangents of all outputs together.
-pub(crate) fn jacrev_leaves<X: Tree>(
-    f: &dyn Fn(&[Tensor]) -> (Vec<Tensor>, X),
-    primals: &[Tensor],
-    wrt: &[usize],
-) -> (Vec<Vec<Tensor>>, X) {
+pub(crate) fn jacrev_leaves<X: Tree>(f: TracedFn<X>, primals: &[Tensor], wrt: &[usize]) -> (Vec<Vec<Tensor>>, X) {
     let g = partial(f, primals, wrt);
     let xs: Vec<Tensor> = wrt.iter().map(|&i| primals[i].clone()).collect();
     let mut aux = None;
@@ -160,8 +155,7 @@ pub(crate) fn jacrev_leaves<X: Tree>(
 
 /// A function computing Jacobian blocks (`[output][leaf]`) of `f` at primals with respect to
 /// the listed leaves.
-pub(crate) type JacobianEngine<X> =
-    fn(&dyn Fn(&[Tensor]) -> (Vec<Tensor>, X), &[Tensor], &[usize]) -> (Vec<Vec<Tensor>>, X);
+pub(crate) type JacobianEngine<X> = fn(TracedFn<X>, &[Tensor], &[usize]) -> (Vec<Vec<Tensor>>, X);
 
 /// Jacobians of a pytree-valued `f` of a pytree: one tree shaped like the argument per output
 /// leaf (in the output's leaf order).
