@@ -3,6 +3,7 @@
 //! gradient.
 
 use nabla_core::{DType, Rng, Tensor, Tree};
+use nabla_derive::Tree;
 
 use crate::init::Init;
 
@@ -47,7 +48,7 @@ impl Activation {
 }
 
 /// An affine layer `x @ w + b` with `w: [in, out]`, `b: [out]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Tree)]
 pub struct Linear {
     /// Weights, `[in, out]`.
     pub w: Tensor,
@@ -70,26 +71,14 @@ impl Linear {
     }
 }
 
-impl Tree for Linear {
-    fn flatten_into(&self, leaves: &mut Vec<Tensor>) {
-        leaves.push(self.w.clone());
-        leaves.push(self.b.clone());
-    }
-    fn unflatten_from(&self, leaves: &mut dyn Iterator<Item = Tensor>) -> Self {
-        Linear {
-            w: self.w.unflatten_from(leaves),
-            b: self.b.unflatten_from(leaves),
-        }
-    }
-}
-
 /// A multi-layer perceptron: `Linear` layers with an activation after every layer but the last
 /// (which gives logits).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Tree)]
 pub struct Mlp {
     /// The layers, input first.
     pub layers: Vec<Linear>,
     /// One activation per hidden layer (`layers.len() - 1` of them).
+    #[tree(skip)]
     pub activations: Vec<Activation>,
 }
 
@@ -133,17 +122,5 @@ impl Mlp {
     /// Number of scalar parameters.
     pub fn parameter_count(&self) -> usize {
         self.leaves().iter().map(|t| t.numel()).sum()
-    }
-}
-
-impl Tree for Mlp {
-    fn flatten_into(&self, leaves: &mut Vec<Tensor>) {
-        self.layers.flatten_into(leaves);
-    }
-    fn unflatten_from(&self, leaves: &mut dyn Iterator<Item = Tensor>) -> Self {
-        Mlp {
-            layers: self.layers.unflatten_from(leaves),
-            activations: self.activations.clone(),
-        }
     }
 }
