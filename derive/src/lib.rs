@@ -58,20 +58,6 @@ fn is_skipped(attrs: &[syn::Attribute]) -> bool {
         .any(|a| a.path().is_ident("tree") && a.parse_args::<syn::Ident>().map(|i| i == "skip").unwrap_or(false))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::declares;
-
-    #[test]
-    fn finds_dependencies_in_every_manifest_spelling() {
-        assert!(declares("[dependencies]\nnabla = \"0.1\"\n", "nabla"));
-        assert!(declares("nabla-core.workspace = true\n", "nabla-core"));
-        assert!(declares("[dependencies.nabla]\nversion = \"0.1\"", "nabla"));
-        assert!(!declares("nabla-core.workspace = true\n", "nabla"));
-        assert!(!declares("name = \"nabla-nn\"\n", "nabla"));
-    }
-}
-
 /// Derives `nabla::Tree` for a struct whose fields are trees (tensors, tuples, `Vec`s, other
 /// derived structs, ...), with `#[tree(skip)]` for fields that are not.
 #[proc_macro_derive(Tree, attributes(tree))]
@@ -138,4 +124,18 @@ pub fn derive_tree(input: TokenStream) -> TokenStream {
         }
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::declares;
+
+    #[test]
+    fn finds_dependencies_in_every_manifest_spelling() {
+        assert!(declares("[dependencies]\nnabla = \"0.1\"\n", "nabla"));
+        assert!(declares("nabla-core.workspace = true\n", "nabla-core"));
+        assert!(declares("[dependencies.nabla]\nversion = \"0.1\"", "nabla"));
+        assert!(!declares("nabla-core.workspace = true\n", "nabla"));
+        assert!(!declares("name = \"nabla-nn\"\n", "nabla"));
+    }
 }
