@@ -38,6 +38,7 @@ pub use transforms::api::{
     grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap, vmap_with,
 };
 pub use transforms::backward::{backward, BackwardOptions, GradSyncHook};
+pub use transforms::custom::{custom_jvp, custom_vjp};
 pub use transforms::graph::{format_graph, trace_graph};
 pub use transforms::jacobian::{
     hessian, hessian_tree, jacfwd, jacfwd_multi, jacfwd_with_aux, jacrev, jacrev_multi, jacrev_with_aux,

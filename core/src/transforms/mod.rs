@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backward;
+pub mod custom;
 pub mod graph;
 pub mod jacobian;
 pub mod jvp;
