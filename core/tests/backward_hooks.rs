@@ -90,3 +90,19 @@ fn set_grad_replaces_and_checks_the_shape() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_pullback_reports_primals_as_their_cotangents_become_final() {
+    let mut rng = Rng::new(1);
+    let w: Vec<Tensor> = (0..3).map(|_| rng.normal(&[3, 3], 0.0, 1.0, DType::F64)).collect();
+    let x = rng.normal(&[2, 3], 0.0, 1.0, DType::F64);
+    let (outs, pullback) = nabla_core::vjp_many(|p| vec![x.matmul(&p[0]).tanh().matmul(&p[1]).tanh().sum_all()], &w);
+    let mut order = Vec::new();
+    let grads = pullback.call_reporting(&[outs[0].ones_like()], &mut |i, g| order.push((i, g.to_vec::<f64>())));
+    // p[2] is unused: not reported, zeros in the result. The others: last layer first, with
+    // the final values.
+    assert_eq!(order.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 0]);
+    assert_eq!(order[0].1, grads[1].to_vec::<f64>());
+    assert_eq!(order[1].1, grads[0].to_vec::<f64>());
+    assert!(grads[2].to_vec::<f64>().iter().all(|&v| v == 0.0));
+}

@@ -5,19 +5,18 @@
 //! sweep goes on. At the end of `backward` the wrapper waits for the buckets and writes the
 //! averaged gradients into `.grad`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nabla_core::{DType, GradSyncHook, Tensor, Tree};
 
-use crate::bucket::{plan, BucketPlan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
+use crate::bucket::{plan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
-use crate::pack::{pack, unpack};
-use crate::worker::{Reduced, Worker};
+use crate::queue::BucketQueue;
+use crate::worker::Worker;
 
 /// Settings of a [`DataParallel`].
 #[derive(Clone, Copy, Debug)]
@@ -62,17 +61,12 @@ const STALE_LEAF: &str = "backward reached a parameter leaf from an earlier Data
 
 /// The per-step state of the sync.
 struct State {
-    plan: BucketPlan,
-    /// (shape, dtype) of every leaf, fixed by the first `track`.
+    queue: BucketQueue,
+    /// (shape, dtype) of every leaf, fixed at creation.
     meta: Vec<(Vec<usize>, DType)>,
-    numels: Vec<usize>,
     /// The leaves handed out by the last `track`.
     leaves: Vec<Tensor>,
     index: HashMap<u64, usize>,
-    ready: Vec<bool>,
-    bucket_ready: Vec<usize>,
-    next_launch: usize,
-    in_flight: VecDeque<(usize, Receiver<Reduced>)>,
     /// A sync is under way (some leaf of this backward was reported).
     active: bool,
     checked: bool,
@@ -156,17 +150,11 @@ impl DataParallel {
         let meta: Vec<(Vec<usize>, DType)> = leaves.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect();
         let sizes: Vec<(DType, usize)> = leaves.iter().map(|t| (t.dtype(), t.numel())).collect();
         let plan = plan(&sizes, config.first_bucket_bytes, config.bucket_bytes);
-        let nb = plan.buckets.len();
         let state = State {
-            numels: leaves.iter().map(|t| t.numel()).collect(),
-            plan,
+            queue: BucketQueue::new(plan, leaves.iter().map(|t| t.numel()).collect()),
             meta,
             leaves: Vec::new(),
             index: HashMap::new(),
-            ready: vec![false; leaves.len()],
-            bucket_ready: vec![0; nb],
-            next_launch: 0,
-            in_flight: VecDeque::new(),
             active: false,
             checked: false,
             weight: 1.0 / group.world_size() as f64,
@@ -269,9 +257,7 @@ impl Drop for DataParallel {
 
 impl State {
     fn reset(&mut self) {
-        self.ready.iter_mut().for_each(|r| *r = false);
-        self.bucket_ready.iter_mut().for_each(|r| *r = 0);
-        self.next_launch = 0;
+        self.queue.reset();
         self.active = false;
     }
 }
@@ -307,27 +293,10 @@ impl Hook {
         }
     }
 
-    fn mark_ready(&self, st: &mut State, i: usize) {
-        if !st.ready[i] {
-            st.ready[i] = true;
-            st.bucket_ready[st.plan.bucket_of[i]] += 1;
-        }
-    }
-
     /// Starts, in order, every bucket whose leaves are all ready.
     fn launch_ready(&self, st: &mut State) {
-        while st.next_launch < st.plan.buckets.len() {
-            let b = st.next_launch;
-            let bucket = &st.plan.buckets[b];
-            if st.bucket_ready[b] < bucket.leaves.len() {
-                break;
-            }
-            let grads: Vec<Option<Tensor>> = bucket.leaves.iter().map(|&l| st.leaves[l].grad()).collect();
-            let data = pack(bucket, &grads, &st.numels, st.weight);
-            st.stats.bytes += data.len() * bucket.dtype.size_in_bytes();
-            st.in_flight.push_back((b, self.worker.submit(data)));
-            st.next_launch += 1;
-        }
+        let leaves = &st.leaves;
+        st.queue.launch_ready(&self.worker, st.weight, |l| leaves[l].grad());
     }
 }
 
@@ -350,11 +319,12 @@ impl GradSyncHook for Hook {
         // accumulated gradient or zeros), so their buckets do not hold back the ones after.
         for (i, reached) in in_graph.into_iter().enumerate() {
             if !reached {
-                self.mark_ready(st, i);
+                st.queue.mark_ready(i);
             }
         }
         if self.config.overlap {
             self.launch_ready(st);
+            st.stats.started_during_sweep = st.queue.launched();
         }
     }
 
@@ -368,10 +338,10 @@ impl GradSyncHook for Hook {
             self.fail(STALE_LEAF)
         };
         self.begin(st);
-        self.mark_ready(st, i);
+        st.queue.mark_ready(i);
         if self.config.overlap {
             self.launch_ready(st);
-            st.stats.started_during_sweep = st.in_flight.len();
+            st.stats.started_during_sweep = st.queue.launched();
         }
     }
 
@@ -386,27 +356,16 @@ impl GradSyncHook for Hook {
         }
         self.begin(st);
         // Leaves the sweep did not reach take part too: their accumulated gradient, or zeros.
-        for i in 0..st.leaves.len() {
-            self.mark_ready(st, i);
-        }
+        st.queue.mark_all_ready();
         self.launch_ready(st);
         let t0 = Instant::now();
-        let mut comm = Duration::ZERO;
-        while let Some((b, rx)) = st.in_flight.pop_front() {
-            let reduced = rx
-                .recv()
-                .unwrap_or_else(|_| self.fail("the all-reduce thread ended without an answer"));
-            if let Err(e) = reduced.result {
-                self.fail(e);
-            }
-            comm += reduced.took;
-            let bucket = &st.plan.buckets[b];
-            let like: Vec<&Tensor> = bucket.leaves.iter().map(|&l| &st.leaves[l]).collect();
-            for (k, g) in unpack(bucket, reduced.data, &like).into_iter().enumerate() {
-                like[k].set_grad(Some(g));
-            }
-            st.stats.buckets += 1;
-        }
+        let leaves = st.leaves.clone();
+        let comm = st
+            .queue
+            .drain(&leaves, |l, g| leaves[l].set_grad(Some(g)))
+            .unwrap_or_else(|e| self.fail(e));
+        st.stats.buckets = st.queue.launched();
+        st.stats.bytes = st.queue.bytes;
         st.stats.wait_seconds = t0.elapsed().as_secs_f64();
         st.stats.comm_seconds = comm.as_secs_f64();
         st.reset();

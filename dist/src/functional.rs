@@ -15,7 +15,9 @@ use crate::bucket::{plan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
 use crate::comm::HostBufMut;
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
+use crate::queue::BucketQueue;
 use crate::shard::Shard;
+use crate::worker::Worker;
 
 /// The mean of `grads` over the ranks (every rank's tree weighted 1 / world size).
 pub fn all_reduce_mean<P: Tree>(group: &ProcessGroup, grads: &P) -> Result<P> {
@@ -27,15 +29,7 @@ pub fn all_reduce_mean<P: Tree>(group: &ProcessGroup, grads: &P) -> Result<P> {
 /// even when shards are uneven. Every rank must call it with trees of the same leaves.
 pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64) -> Result<P> {
     let leaves = grads.leaves();
-    for (i, t) in leaves.iter().enumerate() {
-        if !matches!(t.dtype(), DType::F32 | DType::F64) {
-            return Err(DistError::Usage(format!(
-                "all_reduce: leaf {i} ({:?}) is {}; only f32 and f64 values are reduced",
-                t.shape(),
-                t.dtype()
-            )));
-        }
-    }
+    check_float("all_reduce", &leaves)?;
     if group.world_size() == 1 && weight == 1.0 {
         return Ok(grads.map_leaves(|t| t.stop_gradient()));
     }
@@ -89,15 +83,80 @@ fn reduce_step(group: ProcessGroup) -> ExternalFn {
 }
 
 /// A data-parallel `value_and_grad`: on each rank, the loss and gradients of `f` on its shard,
-/// then both averaged over the ranks with the shard's weight (one bucketed all-reduce that
-/// carries the loss with the gradients). Returns the global mean loss and its gradient.
+/// both averaged over the ranks with the shard's weight. Returns the global mean loss and its
+/// gradient.
+///
+/// Eagerly, each bucket's all-reduce starts on a communication thread as soon as the reverse
+/// sweep has finished its leaves (the pullback reports them), so communication overlaps the rest
+/// of the sweep, as in `DataParallel`. While `nb::jit` records, it takes the recordable path
+/// instead ([`all_reduce_weighted`] after the sweep), so replays repeat the collectives.
 pub fn value_and_grad<P: Tree, F: Fn(&P) -> Tensor>(
     group: &ProcessGroup,
     f: F,
 ) -> impl Fn(&P, Shard) -> Result<(Tensor, P)> {
     let group = group.clone();
     move |params: &P, shard: Shard| {
-        let local = nabla_core::value_and_grad(&f)(params);
-        all_reduce_weighted(&group, &local, shard.weight())
+        if group.world_size() == 1 || nabla_core::jit::is_recording() {
+            let local = nabla_core::value_and_grad(&f)(params);
+            return all_reduce_weighted(&group, &local, shard.weight());
+        }
+        overlapped(&group, &f, params, shard.weight())
     }
+}
+
+/// The eager path of [`value_and_grad`]: buckets start during the pullback's sweep.
+fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &P, weight: f64) -> Result<(Tensor, P)> {
+    let leaves = params.leaves();
+    check_float("value_and_grad", &leaves)?;
+    let (outs, pullback) = nabla_core::vjp_many(|ls| vec![f(&params.rebuild(ls.to_vec()))], &leaves);
+    let loss = outs[0].clone();
+    if loss.rank() != 0 || !loss.dtype().is_float() {
+        return Err(DistError::Usage(format!(
+            "value_and_grad: the function must return a float scalar, got shape {:?} ({})",
+            loss.shape(),
+            loss.dtype()
+        )));
+    }
+    // The loss travels as one more leaf (the last, so in the first bucket): ready at once.
+    let mut all: Vec<Tensor> = leaves.clone();
+    all.push(loss.clone());
+    let sizes: Vec<(DType, usize)> = all.iter().map(|t| (t.dtype(), t.numel())).collect();
+    let mut queue = BucketQueue::new(
+        plan(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES),
+        all.iter().map(Tensor::numel).collect(),
+    );
+    let worker = Worker::start(group.clone());
+    let grads: std::cell::RefCell<Vec<Option<Tensor>>> = std::cell::RefCell::new(vec![None; all.len()]);
+    grads.borrow_mut()[leaves.len()] = Some(loss.stop_gradient());
+    queue.mark_ready(leaves.len());
+    let mut report = |i: usize, g: &Tensor| {
+        grads.borrow_mut()[i] = Some(g.clone());
+        queue.mark_ready(i);
+        let grads = grads.borrow();
+        queue.launch_ready(&worker, weight, |l| grads[l].clone());
+    };
+    pullback.call_reporting(&[loss.ones_like()], &mut report);
+    queue.mark_all_ready();
+    let grads = grads.into_inner();
+    queue.launch_ready(&worker, weight, |l| grads[l].clone());
+    let mut out: Vec<Option<Tensor>> = vec![None; all.len()];
+    queue.drain(&all, |l, g| out[l] = Some(g))?;
+    let loss = out.pop().flatten().expect("the loss was reduced");
+    Ok((
+        loss,
+        params.rebuild(out.into_iter().map(|g| g.expect("every leaf is in a bucket")).collect()),
+    ))
+}
+
+fn check_float(op: &str, leaves: &[Tensor]) -> Result<()> {
+    for (i, t) in leaves.iter().enumerate() {
+        if !matches!(t.dtype(), DType::F32 | DType::F64) {
+            return Err(DistError::Usage(format!(
+                "{op}: leaf {i} ({:?}) is {}; only f32 and f64 values are reduced",
+                t.shape(),
+                t.dtype()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -26,6 +26,7 @@ mod init;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
 mod pack;
+mod queue;
 mod shard;
 mod single;
 mod thread_comm;

@@ -197,3 +197,34 @@ fn a_jitted_data_parallel_step_replays_its_all_reduce_every_step() {
     // And the steps did move the parameters (20 identical steps would be a constant replay).
     assert!(max_diff(&eager[0][0], &params(0)[0]) > 1e-3);
 }
+
+#[test]
+fn value_and_grad_under_jit_replays_and_matches_eager_overlapped() {
+    let global = 6;
+    let (x, y) = batch(global, 8);
+    let results = on_ranks(2, |group| {
+        let shard = Shard::of(global, group.rank(), 2);
+        let (xs, ys) = (rows(&x, shard.range()), rows(&y, shard.range()));
+        let vg = nabla_dist::value_and_grad(&group, |p: &Vec<Tensor>| loss(p, &xs, &ys));
+        let eager = vg(&params(0), shard).unwrap();
+        let jitted = nabla_core::Jit::new(|p: &Vec<Tensor>| vg(p, shard).unwrap());
+        let a = jitted.call(&params(0));
+        let b = jitted.call(&params(3));
+        let b_eager = vg(&params(3), shard).unwrap();
+        assert_eq!(jitted.cache_info().replays, 1, "{:?}", jitted.cache_info());
+        (eager, a, b, b_eager)
+    });
+    let want = reference_grads(&params(0), &x, &y);
+    for (eager, a, b, b_eager) in &results {
+        for (g, w) in eager.1.iter().zip(&want) {
+            assert!(max_diff(g, w) < 1e-12);
+        }
+        assert!((eager.0.item::<f64>() - a.0.item::<f64>()).abs() < 1e-12);
+        for (p, q) in a.1.iter().zip(&eager.1) {
+            assert!(max_diff(p, q) < 1e-12);
+        }
+        for (p, q) in b.1.iter().zip(&b_eager.1) {
+            assert!(max_diff(p, q) < 1e-12, "the replay saw the new parameters");
+        }
+    }
+}

@@ -18,6 +18,6 @@ mod recorder;
 mod tape;
 
 pub use api::{jit, CacheInfo, Jit};
-pub use recorder::note_not_replayable;
 pub(crate) use recorder::{host_step, intercept};
+pub use recorder::{is_recording, note_not_replayable};
 pub(crate) use tape::HostFn;

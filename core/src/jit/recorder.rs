@@ -119,11 +119,6 @@ thread_local! {
     static ACTIVE: RefCell<Option<Arc<Mutex<Recorder>>>> = const { RefCell::new(None) };
 }
 
-/// True while a jitted function is being recorded on this thread.
-pub(crate) fn is_recording() -> bool {
-    ACTIVE.with(|a| a.borrow().is_some())
-}
-
 /// Makes `rec` the active recorder of this thread until the guard is dropped (also on panic).
 pub(crate) fn activate(rec: Arc<Mutex<Recorder>>) -> ActiveGuard {
     ACTIVE.with(|a| *a.borrow_mut() = Some(rec));
@@ -161,6 +156,13 @@ pub fn note_not_replayable(why: impl FnOnce() -> String) {
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
         rec.lock().unwrap_or_else(|e| e.into_inner()).refuse(why);
     }
+}
+
+/// True while a `jit` recording is running on this thread (library code that would do work a
+/// replay cannot repeat, such as starting collectives on another thread, takes a recordable
+/// path instead).
+pub fn is_recording() -> bool {
+    ACTIVE.with(|a| a.borrow().is_some())
 }
 
 /// Runs the host step `f` on `x` with `device`'s backend; while recording, the step is

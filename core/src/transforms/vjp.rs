@@ -7,6 +7,9 @@ use super::{check_like, release_finished};
 use crate::tensor::Tensor;
 use crate::trace::{sweep, IdSet, Level};
 
+/// Told the index of a primal and its final cotangent during a reporting sweep.
+type OnPrimalReady<'a> = &'a mut dyn FnMut(usize, &Tensor);
+
 /// The pullback returned by [`vjp_many`]: maps output cotangents to primal cotangents. It can
 /// be called any number of times (and from any thread).
 pub struct VjpFn {
@@ -19,6 +22,18 @@ impl VjpFn {
     /// Cotangents of the primals (one per primal, zeros where an output does not depend on it)
     /// for `cotangents` of the outputs (one per output, each of its output's shape and dtype).
     pub fn call(&self, cotangents: &[Tensor]) -> Vec<Tensor> {
+        self.sweep(cotangents, None)
+    }
+
+    /// [`VjpFn::call`], telling `on_ready(i, cotangent)` about primal `i` as soon as its
+    /// cotangent is final during the sweep (the last rule feeding it has run), before the sweep
+    /// ends; primals the outputs do not depend on are not reported. This is what lets a
+    /// data-parallel caller start all-reducing early gradients while later ones are computed.
+    pub fn call_reporting(&self, cotangents: &[Tensor], on_ready: &mut dyn FnMut(usize, &Tensor)) -> Vec<Tensor> {
+        self.sweep(cotangents, Some(on_ready))
+    }
+
+    fn sweep(&self, cotangents: &[Tensor], on_ready: Option<OnPrimalReady>) -> Vec<Tensor> {
         if cotangents.len() != self.outputs.len() {
             panic!(
                 "vjp: {} cotangents given for {} outputs; pass one per output",
@@ -31,7 +46,23 @@ impl VjpFn {
         }
         let stops: IdSet = self.leaves.iter().filter_map(|l| l.node_id()).collect();
         let seeds: Vec<(Tensor, Tensor)> = self.outputs.iter().cloned().zip(cotangents.iter().cloned()).collect();
-        let (leaf_cts, _) = sweep::reverse(&seeds, &self.level, &stops);
+        let (leaf_cts, _) = match on_ready {
+            None => sweep::reverse(&seeds, &self.level, &stops),
+            Some(report) => {
+                let index: crate::trace::IdMap<usize> = self
+                    .leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (l.node_id().expect("leaves are traced"), i))
+                    .collect();
+                let mut tell = |leaf: &Tensor, g: &Tensor| {
+                    if let Some(&i) = leaf.node_id().and_then(|id| index.get(&id)) {
+                        report(i, &release_finished(g));
+                    }
+                };
+                sweep::reverse_reporting(&seeds, &self.level, &stops, Some(&mut tell))
+            }
+        };
         self.leaves
             .iter()
             .map(|l| {
