@@ -50,7 +50,7 @@ fn main() {
     let group = match nb::dist::init() {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("train_mlp: {e}");
+            report(format!("train_mlp: {e}"));
             std::process::exit(2);
         }
     };
@@ -58,30 +58,41 @@ fn main() {
         Ok(start) => start,
         Err(e) => {
             if group.world_size() > 1 {
-                eprintln!(
+                report(format!(
                     "train_mlp: rank {} of {}: {}",
                     group.rank(),
                     group.world_size(),
                     e.message
-                );
+                ));
                 if !e.same_on_every_rank {
                     // The other ranks may have found nothing wrong: end them too.
                     group.abort(2);
                 }
             } else {
-                eprintln!("train_mlp: {}", e.message);
+                report(format!("train_mlp: {}", e.message));
             }
             std::process::exit(2);
         }
     };
     if let Err(e) = run(&args, &group, start) {
-        eprintln!("train_mlp: rank {} of {}: {e}", group.rank(), group.world_size());
+        report(format!(
+            "train_mlp: rank {} of {}: {e}",
+            group.rank(),
+            group.world_size()
+        ));
         if group.world_size() > 1 {
             // The other ranks would wait in their next collective: end them all.
             group.abort(1);
         }
         std::process::exit(1);
     }
+}
+
+/// Prints `line` to stderr in one write, so that the lines of ranks sharing a terminal (under
+/// `mpirun`) do not interleave.
+fn report(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
 }
 
 /// Rows `range` of `t` (a view).
