@@ -3,7 +3,7 @@
 //!
 //! Run: `ci/bench` (sets up the JAX venv when missing), or directly
 //! `cargo run --release --example bench -- [--json out.json] [--python .venv-jax/bin/python]`.
-//! Cases, shapes and functions are those of `../shared/bench/jax_baseline.py`.
+//! Cases, shapes and functions are those of `ci/jax_baseline.py`.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, default_value = ".venv-jax/bin/python")]
     python: PathBuf,
     /// The JAX reference script.
-    #[arg(long, default_value = "../shared/bench/jax_baseline.py")]
+    #[arg(long, default_value = "ci/jax_baseline.py")]
     jax_script: PathBuf,
     /// The PyTorch reference script.
     #[arg(long, default_value = "ci/torch_baseline.py")]

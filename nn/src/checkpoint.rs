@@ -485,24 +485,26 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
     parse(path, &bytes)
 }
 
-/// Reads a regular file, allocating no more than its size.
+/// Reads a regular file to its end. The size the file system reports only sizes the first
+/// allocation: some files (those under `/proc`, for one) report 0 bytes and still have content,
+/// so what the checks below see is what was read, never the reported size.
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+    let mut file = File::open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
     }
-    let len = usize::try_from(meta.len())
+    let reported = usize::try_from(meta.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the file is too large for this machine"))?;
     let mut bytes = Vec::new();
-    bytes.try_reserve_exact(len).map_err(|_| {
+    bytes.try_reserve_exact(reported).map_err(|_| {
         io::Error::new(
             io::ErrorKind::OutOfMemory,
-            format!("cannot allocate {len} bytes to read the file"),
+            format!("cannot allocate {reported} bytes to read the file"),
         )
     })?;
-    // If the file grows while we read, the extra bytes are ignored (and it fails the checks).
-    file.take(len as u64).read_to_end(&mut bytes)?;
+    // A file that grows while it is read is read as it ends up (and then fails the checks).
+    file.read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -534,7 +536,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
     if len < MAGIC.len() {
         return if MAGIC.starts_with(bytes) {
             Err(truncated(if len == 0 {
-                "the file is empty".to_string()
+                "reading it to its end gave 0 bytes".to_string()
             } else {
                 format!("the file has only {len} bytes, fewer than the 8-byte magic")
             }))

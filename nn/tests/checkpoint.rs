@@ -361,6 +361,19 @@ fn foreign_files_are_not_checkpoints() {
     assert!(matches!(load(&empty), Err(CheckpointError::Truncated { .. })));
 }
 
+/// Files under /proc report a size of 0 but have content: the loader reads them to their end
+/// and judges what it read (a text file, so not a checkpoint), not the reported size.
+#[cfg(target_os = "linux")]
+#[test]
+fn files_that_report_size_zero_are_read_to_their_end() {
+    let path = Path::new("/proc/version");
+    let reported = fs::metadata(path).expect("/proc/version exists on Linux").len();
+    assert_eq!(reported, 0, "this test needs a file whose reported size is 0");
+    let e = load(path).unwrap_err();
+    assert!(matches!(e, CheckpointError::NotACheckpoint { .. }), "{e}");
+    assert_names_path(&e, path);
+}
+
 #[test]
 fn newer_format_version_is_unsupported() {
     let dir = TempDir::new("version");

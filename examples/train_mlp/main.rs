@@ -8,86 +8,20 @@
 //! global batch (`--batch-size` is the global batch) and the gradients are averaged over the
 //! ranks, weighted by shard size, so N ranks follow the single-process run.
 
-use std::path::PathBuf;
+mod args;
+mod checks;
+
 use std::time::Instant;
 
-use clap::{Parser, ValueEnum};
+use args::{Api, Args, OptimizerName};
+use checks::SetupError;
+use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use nabla as nb;
 use nb::nn::checkpoint::{self, Checkpoint};
 use nb::nn::data::Dataset;
-use nb::nn::{accuracy, digest, Activation, Adam, Mlp, Optimizer, Sgd};
+use nb::nn::{accuracy, digest, Activation, Adam, Mlp, OptState, Optimizer, Sgd};
 use nb::{DType, Rng, Tensor, Tree};
-
-/// How gradients are computed and synchronised.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Api {
-    /// `nb::value_and_grad` (replayed with `nb::jit`), then `nb::dist::all_reduce_weighted`.
-    Functional,
-    /// PyTorch style: `requires_grad` leaves from `nb::dist::DataParallel`, `loss.backward()`,
-    /// gradients all-reduced during the backward sweep.
-    Backward,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum OptimizerName {
-    Sgd,
-    Momentum,
-    Nesterov,
-    Adam,
-    Adamw,
-}
-
-/// Train an MLP on the digits set (or MNIST) with nabla-rs.
-#[derive(Parser, Debug)]
-struct Args {
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 20)]
-    epochs: u64,
-    /// Examples per step (the global batch, over all ranks).
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    lr: f64,
-    /// Optimizer.
-    #[arg(long, value_enum, default_value_t = OptimizerName::Adam)]
-    optimizer: OptimizerName,
-    /// Seed for initialisation, the split and shuffling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Hidden layer widths, comma separated.
-    #[arg(long, default_value = "128", value_delimiter = ',')]
-    hidden: Vec<usize>,
-    /// Directory with MNIST IDX files (train-images-idx3-ubyte, ...) instead of the digits set.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Write a checkpoint here after every epoch (atomically).
-    #[arg(long)]
-    checkpoint: Option<PathBuf>,
-    /// Continue from the checkpoint given with --checkpoint.
-    #[arg(long)]
-    resume: bool,
-    /// Print one final JSON line with the results.
-    #[arg(long)]
-    json: bool,
-    /// Stop after this many steps in total (for tests of resuming).
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Run the gradient computation eagerly instead of replaying it with `nb::jit` (same
-    /// results, bit for bit; slower).
-    #[arg(long)]
-    no_jit: bool,
-    /// No progress bar.
-    #[arg(long)]
-    quiet: bool,
-    /// Gradient API: functional (value_and_grad, jit) or backward (DataParallel, loss.backward()).
-    #[arg(long, value_enum, default_value_t = Api::Functional)]
-    api: Api,
-    /// Print the global mean loss of every step (rank 0), for comparing runs.
-    #[arg(long)]
-    print_losses: bool,
-}
 
 fn optimizer(name: OptimizerName) -> Optimizer {
     let sgd = |momentum: f64, nesterov: bool| {
@@ -111,16 +45,41 @@ fn optimizer(name: OptimizerName) -> Optimizer {
 }
 
 fn main() {
+    // Flags out of range stop here, in clap, with status 2 (before MPI is initialised).
     let args = Args::parse();
     let group = match nb::dist::init() {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("train_mlp: {e}");
+            report(format!("train_mlp: {e}"));
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&args, &group) {
-        eprintln!("train_mlp: rank {} of {}: {e}", group.rank(), group.world_size());
+    let start = match prepare(&args, &group) {
+        Ok(start) => start,
+        Err(e) => {
+            if group.world_size() > 1 {
+                report(format!(
+                    "train_mlp: rank {} of {}: {}",
+                    group.rank(),
+                    group.world_size(),
+                    e.message
+                ));
+                if !e.same_on_every_rank {
+                    // The other ranks may have found nothing wrong: end them too.
+                    group.abort(2);
+                }
+            } else {
+                report(format!("train_mlp: {}", e.message));
+            }
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args, &group, start) {
+        report(format!(
+            "train_mlp: rank {} of {}: {e}",
+            group.rank(),
+            group.world_size()
+        ));
         if group.world_size() > 1 {
             // The other ranks would wait in their next collective: end them all.
             group.abort(1);
@@ -129,66 +88,99 @@ fn main() {
     }
 }
 
+/// Prints `line` to stderr in one write, so that the lines of ranks sharing a terminal (under
+/// `mpirun`) do not interleave.
+fn report(line: String) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
 /// Rows `range` of `t` (a view).
 fn rows(t: &Tensor, range: std::ops::Range<usize>) -> Tensor {
     t.slice_axis(0, Some(range.start as isize), Some(range.end as isize), 1)
 }
 
-fn run(args: &Args, group: &nb::dist::ProcessGroup) -> Result<(), Box<dyn std::error::Error>> {
-    let (rank, world) = (group.rank(), group.world_size());
-    let main_rank = group.is_main();
+/// What training starts from, once every check has passed.
+struct Start {
+    train: Dataset,
+    test: Dataset,
+    widths: Vec<usize>,
+    model: Mlp,
+    state: OptState<Mlp>,
+    step: u64,
+    rng: Rng,
+}
+
+/// Loads the data and the checkpoint to resume from and checks everything that can be checked
+/// before training: the batch size against the data and the ranks, and that checkpoints can be
+/// written. Runs no collective.
+fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupError> {
+    let world = group.world_size();
     let (train, test) = match &args.data {
-        Some(dir) => Dataset::mnist(dir)?,
+        Some(dir) => {
+            Dataset::mnist(dir).map_err(|e| SetupError::on_this_rank(format!("--data {}: {e}", dir.display())))?
+        }
         None => Dataset::digits().split(0.2, args.seed),
     };
+    checks::check_batches(args.batch_size, train.len(), world).map_err(SetupError::everywhere)?;
     let classes = 1 + train.y.max(nb::Axes::All, false).item::<i64>() as usize;
     let features = train.x.shape()[1];
     let mut widths = vec![features];
     widths.extend(&args.hidden);
     widths.push(classes);
     let mut rng = Rng::new(args.seed);
-    let model = Mlp::new(&widths, &[Activation::Relu], &mut rng, DType::F32);
-    // Every rank starts from rank 0's parameters (DataParallel broadcasts them).
-    let (dp, mut model) = nb::dist::DataParallel::new(group, &model)?;
-    let opt = optimizer(args.optimizer);
-    let mut state = opt.init(&model);
+    let mut model = Mlp::new(&widths, &[Activation::Relu], &mut rng, DType::F32);
+    let mut state = optimizer(args.optimizer).init(&model);
     let mut step = 0u64;
-
-    if args.resume {
-        let path = args.checkpoint.as_ref().ok_or("--resume needs --checkpoint <path>")?;
-        let ckpt = checkpoint::load(path)?;
+    if let (true, Some(path)) = (args.resume, &args.checkpoint) {
+        let ckpt =
+            checkpoint::load(path).map_err(|e| SetupError::on_this_rank(format!("--resume: cannot resume: {e}")))?;
         let (p, s) = (model.leaves().len(), state.leaves().len());
         if ckpt.params.len() != p || ckpt.optimizer_state.len() != s {
-            return Err(format!(
-                "{}: holds {} parameter and {} optimizer tensors, this model needs {p} and {s} (same --hidden and --optimizer?)",
+            return Err(SetupError::everywhere(format!(
+                "--resume: {} holds {} parameter and {} optimizer tensors, this model needs {p} and {s} (same --hidden and --optimizer?)",
                 path.display(),
                 ckpt.params.len(),
                 ckpt.optimizer_state.len()
-            )
-            .into());
+            )));
         }
         model = model.rebuild(ckpt.params);
         state = state.rebuild(ckpt.optimizer_state).with_count(ckpt.step);
         step = ckpt.step;
         rng = Rng::from_state(ckpt.rng_state.0, ckpt.rng_state.1);
     }
+    // Only rank 0 writes checkpoints. Checked after resuming, so that a file that cannot be
+    // resumed from is reported as such.
+    if let (Some(path), true) = (&args.checkpoint, group.is_main()) {
+        checks::check_checkpoint_path(path).map_err(SetupError::on_this_rank)?;
+    }
+    Ok(Start {
+        train,
+        test,
+        widths,
+        model,
+        state,
+        step,
+        rng,
+    })
+}
 
-    if args.batch_size < world {
-        return Err(format!(
-            "--batch-size {} is the global batch and must give each of the {world} ranks at least one example",
-            args.batch_size
-        )
-        .into());
-    }
-    let last = train.len() % args.batch_size;
-    if last != 0 && last < world {
-        return Err(format!(
-            "the last batch of each epoch has {last} examples ({} % {}), fewer than the {world} ranks; choose another --batch-size",
-            train.len(),
-            args.batch_size
-        )
-        .into());
-    }
+fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), Box<dyn std::error::Error>> {
+    let (rank, world) = (group.rank(), group.world_size());
+    let main_rank = group.is_main();
+    let Start {
+        train,
+        test,
+        widths,
+        model,
+        mut state,
+        mut step,
+        rng,
+    } = start;
+    // Every rank starts from rank 0's parameters (DataParallel broadcasts them).
+    let (dp, mut model) = nb::dist::DataParallel::new(group, &model)?;
+    let opt = optimizer(args.optimizer);
+
     let batches_per_epoch = train.len().div_ceil(args.batch_size) as u64;
     let total_steps = (args.epochs * batches_per_epoch).min(args.max_steps.unwrap_or(u64::MAX));
     let bar = if args.quiet || args.json || !main_rank {
@@ -247,11 +239,15 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup) -> Result<(), Box<dyn std::e
                     (loss, dp.grads(&tracked))
                 }
             };
+            last_loss = loss.item::<f32>() as f64;
+            if !last_loss.is_finite() {
+                let what = format!("the loss became {last_loss} at step {} (epoch {})", step + 1, epoch + 1);
+                return Err(diverged(args, what).into());
+            }
             let (new_model, new_state) = opt.update(&model, &grads, &state, args.lr);
             model = new_model;
             state = new_state;
             step += 1;
-            last_loss = loss.item::<f32>() as f64;
             if args.print_losses && main_rank {
                 bar.suspend(|| println!("step {step} loss {last_loss:.9}"));
             }
@@ -273,6 +269,10 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup) -> Result<(), Box<dyn std::e
                 );
             }
         });
+        if let Some(leaf) = checks::first_non_finite(&model.leaves()) {
+            let what = format!("parameter tensor {leaf} holds a NaN or an infinity after step {step}");
+            return Err(diverged(args, what).into());
+        }
         if let (Some(path), true) = (&args.checkpoint, main_rank) {
             let ckpt = Checkpoint {
                 step,
@@ -312,4 +312,18 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup) -> Result<(), Box<dyn std::e
         );
     }
     Ok(())
+}
+
+/// The message for a run whose loss or parameters stopped being finite: what happened, that no
+/// checkpoint was written, and what to try.
+fn diverged(args: &Args, what: String) -> String {
+    let kept = match &args.checkpoint {
+        Some(path) => format!("; {} was not overwritten", path.display()),
+        None => String::new(),
+    };
+    format!(
+        "training diverged: {what}{kept}. Try a smaller --lr (this run used {:?}), another --optimizer \
+         or --seed",
+        args.lr
+    )
 }
