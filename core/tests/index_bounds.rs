@@ -100,3 +100,24 @@ fn a_jit_replay_checks_each_new_batch_of_indices() {
     let m = panic_message(|| f.call(&(x(), idx(&[0, 3], &[2, 1]))));
     assert!(m.contains("take_along_axis: index 3 is out of range"), "{m}");
 }
+
+#[test]
+fn indices_that_are_views_at_an_offset_are_read_at_that_offset() {
+    // A regression: the checked indices lost their view's offset (cross-entropy on a slice of
+    // the labels read the first labels of the buffer instead).
+    let x = Tensor::from_vec((0..12).map(|v| v as f32).collect::<Vec<_>>(), &[4, 3]);
+    let labels = idx(&[0, 1, 2, 1, 0, 2], &[6]);
+    let view = labels.slice_axis(0, Some(2), Some(6), 1);
+    let copy = idx(&view.to_vec::<i64>(), &[4]);
+    assert_eq!(
+        x.take_along_axis(&view.expand_dims(-1), -1).to_vec::<f32>(),
+        vec![2.0, 4.0, 6.0, 11.0]
+    );
+    assert_eq!(
+        one_hot(&view, 3, DType::F32).to_vec::<f32>(),
+        one_hot(&copy, 3, DType::F32).to_vec::<f32>()
+    );
+    let g_view = nabla_core::grad(|x: &Tensor| nabla_core::cross_entropy(x, &view))(&x);
+    let g_copy = nabla_core::grad(|x: &Tensor| nabla_core::cross_entropy(x, &copy))(&x);
+    assert_eq!(g_view.to_vec::<f32>(), g_copy.to_vec::<f32>());
+}

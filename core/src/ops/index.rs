@@ -53,8 +53,13 @@ fn checked_index_tensor(op: &'static str, idx: &Tensor, range: IndexRange, x_sha
     let (layouts, levels) = aligned_layouts(&[idx], None);
     let bt = common_batch(&layouts, levels.len());
     let raw = checked_indices(op, idx, &layouts[0], &bt, range, x_shape, axis);
-    let raw = raw.with_layout(Layout::contiguous(&physical(&bt, idx.shape())));
-    Tensor::untraced(raw, &[idx])
+    // The checked indices are a contiguous run, possibly at an offset into a shared buffer:
+    // reshape that run, keeping its offset.
+    let layout = raw
+        .layout
+        .reshape(&physical(&bt, idx.shape()))
+        .expect("checked indices are contiguous");
+    Tensor::untraced(raw.with_layout(layout), &[idx])
 }
 
 /// Indices as a contiguous `[batches, count]` i64 raw tensor with negatives wrapped, checked
