@@ -40,7 +40,7 @@ Exponents: pow_scalar with an integral exponent is JAX's `x ** n` with a Python
 int n (lax.integer_pow: derivative 0 for n = 0, even at x = 0); otherwise it is
 jnp.power(x, p) (lax.pow).  nabla's powf follows the same split.
 
-Run from the repository root (about 20 s):
+Run from the repository root (about 3 minutes on 2 cores):
     python3 -m venv .venv-jax && .venv-jax/bin/pip install jax numpy
     .venv-jax/bin/python ci/gen_kink_fixtures.py
 """
