@@ -298,11 +298,45 @@ pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
     wrap(out, shape)
 }
 
+/// A branch-free `c ? x : y` (bit masks): a select on data-dependent conditions (relu's rule on
+/// activations) would otherwise mispredict half the time, and the masks vectorise.
+trait Blend: Copy {
+    fn blend(c: bool, x: Self, y: Self) -> Self;
+}
+
+macro_rules! blend_bits {
+    ($($t:ty => $bits:ty),*) => {$(
+        impl Blend for $t {
+            #[inline(always)]
+            fn blend(c: bool, x: Self, y: Self) -> Self {
+                let m = (0 as $bits).wrapping_sub(c as $bits);
+                <$t>::from_bits((x.to_bits() & m) | (y.to_bits() & !m))
+            }
+        }
+    )*};
+}
+blend_bits!(f32 => u32, f64 => u64);
+
+impl Blend for i64 {
+    #[inline(always)]
+    fn blend(c: bool, x: Self, y: Self) -> Self {
+        let m = 0i64.wrapping_sub(c as i64);
+        (x & m) | (y & !m)
+    }
+}
+
+impl Blend for bool {
+    #[inline(always)]
+    fn blend(c: bool, x: Self, y: Self) -> Self {
+        (c & x) | (!c & y)
+    }
+}
+
 /// `c ? a : b` for one chunk of a flat select starting at element `start` (the operand kinds
 /// are matched once, outside the loop).
-fn sel_chunk<T: Copy>(c: &[bool], a: &Src<T>, b: &Src<T>, start: usize, out: &mut [T]) {
+fn sel_chunk<T: Blend>(c: &[bool], a: &Src<T>, b: &Src<T>, start: usize, out: &mut [T]) {
     let end = start + out.len();
-    let pick = |c: bool, x: T, y: T| if c { x } else { y };
+    let pick = T::blend;
     match (a, b) {
         (Src::Flat(a), Src::Flat(b)) => {
             for (o, ((&c, &x), &y)) in out.iter_mut().zip(c.iter().zip(&a[start..end]).zip(&b[start..end])) {
@@ -328,7 +362,7 @@ fn sel_chunk<T: Copy>(c: &[bool], a: &Src<T>, b: &Src<T>, start: usize, out: &mu
     }
 }
 
-fn sel<'a, T: Copy + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &Src<'a, T>) -> Vec<T> {
+fn sel<'a, T: Blend + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &Src<'a, T>) -> Vec<T> {
     match (c, a, b) {
         (Src::Splat(c, _), _, _) => map1(if *c { a } else { b }, |v| v),
         (Src::Flat(c), _, _) => {
@@ -347,9 +381,9 @@ fn sel<'a, T: Copy + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &S
             let mut out = ArrayD::<T>::default(a.raw_dim());
             let z = Zip::from(&mut out).and(c).and(a).and(b);
             if c.len() >= PARALLEL_MIN {
-                z.par_for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+                z.par_for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
             } else {
-                z.for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+                z.for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
             }
             out.into_raw_vec_and_offset().0
         }
