@@ -115,12 +115,15 @@ impl Report {
     }
 }
 
+/// A case's op as a function of its float inputs (the others held fixed).
+type OfFloats<'a> = Box<dyn Fn(&[Tensor]) -> Vec<Tensor> + 'a>;
+
 /// One fixture case: its name, the function of its float inputs, and those inputs.
 struct Kink<'a> {
     name: &'a str,
     fx: &'a Value,
     xs: Vec<Tensor>,
-    f: Box<dyn Fn(&[Tensor]) -> Vec<Tensor> + 'a>,
+    f: OfFloats<'a>,
 }
 
 fn cases(fixtures: &[Value]) -> Vec<Kink<'_>> {
