@@ -279,4 +279,12 @@ fn abs_gradient_at_zero_and_prod_gradient_with_zeros_are_jax_values() {
     want[4 + 3] = 6.0;
     want[3 * 4 + 1] = 6.0;
     assert_eq!(h.to_vec::<f64>(), want);
+
+    // An empty reduced axis: the product is 1 and the gradient is empty.
+    let empty = Tensor::zeros(&[0, 3], DType::F64);
+    let (out, pullback) = nb::vjp(|x: &Tensor| x.prod(0, false), &empty);
+    assert_eq!(out.to_vec::<f64>(), vec![1.0; 3]);
+    assert_eq!(pullback(&out).shape(), &[0, 3]);
+    let (_, t) = nb::jvp(|x: &Tensor| x.prod(0, false), &empty, &empty);
+    assert_eq!(t.to_vec::<f64>(), vec![0.0; 3]);
 }
