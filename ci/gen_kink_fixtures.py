@@ -177,6 +177,10 @@ def gen_elementwise():
     for op, fn in (("abs", jnp.abs), ("sign", jnp.sign), ("relu", jax.nn.relu)):
         add_case(f"{op}/at0", op, {}, [SIGNED], fn)
     add_case("abs/2x3_zeros", "abs", {}, [f64([[0.0, -2.0, 0.0], [3.0, 0.0, -0.5]])], jnp.abs)
+    # An infinite cotangent reaches the kink (d(1/y)/dy = -inf at y = 0): JAX's selections give
+    # -inf (abs) and 0 (relu) there, where a product with sign(x) or a 0/1 mask gives NaN.
+    add_case("abs/recip_at0", "recip_abs", {}, [f64([-1.0, 0.0, 2.0])], lambda x: 1.0 / jnp.abs(x))
+    add_case("relu/recip_at0", "recip_relu", {}, [f64([-1.0, 0.0, 2.0])], lambda x: 1.0 / jax.nn.relu(x))
     add_case("sqrt/at0", "sqrt", {}, [f64([0.0, 1.0, 4.0])], jnp.sqrt)
     add_case("rsqrt/at0", "rsqrt", {}, [f64([0.0, 1.0, 4.0])], jax.lax.rsqrt)
     add_case("log/at0", "log", {}, [f64([0.0, 1.0, 2.0, -1.0])], jnp.log)

@@ -32,6 +32,8 @@ fn list(v: &Value) -> Vec<Tensor> {
 fn run(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
     match op {
         "maximum_self" => vec![x[0].maximum(&x[0])],
+        "recip_abs" => vec![x[0].scalar_like(1.0).div(&x[0].abs())],
+        "recip_relu" => vec![x[0].scalar_like(1.0).div(&x[0].relu())],
         "where_sqrt" => {
             let zero = x[0].scalar_like(0.0);
             vec![x[0].gt_scalar(0.0).where_(&x[0].sqrt(), &zero)]
@@ -159,7 +161,7 @@ fn differentiable(fx: &Value) -> bool {
 fn forward_and_first_derivatives_match_jax_at_kinks() {
     let fixtures = load();
     assert!(
-        fixtures.len() >= 59,
+        fixtures.len() >= 61,
         "expected the full kink fixtures, found {}",
         fixtures.len()
     );
