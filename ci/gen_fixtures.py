@@ -10,6 +10,12 @@ Tensors are {"dtype": "f64"|"i64"|"bool", "shape": [...], "data": [row-major]}.
 Ops with several outputs (split) use "outputs", "cotangents" and
 "output_tangents" instead of "output", "cotangent" and "output_tangent".
 
+Inputs stay away from kinks and singular points on purpose (abs/sign/relu away from
+0, no ties for max/min/argmax, clamp away from its bounds, prod's inputs away from
+zero, sqrt/log on positive values), so that finite differences apply; the values
+exactly at those points are in core/tests/fixtures/kinks.json, written by
+ci/gen_kink_fixtures.py.
+
 Inputs, cotangents and tangents come from numpy.random.default_rng seeded with
 the CRC32 of the case name and are rounded to 6 decimals, so the file is
 deterministic and the JSON inputs are exact.  The JAX version used is recorded

@@ -1,5 +1,6 @@
 //! Tensor basics: construction, dtypes, casting, printing, views that share storage, seeded
-//! randomness, integer and bool ops, and error messages that name the op and shapes.
+//! randomness, integer and bool ops, `where` over every kind of operand, and error messages
+//! that name the op and shapes.
 
 mod common;
 
@@ -123,6 +124,55 @@ fn large_tensors_use_the_parallel_paths_correctly() {
     let y = (&x * 2.0).reshape([256, 512]).transpose() + 1.0;
     assert_eq!(y.sum_all().item::<f64>(), (n as f64 - 1.0) * n as f64 + n as f64);
     assert_eq!(x.reshape([512, 256]).max(1, false).to_vec::<f64>()[511], n as f64 - 1.0);
+}
+
+#[test]
+fn where_selects_with_scalar_operands_views_and_every_dtype() {
+    // Short and long (parallel) runs, with each side a full tensor or a broadcast scalar.
+    for n in [7usize, (1 << 15) + 9] {
+        let c = Tensor::arange(0.0, n as f64, 1.0, DType::F64).reshape([n]);
+        let cond = c.lt_scalar(n as f64 / 3.0).logical_xor(&c.gt_scalar(n as f64 - 4.0));
+        let want_cond: Vec<bool> = (0..n)
+            .map(|i| ((i as f64) < n as f64 / 3.0) ^ (i as f64 > n as f64 - 4.0))
+            .collect();
+        assert_eq!(cond.to_vec::<bool>(), want_cond);
+        let a = &c * 2.0;
+        let b = -&c;
+        let pick = |i: usize, x: f64, y: f64| if want_cond[i] { x } else { y };
+        let full: Vec<f64> = (0..n).map(|i| pick(i, 2.0 * i as f64, -(i as f64))).collect();
+        assert_eq!(cond.where_(&a, &b).to_vec::<f64>(), full);
+        let left: Vec<f64> = (0..n).map(|i| pick(i, 2.0 * i as f64, 0.5)).collect();
+        assert_eq!(cond.where_(&a, &a.scalar_like(0.5)).to_vec::<f64>(), left);
+        let right: Vec<f64> = (0..n).map(|i| pick(i, -1.5, -(i as f64))).collect();
+        assert_eq!(cond.where_(&b.scalar_like(-1.5), &b).to_vec::<f64>(), right);
+        let both: Vec<f32> = (0..n).map(|i| pick(i, 1.0, -0.0) as f32).collect();
+        let f = a.cast(DType::F32);
+        let got = cond.where_(&f.scalar_like(1.0), &f.scalar_like(-0.0)).to_vec::<f32>();
+        assert!(
+            got.iter().zip(&both).all(|(g, w)| g.to_bits() == w.to_bits()),
+            "signed zeros kept"
+        );
+        // A reversed view takes the strided path.
+        let rev: Vec<f64> = (0..n).map(|i| pick(i, 2.0 * (n - 1 - i) as f64, -(i as f64))).collect();
+        assert_eq!(cond.where_(&a.flip(0), &b).to_vec::<f64>(), rev);
+        // Integers and bools.
+        let ints: Vec<i64> = (0..n).map(|i| if want_cond[i] { i as i64 } else { -7 }).collect();
+        let ci = c.cast(DType::I64);
+        assert_eq!(cond.where_(&ci, &ci.scalar_like(-7.0)).to_vec::<i64>(), ints);
+        let bools: Vec<bool> = want_cond.iter().map(|&w| !w).collect();
+        let t = Tensor::full(&[n], 1.0, DType::Bool);
+        assert_eq!(cond.where_(&t.logical_not(), &t).to_vec::<bool>(), bools);
+    }
+    // A scalar condition selects a whole side.
+    let x = nb::tensor([1.0, 2.0]);
+    assert_eq!(
+        nb::tensor(true).where_(&x, &x.scalar_like(9.0)).to_vec::<f32>(),
+        vec![1.0, 2.0]
+    );
+    assert_eq!(
+        nb::tensor(false).where_(&x, &x.scalar_like(9.0)).to_vec::<f32>(),
+        vec![9.0, 9.0]
+    );
 }
 
 #[test]

@@ -45,13 +45,13 @@ impl BinaryRule {
             BinaryOp::Sub => (ga.cloned(), gb.map(|g| -g)),
             BinaryOp::Mul => (ga.map(|g| g * b), gb.map(|g| g * a)),
             BinaryOp::Div => (ga.map(|g| g / b), gb.map(|g| -(g * out / b))),
+            // JAX's rules for a float exponent: b a^(b-1), and a^b log a with log 0 taken as 0
+            // (so 0 * a^b: 0 where a^b is finite, NaN where a = 0 and b < 0).
             BinaryOp::Pow => (
-                ga.map(|g| g * b * a.pow(&(b - 1.0))),
+                ga.map(|g| g * (b * a.pow(&(b - 1.0)))),
                 gb.map(|g| {
-                    // d/db a^b = a^b log a, defined as 0 where a == 0 (as JAX does).
-                    let zero = a.eq(&a.scalar_like(0.0));
-                    let safe_a = zero.where_(&a.ones_like(), a);
-                    g * zero.where_(&out.zeros_like(), &(out * safe_a.log()))
+                    let safe_a = a.eq_scalar(0.0).where_(&a.scalar_like(1.0), a);
+                    g * (safe_a.log() * out)
                 }),
             ),
             BinaryOp::Maximum => (
@@ -160,6 +160,8 @@ impl Tensor {
         binary(BinaryOp::Xor, self, other)
     }
     /// `self ^ p` for a constant exponent `p` (cheaper than [`Tensor::pow`], no log needed).
+    /// Derivatives as JAX's `x ** p`: for an integral `p` those of `x ** int(p)`, so `x^0` has
+    /// derivative 0 and `x^1` derivative 1 everywhere, `x = 0` included.
     pub fn powf(&self, p: f64) -> Tensor {
         require_float("powf", self);
         let s = self.scalar_like(p);
@@ -184,16 +186,34 @@ impl Tensor {
     }
 }
 
+/// The rule of `x ^ p` for a constant `p`. An integral `p` follows JAX's `x ** n` for a Python
+/// int `n` (`lax.integer_pow`): derivative 0 for `n = 0` and `g` for `n = 1`, even at `x = 0`
+/// where `p x^(p-1)` is `0 * inf`; any other `p` follows `jnp.power(x, p)`: `g p x^(p-1)`.
 struct PowScalarRule(f64);
+
+impl PowScalarRule {
+    fn scale(&self, x: &Tensor, g: &Tensor) -> Option<Tensor> {
+        let p = self.0;
+        if p == 0.0 {
+            None
+        } else if p == 1.0 {
+            Some(g.clone())
+        } else if p == 2.0 {
+            Some(g * (x * 2.0))
+        } else {
+            Some(g * (x.powf(p - 1.0) * p))
+        }
+    }
+}
 
 impl Rule for PowScalarRule {
     fn name(&self) -> String {
         format!("pow(p={})", self.0)
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        vec![Some(ct * inputs[0].powf(self.0 - 1.0) * self.0)]
+        vec![self.scale(&inputs[0], ct)]
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        Some(tangents[0].as_ref()? * inputs[0].powf(self.0 - 1.0) * self.0)
+        self.scale(&inputs[0], tangents[0].as_ref()?)
     }
 }

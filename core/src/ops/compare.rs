@@ -52,13 +52,18 @@ impl Rule for WhereRule {
     fn name(&self) -> String {
         "where".into()
     }
-    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        self.vjp_wanted(inputs, out, ct, &[false, true, true])
+    }
+    // A constant branch (the zero of relu's rule, a literal fill) gets no cotangent: that
+    // skips a select and a reduction to its shape.
+    fn vjp_wanted(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (c, a, b) = (&inputs[0], &inputs[1], &inputs[2]);
-        let zero = ct.zeros_like();
+        let zero = ct.scalar_like(0.0);
         vec![
             None,
-            Some(c.where_(ct, &zero).sum_to_shape(a.shape())),
-            Some(c.where_(&zero, ct).sum_to_shape(b.shape())),
+            wanted[1].then(|| c.where_(ct, &zero).sum_to_shape(a.shape())),
+            wanted[2].then(|| c.where_(&zero, ct).sum_to_shape(b.shape())),
         ]
     }
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {

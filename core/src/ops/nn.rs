@@ -1,9 +1,11 @@
 //! Neural-network functions composed from primitives (their derivatives follow by composition):
-//! gelu, silu, softplus, softmax, log_softmax, cross-entropy, mse.
+//! gelu, silu, softmax, log_softmax, cross-entropy, mse; and softplus, one primitive whose rule
+//! is JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
 use super::{require_float, Axes};
 use crate::dtype::DType;
 use crate::tensor::Tensor;
+use crate::trace::Rule;
 
 impl Tensor {
     /// GELU, tanh approximation (JAX's default `approximate=True`):
@@ -21,10 +23,14 @@ impl Tensor {
         self * self.sigmoid()
     }
 
-    /// `log(1 + e^x)`, computed without overflow as `relu(x) + log1p(e^-|x|)`.
+    /// `log(1 + e^x)`, computed without overflow as `relu(x) + log1p(e^-|x|)`. Its derivative is
+    /// JAX's (`jax.nn.softplus` is `logaddexp(x, 0)`): `exp(x - softplus(x))` with `+inf` read
+    /// as 0 on both sides, so 1/2 at 0 (the formula's kink) and 1 at `+inf`.
     pub fn softplus(&self) -> Tensor {
         require_float("softplus", self);
-        self.relu() + (-self.abs()).exp().log1p()
+        let x = self.stop_gradient();
+        let value = x.relu() + (-x.abs()).exp().log1p();
+        Tensor::record(value.raw().clone(), &[self], || SoftplusRule)
     }
 
     /// Softmax along `axis`, shifted by the maximum for stability.
@@ -39,6 +45,33 @@ impl Tensor {
     pub fn log_softmax(&self, axis: isize) -> Tensor {
         require_float("log_softmax", self);
         self - self.logsumexp(axis, true)
+    }
+}
+
+/// softplus as one primitive, with the derivative of JAX's `logaddexp` rule.
+struct SoftplusRule;
+
+/// `x` with `+inf` replaced by 0 (JAX's `_replace_inf` in the `logaddexp` rule).
+fn replace_posinf(x: &Tensor) -> Tensor {
+    x.eq_scalar(f64::INFINITY).where_(&x.scalar_like(0.0), x)
+}
+
+impl SoftplusRule {
+    /// `g * exp(x - softplus(x))`, that is `g * sigmoid(x)`, written as JAX writes it.
+    fn scale(x: &Tensor, out: &Tensor, g: &Tensor) -> Tensor {
+        g * (replace_posinf(x) - replace_posinf(out)).exp()
+    }
+}
+
+impl Rule for SoftplusRule {
+    fn name(&self) -> String {
+        "softplus".into()
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(SoftplusRule::scale(&inputs[0], out, ct))]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        Some(SoftplusRule::scale(&inputs[0], out, tangents[0].as_ref()?))
     }
 }
 

@@ -35,7 +35,7 @@ impl Rule for ReduceRule {
         let g = ct.broadcast_to(x.shape());
         vec![Some(match self.op {
             ReduceOp::Sum => g,
-            ReduceOp::Prod => g * out / x,
+            ReduceOp::Prod => products_of_others(x, &self.axes, ct),
             ReduceOp::Max | ReduceOp::Min => {
                 let (mask, count) = self.extremum_mask(x, out);
                 g * mask / count
@@ -46,13 +46,71 @@ impl Rule for ReduceRule {
         let (x, t) = (&inputs[0], tangents[0].as_ref()?);
         Some(match self.op {
             ReduceOp::Sum => t.sum(self.axes(), true),
-            ReduceOp::Prod => (t * out / x).sum(self.axes(), true),
+            ReduceOp::Prod => (t * products_of_others(x, &self.axes, &out.ones_like())).sum(self.axes(), true),
             ReduceOp::Max | ReduceOp::Min => {
                 let (mask, count) = self.extremum_mask(x, out);
                 (t * mask).sum(self.axes(), true) / count
             }
         })
     }
+}
+
+/// For every element of `x`, the product of the other elements of its slice over `axes`
+/// (sorted), times `seed` (the reduction's keepdims shape): prod's derivative. It has no
+/// division, so it is exact at zeros (as JAX's, which differentiates a tree of products), and it
+/// is built from public ops, so it differentiates again.
+fn products_of_others(x: &Tensor, axes: &[usize], seed: &Tensor) -> Tensor {
+    if x.numel() == 0 {
+        return seed.broadcast_to(x.shape());
+    }
+    let rest: Vec<usize> = (0..x.rank()).filter(|a| !axes.contains(a)).collect();
+    let perm: Vec<usize> = axes.iter().chain(&rest).copied().collect();
+    let mut inverse = vec![0; perm.len()];
+    for (i, &p) in perm.iter().enumerate() {
+        inverse[p] = i;
+    }
+    let rest_shape: Vec<usize> = rest.iter().map(|&a| x.shape()[a]).collect();
+    let n: usize = axes.iter().map(|&a| x.shape()[a]).product();
+    let lead = |first: &[usize]| -> Vec<usize> { first.iter().chain(&rest_shape).copied().collect() };
+    // The reduced axes first, flattened to one: [n, rest..].
+    let flat = x.permute(&perm).reshape(lead(&[n]));
+    let others = exclusive_products(&flat, &seed.reshape(lead(&[1])));
+    let axes_shape: Vec<usize> = axes.iter().map(|&a| x.shape()[a]).collect();
+    others.reshape(lead(&axes_shape)).permute(&inverse)
+}
+
+/// `seed * prod_{j != i} x[j]` for every `i` along the leading axis of `x` (`[n, ..]`, seed
+/// `[1, ..]`): adjacent halves are multiplied pairwise up a tree, and each element receives the
+/// product passed down to its pair times its partner. O(n) multiplications, log2(n) levels.
+fn exclusive_products(x: &Tensor, seed: &Tensor) -> Tensor {
+    let n = x.shape()[0] as isize;
+    if n == 1 {
+        return seed.clone();
+    }
+    let h = n / 2;
+    let (a, b) = (
+        x.slice_axis(0, Some(0), Some(h), 1),
+        x.slice_axis(0, Some(h), Some(2 * h), 1),
+    );
+    let pairs = &a * &b;
+    let odd = n % 2 == 1;
+    // With an odd count the last element goes up the tree unpaired.
+    let up = if odd {
+        super::shape::concatenate(&[pairs, x.slice_axis(0, Some(2 * h), None, 1)], 0)
+    } else {
+        pairs
+    };
+    let down = exclusive_products(&up, seed);
+    let to_pairs = if odd {
+        down.slice_axis(0, Some(0), Some(h), 1)
+    } else {
+        down.clone()
+    };
+    let mut parts = vec![&to_pairs * &b, &to_pairs * &a];
+    if odd {
+        parts.push(down.slice_axis(0, Some(h), None, 1));
+    }
+    super::shape::concatenate(&parts, 0)
 }
 
 fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> Tensor {

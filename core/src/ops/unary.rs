@@ -25,8 +25,10 @@ fn scale_by_derivative(op: UnaryOp, x: &Tensor, out: &Tensor, g: &Tensor) -> Opt
         UnaryOp::Cos => -(g * x.sin()),
         UnaryOp::Tanh => g * (1.0 - out * out),
         UnaryOp::Sigmoid => g * out * (1.0 - out),
-        UnaryOp::Abs => g * x.sign(),
-        UnaryOp::Relu => g * x.gt_scalar(0.0).cast(g.dtype()),
+        // JAX's rules: g where x >= 0 (so +g at 0), and g only where x > 0 (0 at 0), as
+        // selections, so an infinite cotangent on the other side gives 0, not NaN.
+        UnaryOp::Abs => x.ge_scalar(0.0).where_(g, &-g),
+        UnaryOp::Relu => x.gt_scalar(0.0).where_(g, &g.scalar_like(0.0)),
         UnaryOp::Sign | UnaryOp::Not => return None,
     })
 }
@@ -94,7 +96,7 @@ impl Tensor {
         unary(self, UnaryOp::Neg)
     }
 
-    /// Absolute value (floats and integers); its derivative is `sign(x)`.
+    /// Absolute value (floats and integers); its derivative is `sign(x)` but `+1` at 0 (as JAX).
     pub fn abs(&self) -> Tensor {
         self.require_numeric("abs");
         unary(self, UnaryOp::Abs)

@@ -26,14 +26,23 @@ pub fn tensor_from(v: &Value) -> Tensor {
         .collect();
     let data = v["data"].as_array().unwrap();
     match v["dtype"].as_str().unwrap() {
-        "f64" => Tensor::from_vec(data.iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>(), &shape),
-        "f32" => Tensor::from_vec(
-            data.iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>(),
-            &shape,
-        ),
+        "f64" => Tensor::from_vec(data.iter().map(float).collect::<Vec<f64>>(), &shape),
+        "f32" => Tensor::from_vec(data.iter().map(|x| float(x) as f32).collect::<Vec<f32>>(), &shape),
         "i64" => Tensor::from_vec(data.iter().map(|x| x.as_i64().unwrap()).collect::<Vec<i64>>(), &shape),
         "bool" => Tensor::from_vec(data.iter().map(|x| x.as_bool().unwrap()).collect::<Vec<bool>>(), &shape),
         d => panic!("unknown fixture dtype {d}"),
+    }
+}
+
+/// A fixture float: a JSON number, or the string "nan", "inf" or "-inf" (JSON has no
+/// non-finite numbers; `ci/gen_kink_fixtures.py` writes them so).
+fn float(x: &Value) -> f64 {
+    match x.as_str() {
+        Some("nan") => f64::NAN,
+        Some("inf") => f64::INFINITY,
+        Some("-inf") => f64::NEG_INFINITY,
+        Some(other) => panic!("fixture float: unexpected string {other:?}"),
+        None => x.as_f64().unwrap_or_else(|| panic!("fixture float: not a number: {x}")),
     }
 }
 

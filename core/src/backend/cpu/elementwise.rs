@@ -47,7 +47,8 @@ fn is_flat(layout: &Layout) -> bool {
 }
 
 /// The operand for `layout` over `data`: a run or a repeated value when `flat` (all operands
-/// pass [`is_flat`]; only binary kernels accept repeated values), else a strided view.
+/// pass [`is_flat`]; binary, comparison and select kernels accept repeated values), else a
+/// strided view.
 fn ev<'a, T: Copy>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
     if flat && layout.is_contiguous() {
         let start = layout.offset.min(data.len());
@@ -297,20 +298,93 @@ pub(super) fn compare(op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
     wrap(out, shape)
 }
 
-fn sel<T: Copy + Send + Sync + Default>(c: &Src<bool>, a: &Src<T>, b: &Src<T>) -> Vec<T> {
+/// A branch-free `c ? x : y` (bit masks): a select on data-dependent conditions (relu's rule on
+/// activations) would otherwise mispredict half the time, and the masks vectorise.
+trait Blend: Copy {
+    fn blend(c: bool, x: Self, y: Self) -> Self;
+}
+
+macro_rules! blend_bits {
+    ($($t:ty => $bits:ty),*) => {$(
+        impl Blend for $t {
+            #[inline(always)]
+            fn blend(c: bool, x: Self, y: Self) -> Self {
+                let m = (0 as $bits).wrapping_sub(c as $bits);
+                <$t>::from_bits((x.to_bits() & m) | (y.to_bits() & !m))
+            }
+        }
+    )*};
+}
+blend_bits!(f32 => u32, f64 => u64);
+
+impl Blend for i64 {
+    #[inline(always)]
+    fn blend(c: bool, x: Self, y: Self) -> Self {
+        let m = 0i64.wrapping_sub(c as i64);
+        (x & m) | (y & !m)
+    }
+}
+
+impl Blend for bool {
+    #[inline(always)]
+    fn blend(c: bool, x: Self, y: Self) -> Self {
+        (c & x) | (!c & y)
+    }
+}
+
+/// `c ? a : b` for one chunk of a flat select starting at element `start` (the operand kinds
+/// are matched once, outside the loop).
+fn sel_chunk<T: Blend>(c: &[bool], a: &Src<T>, b: &Src<T>, start: usize, out: &mut [T]) {
+    let end = start + out.len();
+    let pick = T::blend;
+    match (a, b) {
+        (Src::Flat(a), Src::Flat(b)) => {
+            for (o, ((&c, &x), &y)) in out.iter_mut().zip(c.iter().zip(&a[start..end]).zip(&b[start..end])) {
+                *o = pick(c, x, y);
+            }
+        }
+        (Src::Flat(a), Src::Splat(y, _)) => {
+            for (o, (&c, &x)) in out.iter_mut().zip(c.iter().zip(&a[start..end])) {
+                *o = pick(c, x, *y);
+            }
+        }
+        (Src::Splat(x, _), Src::Flat(b)) => {
+            for (o, (&c, &y)) in out.iter_mut().zip(c.iter().zip(&b[start..end])) {
+                *o = pick(c, *x, y);
+            }
+        }
+        (Src::Splat(x, _), Src::Splat(y, _)) => {
+            for (o, &c) in out.iter_mut().zip(c) {
+                *o = pick(c, *x, *y);
+            }
+        }
+        _ => unreachable!("operands of one kernel are all flat or all strided"),
+    }
+}
+
+fn sel<'a, T: Blend + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &Src<'a, T>) -> Vec<T> {
     match (c, a, b) {
-        (Src::Flat(c), Src::Flat(a), Src::Flat(b)) => c
-            .iter()
-            .zip(a.iter().zip(b.iter()))
-            .map(|(&c, (&x, &y))| if c { x } else { y })
-            .collect(),
+        (Src::Splat(c, _), _, _) => map1(if *c { a } else { b }, |v| v),
+        (Src::Flat(c), _, _) => {
+            let mut out = vec![T::default(); c.len()];
+            if c.len() >= PARALLEL_MIN {
+                out.par_chunks_mut(CHUNK)
+                    .zip(c.par_chunks(CHUNK))
+                    .enumerate()
+                    .for_each(|(i, (o, c))| sel_chunk(c, a, b, i * CHUNK, o));
+            } else {
+                sel_chunk(c, a, b, 0, &mut out);
+            }
+            out
+        }
         (Src::Strided(c), Src::Strided(a), Src::Strided(b)) => {
             let mut out = ArrayD::<T>::default(a.raw_dim());
-            Zip::from(&mut out)
-                .and(c)
-                .and(a)
-                .and(b)
-                .for_each(|o, &c, &x, &y| *o = if c { x } else { y });
+            let z = Zip::from(&mut out).and(c).and(a).and(b);
+            if c.len() >= PARALLEL_MIN {
+                z.par_for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
+            } else {
+                z.for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
+            }
             out.into_raw_vec_and_offset().0
         }
         _ => unreachable!("operands of one kernel are all flat or all strided"),
@@ -319,7 +393,7 @@ fn sel<T: Copy + Send + Sync + Default>(c: &Src<bool>, a: &Src<T>, b: &Src<T>) -
 
 /// `cond ? a : b` kernel.
 pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
-    let flat = cond.layout.is_contiguous() && a.layout.is_contiguous() && b.layout.is_contiguous();
+    let flat = is_flat(&cond.layout) && is_flat(&a.layout) && is_flat(&b.layout);
     let CpuBuffer::Bool(c) = host(cond) else {
         unreachable!("condition is bool: checked by the op layer")
     };
