@@ -159,3 +159,79 @@ impl Token {
         self.text.as_bytes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("nabla-token-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn generated_tokens_are_64_hex_characters_and_differ() {
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        assert_eq!(a.expose().len(), 64);
+        assert!(a
+            .expose()
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+        let shown = format!("{a:?}");
+        assert!(!shown.contains(a.expose()) && shown.contains("secret"), "{shown}");
+        assert_eq!(hex(&[0, 15, 16, 255]), "000f10ff");
+    }
+
+    #[test]
+    fn bad_token_texts_are_errors_that_say_what_to_do() {
+        let e = Token::from_text("  \n").unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("openssl rand -hex 32"), "{e}");
+        let e = Token::from_text("short").unwrap_err().to_string();
+        assert!(e.contains("5 characters, fewer than the 32"), "{e}");
+        let e = Token::from_text(&format!("{} {}", "a".repeat(20), "b".repeat(20)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("contains ' '"), "{e}");
+        let e = Token::from_text(&"x".repeat(MAX_TOKEN_CHARS + 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than 4096"), "{e}");
+        assert_eq!(
+            Token::from_text(&format!("  {}\n", "k".repeat(32))).unwrap().expose(),
+            "k".repeat(32)
+        );
+    }
+
+    #[test]
+    fn token_files_round_trip_and_are_private() {
+        let dir = scratch("files");
+        let path = dir.join("token");
+        let t = Token::generate().unwrap();
+        t.write_file(&path).unwrap();
+        assert_eq!(Token::from_file(&path).unwrap(), t);
+        let e = t.write_file(&path).unwrap_err().to_string();
+        assert!(e.contains("never replaced"), "{e}");
+        let e = Token::from_file(&dir.join("missing")).unwrap_err().to_string();
+        assert!(e.contains("missing") && e.contains("--rdzv-token-file"), "{e}");
+        let e = Token::from_file(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = Token::from_file(&path).unwrap_err().to_string();
+            assert!(e.contains("mode 644") && e.contains("chmod 600"), "{e}");
+        }
+        let short = dir.join("short");
+        Token::generate().unwrap().write_file(&short).unwrap();
+        std::fs::write(&short, "abc\n").unwrap();
+        let e = Token::from_file(&short).unwrap_err().to_string();
+        assert!(e.contains("in ") && e.contains("3 characters"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
