@@ -257,9 +257,22 @@ pub(crate) fn encode_request(req: &Request, max_frame: u32) -> Result<Vec<u8>> {
     w.finish(max_frame)
 }
 
-/// Encodes a response as a frame (a response too large for the frame limit, which only a
-/// TIMEOUT listing long keys could be, lists fewer keys).
+/// Most bytes of an ERROR message (a longer one is cut), so that it fits the smallest frame limit.
+const MAX_ERROR_MESSAGE: usize = 900;
+
+/// Encodes a response as a frame. One over the frame limit (a TIMEOUT listing long keys under a
+/// small limit) goes as a TIMEOUT listing no key, or as an ERROR that says so.
 pub(crate) fn encode_response(resp: &Response, max_frame: u32) -> Vec<u8> {
+    encode_response_within(resp, max_frame).unwrap_or_else(|_| {
+        let fallback = match resp {
+            Response::Timeout { .. } => Response::Timeout { missing: Vec::new() },
+            _ => Response::Error(format!("the response is over the frame limit of {max_frame} bytes")),
+        };
+        encode_response_within(&fallback, max_frame).expect("a small response fits any frame limit of 1024 or more")
+    })
+}
+
+fn encode_response_within(resp: &Response, max_frame: u32) -> Result<Vec<u8>> {
     let w = match resp {
         Response::Done => Writer::new(0x80),
         Response::Value(v) => {
@@ -294,7 +307,7 @@ pub(crate) fn encode_response(resp: &Response, max_frame: u32) -> Vec<u8> {
             w
         }
         Response::Error(message) => {
-            let mut end = message.len().min(1024);
+            let mut end = message.len().min(MAX_ERROR_MESSAGE);
             while !message.is_char_boundary(end) {
                 end -= 1;
             }
@@ -305,11 +318,7 @@ pub(crate) fn encode_response(resp: &Response, max_frame: u32) -> Vec<u8> {
             w
         }
     };
-    w.finish(max_frame).unwrap_or_else(|_| {
-        Writer::new(0x86)
-            .finish(max_frame)
-            .expect("an empty frame fits any limit")
-    })
+    w.finish(max_frame)
 }
 
 /// Reads the fields of a frame's body, with errors that name what was cut short.
@@ -652,6 +661,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("frame limit of 1024"));
+    }
+
+    #[test]
+    fn responses_over_the_frame_limit_still_decode() {
+        let long_keys = Response::Timeout {
+            missing: vec!["k".repeat(600), "j".repeat(600)],
+        };
+        let frame = encode_response(&long_keys, 1024);
+        assert_eq!(
+            decode_response(&frame[4..]).unwrap(),
+            Response::Timeout { missing: vec![] }
+        );
+        let frame = encode_response(&Response::Value(vec![0; 2000]), 1024);
+        match decode_response(&frame[4..]).unwrap() {
+            Response::Error(m) => assert!(m.contains("over the frame limit of 1024"), "{m}"),
+            r => panic!("{r:?}"),
+        }
+        let frame = encode_response(&Response::Error("é".repeat(2000)), 1024);
+        assert!(frame.len() <= 1028);
+        assert!(matches!(decode_response(&frame[4..]).unwrap(), Response::Error(m) if m.len() <= 900));
     }
 
     #[tokio::test]
