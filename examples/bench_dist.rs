@@ -170,7 +170,9 @@ fn step_times(group: &ProcessGroup) -> serde_json::Value {
 /// The human-readable form of the rows.
 fn print_table(rows: &[serde_json::Value]) {
     let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-    println!("\n| all-reduce (f32) | ours in place ms | ours send->recv ms | raw MPI send->recv ms | ours / raw throughput | ours GB/s |");
+    println!(
+        "\n| all-reduce (f32) | ours in place ms | ours send->recv ms | raw MPI send->recv ms | ours / raw throughput | ours GB/s |"
+    );
     println!("| --- | --- | --- | --- | --- | --- |");
     for r in rows
         .iter()

@@ -4,8 +4,8 @@
 
 use nabla as nb;
 use nb::nn::checkpoint::{self, Checkpoint};
-use nb::nn::data::{read_idx, shard_range, DataError, Dataset};
-use nb::nn::{accuracy, digest, Activation, Adam, Init, Mlp, Optimizer, Schedule, Sgd};
+use nb::nn::data::{DataError, Dataset, read_idx, shard_range};
+use nb::nn::{Activation, Adam, Init, Mlp, Optimizer, Schedule, Sgd, accuracy, digest};
 use nb::{DType, Rng, Tensor, Tree};
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
@@ -177,10 +177,12 @@ fn idx_files_are_read_and_bad_ones_rejected() {
         "{e}"
     );
     std::fs::write(dir.join("text"), "hello world").unwrap();
-    assert!(read_idx(&dir.join("text"))
-        .unwrap_err()
-        .to_string()
-        .contains("not an IDX file"));
+    assert!(
+        read_idx(&dir.join("text"))
+            .unwrap_err()
+            .to_string()
+            .contains("not an IDX file")
+    );
     assert!(matches!(
         read_idx(&dir.join("missing")).unwrap_err(),
         DataError::Io { .. }

@@ -24,11 +24,7 @@ fn format_floats(values: &[f64], single: bool) -> Vec<String> {
             if v.is_nan() {
                 "nan".into()
             } else if v.is_infinite() {
-                if v > 0.0 {
-                    "inf".into()
-                } else {
-                    "-inf".into()
-                }
+                if v > 0.0 { "inf".into() } else { "-inf".into() }
             } else if scientific {
                 format!("{v:.8e}")
             } else {

@@ -108,11 +108,7 @@ impl Element for i64 {
 impl Element for bool {
     const DTYPE: DType = DType::Bool;
     fn to_f64(self) -> f64 {
-        if self {
-            1.0
-        } else {
-            0.0
-        }
+        if self { 1.0 } else { 0.0 }
     }
     fn from_f64(v: f64) -> Self {
         v != 0.0

@@ -21,23 +21,23 @@ pub mod trace;
 pub mod transforms;
 pub mod tree;
 
-pub use backend::{register_backend, Backend};
+pub use backend::{Backend, register_backend};
 pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
-pub use jit::{jit, CacheInfo, Jit};
+pub use jit::{CacheInfo, Jit, jit};
+pub use ops::Axes;
 pub use ops::compare::where_;
-pub use ops::create::{tensor, tensor_of, TensorLiteral};
+pub use ops::create::{TensorLiteral, tensor, tensor_of};
 pub use ops::index::one_hot;
 pub use ops::nn::{cross_entropy, mse};
-pub use ops::shape::{concatenate, stack, Sl};
-pub use ops::Axes;
+pub use ops::shape::{Sl, concatenate, stack};
 pub use random::Rng;
 pub use tensor::Tensor;
 pub use transforms::api::{
     grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap, vmap_with,
 };
-pub use transforms::backward::{backward, BackwardOptions, GradSyncHook};
+pub use transforms::backward::{BackwardOptions, GradSyncHook, backward};
 pub use transforms::custom::{custom_jvp, custom_vjp};
 pub use transforms::graph::{format_graph, trace_graph};
 pub use transforms::jacobian::{
@@ -45,9 +45,9 @@ pub use transforms::jacobian::{
 };
 pub use transforms::jvp::jvp_many;
 pub use transforms::positional::{
-    grad_with, grad_with_aux_with, hessian_with, jacfwd_many_with, jacfwd_with, jacrev_many_with, jacrev_with,
-    value_and_grad_with, value_and_grad_with_aux_with, Argnums, GradOptions,
+    Argnums, GradOptions, grad_with, grad_with_aux_with, hessian_with, jacfwd_many_with, jacfwd_with, jacrev_many_with,
+    jacrev_with, value_and_grad_with, value_and_grad_with_aux_with,
 };
-pub use transforms::vjp::{vjp_many, VjpFn};
+pub use transforms::vjp::{VjpFn, vjp_many};
 pub use transforms::vmap::vmap_many;
 pub use tree::Tree;

@@ -43,11 +43,7 @@ pub fn normalize_axis(op: &str, axis: isize, rank: usize) -> usize {
             r - 1
         );
     }
-    if axis < 0 {
-        (axis + r) as usize
-    } else {
-        axis as usize
-    }
+    if axis < 0 { (axis + r) as usize } else { axis as usize }
 }
 
 /// Normalises a list of axes (sorted, deduplicated check); `None` means every axis.

@@ -2,14 +2,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{backend_for, Backend};
+use crate::backend::{Backend, backend_for};
 use crate::device::Device;
 use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::shape::numel;
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
-use crate::trace::{next_id, union_levels, GradSlot, Level, Node, Rule};
+use crate::trace::{GradSlot, Level, Node, Rule, next_id, union_levels};
 use crate::transforms::backward::GradSyncHook;
 
 /// An n-dimensional array of `f32`, `f64`, `i64` or `bool` on a [`Device`].
@@ -390,18 +390,18 @@ impl Tensor {
                 self.dtype()
             )
         };
-        if let Some(g) = &grad {
-            if g.shape() != self.shape() || g.dtype() != self.dtype() || g.device() != self.device() {
-                panic!(
-                    "set_grad: gradient {:?} ({}, {}) does not match its leaf {:?} ({}, {})",
-                    g.shape(),
-                    g.dtype(),
-                    g.device(),
-                    self.shape(),
-                    self.dtype(),
-                    self.device()
-                );
-            }
+        if let Some(g) = &grad
+            && (g.shape() != self.shape() || g.dtype() != self.dtype() || g.device() != self.device())
+        {
+            panic!(
+                "set_grad: gradient {:?} ({}, {}) does not match its leaf {:?} ({}, {})",
+                g.shape(),
+                g.dtype(),
+                g.device(),
+                self.shape(),
+                self.dtype(),
+                self.device()
+            );
         }
         *slot.lock() = grad.map(|g| g.stop_gradient());
     }

@@ -98,7 +98,7 @@ fn vmap_in_axes_per_argument_of_a_tuple() {
     let xs = Tensor::from_vec(vec![1.0f64, 2.0, 3.0, 4.0], &[2, 2]);
     let w = Tensor::from_vec(vec![1.0f64, 0.0, 0.0, 2.0], &[2, 2]);
     let b = v(&[10.0, 20.0]);
-    let layer = |a: &(Tensor, (Tensor, Tensor))| a.0.matmul(&a.1 .0) + &a.1 .1;
+    let layer = |a: &(Tensor, (Tensor, Tensor))| a.0.matmul(&a.1.0) + &a.1.1;
     let per_argument = nb::vmap_with(layer, vec![Some(0), None], vec![0])(&(xs.clone(), (w.clone(), b.clone())));
     let per_leaf = nb::vmap_with(layer, vec![Some(0), None, None], vec![0])(&(xs.clone(), (w.clone(), b.clone())));
     assert_eq!(per_argument.to_vec::<f64>(), vec![11.0, 24.0, 13.0, 28.0]);
@@ -112,4 +112,18 @@ fn vmap_in_axes_per_argument_of_a_tuple() {
         msg.contains("4 in_axes given; the argument has 3 leaves and 2 top-level arguments"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_closure_borrowing_locals_works_as_the_tail_of_a_block() {
+    // Under edition 2021 this block failed with E0597 (`b` does not live long enough): the
+    // temporaries of a tail expression outlived the block's locals. Edition 2024 drops them first.
+    let g = {
+        let a = Tensor::from_vec(vec![1.0f64, 2.0], &[1, 2]);
+        let b = Tensor::from_vec(vec![0.5f64, -1.0], &[2, 1]);
+        nb::grad(|a: &Tensor| a.matmul(&b).tanh().sum_all())(&a)
+    };
+    let t = (0.5f64 - 2.0).tanh();
+    let d = 1.0 - t * t;
+    assert_eq!(g.to_vec::<f64>(), vec![0.5 * d, -d]);
 }

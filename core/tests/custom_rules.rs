@@ -3,7 +3,7 @@
 //! examples, evaluated in f64 here.
 
 use nabla_core as nb;
-use nb::{custom_jvp, custom_vjp, DType, Tensor};
+use nb::{DType, Tensor, custom_jvp, custom_vjp};
 
 fn s(x: f64) -> Tensor {
     Tensor::from_vec(vec![x], &[])

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{float_inputs, load_cases, of_floats, Case};
+use common::{Case, float_inputs, load_cases, of_floats};
 use nabla_core as nb;
 use nb::{DType, Rng, Tensor};
 

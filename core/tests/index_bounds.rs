@@ -1,7 +1,7 @@
 //! Every index op rejects an out-of-range index with the op, the index and the extent in the
 //! message, eagerly, under vmap and on a jit replay; in-range negative indices count from the end.
 
-use nabla_core::{one_hot, DType, Tensor};
+use nabla_core::{DType, Tensor, one_hot};
 
 fn panic_message(f: impl FnOnce() -> Tensor) -> String {
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use nabla_core::Tensor;
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
-use nabla_core::Tensor;
 
 fn four() -> Storage {
     Storage::Cpu(CpuBuffer::F32(Arc::new(vec![1.0, 2.0, 3.0, 4.0])))

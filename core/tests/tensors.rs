@@ -180,7 +180,10 @@ fn errors_name_the_op_shapes_and_dtypes() {
     let m = panic_message(|| {
         Tensor::ones(&[3, 4], DType::F32).matmul(&Tensor::ones(&[5, 2], DType::F32));
     });
-    assert_eq!(m, "matmul: inner dimensions differ: lhs [3, 4] (f32) x rhs [5, 2] (f32); the last axis of lhs must equal the second-to-last of rhs");
+    assert_eq!(
+        m,
+        "matmul: inner dimensions differ: lhs [3, 4] (f32) x rhs [5, 2] (f32); the last axis of lhs must equal the second-to-last of rhs"
+    );
     let m = panic_message(|| {
         let _ = Tensor::ones(&[2, 3], DType::F32) + Tensor::ones(&[4], DType::F32);
     });

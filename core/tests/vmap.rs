@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{apply, assert_close, float_inputs, load_cases, of_floats, Case};
+use common::{Case, apply, assert_close, float_inputs, load_cases, of_floats};
 use nabla_core as nb;
 use nb::Tensor;
 

@@ -12,7 +12,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::TokenStream as Tokens;
 use quote::{format_ident, quote};
-use syn::{parse_macro_input, parse_quote, Data, DeriveInput, Fields, GenericParam, Index};
+use syn::{Data, DeriveInput, Fields, GenericParam, Index, parse_macro_input, parse_quote};
 
 /// True when the manifest text declares a dependency named `name` (`name = ...`,
 /// `name.workspace = true`, `[dependencies.name]`).

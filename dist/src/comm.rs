@@ -97,7 +97,7 @@ impl HostBufMut<'_> {
                     s.type_name(),
                     d.len(),
                     d.type_name()
-                ))
+                ));
             }
         }
         Ok(())

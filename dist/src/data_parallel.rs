@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use nabla_core::{DType, GradSyncHook, Tensor, Tree};
 
-use crate::bucket::{plan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
+use crate::bucket::{BUCKET_BYTES, FIRST_BUCKET_BYTES, plan};
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
 use crate::queue::BucketQueue;

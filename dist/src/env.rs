@@ -109,13 +109,13 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<ProcessEnv> {
                 Launcher::describe(launcher)
             )));
         }
-        if let (Some(l), Some(n)) = (local_rank, local_world) {
-            if l >= n {
-                return Err(DistError::Environment(format!(
-                    "{} says local rank {l} of {n} local ranks",
-                    Launcher::describe(launcher)
-                )));
-            }
+        if let (Some(l), Some(n)) = (local_rank, local_world)
+            && l >= n
+        {
+            return Err(DistError::Environment(format!(
+                "{} says local rank {l} of {n} local ranks",
+                Launcher::describe(launcher)
+            )));
         }
         Ok(ProcessEnv {
             launcher,
@@ -146,7 +146,7 @@ pub fn detect(get: &dyn Fn(&str) -> Option<String>) -> Result<ProcessEnv> {
             (None, Some(n)) => {
                 return Err(DistError::Environment(format!(
                     "LOCAL_WORLD_SIZE={n} is set but LOCAL_RANK is not: set both or neither"
-                )))
+                )));
             }
             (None, None) => (None, None),
         };

@@ -10,7 +10,9 @@ pub enum DistError {
     #[error("nabla-dist init: {0}")]
     Environment(String),
     /// A collective failed.
-    #[error("nabla-dist: rank {rank} of {world}: {op} (sequence #{seq}, {bytes} bytes) on group `{group}` failed: {message}")]
+    #[error(
+        "nabla-dist: rank {rank} of {world}: {op} (sequence #{seq}, {bytes} bytes) on group `{group}` failed: {message}"
+    )]
     Collective {
         /// This process's rank.
         rank: usize,

@@ -11,7 +11,7 @@ use nabla_core::ops::external::ExternalFn;
 use nabla_core::storage::CpuBuffer;
 use nabla_core::{DType, Tensor, Tree};
 
-use crate::bucket::{plan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
+use crate::bucket::{BUCKET_BYTES, FIRST_BUCKET_BYTES, plan};
 use crate::comm::HostBufMut;
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
@@ -93,7 +93,7 @@ fn reduce_step(group: ProcessGroup) -> ExternalFn {
 pub fn value_and_grad<P: Tree, F: Fn(&P) -> Tensor>(
     group: &ProcessGroup,
     f: F,
-) -> impl Fn(&P, Shard) -> Result<(Tensor, P)> {
+) -> impl Fn(&P, Shard) -> Result<(Tensor, P)> + use<P, F> {
     let group = group.clone();
     move |params: &P, shard: Shard| {
         if group.world_size() == 1 || nabla_core::jit::is_recording() {

@@ -2,8 +2,8 @@
 //! call, a timeout watchdog and errors that name the rank and the call, and adds typed
 //! helpers (tensors, pytrees) over the raw buffer collectives.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nabla_core::{DType, Tensor, Tree};

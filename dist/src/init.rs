@@ -4,9 +4,9 @@
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use crate::env::{detect_from_process, Launcher, ProcessEnv};
+use crate::env::{Launcher, ProcessEnv, detect_from_process};
 use crate::error::{DistError, Result};
-use crate::group::{ProcessGroup, DEFAULT_TIMEOUT};
+use crate::group::{DEFAULT_TIMEOUT, ProcessGroup};
 use crate::threads;
 
 /// Options of [`init_with`].

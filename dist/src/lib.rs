@@ -34,13 +34,13 @@ pub mod threads;
 mod watchdog;
 mod worker;
 
-pub use bucket::{plan as plan_buckets, Bucket, BucketPlan, BUCKET_BYTES, FIRST_BUCKET_BYTES};
+pub use bucket::{BUCKET_BYTES, Bucket, BucketPlan, FIRST_BUCKET_BYTES, plan as plan_buckets};
 pub use comm::{CommResult, Communicator, HostBuf, HostBufMut, HostVec};
 pub use data_parallel::{DataParallel, DataParallelConfig, NoSync, SyncStats};
 pub use error::{DistError, Result};
 pub use functional::{all_reduce_mean, all_reduce_weighted, value_and_grad};
-pub use group::{ProcessGroup, DEFAULT_TIMEOUT};
-pub use init::{init, init_with, InitOptions};
+pub use group::{DEFAULT_TIMEOUT, ProcessGroup};
+pub use init::{InitOptions, init, init_with};
 /// The `mpi` crate this build links, for code that needs raw MPI next to ours (the benchmark
 /// compares against raw `MPI_Allreduce` through it).
 #[cfg(feature = "mpi")]

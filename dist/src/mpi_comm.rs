@@ -9,14 +9,14 @@
 use std::ffi::{c_int, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use mpi::Threading;
 use mpi::ffi;
 use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::traits::AsRaw;
-use mpi::Threading;
 
 use crate::comm::{CommResult, Communicator, HostBuf, HostBufMut};
 
-extern "C" {
+unsafe extern "C" {
     /// `MPI_IN_PLACE` of the library we link (from `csrc/mpi_in_place.c`).
     fn nabla_mpi_in_place() -> *mut c_void;
     /// The C library's `atexit`.

@@ -84,7 +84,7 @@ impl ThreadComm {
 }
 
 macro_rules! sum_into {
-    ($dst:expr, $all:expr, $variant:ident) => {{
+    ($dst:expr_2021, $all:expr_2021, $variant:ident) => {{
         for x in $dst.iter_mut() {
             *x = Default::default();
         }

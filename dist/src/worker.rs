@@ -2,7 +2,7 @@
 //! they arrive, on the wrapper's own process group, while the main thread goes on with the
 //! backward sweep.
 
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 

@@ -20,7 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nabla as nb;
 use nb::nn::checkpoint::{self, Checkpoint};
 use nb::nn::data::Dataset;
-use nb::nn::{accuracy, digest, Activation, Adam, Mlp, OptState, Optimizer, Sgd};
+use nb::nn::{Activation, Adam, Mlp, OptState, Optimizer, Sgd, accuracy, digest};
 use nb::{DType, Rng, Tensor, Tree};
 
 fn optimizer(name: OptimizerName) -> Optimizer {

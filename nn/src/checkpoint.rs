@@ -600,13 +600,13 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             return Err(corrupt(format!(
                 "the file has {} unexpected bytes after its checksum ({len} bytes, {expected} expected)",
                 len - expected
-            )))
+            )));
         }
         _ => {
             return Err(truncated(format!(
                 "the header declares {data_len} bytes of tensor data, so the file should have \
                  {header_end} + {data_len} + {CHECKSUM_LEN} bytes, but it has {len}"
-            )))
+            )));
         }
     }
     let data_end = len - CHECKSUM_LEN;
@@ -629,7 +629,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
             other => {
                 return Err(corrupt(format!(
                     "tensor table entry {i} has unknown section tag {other} (0 params, 1 optimizer state)"
-                )))
+                )));
             }
         };
         let what = format!("{name}[{}] (tensor table entry {i})", list.len());
@@ -683,7 +683,7 @@ fn decode_tensor(entry: &Entry, data: &[u8], what: &str) -> Result<Tensor, Strin
                 entry.byte_len,
                 entry.offset,
                 data.len()
-            ))
+            ));
         }
     };
     if end - start != expected_bytes {
@@ -706,7 +706,7 @@ fn decode_tensor(entry: &Entry, data: &[u8], what: &str) -> Result<Tensor, Strin
                     other => {
                         return Err(format!(
                             "{what} is bool but element {k} is the byte {other}, not 0 or 1"
-                        ))
+                        ));
                     }
                 }
             }

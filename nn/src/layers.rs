@@ -93,7 +93,9 @@ impl Mlp {
         let acts: Vec<Activation> = match activations.len() {
             1 => vec![activations[0]; hidden],
             n if n == hidden => activations.to_vec(),
-            n => panic!("Mlp::new: {n} activations for {hidden} hidden layers (widths {widths:?}); pass one per hidden layer or one for all"),
+            n => panic!(
+                "Mlp::new: {n} activations for {hidden} hidden layers (widths {widths:?}); pass one per hidden layer or one for all"
+            ),
         };
         let layers = (0..widths.len() - 1)
             .map(|i| {

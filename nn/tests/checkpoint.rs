@@ -8,7 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use nabla_core::{DType, Rng, Tensor};
-use nabla_nn::checkpoint::{checksum, load, save, Checkpoint, CheckpointError, FORMAT_VERSION, MAGIC};
+use nabla_nn::checkpoint::{Checkpoint, CheckpointError, FORMAT_VERSION, MAGIC, checksum, load, save};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers

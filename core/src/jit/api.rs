@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::recorder::{activate, is_recording, Recorder};
+use super::recorder::{Recorder, activate, is_recording};
 use super::tape::Tape;
 use crate::device::Device;
 use crate::dtype::DType;

@@ -17,7 +17,7 @@ mod api;
 mod recorder;
 mod tape;
 
-pub use api::{jit, CacheInfo, Jit};
+pub use api::{CacheInfo, Jit, jit};
 pub(crate) use recorder::{host_step, intercept};
 pub use recorder::{is_recording, note_not_replayable};
 pub(crate) use tape::HostFn;

@@ -82,7 +82,7 @@ pub struct LiteralData {
 }
 
 macro_rules! scalar_literal {
-    ($t:ty, $field:ident, $conv:expr) => {
+    ($t:ty, $field:ident, $conv:expr_2021) => {
         impl TensorLiteral for $t {
             fn collect_into(&self, out: &mut LiteralData) -> Vec<usize> {
                 out.$field.push($conv(*self));

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::jit::{host_step, HostFn};
+use crate::jit::{HostFn, host_step};
 use crate::storage::{CpuBuffer, RawTensor};
 use crate::tensor::Tensor;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::backend::Backend;
 use crate::dtype::DType;
-use crate::jit::{host_step, HostFn};
+use crate::jit::{HostFn, host_step};
 use crate::layout::Layout;
 use crate::shape::{normalize_axis, numel, try_broadcast_shapes};
 use crate::storage::{CpuBuffer, RawTensor};

@@ -20,7 +20,7 @@ use crate::dtype::DType;
 use crate::layout::{Dims, Layout};
 use crate::shape::{broadcast_shapes, try_broadcast_shapes};
 use crate::storage::RawTensor;
-use crate::tensor::{union_batch, Tensor};
+use crate::tensor::{Tensor, union_batch};
 
 /// Which axes a reduction covers: all of them, or a list (negative counts from the end).
 #[derive(Clone, Debug, PartialEq, Eq)]

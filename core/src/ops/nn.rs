@@ -2,7 +2,7 @@
 //! gelu, silu, softmax, log_softmax, cross-entropy, mse; and softplus, one primitive whose rule
 //! is JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
-use super::{require_float, Axes};
+use super::{Axes, require_float};
 use crate::dtype::DType;
 use crate::tensor::Tensor;
 use crate::trace::Rule;

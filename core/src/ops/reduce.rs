@@ -1,6 +1,6 @@
 //! Reductions: sum, prod, max, min (primitives) and mean, var, logsumexp, argmax, argmin.
 
-use super::{require_float, Axes};
+use super::{Axes, require_float};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::dtype::DType;
 use crate::shape::{normalize_axes, normalize_axis, remove_axes};
@@ -118,13 +118,13 @@ fn reduce(x: &Tensor, op: ReduceOp, name: &str, axes: Axes, keepdims: bool) -> T
         return reduce(&x.cast(DType::I64), op, name, axes, keepdims);
     }
     let axes = normalize_axes(name, axes.as_option(), x.rank());
-    if matches!(op, ReduceOp::Max | ReduceOp::Min) {
-        if let Some(&a) = axes.iter().find(|&&a| x.shape()[a] == 0) {
-            panic!(
-                "{name}: axis {a} of shape {:?} is empty and {name} has no identity",
-                x.shape()
-            );
-        }
+    if matches!(op, ReduceOp::Max | ReduceOp::Min)
+        && let Some(&a) = axes.iter().find(|&&a| x.shape()[a] == 0)
+    {
+        panic!(
+            "{name}: axis {a} of shape {:?} is empty and {name} has no identity",
+            x.shape()
+        );
     }
     let kept = if axes.is_empty() {
         x.clone()

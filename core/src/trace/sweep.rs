@@ -148,10 +148,10 @@ pub(crate) fn reverse_reporting(
             let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
             let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
             for (inp, g) in inputs.iter().zip(grads) {
-                if let Some(g) = g {
-                    if in_level(inp, level.id()) {
-                        accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
-                    }
+                if let Some(g) = g
+                    && in_level(inp, level.id())
+                {
+                    accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
                 }
             }
         }

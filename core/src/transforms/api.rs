@@ -41,14 +41,17 @@ fn on_leaves<'a, A: Tree, B: Tree, X>(
 
 /// `(f(primals), pullback)`: the pullback maps a cotangent shaped like the output to
 /// cotangents shaped like the primals (for a tuple of primals, one per element).
-pub fn vjp<A: Tree, B: Tree>(f: impl FnOnce(&A) -> B, primals: &A) -> (B, impl Fn(&B) -> A) {
+pub fn vjp<A: Tree, B: Tree, F: FnOnce(&A) -> B>(f: F, primals: &A) -> (B, impl Fn(&B) -> A + use<A, B, F>) {
     let (out, pullback, ()) = vjp_with_aux(|a| (f(a), ()), primals);
     (out, pullback)
 }
 
 /// Like [`vjp`] for a function returning `(output, aux)`: gives `(output, pullback, aux)`;
 /// `aux` is not differentiated.
-pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A) -> (B, impl Fn(&B) -> A, X) {
+pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree, F: FnOnce(&A) -> (B, X)>(
+    f: F,
+    primals: &A,
+) -> (B, impl Fn(&B) -> A + use<A, B, X, F>, X) {
     let leaves = primals.leaves();
     let template = primals.rebuild(leaves.clone());
     let mut captured: Option<(B, X)> = None;

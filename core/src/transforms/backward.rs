@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use super::graph::format_graph;
 use super::vjp::require_scalar;
 use crate::tensor::Tensor;
-use crate::trace::{sweep, IdSet, Level};
+use crate::trace::{IdSet, Level, sweep};
 
 /// The long-lived level that records ops on `requires_grad` leaves.
 pub(crate) fn autograd_level() -> Arc<Level> {

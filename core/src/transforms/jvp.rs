@@ -3,7 +3,7 @@
 
 use super::{check_like, release_finished};
 use crate::tensor::Tensor;
-use crate::trace::{sweep, IdMap, Level};
+use crate::trace::{IdMap, Level, sweep};
 
 /// Outputs of `f(primals)` and their tangents for `tangents` of the primals (one per primal,
 /// each of its primal's shape and dtype).

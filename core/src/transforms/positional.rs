@@ -3,7 +3,7 @@
 //! `reduce_axes` and `mode` are accepted and ignored, as Nabla documents.
 
 use super::api::require_float_leaves;
-use super::jacobian::{jacfwd_leaves, jacrev_leaves, JacobianEngine};
+use super::jacobian::{JacobianEngine, jacfwd_leaves, jacrev_leaves};
 use super::vjp::{require_scalar, vjp_many};
 use crate::tensor::Tensor;
 use crate::tree::Tree;

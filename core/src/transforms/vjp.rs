@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{check_like, release_finished};
 use crate::tensor::Tensor;
-use crate::trace::{sweep, IdSet, Level};
+use crate::trace::{IdSet, Level, sweep};
 
 /// Told the index of a primal and its final cotangent during a reporting sweep.
 type OnPrimalReady<'a> = &'a mut dyn FnMut(usize, &Tensor);

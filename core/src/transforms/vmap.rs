@@ -5,7 +5,7 @@
 
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
-use crate::trace::{next_id, Rule};
+use crate::trace::{Rule, next_id};
 
 /// Logical axis `axis` of `x` becomes the batch axis of vmap level `level` (a view).
 pub(crate) fn to_batch(x: &Tensor, level: u64, axis: usize, size: usize) -> Tensor {

@@ -6,18 +6,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::store::auth;
 use crate::store::error::{Result, StoreError};
 use crate::store::protocol::{
-    check_key, decode_response, encode_request, read_frame, Request, Response, ANSWER_LEN, DEFAULT_MAX_FRAME_BYTES,
-    HELLO_LEN, MAGIC, PROTOCOL_VERSION, VERDICT_ACCEPTED, VERDICT_FULL, VERDICT_WRONG_TOKEN,
+    ANSWER_LEN, DEFAULT_MAX_FRAME_BYTES, HELLO_LEN, MAGIC, PROTOCOL_VERSION, Request, Response, VERDICT_ACCEPTED,
+    VERDICT_FULL, VERDICT_WRONG_TOKEN, check_key, decode_response, encode_request, read_frame,
 };
 use crate::store::state::Swap;
-use crate::store::token::{hex, Token};
+use crate::store::token::{Token, hex};
 
 /// The first pause between connection attempts; it doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
@@ -210,17 +210,17 @@ impl StoreClient {
                 return Err(Attempt::Fatal(StoreError::Auth(format!(
                     "the store at {server} refused this client's token: it is not this job's token. Give every node \
                      the same token (--rdzv-token-file)"
-                ))))
+                ))));
             }
             VERDICT_FULL => {
                 return Err(Attempt::Retry(format!(
                     "the store at {server} serves as many connections as it may"
-                )))
+                )));
             }
             v => {
                 return Err(Attempt::Fatal(StoreError::Protocol(format!(
                     "{server} answered the handshake with {v:#04x}, which is no verdict; is it a nabla-launch store?"
-                ))))
+                ))));
             }
         }
         let mut proof = [0u8; auth::MAC_LEN];
@@ -295,7 +295,7 @@ impl StoreClient {
                 return Err(StoreError::Timeout(format!(
                     "sending took over {:.1} s",
                     io.as_secs_f64()
-                )))
+                )));
             }
         }
         let answer_within = wait.saturating_add(io);

@@ -3,20 +3,20 @@
 //! refusal is logged with the peer's address.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::store::auth;
 use crate::store::error::StoreError;
 use crate::store::protocol::{
-    decode_request, encode_response, read_frame, Request, Response, ANSWER_LEN, HELLO_LEN, MAGIC, PROTOCOL_VERSION,
-    VERDICT_ACCEPTED, VERDICT_FULL, VERDICT_WRONG_TOKEN,
+    ANSWER_LEN, HELLO_LEN, MAGIC, PROTOCOL_VERSION, Request, Response, VERDICT_ACCEPTED, VERDICT_FULL,
+    VERDICT_WRONG_TOKEN, decode_request, encode_response, read_frame,
 };
 use crate::store::server::Shared;
 use crate::store::token::hex;
@@ -180,11 +180,11 @@ async fn close_for(shared: &Shared, wr: &mut OwnedWriteHalf, log: &impl Fn(&str)
 
 /// Resolves when the client closes its side (or the connection fails); never when it sends more.
 async fn peer_closed(rd: &mut BufReader<OwnedReadHalf>) {
-    if let Ok(b) = rd.fill_buf().await {
-        if !b.is_empty() {
-            // The client sent its next request early: keep it buffered and stop watching.
-            std::future::pending::<()>().await;
-        }
+    if let Ok(b) = rd.fill_buf().await
+        && !b.is_empty()
+    {
+        // The client sent its next request early: keep it buffered and stop watching.
+        std::future::pending::<()>().await;
     }
 }
 

@@ -51,4 +51,4 @@ pub use error::{Result, StoreError};
 pub use protocol::{DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION};
 pub use server::{ServerStats, StoreServer};
 pub use state::Swap;
-pub use token::{Token, MAX_TOKEN_CHARS, MIN_TOKEN_CHARS, TOKEN_RANDOM_BYTES};
+pub use token::{MAX_TOKEN_CHARS, MIN_TOKEN_CHARS, TOKEN_RANDOM_BYTES, Token};

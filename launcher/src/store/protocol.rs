@@ -625,16 +625,20 @@ mod tests {
         let frame = encode_request(&Request::TryGet { key: "key".into() }, 1024).unwrap();
         let mut bad = frame[4..].to_vec();
         bad[0] = 9;
-        assert!(decode_request(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("protocol version 9"));
+        assert!(
+            decode_request(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("protocol version 9")
+        );
         bad[0] = PROTOCOL_VERSION;
         bad[1] = 0x42;
-        assert!(decode_request(&bad)
-            .unwrap_err()
-            .to_string()
-            .contains("unknown request kind 0x42"));
+        assert!(
+            decode_request(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown request kind 0x42")
+        );
         let cut = &frame[4..frame.len() - 1];
         let e = decode_request(cut).unwrap_err().to_string();
         assert!(e.contains("ends inside its key"), "{e}");
@@ -657,10 +661,12 @@ mod tests {
             key: "k".into(),
             value: vec![0; 2000],
         };
-        assert!(encode_request(&big, 1024)
-            .unwrap_err()
-            .to_string()
-            .contains("frame limit of 1024"));
+        assert!(
+            encode_request(&big, 1024)
+                .unwrap_err()
+                .to_string()
+                .contains("frame limit of 1024")
+        );
     }
 
     #[test]
@@ -691,10 +697,12 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("declares 4294967295 bytes"), "{e}");
         let mut empty: &[u8] = &[];
-        assert!(read_frame(&mut empty, 16, Duration::from_secs(1), None)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(
+            read_frame(&mut empty, 16, Duration::from_secs(1), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
         let mut short: &[u8] = &[0, 0, 0, 9, 1, 1, 0];
         let e = read_frame(&mut short, 16, Duration::from_secs(1), None)
             .await

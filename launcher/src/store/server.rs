@@ -2,8 +2,8 @@
 //! own task, within the limits of its [`ServerConfig`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -221,11 +221,10 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
+                if let Err(e) = done
+                    && e.is_panic() {
                         log.log(&format!("nabla-launch store: a connection task panicked ({e}); still serving the others"));
                     }
-                }
             }
         }
     }

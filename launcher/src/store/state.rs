@@ -171,11 +171,7 @@ impl State {
     pub(crate) async fn wait(&self, keys: &[String], deadline: Instant) -> Result<(), Vec<String>> {
         self.wait_until(deadline, |m| {
             let missing: Vec<String> = keys.iter().filter(|k| !m.contains_key(*k)).cloned().collect();
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(missing)
-            }
+            if missing.is_empty() { Ok(()) } else { Err(missing) }
         })
         .await
     }

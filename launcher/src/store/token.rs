@@ -176,10 +176,11 @@ mod tests {
     fn generated_tokens_are_64_hex_characters_and_differ() {
         let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
         assert_eq!(a.expose().len(), 64);
-        assert!(a
-            .expose()
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.expose()
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(a, b);
         let shown = format!("{a:?}");
         assert!(!shown.contains(a.expose()) && shown.contains("secret"), "{shown}");

@@ -61,11 +61,12 @@ async fn a_wrong_token_reads_and_writes_nothing_and_is_logged() {
     let peer = s.local_addr().unwrap().to_string();
     s.shutdown().await.unwrap();
     read_to_close(&mut s).await;
-    assert!(f
-        .logged
-        .find(&[&peer, "without answering the challenge"])
-        .await
-        .is_some());
+    assert!(
+        f.logged
+            .find(&[&peer, "without answering the challenge"])
+            .await
+            .is_some()
+    );
     // An empty proof of the right shape (all zeros).
     let (mut s, _) = raw_hello(addr).await;
     let mut zeros = b"NBST\x01".to_vec();

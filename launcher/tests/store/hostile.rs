@@ -47,11 +47,12 @@ async fn garbage_bytes_are_refused_and_closed() {
     junk[..5].copy_from_slice(&[0, 0, 0, 40, 9]); // a plausible length, then a version no one speaks
     let _ = s.write_all(&junk).await; // the server may close before all of it is written
     read_to_close(&mut s).await;
-    assert!(f
-        .logged
-        .find(&[&s.local_addr().unwrap().to_string(), "closed:"])
-        .await
-        .is_some());
+    assert!(
+        f.logged
+            .find(&[&s.local_addr().unwrap().to_string(), "closed:"])
+            .await
+            .is_some()
+    );
     still_served(&mut good, "garbage-after-auth").await;
     assert_eq!(good.get("k").await.unwrap(), b"v");
     assert!(f.server.stats().closed_for_errors >= 3);
@@ -135,11 +136,12 @@ async fn stalled_peers_are_closed_after_the_timeout() {
     );
     assert!(took < Duration::from_secs(3), "closed after {took:?}");
     let silent_addr = silent.local_addr().unwrap().to_string();
-    assert!(f
-        .logged
-        .find(&[&silent_addr, "no answer to the challenge within 0.3 s"])
-        .await
-        .is_some());
+    assert!(
+        f.logged
+            .find(&[&silent_addr, "no answer to the challenge within 0.3 s"])
+            .await
+            .is_some()
+    );
     assert!(
         f.logged.find(&["not finished within 0.3 s"]).await.is_some(),
         "{:?}",

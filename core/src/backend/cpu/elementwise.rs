@@ -4,7 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{fast_math, host, view, wrap, PARALLEL_MIN};
+use super::{PARALLEL_MIN, fast_math, host, view, wrap};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::DType;
 use crate::layout::Layout;

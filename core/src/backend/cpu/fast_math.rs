@@ -22,11 +22,7 @@ pub(super) fn exp_f32(x: f32) -> f32 {
     let y = p * scale * 2.0;
     let y = if x > 88.72 { f32::INFINITY } else { y };
     let y = if x < -103.0 { 0.0 } else { y };
-    if x.is_nan() {
-        x
-    } else {
-        y
-    }
+    if x.is_nan() { x } else { y }
 }
 
 /// `tanh(x)` for f32: an odd Taylor polynomial near 0, `(1 - e^-2|x|) / (1 + e^-2|x|)`
@@ -40,11 +36,7 @@ pub(super) fn tanh_f32(x: f32) -> f32 {
     let a2 = a * a;
     let small = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0))));
     let t = if a < 0.0625 { small } else { big };
-    if x.is_nan() {
-        x
-    } else {
-        t.copysign(x)
-    }
+    if x.is_nan() { x } else { t.copysign(x) }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
-use super::{host, to_vec, view, wrap, PARALLEL_MIN};
+use super::{PARALLEL_MIN, host, to_vec, view, wrap};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 
@@ -92,7 +92,7 @@ where
 }
 
 macro_rules! float_reduce {
-    ($t:ty, $op:expr, $v:expr, $axes:expr) => {
+    ($t:ty, $op:expr_2021, $v:expr_2021, $axes:expr_2021) => {
         match $op {
             ReduceOp::Sum => reduce_typed::<$t, _>($v, $axes, 0.0, |a, b| a + b),
             ReduceOp::Prod => reduce_typed::<$t, _>($v, $axes, 1.0, |a, b| a * b),

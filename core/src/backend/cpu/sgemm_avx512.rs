@@ -22,8 +22,8 @@
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Rows of the register tile.
 const MR: usize = 8;
@@ -564,7 +564,7 @@ unsafe fn kernel(
     }
     // One depth step: NV loads of B, MR broadcasts of A, MR * NV independent FMAs.
     macro_rules! step {
-        ($p:expr) => {{
+        ($p:expr_2021) => {{
             let p: usize = $p;
             let mut bv = [_mm512_setzero_ps(); NV];
             for (v, x) in bv.iter_mut().enumerate() {
