@@ -13,7 +13,7 @@ use std::time::Instant;
 use nabla_core::{DType, GradSyncHook, Tensor, Tree};
 
 use crate::bucket::{BUCKET_BYTES, FIRST_BUCKET_BYTES, plan};
-use crate::error::{DistError, Result};
+use crate::error::Result;
 use crate::group::ProcessGroup;
 use crate::queue::BucketQueue;
 use crate::worker::Worker;
@@ -135,18 +135,10 @@ impl DataParallel {
         params: &P,
         config: DataParallelConfig,
     ) -> Result<(DataParallel, P)> {
+        crate::check::float_leaves("DataParallel", &params.leaves())?;
         let params = group.broadcast_tree(params, 0)?;
         let group = group.duplicate("data-parallel")?;
         let leaves = params.leaves();
-        for (i, t) in leaves.iter().enumerate() {
-            if !matches!(t.dtype(), DType::F32 | DType::F64) {
-                return Err(DistError::Usage(format!(
-                    "DataParallel: parameter leaf {i} ({:?}) is {}; only f32 and f64 parameters have gradients to reduce",
-                    t.shape(),
-                    t.dtype()
-                )));
-            }
-        }
         let meta: Vec<(Vec<usize>, DType)> = leaves.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect();
         let sizes: Vec<(DType, usize)> = leaves.iter().map(|t| (t.dtype(), t.numel())).collect();
         let plan = plan(&sizes, config.first_bucket_bytes, config.bucket_bytes);

@@ -29,7 +29,7 @@ pub fn all_reduce_mean<P: Tree>(group: &ProcessGroup, grads: &P) -> Result<P> {
 /// even when shards are uneven. Every rank must call it with trees of the same leaves.
 pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64) -> Result<P> {
     let leaves = grads.leaves();
-    check_float("all_reduce", &leaves)?;
+    crate::check::float_leaves("all_reduce", &leaves)?;
     if group.world_size() == 1 && weight == 1.0 {
         return Ok(grads.map_leaves(|t| t.stop_gradient()));
     }
@@ -107,7 +107,7 @@ pub fn value_and_grad<P: Tree, F: Fn(&P) -> Tensor>(
 /// The eager path of [`value_and_grad`]: buckets start during the pullback's sweep.
 fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &P, weight: f64) -> Result<(Tensor, P)> {
     let leaves = params.leaves();
-    check_float("value_and_grad", &leaves)?;
+    crate::check::float_leaves("value_and_grad", &leaves)?;
     let (outs, pullback) = nabla_core::vjp_many(|ls| vec![f(&params.rebuild(ls.to_vec()))], &leaves);
     let loss = outs[0].clone();
     if loss.rank() != 0 || !loss.dtype().is_float() {
@@ -146,17 +146,4 @@ fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &
         loss,
         params.rebuild(out.into_iter().map(|g| g.expect("every leaf is in a bucket")).collect()),
     ))
-}
-
-fn check_float(op: &str, leaves: &[Tensor]) -> Result<()> {
-    for (i, t) in leaves.iter().enumerate() {
-        if !matches!(t.dtype(), DType::F32 | DType::F64) {
-            return Err(DistError::Usage(format!(
-                "{op}: leaf {i} ({:?}) is {}; only f32 and f64 values are reduced",
-                t.shape(),
-                t.dtype()
-            )));
-        }
-    }
-    Ok(())
 }
