@@ -136,7 +136,9 @@ impl MpiCommunicator {
 
     /// The MPI library's version string (`Open MPI v4.1.4, ...`), for messages.
     pub fn library_version() -> String {
-        mpi::environment::library_version().unwrap_or_else(|_| "unknown MPI library".into())
+        mpi::environment::library_version()
+            .map(|v| v.replace('\0', "").trim().to_string())
+            .unwrap_or_else(|_| "unknown MPI library".into())
     }
 
     fn serial(&self) -> Option<MutexGuard<'_, ()>> {
