@@ -61,31 +61,41 @@ impl Layout {
         self.offset
     }
 
-    /// The smallest and largest buffer index the layout addresses (`None` when it addresses
-    /// none: some extent is 0), computed without overflow.
+    /// The smallest and largest buffer index the layout addresses: `None` when it addresses
+    /// none (some extent is 0) or when the range does not fit in `i128` (computed with checked
+    /// arithmetic, so no overflow can make a huge layout look small).
     pub fn index_range(&self) -> Option<(i128, i128)> {
         if self.shape.contains(&0) {
             return None;
         }
         let (mut lo, mut hi) = (self.offset as i128, self.offset as i128);
         for (&d, &s) in self.shape.iter().zip(&self.strides) {
-            let reach = (d as i128 - 1) * s as i128;
+            let reach = (d as i128 - 1).checked_mul(s as i128)?;
             if reach < 0 {
-                lo += reach;
+                lo = lo.checked_add(reach)?;
             } else {
-                hi += reach;
+                hi = hi.checked_add(reach)?;
             }
         }
         Some((lo, hi))
     }
 
-    /// True when every index the layout addresses lies in `0..len`.
+    /// True when every index the layout addresses lies in `0..len` (and its element count is
+    /// a valid `isize`, as the kernels' index arithmetic needs).
     pub fn fits(&self, len: usize) -> bool {
+        let count = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if count.is_none_or(|n| n > isize::MAX as usize) {
+            return false;
+        }
+        if self.shape.contains(&0) {
+            return self.offset <= len;
+        }
         match self.index_range() {
-            None => self.offset <= len,
+            None => false,
             Some((lo, hi)) => lo >= 0 && hi < len as i128,
         }
     }
+
     /// A row-major layout starting at offset 0.
     pub fn contiguous(shape: &[usize]) -> Layout {
         Layout {

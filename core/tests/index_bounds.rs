@@ -121,3 +121,20 @@ fn indices_that_are_views_at_an_offset_are_read_at_that_offset() {
     let g_copy = nabla_core::grad(|x: &Tensor| nabla_core::cross_entropy(x, &copy))(&x);
     assert_eq!(g_view.to_vec::<f32>(), g_copy.to_vec::<f32>());
 }
+
+#[test]
+fn jit_replays_index_views_at_an_offset_whether_or_not_indices_wrap() {
+    // The checked indices must not depend on whether the recorded call had negative indices.
+    let f = nabla_core::Jit::new(|(x, i): &(Tensor, Tensor)| x.take(&i.slice_axis(0, Some(2), None, 1), 1));
+    let x = Tensor::from_vec((0..6).map(|v| v as f64).collect::<Vec<_>>(), &[2, 3]);
+    let a = f.call(&(x.clone(), idx(&[9, 9, 0, 2], &[4])));
+    assert_eq!(a.to_vec::<f64>(), vec![0.0, 2.0, 3.0, 5.0]);
+    let b = f.call(&(x.clone(), idx(&[9, 9, -1, 1], &[4])));
+    assert_eq!(b.to_vec::<f64>(), vec![2.0, 1.0, 5.0, 4.0]);
+    let g = nabla_core::Jit::new(|(x, i): &(Tensor, Tensor)| x.take(&i.slice_axis(0, Some(2), None, 1), 1));
+    let c = g.call(&(x.clone(), idx(&[9, 9, -1, 0], &[4])));
+    assert_eq!(c.to_vec::<f64>(), vec![2.0, 0.0, 5.0, 3.0]);
+    let d = g.call(&(x, idx(&[7, 7, 1, 2], &[4])));
+    assert_eq!(d.to_vec::<f64>(), vec![1.0, 2.0, 4.0, 5.0]);
+    assert_eq!(f.cache_info().replays + g.cache_info().replays, 2);
+}

@@ -31,6 +31,23 @@ fn layouts_that_leave_the_buffer_are_refused_with_the_reach_named() {
     assert!(RawTensor::new(four(), Layout::new(&[1], &[1], 4)).is_err());
     assert!(RawTensor::new(four(), Layout::new(&[5], &[1], 0)).is_err());
     assert!(RawTensor::new(four(), Layout::new(&[usize::MAX / 2, 3], &[isize::MAX / 2, 1], 0)).is_err());
+    // Reaches that overflow i128 when added up, and element counts that overflow usize: a
+    // wrapping sum would make these look small.
+    assert!(
+        RawTensor::new(
+            four(),
+            Layout::new(&[usize::MAX, usize::MAX], &[isize::MAX, isize::MAX], 0)
+        )
+        .is_err()
+    );
+    assert!(
+        RawTensor::new(
+            four(),
+            Layout::new(&[usize::MAX, usize::MAX], &[isize::MIN, isize::MIN], 0)
+        )
+        .is_err()
+    );
+    assert!(RawTensor::new(four(), Layout::new(&[usize::MAX / 2, 4], &[0, 0], 0)).is_err());
     // An empty view may sit at the end, not beyond it.
     assert!(RawTensor::new(four(), Layout::new(&[0, 3], &[3, 1], 4)).is_ok());
     assert!(RawTensor::new(four(), Layout::new(&[0], &[1], 5)).is_err());

@@ -299,6 +299,10 @@ impl GradSyncHook for Hook {
         }
         let mut guard = self.lock();
         let st = guard.as_mut().expect("state");
+        if st.leaves.is_empty() {
+            // The wrapper was dropped (its leaves released): nothing to sync.
+            return;
+        }
         let mut in_graph = vec![false; st.leaves.len()];
         for t in reached {
             match t.node_id().and_then(|id| st.index.get(&id)) {
@@ -326,6 +330,9 @@ impl GradSyncHook for Hook {
         }
         let mut guard = self.lock();
         let st = guard.as_mut().expect("state");
+        if st.leaves.is_empty() {
+            return;
+        }
         let Some(&i) = leaf.node_id().and_then(|id| st.index.get(&id)) else {
             self.fail(STALE_LEAF)
         };

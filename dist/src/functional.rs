@@ -93,19 +93,35 @@ fn reduce_step(group: ProcessGroup) -> ExternalFn {
 pub fn value_and_grad<P: Tree, F: Fn(&P) -> Tensor>(
     group: &ProcessGroup,
     f: F,
-) -> impl Fn(&P, Shard) -> Result<(Tensor, P)> + use<P, F> {
+) -> impl Fn(&P, Shard) -> Result<(Tensor, P)> {
     let group = group.clone();
+    // Its own duplicate of the group and communication thread, made at the first call (every
+    // rank makes that call at the same point): the sweep may run user code (a custom rule)
+    // that uses the caller's group, whose calls must not interleave with the buckets'.
+    let own: std::sync::OnceLock<(ProcessGroup, Worker)> = std::sync::OnceLock::new();
     move |params: &P, shard: Shard| {
-        if group.world_size() == 1 || nabla_core::jit::is_recording() {
+        if group.world_size() == 1 {
             let local = nabla_core::value_and_grad(&f)(params);
             return all_reduce_weighted(&group, &local, shard.weight());
         }
-        overlapped(&group, &f, params, shard.weight())
+        let (dup, worker) = match own.get() {
+            Some(o) => o,
+            None => {
+                let dup = group.duplicate("value_and_grad")?;
+                let worker = Worker::start(dup.clone());
+                own.get_or_init(|| (dup, worker))
+            }
+        };
+        if nabla_core::jit::is_recording() {
+            let local = nabla_core::value_and_grad(&f)(params);
+            return all_reduce_weighted(dup, &local, shard.weight());
+        }
+        overlapped(worker, &f, params, shard.weight())
     }
 }
 
 /// The eager path of [`value_and_grad`]: buckets start during the pullback's sweep.
-fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &P, weight: f64) -> Result<(Tensor, P)> {
+fn overlapped<P: Tree>(worker: &Worker, f: &dyn Fn(&P) -> Tensor, params: &P, weight: f64) -> Result<(Tensor, P)> {
     let leaves = params.leaves();
     crate::check::float_leaves("value_and_grad", &leaves)?;
     let (outs, pullback) = nabla_core::vjp_many(|ls| vec![f(&params.rebuild(ls.to_vec()))], &leaves);
@@ -125,7 +141,6 @@ fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &
         plan(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES),
         all.iter().map(Tensor::numel).collect(),
     );
-    let worker = Worker::start(group.clone());
     let grads: std::cell::RefCell<Vec<Option<Tensor>>> = std::cell::RefCell::new(vec![None; all.len()]);
     grads.borrow_mut()[leaves.len()] = Some(loss.stop_gradient());
     queue.mark_ready(leaves.len());
@@ -133,12 +148,12 @@ fn overlapped<P: Tree>(group: &ProcessGroup, f: &dyn Fn(&P) -> Tensor, params: &
         grads.borrow_mut()[i] = Some(g.clone());
         queue.mark_ready(i);
         let grads = grads.borrow();
-        queue.launch_ready(&worker, weight, |l| grads[l].clone());
+        queue.launch_ready(worker, weight, |l| grads[l].clone());
     };
     pullback.call_reporting(&[loss.ones_like()], &mut report);
     queue.mark_all_ready();
     let grads = grads.into_inner();
-    queue.launch_ready(&worker, weight, |l| grads[l].clone());
+    queue.launch_ready(worker, weight, |l| grads[l].clone());
     let mut out: Vec<Option<Tensor>> = vec![None; all.len()];
     queue.drain(&all, |l, g| out[l] = Some(g))?;
     let loss = out.pop().flatten().expect("the loss was reduced");

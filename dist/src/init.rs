@@ -46,10 +46,15 @@ pub fn init() -> Result<ProcessGroup> {
 fn timeout_from_env() -> Result<Option<Duration>> {
     match std::env::var("NABLA_DIST_TIMEOUT") {
         Err(_) => Ok(None),
-        Ok(v) => match v.trim().parse::<f64>() {
-            Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
+        Ok(v) => match v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        {
+            Some(d) if !d.is_zero() => Ok(Some(d)),
             _ => Err(DistError::Environment(format!(
-                "NABLA_DIST_TIMEOUT={v:?} is not a positive number of seconds"
+                "NABLA_DIST_TIMEOUT={v:?} is not a positive number of seconds (at most about 1.8e19)"
             ))),
         },
     }

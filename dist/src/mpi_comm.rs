@@ -3,11 +3,12 @@
 //!
 //! MPI is initialised once per process with `MPI_THREAD_MULTIPLE`, because a data-parallel
 //! wrapper reduces buckets on its own thread, on its own duplicated communicator, while the
-//! main thread computes. Where the library grants less, every MPI call of the process is
-//! serialised through one lock. The runtime is finalised when the last communicator is dropped.
+//! main thread computes. A library that grants less is refused with a message (serialising
+//! every call through one lock would deadlock two ranks whose threads hold it in different
+//! collectives). The runtime is finalised at exit or when the last communicator is dropped.
 
 use std::ffi::{c_int, c_void};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use mpi::Threading;
 use mpi::ffi;
@@ -40,8 +41,6 @@ extern "C" fn finalize_at_exit() {
 /// The initialised MPI library; finalised when dropped.
 struct Runtime {
     universe: Mutex<Option<mpi::environment::Universe>>,
-    /// `Some` when the library did not grant `MPI_THREAD_MULTIPLE`: every call takes it.
-    serial: Option<Mutex<()>>,
 }
 
 impl Drop for Runtime {
@@ -67,12 +66,11 @@ pub struct MpiCommunicator {
     runtime: Arc<Runtime>,
 }
 
-// SAFETY: MPI handles are plain values that the MPI library lets any thread use when it was
-// initialised with MPI_THREAD_MULTIPLE; when it granted less, `Runtime::serial` makes every call
-// of this process take one lock, which is what MPI_THREAD_SERIALIZED requires.
+// SAFETY: MPI handles are plain values that the MPI library lets any thread use: `world`
+// refuses a library that did not grant MPI_THREAD_MULTIPLE.
 unsafe impl Send for MpiCommunicator {}
-// SAFETY: as for Send: all access goes through MPI calls that are thread-safe under the
-// granted threading level plus the serialising lock.
+// SAFETY: as for Send: all access goes through MPI calls, which are thread-safe under
+// MPI_THREAD_MULTIPLE.
 unsafe impl Sync for MpiCommunicator {}
 
 fn check(rc: c_int, what: &str) -> CommResult<()> {
@@ -94,12 +92,14 @@ impl MpiCommunicator {
         }
         let (universe, granted) = mpi::initialize_with_threading(Threading::Multiple)
             .ok_or("MPI_Init_thread failed (or MPI was already finalised in this process)")?;
-        let serial = (granted != Threading::Multiple).then(|| Mutex::new(()));
-        if serial.is_some() {
-            eprintln!(
-                "nabla-dist: the MPI library grants threading level {granted:?}, not Multiple: MPI calls are serialised \
-                 through one lock (gradient all-reduce still runs on its own thread)"
-            );
+        if granted != Threading::Multiple {
+            drop(universe);
+            return Err(format!(
+                "the MPI library ({}) grants threading level {granted:?}, but nabla-dist needs MPI_THREAD_MULTIPLE \
+                 (gradients are all-reduced on a communication thread while the sweep runs); use an MPI built with \
+                 thread support (Open MPI 4 and MPICH are, by default)",
+                Self::library_version().lines().next().unwrap_or("")
+            ));
         }
         // SAFETY: registers a plain function; it runs at normal exit.
         if unsafe { atexit(finalize_at_exit) } != 0 {
@@ -108,7 +108,6 @@ impl MpiCommunicator {
         let world = universe.world();
         let runtime = Arc::new(Runtime {
             universe: Mutex::new(Some(universe)),
-            serial,
         });
         *slot = Some(Arc::downgrade(&runtime));
         drop(slot);
@@ -117,7 +116,6 @@ impl MpiCommunicator {
 
     fn from_comm(comm: SimpleCommunicator, runtime: Arc<Runtime>) -> CommResult<MpiCommunicator> {
         let (rank, size, local_rank, local_size) = {
-            let _serial = lock_serial(&runtime);
             let rank = comm.rank() as usize;
             let node = comm.split_shared(rank as c_int);
             (rank, comm.size() as usize, node.rank() as usize, node.size() as usize)
@@ -140,17 +138,6 @@ impl MpiCommunicator {
             .map(|v| v.replace('\0', "").trim().to_string())
             .unwrap_or_else(|_| "unknown MPI library".into())
     }
-
-    fn serial(&self) -> Option<MutexGuard<'_, ()>> {
-        lock_serial(&self.runtime)
-    }
-}
-
-fn lock_serial(runtime: &Runtime) -> Option<MutexGuard<'_, ()>> {
-    runtime
-        .serial
-        .as_ref()
-        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The pointer, element count and MPI datatype of a buffer.
@@ -211,7 +198,6 @@ impl Communicator for MpiCommunicator {
         no_byte_sums(&buf.as_ref())?;
         count_fits(&buf.as_ref())?;
         let (ptr, n, ty) = raw_parts_mut(&mut buf);
-        let _serial = self.serial();
         // SAFETY: `ptr` points at `n` elements of type `ty` that we borrow mutably for the call;
         // MPI_IN_PLACE tells MPI to read and write that one buffer.
         let rc = unsafe { ffi::MPI_Allreduce(nabla_mpi_in_place(), ptr, n, ty, ffi::RSMPI_SUM, self.raw) };
@@ -232,7 +218,6 @@ impl Communicator for MpiCommunicator {
         }
         let (sptr, n, ty) = raw_parts(&send);
         let (rptr, _, _) = raw_parts_mut(&mut recv);
-        let _serial = self.serial();
         // SAFETY: both buffers hold `n` elements of `ty`, are distinct borrows, and live for
         // the whole (blocking) call.
         let rc = unsafe { ffi::MPI_Allreduce(sptr, rptr, n, ty, ffi::RSMPI_SUM, self.raw) };
@@ -242,14 +227,12 @@ impl Communicator for MpiCommunicator {
     fn broadcast(&self, mut buf: HostBufMut<'_>, root: usize) -> CommResult<()> {
         count_fits(&buf.as_ref())?;
         let (ptr, n, ty) = raw_parts_mut(&mut buf);
-        let _serial = self.serial();
         // SAFETY: `ptr` points at `n` elements of `ty`, borrowed mutably for the blocking call.
         let rc = unsafe { ffi::MPI_Bcast(ptr, n, ty, root as c_int, self.raw) };
         check(rc, "MPI_Bcast")
     }
 
     fn barrier(&self) -> CommResult<()> {
-        let _serial = self.serial();
         // SAFETY: a valid communicator handle.
         check(unsafe { ffi::MPI_Barrier(self.raw) }, "MPI_Barrier")
     }
@@ -258,7 +241,6 @@ impl Communicator for MpiCommunicator {
         let mut lens = vec![0i64; self.size];
         let my_len = [mine.len() as i64];
         {
-            let _serial = self.serial();
             // SAFETY: one i64 sent per rank into `size` i64 slots.
             let rc = unsafe {
                 ffi::MPI_Allgather(
@@ -288,7 +270,6 @@ impl Communicator for MpiCommunicator {
         }
         let mut all = vec![0u8; total as usize];
         {
-            let _serial = self.serial();
             // SAFETY: `all` holds the sum of `counts` bytes, laid out at `displs`.
             let rc = unsafe {
                 ffi::MPI_Allgatherv(
@@ -312,10 +293,7 @@ impl Communicator for MpiCommunicator {
     }
 
     fn duplicate(&self) -> CommResult<Box<dyn Communicator>> {
-        let dup = {
-            let _serial = self.serial();
-            self.comm.duplicate()
-        };
+        let dup = { self.comm.duplicate() };
         Ok(Box::new(Self::from_comm(dup, self.runtime.clone())?))
     }
 

@@ -31,9 +31,14 @@ impl Shard {
         self.start..self.start + self.len
     }
 
-    /// `len / global`: the weight of this rank's mean-loss gradient in the global mean.
+    /// `len / global`: the weight of this rank's mean-loss gradient in the global mean (0 for
+    /// an empty batch, which has no mean to weigh).
     pub fn weight(&self) -> f64 {
-        self.len as f64 / self.global as f64
+        if self.global == 0 {
+            0.0
+        } else {
+            self.len as f64 / self.global as f64
+        }
     }
 }
 

@@ -93,11 +93,15 @@ pub(crate) fn watch(
     let dog = watchdog();
     let mut state = dog.state.lock().unwrap_or_else(|e| e.into_inner());
     let id = state.next_id;
+    // A timeout too long to add to the clock means no deadline.
+    let Some(deadline) = Instant::now().checked_add(timeout) else {
+        return WatchGuard { id: u64::MAX };
+    };
     state.next_id += 1;
     state.watched.insert(
         id,
         Watched {
-            deadline: Instant::now() + timeout,
+            deadline,
             describe: Box::new(describe),
             comm: comm.clone(),
         },

@@ -228,3 +228,15 @@ fn value_and_grad_under_jit_replays_and_matches_eager_overlapped() {
         }
     }
 }
+
+#[test]
+fn a_timeout_too_long_for_the_clock_means_no_deadline() {
+    let sums = on_ranks(2, |group| {
+        let g = group.with_timeout(std::time::Duration::MAX);
+        let mut v = vec![1.0f32; 3];
+        g.all_reduce_sum(nabla_dist::HostBufMut::F32(&mut v)).unwrap();
+        v
+    });
+    assert_eq!(sums[0], vec![2.0; 3]);
+    assert_eq!(Shard::of(0, 0, 2).weight(), 0.0);
+}

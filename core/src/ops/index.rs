@@ -102,11 +102,11 @@ fn checked_indices(
                 "{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?}); accepted: {accepted}"
             );
         }
-        if values.iter().any(|&v| v < 0) {
-            let wrapped: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
-            return backend.from_host(CpuBuffer::I64(Arc::new(wrapped)), &raw.layout.shape, device);
-        }
-        raw.clone()
+        // Always a fresh contiguous buffer (at offset 0), wrapped or not: returning the input's
+        // own view would make a jit replay reuse the recorded layout on the other kind of
+        // result.
+        let values: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
+        backend.from_host(CpuBuffer::I64(Arc::new(values)), &raw.layout.shape, device)
     });
     host_step(device, &raw, check)
 }

@@ -20,7 +20,9 @@ pub(crate) fn autograd_level() -> Arc<Level> {
 ///
 /// A hook belongs to its leaves (a model's parameters), not to the process: two models, or a
 /// model and an evaluation graph, each have their own, and a `backward` that reaches none of a
-/// hook's leaves does not call it.
+/// hook's leaves does not call it. For a data-parallel hook that means every rank's loss must
+/// reach the model (the same program on every rank does); a rank whose graph skips it entirely
+/// would leave the others waiting in their all-reduce until the collective timeout.
 pub trait GradSyncHook: Send + Sync {
     /// A `backward` call whose graph reaches `reached` (this hook's leaves that the outputs
     /// depend on) is about to sweep. Leaves of the hook not among them get no gradient from

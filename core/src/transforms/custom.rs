@@ -69,7 +69,9 @@ impl<A: Tree + Send + Sync + 'static, R: Tree + Send + Sync + 'static> Rule for 
 /// `fwd(x)` returns the output and residuals (any pytree of values that `bwd` needs);
 /// `bwd(residuals, cotangent)` returns the cotangent of `x`, shaped like `x`. Residuals
 /// computed from `x` keep their own derivatives, so second-order reverse mode works when `bwd`
-/// is written in tensor ops. Forward mode through the output panics, as in JAX.
+/// is written in tensor ops. Forward mode through the output panics, as in JAX. Traced values
+/// that `fwd` captures instead of taking through `x` are constants of the rule (their
+/// derivative is zero): pass everything that is differentiated through the argument.
 pub fn custom_vjp<A, R>(
     fwd: impl Fn(&A) -> (Tensor, R),
     bwd: impl Fn(&R, &Tensor) -> A + Send + Sync + 'static,
@@ -123,7 +125,8 @@ impl<A: Tree + Send + Sync + 'static> Rule for CustomJvpRule<A> {
 
 /// JAX's `custom_jvp`: `f` with the forward-mode derivative `jvp(primals, tangents)` (linear in
 /// the tangents) instead of the derivative of its ops. Reverse mode transposes that rule, so
-/// `grad`, `jacrev` and higher orders all use it, as in JAX.
+/// `grad`, `jacrev` and higher orders all use it, as in JAX. As for [`custom_vjp`], traced values
+/// that `f` captures are constants of the rule: pass them through the argument.
 pub fn custom_jvp<A>(
     f: impl Fn(&A) -> Tensor,
     jvp: impl Fn(&A, &A) -> Tensor + Send + Sync + 'static,
