@@ -79,7 +79,7 @@ struct Hook {
     config: DataParallelConfig,
     worker: Worker,
     no_sync: AtomicUsize,
-    state: Mutex<Option<State>>,
+    state: Mutex<State>,
 }
 
 /// Data-parallel training over a [`ProcessGroup`], in the manner of PyTorch's
@@ -157,7 +157,7 @@ impl DataParallel {
             group,
             config,
             no_sync: AtomicUsize::new(0),
-            state: Mutex::new(Some(state)),
+            state: Mutex::new(state),
         });
         Ok((DataParallel { hook }, params))
     }
@@ -169,7 +169,7 @@ impl DataParallel {
     pub fn track<P: Tree>(&self, params: &P) -> P {
         let hook: Arc<dyn GradSyncHook> = self.hook.clone();
         let mut guard = self.hook.lock();
-        let st = guard.as_mut().expect("state");
+        let st = &mut *guard;
         let leaves = params.leaves();
         let meta: Vec<(Vec<usize>, DType)> = leaves.iter().map(|t| (t.shape().to_vec(), t.dtype())).collect();
         if meta != st.meta {
@@ -223,12 +223,12 @@ impl DataParallel {
         if global == 0 || local > global {
             panic!("DataParallel::set_shard_sizes: local {local} of global {global} examples is not a share");
         }
-        self.hook.lock().as_mut().expect("state").weight = local as f64 / global as f64;
+        self.hook.lock().weight = local as f64 / global as f64;
     }
 
     /// What the last completed sync did.
     pub fn last_sync(&self) -> SyncStats {
-        self.hook.lock().as_ref().expect("state").stats
+        self.hook.lock().stats
     }
 
     /// The wrapper's process group (a duplicate of the one it was created with).
@@ -240,10 +240,9 @@ impl DataParallel {
 impl Drop for DataParallel {
     fn drop(&mut self) {
         // The tracked leaves hold the hook and the hook held them: drop them to break the cycle.
-        if let Some(st) = self.hook.lock().as_mut() {
-            st.leaves.clear();
-            st.index.clear();
-        }
+        let mut st = self.hook.lock();
+        st.leaves.clear();
+        st.index.clear();
     }
 }
 
@@ -255,8 +254,26 @@ impl State {
 }
 
 impl Hook {
-    fn lock(&self) -> MutexGuard<'_, Option<State>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, when a `backward` callback has a sync to do: not inside `no_sync`, and the
+    /// wrapper not dropped (a dropped wrapper released its leaves).
+    fn syncing(&self) -> Option<MutexGuard<'_, State>> {
+        if self.no_sync.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let st = self.lock();
+        (!st.leaves.is_empty()).then_some(st)
+    }
+
+    /// During the sweep: starts the buckets that are ready, when overlapping.
+    fn launch_during_sweep(&self, st: &mut State) {
+        if self.config.overlap {
+            self.launch_ready(st);
+            st.stats.started_during_sweep = st.queue.launched();
+        }
     }
 
     fn fail(&self, what: impl std::fmt::Display) -> ! {
@@ -294,15 +311,8 @@ impl Hook {
 
 impl GradSyncHook for Hook {
     fn backward_begins(&self, reached: &[Tensor]) {
-        if self.no_sync.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        let mut guard = self.lock();
-        let st = guard.as_mut().expect("state");
-        if st.leaves.is_empty() {
-            // The wrapper was dropped (its leaves released): nothing to sync.
-            return;
-        }
+        let Some(mut st) = self.syncing() else { return };
+        let st = &mut *st;
         let mut in_graph = vec![false; st.leaves.len()];
         for t in reached {
             match t.node_id().and_then(|id| st.index.get(&id)) {
@@ -318,41 +328,23 @@ impl GradSyncHook for Hook {
                 st.queue.mark_ready(i);
             }
         }
-        if self.config.overlap {
-            self.launch_ready(st);
-            st.stats.started_during_sweep = st.queue.launched();
-        }
+        self.launch_during_sweep(st);
     }
 
     fn grad_ready(&self, leaf: &Tensor) {
-        if self.no_sync.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        let mut guard = self.lock();
-        let st = guard.as_mut().expect("state");
-        if st.leaves.is_empty() {
-            return;
-        }
+        let Some(mut st) = self.syncing() else { return };
+        let st = &mut *st;
         let Some(&i) = leaf.node_id().and_then(|id| st.index.get(&id)) else {
             self.fail(STALE_LEAF)
         };
         self.begin(st);
         st.queue.mark_ready(i);
-        if self.config.overlap {
-            self.launch_ready(st);
-            st.stats.started_during_sweep = st.queue.launched();
-        }
+        self.launch_during_sweep(st);
     }
 
     fn backward_done(&self) {
-        if self.no_sync.load(Ordering::SeqCst) > 0 {
-            return;
-        }
-        let mut guard = self.lock();
-        let st = guard.as_mut().expect("state");
-        if st.leaves.is_empty() {
-            return;
-        }
+        let Some(mut st) = self.syncing() else { return };
+        let st = &mut *st;
         self.begin(st);
         // Leaves the sweep did not reach take part too: their accumulated gradient, or zeros.
         st.queue.mark_all_ready();

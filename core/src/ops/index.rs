@@ -53,8 +53,8 @@ fn checked_index_tensor(op: &'static str, idx: &Tensor, range: IndexRange, x_sha
     let (layouts, levels) = aligned_layouts(&[idx], None);
     let bt = common_batch(&layouts, levels.len());
     let raw = checked_indices(op, idx, &layouts[0], &bt, range, x_shape, axis);
-    // The checked indices are a contiguous run, possibly at an offset into a shared buffer:
-    // reshape that run, keeping its offset.
+    // The checked indices are a fresh contiguous buffer: shape it like `idx` (with its batch
+    // axes).
     let layout = raw
         .layout
         .reshape(&physical(&bt, idx.shape()))

@@ -168,7 +168,8 @@ fn gemm_typed<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> (Vec
     if m * n > 0 {
         for (bi, (&ao, &bo)) in a_offs.iter().zip(&b_offs).enumerate() {
             // SAFETY: the layouts address only elements of `a` and `b` (`RawTensor`'s
-            // invariant, asserted at the top of this function), and `dst` has room for an m x n row-major block of `out`'s
+            // invariant, asserted at the top of this function), and `dst` has room for an
+            // m x n row-major block of `out`'s
             // allocation (initialised unless the kernel writes every element).
             unsafe {
                 T::product(
