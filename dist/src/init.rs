@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::env::{Launcher, ProcessEnv, detect_from_process};
 use crate::error::{DistError, Result};
 use crate::group::{DEFAULT_TIMEOUT, ProcessGroup};
+use crate::tcp::{TcpCommunicator, TcpOptions};
 use crate::threads;
 
 /// Options of [`init_with`].
@@ -63,8 +64,9 @@ fn timeout_from_env() -> Result<Option<Duration>> {
 /// The process group of this process:
 /// - under Open MPI's `mpirun`, MPICH's Hydra or Slurm's `srun`, an MPI group (the binary needs
 ///   the `mpi` feature);
-/// - with a torchrun-style launcher's `RANK`/`WORLD_SIZE`, an error for now (the TCP
-///   communicator comes with `nabla-launch`), unless the world has one rank;
+/// - with a torchrun-style launcher's `RANK`/`WORLD_SIZE` (`nabla-launch`), a
+///   [`crate::TcpCommunicator`] ring built through the launcher's store (`MASTER_ADDR`,
+///   `MASTER_PORT`, `NABLA_RDZV_TOKEN`), unless the world has one rank;
 /// - otherwise a single process.
 ///
 /// The first call also sizes the compute threads and installs the panic hook; later calls
@@ -98,17 +100,22 @@ fn connect(env: &ProcessEnv, timeout: Duration) -> Result<ProcessGroup> {
         return Ok(ProcessGroup::single().with_timeout(timeout));
     }
     if env.launcher == Launcher::Launcher {
-        return Err(DistError::Environment(format!(
-            "{} says this is rank {} of {}, but this build has no communicator for launcher-started ranks \
-             (the TCP communicator comes with nabla-launch). Start the job with `mpirun -np {}` and a binary \
-             built with `--features mpi`, or unset RANK and WORLD_SIZE for a single process.",
-            env.launcher.describe(),
-            env.rank,
-            env.world_size,
-            env.world_size
-        )));
+        return connect_tcp(env, timeout);
     }
     connect_mpi(env, timeout)
+}
+
+/// Ranks started by a torchrun-style launcher (`nabla-launch`) meet through its store and talk
+/// over a TCP ring, with or without MPI in the binary.
+fn connect_tcp(env: &ProcessEnv, timeout: Duration) -> Result<ProcessGroup> {
+    let local = match (env.local_rank, env.local_world_size) {
+        (Some(r), Some(n)) => (r, n),
+        // Without the pair, assume one node (nabla-launch always sets it).
+        _ => (env.rank, env.world_size),
+    };
+    let options = TcpOptions::from_vars(&|k| std::env::var(k).ok(), env.rank, env.world_size, local, timeout)?;
+    let comm = TcpCommunicator::connect(options)?;
+    Ok(ProcessGroup::new(Box::new(comm), timeout, "world"))
 }
 
 #[cfg(feature = "mpi")]

@@ -3,12 +3,13 @@
 //! Every rank runs the same program on its shard of each global batch; the gradients are
 //! averaged over the ranks before the optimizer step, so every rank keeps identical parameters.
 //!
-//! - [`init`] finds the process group from the environment (`mpirun`, Hydra, `srun`, or a
-//!   single process), sizes the compute threads for the node and installs a panic hook that
+//! - [`init`] finds the process group from the environment (`mpirun`, Hydra, `srun`,
+//!   `nabla-launch`, or a single process), sizes the compute threads for the node and installs a panic hook that
 //!   takes the whole job down.
 //! - [`ProcessGroup`] numbers and watches every collective ([`Communicator`] is the transport
-//!   underneath: [`SingleProcess`], [`ThreadComm`] (ranks as threads, for tests), and MPI with the
-//!   `mpi` feature).
+//!   underneath: [`SingleProcess`], [`TcpCommunicator`] (a ring over TCP for ranks that
+//!   `nabla-launch` starts), [`ThreadComm`] (ranks as threads, for tests), and MPI with the `mpi`
+//!   feature).
 //! - [`DataParallel`] all-reduces gradients inside `backward`, bucket by bucket while the
 //!   sweep goes on (PyTorch's DDP); [`all_reduce_mean`] / [`all_reduce_weighted`] and
 //!   [`value_and_grad`] do the same for the functional API, and replay under `nb::jit`.
@@ -29,6 +30,7 @@ mod pack;
 mod queue;
 mod shard;
 mod single;
+mod tcp;
 mod thread_comm;
 pub mod threads;
 mod watchdog;
@@ -49,4 +51,5 @@ pub use mpi;
 pub use mpi_comm::MpiCommunicator;
 pub use shard::Shard;
 pub use single::SingleProcess;
+pub use tcp::{TcpCommunicator, TcpOptions};
 pub use thread_comm::ThreadComm;

@@ -42,6 +42,17 @@ fn mac_over(token: &Token, parts: &[&[u8]]) -> HmacSha256 {
     mac
 }
 
+/// HMAC-SHA256 under the token over the concatenated `parts` (for other handshakes, such as
+/// the ring's in [`crate::peer`]).
+pub(crate) fn tag(token: &Token, parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    mac_over(token, parts).finalize().into_bytes().into()
+}
+
+/// True when `proof` is [`tag`] of `parts` (constant time).
+pub(crate) fn tag_ok(token: &Token, parts: &[&[u8]], proof: &[u8]) -> bool {
+    mac_over(token, parts).verify_slice(proof).is_ok()
+}
+
 /// The client's proof: HMAC(token, server_nonce || CLIENT_CONTEXT).
 pub(crate) fn client_proof(token: &Token, server_nonce: &[u8; NONCE_LEN]) -> [u8; MAC_LEN] {
     mac_over(token, &[server_nonce, CLIENT_CONTEXT])

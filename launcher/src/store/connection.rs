@@ -81,6 +81,9 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             Ok(Some(frame)) => frame,
             Err(e) => return close_for(&shared, &mut wr, &log, e).await,
         };
+        if shared.closed.load(Ordering::SeqCst) {
+            return; // the server was dropped: close without an answer
+        }
         let request = match decode_request(&frame) {
             Ok(r) => r,
             Err(e) => return close_for(&shared, &mut wr, &log, e).await,

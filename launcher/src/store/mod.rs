@@ -31,7 +31,7 @@
 //! # }
 //! ```
 
-mod auth;
+pub(crate) mod auth;
 mod barrier;
 mod blocking;
 mod client;

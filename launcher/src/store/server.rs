@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     /// Places for connections in the handshake.
     pub(crate) pending: Arc<Semaphore>,
     pub(crate) counters: Counters,
+    /// Set when the server is dropped: connections answer nothing more (the task abort that
+    /// closes them happens a moment later, on a worker thread).
+    pub(crate) closed: AtomicBool,
 }
 
 /// A snapshot of a server's activity.
@@ -116,6 +119,7 @@ impl StoreServer {
             pending: Arc::new(Semaphore::new(config.max_pending_handshakes)),
             config,
             counters: Counters::default(),
+            closed: AtomicBool::new(false),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(StoreServer {
@@ -150,7 +154,9 @@ impl StoreServer {
 impl Drop for StoreServer {
     fn drop(&mut self) {
         // The accept task owns the listener and the connection tasks (a JoinSet), so aborting
-        // it ends them all.
+        // it ends them all, but only once a worker thread gets to it: until then the flag keeps
+        // the connections from answering requests sent after the drop.
+        self.shared.closed.store(true, Ordering::SeqCst);
         self.accept.abort();
     }
 }

@@ -1,0 +1,197 @@
+//! Building a ring: every rank listens on a fresh port, publishes its address in the launcher's
+//! store, connects to the next rank and accepts the previous one. Both connections open with the
+//! token handshake of [`nabla_launch::peer`]; a connection that fails it is logged with the
+//! peer's address and dropped, and the rank goes on waiting for the right peer.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nabla_launch::peer::{self, HELLO_LEN};
+use nabla_launch::store::{BlockingStoreClient, Token};
+
+use crate::tcp::engine::Link;
+
+/// What a rank needs to join a ring.
+#[derive(Clone)]
+pub(crate) struct RingSpec {
+    pub rank: usize,
+    pub world: usize,
+    /// Unique per job round and communicator (`{run_id}/{name}`): store keys and hellos carry it,
+    /// so a rank of an earlier round cannot join this one's ring.
+    pub ring_id: String,
+    pub token: Token,
+    /// The address to listen on and publish.
+    pub listen_ip: IpAddr,
+    /// How long building the ring may take.
+    pub timeout: Duration,
+}
+
+fn addr_key(ring_id: &str, rank: usize) -> String {
+    format!("nabla-dist/ring/{ring_id}/addr/{rank}")
+}
+
+fn hello(spec: &RingSpec) -> [u8; HELLO_LEN] {
+    let mut h = [0u8; HELLO_LEN];
+    h[0..4].copy_from_slice(&(spec.world as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&(spec.rank as u32).to_le_bytes());
+    let id = spec.ring_id.as_bytes();
+    let n = id.len().min(HELLO_LEN - 8);
+    h[8..8 + n].copy_from_slice(&id[..n]);
+    h
+}
+
+/// Listens, publishes, connects to the next rank and accepts the previous one.
+pub(crate) fn build_ring(store: &Arc<Mutex<BlockingStoreClient>>, spec: &RingSpec) -> Result<Link, String> {
+    let (rank, world) = (spec.rank, spec.world);
+    let next_rank = (rank + 1) % world;
+    let prev_rank = (rank + world - 1) % world;
+    let deadline = Instant::now() + spec.timeout;
+    let listener = TcpListener::bind((spec.listen_ip, 0)).map_err(|e| {
+        format!(
+            "cannot listen on {} for the ring ({e}); set NABLA_SOCKET_ADDR to an address of this host that the other \
+             nodes can reach",
+            spec.listen_ip
+        )
+    })?;
+    let my_addr = listener
+        .local_addr()
+        .map_err(|e| format!("the ring listener has no address: {e}"))?;
+    {
+        let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+        s.set(&addr_key(&spec.ring_id, rank), my_addr.to_string().as_bytes())
+            .map_err(|e| format!("cannot publish this rank's ring address in the store: {e}"))?;
+    }
+    let next_addr = {
+        let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+        let raw = s
+            .get_within(&addr_key(&spec.ring_id, next_rank), spec.timeout)
+            .map_err(|e| format!("rank {next_rank} never published its ring address: {e}"))?;
+        String::from_utf8_lossy(&raw)
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("rank {next_rank} published a ring address that does not parse ({e})"))?
+    };
+    std::thread::scope(|scope| {
+        let accepting = scope.spawn(|| accept_prev(&listener, spec, prev_rank, deadline));
+        let next = connect_next(next_addr, spec, next_rank, deadline);
+        let prev = accepting
+            .join()
+            .unwrap_or_else(|_| Err("the ring's accepting thread panicked".into()));
+        let (next, prev) = (next?, prev?);
+        for s in [&next, &prev] {
+            s.set_nodelay(true)
+                .and_then(|_| s.set_nonblocking(true))
+                .map_err(|e| format!("cannot configure a ring socket: {e}"))?;
+        }
+        Ok(Link {
+            next,
+            prev,
+            next_rank,
+            prev_rank,
+            stall_timeout: spec.timeout,
+        })
+    })
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+fn connect_next(addr: SocketAddr, spec: &RingSpec, next_rank: usize, deadline: Instant) -> Result<TcpStream, String> {
+    let mut last_error = String::new();
+    while Instant::now() < deadline {
+        match TcpStream::connect_timeout(&addr, remaining(deadline).min(Duration::from_secs(5))) {
+            Ok(mut s) => {
+                let t = Some(remaining(deadline));
+                s.set_read_timeout(t)
+                    .and_then(|_| s.set_write_timeout(t))
+                    .map_err(|e| format!("cannot set a timeout on the ring socket: {e}"))?;
+                return match peer::connect(&mut s, &spec.token, &hello(spec)) {
+                    Ok(()) => Ok(s),
+                    Err(e) => Err(format!("rank {next_rank} at {addr} refused this rank's handshake: {e}")),
+                };
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    Err(format!(
+        "cannot connect to rank {next_rank} at {addr} within {:.0} s ({last_error})",
+        spec.timeout.as_secs_f64()
+    ))
+}
+
+fn accept_prev(
+    listener: &TcpListener,
+    spec: &RingSpec,
+    prev_rank: usize,
+    deadline: Instant,
+) -> Result<TcpStream, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot configure the ring listener: {e}"))?;
+    let expected = {
+        let mut h = hello(spec);
+        h[4..8].copy_from_slice(&(prev_rank as u32).to_le_bytes());
+        h
+    };
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "rank {prev_rank} did not connect within {:.0} s",
+                spec.timeout.as_secs_f64()
+            ));
+        }
+        match listener.accept() {
+            Ok((mut s, from)) => {
+                let t = Some(remaining(deadline).min(Duration::from_secs(10)));
+                let setup = s
+                    .set_nonblocking(false)
+                    .and_then(|_| s.set_read_timeout(t))
+                    .and_then(|_| s.set_write_timeout(t));
+                let verdict = match setup {
+                    Err(e) => Err(format!("cannot configure the socket: {e}")),
+                    Ok(()) => match peer::accept(&mut s, &spec.token) {
+                        Err(e) => Err(e.to_string()),
+                        Ok(h) if h != expected => Err(format!(
+                            "it introduced itself as rank {} of {} in ring {:?}, but this rank waits for rank {prev_rank} of {} in ring {:?}",
+                            u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")),
+                            u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")),
+                            String::from_utf8_lossy(&h[8..]).trim_end_matches('\0'),
+                            spec.world,
+                            spec.ring_id
+                        )),
+                        Ok(_) => Ok(()),
+                    },
+                };
+                match verdict {
+                    Ok(()) => return Ok(s),
+                    Err(why) => eprintln!(
+                        "nabla-dist: rank {}: refused a ring connection from {from}: {why}",
+                        spec.rank
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(listener, remaining(deadline)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("accepting rank {prev_rank}'s connection failed: {e}")),
+        }
+    }
+}
+
+/// Waits until the listener has a connection to accept, or `limit` passes.
+fn wait_readable(listener: &TcpListener, limit: Duration) {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().clamp(1, 1000) as libc::c_int;
+    // SAFETY: one valid pollfd that outlives the call; poll writes only its `revents`.
+    unsafe { libc::poll(&mut fd, 1, ms) };
+}

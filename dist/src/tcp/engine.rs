@@ -1,0 +1,382 @@
+//! The data mover of the TCP ring: runs one [`Plan`] (an ordered list of segment sends to the
+//! next rank and segment receives from the previous one, with dependencies between them) on two
+//! non-blocking sockets with `poll`, in one thread. Sends and receives progress together, so a
+//! segment received is forwarded while the next one is still arriving (the pipelining of a ring
+//! all-reduce), and neither side can deadlock on full socket buffers.
+//!
+//! Every collective starts with a [`Header`] on the wire. The receiver compares it with the call
+//! it is making itself, so ranks that call different collectives (or the same with other sizes)
+//! get an error naming both calls instead of silently mixing their bytes.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::comm::CommResult;
+
+/// Elements a ring moves: plain numbers whose bytes travel as they are in memory (all ranks of
+/// a job share one byte order).
+pub(crate) trait Elem: bytemuck::Pod + Send {
+    /// `dst[i] += src[i]`.
+    fn add_into(dst: &mut [Self], src: &[Self]);
+}
+
+macro_rules! float_elem {
+    ($t:ty) => {
+        impl Elem for $t {
+            fn add_into(dst: &mut [Self], src: &[Self]) {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += *s;
+                }
+            }
+        }
+    };
+}
+float_elem!(f32);
+float_elem!(f64);
+
+impl Elem for i64 {
+    fn add_into(dst: &mut [Self], src: &[Self]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = d.wrapping_add(*s);
+        }
+    }
+}
+
+impl Elem for u8 {
+    fn add_into(dst: &mut [Self], src: &[Self]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = d.wrapping_add(*s);
+        }
+    }
+}
+
+/// What a received segment does to the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Combine {
+    /// Adds the received values (reduce-scatter).
+    Add,
+    /// Overwrites with the received values (all-gather, broadcast).
+    Copy,
+}
+
+/// Send the elements `range` of the buffer to the next rank, once receive `after_recv` is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SendOp {
+    pub range: Range<usize>,
+    pub after_recv: Option<usize>,
+}
+
+/// Receive `range.len()` elements from the previous rank into `range`, once send `after_send`
+/// is done (it reads the same elements).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecvOp {
+    pub range: Range<usize>,
+    pub combine: Combine,
+    pub after_send: Option<usize>,
+}
+
+/// The sends and receives of one collective on one rank, each list in wire order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub sends: Vec<SendOp>,
+    pub recvs: Vec<RecvOp>,
+}
+
+/// Bytes of the header that opens every collective on the wire.
+pub(crate) const HEADER_LEN: usize = 24;
+
+/// Identifies a call: which collective, its number on this communicator, its element count and
+/// type. Equal on every rank for the same call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub op: &'static str,
+    pub seq: u64,
+    pub count: u64,
+    pub elem: &'static str,
+}
+
+const OPS: [&str; 5] = ["all_reduce_sum", "broadcast", "barrier", "all_gather_bytes", "unknown"];
+const ELEMS: [&str; 5] = ["f32", "f64", "i64", "u8", "unknown"];
+
+fn code(list: &[&'static str], name: &str) -> u32 {
+    list.iter().position(|x| *x == name).unwrap_or(list.len() - 1) as u32
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..4].copy_from_slice(&code(&OPS, self.op).to_le_bytes());
+        b[4..8].copy_from_slice(&code(&ELEMS, self.elem).to_le_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; HEADER_LEN]) -> Header {
+        let word = |r: Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes")) as usize;
+        let long = |r: Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        Header {
+            op: OPS[word(0..4).min(OPS.len() - 1)],
+            elem: ELEMS[word(4..8).min(ELEMS.len() - 1)],
+            seq: long(8..16),
+            count: long(16..24),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("{} call #{} of {} {}", self.op, self.seq, self.count, self.elem)
+    }
+}
+
+/// The two sockets of a rank in the ring.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// To the next rank (we send).
+    pub next: TcpStream,
+    /// From the previous rank (we receive).
+    pub prev: TcpStream,
+    pub next_rank: usize,
+    pub prev_rank: usize,
+    /// How long the ring may move no byte before the call fails.
+    pub stall_timeout: Duration,
+}
+
+/// Runs `plan` over `buf`; `staging` is reused between calls for received segments.
+pub(crate) fn run<T: Elem>(
+    link: &mut Link,
+    buf: &mut [T],
+    plan: &Plan,
+    header: Header,
+    staging: &mut Vec<T>,
+) -> CommResult<()> {
+    let sending = !plan.sends.is_empty();
+    let receiving = !plan.recvs.is_empty();
+    let out_header = header.encode();
+    let mut out_header_sent = if sending { 0 } else { HEADER_LEN };
+    let mut in_header = [0u8; HEADER_LEN];
+    let mut in_header_got = if receiving { 0 } else { HEADER_LEN };
+    let (mut send_idx, mut send_off) = (0usize, 0usize);
+    let (mut recv_idx, mut recv_off) = (0usize, 0usize);
+    let mut last_progress = Instant::now();
+    loop {
+        let sends_done = send_idx == plan.sends.len();
+        let recvs_done = recv_idx == plan.recvs.len() && in_header_got == HEADER_LEN;
+        if sends_done && recvs_done {
+            return Ok(());
+        }
+        let mut progressed = false;
+        let (mut want_out, mut want_in) = (false, false);
+
+        // The send side: the header, then each segment once its dependency is met.
+        if !sends_done {
+            let bytes: Option<&[u8]> = if out_header_sent < HEADER_LEN {
+                Some(&out_header[out_header_sent..])
+            } else {
+                let op = &plan.sends[send_idx];
+                if op.after_recv.is_none_or(|r| r < recv_idx) {
+                    Some(&bytemuck::cast_slice(&buf[op.range.clone()])[send_off..])
+                } else {
+                    None
+                }
+            };
+            if let Some(bytes) = bytes {
+                let written = if bytes.is_empty() {
+                    Ok(0)
+                } else {
+                    write_some(&mut link.next, bytes, link.next_rank, &header)?
+                };
+                match written {
+                    Ok(n) => {
+                        progressed = true;
+                        if out_header_sent < HEADER_LEN {
+                            out_header_sent += n;
+                        } else {
+                            send_off += n;
+                            let op = &plan.sends[send_idx];
+                            if send_off == op.range.len() * size_of::<T>() {
+                                send_idx += 1;
+                                send_off = 0;
+                            }
+                        }
+                    }
+                    Err(()) => want_out = true,
+                }
+            }
+        }
+
+        // The receive side: the header (checked), then each segment once its dependency is met.
+        if !recvs_done {
+            if in_header_got < HEADER_LEN {
+                match read_some(&mut link.prev, &mut in_header[in_header_got..], link.prev_rank, &header)? {
+                    Ok(n) => {
+                        progressed = true;
+                        in_header_got += n;
+                        if in_header_got == HEADER_LEN {
+                            let theirs = Header::decode(&in_header);
+                            if theirs != header {
+                                return Err(format!(
+                                    "ranks called different collectives: rank {} sent {}, but this rank is in {}. \
+                                     Every rank must make the same calls in the same order with the same sizes",
+                                    link.prev_rank,
+                                    theirs.describe(),
+                                    header.describe()
+                                ));
+                            }
+                        }
+                    }
+                    Err(()) => want_in = true,
+                }
+            } else {
+                let op = &plan.recvs[recv_idx];
+                if op.after_send.is_none_or(|s| s < send_idx) {
+                    let len = op.range.len();
+                    if staging.len() < len {
+                        staging.resize(len, T::zeroed());
+                    }
+                    let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut staging[..len])[recv_off..];
+                    let got = if target.is_empty() {
+                        Ok(0)
+                    } else {
+                        read_some(&mut link.prev, target, link.prev_rank, &header)?
+                    };
+                    match got {
+                        Ok(n) => {
+                            progressed = true;
+                            recv_off += n;
+                            if recv_off == len * size_of::<T>() {
+                                let dst = &mut buf[op.range.clone()];
+                                match op.combine {
+                                    Combine::Add => T::add_into(dst, &staging[..len]),
+                                    Combine::Copy => dst.copy_from_slice(&staging[..len]),
+                                }
+                                recv_idx += 1;
+                                recv_off = 0;
+                            }
+                        }
+                        Err(()) => want_in = true,
+                    }
+                }
+            }
+        }
+
+        if progressed {
+            last_progress = Instant::now();
+            continue;
+        }
+        if !want_in && !want_out {
+            return Err(format!(
+                "internal error: the ring plan waits on itself (send {send_idx} of {}, receive {recv_idx} of {}); please report",
+                plan.sends.len(),
+                plan.recvs.len()
+            ));
+        }
+        let waited = last_progress.elapsed();
+        if waited >= link.stall_timeout {
+            return Err(format!(
+                "no byte moved to rank {} or from rank {} for {:.1} s; a peer is stalled, or its host is unreachable",
+                link.next_rank,
+                link.prev_rank,
+                waited.as_secs_f64()
+            ));
+        }
+        wait_ready(link, want_out, want_in, link.stall_timeout - waited)?;
+    }
+}
+
+/// A non-blocking write: `Ok(Ok(n))` wrote n bytes (n > 0), `Ok(Err(()))` would block.
+fn write_some(s: &mut TcpStream, bytes: &[u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
+    loop {
+        match s.write(bytes) {
+            Ok(0) => {
+                return Err(format!(
+                    "rank {peer} stopped accepting data during {}",
+                    header.describe()
+                ));
+            }
+            Ok(n) => return Ok(Ok(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Err(())),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(format!(
+                    "sending to rank {peer} failed during {} ({e}); that rank probably failed: see its output",
+                    header.describe()
+                ));
+            }
+        }
+    }
+}
+
+/// A non-blocking read: `Ok(Ok(n))` read n bytes (n > 0), `Ok(Err(()))` would block.
+fn read_some(s: &mut TcpStream, into: &mut [u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
+    loop {
+        match s.read(into) {
+            Ok(0) => {
+                return Err(format!(
+                    "rank {peer} closed its connection during {}; that rank probably failed: see its output",
+                    header.describe()
+                ));
+            }
+            Ok(n) => return Ok(Ok(n)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Err(())),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(format!(
+                    "receiving from rank {peer} failed during {} ({e}); that rank probably failed: see its output",
+                    header.describe()
+                ));
+            }
+        }
+    }
+}
+
+/// Blocks until the next socket can take bytes (`out`) or the previous one has some (`inn`),
+/// or `limit` passes.
+fn wait_ready(link: &Link, out: bool, inn: bool, limit: Duration) -> CommResult<()> {
+    let mut fds = Vec::with_capacity(2);
+    if out {
+        fds.push(libc::pollfd {
+            fd: link.next.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        });
+    }
+    if inn {
+        fds.push(libc::pollfd {
+            fd: link.prev.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs that lives
+    // across the call; poll writes only their `revents` fields.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(format!("poll on the ring's sockets failed: {e}"));
+        }
+    }
+    // Readiness, errors and hang-ups all show on the next read or write.
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_survive_the_wire_and_name_the_call() {
+        let h = Header {
+            op: "broadcast",
+            seq: 41,
+            count: 1 << 40,
+            elem: "f64",
+        };
+        assert_eq!(Header::decode(&h.encode()), h);
+        assert_eq!(h.describe(), "broadcast call #41 of 1099511627776 f64");
+    }
+}
