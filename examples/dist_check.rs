@@ -1,8 +1,8 @@
-//! Multi-rank checks of `nb::dist` for `ci/test_dist`, run under `mpirun -np N` with a binary
-//! built with `--features mpi`. Each scenario asserts on every rank and exits non-zero on
+//! Multi-rank checks of `nb::dist` for `ci/test_dist` and `ci/test_launch`, run under
+//! `mpirun -np N` (a binary built with `--features mpi`) or `nabla-launch --nproc-per-node N`. Each scenario asserts on every rank and exits non-zero on
 //! failure; the fault scenarios are expected to take the job down, which the script checks.
 //!
-//! Scenarios: `collectives`, `steps`, `panic`, `mismatch`, `stall`.
+//! Scenarios: `collectives`, `steps`, `panic`, `mismatch`, `stall`, `exit`, `sigkill`.
 
 use std::time::Duration;
 
@@ -23,8 +23,12 @@ fn main() {
         "panic" => panic_mid_step(&group),
         "mismatch" => mismatch(&group),
         "stall" => stall(&group),
+        "exit" => leave_mid_step(&group, Leave::Exit3),
+        "sigkill" => leave_mid_step(&group, Leave::SigKill),
         other => {
-            eprintln!("dist_check: unknown scenario {other:?}; one of collectives, steps, panic, mismatch, stall");
+            eprintln!(
+                "dist_check: unknown scenario {other:?}; one of collectives, steps, panic, mismatch, stall, exit, sigkill"
+            );
             std::process::exit(2)
         }
     }
@@ -155,6 +159,36 @@ fn panic_mid_step(g: &ProcessGroup) {
     for step in 0..1000 {
         if step == 2 && g.rank() == 1 {
             panic!("deliberate failure in step {step}");
+        }
+        let tracked = dp.track(&m);
+        tracked.forward(&x).sum_all().backward();
+    }
+}
+
+/// How rank 1 leaves in [`leave_mid_step`].
+#[derive(Clone, Copy, PartialEq)]
+enum Leave {
+    /// `exit(3)`.
+    Exit3,
+    /// Killed by SIGKILL (sent by `kill`, as an out-of-memory killer would).
+    SigKill,
+}
+
+/// Rank 1 leaves in its third step; the others are then in, or about to enter, a collective.
+fn leave_mid_step(g: &ProcessGroup, how: Leave) {
+    let (dp, m) = DataParallel::new(g, &model(0)).unwrap();
+    let x = Rng::new(1).normal(&[4, 8], 0.0, 1.0, DType::F32);
+    for step in 0..100_000 {
+        if step == 2 && g.rank() == 1 {
+            if how == Leave::Exit3 {
+                eprintln!("dist_check: rank 1 exits with status 3 in step {step}");
+                std::process::exit(3);
+            }
+            eprintln!("dist_check: rank 1 sends itself SIGKILL in step {step}");
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &std::process::id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(60));
         }
         let tracked = dp.track(&m);
         tracked.forward(&x).sum_all().backward();

@@ -63,6 +63,15 @@ pub struct Args {
     /// Continue from the checkpoint given with --checkpoint.
     #[arg(long, requires = "checkpoint")]
     pub resume: bool,
+    /// Like --resume, but start from the beginning while the checkpoint file does not exist yet:
+    /// for jobs that a launcher restarts after a failure (`nabla-launch --max-restarts K`). Every
+    /// rank reads the checkpoint, so on several nodes it must be on a shared file system.
+    #[arg(long, requires = "checkpoint", conflicts_with = "resume")]
+    pub resume_if_present: bool,
+    /// Fault injection for tests of restarts: on the first attempt (NABLA_RESTART_COUNT unset
+    /// or 0) the last rank exits with status 3 just before this step.
+    #[arg(long, value_parser = whole_number_at_least_one::<u64>)]
+    pub fail_at_step: Option<u64>,
     /// Print one final JSON line with the results.
     #[arg(long)]
     pub json: bool,

@@ -132,7 +132,8 @@ fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupEr
     let mut model = Mlp::new(&widths, &[Activation::Relu], &mut rng, DType::F32);
     let mut state = optimizer(args.optimizer).init(&model);
     let mut step = 0u64;
-    if let (true, Some(path)) = (args.resume, &args.checkpoint) {
+    let resume = args.resume || (args.resume_if_present && args.checkpoint.as_ref().is_some_and(|p| p.exists()));
+    if let (true, Some(path)) = (resume, &args.checkpoint) {
         let ckpt =
             checkpoint::load(path).map_err(|e| SetupError::on_this_rank(format!("--resume: cannot resume: {e}")))?;
         let (p, s) = (model.leaves().len(), state.leaves().len());
@@ -207,6 +208,13 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
         for batch in batches.iter().skip((step % batches_per_epoch) as usize) {
             if step >= total_steps {
                 break;
+            }
+            if args.fail_at_step == Some(step + 1) && rank == world - 1 && first_attempt() {
+                eprintln!(
+                    "train_mlp: --fail-at-step {}: rank {rank} exits with status 3",
+                    step + 1
+                );
+                std::process::exit(3);
             }
             let shard = nb::dist::Shard::of(batch.y.numel(), rank, world);
             let (x, y) = (rows(&batch.x, shard.range()), rows(&batch.y, shard.range()));
@@ -312,6 +320,11 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
         );
     }
     Ok(())
+}
+
+/// True unless a launcher says this is a restarted attempt (`NABLA_RESTART_COUNT` above 0).
+fn first_attempt() -> bool {
+    std::env::var("NABLA_RESTART_COUNT").map_or(true, |v| v.trim() == "0")
 }
 
 /// The message for a run whose loss or parameters stopped being finite: what happened, that no

@@ -29,6 +29,9 @@ use crate::store::StoreError;
 const BEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long ranks get to die after SIGKILL before the launcher stops waiting for them.
 const AFTER_SIGKILL: Duration = Duration::from_secs(5);
+/// How long after a rank's failure the launcher still collects other ranks' failures for the
+/// notice before it stops the ranks.
+const SETTLE: Duration = Duration::from_millis(100);
 /// How long the ranks' last lines may take to reach the writer at the end of a round.
 const DRAIN_OUTPUT: Duration = Duration::from_secs(1);
 
@@ -228,12 +231,35 @@ impl Round<'_> {
 
     async fn on_rank_failure(&mut self, local: usize, exit: RankExit, ranks: &mut Ranks) -> Ending {
         let global = self.env.world.base_rank + local;
-        let notice = format!(
+        let mut notice = format!(
             "rank {global} (local rank {local} on node {}, host {}) {}",
             self.me(),
             self.host,
             exit.describe()
         );
+        // Ranks whose collectives failed because this one went away exit a moment later, and
+        // two exits can reach the launcher in either order: name every rank that failed
+        // within a short window, first seen first, so the root cause is always in the notice.
+        let settle_until = Instant::now() + SETTLE;
+        let mut also = Vec::new();
+        while ranks.running() > 0 {
+            tokio::select! {
+                (other, e) = ranks.next_exit() => {
+                    ranks.record(other, e.clone());
+                    if !e.success() {
+                        also.push(format!("rank {} {}", self.env.world.base_rank + other, e.describe()));
+                    }
+                }
+                _ = tokio::time::sleep_until(settle_until) => break,
+            }
+        }
+        if !also.is_empty() {
+            notice.push_str(&format!(
+                "; within {} ms, also {} (often a consequence: their collectives fail when a peer goes away)",
+                SETTLE.as_millis(),
+                also.join(", ")
+            ));
+        }
         self.sink.note(format!("nabla-launch: {notice}")).await;
         let k = self.k();
         let posted = self.store.post_failure(k, &notice, false).await;
