@@ -233,25 +233,31 @@ pub(crate) fn run<T: Elem>(
                 let op = &plan.recvs[recv_idx];
                 if op.after_send.is_none_or(|s| s < send_idx) {
                     let len = op.range.len();
-                    if staging.len() < len {
-                        staging.resize(len, T::zeroed());
-                    }
-                    let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut staging[..len])[recv_off..];
-                    let got = if target.is_empty() {
+                    let total = len * size_of::<T>();
+                    let got = if total == 0 {
                         Ok(0)
+                    } else if op.combine == Combine::Copy {
+                        // Straight into place: the send that read these elements is done.
+                        let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut buf[op.range.clone()])[recv_off..];
+                        read_some(&mut link.prev, target, link.prev_rank, &header)?
                     } else {
+                        if staging.len() < len {
+                            staging.resize(len, T::zeroed());
+                        }
+                        let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut staging[..len])[recv_off..];
                         read_some(&mut link.prev, target, link.prev_rank, &header)?
                     };
                     match got {
                         Ok(n) => {
                             progressed = true;
+                            if op.combine == Combine::Add {
+                                // Add the elements completed by this read while they are in cache.
+                                let (from, to) = (recv_off / size_of::<T>(), (recv_off + n) / size_of::<T>());
+                                let start = op.range.start;
+                                T::add_into(&mut buf[start + from..start + to], &staging[from..to]);
+                            }
                             recv_off += n;
-                            if recv_off == len * size_of::<T>() {
-                                let dst = &mut buf[op.range.clone()];
-                                match op.combine {
-                                    Combine::Add => T::add_into(dst, &staging[..len]),
-                                    Combine::Copy => dst.copy_from_slice(&staging[..len]),
-                                }
+                            if recv_off == total {
                                 recv_idx += 1;
                                 recv_off = 0;
                             }
