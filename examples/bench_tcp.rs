@@ -3,8 +3,9 @@
 //!
 //! Runs under `mpirun -np N` with a binary built with `--features mpi`. Rank 0 serves a
 //! rendezvous store and sends its address and token to the others over MPI; every rank then
-//! also joins a TCP ring, and the two transports take turns on the same buffers (1, 16 and
-//! 64 MiB of f32), so that drift in the machine's load hits both.
+//! also joins two rings (one over TCP only, one where neighbours on this host use shared
+//! memory), and the three transports take turns on the same buffers (1, 16 and 64 MiB of
+//! f32), so that drift in the machine's load hits all of them.
 //!
 //! `cargo build --release --features mpi --example bench_tcp &&
 //!  mpirun -np 2 target/release/examples/bench_tcp` (Open MPI uses shared memory between
@@ -54,28 +55,32 @@ fn main() {
     mpi.broadcast(HostBufMut::U8(&mut hello), 0).expect("broadcast");
     let text = String::from_utf8_lossy(&hello).trim_end_matches('\0').to_string();
     let (addr, token) = text.split_once(' ').expect("address and token");
-    let tcp = TcpCommunicator::connect(TcpOptions {
-        rank,
-        world_size: world,
-        local_rank: mpi.local_rank(),
-        local_world_size: mpi.local_world_size(),
-        store_addr: addr.to_string(),
-        token: Token::from_text(token).expect("the token"),
-        run_id: "bench".into(),
-        listen_ip: None,
-        timeout: Duration::from_secs(120),
-    })
-    .expect("the TCP ring");
-    let tcp = ProcessGroup::new(Box::new(tcp), Duration::from_secs(300), "tcp");
-
+    let ring = |shared_memory: bool, name: &str| {
+        let c = TcpCommunicator::connect(TcpOptions {
+            rank,
+            world_size: world,
+            local_rank: mpi.local_rank(),
+            local_world_size: mpi.local_world_size(),
+            store_addr: addr.to_string(),
+            token: Token::from_text(token).expect("the token"),
+            run_id: name.into(),
+            listen_ip: None,
+            timeout: Duration::from_secs(120),
+            shared_memory,
+        })
+        .expect("the TCP ring");
+        ProcessGroup::new(Box::new(c), Duration::from_secs(300), name)
+    };
+    let tcp = ring(false, "tcp");
+    let shm = ring(true, "shm");
     let mut rows = Vec::new();
     for mib in [1usize, 16, 64] {
         let n = mib * (1 << 20) / 4;
         let mut buf = vec![1.0f32; n];
         let runs = if mib >= 64 { 9 } else { 21 };
-        let (mut t_tcp, mut t_mpi) = (Vec::new(), Vec::new());
+        let (mut t_tcp, mut t_shm, mut t_mpi) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs + 2 {
-            for (group, times) in [(&tcp, &mut t_tcp), (&mpi, &mut t_mpi)] {
+            for (group, times) in [(&tcp, &mut t_tcp), (&shm, &mut t_shm), (&mpi, &mut t_mpi)] {
                 mpi.barrier().expect("barrier");
                 let t = std::time::Instant::now();
                 group.all_reduce_sum(HostBufMut::F32(&mut buf)).expect("all-reduce");
@@ -84,20 +89,26 @@ fn main() {
                 }
             }
         }
-        let (tcp_ms, mpi_ms) = (median(&mut t_tcp), median(&mut t_mpi));
-        let gbps = |ms: f64| mib as f64 / 1024.0 / (ms / 1e3);
-        rows.push((mib, tcp_ms, mpi_ms, gbps(tcp_ms), gbps(mpi_ms)));
+        rows.push((mib, median(&mut t_tcp), median(&mut t_shm), median(&mut t_mpi)));
     }
     if rank == 0 {
-        println!("ranks: {world}; both transports in place on the same f32 buffers, medians, turns alternating");
-        println!("| all-reduce | TCP ring ms | MPI ms | TCP GB/s | MPI GB/s | TCP / MPI throughput |");
-        println!("| --- | --- | --- | --- | --- | --- |");
-        for (mib, t, m, gt, gm) in rows {
-            println!("| {mib} MiB | {t:.3} | {m:.3} | {gt:.2} | {gm:.2} | {:.2} |", m / t);
+        println!("ranks: {world}; the three transports in place on the same f32 buffers, medians, turns alternating");
+        println!(
+            "| all-reduce | ring over TCP ms | ring, shared memory ms | MPI ms | TCP / MPI | shm / MPI | ring GB/s (shm) |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for (mib, t, s, m) in rows {
+            let gbps = mib as f64 / 1024.0 / (s / 1e3);
+            println!(
+                "| {mib} MiB | {t:.3} | {s:.3} | {m:.3} | {:.2} | {:.2} | {gbps:.2} |",
+                m / t,
+                m / s
+            );
         }
     }
     mpi.barrier().expect("barrier");
     drop(tcp);
+    drop(shm);
     drop(server);
 }
 

@@ -50,17 +50,28 @@ fn options(store: &Store, rank: usize, world: usize, timeout: Duration) -> TcpOp
         run_id: "t".into(),
         listen_ip: None,
         timeout,
+        shared_memory: true,
     }
 }
 
-/// Runs `f` on `world` ranks, each with its own TCP communicator; results by rank.
+/// Runs `f` on `world` ranks, each with its own TCP communicator; results by rank. Ranks are
+/// threads of one process, so their ring neighbours share a host and use shared memory unless
+/// `NABLA_TEST_TCP_ONLY` is set ([`on_ranks_with`] chooses explicitly).
 fn on_ranks<T: Send>(world: usize, f: impl Fn(TcpCommunicator) -> T + Sync) -> Vec<T> {
+    on_ranks_with(world, std::env::var("NABLA_TEST_TCP_ONLY").is_err(), f)
+}
+
+fn on_ranks_with<T: Send>(world: usize, shared_memory: bool, f: impl Fn(TcpCommunicator) -> T + Sync) -> Vec<T> {
     let s = store();
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..world)
             .map(|r| {
                 let (f, s) = (&f, &s);
-                scope.spawn(move || f(TcpCommunicator::connect(options(s, r, world, Duration::from_secs(30))).unwrap()))
+                let o = TcpOptions {
+                    shared_memory,
+                    ..options(s, r, world, Duration::from_secs(30))
+                };
+                scope.spawn(move || f(TcpCommunicator::connect(o).unwrap()))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("rank panicked")).collect()
@@ -75,10 +86,12 @@ fn values(r: usize, len: usize) -> Vec<f32> {
 }
 
 #[test]
-fn all_reduce_sums_every_type_and_size_and_leaves_every_rank_bit_identical() {
-    for world in [2, 3, 4] {
+fn all_reduce_sums_every_type_and_size_over_tcp_and_over_shared_memory() {
+    for (world, shared_memory) in [(2, false), (3, false), (2, true), (3, true), (4, true)] {
         let sizes = [0usize, 1, 5, 1 << 18, (1 << 20) + 3];
-        let results = on_ranks(world, |c| {
+        let results = on_ranks_with(world, shared_memory, |c| {
+            let want = if shared_memory { ("shm", "shm") } else { ("tcp", "tcp") };
+            assert_eq!(c.transports(), want);
             let r = c.rank();
             let mut out = Vec::new();
             for &len in &sizes {

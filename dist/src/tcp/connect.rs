@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use nabla_launch::peer::{self, HELLO_LEN};
 use nabla_launch::store::{BlockingStoreClient, Token};
 
-use crate::tcp::engine::Link;
+use std::io::{Read, Write};
+
+use crate::tcp::engine::{In, Link, Out};
+use crate::tcp::shm::{Mailbox, ShmIn, ShmOut, host_key};
 
 /// What a rank needs to join a ring.
 #[derive(Clone)]
@@ -26,6 +29,8 @@ pub(crate) struct RingSpec {
     pub listen_ip: IpAddr,
     /// How long building the ring may take.
     pub timeout: Duration,
+    /// Whether neighbours on the same host may use shared memory instead of TCP.
+    pub shared_memory: bool,
 }
 
 fn addr_key(ring_id: &str, rank: usize) -> String {
@@ -72,26 +77,116 @@ pub(crate) fn build_ring(store: &Arc<Mutex<BlockingStoreClient>>, spec: &RingSpe
             .parse::<SocketAddr>()
             .map_err(|e| format!("rank {next_rank} published a ring address that does not parse ({e})"))?
     };
-    std::thread::scope(|scope| {
+    let mailbox = if spec.shared_memory {
+        match Mailbox::create() {
+            Ok(m) => Some(Arc::new(m)),
+            Err(e) => {
+                eprintln!(
+                    "nabla-dist: rank {rank}: no shared memory for ring neighbours on this host ({e}); using TCP"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (next, prev) = std::thread::scope(|scope| {
         let accepting = scope.spawn(|| accept_prev(&listener, spec, prev_rank, deadline));
         let next = connect_next(next_addr, spec, next_rank, deadline);
         let prev = accepting
             .join()
             .unwrap_or_else(|_| Err("the ring's accepting thread panicked".into()));
-        let (next, prev) = (next?, prev?);
-        for s in [&next, &prev] {
-            s.set_nodelay(true)
-                .and_then(|_| s.set_nonblocking(true))
-                .map_err(|e| format!("cannot configure a ring socket: {e}"))?;
-        }
-        Ok(Link {
-            next,
-            prev,
-            next_rank,
-            prev_rank,
-            stall_timeout: spec.timeout,
-        })
+        Ok::<_, String>((next?, prev?))
+    })?;
+    let (mut next, mut prev) = (next, prev);
+    let (next_box, prev_box) = pair_mailboxes(&mut next, &mut prev, mailbox.as_ref())
+        .map_err(|e| format!("the shared-memory exchange with ranks {next_rank} and {prev_rank} failed: {e}"))?;
+    if let Some(m) = &mailbox {
+        // Both neighbours have mapped it (or declined): the name is no longer needed.
+        m.unlink();
+    }
+    for s in [&next, &prev] {
+        s.set_nodelay(true)
+            .and_then(|_| s.set_nonblocking(true))
+            .map_err(|e| format!("cannot configure a ring socket: {e}"))?;
+    }
+    let uses_shm = next_box.is_some() || prev_box.is_some();
+    let next = match next_box {
+        Some(b) => Out::Shm {
+            pipe: ShmOut { next: b },
+            socket: next,
+        },
+        None => Out::Tcp(next),
+    };
+    let prev = match (prev_box, &mailbox) {
+        (Some(b), Some(mine)) => In::Shm {
+            pipe: ShmIn {
+                mine: mine.clone(),
+                prev: b,
+            },
+            socket: prev,
+        },
+        _ => In::Tcp(prev),
+    };
+    Ok(Link {
+        next,
+        prev,
+        next_rank,
+        prev_rank,
+        mailbox: if uses_shm { mailbox } else { None },
+        stall_timeout: spec.timeout,
     })
+}
+
+/// What a rank tells each neighbour: its host key and its mailbox's path (empty: none).
+fn send_mailbox_info(s: &mut TcpStream, key: u64, mailbox: Option<&Arc<Mailbox>>) -> std::io::Result<()> {
+    let path = mailbox.map(|m| m.path().display().to_string()).unwrap_or_default();
+    let mut msg = key.to_le_bytes().to_vec();
+    msg.push(path.len().min(255) as u8);
+    msg.extend_from_slice(&path.as_bytes()[..path.len().min(255)]);
+    s.write_all(&msg)
+}
+
+fn read_mailbox_info(s: &mut TcpStream) -> std::io::Result<(u64, String)> {
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    let mut path = vec![0u8; head[8] as usize];
+    s.read_exact(&mut path)?;
+    let key = u64::from_le_bytes(head[..8].try_into().expect("8 bytes"));
+    Ok((key, String::from_utf8_lossy(&path).into_owned()))
+}
+
+/// Decides, with both neighbours, which directions use shared memory: a direction does when
+/// both ends are on the same host and each mapped the other's mailbox. Every message is sent on
+/// both sockets before any is read, so no rank waits on a neighbour that waits on it.
+#[allow(clippy::type_complexity)]
+fn pair_mailboxes(
+    next: &mut TcpStream,
+    prev: &mut TcpStream,
+    mine: Option<&Arc<Mailbox>>,
+) -> std::io::Result<(Option<Arc<Mailbox>>, Option<Arc<Mailbox>>)> {
+    let key = host_key();
+    send_mailbox_info(next, key, mine)?;
+    send_mailbox_info(prev, key, mine)?;
+    let theirs = [read_mailbox_info(next)?, read_mailbox_info(prev)?];
+    let opened: Vec<Option<Arc<Mailbox>>> = theirs
+        .iter()
+        .map(|(k, path)| {
+            (mine.is_some() && *k == key && !path.is_empty())
+                .then(|| Mailbox::open(path).ok().map(Arc::new))
+                .flatten()
+        })
+        .collect();
+    next.write_all(&[opened[0].is_some() as u8])?;
+    prev.write_all(&[opened[1].is_some() as u8])?;
+    let mut acks = [[0u8]; 2];
+    next.read_exact(&mut acks[0])?;
+    prev.read_exact(&mut acks[1])?;
+    let mut opened = opened.into_iter();
+    let keep = |b: Option<Arc<Mailbox>>, ack: [u8; 1]| b.filter(|_| ack[0] == 1);
+    let next_box = keep(opened.next().flatten(), acks[0]);
+    let prev_box = keep(opened.next().flatten(), acks[1]);
+    Ok((next_box, prev_box))
 }
 
 fn remaining(deadline: Instant) -> Duration {

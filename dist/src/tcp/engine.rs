@@ -15,6 +15,8 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::comm::CommResult;
+use crate::tcp::shm::{LIVENESS_SLICE, Mailbox, ShmIn, ShmOut};
+use std::sync::Arc;
 
 /// Elements a ring moves: plain numbers whose bytes travel as they are in memory (all ranks of
 /// a job share one byte order).
@@ -131,17 +133,55 @@ impl Header {
     }
 }
 
-/// The two sockets of a rank in the ring.
+/// Where a rank's bytes go: a TCP socket, or a shared-memory pipe to a neighbour on the same
+/// host (with the socket kept open to notice the neighbour's death).
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Into the next rank's shared-memory ring.
+    Shm { pipe: ShmOut, socket: TcpStream },
+}
+
+/// Where a rank's bytes come from (see [`Out`]).
+#[derive(Debug)]
+pub(crate) enum In {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// From this rank's shared-memory ring.
+    Shm { pipe: ShmIn, socket: TcpStream },
+}
+
+/// A rank's two connections in the ring.
 #[derive(Debug)]
 pub(crate) struct Link {
     /// To the next rank (we send).
-    pub next: TcpStream,
+    pub next: Out,
     /// From the previous rank (we receive).
-    pub prev: TcpStream,
+    pub prev: In,
     pub next_rank: usize,
     pub prev_rank: usize,
+    /// This rank's mailbox, whose doorbell it waits on when a pipe is shared memory.
+    pub mailbox: Option<Arc<Mailbox>>,
     /// How long the ring may move no byte before the call fails.
     pub stall_timeout: Duration,
+}
+
+impl Link {
+    /// Which transport each direction uses (`tcp` or `shm`), for messages and tests.
+    pub(crate) fn transports(&self) -> (&'static str, &'static str) {
+        let out = if matches!(self.next, Out::Shm { .. }) {
+            "shm"
+        } else {
+            "tcp"
+        };
+        let inn = if matches!(self.prev, In::Shm { .. }) {
+            "shm"
+        } else {
+            "tcp"
+        };
+        (out, inn)
+    }
 }
 
 /// Runs `plan` over `buf`; `staging` is reused between calls for received segments.
@@ -186,7 +226,7 @@ pub(crate) fn run<T: Elem>(
                 let written = if bytes.is_empty() {
                     Ok(0)
                 } else {
-                    write_some(&mut link.next, bytes, link.next_rank, &header)?
+                    send_some(&mut link.next, bytes, link.next_rank, &header)?
                 };
                 match written {
                     Ok(n) => {
@@ -210,7 +250,7 @@ pub(crate) fn run<T: Elem>(
         // The receive side: the header (checked), then each segment once its dependency is met.
         if !recvs_done {
             if in_header_got < HEADER_LEN {
-                match read_some(&mut link.prev, &mut in_header[in_header_got..], link.prev_rank, &header)? {
+                match recv_some(&mut link.prev, &mut in_header[in_header_got..], link.prev_rank, &header)? {
                     Ok(n) => {
                         progressed = true;
                         in_header_got += n;
@@ -239,13 +279,13 @@ pub(crate) fn run<T: Elem>(
                     } else if op.combine == Combine::Copy {
                         // Straight into place: the send that read these elements is done.
                         let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut buf[op.range.clone()])[recv_off..];
-                        read_some(&mut link.prev, target, link.prev_rank, &header)?
+                        recv_some(&mut link.prev, target, link.prev_rank, &header)?
                     } else {
                         if staging.len() < len {
                             staging.resize(len, T::zeroed());
                         }
                         let target = &mut bytemuck::cast_slice_mut::<T, u8>(&mut staging[..len])[recv_off..];
-                        read_some(&mut link.prev, target, link.prev_rank, &header)?
+                        recv_some(&mut link.prev, target, link.prev_rank, &header)?
                     };
                     match got {
                         Ok(n) => {
@@ -338,25 +378,38 @@ fn read_some(s: &mut TcpStream, into: &mut [u8], peer: usize, header: &Header) -
     }
 }
 
-/// Blocks until the next socket can take bytes (`out`) or the previous one has some (`inn`),
-/// or `limit` passes.
-fn wait_ready(link: &Link, out: bool, inn: bool, limit: Duration) -> CommResult<()> {
-    let mut fds = Vec::with_capacity(2);
-    if out {
-        fds.push(libc::pollfd {
-            fd: link.next.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        });
+/// Sends what the transport takes now: `Ok(Ok(n))` sent n bytes (n > 0), `Ok(Err(()))` would
+/// block.
+fn send_some(out: &mut Out, bytes: &[u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
+    match out {
+        Out::Tcp(s) => write_some(s, bytes, peer, header),
+        Out::Shm { pipe, .. } => Ok(match pipe.write_some(bytes) {
+            0 => Err(()),
+            n => Ok(n),
+        }),
     }
-    if inn {
-        fds.push(libc::pollfd {
-            fd: link.prev.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+}
+
+/// Receives what has arrived (see [`send_some`]).
+fn recv_some(inn: &mut In, into: &mut [u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
+    match inn {
+        In::Tcp(s) => read_some(s, into, peer, header),
+        In::Shm { pipe, .. } => Ok(match pipe.read_some(into) {
+            0 => Err(()),
+            n => Ok(n),
+        }),
     }
-    let ms = limit.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+}
+
+fn pollfd(fd: std::os::fd::RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd { fd, events, revents: 0 }
+}
+
+/// `poll` on `fds` for up to `ms` milliseconds; returns how many are ready.
+fn poll(fds: &mut [libc::pollfd], ms: libc::c_int) -> CommResult<usize> {
+    if fds.is_empty() {
+        return Ok(0);
+    }
     // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfd structs that lives
     // across the call; poll writes only their `revents` fields.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -365,8 +418,82 @@ fn wait_ready(link: &Link, out: bool, inn: bool, limit: Duration) -> CommResult<
         if e.kind() != ErrorKind::Interrupted {
             return Err(format!("poll on the ring's sockets failed: {e}"));
         }
+        return Ok(0);
     }
-    // Readiness, errors and hang-ups all show on the next read or write.
+    Ok(r as usize)
+}
+
+/// Blocks until the next rank can take bytes (`out`) or the previous one has sent some (`inn`),
+/// or `limit` passes. Sockets wait in `poll`; shared-memory pipes wait on this rank's doorbell,
+/// looking at their neighbours' sockets every [`LIVENESS_SLICE`] for a closed connection.
+fn wait_ready(link: &Link, out: bool, inn: bool, limit: Duration) -> CommResult<()> {
+    let mut sockets = Vec::with_capacity(2);
+    if let (true, Out::Tcp(s)) = (out, &link.next) {
+        sockets.push(pollfd(s.as_raw_fd(), libc::POLLOUT));
+    }
+    if let (true, In::Tcp(s)) = (inn, &link.prev) {
+        sockets.push(pollfd(s.as_raw_fd(), libc::POLLIN));
+    }
+    let shm_out = match (&link.next, out) {
+        (Out::Shm { pipe, .. }, true) => Some(pipe),
+        _ => None,
+    };
+    let shm_in = match (&link.prev, inn) {
+        (In::Shm { pipe, .. }, true) => Some(pipe),
+        _ => None,
+    };
+    let Some(mailbox) = link.mailbox.as_ref().filter(|_| shm_out.is_some() || shm_in.is_some()) else {
+        let ms = limit.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        poll(&mut sockets, ms)?;
+        // Readiness, errors and hang-ups all show on the next read or write.
+        return Ok(());
+    };
+    let seen = mailbox.bell_value();
+    if shm_out.is_some_and(|p| p.has_room()) || shm_in.is_some_and(|p| p.has_data()) {
+        return Ok(());
+    }
+    if poll(&mut sockets, 0)? > 0 {
+        return Ok(());
+    }
+    // With a socket to watch as well, sleep briefly so that its data is not kept waiting.
+    let slice = if sockets.is_empty() {
+        LIVENESS_SLICE
+    } else {
+        Duration::from_millis(1)
+    };
+    mailbox.wait(seen, slice.min(limit));
+    // A neighbour that finished may have written its last bytes and closed at once: what it
+    // left is read first, and only a pipe with nothing to move makes a closed socket an error.
+    if shm_out.is_some_and(|p| p.has_room()) || shm_in.is_some_and(|p| p.has_data()) {
+        return Ok(());
+    }
+    check_alive(link, shm_out.is_some(), shm_in.is_some())
+}
+
+/// A neighbour behind a shared-memory pipe is alive while its socket (which never carries data
+/// after the handshake) has nothing to read: readable means closed.
+/// Only the neighbours this rank waits on are checked: one that finished its part of the call
+/// may close its connection while this rank still talks to the other.
+fn check_alive(link: &Link, out: bool, inn: bool) -> CommResult<()> {
+    let watched = [
+        match (&link.next, out) {
+            (Out::Shm { socket, .. }, true) => Some((socket, link.next_rank)),
+            _ => None,
+        },
+        match (&link.prev, inn) {
+            (In::Shm { socket, .. }, true) => Some((socket, link.prev_rank)),
+            _ => None,
+        },
+    ];
+    for (socket, peer) in watched.into_iter().flatten() {
+        let mut fd = [pollfd(socket.as_raw_fd(), libc::POLLIN | libc::POLLRDHUP)];
+        if poll(&mut fd, 0)? > 0 {
+            return Err(format!(
+                "rank {peer} closed its connection (its shared-memory pipe went quiet); that rank probably failed: \
+                 see its output"
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -14,6 +14,7 @@
 mod connect;
 mod engine;
 mod plans;
+mod shm;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,6 +55,9 @@ pub struct TcpOptions {
     pub listen_ip: Option<IpAddr>,
     /// How long connecting and each stalled collective may take.
     pub timeout: Duration,
+    /// Let ring neighbours on the same host exchange data through shared memory (`/dev/shm`)
+    /// instead of loopback TCP (default true; `NABLA_TCP_SHM=0` turns it off).
+    pub shared_memory: bool,
 }
 
 impl std::fmt::Debug for TcpOptions {
@@ -108,6 +112,7 @@ impl TcpOptions {
             run_id: get("NABLA_RUN_ID").unwrap_or_else(|| "0".into()),
             listen_ip,
             timeout,
+            shared_memory: get("NABLA_TCP_SHM").is_none_or(|v| v.trim() != "0"),
         })
     }
 }
@@ -180,6 +185,7 @@ impl TcpCommunicator {
             token: options.token.clone(),
             listen_ip,
             timeout: options.timeout,
+            shared_memory: options.shared_memory,
         };
         TcpCommunicator::join(
             Arc::new(Mutex::new(store)),
@@ -261,6 +267,14 @@ impl TcpCommunicator {
         self.run("broadcast", buf, staging, |r, n, seg| {
             plans::broadcast(len, root, r, n, seg)
         })
+    }
+
+    /// The transport of each direction of this rank's ring links, `(to next, from previous)`:
+    /// `"shm"` for a neighbour on this host reached through shared memory, else `"tcp"`
+    /// (`("none", "none")` in a world of one, or after a failed call).
+    pub fn transports(&self) -> (&'static str, &'static str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.link.as_ref().map_or(("none", "none"), Link::transports)
     }
 
     fn check_usable(&self) -> CommResult<()> {
