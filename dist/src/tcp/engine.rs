@@ -332,13 +332,20 @@ pub(crate) fn run<T: Elem>(
     }
 }
 
-/// A non-blocking write: `Ok(Ok(n))` wrote n bytes (n > 0), `Ok(Err(()))` would block.
-fn write_some(s: &mut TcpStream, bytes: &[u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
+/// One non-blocking socket call: `Ok(Ok(n))` moved n bytes (n > 0), `Ok(Err(()))` would block.
+/// A closed connection or an error names the peer and the call; `what` is `sending to` or
+/// `receiving from`.
+fn nonblocking(
+    mut io: impl FnMut() -> std::io::Result<usize>,
+    what: &str,
+    peer: usize,
+    header: &Header,
+) -> CommResult<Result<usize, ()>> {
     loop {
-        match s.write(bytes) {
+        match io() {
             Ok(0) => {
                 return Err(format!(
-                    "rank {peer} stopped accepting data during {}",
+                    "rank {peer} closed its connection during {} ({what} it); that rank probably failed: see its output",
                     header.describe()
                 ));
             }
@@ -347,30 +354,7 @@ fn write_some(s: &mut TcpStream, bytes: &[u8], peer: usize, header: &Header) -> 
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => {
                 return Err(format!(
-                    "sending to rank {peer} failed during {} ({e}); that rank probably failed: see its output",
-                    header.describe()
-                ));
-            }
-        }
-    }
-}
-
-/// A non-blocking read: `Ok(Ok(n))` read n bytes (n > 0), `Ok(Err(()))` would block.
-fn read_some(s: &mut TcpStream, into: &mut [u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
-    loop {
-        match s.read(into) {
-            Ok(0) => {
-                return Err(format!(
-                    "rank {peer} closed its connection during {}; that rank probably failed: see its output",
-                    header.describe()
-                ));
-            }
-            Ok(n) => return Ok(Ok(n)),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Err(())),
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(format!(
-                    "receiving from rank {peer} failed during {} ({e}); that rank probably failed: see its output",
+                    "{what} rank {peer} failed during {} ({e}); that rank probably failed: see its output",
                     header.describe()
                 ));
             }
@@ -382,7 +366,7 @@ fn read_some(s: &mut TcpStream, into: &mut [u8], peer: usize, header: &Header) -
 /// block.
 fn send_some(out: &mut Out, bytes: &[u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
     match out {
-        Out::Tcp(s) => write_some(s, bytes, peer, header),
+        Out::Tcp(s) => nonblocking(|| s.write(bytes), "sending to", peer, header),
         Out::Shm { pipe, .. } => Ok(match pipe.write_some(bytes) {
             0 => Err(()),
             n => Ok(n),
@@ -393,7 +377,7 @@ fn send_some(out: &mut Out, bytes: &[u8], peer: usize, header: &Header) -> CommR
 /// Receives what has arrived (see [`send_some`]).
 fn recv_some(inn: &mut In, into: &mut [u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
     match inn {
-        In::Tcp(s) => read_some(s, into, peer, header),
+        In::Tcp(s) => nonblocking(|| s.read(into), "receiving from", peer, header),
         In::Shm { pipe, .. } => Ok(match pipe.read_some(into) {
             0 => Err(()),
             n => Ok(n),
