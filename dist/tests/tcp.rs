@@ -281,3 +281,39 @@ fn a_process_group_over_tcp_numbers_its_calls_and_moves_tensors() {
         assert_eq!(sum, vec![3.0; 5]);
     }
 }
+
+#[test]
+fn a_ring_mixing_shared_memory_and_tcp_links_sums_like_the_others() {
+    // Rank 1 declines shared memory (as a rank on another host would look): its neighbours
+    // each have one shared-memory and one TCP direction, the case of a node's boundary ranks.
+    let s = store();
+    let world = 3;
+    let results: Vec<((&str, &str), Vec<f64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..world)
+            .map(|r| {
+                let s = &s;
+                scope.spawn(move || {
+                    let o = TcpOptions {
+                        shared_memory: r != 1,
+                        ..options(s, r, world, Duration::from_secs(30))
+                    };
+                    let c = TcpCommunicator::connect(o).unwrap();
+                    let mut b: Vec<f64> = (0..300_001).map(|i| (i % 97) as f64 * (r + 1) as f64).collect();
+                    for _ in 0..3 {
+                        c.all_reduce_sum(HostBufMut::F64(&mut b)).unwrap();
+                    }
+                    (c.transports(), b)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0].0, ("tcp", "shm"));
+    assert_eq!(results[1].0, ("tcp", "tcp"));
+    assert_eq!(results[2].0, ("shm", "tcp"));
+    // Three sums of (1 + 2 + 3) times the start: 6, then 18, then 54 times.
+    let want: Vec<f64> = (0..300_001).map(|i| (i % 97) as f64 * 6.0 * 9.0).collect();
+    for (_, b) in &results {
+        assert_eq!(b, &want);
+    }
+}
