@@ -5,6 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,15 +38,28 @@ fn addr_key(ring_id: &str, rank: usize) -> String {
     format!("nabla-dist/ring/{ring_id}/addr/{rank}")
 }
 
+/// Who a connecting rank is: world size, rank, a hash of the whole ring id, and the id's first
+/// bytes (for messages).
 fn hello(spec: &RingSpec) -> [u8; HELLO_LEN] {
     let mut h = [0u8; HELLO_LEN];
     h[0..4].copy_from_slice(&(spec.world as u32).to_le_bytes());
     h[4..8].copy_from_slice(&(spec.rank as u32).to_le_bytes());
     let id = spec.ring_id.as_bytes();
-    let n = id.len().min(HELLO_LEN - 8);
-    h[8..8 + n].copy_from_slice(&id[..n]);
+    let hash = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    h[8..16].copy_from_slice(&hash.to_le_bytes());
+    let n = id.len().min(HELLO_LEN - 16);
+    h[16..16 + n].copy_from_slice(&id[..n]);
     h
 }
+
+/// The byte an acceptor sends after the handshake: whether it takes the connector as its
+/// previous rank (the handshake proves the token; this says the ring and rank are right).
+const WELCOME: u8 = 1;
+/// How long an accepted connection may take to prove the token: short, so that connections
+/// that never speak cannot hold the accept loop until the real peer's deadline.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Listens, publishes, connects to the next rank and accepts the previous one.
 pub(crate) fn build_ring(store: &Arc<Mutex<BlockingStoreClient>>, spec: &RingSpec) -> Result<Link, String> {
@@ -77,6 +91,21 @@ pub(crate) fn build_ring(store: &Arc<Mutex<BlockingStoreClient>>, spec: &RingSpe
             .parse::<SocketAddr>()
             .map_err(|e| format!("rank {next_rank} published a ring address that does not parse ({e})"))?
     };
+    let give_up = AtomicBool::new(false);
+    let (next, prev) = std::thread::scope(|scope| {
+        let accepting = scope.spawn(|| accept_prev(&listener, spec, prev_rank, deadline, &give_up));
+        let next = connect_next(next_addr, spec, next_rank, deadline);
+        if next.is_err() {
+            // The ring cannot form: do not wait for the previous rank until the deadline.
+            give_up.store(true, Ordering::Relaxed);
+        }
+        let prev = accepting
+            .join()
+            .unwrap_or_else(|_| Err("the ring's accepting thread panicked".into()));
+        Ok::<_, String>((next?, prev?))
+    })?;
+    // Made only now that both neighbours are connected, so that a rank killed while it waits
+    // for them leaves no file behind.
     let mailbox = if spec.shared_memory {
         match Mailbox::create() {
             Ok(m) => Some(Arc::new(m)),
@@ -90,14 +119,6 @@ pub(crate) fn build_ring(store: &Arc<Mutex<BlockingStoreClient>>, spec: &RingSpe
     } else {
         None
     };
-    let (next, prev) = std::thread::scope(|scope| {
-        let accepting = scope.spawn(|| accept_prev(&listener, spec, prev_rank, deadline));
-        let next = connect_next(next_addr, spec, next_rank, deadline);
-        let prev = accepting
-            .join()
-            .unwrap_or_else(|_| Err("the ring's accepting thread panicked".into()));
-        Ok::<_, String>((next?, prev?))
-    })?;
     let (mut next, mut prev) = (next, prev);
     let (next_box, prev_box) = pair_mailboxes(&mut next, &mut prev, mailbox.as_ref())
         .map_err(|e| format!("the shared-memory exchange with ranks {next_rank} and {prev_rank} failed: {e}"))?;
@@ -204,9 +225,16 @@ fn connect_next(addr: SocketAddr, spec: &RingSpec, next_rank: usize, deadline: I
                 s.set_read_timeout(t)
                     .and_then(|_| s.set_write_timeout(t))
                     .map_err(|e| format!("cannot set a timeout on the ring socket: {e}"))?;
-                return match peer::connect(&mut s, &spec.token, &hello(spec)) {
-                    Ok(()) => Ok(s),
-                    Err(e) => Err(format!("rank {next_rank} at {addr} refused this rank's handshake: {e}")),
+                if let Err(e) = peer::connect(&mut s, &spec.token, &hello(spec)) {
+                    return Err(format!("rank {next_rank} at {addr} refused this rank's handshake: {e}"));
+                }
+                let mut verdict = [0u8];
+                return match s.read_exact(&mut verdict) {
+                    Ok(()) if verdict[0] == WELCOME => Ok(s),
+                    _ => Err(format!(
+                        "rank {next_rank} at {addr} holds the token but refused this rank as its previous rank (a \
+                         different ring, world size or restart round); see that rank's output"
+                    )),
                 };
             }
             Err(e) => {
@@ -226,6 +254,7 @@ fn accept_prev(
     spec: &RingSpec,
     prev_rank: usize,
     deadline: Instant,
+    give_up: &AtomicBool,
 ) -> Result<TcpStream, String> {
     listener
         .set_nonblocking(true)
@@ -236,6 +265,9 @@ fn accept_prev(
         h
     };
     loop {
+        if give_up.load(Ordering::Relaxed) {
+            return Err("gave up waiting for the previous rank: the connection to the next one failed".into());
+        }
         if Instant::now() >= deadline {
             return Err(format!(
                 "rank {prev_rank} did not connect within {:.0} s",
@@ -244,7 +276,7 @@ fn accept_prev(
         }
         match listener.accept() {
             Ok((mut s, from)) => {
-                let t = Some(remaining(deadline).min(Duration::from_secs(10)));
+                let t = Some(remaining(deadline).min(HANDSHAKE_LIMIT));
                 let setup = s
                     .set_nonblocking(false)
                     .and_then(|_| s.set_read_timeout(t))
@@ -257,14 +289,16 @@ fn accept_prev(
                             "it introduced itself as rank {} of {} in ring {:?}, but this rank waits for rank {prev_rank} of {} in ring {:?}",
                             u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")),
                             u32::from_le_bytes(h[0..4].try_into().expect("4 bytes")),
-                            String::from_utf8_lossy(&h[8..]).trim_end_matches('\0'),
+                            String::from_utf8_lossy(&h[16..]).trim_end_matches('\0'),
                             spec.world,
                             spec.ring_id
                         )),
                         Ok(_) => Ok(()),
                     },
                 };
-                match verdict {
+                // The connector learns whether it was taken (it proved the token either way).
+                let said = s.write_all(&[if verdict.is_ok() { WELCOME } else { 0 }]);
+                match verdict.and_then(|()| said.map_err(|e| format!("cannot answer it: {e}"))) {
                     Ok(()) => return Ok(s),
                     Err(why) => eprintln!(
                         "nabla-dist: rank {}: refused a ring connection from {from}: {why}",

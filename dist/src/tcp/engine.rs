@@ -321,11 +321,19 @@ pub(crate) fn run<T: Elem>(
         }
         let waited = last_progress.elapsed();
         if waited >= link.stall_timeout {
+            let stuck = match (want_out, want_in) {
+                (true, true) => format!(
+                    "rank {} took no data and rank {} sent none",
+                    link.next_rank, link.prev_rank
+                ),
+                (true, false) => format!("rank {} took no data", link.next_rank),
+                _ => format!("rank {} sent no data", link.prev_rank),
+            };
             return Err(format!(
-                "no byte moved to rank {} or from rank {} for {:.1} s; a peer is stalled, or its host is unreachable",
-                link.next_rank,
-                link.prev_rank,
-                waited.as_secs_f64()
+                "{stuck} for {:.1} s during {}: a peer is stalled, not in the same call, or its host is \
+                 unreachable (NABLA_DIST_TIMEOUT sets this limit)",
+                waited.as_secs_f64(),
+                header.describe()
             ));
         }
         wait_ready(link, want_out, want_in, link.stall_timeout - waited)?;
@@ -367,7 +375,7 @@ fn nonblocking(
 fn send_some(out: &mut Out, bytes: &[u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
     match out {
         Out::Tcp(s) => nonblocking(|| s.write(bytes), "sending to", peer, header),
-        Out::Shm { pipe, .. } => Ok(match pipe.write_some(bytes) {
+        Out::Shm { pipe, .. } => Ok(match pipe.write_some(bytes)? {
             0 => Err(()),
             n => Ok(n),
         }),
@@ -378,7 +386,7 @@ fn send_some(out: &mut Out, bytes: &[u8], peer: usize, header: &Header) -> CommR
 fn recv_some(inn: &mut In, into: &mut [u8], peer: usize, header: &Header) -> CommResult<Result<usize, ()>> {
     match inn {
         In::Tcp(s) => nonblocking(|| s.read(into), "receiving from", peer, header),
-        In::Shm { pipe, .. } => Ok(match pipe.read_some(into) {
+        In::Shm { pipe, .. } => Ok(match pipe.read_some(into)? {
             0 => Err(()),
             n => Ok(n),
         }),

@@ -32,6 +32,10 @@ use engine::{Elem, Header, Link, Plan};
 /// that the ring's stages overlap.
 const SEGMENT_BYTES: usize = 512 * 1024;
 
+/// The error of every call after a failed one.
+const BROKEN: &str = "this TCP communicator failed in an earlier call and its connections are out of step; the job \
+                      cannot go on (restart it, from a checkpoint)";
+
 /// Where and how a rank joins a TCP ring: what `nabla-launch` puts in each rank's environment.
 #[derive(Clone)]
 pub struct TcpOptions {
@@ -238,6 +242,9 @@ impl TcpCommunicator {
             elem: elem_name::<T>(),
         };
         let Some(mut link) = state.link.take() else {
+            if self.world > 1 {
+                return Err(BROKEN.into());
+            }
             return Ok(());
         };
         let seg = (SEGMENT_BYTES / size_of::<T>()).max(1);
@@ -280,11 +287,7 @@ impl TcpCommunicator {
     fn check_usable(&self) -> CommResult<()> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if self.world > 1 && state.link.is_none() {
-            return Err(
-                "this TCP communicator failed in an earlier call and its connections are out of step; the job cannot \
-                 go on (restart it, from a checkpoint)"
-                    .into(),
-            );
+            return Err(BROKEN.into());
         }
         Ok(())
     }

@@ -14,7 +14,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -89,7 +89,15 @@ impl Mailbox {
             .create_new(true)
             .mode(0o600)
             .open(&path)?;
-        let made = file.set_len(FILE_BYTES as u64).and_then(|_| map(&file));
+        // Reserve the pages now: on a tmpfs that is too small, a sparse file would fail later,
+        // with SIGBUS on a write in the middle of a collective, instead of here.
+        // SAFETY: posix_fallocate on an open, writable descriptor; the result is checked.
+        let reserved = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, FILE_BYTES as libc::off_t) };
+        let made = if reserved == 0 {
+            map(&file)
+        } else {
+            Err(std::io::Error::from_raw_os_error(reserved))
+        };
         match made {
             Ok(base) => Ok(Mailbox {
                 base,
@@ -110,8 +118,22 @@ impl Mailbox {
         if name.is_empty() || name.contains('/') {
             return Err(std::io::Error::other(format!("{path:?} is not a ring mailbox path")));
         }
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        if file.metadata()?.len() != FILE_BYTES as u64 {
+        // Never through a symbolic link (/dev/shm is writable by every user), and only a
+        // regular file of this user's that no one else can read or write.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = file.metadata()?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{path} is not a private regular file of this user"
+            )));
+        }
+        if meta.len() != FILE_BYTES as u64 {
             return Err(std::io::Error::other(format!("{path} has the wrong size")));
         }
         Ok(Mailbox {
@@ -190,6 +212,7 @@ impl Mailbox {
 
     /// Copies `len` bytes between `bytes` and the ring at stream position `pos`.
     fn copy(&self, pos: u64, bytes: *mut u8, len: usize, into_ring: bool) {
+        assert!(len <= RING_BYTES, "a ring copy of {len} bytes is larger than the ring");
         let at = (pos % RING_BYTES as u64) as usize;
         let first = len.min(RING_BYTES - at);
         // SAFETY: the two ranges lie inside the ring's data (at < RING_BYTES, first <=
@@ -234,25 +257,28 @@ pub(crate) struct ShmOut {
 
 impl ShmOut {
     /// Writes what fits of `bytes`; 0 when the ring is full.
-    pub(crate) fn write_some(&self, bytes: &[u8]) -> usize {
+    pub(crate) fn write_some(&self, bytes: &[u8]) -> Result<usize, String> {
         let head = self.next.word64(HEAD).load(Ordering::Relaxed);
         let tail = self.next.word64(TAIL).load(Ordering::Acquire);
-        let free = RING_BYTES - (head - tail) as usize;
+        let free = RING_BYTES - used(head, tail)?;
         let n = free.min(bytes.len());
         if n == 0 {
-            return 0;
+            return Ok(0);
         }
         self.next.copy(head, bytes.as_ptr() as *mut u8, n, true);
-        self.next.word64(HEAD).store(head + n as u64, Ordering::Release);
+        self.next
+            .word64(HEAD)
+            .store(head.wrapping_add(n as u64), Ordering::Release);
         self.next.ring();
-        n
+        Ok(n)
     }
 
     /// Whether the ring has room.
     pub(crate) fn has_room(&self) -> bool {
         let head = self.next.word64(HEAD).load(Ordering::Relaxed);
         let tail = self.next.word64(TAIL).load(Ordering::Acquire);
-        ((head - tail) as usize) < RING_BYTES
+        // A corrupted ring counts as ready, so that the next write reports it.
+        used(head, tail).map_or(true, |u| u < RING_BYTES)
     }
 }
 
@@ -267,17 +293,19 @@ pub(crate) struct ShmIn {
 
 impl ShmIn {
     /// Reads what has arrived, up to `into.len()` bytes; 0 when nothing has.
-    pub(crate) fn read_some(&self, into: &mut [u8]) -> usize {
+    pub(crate) fn read_some(&self, into: &mut [u8]) -> Result<usize, String> {
         let tail = self.mine.word64(TAIL).load(Ordering::Relaxed);
         let head = self.mine.word64(HEAD).load(Ordering::Acquire);
-        let n = ((head - tail) as usize).min(into.len());
+        let n = used(head, tail)?.min(into.len());
         if n == 0 {
-            return 0;
+            return Ok(0);
         }
         self.mine.copy(tail, into.as_mut_ptr(), n, false);
-        self.mine.word64(TAIL).store(tail + n as u64, Ordering::Release);
+        self.mine
+            .word64(TAIL)
+            .store(tail.wrapping_add(n as u64), Ordering::Release);
         self.prev.ring();
-        n
+        Ok(n)
     }
 
     /// Whether data has arrived.
@@ -285,6 +313,18 @@ impl ShmIn {
         let tail = self.mine.word64(TAIL).load(Ordering::Relaxed);
         self.mine.word64(HEAD).load(Ordering::Acquire) != tail
     }
+}
+
+/// Bytes in a ring between `tail` and `head`; an error when the words say more than the ring
+/// holds (memory another process corrupted).
+fn used(head: u64, tail: u64) -> Result<usize, String> {
+    let used = head.wrapping_sub(tail);
+    if used > RING_BYTES as u64 {
+        return Err(format!(
+            "a shared-memory ring's counters are corrupt (head {head}, tail {tail}); the ring cannot go on"
+        ));
+    }
+    Ok(used as usize)
 }
 
 /// Identifies "the same host" for shared memory: the boot, the network namespace (ranks in
@@ -326,8 +366,10 @@ mod tests {
         let mut got = vec![0u8; data.len()];
         let (mut sent, mut recvd) = (0, 0);
         while recvd < data.len() {
-            sent += out.write_some(&data[sent..(sent + 1_000_003).min(data.len())]);
-            recvd += inn.read_some(&mut got[recvd..(recvd + 777_777).min(data.len())]);
+            sent += out.write_some(&data[sent..(sent + 1_000_003).min(data.len())]).unwrap();
+            recvd += inn
+                .read_some(&mut got[recvd..(recvd + 777_777).min(data.len())])
+                .unwrap();
         }
         assert_eq!(got, data);
         mine.unlink();
@@ -339,5 +381,21 @@ mod tests {
         assert!(Mailbox::open("/etc/passwd").is_err());
         assert!(Mailbox::open(&format!("{PATH_PREFIX}../../etc/passwd")).is_err());
         assert!(Mailbox::open(PATH_PREFIX).is_err());
+        // A symbolic link with a mailbox's name is refused, even to a real mailbox.
+        let real = Mailbox::create().unwrap();
+        let link = format!("{PATH_PREFIX}link-{}", std::process::id());
+        std::os::unix::fs::symlink(real.path(), &link).unwrap();
+        let refused = Mailbox::open(&link);
+        std::fs::remove_file(&link).unwrap();
+        assert!(refused.is_err(), "a symlink was followed");
+        assert!(Mailbox::open(real.path().to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn corrupt_counters_are_an_error_not_a_wild_copy() {
+        assert_eq!(used(10, 4), Ok(6));
+        assert_eq!(used(3, u64::MAX), Ok(4), "positions wrap around u64");
+        assert!(used(4, 10).unwrap_err().contains("corrupt"));
+        assert!(used(RING_BYTES as u64 + 1, 0).is_err());
     }
 }
