@@ -21,6 +21,13 @@ use crate::store::Token;
 use crate::store::auth::{MAC_LEN, NONCE_LEN, nonce, tag, tag_ok};
 use crate::store::{Result, StoreError};
 
+/// Where `nabla-dist` puts the shared-memory mailboxes of ring neighbours on one host:
+/// `{MAILBOX_DIR}/{MAILBOX_PREFIX}{pid}-{random}`. A rank unlinks its own as soon as its
+/// neighbours have mapped it; the launcher removes those of a rank that died before that.
+pub const MAILBOX_DIR: &str = "/dev/shm";
+/// See [`MAILBOX_DIR`].
+pub const MAILBOX_PREFIX: &str = "nabla-ring-";
+
 /// The first bytes each side sends: the protocol and its version.
 pub const MAGIC: [u8; 8] = *b"NBRING1\0";
 /// Bytes of the connector's hello (opaque here: the ring's caller packs who it is in it).

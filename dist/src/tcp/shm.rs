@@ -29,7 +29,9 @@ const HEAD: usize = 128;
 const TAIL: usize = 256;
 const DATA: usize = 384;
 const FILE_BYTES: usize = DATA + RING_BYTES;
-/// The prefix of every mailbox's path (a peer's path is refused unless it has it).
+/// The prefix of every mailbox's path (a peer's path is refused unless it has it); shared
+/// with the launcher, which removes the mailboxes of ranks that died.
+/// (Checked against `nabla_launch::peer`'s parts by a test below.)
 pub(crate) const PATH_PREFIX: &str = "/dev/shm/nabla-ring-";
 /// How long a waiting rank sleeps before it looks whether a neighbour's socket has closed.
 pub(crate) const LIVENESS_SLICE: Duration = Duration::from_millis(50);
@@ -389,6 +391,12 @@ mod tests {
         std::fs::remove_file(&link).unwrap();
         assert!(refused.is_err(), "a symlink was followed");
         assert!(Mailbox::open(real.path().to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn the_path_prefix_is_the_launchers() {
+        use nabla_launch::peer::{MAILBOX_DIR, MAILBOX_PREFIX};
+        assert_eq!(PATH_PREFIX, format!("{MAILBOX_DIR}/{MAILBOX_PREFIX}"));
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl Ranks {
     pub fn record(&mut self, local: usize, exit: RankExit) {
         if let Some(r) = self.ranks.iter_mut().find(|r| r.local == local) {
             r.exit = Some(exit);
+            remove_mailboxes(r.pid);
         }
     }
 
@@ -239,6 +240,21 @@ impl Ranks {
                 return;
             }
             r.task = None;
+        }
+    }
+}
+
+/// Removes the shared-memory mailboxes (see [`crate::peer::MAILBOX_DIR`]) that the rank with
+/// process id `pid` left behind: a rank unlinks its own once its ring is built, so only a rank
+/// killed while it built one leaves any.
+fn remove_mailboxes(pid: i32) {
+    let prefix = format!("{}{pid}-", crate::peer::MAILBOX_PREFIX);
+    let Ok(entries) = std::fs::read_dir(crate::peer::MAILBOX_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
