@@ -144,6 +144,24 @@ impl KernelLayout {
         off
     }
 
+    /// The bytes of the device struct `NbLayout` (little-endian, as the device reads them): for
+    /// launchers that pass kernel arguments as raw bytes.
+    pub fn as_bytes(&self) -> [u8; std::mem::size_of::<KernelLayout>()] {
+        let mut out = [0u8; std::mem::size_of::<KernelLayout>()];
+        let words = [self.ndim.to_le_bytes(), self.pad.to_le_bytes()];
+        out[..4].copy_from_slice(&words[0]);
+        out[4..8].copy_from_slice(&words[1]);
+        let longs = self
+            .shape
+            .iter()
+            .chain(&self.strides)
+            .chain(std::iter::once(&self.offset));
+        for (k, v) in longs.enumerate() {
+            out[8 + 8 * k..16 + 8 * k].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
     /// The positions `embed` writes: for an output of `out_shape` (contiguous) receiving `x_shape`
     /// at `starts[a] + steps[a] * i` along every axis `a`, the layout of those positions, in the
     /// order of `x`'s elements. Pass it as the output layout of the `embed` kernel.
@@ -308,6 +326,15 @@ mod tests {
     fn device_struct_has_the_c_layout() {
         assert_eq!(std::mem::size_of::<KernelLayout>(), 144);
         assert_eq!(std::mem::align_of::<KernelLayout>(), 8);
+        let l = KernelLayout::new(&[3, 4], &[1, 3], 2).unwrap();
+        let b = l.as_bytes();
+        assert_eq!(&b[..4], &2i32.to_le_bytes());
+        assert_eq!(&b[8..16], &3i64.to_le_bytes()); // shape[0] (a transposed view keeps 2 axes)
+        assert_eq!(&b[16..24], &4i64.to_le_bytes());
+        assert_eq!(&b[24..32], &1i64.to_le_bytes()); // unused axes have extent 1
+        assert_eq!(&b[72..80], &1i64.to_le_bytes()); // strides[0]
+        assert_eq!(&b[80..88], &3i64.to_le_bytes());
+        assert_eq!(&b[136..144], &2i64.to_le_bytes()); // offset
     }
 
     #[test]
