@@ -275,6 +275,48 @@ fn elementwise_input(d: KernelDType, vals: &Vals, variant: Variant) -> Vec<Arg> 
     }
 }
 
+// ---- layouts ------------------------------------------------------------------------
+
+#[test]
+fn device_index_mapping_is_the_rust_one() {
+    if !available() {
+        return;
+    }
+    // The strided copy reads element i at nb_offset(layout, i): compare with offset_of.
+    let spec: KernelSpec = CopySpec::new(I64).unwrap().into();
+    let eight_shape = [2usize, 3, 2, 2, 3, 2, 2, 2];
+    let eight_strides: Vec<isize> = vec![1, 2 * 2 * 3 * 2 * 2 * 2 * 2, 2, 4, 8, 24, 48, 96];
+    let cases: Vec<(Vec<usize>, Vec<isize>, usize)> = vec![
+        (vec![4, 3], vec![1, 4], 2),                      // transposed, with an offset
+        (vec![3, 4], vec![0, 1], 0),                      // broadcast rows
+        (vec![2, 3, 4], vec![0, 1, 3], 1),                // broadcast of a transposed view
+        (vec![5, 2], vec![-2, 1], 8),                     // flipped rows
+        (vec![2, 1, 3, 4], vec![12, 99, 1, 3], 0),        // extent-1 axis, transposed pair
+        (eight_shape.to_vec(), eight_strides.clone(), 0), // 8 axes that do not merge
+    ];
+    for (shape, strides, offset) in cases {
+        let l = KernelLayout::new(&shape, &strides, offset).unwrap();
+        let n = l.numel() as usize;
+        let span = (0..n as i64).map(|i| l.offset_of(i)).max().unwrap() as usize + 1;
+        let buf: Vec<i64> = (0..span as i64).map(|v| 1000 + v).collect();
+        let out = launch_1d(
+            &spec,
+            vec![
+                Arg::zeros(8 * n),
+                Arg::Buf(encode_i(I64, &buf)),
+                Arg::layout(&l),
+                Arg::i64(n as i64),
+            ],
+        );
+        let want: Vec<i64> = (0..n as i64).map(|i| buf[l.offset_of(i) as usize]).collect();
+        assert_eq!(
+            decode_i(I64, out[0].as_ref().unwrap()),
+            want,
+            "{shape:?} {strides:?} -> {l:?}"
+        );
+    }
+}
+
 // ---- elementwise ---------------------------------------------------------------------
 
 fn float_inputs(d: KernelDType) -> Vec<f64> {

@@ -115,7 +115,7 @@ fn emulator() -> Option<&'static PathBuf> {
     static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
     EXE.get_or_init(|| {
         let Some(cxx) = cxx() else {
-            eprintln!("emulate: SKIPPED: no C++ compiler (set CXX, or install g++ or clang++ with C++20)");
+            eprintln!("emulate: SKIPPED: no C++ compiler (set CXX, or install g++ or clang++ (C++17))");
             return None;
         };
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nabla-kernels-emulate");
