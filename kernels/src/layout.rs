@@ -127,7 +127,8 @@ impl KernelLayout {
 
     /// Buffer index of element `i` (row-major, `0 <= i < numel`): the device function
     /// `nb_offset`, step for step. The innermost axis is peeled first; the outermost needs no
-    /// division.
+    /// division. (The device divides in 32 bits when `i` and the extent fit, which gives the
+    /// same quotient.)
     pub fn offset_of(&self, mut i: i64) -> i64 {
         let mut off = self.offset;
         for d in (1..MAX_DIMS).rev() {

@@ -26,14 +26,16 @@ struct NbLayout {{
 }};
 
 // Buffer index of element i (0 <= i < numel) of l: the innermost axis is peeled first, and the
-// outermost needs no division.
+// outermost needs no division. Divides in 32 bits when i and the extent fit (far cheaper).
 __device__ __forceinline__ long long nb_offset(const NbLayout& l, long long i) {{
     long long off = l.offset;
 #pragma unroll
     for (int d = NB_MAX_DIMS - 1; d > 0; --d) {{
         if (d < l.ndim) {{
             const long long n = l.shape[d];
-            const long long q = i / n;
+            const long long q = ((unsigned long long)(i | n) >> 32) == 0
+                ? (long long)((unsigned)i / (unsigned)n)
+                : i / n;
             off += (i - q * n) * l.strides[d];
             i = q;
         }}
