@@ -1479,7 +1479,7 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                 );
             }
             let spec: KernelSpec = CrossEntropySpec::new(d).unwrap().into();
-            let args = |labels: &[i64], with_grad: bool| {
+            let args = |labels: &[i64], with_grad: bool, wrap: bool| {
                 vec![
                     Arg::zeros(rows * d.size_in_bytes()),
                     if with_grad {
@@ -1492,11 +1492,14 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                     Arg::i64(rows as i64),
                     Arg::i64(cols as i64),
                     Arg::f64(scale),
+                    Arg::i32(wrap as i32),
                     Arg::i32(group as i32),
                     Arg::err(),
                 ]
             };
-            let out = run(&spec, 2, block, args(&labels, true));
+            // Label -1 wraps to the last class (as the CPU's take_along_axis).
+            let given = [2i64, 0, -1, 1];
+            let out = run(&spec, 2, block, args(&given, true, true));
             let what = format!("{} cols {cols} group {group}", spec.entry_name());
             // Row 0's label is 2: a -inf logit elsewhere in it is fine.
             assert_vals(
@@ -1513,20 +1516,26 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                     "{what}: grad {k}: {g} vs {w}"
                 );
             }
-            assert_eq!(error_record(out[8].as_ref().unwrap())[0], 0);
+            assert_eq!(error_record(out[9].as_ref().unwrap())[0], 0);
             // Without the gradient, and with a label out of range (row 3: NaN, reported).
-            let out = run(&spec, 2, block, args(&[2, 0, 1, cols as i64], false));
+            let out = run(&spec, 2, block, args(&[2, 0, 1, cols as i64], false, true));
             let Vals::F(l) = Vals::decode(d, out[0].as_ref().unwrap()) else {
                 unreachable!()
             };
             assert!(l[3].is_nan() && close(l[1], loss[1], tol(d) * 8.0), "{what}: {l:?}");
-            let e = DeviceError::decode(&error_record(out[8].as_ref().unwrap()))
+            let e = DeviceError::decode(&error_record(out[9].as_ref().unwrap()))
                 .unwrap()
                 .unwrap();
             assert_eq!(
                 (e.kind, e.value, e.extent),
                 (DeviceErrorKind::LabelOutOfRange, cols as i64, cols as i64)
             );
+            // Without wrapping, -1 is out of range.
+            let out = run(&spec, 2, block, args(&given, false, false));
+            let e = DeviceError::decode(&error_record(out[9].as_ref().unwrap()))
+                .unwrap()
+                .unwrap();
+            assert_eq!((e.kind, e.value), (DeviceErrorKind::LabelOutOfRange, -1));
         }
     }
 }

@@ -157,8 +157,9 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
 /// Softmax cross-entropy of every row of contiguous `[rows, classes]` logits against i64
 /// labels `[rows]`: `loss[r] = logsumexp(x_r) - x_r[label_r]`, and, when `grad` is not null,
 /// `grad[r, c] = (softmax(x_r)[c] - (c == label_r)) * grad_scale` (pass `1 / rows` times the
-/// incoming gradient for the mean). A label outside `0..classes` is reported to the error
-/// record (kind `LabelOutOfRange`) and gives a NaN row.
+/// incoming gradient for the mean). With `wrap_negative`, labels in `-classes..0` count from the
+/// end (as the CPU's `take_along_axis` does); a label out of range is reported to the error
+/// record (kind `LabelOutOfRange`, with the label as given) and gives a NaN row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CrossEntropySpec {
     dtype: KernelDType,
@@ -191,6 +192,7 @@ impl Gen for CrossEntropySpec {
             Param::new("rows", ArgType::I64),
             Param::new("cols", ArgType::I64),
             Param::new("grad_scale", ArgType::F64),
+            Param::new("wrap_negative", ArgType::I32),
             Param::new("group", ArgType::I32),
             Param::new("err", ArgType::ErrorRecord),
         ]
@@ -212,13 +214,14 @@ impl Gen for CrossEntropySpec {
         let mut s = row_reducers(entry, d);
         s.push_str(&format!(
             r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
-__device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restrict__ grad, const {t}* __restrict__ x, const long long* __restrict__ labels, long long cols, {c} scale, unsigned long long* err, long long t, bool valid, int gl, int gs, int group) {{
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restrict__ grad, const {t}* __restrict__ x, const long long* __restrict__ labels, long long cols, {c} scale, int wrap_negative, unsigned long long* err, long long t, bool valid, int gl, int gs, int group) {{
 {stats}    if (!valid) return;
     const {c} lse = {log}(s) + shift;
-    const long long label = labels[t];
+    long long label = labels[t];
+    if (wrap_negative && label < 0) label += cols;
     const bool ok = label >= 0 && label < cols;
     if (gl == 0) {{
-        if (!ok) nb_report(err, NB_ERR_LABEL, label, cols);
+        if (!ok) nb_report(err, NB_ERR_LABEL, labels[t], cols);
         loss[t] = {loss};
     }}
     if (grad != nullptr) {{
@@ -237,7 +240,9 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restr
             "    const {c} scale = ({c})grad_scale;\n{}",
             group_loop(
                 "rows",
-                &format!("{entry}_row(loss, grad, x, labels, cols, scale, err, t, valid, gl, gs, group);\n")
+                &format!(
+                    "{entry}_row(loss, grad, x, labels, cols, scale, wrap_negative, err, t, valid, gl, gs, group);\n"
+                )
             )
         )
     }
