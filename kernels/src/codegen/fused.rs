@@ -1,0 +1,341 @@
+//! Fused kernels: softmax and log-softmax rows, cross-entropy rows with integer labels, and the
+//! Adam update.
+
+use super::{Gen, grid_stride, group_loop, group_reduce_fn};
+use crate::dtype::KernelDType;
+use crate::error::KernelError;
+use crate::ops::RowOp;
+use crate::params::{ArgType, Param};
+
+fn floats_only(kernel: &str, dtype: KernelDType) -> Result<(), KernelError> {
+    if dtype.is_float() {
+        Ok(())
+    } else {
+        Err(KernelError::Unsupported {
+            kernel: kernel.into(),
+            dtype,
+            accepted: "f32, f64, f16 or bf16",
+        })
+    }
+}
+
+/// The max and sum combiners of a row kernel and their group reductions.
+fn row_reducers(entry: &str, d: KernelDType) -> String {
+    let c = d.compute_type();
+    let mut s = format!(
+        "__device__ __forceinline__ {c} {entry}_max({c} a, {c} b) {{ return (a != a || a >= b) ? a : b; }}\n\
+         __device__ __forceinline__ {c} {entry}_add({c} a, {c} b) {{ return a + b; }}\n"
+    );
+    s.push_str(&group_reduce_fn(
+        &format!("{entry}_group_max"),
+        c,
+        &format!("{entry}_max"),
+        d.neg_infinity(),
+    ));
+    s.push_str(&group_reduce_fn(
+        &format!("{entry}_group_sum"),
+        c,
+        &format!("{entry}_add"),
+        &d.compute_literal(0),
+    ));
+    s
+}
+
+/// The statements computing a row's maximum `m`, the shift, and `s = sum(exp(x - shift))`, for
+/// row `t` of `x` at `base`, with the group's lanes. `finite_shift` shifts by 0 when the maximum
+/// is not finite (as `logsumexp` does on the CPU).
+fn row_stats(entry: &str, d: KernelDType, finite_shift: bool) -> String {
+    let c = d.compute_type();
+    let load = d.to_compute("x[base + j]");
+    let exp = d.math("exp");
+    let zero = d.compute_literal(0);
+    let shift = if finite_shift {
+        format!("m - m == {zero} ? m : {zero}")
+    } else {
+        "m".to_string()
+    };
+    format!(
+        r#"    const long long base = t * cols;
+    {c} m = {ninf};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) m = {entry}_max(m, {load});
+    }}
+    m = {entry}_group_max(m, group);
+    const {c} shift = {shift};
+    {c} s = {zero};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) s += {exp}({load} - shift);
+    }}
+    s = {entry}_group_sum(s, group);
+"#,
+        ninf = d.neg_infinity(),
+    )
+}
+
+/// Softmax or log-softmax of every row of a contiguous `[rows, cols]` input (the last axis),
+/// into a contiguous output: one task (a group of threads, see [`crate::launch::row_plan`]) per
+/// row, shifted by the row's maximum, accumulated in float (double for f64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowSpec {
+    op: RowOp,
+    dtype: KernelDType,
+}
+
+impl RowSpec {
+    /// The row kernel `op` on `dtype` (floats).
+    pub fn new(op: RowOp, dtype: KernelDType) -> Result<RowSpec, KernelError> {
+        floats_only(op.name(), dtype)?;
+        Ok(RowSpec { op, dtype })
+    }
+
+    /// The operation.
+    pub fn op(&self) -> RowOp {
+        self.op
+    }
+
+    /// The input and output dtype.
+    pub fn dtype(&self) -> KernelDType {
+        self.dtype
+    }
+}
+
+impl Gen for RowSpec {
+    fn entry_name(&self) -> String {
+        format!("nb_{}_{}", self.op, self.dtype)
+    }
+
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("out", ArgType::Out(self.dtype)),
+            Param::new("x", ArgType::In(self.dtype)),
+            Param::new("rows", ArgType::I64),
+            Param::new("cols", ArgType::I64),
+            Param::new("group", ArgType::I32),
+        ]
+    }
+
+    fn helpers(&self, entry: &str) -> String {
+        let d = self.dtype;
+        let (t, c) = (d.c_type(), d.compute_type());
+        let log_softmax = self.op == RowOp::LogSoftmax;
+        let load = d.to_compute("x[base + j]");
+        let value = if log_softmax {
+            d.from_compute("v - lse")
+        } else {
+            d.from_compute(&format!("{}(v) / s", d.math("exp")))
+        };
+        let lse = if log_softmax {
+            format!("        const {c} lse = {}(s);\n", d.math("log"))
+        } else {
+            String::new()
+        };
+        let mut s = row_reducers(entry, d);
+        s.push_str(&format!(
+            r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, long long t, bool valid, int gl, int gs, int group) {{
+{stats}    if (valid) {{
+{lse}        for (long long j = gl; j < cols; j += gs) {{
+            const {c} v = {load} - shift;
+            out[base + j] = {value};
+        }}
+    }}
+}}
+"#,
+            stats = row_stats(entry, d, log_softmax),
+        ));
+        s
+    }
+
+    fn body(&self, entry: &str) -> String {
+        group_loop(
+            "rows",
+            &format!("{entry}_row(out, x, cols, t, valid, gl, gs, group);\n"),
+        )
+    }
+}
+
+/// Softmax cross-entropy of every row of contiguous `[rows, classes]` logits against i64
+/// labels `[rows]`: `loss[r] = logsumexp(x_r) - x_r[label_r]`, and, when `grad` is not null,
+/// `grad[r, c] = (softmax(x_r)[c] - (c == label_r)) * grad_scale` (pass `1 / rows` times the
+/// incoming gradient for the mean). With `wrap_negative`, labels in `-classes..0` count from the
+/// end (as the CPU's `take_along_axis` does); a label out of range is reported to the error
+/// record (kind `LabelOutOfRange`, with the label as given) and gives a NaN row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CrossEntropySpec {
+    dtype: KernelDType,
+}
+
+impl CrossEntropySpec {
+    /// The cross-entropy rows of `dtype` logits (floats).
+    pub fn new(dtype: KernelDType) -> Result<CrossEntropySpec, KernelError> {
+        floats_only("cross_entropy", dtype)?;
+        Ok(CrossEntropySpec { dtype })
+    }
+
+    /// The logits' (and loss and gradient) dtype.
+    pub fn dtype(&self) -> KernelDType {
+        self.dtype
+    }
+}
+
+impl Gen for CrossEntropySpec {
+    fn entry_name(&self) -> String {
+        format!("nb_cross_entropy_{}", self.dtype)
+    }
+
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("loss", ArgType::Out(self.dtype)),
+            Param::new("grad", ArgType::Out(self.dtype)),
+            Param::new("x", ArgType::In(self.dtype)),
+            Param::new("labels", ArgType::In(KernelDType::I64)),
+            Param::new("rows", ArgType::I64),
+            Param::new("cols", ArgType::I64),
+            Param::new("grad_scale", ArgType::F64),
+            Param::new("wrap_negative", ArgType::I32),
+            Param::new("group", ArgType::I32),
+            Param::new("err", ArgType::ErrorRecord),
+        ]
+    }
+
+    fn helpers(&self, entry: &str) -> String {
+        let d = self.dtype;
+        let (t, c) = (d.c_type(), d.compute_type());
+        let (zero, one) = (d.compute_literal(0), d.compute_literal(1));
+        let exp = d.math("exp");
+        let log = d.math("log");
+        let nan = d.nan();
+        let at_label = d.to_compute("x[base + label]");
+        let at_j = d.to_compute("x[base + j]");
+        let loss = d.from_compute(&format!("ok ? lse - {at_label} : {nan}"));
+        let grad = d.from_compute(&format!(
+            "ok ? ({exp}({at_j} - lse) - (j == label ? {one} : {zero})) * scale : {nan}"
+        ));
+        let mut s = row_reducers(entry, d);
+        s.push_str(&format!(
+            r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restrict__ grad, const {t}* __restrict__ x, const long long* __restrict__ labels, long long cols, {c} scale, int wrap_negative, unsigned long long* err, long long t, bool valid, int gl, int gs, int group) {{
+{stats}    if (!valid) return;
+    const {c} lse = {log}(s) + shift;
+    long long label = labels[t];
+    if (wrap_negative && label < 0) label += cols;
+    const bool ok = label >= 0 && label < cols;
+    if (gl == 0) {{
+        if (!ok) nb_report(err, NB_ERR_LABEL, labels[t], cols);
+        loss[t] = {loss};
+    }}
+    if (grad != nullptr) {{
+        for (long long j = gl; j < cols; j += gs) grad[base + j] = {grad};
+    }}
+}}
+"#,
+            stats = row_stats(entry, d, true),
+        ));
+        s
+    }
+
+    fn body(&self, entry: &str) -> String {
+        let c = self.dtype.compute_type();
+        format!(
+            "    const {c} scale = ({c})grad_scale;\n{}",
+            group_loop(
+                "rows",
+                &format!(
+                    "{entry}_row(loss, grad, x, labels, cols, scale, wrap_negative, err, t, valid, gl, gs, group);\n"
+                )
+            )
+        )
+    }
+}
+
+/// One Adam (or AdamW) step in place over `n` contiguous elements of `param`, `m`, `v` and
+/// `grad`, with the CPU optimiser's formula: `g += wd * p` unless decoupled; `m = b1 m + (1 - b1)
+/// g`; `v = b2 v + (1 - b2) g^2`; `p -= lr (m / bias1) / (sqrt(v / bias2) + eps)`; then
+/// `p -= lr wd p_old` when decoupled. `bias1 = 1 - b1^t` and `bias2 = 1 - b2^t` come from the
+/// host's step count `t`. Computed in float (double for f64); the state has the parameter's
+/// dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AdamSpec {
+    dtype: KernelDType,
+}
+
+impl AdamSpec {
+    /// The Adam step for `dtype` parameters (floats).
+    pub fn new(dtype: KernelDType) -> Result<AdamSpec, KernelError> {
+        floats_only("adam", dtype)?;
+        Ok(AdamSpec { dtype })
+    }
+
+    /// The dtype of the parameters, the moments and the gradient.
+    pub fn dtype(&self) -> KernelDType {
+        self.dtype
+    }
+}
+
+impl Gen for AdamSpec {
+    fn entry_name(&self) -> String {
+        format!("nb_adam_{}", self.dtype)
+    }
+
+    fn params(&self) -> Vec<Param> {
+        let d = self.dtype;
+        vec![
+            Param::new("param", ArgType::InOut(d)),
+            Param::new("m", ArgType::InOut(d)),
+            Param::new("v", ArgType::InOut(d)),
+            Param::new("grad", ArgType::In(d)),
+            Param::new("n", ArgType::I64),
+            Param::new("lr", ArgType::F64),
+            Param::new("beta1", ArgType::F64),
+            Param::new("beta2", ArgType::F64),
+            Param::new("eps", ArgType::F64),
+            Param::new("weight_decay", ArgType::F64),
+            Param::new("bias1", ArgType::F64),
+            Param::new("bias2", ArgType::F64),
+            Param::new("decoupled", ArgType::I32),
+        ]
+    }
+
+    fn body(&self, _entry: &str) -> String {
+        let d = self.dtype;
+        let c = d.compute_type();
+        let sqrt = d.math("sqrt");
+        let stmts = format!(
+            r#"const {c} p = {p};
+{c} g = {g};
+if (coupled_wd) g = g + p * wd;
+const {c} m1 = {m} * b1 + g * one_minus_b1;
+const {c} v1 = {v} * b2 + g * g * one_minus_b2;
+{c} q = p - (m1 / c1) / ({sqrt}(v1 / c2) + eps_c) * lr_c;
+if (decoupled_wd) q = q - p * lr_wd;
+param[i] = {sq};
+m[i] = {sm};
+v[i] = {sv};
+"#,
+            p = d.to_compute("param[i]"),
+            g = d.to_compute("grad[i]"),
+            m = d.to_compute("m[i]"),
+            v = d.to_compute("v[i]"),
+            sq = d.from_compute("q"),
+            sm = d.from_compute("m1"),
+            sv = d.from_compute("v1"),
+        );
+        format!(
+            r#"    // Scalars are formed in double, as the CPU optimiser forms them, then rounded once.
+    const {c} lr_c = ({c})lr;
+    const {c} b1 = ({c})beta1;
+    const {c} b2 = ({c})beta2;
+    const {c} one_minus_b1 = ({c})(1.0 - beta1);
+    const {c} one_minus_b2 = ({c})(1.0 - beta2);
+    const {c} eps_c = ({c})eps;
+    const {c} wd = ({c})weight_decay;
+    const {c} lr_wd = ({c})(lr * weight_decay);
+    const {c} c1 = ({c})bias1;
+    const {c} c2 = ({c})bias2;
+    const bool coupled_wd = weight_decay != 0.0 && !decoupled;
+    const bool decoupled_wd = weight_decay != 0.0 && decoupled;
+{}"#,
+            grid_stride(&stmts)
+        )
+    }
+}

@@ -1,0 +1,158 @@
+//! The operations of the kernel families. They mirror `nabla_core::backend`'s enums (this crate
+//! has no dependencies, so the CUDA backend maps one onto the other with a plain `match`).
+
+macro_rules! op_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vdoc:meta])* $v:ident => $s:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $v,)*
+        }
+
+        impl $name {
+            /// Every operation of this kind, in catalogue order.
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+
+            /// The lower-case name used in entry points.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($name::$v => $s,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+op_enum! {
+    /// Elementwise functions of one operand.
+    UnaryOp {
+        /// `-x` (floats, signed integers; integers wrap)
+        Neg => "neg",
+        /// `e^x` (floats)
+        Exp => "exp",
+        /// natural logarithm (floats)
+        Log => "log",
+        /// `log(1 + x)` (floats)
+        Log1p => "log1p",
+        /// square root (floats)
+        Sqrt => "sqrt",
+        /// `1 / sqrt(x)` (floats)
+        Rsqrt => "rsqrt",
+        /// sine (floats)
+        Sin => "sin",
+        /// cosine (floats)
+        Cos => "cos",
+        /// hyperbolic tangent (floats)
+        Tanh => "tanh",
+        /// `1 / (1 + e^-x)`, without overflow (floats)
+        Sigmoid => "sigmoid",
+        /// absolute value (floats, signed integers; integers wrap)
+        Abs => "abs",
+        /// -1, 0 or 1; keeps the sign of zero and NaN (floats, signed integers)
+        Sign => "sign",
+        /// `max(x, 0)`; NaN gives 0 as on the CPU (floats, signed integers)
+        Relu => "relu",
+        /// logical not (bool)
+        Not => "not",
+    }
+}
+
+op_enum! {
+    /// Elementwise functions of two operands of one dtype.
+    BinaryOp {
+        /// `a + b` (numbers, integers wrap; bool: or, as the CPU backend)
+        Add => "add",
+        /// `a - b` (numbers, integers wrap)
+        Sub => "sub",
+        /// `a * b` (numbers, integers wrap; bool: and)
+        Mul => "mul",
+        /// `a / b`: IEEE for floats, floor division for integers (division by zero is a device
+        /// error)
+        Div => "div",
+        /// `a ^ b`: `pow` for floats, wrapping repeated product for integers (a negative
+        /// exponent is a device error)
+        Pow => "pow",
+        /// larger of the two; NaN in `a` or `b` propagates (numbers; bool: or)
+        Maximum => "maximum",
+        /// smaller of the two; NaN in `a` or `b` propagates (numbers; bool: and)
+        Minimum => "minimum",
+        /// logical and (bool)
+        And => "and",
+        /// logical or (bool)
+        Or => "or",
+        /// logical exclusive or (bool)
+        Xor => "xor",
+    }
+}
+
+op_enum! {
+    /// Elementwise comparisons of two operands of one dtype; the result is bool.
+    CmpOp {
+        /// `a == b`
+        Eq => "eq",
+        /// `a != b`
+        Ne => "ne",
+        /// `a < b`
+        Lt => "lt",
+        /// `a <= b`
+        Le => "le",
+        /// `a > b`
+        Gt => "gt",
+        /// `a >= b`
+        Ge => "ge",
+    }
+}
+
+op_enum! {
+    /// Reductions over any set of axes.
+    ReduceOp {
+        /// sum (bool: or)
+        Sum => "sum",
+        /// product (bool: and)
+        Prod => "prod",
+        /// maximum; NaN propagates (bool: or)
+        Max => "max",
+        /// minimum; NaN propagates (bool: and)
+        Min => "min",
+    }
+}
+
+op_enum! {
+    /// Index-of-extremum reductions along one axis; the result is i64.
+    ArgOp {
+        /// index of the first maximum
+        ArgMax => "argmax",
+        /// index of the first minimum
+        ArgMin => "argmin",
+    }
+}
+
+op_enum! {
+    /// The fused row kernels along the last axis.
+    RowOp {
+        /// `softmax(x)` of every row
+        Softmax => "softmax",
+        /// `log_softmax(x)` of every row
+        LogSoftmax => "log_softmax",
+    }
+}
+
+impl CmpOp {
+    /// The C operator.
+    pub(crate) fn c_operator(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
