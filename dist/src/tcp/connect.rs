@@ -15,7 +15,7 @@ use nabla_launch::store::{BlockingStoreClient, Token};
 use std::io::{Read, Write};
 
 use crate::tcp::engine::{In, Link, Out};
-use crate::tcp::shm::{Mailbox, ShmIn, ShmOut, host_key};
+use crate::tcp::shm::{Mailbox, ShmIn, ShmOut, fnv1a, host_key};
 
 /// What a rank needs to join a ring.
 #[derive(Clone)]
@@ -45,9 +45,7 @@ fn hello(spec: &RingSpec) -> [u8; HELLO_LEN] {
     h[0..4].copy_from_slice(&(spec.world as u32).to_le_bytes());
     h[4..8].copy_from_slice(&(spec.rank as u32).to_le_bytes());
     let id = spec.ring_id.as_bytes();
-    let hash = id.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = fnv1a(id);
     h[8..16].copy_from_slice(&hash.to_le_bytes());
     let n = id.len().min(HELLO_LEN - 16);
     h[16..16 + n].copy_from_slice(&id[..n]);

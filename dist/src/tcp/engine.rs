@@ -21,6 +21,8 @@ use std::sync::Arc;
 /// Elements a ring moves: plain numbers whose bytes travel as they are in memory (all ranks of
 /// a job share one byte order).
 pub(crate) trait Elem: bytemuck::Pod + Send {
+    /// The type's name on the wire and in messages.
+    const NAME: &'static str;
     /// `dst[i] += src[i]`.
     fn add_into(dst: &mut [Self], src: &[Self]);
 }
@@ -28,6 +30,7 @@ pub(crate) trait Elem: bytemuck::Pod + Send {
 macro_rules! float_elem {
     ($t:ty) => {
         impl Elem for $t {
+            const NAME: &'static str = stringify!($t);
             fn add_into(dst: &mut [Self], src: &[Self]) {
                 for (d, s) in dst.iter_mut().zip(src) {
                     *d += *s;
@@ -40,6 +43,7 @@ float_elem!(f32);
 float_elem!(f64);
 
 impl Elem for i64 {
+    const NAME: &'static str = "i64";
     fn add_into(dst: &mut [Self], src: &[Self]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = d.wrapping_add(*s);
@@ -48,6 +52,7 @@ impl Elem for i64 {
 }
 
 impl Elem for u8 {
+    const NAME: &'static str = "u8";
     fn add_into(dst: &mut [Self], src: &[Self]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = d.wrapping_add(*s);

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use nabla_launch::store::{BlockingStoreClient, ClientOptions, Token};
 
-use crate::comm::{CommResult, Communicator, HostBuf, HostBufMut};
+use crate::comm::{CommResult, Communicator, HostBufMut};
 use crate::error::{DistError, Result};
 use connect::{RingSpec, build_ring};
 use engine::{Elem, Header, Link, Plan};
@@ -239,7 +239,7 @@ impl TcpCommunicator {
             op,
             seq: state.calls,
             count: buf.len() as u64,
-            elem: elem_name::<T>(),
+            elem: T::NAME,
         };
         let Some(mut link) = state.link.take() else {
             if self.world > 1 {
@@ -283,24 +283,6 @@ impl TcpCommunicator {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.link.as_ref().map_or(("none", "none"), Link::transports)
     }
-
-    fn check_usable(&self) -> CommResult<()> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if self.world > 1 && state.link.is_none() {
-            return Err(BROKEN.into());
-        }
-        Ok(())
-    }
-}
-
-fn elem_name<T: 'static>() -> &'static str {
-    use std::any::TypeId;
-    match TypeId::of::<T>() {
-        t if t == TypeId::of::<f32>() => "f32",
-        t if t == TypeId::of::<f64>() => "f64",
-        t if t == TypeId::of::<i64>() => "i64",
-        _ => "u8",
-    }
 }
 
 impl Communicator for TcpCommunicator {
@@ -321,7 +303,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn all_reduce_sum(&self, buf: HostBufMut<'_>) -> CommResult<()> {
-        self.check_usable()?;
         match buf {
             HostBufMut::F32(b) => self.all_reduce(b, |s| &mut s.staging_f32),
             HostBufMut::F64(b) => self.all_reduce(b, |s| &mut s.staging_f64),
@@ -334,7 +315,6 @@ impl Communicator for TcpCommunicator {
         if root >= self.world {
             return Err(format!("root {root} is outside a group of {} ranks", self.world));
         }
-        self.check_usable()?;
         match buf {
             HostBufMut::F32(b) => self.broadcast_typed(b, root, |s| &mut s.staging_f32),
             HostBufMut::F64(b) => self.broadcast_typed(b, root, |s| &mut s.staging_f64),
@@ -344,7 +324,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn barrier(&self) -> CommResult<()> {
-        self.check_usable()?;
         // Every rank's 1 must reach every rank: no rank leaves before all have arrived.
         let mut ones = vec![1i64; self.world];
         let len = ones.len();
@@ -364,7 +343,6 @@ impl Communicator for TcpCommunicator {
     }
 
     fn all_gather_bytes(&self, mine: &[u8]) -> CommResult<Vec<Vec<u8>>> {
-        self.check_usable()?;
         let mut sizes = vec![0i64; self.world];
         sizes[self.rank] = mine.len() as i64;
         self.all_reduce_sum(HostBufMut::I64(&mut sizes))?;
@@ -385,11 +363,6 @@ impl Communicator for TcpCommunicator {
             move |r, _, seg| plans::all_gather(&chunks, r, seg),
         )?;
         Ok(bounds.into_iter().map(|b| all[b].to_vec()).collect())
-    }
-
-    fn all_reduce_sum_into(&self, send: HostBuf<'_>, mut recv: HostBufMut<'_>) -> CommResult<()> {
-        recv.copy_from(send)?;
-        self.all_reduce_sum(recv)
     }
 
     fn duplicate(&self) -> CommResult<Box<dyn Communicator>> {

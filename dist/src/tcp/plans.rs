@@ -36,6 +36,43 @@ fn at(r: usize, back: usize, n: usize) -> usize {
     (r + n * 2 - back % n) % n
 }
 
+/// Where each step of a ring pass starts in the plan's lists, to hang later dependencies on.
+struct PassSteps {
+    first_send: Vec<usize>,
+    first_recv: Vec<usize>,
+}
+
+/// Appends the `n - 1` steps of a ring pass over `chunks` (chunk `i` starts on rank `i`): in
+/// step `t` rank `r` sends chunk `r - t` (received in the step before, except in the first)
+/// and receives chunk `r - t - 1`, combining it with `combine`. Reduce-scatter is this pass
+/// with `Add`; the all-gather of per-rank chunks, with `Copy`.
+fn ring_pass(plan: &mut Plan, chunks: &[Range<usize>], r: usize, seg: usize, combine: Combine) -> PassSteps {
+    let n = chunks.len();
+    let mut steps = PassSteps {
+        first_send: Vec::new(),
+        first_recv: Vec::new(),
+    };
+    for t in 0..n - 1 {
+        steps.first_send.push(plan.sends.len());
+        for (k, piece) in segments(chunks[at(r, t, n)].clone(), seg).into_iter().enumerate() {
+            let after_recv = (t > 0).then(|| steps.first_recv[t - 1] + k);
+            plan.sends.push(SendOp {
+                range: piece,
+                after_recv,
+            });
+        }
+        steps.first_recv.push(plan.recvs.len());
+        for piece in segments(chunks[at(r, t + 1, n)].clone(), seg) {
+            plan.recvs.push(RecvOp {
+                range: piece,
+                combine,
+                after_send: None,
+            });
+        }
+    }
+    steps
+}
+
 /// The all-reduce of `len` elements on rank `r` of `n`.
 pub(crate) fn all_reduce(len: usize, r: usize, n: usize, seg: usize) -> Plan {
     let chunks = even_chunks(len, n);
@@ -43,47 +80,27 @@ pub(crate) fn all_reduce(len: usize, r: usize, n: usize, seg: usize) -> Plan {
     if n < 2 {
         return plan;
     }
-    // Index of the first send/recv of each step, to hang dependencies on.
-    let mut first_send = Vec::new();
-    let mut first_recv: Vec<usize> = Vec::new();
-    for s in 0..n - 1 {
-        first_send.push(plan.sends.len());
-        for (k, piece) in segments(chunks[at(r, s, n)].clone(), seg).into_iter().enumerate() {
-            let after_recv = (s > 0).then(|| first_recv[s - 1] + k);
-            plan.sends.push(SendOp {
-                range: piece,
-                after_recv,
-            });
-        }
-        first_recv.push(plan.recvs.len());
-        for piece in segments(chunks[at(r, s + 1, n)].clone(), seg) {
-            plan.recvs.push(RecvOp {
-                range: piece,
-                combine: Combine::Add,
-                after_send: None,
-            });
-        }
-    }
+    let scatter = ring_pass(&mut plan, &chunks, r, seg, Combine::Add);
+    // The first receive of the step before: reduce-scatter's last step for t = 0.
+    let mut recv_before = scatter.first_recv[n - 2];
     for t in 0..n - 1 {
-        let step = n - 1 + t;
-        first_send.push(plan.sends.len());
-        // Chunk r + 1 - t is the chunk received in the step before (reduce-scatter's last for t = 0).
+        // Chunk r + 1 - t is the chunk received in the step before.
         for (k, piece) in segments(chunks[(r + 1 + n - t) % n].clone(), seg)
             .into_iter()
             .enumerate()
         {
             plan.sends.push(SendOp {
                 range: piece,
-                after_recv: Some(first_recv[step - 1] + k),
+                after_recv: Some(recv_before + k),
             });
         }
-        first_recv.push(plan.recvs.len());
+        recv_before = plan.recvs.len();
         // Chunk r - t was sent in reduce-scatter step t: overwrite it only once that send is done.
         for (k, piece) in segments(chunks[at(r, t, n)].clone(), seg).into_iter().enumerate() {
             plan.recvs.push(RecvOp {
                 range: piece,
                 combine: Combine::Copy,
-                after_send: Some(first_send[t] + k),
+                after_send: Some(scatter.first_send[t] + k),
             });
         }
     }
@@ -120,28 +137,9 @@ pub(crate) fn broadcast(len: usize, root: usize, r: usize, n: usize, seg: usize)
 
 /// The all-gather on rank `r` of `chunks` (chunk `i` is rank `i`'s; `chunks.len()` ranks).
 pub(crate) fn all_gather(chunks: &[Range<usize>], r: usize, seg: usize) -> Plan {
-    let n = chunks.len();
     let mut plan = Plan::default();
-    if n < 2 {
-        return plan;
-    }
-    let mut first_recv: Vec<usize> = Vec::new();
-    for t in 0..n - 1 {
-        for (k, piece) in segments(chunks[at(r, t, n)].clone(), seg).into_iter().enumerate() {
-            let after_recv = (t > 0).then(|| first_recv[t - 1] + k);
-            plan.sends.push(SendOp {
-                range: piece,
-                after_recv,
-            });
-        }
-        first_recv.push(plan.recvs.len());
-        for piece in segments(chunks[at(r, t + 1, n)].clone(), seg) {
-            plan.recvs.push(RecvOp {
-                range: piece,
-                combine: Combine::Copy,
-                after_send: None,
-            });
-        }
+    if chunks.len() >= 2 {
+        ring_pass(&mut plan, chunks, r, seg, Combine::Copy);
     }
     plan
 }

@@ -329,6 +329,13 @@ fn used(head: u64, tail: u64) -> Result<usize, String> {
     Ok(used as usize)
 }
 
+/// FNV-1a of `bytes`: a stable 64-bit fingerprint (equal inputs, equal keys; not for secrets).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Identifies "the same host" for shared memory: the boot, the network namespace (ranks in
 /// different namespaces are treated as different nodes) and the mount namespace (which
 /// decides what `/dev/shm` is).
@@ -345,10 +352,7 @@ pub(crate) fn host_key() -> u64 {
         ns("/proc/self/ns/net"),
         ns("/proc/self/ns/mnt")
     );
-    // FNV-1a: equal inputs give equal keys, which is all this needs.
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    fnv1a(text.as_bytes())
 }
 
 #[cfg(test)]
