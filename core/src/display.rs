@@ -114,8 +114,8 @@ impl fmt::Display for Tensor {
             );
         }
         let cells: Vec<String> = match self.dtype() {
-            DType::F32 | DType::F64 => {
-                align_decimal_points(format_floats(&self.to_vec::<f64>(), self.dtype() == DType::F32))
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+                align_decimal_points(format_floats(&self.to_vec::<f64>(), self.dtype() != DType::F64))
             }
             DType::I64 => self.to_vec::<i64>().iter().map(|v| v.to_string()).collect(),
             DType::Bool => self

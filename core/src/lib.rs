@@ -23,7 +23,7 @@ pub mod tree;
 
 pub use backend::{Backend, register_backend};
 pub use device::Device;
-pub use dtype::{DType, Element};
+pub use dtype::{DType, Element, bf16, f16};
 pub use error::{Error, Result};
 pub use jit::{CacheInfo, Jit, jit};
 pub use ops::Axes;

@@ -49,7 +49,7 @@ impl Rng {
     /// Uniform samples in `[low, high)`.
     pub fn uniform(&mut self, shape: &[usize], low: f64, high: f64, dtype: DType) -> Tensor {
         if !dtype.is_float() {
-            panic!("uniform: dtype must be f32 or f64, got {dtype}");
+            panic!("uniform: dtype must be a float (f32, f64, bf16 or f16), got {dtype}");
         }
         let key = self.next_key();
         let n = crate::shape::numel(shape);
@@ -61,7 +61,7 @@ impl Rng {
     /// Standard normal samples (Box-Muller), times `std` plus `mean`.
     pub fn normal(&mut self, shape: &[usize], mean: f64, std: f64, dtype: DType) -> Tensor {
         if !dtype.is_float() {
-            panic!("normal: dtype must be f32 or f64, got {dtype}");
+            panic!("normal: dtype must be a float (f32, f64, bf16 or f16), got {dtype}");
         }
         let key = self.next_key();
         let n = crate::shape::numel(shape);

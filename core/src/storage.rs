@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::device::Device;
-use crate::dtype::DType;
+use crate::dtype::{DType, Element, bf16, f16};
 use crate::layout::Layout;
 
 /// A host buffer, shared between all views of it.
@@ -19,6 +19,27 @@ pub enum CpuBuffer {
     I64(Arc<Vec<i64>>),
     /// bool elements.
     Bool(Arc<Vec<bool>>),
+    /// IEEE half-precision elements.
+    F16(Arc<Vec<f16>>),
+    /// bfloat16 elements.
+    BF16(Arc<Vec<bf16>>),
+}
+
+/// Evaluates `$body` with `$d` bound to the typed vector (`&Arc<Vec<T>>` when matching a
+/// reference) of whichever variant the [`CpuBuffer`] `$buf` is. Code that is generic over the
+/// element type uses this, so a new dtype is one new line here, not an edit at every site.
+#[macro_export]
+macro_rules! with_cpu_buffer {
+    ($buf:expr, $d:ident => $body:expr) => {
+        match $buf {
+            $crate::storage::CpuBuffer::F32($d) => $body,
+            $crate::storage::CpuBuffer::F64($d) => $body,
+            $crate::storage::CpuBuffer::I64($d) => $body,
+            $crate::storage::CpuBuffer::Bool($d) => $body,
+            $crate::storage::CpuBuffer::F16($d) => $body,
+            $crate::storage::CpuBuffer::BF16($d) => $body,
+        }
+    };
 }
 
 impl CpuBuffer {
@@ -29,22 +50,61 @@ impl CpuBuffer {
             CpuBuffer::F64(_) => DType::F64,
             CpuBuffer::I64(_) => DType::I64,
             CpuBuffer::Bool(_) => DType::Bool,
+            CpuBuffer::F16(_) => DType::F16,
+            CpuBuffer::BF16(_) => DType::BF16,
         }
     }
 
     /// Number of elements in the buffer (not in a view of it).
     pub fn len(&self) -> usize {
-        match self {
-            CpuBuffer::F32(v) => v.len(),
-            CpuBuffer::F64(v) => v.len(),
-            CpuBuffer::I64(v) => v.len(),
-            CpuBuffer::Bool(v) => v.len(),
-        }
+        with_cpu_buffer!(self, v => v.len())
     }
 
     /// True when the buffer holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The address of the shared vector: equal for two buffers exactly when they are one
+    /// allocation (clones of one `Arc`) of one dtype.
+    pub fn identity(&self) -> (DType, usize) {
+        (self.dtype(), with_cpu_buffer!(self, v => Arc::as_ptr(v) as usize))
+    }
+
+    /// The elements as little-endian bytes, in order (bool: one byte each, 0 or 1): the
+    /// portable form checkpoints and digests use.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len() * self.dtype().size_in_bytes());
+        with_cpu_buffer!(self, v => v.iter().for_each(|&x| x.write_le(&mut out)));
+        out
+    }
+
+    /// A buffer of `dtype` from little-endian bytes (the inverse of [`CpuBuffer::to_le_bytes`]).
+    /// The error names the problem: a length that is not a whole number of elements, or the
+    /// index of an element whose bytes are no value of the dtype.
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Result<CpuBuffer, String> {
+        let size = dtype.size_in_bytes();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(format!(
+                "{} bytes are not a whole number of {dtype} elements ({size} bytes each)",
+                bytes.len()
+            ));
+        }
+        crate::with_element_type!(dtype, T => {
+            let mut v: Vec<T> = Vec::with_capacity(bytes.len() / size);
+            for (k, chunk) in bytes.chunks_exact(size).enumerate() {
+                match T::read_le(chunk) {
+                    Some(x) => v.push(x),
+                    None => return Err(format!("element {k} is the bytes {chunk:?}, no {dtype} value")),
+                }
+            }
+            Ok(v.into_cpu_buffer())
+        })
+    }
+
+    /// The typed vector as `Any`, for downcasting to `Vec<T>`.
+    pub fn as_any(&self) -> &dyn Any {
+        with_cpu_buffer!(self, v => v.as_ref() as &dyn Any)
     }
 }
 
@@ -190,7 +250,7 @@ impl RawTensor {
     }
 }
 
-/// Conversion of a typed vector into a [`CpuBuffer`] (implemented for the four element types).
+/// Conversion of a typed vector into a [`CpuBuffer`] (implemented for every element type).
 pub trait IntoCpuBuffer {
     /// Moves the vector into a shared host buffer.
     fn into_cpu_buffer(self) -> CpuBuffer;
@@ -209,3 +269,5 @@ into_cpu!(f32, F32);
 into_cpu!(f64, F64);
 into_cpu!(i64, I64);
 into_cpu!(bool, Bool);
+into_cpu!(f16, F16);
+into_cpu!(bf16, BF16);

@@ -237,13 +237,7 @@ impl Tensor {
     pub fn shares_storage_with(&self, other: &Tensor) -> bool {
         use crate::storage::Storage;
         match (&self.0.raw.storage, &other.0.raw.storage) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => match (a, b) {
-                (CpuBuffer::F32(x), CpuBuffer::F32(y)) => Arc::ptr_eq(x, y),
-                (CpuBuffer::F64(x), CpuBuffer::F64(y)) => Arc::ptr_eq(x, y),
-                (CpuBuffer::I64(x), CpuBuffer::I64(y)) => Arc::ptr_eq(x, y),
-                (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => Arc::ptr_eq(x, y),
-                _ => false,
-            },
+            (Storage::Cpu(a), Storage::Cpu(b)) => a.identity() == b.identity(),
             (Storage::Device(a), Storage::Device(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
@@ -270,13 +264,8 @@ impl Tensor {
             self.cast(T::DTYPE)
         };
         let buf = t.to_host_buffer();
-        let any: &dyn std::any::Any = match &buf {
-            CpuBuffer::F32(v) => v.as_ref(),
-            CpuBuffer::F64(v) => v.as_ref(),
-            CpuBuffer::I64(v) => v.as_ref(),
-            CpuBuffer::Bool(v) => v.as_ref(),
-        };
-        any.downcast_ref::<Vec<T>>()
+        buf.as_any()
+            .downcast_ref::<Vec<T>>()
             .expect("cast produced the requested dtype")
             .clone()
     }

@@ -2,6 +2,10 @@
 //! leaves are taken in reverse order (the order in which a backward sweep finishes them), one
 //! dtype per bucket; the first bucket of each dtype is small (about 1 MiB) so that the first
 //! all-reduce starts early, later ones are larger (about 25 MiB) so that each call is efficient.
+//!
+//! The dtype of a bucket is the one its gradients travel and are summed in: f64 for f64 leaves,
+//! f32 for f32, f16 and bf16 leaves. Half gradients are summed in f32 (MPI has no half sum, and
+//! a sum over many ranks in 16 bits loses what mixed precision keeps f32 master weights for).
 
 use nabla_core::DType;
 
@@ -13,7 +17,7 @@ pub const BUCKET_BYTES: usize = 25 << 20;
 /// One bucket: the leaves whose gradients it carries, in the order they are packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bucket {
-    /// The dtype of every leaf in it.
+    /// The dtype its gradients travel in ([`wire_dtype`] of every leaf in it).
     pub dtype: DType,
     /// Leaf indices, in packing order.
     pub leaves: Vec<usize>,
@@ -32,6 +36,12 @@ pub struct BucketPlan {
     pub bucket_of: Vec<usize>,
 }
 
+/// The dtype a gradient of `leaf` travels and is summed in: f64 stays f64, every other float
+/// travels as f32.
+pub fn wire_dtype(leaf: DType) -> DType {
+    if leaf == DType::F64 { DType::F64 } else { DType::F32 }
+}
+
 /// Plans buckets for leaves given as (dtype, elements), in reverse leaf order. A leaf larger
 /// than a bucket's size gets a bucket of its own.
 pub fn plan(leaves: &[(DType, usize)], first_bucket_bytes: usize, bucket_bytes: usize) -> BucketPlan {
@@ -39,7 +49,8 @@ pub fn plan(leaves: &[(DType, usize)], first_bucket_bytes: usize, bucket_bytes: 
     let mut bucket_of = vec![usize::MAX; leaves.len()];
     // The open bucket of each dtype, and whether the dtype has closed one already.
     let mut open: Vec<(DType, usize, bool)> = Vec::new();
-    for (leaf, &(dtype, numel)) in leaves.iter().enumerate().rev() {
+    for (leaf, &(leaf_dtype, numel)) in leaves.iter().enumerate().rev() {
+        let dtype = wire_dtype(leaf_dtype);
         let bytes = numel * dtype.size_in_bytes();
         let slot = match open.iter().position(|(d, _, _)| *d == dtype) {
             Some(s) => s,
@@ -109,7 +120,7 @@ mod tests {
         ];
         let p = plan(&leaves, 1024, 4096);
         for b in &p.buckets {
-            assert!(b.leaves.iter().all(|&l| leaves[l].0 == b.dtype));
+            assert!(b.leaves.iter().all(|&l| wire_dtype(leaves[l].0) == b.dtype));
         }
         // Leaf 2 (4 MiB) exceeds every cap: alone in its bucket.
         let b2 = &p.buckets[p.bucket_of[2]];
@@ -122,5 +133,17 @@ mod tests {
             p.buckets.iter().map(|b| b.numel).sum::<usize>(),
             10 + 10 + (1 << 20) + 5
         );
+    }
+
+    #[test]
+    fn half_leaves_travel_in_f32_buckets_with_f32_leaves() {
+        let leaves = vec![(DType::BF16, 100), (DType::F32, 10), (DType::F16, 7), (DType::F64, 3)];
+        let p = plan(&leaves, 1 << 20, 1 << 20);
+        assert_eq!(p.buckets.len(), 2);
+        let f32_bucket = &p.buckets[p.bucket_of[0]];
+        assert_eq!(f32_bucket.dtype, DType::F32);
+        assert_eq!(f32_bucket.leaves, vec![2, 1, 0]);
+        assert_eq!(f32_bucket.numel, 117);
+        assert_eq!(p.buckets[p.bucket_of[3]].dtype, DType::F64);
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn same_leaves_on_all_ranks(group: &ProcessGroup, leaves: &[Tensor], 
     Err(DistError::Mismatch(msg))
 }
 
-/// Fails naming the first leaf that is not f32 or f64 (only those have gradients to reduce).
+/// Fails naming the first leaf that is not a float (only those have gradients to reduce).
 pub(crate) fn float_leaves(op: &str, leaves: &[Tensor]) -> Result<()> {
     match leaves.iter().enumerate().find(|(_, t)| !t.dtype().is_float()) {
         None => Ok(()),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nabla_core::{DType, Tensor, Tree};
+use nabla_core::storage::{CpuBuffer, RawTensor};
+use nabla_core::{Tensor, Tree};
 
 use crate::comm::{Communicator, HostBuf, HostBufMut};
 use crate::error::{DistError, Result};
@@ -176,28 +177,12 @@ impl ProcessGroup {
         if self.world_size() == 1 {
             return Ok(t.clone());
         }
-        let out = match t.dtype() {
-            DType::F32 => {
-                let mut v = t.to_vec::<f32>();
-                self.broadcast(HostBufMut::F32(&mut v), root)?;
-                Tensor::from_vec(v, t.shape())
-            }
-            DType::F64 => {
-                let mut v = t.to_vec::<f64>();
-                self.broadcast(HostBufMut::F64(&mut v), root)?;
-                Tensor::from_vec(v, t.shape())
-            }
-            DType::I64 => {
-                let mut v = t.to_vec::<i64>();
-                self.broadcast(HostBufMut::I64(&mut v), root)?;
-                Tensor::from_vec(v, t.shape())
-            }
-            DType::Bool => {
-                let mut v: Vec<u8> = t.to_vec::<bool>().into_iter().map(u8::from).collect();
-                self.broadcast(HostBufMut::U8(&mut v), root)?;
-                Tensor::from_vec(v.into_iter().map(|b| b != 0).collect::<Vec<bool>>(), t.shape())
-            }
-        };
+        // Broadcast moves bits, so every dtype travels as its little-endian bytes.
+        let mut bytes = t.to_host_buffer().to_le_bytes();
+        self.broadcast(HostBufMut::U8(&mut bytes), root)?;
+        let buf = CpuBuffer::from_le_bytes(t.dtype(), &bytes)
+            .map_err(|e| DistError::Usage(format!("broadcast_tensor: the root sent a bad {}: {e}", t.dtype())))?;
+        let out = Tensor::from_raw(RawTensor::from_cpu(buf, t.shape()));
         out.to_device(t.device())
             .map_err(|e| DistError::Usage(format!("broadcast_tensor: {e}")))
     }

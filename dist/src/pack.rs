@@ -33,7 +33,9 @@ pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], 
             for (k, &leaf) in bucket.leaves.iter().enumerate() {
                 match grads[k].as_ref().map(Tensor::to_host_buffer) {
                     Some(CpuBuffer::F32(v)) => out.extend(v.iter().map(|x| x * w)),
-                    Some(other) => panic!("nabla-dist: an f32 leaf has a {} gradient", other.dtype()),
+                    Some(CpuBuffer::F16(v)) => out.extend(v.iter().map(|x| x.to_f32() * w)),
+                    Some(CpuBuffer::BF16(v)) => out.extend(v.iter().map(|x| x.to_f32() * w)),
+                    Some(other) => panic!("nabla-dist: an f32 bucket got a {} gradient", other.dtype()),
                     None => out.resize(out.len() + numels[leaf], 0.0),
                 }
             }
@@ -42,9 +44,9 @@ pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], 
     }
 }
 
-/// The bucket's leaves' parts of `data`, as tensors shaped and placed like `like[k]` (the
-/// leaf `bucket.leaves[k]`). On the host they are views into one tensor that owns the reduced
-/// bucket: no copy.
+/// The bucket's leaves' parts of `data`, as tensors shaped, typed and placed like `like[k]`
+/// (the leaf `bucket.leaves[k]`). On the host, parts of the bucket's dtype are views into one
+/// tensor that owns the reduced bucket: no copy; half leaves get their part rounded back.
 pub(crate) fn unpack(bucket: &Bucket, data: HostVec, like: &[&Tensor]) -> Vec<Tensor> {
     let n = data.len();
     let whole = match data {
@@ -58,6 +60,11 @@ pub(crate) fn unpack(bucket: &Bucket, data: HostVec, like: &[&Tensor]) -> Vec<Te
             let part = whole
                 .slice_axis(0, Some(start as isize), Some((start + leaf.numel()) as isize), 1)
                 .reshape(leaf.shape());
+            let part = if part.dtype() == leaf.dtype() {
+                part
+            } else {
+                part.cast(leaf.dtype())
+            };
             part.to_device(leaf.device())
                 .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient back to {}: {e}", leaf.device()))
         })

@@ -240,3 +240,39 @@ fn a_timeout_too_long_for_the_clock_means_no_deadline() {
     assert_eq!(sums[0], vec![2.0; 3]);
     assert_eq!(Shard::of(0, 0, 2).weight(), 0.0);
 }
+
+#[test]
+fn half_precision_leaves_are_summed_in_f32_and_come_back_in_their_dtype() {
+    use nabla_core::DType;
+    // w1 in bf16, b1 in f16, w2 in f32: one f32 bucket carries all three.
+    let cast = |p: Vec<Tensor>| vec![p[0].cast(DType::BF16), p[1].cast(DType::F16), p[2].cast(DType::F32)];
+    let global = 8;
+    let (x, y) = batch(global, 3);
+    // x @ w1 in bf16, + b1 (f16) promotes to f32, the rest in f32.
+    let (x, y) = (x.cast(DType::BF16), y.cast(DType::F32));
+    let p0 = cast(params(0));
+    // The reference: one process over the whole batch, in the same dtypes.
+    let want = nabla_core::grad(|p: &Vec<Tensor>| loss(p, &x, &y))(&p0);
+    let results = on_ranks(2, |group| {
+        let (dp, p) = DataParallel::new(&group, &p0).unwrap();
+        let shard = Shard::of(global, group.rank(), group.world_size());
+        let tracked = dp.track(&p);
+        loss(&tracked, &rows(&x, shard.range()), &rows(&y, shard.range())).backward();
+        (dp.grads(&tracked), dp.last_sync())
+    });
+    for (rank, (grads, stats)) in results.iter().enumerate() {
+        assert_eq!(stats.buckets, 1, "rank {rank}: {stats:?}");
+        for (i, (g, w)) in grads.iter().zip(&want).enumerate() {
+            assert_eq!(g.dtype(), p0[i].dtype(), "rank {rank}: leaf {i} dtype");
+            // Two half-precision shard gradients averaged in f32 and rounded once: within a
+            // few bf16/f16 units of roundoff of the one-process gradient.
+            let scale = w.abs().max_all().item::<f64>().max(1e-3);
+            assert!(max_diff(g, w) <= 0.03 * scale, "rank {rank}: leaf {i}: {g} vs {w}");
+            assert_eq!(
+                g.to_vec::<f64>(),
+                results[0].0[i].to_vec::<f64>(),
+                "rank {rank} differs from rank 0"
+            );
+        }
+    }
+}

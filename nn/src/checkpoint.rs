@@ -43,7 +43,7 @@
 //! - `step: u64`, `rng_state: (u64, u64)`,
 //! - `metadata`: map of string to string, in key order,
 //! - `tensors`: sequence of entries `{ section: u8 (0 params, 1 optimizer state), dtype: u8
-//!   (0 f32, 1 f64, 2 i64, 3 bool), shape: sequence of u64, offset: u64, byte_len: u64 }`, the
+//!   (0 f32, 1 f64, 2 i64, 3 bool, 4 f16, 5 bf16), shape: sequence of u64, offset: u64, byte_len: u64 }`, the
 //!   parameters first, each list in order; `offset` counts from the start of the tensor data,
 //! - `data_len: u64`, the length `D` of the tensor data.
 //!
@@ -60,6 +60,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nabla_core::storage::{CpuBuffer, RawTensor};
 use nabla_core::{DType, Tensor};
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -303,6 +304,8 @@ fn dtype_tag(d: DType) -> u8 {
         DType::F64 => 1,
         DType::I64 => 2,
         DType::Bool => 3,
+        DType::F16 => 4,
+        DType::BF16 => 5,
     }
 }
 
@@ -312,6 +315,8 @@ fn dtype_from_tag(tag: u8) -> Option<DType> {
         1 => Some(DType::F64),
         2 => Some(DType::I64),
         3 => Some(DType::Bool),
+        4 => Some(DType::F16),
+        5 => Some(DType::BF16),
         _ => None,
     }
 }
@@ -452,21 +457,7 @@ fn write_file(tmp: &Path, ckpt: &Checkpoint) -> io::Result<()> {
 
 /// Appends the tensor's elements in row-major order, little-endian.
 fn tensor_bytes(t: &Tensor, out: &mut Vec<u8>) {
-    match t.dtype() {
-        DType::F32 => t
-            .to_vec::<f32>()
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::F64 => t
-            .to_vec::<f64>()
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::I64 => t
-            .to_vec::<i64>()
-            .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        DType::Bool => out.extend(t.to_vec::<bool>().iter().map(|&b| u8::from(b))),
-    }
+    out.extend_from_slice(&t.to_host_buffer().to_le_bytes());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,7 +645,7 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<Checkpoint, CheckpointError> {
 fn decode_tensor(entry: &Entry, data: &[u8], what: &str) -> Result<Tensor, String> {
     let dtype = dtype_from_tag(entry.dtype).ok_or_else(|| {
         format!(
-            "{what} has unknown dtype tag {} (0 f32, 1 f64, 2 i64, 3 bool)",
+            "{what} has unknown dtype tag {} (0 f32, 1 f64, 2 i64, 3 bool, 4 f16, 5 bf16)",
             entry.dtype
         )
     })?;
@@ -693,36 +684,9 @@ fn decode_tensor(entry: &Entry, data: &[u8], what: &str) -> Result<Tensor, Strin
         ));
     }
     let raw = &data[start..end];
-    let t = match dtype {
-        DType::F32 => Tensor::from_vec(words::<4>(raw).map(f32::from_le_bytes).collect(), &shape),
-        DType::F64 => Tensor::from_vec(words::<8>(raw).map(f64::from_le_bytes).collect(), &shape),
-        DType::I64 => Tensor::from_vec(words::<8>(raw).map(i64::from_le_bytes).collect(), &shape),
-        DType::Bool => {
-            let mut v = Vec::with_capacity(raw.len());
-            for (k, &b) in raw.iter().enumerate() {
-                match b {
-                    0 => v.push(false),
-                    1 => v.push(true),
-                    other => {
-                        return Err(format!(
-                            "{what} is bool but element {k} is the byte {other}, not 0 or 1"
-                        ));
-                    }
-                }
-            }
-            Tensor::from_vec(v, &shape)
-        }
-    };
+    let buf = CpuBuffer::from_le_bytes(dtype, raw).map_err(|e| format!("{what}: {e}"))?;
+    let t = Tensor::from_raw(RawTensor::from_cpu(buf, &shape));
     Ok(t)
-}
-
-/// The `N`-byte words of `raw` (whose length is a multiple of `N`).
-fn words<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    raw.chunks_exact(N).map(|c| {
-        let mut w = [0u8; N];
-        w.copy_from_slice(c);
-        w
-    })
 }
 
 #[cfg(test)]
@@ -745,9 +709,9 @@ mod tests {
 
     #[test]
     fn dtype_tags_round_trip() {
-        for d in [DType::F32, DType::F64, DType::I64, DType::Bool] {
+        for d in DType::ALL {
             assert_eq!(dtype_from_tag(dtype_tag(d)), Some(d));
         }
-        assert_eq!(dtype_from_tag(4), None);
+        assert_eq!(dtype_from_tag(6), None);
     }
 }

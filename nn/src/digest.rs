@@ -1,6 +1,6 @@
 //! A stable digest of tensor bytes, for comparing runs exactly (`param_checksum`).
 
-use nabla_core::{DType, Tensor};
+use nabla_core::Tensor;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -19,12 +19,7 @@ pub fn tensors_digest(tensors: &[Tensor]) -> u64 {
         for &d in t.shape() {
             h = fnv1a(h, &(d as u64).to_le_bytes());
         }
-        h = match t.dtype() {
-            DType::F32 => t.to_vec::<f32>().iter().fold(h, |h, v| fnv1a(h, &v.to_le_bytes())),
-            DType::F64 => t.to_vec::<f64>().iter().fold(h, |h, v| fnv1a(h, &v.to_le_bytes())),
-            DType::I64 => t.to_vec::<i64>().iter().fold(h, |h, v| fnv1a(h, &v.to_le_bytes())),
-            DType::Bool => t.to_vec::<bool>().iter().fold(h, |h, &v| fnv1a(h, &[v as u8])),
-        };
+        h = fnv1a(h, &t.to_host_buffer().to_le_bytes());
     }
     h
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nabla_core::{DType, Rng, Tensor};
+use nabla_core::{DType, Rng, Tensor, bf16, f16};
 use nabla_nn::checkpoint::{Checkpoint, CheckpointError, FORMAT_VERSION, MAGIC, checksum, load, save};
 
 // ---------------------------------------------------------------------------------------------
@@ -116,18 +116,8 @@ fn assert_names_path(e: &CheckpointError, path: &Path) {
 fn assert_bit_equal(a: &Tensor, b: &Tensor, what: &str) {
     assert_eq!(a.dtype(), b.dtype(), "{what}: dtype");
     assert_eq!(a.shape(), b.shape(), "{what}: shape");
-    match a.dtype() {
-        DType::F32 => {
-            let bits = |t: &Tensor| t.to_vec::<f32>().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(a), bits(b), "{what}: f32 bits");
-        }
-        DType::F64 => {
-            let bits = |t: &Tensor| t.to_vec::<f64>().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(a), bits(b), "{what}: f64 bits");
-        }
-        DType::I64 => assert_eq!(a.to_vec::<i64>(), b.to_vec::<i64>(), "{what}: i64"),
-        DType::Bool => assert_eq!(a.to_vec::<bool>(), b.to_vec::<bool>(), "{what}: bool"),
-    }
+    let bytes = |t: &Tensor| t.to_host_buffer().to_le_bytes();
+    assert_eq!(bytes(a), bytes(b), "{what}: {} bits", a.dtype());
 }
 
 /// A checkpoint with every dtype, a scalar, empty tensors, a strided view and awkward values.
@@ -164,6 +154,19 @@ fn rich_checkpoint() -> Checkpoint {
             Tensor::from_vec(Vec::<f64>::new(), &[0, 3]),
             Tensor::from_vec(Vec::<bool>::new(), &[0]),
             Tensor::from_vec((0..6).map(|i| i as f32).collect(), &[2, 3]).transpose(),
+            Tensor::from_vec(
+                vec![
+                    bf16::from_f32(-1.5),
+                    bf16::from_bits(0x7fc1),
+                    bf16::INFINITY,
+                    bf16::from_bits(1),
+                ],
+                &[2, 2],
+            ),
+            Tensor::from_vec(
+                vec![f16::from_f32(65504.0), f16::from_bits(0x7e01), f16::NEG_ZERO],
+                &[3],
+            ),
         ],
         optimizer_state: vec![
             Tensor::from_vec(vec![7i64], &[]),

@@ -19,10 +19,7 @@ use crate::storage::{CpuBuffer, RawTensor, Storage};
 /// kept alive until recording ends, so an address cannot be reused for another buffer.
 fn storage_key(s: &Storage) -> usize {
     match s {
-        Storage::Cpu(CpuBuffer::F32(v)) => Arc::as_ptr(v) as usize,
-        Storage::Cpu(CpuBuffer::F64(v)) => Arc::as_ptr(v) as usize,
-        Storage::Cpu(CpuBuffer::I64(v)) => Arc::as_ptr(v) as usize,
-        Storage::Cpu(CpuBuffer::Bool(v)) => Arc::as_ptr(v) as usize,
+        Storage::Cpu(b) => b.identity().1,
         Storage::Device(d) => Arc::as_ptr(d) as *const u8 as usize,
     }
 }

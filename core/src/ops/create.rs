@@ -2,7 +2,7 @@
 
 use crate::backend::backend_for;
 use crate::device::Device;
-use crate::dtype::DType;
+use crate::dtype::{DType, Element};
 use crate::tensor::Tensor;
 
 impl Tensor {
@@ -50,19 +50,17 @@ impl Tensor {
 
     /// The `n x n` identity matrix.
     pub fn eye(n: usize, dtype: DType) -> Tensor {
-        fn build<T: Copy>(n: usize, zero: T, one: T) -> Vec<T> {
-            let mut v = vec![zero; n * n];
+        fn build<T: Element>(n: usize) -> Tensor
+        where
+            Vec<T>: crate::storage::IntoCpuBuffer,
+        {
+            let mut v = vec![T::from_f64(0.0); n * n];
             for i in 0..n {
-                v[i * n + i] = one;
+                v[i * n + i] = T::from_f64(1.0);
             }
-            v
+            Tensor::from_vec(v, &[n, n])
         }
-        match dtype {
-            DType::F32 => Tensor::from_vec(build(n, 0.0f32, 1.0), &[n, n]),
-            DType::F64 => Tensor::from_vec(build(n, 0.0f64, 1.0), &[n, n]),
-            DType::I64 => Tensor::from_vec(build(n, 0i64, 1), &[n, n]),
-            DType::Bool => Tensor::from_vec(build(n, false, true), &[n, n]),
-        }
+        crate::with_element_type!(dtype, T => build::<T>(n))
     }
 }
 

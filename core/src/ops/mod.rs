@@ -86,7 +86,7 @@ impl From<Option<Vec<isize>>> for Axes {
 pub(crate) fn require_float(op: &str, x: &Tensor) {
     if !x.dtype().is_float() {
         panic!(
-            "{op}: needs a float tensor (f32 or f64), got {} with shape {:?}; cast it with .cast(DType::F32)",
+            "{op}: needs a float tensor (f32, f64, bf16 or f16), got {} with shape {:?}; cast it with .cast(DType::F32)",
             x.dtype(),
             x.shape()
         );

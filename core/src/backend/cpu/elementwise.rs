@@ -4,11 +4,12 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{PARALLEL_MIN, fast_math, host, view, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, host, view, wrap};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
-use crate::dtype::DType;
+use crate::dtype::{DType, bf16, f16};
 use crate::layout::Layout;
 use crate::storage::{CpuBuffer, RawTensor};
+use crate::with_cpu_buffer;
 
 const CHUNK: usize = 8192;
 
@@ -202,6 +203,7 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
             wrap(out, shape)
         }
         CpuBuffer::Bool(d) => wrap(map1(&ev(d, &x.layout, flat), |a: bool| !a), shape),
+        CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
     }
 }
 
@@ -315,7 +317,7 @@ macro_rules! blend_bits {
         }
     )*};
 }
-blend_bits!(f32 => u32, f64 => u64);
+blend_bits!(f32 => u32, f64 => u64, f16 => u16, bf16 => u16);
 
 impl Blend for i64 {
     #[inline(always)]
@@ -412,6 +414,12 @@ pub(super) fn select(cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTenso
         (CpuBuffer::Bool(x), CpuBuffer::Bool(y)) => {
             wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
         }
+        (CpuBuffer::F16(x), CpuBuffer::F16(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
+        (CpuBuffer::BF16(x), CpuBuffer::BF16(y)) => {
+            wrap(sel(&c, &ev(x, &a.layout, flat), &ev(y, &b.layout, flat)), shape)
+        }
         _ => unreachable!("operands of one dtype: checked by the op layer"),
     }
 }
@@ -427,21 +435,31 @@ fn cast_view<T: Copy + Send + Sync>(
         DType::F64 => wrap(map1(v, &to), shape),
         DType::I64 => wrap(map1(v, |x| to(x) as i64), shape),
         DType::Bool => wrap(map1(v, |x| to(x) != 0.0), shape),
+        DType::F16 => wrap(map1(v, |x| f16::from_f64(to(x))), shape),
+        DType::BF16 => wrap(map1(v, |x| bf16::from_f64(to(x))), shape),
     }
 }
 
-/// Dtype conversion kernel (floats to i64 truncate toward zero; non-zero is true).
+/// Dtype conversion kernel (floats to i64 truncate toward zero; non-zero is true; to a half
+/// rounds to nearest even). Conversions between f32 and the halves, the ones mixed precision
+/// makes on every op, go straight rather than through f64.
 pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
     let flat = x.layout.is_contiguous();
     let shape = x.shape();
-    match host(x) {
-        CpuBuffer::F32(d) if dtype == DType::F64 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f64), shape),
-        CpuBuffer::F64(d) if dtype == DType::F32 => wrap(map1(&ev(d, &x.layout, flat), |v| v as f32), shape),
-        CpuBuffer::I64(d) if dtype == DType::I64 => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
-        CpuBuffer::F32(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
-        CpuBuffer::F64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v),
-        CpuBuffer::I64(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
-        CpuBuffer::Bool(d) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| if v { 1.0 } else { 0.0 }),
+    match (host(x), dtype) {
+        (CpuBuffer::F32(d), DType::F64) => wrap(map1(&ev(d, &x.layout, flat), |v| v as f64), shape),
+        (CpuBuffer::F64(d), DType::F32) => wrap(map1(&ev(d, &x.layout, flat), |v| v as f32), shape),
+        (CpuBuffer::F32(d), DType::F16) => wrap(map1(&ev(d, &x.layout, flat), f16::from_f32), shape),
+        (CpuBuffer::F32(d), DType::BF16) => wrap(map1(&ev(d, &x.layout, flat), bf16::from_f32), shape),
+        (CpuBuffer::F16(d), DType::F32) => wrap(map1(&ev(d, &x.layout, flat), f16::to_f32), shape),
+        (CpuBuffer::BF16(d), DType::F32) => wrap(map1(&ev(d, &x.layout, flat), bf16::to_f32), shape),
+        (b, to) if b.dtype() == to => contiguous(x),
+        (CpuBuffer::F32(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
+        (CpuBuffer::F64(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v),
+        (CpuBuffer::I64(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| v as f64),
+        (CpuBuffer::Bool(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, |v| if v { 1.0 } else { 0.0 }),
+        (CpuBuffer::F16(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, f16::to_f64),
+        (CpuBuffer::BF16(d), _) => cast_view(&ev(d, &x.layout, flat), dtype, shape, bf16::to_f64),
     }
 }
 
@@ -449,10 +467,5 @@ pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
 pub(super) fn contiguous(x: &RawTensor) -> RawTensor {
     let flat = x.layout.is_contiguous();
     let shape = x.shape();
-    match host(x) {
-        CpuBuffer::F32(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
-        CpuBuffer::F64(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
-        CpuBuffer::I64(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
-        CpuBuffer::Bool(d) => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape),
-    }
+    with_cpu_buffer!(host(x), d => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape))
 }

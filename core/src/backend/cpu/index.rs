@@ -1,9 +1,12 @@
 //! Indexing kernels: gather, scatter-add, concatenation and strided embedding.
 
+use std::sync::Arc;
+
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 use super::{host, to_vec, view, wrap};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
+use crate::with_cpu_buffer;
 
 fn indices(idx: &RawTensor) -> Vec<i64> {
     match host(idx) {
@@ -39,12 +42,7 @@ pub(super) fn gather(x: &RawTensor, idx: &RawTensor) -> RawTensor {
     let ids = indices(idx);
     let i_len = idx.shape()[1];
     let shape = [dims[0], dims[1], i_len, dims[3]];
-    match host(x) {
-        CpuBuffer::F32(d) => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape),
-        CpuBuffer::F64(d) => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape),
-        CpuBuffer::I64(d) => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape),
-        CpuBuffer::Bool(d) => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape),
-    }
+    with_cpu_buffer!(host(x), d => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape))
 }
 
 fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
@@ -91,7 +89,7 @@ pub(super) fn scatter_add(base: &RawTensor, idx: &RawTensor, upd: &RawTensor) ->
             scatter_typed(&mut out, dims, &ids, &to_vec(&view(u, &upd.layout)), i_len);
             wrap(out, &shape)
         }
-        _ => unreachable!("scatter_add dtypes are checked by the op layer"),
+        _ => unreachable!("scatter_add dtypes are checked by the op layer; halves arrive widened to f32"),
     }
 }
 
@@ -108,27 +106,29 @@ fn concat_typed<T: Copy + Default>(parts: Vec<ndarray::ArrayViewD<'_, T>>, axis:
     (out.into_raw_vec_and_offset().0, shape)
 }
 
+/// Joins tensors whose buffers hold `T`, the element type of the first one's `_first`
+/// (every part has the first part's dtype: checked by the op layer).
+fn concat_as<T: Copy + Default + 'static>(xs: &[&RawTensor], axis: usize, _first: &Arc<Vec<T>>) -> RawTensor
+where
+    Vec<T>: IntoCpuBuffer,
+{
+    let parts = xs
+        .iter()
+        .map(|x| {
+            let data: &Vec<T> = host(x)
+                .as_any()
+                .downcast_ref()
+                .unwrap_or_else(|| unreachable!("concat dtypes are checked by the op layer"));
+            view(data, &x.layout)
+        })
+        .collect();
+    let (out, shape) = concat_typed(parts, axis);
+    RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
+}
+
 /// Joins tensors along `axis`.
 pub(super) fn concat(xs: &[&RawTensor], axis: usize) -> RawTensor {
-    macro_rules! go {
-        ($v:ident) => {{
-            let parts = xs
-                .iter()
-                .map(|x| match host(x) {
-                    CpuBuffer::$v(d) => view(d, &x.layout),
-                    _ => unreachable!("concat dtypes are checked by the op layer"),
-                })
-                .collect();
-            let (out, shape) = concat_typed(parts, axis);
-            RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
-        }};
-    }
-    match host(xs[0]) {
-        CpuBuffer::F32(_) => go!(F32),
-        CpuBuffer::F64(_) => go!(F64),
-        CpuBuffer::I64(_) => go!(I64),
-        CpuBuffer::Bool(_) => go!(Bool),
-    }
+    with_cpu_buffer!(host(xs[0]), first => concat_as(xs, axis, first))
 }
 
 fn embed_typed<T: Copy + Default>(
@@ -155,10 +155,5 @@ fn embed_typed<T: Copy + Default>(
 
 /// Zeros of `shape` with `x` written at the strided positions.
 pub(super) fn embed(x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor {
-    match host(x) {
-        CpuBuffer::F32(d) => wrap(embed_typed(view(d, &x.layout), shape, starts, steps), shape),
-        CpuBuffer::F64(d) => wrap(embed_typed(view(d, &x.layout), shape, starts, steps), shape),
-        CpuBuffer::I64(d) => wrap(embed_typed(view(d, &x.layout), shape, starts, steps), shape),
-        CpuBuffer::Bool(d) => wrap(embed_typed(view(d, &x.layout), shape, starts, steps), shape),
-    }
+    with_cpu_buffer!(host(x), d => wrap(embed_typed(view(d, &x.layout), shape, starts, steps), shape))
 }

@@ -326,6 +326,6 @@ pub(super) fn matmul(a: &RawTensor, b: &RawTensor) -> RawTensor {
             let (out, shape) = matmul_i64(x, &a.layout, y, &b.layout);
             wrap(out, &shape)
         }
-        _ => unreachable!("matmul dtypes are checked by the op layer"),
+        _ => unreachable!("matmul dtypes are checked by the op layer; halves arrive widened to f32"),
     }
 }

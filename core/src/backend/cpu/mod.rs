@@ -23,6 +23,29 @@ use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor, Storage};
 /// Element count from which kernels split their work across threads.
 pub(crate) const PARALLEL_MIN: usize = 1 << 15;
 
+/// What a kernel says if an f16 or bf16 buffer reaches code that only the widened (f32) form
+/// should reach.
+pub(crate) const HALVES_WIDENED: &str = "internal error: f16/bf16 reach the CPU kernels widened to f32";
+
+/// The f32 form of a half tensor (exact), in which the CPU computes f16 and bf16 ops; other
+/// dtypes pass through unchanged.
+fn widen(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
+    if x.dtype().is_half() {
+        std::borrow::Cow::Owned(elementwise::cast(x, DType::F32))
+    } else {
+        std::borrow::Cow::Borrowed(x)
+    }
+}
+
+/// `out` rounded back to `dtype` when that is a half (the f32 result of a widened kernel).
+fn narrow(out: RawTensor, dtype: DType) -> RawTensor {
+    if dtype.is_half() && out.dtype() != dtype {
+        elementwise::cast(&out, dtype)
+    } else {
+        out
+    }
+}
+
 /// The CPU backend (stateless).
 #[derive(Debug, Default)]
 pub struct CpuBackend;
@@ -116,15 +139,15 @@ impl Backend for CpuBackend {
     }
 
     fn unary(&self, op: UnaryOp, x: &RawTensor) -> RawTensor {
-        elementwise::unary(op, x)
+        narrow(elementwise::unary(op, &widen(x)), x.dtype())
     }
 
     fn binary(&self, op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
-        elementwise::binary(op, a, b)
+        narrow(elementwise::binary(op, &widen(a), &widen(b)), a.dtype())
     }
 
     fn compare(&self, op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
-        elementwise::compare(op, a, b)
+        elementwise::compare(op, &widen(a), &widen(b))
     }
 
     fn select(&self, cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
@@ -132,7 +155,8 @@ impl Backend for CpuBackend {
     }
 
     fn reduce(&self, op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
-        reduce::reduce(op, x, axes)
+        // Halves accumulate in f32 and round once at the end.
+        narrow(reduce::reduce(op, &widen(x), axes), x.dtype())
     }
 
     fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
@@ -140,7 +164,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
-        matmul::matmul(a, b)
+        narrow(matmul::matmul(&widen(a), &widen(b)), a.dtype())
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
@@ -156,7 +180,7 @@ impl Backend for CpuBackend {
     }
 
     fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
-        index::scatter_add(base, idx, upd)
+        narrow(index::scatter_add(&widen(base), idx, &widen(upd)), base.dtype())
     }
 
     fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
@@ -174,6 +198,8 @@ impl Backend for CpuBackend {
             DType::F64 => wrap(vec![value; n], shape),
             DType::I64 => wrap(vec![value as i64; n], shape),
             DType::Bool => wrap(vec![value != 0.0; n], shape),
+            DType::F16 => wrap(vec![crate::dtype::f16::from_f64(value); n], shape),
+            DType::BF16 => wrap(vec![crate::dtype::bf16::from_f64(value); n], shape),
         }
     }
 

@@ -5,9 +5,10 @@
 use ndarray::ArrayViewD;
 use rayon::prelude::*;
 
-use super::{PARALLEL_MIN, host, to_vec, view, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, host, to_vec, view, wrap};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
+use crate::with_cpu_buffer;
 
 const FOLD_CHUNK: usize = 16384;
 
@@ -141,6 +142,7 @@ pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
             };
             wrap(out, &shape)
         }
+        CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
     }
 }
 
@@ -172,11 +174,6 @@ pub(super) fn arg_reduce(op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
     let mut shape = x.shape().to_vec();
     shape[axis] = 1;
     let max = op == ArgOp::ArgMax;
-    let out = match host(x) {
-        CpuBuffer::F32(d) => arg_typed(&view(d, &x.layout), axis, max),
-        CpuBuffer::F64(d) => arg_typed(&view(d, &x.layout), axis, max),
-        CpuBuffer::I64(d) => arg_typed(&view(d, &x.layout), axis, max),
-        CpuBuffer::Bool(d) => arg_typed(&view(d, &x.layout), axis, max),
-    };
+    let out = with_cpu_buffer!(host(x), d => arg_typed(&view(d, &x.layout), axis, max));
     RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
 }
