@@ -325,6 +325,14 @@ impl Tensor {
         }))
     }
 
+    /// This tensor on `device`, for constants that ops build on the host (index ranges, the
+    /// identity of a Jacobian basis) to meet their operand's device. Panics only when no
+    /// backend is registered for `device`, which cannot happen for the device of a tensor
+    /// that exists.
+    pub(crate) fn on(&self, device: Device) -> Tensor {
+        self.to_device(device).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// A new leaf that accumulates gradients in [`Tensor::grad`] when `backward` runs
     /// (PyTorch's `requires_grad_()`); ops on it are recorded until `backward` frees them.
     pub fn requires_grad(&self) -> Tensor {

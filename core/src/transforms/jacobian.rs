@@ -39,6 +39,7 @@ fn basis(total: usize, offset: usize, like: &Tensor) -> Tensor {
         DType::F32
     };
     Tensor::eye(total, dtype)
+        .on(like.device())
         .slice_axis(1, Some(offset as isize), Some((offset + n) as isize), 1)
         .reshape(shape)
 }

@@ -46,11 +46,11 @@ fn float(x: &Value) -> f64 {
     }
 }
 
-/// All cases of `core/tests/fixtures/ops_f64.json`.
+/// All cases of `core/tests/fixtures/ops_f64.json` (embedded, so that other crates' tests that
+/// include this module by path, such as the CUDA backend's conformance test, read the same).
 pub fn load_cases() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ops_f64.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    let root: Value = serde_json::from_str(&text).expect("fixture JSON");
+    let text = include_str!("../fixtures/ops_f64.json");
+    let root: Value = serde_json::from_str(text).expect("fixture JSON");
     root["cases"]
         .as_array()
         .unwrap()

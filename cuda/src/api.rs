@@ -1,0 +1,101 @@
+//! The seam between the backend's planning and the device: [`DeviceApi`] is what the backend
+//! asks of a GPU (memory, copies, kernel launches, a GEMM), and nothing more. The real
+//! implementation is [`crate::driver::CudaDevice`] (cudarc); the tests implement it over the
+//! kernels' C++ emulator, so every decision the backend makes (which kernel, which arguments,
+//! which layouts and launch sizes, how a matmul maps onto cuBLAS) runs without a GPU.
+
+use std::fmt;
+
+use nabla_core::DType;
+use nabla_kernels::{KernelLayout, KernelSpec, launch::LaunchDims};
+
+/// A failure of the device or of a library (allocation, launch, copy, compilation, cuBLAS),
+/// with what was being done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ApiError(pub String);
+
+/// One argument of a kernel launch, matching one [`nabla_kernels::Param`] of the entry point.
+pub enum LaunchArg<'a, M> {
+    /// A device buffer, `offset` bytes in (views of a buffer start at their offset).
+    Ptr(&'a M, usize),
+    /// A null pointer (an optional buffer left out).
+    Null,
+    /// A strided layout by value.
+    Layout(KernelLayout),
+    /// A `long long` by value.
+    I64(i64),
+    /// An `int` by value.
+    I32(i32),
+    /// A `double` by value.
+    F64(f64),
+}
+
+/// One operand of a GEMM: a buffer, the byte offset of its first matrix, whether cuBLAS
+/// should transpose it, its leading dimension and the element stride between batch entries.
+pub struct GemmOperand<'a, M> {
+    /// The buffer.
+    pub mem: &'a M,
+    /// Byte offset of the first matrix.
+    pub offset: usize,
+    /// `op(X) = X^T` when true (cuBLAS's `CUBLAS_OP_T`).
+    pub transpose: bool,
+    /// Leading dimension in elements (column-major).
+    pub ld: i64,
+    /// Elements between consecutive matrices of the batch (0 broadcasts one matrix).
+    pub batch_stride: i64,
+}
+
+/// A strided-batched GEMM in cuBLAS's column-major convention: for every batch entry,
+/// `C = op(A) op(B)` with `op(A)` of `m x k`, `op(B)` of `k x n` and `C` of `m x n`
+/// (leading dimension `ldc`). Half types accumulate in f32.
+pub struct GemmCall<'a, M> {
+    /// Element type of A, B and C.
+    pub dtype: DType,
+    /// Rows of `op(A)` and C.
+    pub m: i64,
+    /// Columns of `op(B)` and C.
+    pub n: i64,
+    /// The shared dimension.
+    pub k: i64,
+    /// The left operand.
+    pub a: GemmOperand<'a, M>,
+    /// The right operand.
+    pub b: GemmOperand<'a, M>,
+    /// The output buffer (written from its start).
+    pub c: &'a M,
+    /// Leading dimension of C.
+    pub ldc: i64,
+    /// Elements between consecutive C matrices.
+    pub c_stride: i64,
+    /// Number of matrices.
+    pub batch: i64,
+}
+
+/// What the backend needs from one GPU. All work is ordered on one stream; only
+/// [`DeviceApi::download`] and [`DeviceApi::synchronize`] wait for it.
+pub trait DeviceApi: Send + Sync + 'static {
+    /// A device allocation (freed, stream-ordered, when dropped).
+    type Mem: Send + Sync + fmt::Debug + 'static;
+
+    /// The CUDA ordinal of the device.
+    fn ordinal(&self) -> usize;
+    /// Streaming multiprocessors (launch sizes scale with it).
+    fn sm_count(&self) -> u32;
+    /// `bytes` of uninitialised device memory.
+    fn alloc(&self, bytes: usize) -> Result<Self::Mem, ApiError>;
+    /// `bytes` of zeroed device memory.
+    fn alloc_zeroed(&self, bytes: usize) -> Result<Self::Mem, ApiError>;
+    /// A new allocation holding a copy of `bytes`.
+    fn upload(&self, bytes: &[u8]) -> Result<Self::Mem, ApiError>;
+    /// `len` bytes of `mem` from `offset`, after all work queued before has finished.
+    fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError>;
+    /// Overwrites `mem` with zeros (stream-ordered).
+    fn zero(&self, mem: &Self::Mem) -> Result<(), ApiError>;
+    /// Queues `spec` with `args` (one per [`KernelSpec::params`], in order).
+    fn launch(&self, spec: &KernelSpec, dims: LaunchDims, args: &[LaunchArg<'_, Self::Mem>]) -> Result<(), ApiError>;
+    /// Queues a strided-batched GEMM.
+    fn gemm(&self, call: &GemmCall<'_, Self::Mem>) -> Result<(), ApiError>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<(), ApiError>;
+}

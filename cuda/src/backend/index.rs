@@ -1,0 +1,141 @@
+//! Gather, scatter-add, concatenation and embedding. Gather and scatter-add take contiguous
+//! `[B, P, N, Q]` operands and check every index on the device (the error record).
+
+use nabla_core::storage::RawTensor;
+use nabla_kernels::{ConcatSlot, ConcatSpec, EmbedSpec, GatherSpec, KernelLayout, ScatterAddSpec, Variant, launch};
+
+use super::{CudaBackend, kernel_dtype, spec};
+use crate::api::{DeviceApi, LaunchArg};
+
+/// The `[B, P, N, Q]` extents of `x` and the `I` of `idx: [B, I]`.
+fn bpnq(x: &RawTensor, idx: &RawTensor) -> [i64; 5] {
+    let s = x.shape();
+    [s[0], s[1], s[2], s[3], idx.shape()[1]].map(|v| v as i64)
+}
+
+pub(super) fn gather<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, idx: &RawTensor) -> RawTensor {
+    let (x, idx) = (be.dense(x), be.dense(idx));
+    let [b, p, n, q, count] = bpnq(&x, &idx);
+    let out = be.empty(&[b as usize, p as usize, count as usize, q as usize], x.dtype());
+    let total = b * p * count * q;
+    if total == 0 {
+        return out;
+    }
+    let s = spec(GatherSpec::new(kernel_dtype(x.dtype())), "gather");
+    be.run(&s, launch::elementwise(total, be.api.sm_count()), |prm| {
+        Some(match prm.name {
+            "out" => be.run_ptr(&out),
+            "x" => be.run_ptr(&x),
+            "idx" => be.run_ptr(&idx),
+            "batches" => LaunchArg::I64(b),
+            "pre" => LaunchArg::I64(p),
+            "n" => LaunchArg::I64(n),
+            "post" => LaunchArg::I64(q),
+            "count" => LaunchArg::I64(count),
+            // Core passes indices already in 0..N.
+            "wrap_negative" => LaunchArg::I32(0),
+            _ => return None,
+        })
+    });
+    out
+}
+
+pub(super) fn scatter_add<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    base: &RawTensor,
+    idx: &RawTensor,
+    upd: &RawTensor,
+) -> RawTensor {
+    // The kernel adds in place: into a fresh copy of `base`.
+    let out = super::elementwise::copy(be, base);
+    let (idx, upd) = (be.dense(idx), be.dense(upd));
+    let [b, p, n, q, count] = bpnq(&out, &idx);
+    let total = b * p * count * q;
+    if total == 0 {
+        return out;
+    }
+    let s = spec(ScatterAddSpec::new(kernel_dtype(out.dtype())), "scatter_add");
+    be.run(&s, launch::elementwise(total, be.api.sm_count()), |prm| {
+        Some(match prm.name {
+            "out" => be.run_ptr(&out),
+            "upd" => be.run_ptr(&upd),
+            "idx" => be.run_ptr(&idx),
+            "batches" => LaunchArg::I64(b),
+            "pre" => LaunchArg::I64(p),
+            "n" => LaunchArg::I64(n),
+            "post" => LaunchArg::I64(q),
+            "count" => LaunchArg::I64(count),
+            "wrap_negative" => LaunchArg::I32(0),
+            _ => return None,
+        })
+    });
+    out
+}
+
+pub(super) fn concat<A: DeviceApi>(be: &CudaBackend<A>, xs: &[&RawTensor], axis: usize) -> RawTensor {
+    let mut shape = xs[0].shape().to_vec();
+    let total: usize = xs.iter().map(|x| x.shape()[axis]).sum();
+    shape[axis] = total;
+    let out = be.empty(&shape, xs[0].dtype());
+    let mut at = 0;
+    for x in xs {
+        let x = be.fitting(x);
+        let n = x.layout().numel() as i64;
+        let slot = ConcatSlot::new(x.shape(), axis, at, total);
+        at += x.shape()[axis];
+        if n == 0 {
+            continue;
+        }
+        let v = if x.layout().is_contiguous() {
+            Variant::Contiguous
+        } else {
+            Variant::Strided
+        };
+        let s = spec(ConcatSpec::new(kernel_dtype(x.dtype()), v), "concatenate");
+        let layout = CudaBackend::<A>::layout_of(&x);
+        be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| {
+            Some(match p.name {
+                "out" => be.run_ptr(&out),
+                "x" if v == Variant::Contiguous => be.run_ptr(&x),
+                "x" => LaunchArg::Ptr(&be.buf(&x).mem, 0),
+                "x_layout" => LaunchArg::Layout(layout?),
+                "n" => LaunchArg::I64(n),
+                "slot_len" => LaunchArg::I64(slot.slot_len),
+                "out_row" => LaunchArg::I64(slot.out_row),
+                "slot_start" => LaunchArg::I64(slot.slot_start),
+                _ => return None,
+            })
+        });
+    }
+    out
+}
+
+pub(super) fn embed<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    shape: &[usize],
+    starts: &[usize],
+    steps: &[usize],
+) -> RawTensor {
+    let x = be.fitting(x);
+    let out = super::elementwise::fill(be, shape, x.dtype(), 0.0);
+    let n = x.layout().numel() as i64;
+    if n == 0 {
+        return out;
+    }
+    let target =
+        KernelLayout::embed_target(shape, x.shape(), starts, steps).unwrap_or_else(|e| panic!("embed on cuda: {e}"));
+    let layout = CudaBackend::<A>::layout_of(&x).expect("checked by fitting");
+    let s = spec(EmbedSpec::new(kernel_dtype(x.dtype())), "embed");
+    be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| {
+        Some(match p.name {
+            "out" => LaunchArg::Ptr(&be.buf(&out).mem, 0),
+            "out_layout" => LaunchArg::Layout(target),
+            "x" => LaunchArg::Ptr(&be.buf(&x).mem, 0),
+            "x_layout" => LaunchArg::Layout(layout),
+            "n" => LaunchArg::I64(n),
+            _ => return None,
+        })
+    });
+    out
+}

@@ -1,0 +1,297 @@
+//! [`CudaBackend`]: core's `Backend` trait on one GPU. Each method picks the generated kernel
+//! (`nabla-kernels`) for the operation and dtypes, binds its arguments by name, sizes the
+//! launch with `nabla_kernels::launch`, and queues it; results stay on the device until a
+//! value is read. Matmul goes to cuBLAS ([`matmul`]).
+//!
+//! Errors the kernels find (an index out of range, an integer division by zero) go to a
+//! device error record that [`Backend::to_host`] reads when it synchronises: the first one
+//! becomes a panic naming the op and the value, as on the CPU, one synchronisation later.
+
+mod elementwise;
+mod index;
+mod matmul;
+mod reduce;
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use nabla_core::layout::Layout;
+use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
+use nabla_core::{DType, Device};
+use nabla_kernels::launch::LaunchDims;
+use nabla_kernels::{ArgType, DeviceError, ERROR_RECORD_WORDS, KernelDType, KernelLayout, KernelSpec, Param};
+
+use crate::api::{DeviceApi, LaunchArg};
+use crate::buffer::CudaBuffer;
+
+/// The backend of one GPU, over a [`DeviceApi`].
+pub struct CudaBackend<A: DeviceApi> {
+    api: Arc<A>,
+    device: Device,
+    /// The device error record every checking kernel writes to.
+    err: A::Mem,
+    /// Serialises reading and clearing the error record.
+    err_lock: Mutex<()>,
+}
+
+/// The kernel dtype of a core dtype.
+pub(crate) fn kernel_dtype(d: DType) -> KernelDType {
+    match d {
+        DType::F32 => KernelDType::F32,
+        DType::F64 => KernelDType::F64,
+        DType::I64 => KernelDType::I64,
+        DType::Bool => KernelDType::Bool,
+        DType::F16 => KernelDType::F16,
+        DType::BF16 => KernelDType::BF16,
+    }
+}
+
+/// A kernel spec that the generator refused, as the panic core's contract expects (the op
+/// layer has already checked dtypes, so this names a gap of the CUDA backend).
+pub(crate) fn spec<S: Into<KernelSpec>>(r: Result<S, nabla_kernels::KernelError>, op: &str) -> KernelSpec {
+    r.map(Into::into)
+        .unwrap_or_else(|e| panic!("{op} on cuda: {e}; move the tensor to the CPU for this op"))
+}
+
+impl<A: DeviceApi> CudaBackend<A> {
+    /// The backend of `api`'s device, with a zeroed error record.
+    pub fn new(api: Arc<A>) -> Result<CudaBackend<A>, crate::api::ApiError> {
+        let err = api.alloc_zeroed(8 * ERROR_RECORD_WORDS)?;
+        let device = Device::Cuda(api.ordinal());
+        Ok(CudaBackend {
+            api,
+            device,
+            err,
+            err_lock: Mutex::new(()),
+        })
+    }
+
+    /// The device API underneath.
+    pub fn api(&self) -> &Arc<A> {
+        &self.api
+    }
+
+    /// The buffer of a tensor of this device (panics naming both devices otherwise: the op
+    /// layer checks devices, so this is an internal error).
+    pub(crate) fn buf<'a>(&self, x: &'a RawTensor) -> &'a CudaBuffer<A> {
+        match x.storage() {
+            Storage::Device(b) => match b.as_any().downcast_ref::<CudaBuffer<A>>() {
+                Some(c) if c.device == self.device => c,
+                _ => panic!(
+                    "internal error: the cuda backend of {} got a buffer of {}",
+                    self.device,
+                    b.device()
+                ),
+            },
+            Storage::Cpu(_) => panic!("internal error: the cuda backend of {} got a host tensor", self.device),
+        }
+    }
+
+    /// A new contiguous tensor of `shape` and `dtype` whose memory the caller's kernel writes.
+    pub(crate) fn empty(&self, shape: &[usize], dtype: DType) -> RawTensor {
+        let n: usize = shape.iter().product();
+        let mem = self
+            .api
+            .alloc((n * dtype.size_in_bytes()).max(1))
+            .unwrap_or_else(|e| panic!("cuda: allocating {shape:?} {dtype} on {}: {e}", self.device));
+        self.wrap(mem, shape, dtype)
+    }
+
+    /// A contiguous tensor of `shape` over `mem`.
+    pub(crate) fn wrap(&self, mem: A::Mem, shape: &[usize], dtype: DType) -> RawTensor {
+        let len = shape.iter().product();
+        let buf = CudaBuffer::<A> {
+            mem,
+            dtype,
+            len,
+            device: self.device,
+        };
+        RawTensor::new(Storage::Device(Arc::new(buf)), Layout::contiguous(shape))
+            .expect("a contiguous layout fits its own buffer")
+    }
+
+    /// The kernel layout of a view, when it fits [`nabla_kernels::MAX_DIMS`] axes after
+    /// merging.
+    pub(crate) fn layout_of(x: &RawTensor) -> Option<KernelLayout> {
+        let l = x.layout();
+        KernelLayout::new(l.shape(), l.strides(), l.offset()).ok()
+    }
+
+    /// `x` itself when its layout fits a kernel layout, else a contiguous copy made through the
+    /// host (a view of more than eight axes that do not merge: rare, and correct if slow).
+    pub(crate) fn fitting<'a>(&self, x: &'a RawTensor) -> Cow<'a, RawTensor> {
+        if Self::layout_of(x).is_some() {
+            return Cow::Borrowed(x);
+        }
+        let host = self.to_host(x);
+        Cow::Owned(self.from_host(host, x.shape(), self.device))
+    }
+
+    /// `x` as a contiguous tensor starting at its buffer's start (a copy when it is not).
+    pub(crate) fn dense<'a>(&self, x: &'a RawTensor) -> Cow<'a, RawTensor> {
+        if x.layout().is_contiguous() && x.layout().offset() == 0 {
+            Cow::Borrowed(x)
+        } else {
+            Cow::Owned(self.contiguous(x))
+        }
+    }
+
+    /// Queues `spec` with `dims`, binding each parameter by name through `bind` (the error
+    /// record is bound here). Panics naming the kernel when the device refuses.
+    pub(crate) fn run<'m>(
+        &'m self,
+        spec: &KernelSpec,
+        dims: LaunchDims,
+        bind: impl Fn(&Param) -> Option<LaunchArg<'m, A::Mem>>,
+    ) {
+        let args: Vec<LaunchArg<'m, A::Mem>> = spec
+            .params()
+            .iter()
+            .map(|p| match p.ty {
+                ArgType::ErrorRecord => LaunchArg::Ptr(&self.err, 0),
+                _ => bind(p).unwrap_or_else(|| {
+                    panic!(
+                        "internal error: no argument bound for {} of {}",
+                        p.name,
+                        spec.entry_name()
+                    )
+                }),
+            })
+            .collect();
+        self.api
+            .launch(spec, dims, &args)
+            .unwrap_or_else(|e| panic!("cuda: launching {} on {}: {e}", spec.entry_name(), self.device));
+    }
+
+    /// The pointer argument of a contiguous view: its buffer, advanced to its offset.
+    pub(crate) fn run_ptr<'m>(&self, x: &'m RawTensor) -> LaunchArg<'m, A::Mem> {
+        let b = self.buf(x);
+        LaunchArg::Ptr(&b.mem, x.layout().offset() * x.dtype().size_in_bytes())
+    }
+
+    /// Reads the device error record (synchronising) and panics with the first error found,
+    /// after clearing it so that later calls start clean.
+    fn check_device_errors(&self) {
+        let _guard = self.err_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = self
+            .api
+            .download(&self.err, 0, 8 * ERROR_RECORD_WORDS)
+            .unwrap_or_else(|e| panic!("cuda: reading the device error record on {}: {e}", self.device));
+        let mut record = [0u64; ERROR_RECORD_WORDS];
+        for (k, w) in record.iter_mut().enumerate() {
+            *w = u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"));
+        }
+        let found = DeviceError::decode(&record);
+        if !matches!(found, Ok(None)) {
+            self.api
+                .zero(&self.err)
+                .unwrap_or_else(|e| panic!("cuda: clearing the device error record on {}: {e}", self.device));
+        }
+        match found {
+            Ok(None) => {}
+            Ok(Some(e)) => panic!("{e} (found on {} by a kernel queued before this read)", self.device),
+            Err(code) => panic!("internal error: unknown device error code {code} on {}", self.device),
+        }
+    }
+}
+
+impl<A: DeviceApi> Backend for CudaBackend<A> {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn unary(&self, op: UnaryOp, x: &RawTensor) -> RawTensor {
+        elementwise::unary(self, op, x)
+    }
+
+    fn binary(&self, op: BinaryOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::binary(self, op, a, b)
+    }
+
+    fn compare(&self, op: CmpOp, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::compare(self, op, a, b)
+    }
+
+    fn select(&self, cond: &RawTensor, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        elementwise::select(self, cond, a, b)
+    }
+
+    fn reduce(&self, op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
+        reduce::reduce(self, op, x, axes)
+    }
+
+    fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
+        reduce::arg_reduce(self, op, x, axis)
+    }
+
+    fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
+        matmul::matmul(self, a, b)
+    }
+
+    fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
+        elementwise::cast(self, x, dtype)
+    }
+
+    fn contiguous(&self, x: &RawTensor) -> RawTensor {
+        elementwise::copy(self, x)
+    }
+
+    fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor {
+        index::gather(self, x, idx)
+    }
+
+    fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        index::scatter_add(self, base, idx, upd)
+    }
+
+    fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
+        index::concat(self, xs, axis)
+    }
+
+    fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor {
+        index::embed(self, x, shape, starts, steps)
+    }
+
+    fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor {
+        assert_eq!(
+            device, self.device,
+            "internal error: full on {device} asked of the backend of {}",
+            self.device
+        );
+        elementwise::fill(self, shape, dtype, value)
+    }
+
+    fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor {
+        assert_eq!(
+            device, self.device,
+            "internal error: a copy to {device} asked of the backend of {}",
+            self.device
+        );
+        let dtype = buf.dtype();
+        let bytes = buf.to_le_bytes();
+        let mem = if bytes.is_empty() {
+            self.api.alloc(1)
+        } else {
+            self.api.upload(&bytes)
+        }
+        .unwrap_or_else(|e| panic!("cuda: copying {shape:?} {dtype} to {}: {e}", self.device));
+        self.wrap(mem, shape, dtype)
+    }
+
+    fn to_host(&self, x: &RawTensor) -> CpuBuffer {
+        let x = self.dense(x);
+        let dtype = x.dtype();
+        let bytes = x.layout().numel() * dtype.size_in_bytes();
+        let data = if bytes == 0 {
+            Vec::new()
+        } else {
+            self.api
+                .download(&self.buf(&x).mem, 0, bytes)
+                .unwrap_or_else(|e| panic!("cuda: copying {:?} {dtype} from {}: {e}", x.shape(), self.device))
+        };
+        self.check_device_errors();
+        CpuBuffer::from_le_bytes(dtype, &data)
+            .unwrap_or_else(|e| panic!("cuda: the device returned a bad {dtype} buffer: {e}"))
+    }
+}

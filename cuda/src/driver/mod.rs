@@ -1,0 +1,282 @@
+//! [`CudaDevice`]: the [`DeviceApi`] of one GPU through cudarc. One stream orders all work,
+//! so cudarc's per-buffer event tracking is turned off (it would add two events per launch);
+//! memory comes from the device's stream-ordered pool, whose release threshold is raised so
+//! that freed blocks are kept for reuse (a caching allocator, as PyTorch's).
+
+mod compile;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
+use cudarc::driver::sys::{self as cu, CUdevice_attribute};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use nabla_core::DType;
+use nabla_kernels::launch::LaunchDims;
+use nabla_kernels::{KernelLayout, KernelSpec};
+
+use compile::Compiler;
+
+use crate::api::{ApiError, DeviceApi, GemmCall, LaunchArg};
+
+/// A [`KernelLayout`] passed by value to a kernel.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct LayoutArg(KernelLayout);
+
+// SAFETY: `KernelLayout` is `repr(C)` plain data (ints), the struct the kernels declare.
+unsafe impl DeviceRepr for LayoutArg {}
+
+/// One argument's value, owned until the launch has read it.
+enum Value {
+    Ptr(u64),
+    Layout(LayoutArg),
+    I64(i64),
+    I32(i32),
+    F64(f64),
+}
+
+/// One GPU: its context, its stream, cuBLAS on that stream, and the compiled kernels.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    sm_count: u32,
+    compiler: Compiler,
+    functions: Mutex<HashMap<KernelSpec, CudaFunction>>,
+}
+
+// SAFETY: the cuBLAS handle is only used with the device's one stream; calls are serialised
+// by the stream's order, and cuBLAS handles may be used from any thread.
+unsafe impl Send for CudaDevice {}
+unsafe impl Sync for CudaDevice {}
+
+fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> ApiError + '_ {
+    move |e| ApiError(format!("{what}: {e:?}"))
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`: a context, a stream, cuBLAS, the caching memory pool. Call
+    /// [`crate::check`] first: it is what makes a missing library an error instead of
+    /// cudarc's panic.
+    pub fn open(ordinal: usize) -> Result<CudaDevice, ApiError> {
+        let ctx = CudaContext::new(ordinal).map_err(driver_err("creating a CUDA context"))?;
+        // SAFETY: called before any allocation or stream of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| ApiError(format!("starting cuBLAS: {e:?}")))?;
+        let sm_count = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(driver_err("reading the SM count"))? as u32;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_err("reading the compute capability"))?;
+        let mut driver = 0;
+        // SAFETY: out-parameters of plain driver queries on an initialised driver.
+        unsafe {
+            cu::cuDriverGetVersion(&mut driver);
+            let mut dev = 0;
+            let mut pool = std::ptr::null_mut();
+            if cu::cuDeviceGet(&mut dev, ordinal as i32) == cu::CUresult::CUDA_SUCCESS
+                && cu::cuDeviceGetDefaultMemPool(&mut pool, dev) == cu::CUresult::CUDA_SUCCESS
+            {
+                let mut keep: u64 = u64::MAX;
+                cu::cuMemPoolSetAttribute(
+                    pool,
+                    cu::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut keep as *mut u64 as *mut std::ffi::c_void,
+                );
+            }
+        }
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            blas,
+            sm_count,
+            compiler: Compiler::new(major, minor, driver),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The architecture kernels are compiled for (`sm_90` on an H100/H200).
+    pub fn arch(&self) -> &str {
+        self.compiler.arch()
+    }
+
+    /// The loaded function of `spec`: from memory, else from the disk cache or NVRTC.
+    fn function(&self, spec: &KernelSpec) -> Result<CudaFunction, ApiError> {
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(spec) {
+            return Ok(f.clone());
+        }
+        let cubin = self.compiler.cubin(spec)?;
+        let module = self
+            .ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(driver_err(&format!("loading {}", spec.entry_name())))?;
+        let f = module
+            .load_function(&spec.entry_name())
+            .map_err(driver_err(&format!("finding {}", spec.entry_name())))?;
+        map.insert(*spec, f.clone());
+        Ok(f)
+    }
+
+    fn ptr(&self, mem: &CudaSlice<u8>, offset: usize) -> u64 {
+        let (p, _sync) = mem.device_ptr(&self.stream);
+        p + offset as u64
+    }
+}
+
+impl DeviceApi for CudaDevice {
+    type Mem = CudaSlice<u8>;
+
+    fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>, ApiError> {
+        // SAFETY: every kernel writes all of its output before anything reads it.
+        unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(driver_err(&format!("allocating {bytes} bytes")))
+    }
+
+    fn alloc_zeroed(&self, bytes: usize) -> Result<CudaSlice<u8>, ApiError> {
+        self.stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(driver_err(&format!("allocating {bytes} zeroed bytes")))
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>, ApiError> {
+        self.stream
+            .clone_htod(bytes)
+            .map_err(driver_err(&format!("copying {} bytes to the device", bytes.len())))
+    }
+
+    fn download(&self, mem: &CudaSlice<u8>, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+        let out = self
+            .stream
+            .clone_dtoh(&mem.slice(offset..offset + len))
+            .map_err(driver_err(&format!("copying {len} bytes from the device")))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    fn zero(&self, mem: &CudaSlice<u8>) -> Result<(), ApiError> {
+        let p = self.ptr(mem, 0);
+        // SAFETY: `p` addresses `mem.len()` bytes of live device memory of this context.
+        unsafe { cudarc::driver::result::memset_d8_async(p, 0, mem.len(), self.stream.cu_stream()) }
+            .map_err(driver_err("clearing device memory"))
+    }
+
+    fn launch(
+        &self,
+        spec: &KernelSpec,
+        dims: LaunchDims,
+        args: &[LaunchArg<'_, CudaSlice<u8>>],
+    ) -> Result<(), ApiError> {
+        let f = self.function(spec)?;
+        let values: Vec<Value> = args
+            .iter()
+            .map(|a| match a {
+                LaunchArg::Ptr(m, off) => Value::Ptr(self.ptr(m, *off)),
+                LaunchArg::Null => Value::Ptr(0),
+                LaunchArg::Layout(l) => Value::Layout(LayoutArg(*l)),
+                LaunchArg::I64(v) => Value::I64(*v),
+                LaunchArg::I32(v) => Value::I32(*v),
+                LaunchArg::F64(v) => Value::F64(*v),
+            })
+            .collect();
+        let mut b = self.stream.launch_builder(&f);
+        for v in &values {
+            match v {
+                Value::Ptr(p) => b.arg(p),
+                Value::Layout(l) => b.arg(l),
+                Value::I64(x) => b.arg(x),
+                Value::I32(x) => b.arg(x),
+                Value::F64(x) => b.arg(x),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (dims.grid, 1, 1),
+            block_dim: (dims.block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments follow the entry point's generated parameter list (the backend
+        // binds them by name from `spec.params()`), and every buffer outlives the launch in
+        // stream order (frees are queued on the same stream).
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(driver_err(&format!("launching {}", spec.entry_name())))
+    }
+
+    fn gemm(&self, call: &GemmCall<'_, CudaSlice<u8>>) -> Result<(), ApiError> {
+        use blas_sys::cublasComputeType_t as Compute;
+        use blas_sys::cudaDataType as T;
+        let (ty, compute) = match call.dtype {
+            DType::F32 => (T::CUDA_R_32F, Compute::CUBLAS_COMPUTE_32F),
+            DType::F64 => (T::CUDA_R_64F, Compute::CUBLAS_COMPUTE_64F),
+            DType::F16 => (T::CUDA_R_16F, Compute::CUBLAS_COMPUTE_32F),
+            DType::BF16 => (T::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F),
+            other => return Err(ApiError(format!("cuBLAS has no {other} GEMM"))),
+        };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // alpha and beta are in the compute type.
+        let (one32, zero32, one64, zero64) = (1f32, 0f32, 1f64, 0f64);
+        let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) = if call.dtype == DType::F64 {
+            (&one64 as *const f64 as _, &zero64 as *const f64 as _)
+        } else {
+            (&one32 as *const f32 as _, &zero32 as *const f32 as _)
+        };
+        let a = self.ptr(call.a.mem, call.a.offset);
+        let b = self.ptr(call.b.mem, call.b.offset);
+        let c = self.ptr(call.c, 0);
+        // SAFETY: the backend sized every operand for these dimensions, leading dimensions and
+        // strides (see `backend::matmul`), and the handle runs on this device's stream.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                op(call.a.transpose),
+                op(call.b.transpose),
+                call.m as i32,
+                call.n as i32,
+                call.k as i32,
+                alpha,
+                a as *const std::ffi::c_void,
+                ty,
+                call.a.ld as i32,
+                call.a.batch_stride,
+                b as *const std::ffi::c_void,
+                ty,
+                call.b.ld as i32,
+                call.b.batch_stride,
+                beta,
+                c as *mut std::ffi::c_void,
+                ty,
+                call.ldc as i32,
+                call.c_stride,
+                call.batch as i32,
+                compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| ApiError(format!("cublasGemmStridedBatchedEx: {e:?}")))
+    }
+
+    fn synchronize(&self) -> Result<(), ApiError> {
+        self.stream
+            .synchronize()
+            .map_err(driver_err("synchronising the stream"))
+    }
+}

@@ -1,0 +1,163 @@
+//! A [`DeviceApi`] whose "GPU" is the kernels' C++ emulator (`kernels/tests/emulate`): memory
+//! is host bytes, every launch runs the generated kernel's source on the CPU, and the GEMM is
+//! a plain loop with cuBLAS's column-major semantics. With it, everything the CUDA backend
+//! decides runs here, without a GPU.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nabla_core::{DType, Device};
+use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, LaunchArg};
+use nabla_kernels::launch::LaunchDims;
+use nabla_kernels::{ArgType, KernelSpec};
+
+#[path = "../../../kernels/tests/emulate/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+/// Emulated device memory.
+#[derive(Debug)]
+pub struct HostMem(Mutex<Vec<u8>>);
+
+impl HostMem {
+    fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The emulated GPU (two "SMs", so that launch sizes stay small and split reductions happen
+/// at small sizes).
+pub struct EmulatedGpu {
+    /// Launches made, for tests that count them.
+    pub launches: Mutex<Vec<String>>,
+}
+
+impl DeviceApi for EmulatedGpu {
+    type Mem = HostMem;
+
+    fn ordinal(&self) -> usize {
+        0
+    }
+
+    fn sm_count(&self) -> u32 {
+        2
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<HostMem, ApiError> {
+        // Not zero: a kernel that forgets to write its output shows up.
+        Ok(HostMem(Mutex::new(vec![0xA5; bytes])))
+    }
+
+    fn alloc_zeroed(&self, bytes: usize) -> Result<HostMem, ApiError> {
+        Ok(HostMem(Mutex::new(vec![0; bytes])))
+    }
+
+    fn upload(&self, bytes: &[u8]) -> Result<HostMem, ApiError> {
+        Ok(HostMem(Mutex::new(bytes.to_vec())))
+    }
+
+    fn download(&self, mem: &HostMem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+        Ok(mem.bytes()[offset..offset + len].to_vec())
+    }
+
+    fn zero(&self, mem: &HostMem) -> Result<(), ApiError> {
+        mem.bytes().fill(0);
+        Ok(())
+    }
+
+    fn launch(&self, spec: &KernelSpec, dims: LaunchDims, args: &[LaunchArg<'_, HostMem>]) -> Result<(), ApiError> {
+        self.launches.lock().unwrap().push(spec.entry_name());
+        let params = spec.params();
+        let hargs: Vec<harness::Arg> = args
+            .iter()
+            .map(|a| match a {
+                LaunchArg::Ptr(m, off) => harness::Arg::Buf(m.bytes()[*off..].to_vec()),
+                LaunchArg::Null => harness::Arg::Null,
+                LaunchArg::Layout(l) => harness::Arg::layout(l),
+                LaunchArg::I64(v) => harness::Arg::i64(*v),
+                LaunchArg::I32(v) => harness::Arg::i32(*v),
+                LaunchArg::F64(v) => harness::Arg::f64(*v),
+            })
+            .collect();
+        let outs = harness::run(spec, dims.grid, dims.block, hargs);
+        for ((p, a), out) in params.iter().zip(args).zip(outs) {
+            let writes = matches!(
+                p.ty,
+                ArgType::Out(_) | ArgType::InOut(_) | ArgType::AccOut(_) | ArgType::ErrorRecord
+            );
+            if let (true, LaunchArg::Ptr(m, off), Some(bytes)) = (writes, a, out) {
+                let mut dst = m.bytes();
+                let end = *off + bytes.len();
+                dst[*off..end].copy_from_slice(&bytes);
+            }
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, c: &GemmCall<'_, HostMem>) -> Result<(), ApiError> {
+        let size = c.dtype.size_in_bytes();
+        let read = |m: &HostMem| decode(c.dtype, &m.bytes());
+        let (a, b) = (read(c.a.mem), read(c.b.mem));
+        let mut out = vec![0f64; (c.c_stride * (c.batch - 1) + c.ldc * c.n) as usize];
+        // Element (i, j) of op(X) for a column-major X with leading dimension ld.
+        let at = |x: &[f64], o: &nabla_cuda::GemmOperand<'_, HostMem>, batch: i64, i: i64, j: i64| {
+            let base = (o.offset / size) as i64 + batch * o.batch_stride;
+            let (r, col) = if o.transpose { (j, i) } else { (i, j) };
+            x[(base + r + col * o.ld) as usize]
+        };
+        for bt in 0..c.batch {
+            for i in 0..c.m {
+                for j in 0..c.n {
+                    let mut acc = 0f64;
+                    for l in 0..c.k {
+                        acc += at(&a, &c.a, bt, i, l) * at(&b, &c.b, bt, l, j);
+                    }
+                    out[(bt * c.c_stride + i + j * c.ldc) as usize] = acc;
+                }
+            }
+        }
+        let bytes = encode(c.dtype, &out);
+        let mut dst = c.c.bytes();
+        dst[..bytes.len()].copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+fn decode(d: DType, bytes: &[u8]) -> Vec<f64> {
+    let whole = &bytes[..bytes.len() / d.size_in_bytes() * d.size_in_bytes()];
+    let buf = nabla_core::storage::CpuBuffer::from_le_bytes(d, whole).unwrap();
+    let t = nabla_core::Tensor::from_raw(nabla_core::storage::RawTensor::from_cpu(
+        buf,
+        &[whole.len() / d.size_in_bytes()],
+    ));
+    t.to_vec::<f64>()
+}
+
+fn encode(d: DType, v: &[f64]) -> Vec<u8> {
+    nabla_core::Tensor::from_vec(v.to_vec(), &[v.len()])
+        .cast(d)
+        .to_host_buffer()
+        .to_le_bytes()
+}
+
+/// True when the emulator can be built here (a C++ compiler); the tests say so when not.
+pub fn available() -> bool {
+    harness::available()
+}
+
+/// The emulated backend, registered for `Device::Cuda(0)` once per test process.
+pub fn emulated_backend() -> Arc<CudaBackend<EmulatedGpu>> {
+    static BE: OnceLock<Arc<CudaBackend<EmulatedGpu>>> = OnceLock::new();
+    BE.get_or_init(|| {
+        let gpu = Arc::new(EmulatedGpu {
+            launches: Mutex::new(Vec::new()),
+        });
+        let be = Arc::new(CudaBackend::new(gpu).unwrap());
+        nabla_core::register_backend(Device::Cuda(0), be.clone());
+        be
+    })
+    .clone()
+}

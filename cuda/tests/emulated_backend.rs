@@ -1,0 +1,230 @@
+//! The CUDA backend on the emulated GPU: every fixture op, its VJP and its JVP computed on
+//! `Device::Cuda(0)` must match the CPU backend. The kernels run through the C++ emulator
+//! (`kernels/tests/emulate`), so this checks, without a GPU, every choice the backend makes:
+//! kernel, variant, arguments, layouts, launch sizes, split reductions and the cuBLAS call.
+
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+#[path = "emulated/device.rs"]
+mod device;
+
+use nabla_core as nb;
+use nb::{DType, Device, Tensor};
+
+const GPU: Device = Device::Cuda(0);
+
+fn on_gpu(xs: &[Tensor]) -> Vec<Tensor> {
+    xs.iter().map(|t| t.to_device(GPU).unwrap()).collect()
+}
+
+/// `got` (from the device) against `want` (CPU): same shape and dtype, values within `rtol`.
+fn same(name: &str, what: &str, got: &[Tensor], want: &[Tensor]) -> Result<(), String> {
+    if got.len() != want.len() {
+        return Err(format!("{name}: {what}: {} results, want {}", got.len(), want.len()));
+    }
+    for (g, w) in got.iter().zip(want) {
+        if g.device() != GPU {
+            return Err(format!("{name}: {what}: the result is on {}, not {GPU}", g.device()));
+        }
+        let g = g.to_device(Device::Cpu).unwrap();
+        if g.dtype() != w.dtype() || g.shape() != w.shape() {
+            return Err(format!(
+                "{name}: {what}: got {:?} {}, want {:?} {}",
+                g.shape(),
+                g.dtype(),
+                w.shape(),
+                w.dtype()
+            ));
+        }
+        let (gv, wv) = (g.to_vec::<f64>(), w.to_vec::<f64>());
+        for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
+            let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-12 + 1e-10 * b.abs();
+            if !ok {
+                return Err(format!("{name}: {what}: element {i}: got {a}, want {b}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn message(e: Box<dyn std::any::Any + Send>) -> String {
+    e.downcast::<String>()
+        .map(|s| *s)
+        .or_else(|e| e.downcast::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_fixture_op_and_its_derivatives_match_the_cpu_on_the_emulated_gpu() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    device::emulated_backend();
+    let mut failures: Vec<String> = Vec::new();
+    let mut checked = 0;
+    for c in common::load_cases() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+            let want = common::apply(&c.op, &c.params, &c.inputs);
+            let got = common::apply(&c.op, &c.params, &on_gpu(&c.inputs));
+            same(&c.name, "output", &got, &want)?;
+            let fidx = common::float_inputs(&c.inputs);
+            if fidx.is_empty() {
+                return Ok(());
+            }
+            let gpu_inputs = on_gpu(&c.inputs);
+            let f_cpu = common::of_floats(&c.op, &c.params, &c.inputs);
+            let f_gpu = common::of_floats(&c.op, &c.params, &gpu_inputs);
+            let p_cpu: Vec<Tensor> = fidx.iter().map(|&i| c.inputs[i].clone()).collect();
+            let p_gpu = on_gpu(&p_cpu);
+            if let Some(v) = c.raw.get("vjp").filter(|v| !v.is_null()) {
+                let cts: Vec<Tensor> = match v.get("cotangents") {
+                    Some(list) => list.as_array().unwrap().iter().map(common::tensor_from).collect(),
+                    None => vec![common::tensor_from(&v["cotangent"])],
+                };
+                let want = nb::vjp_many(&f_cpu, &p_cpu).1.call(&cts);
+                let got = nb::vjp_many(&f_gpu, &p_gpu).1.call(&on_gpu(&cts));
+                same(&c.name, "vjp", &got, &want)?;
+            }
+            if let Some(j) = c.raw.get("jvp").filter(|v| !v.is_null()) {
+                let ts: Vec<Tensor> = fidx.iter().map(|&i| common::tensor_from(&j["tangents"][i])).collect();
+                let (_, want) = nb::jvp_many(&f_cpu, &p_cpu, &ts);
+                let (_, got) = nb::jvp_many(&f_gpu, &p_gpu, &on_gpu(&ts));
+                same(&c.name, "jvp", &got, &want)?;
+            }
+            Ok(())
+        }));
+        match result {
+            Ok(Ok(())) => checked += 1,
+            Ok(Err(e)) => failures.push(e),
+            Err(p) => failures.push(format!("{}: panicked: {}", c.name, message(p))),
+        }
+    }
+    println!("emulated GPU: {checked} cases match the CPU");
+    for f in &failures {
+        println!("  FAIL {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases differ on the emulated GPU (listed above)",
+        failures.len()
+    );
+    assert!(checked > 300, "only {checked} cases");
+}
+
+/// `f` on the CPU and on the emulated GPU, compared.
+fn check_both(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Vec<Tensor>) {
+    let want = f(inputs);
+    let got = f(&on_gpu(inputs));
+    same(name, "result", &got, &want).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn split_reductions_views_matmul_layouts_and_halves_match_the_cpu() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    device::emulated_backend();
+    let mut rng = nb::Rng::new(3);
+    // 20000 elements into one output: a partial pass and a finishing pass (two "SMs").
+    let big = rng.normal(&[20000], 0.0, 1.0, DType::F64);
+    check_both("split sum", &[big], |x| {
+        vec![x[0].sum_all(), x[0].max_all(), x[0].argmax(Some(0), false)]
+    });
+    let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
+    assert!(
+        launched.iter().any(|k| k == "nb_reduce_sum_f64_partial"),
+        "no split reduction ran"
+    );
+    assert!(launched.iter().any(|k| k == "nb_reduce_sum_f64_finish"));
+    let wide = rng.normal(&[3, 9000], 0.0, 1.0, DType::F64);
+    check_both("split row sums", &[wide], |x| {
+        vec![x[0].sum(1, true), x[0].min(1, false)]
+    });
+    // Matmul: plain, a transposed operand (cuBLAS op T), batched, a broadcast batch, a row
+    // slice (leading dimension larger than the width), and a view that needs a copy.
+    let a = rng.normal(&[4, 6], 0.0, 1.0, DType::F64);
+    let b = rng.normal(&[6, 5], 0.0, 1.0, DType::F64);
+    let bt = rng.normal(&[5, 6], 0.0, 1.0, DType::F64);
+    let ab = rng.normal(&[3, 4, 6], 0.0, 1.0, DType::F64);
+    check_both("matmul", &[a.clone(), b.clone(), bt, ab], |x| {
+        vec![
+            x[0].matmul(&x[1]),
+            x[0].matmul(&x[2].transpose()),
+            x[2].transpose().transpose().matmul(&x[0].transpose()),
+            x[3].matmul(&x[1]),
+            x[0].slice_axis(1, Some(1), Some(5), 1)
+                .matmul(&x[1].slice_axis(0, Some(0), Some(4), 1)),
+            x[0].slice_axis(1, Some(0), None, 2)
+                .matmul(&x[1].slice_axis(0, Some(0), None, 2)),
+        ]
+    });
+    // bf16 and f16: kernels compute in float, cuBLAS accumulates in f32; compared to the CPU
+    // (which also computes in f32 and rounds once) they agree within a unit of the last place
+    // at most, so compare after rounding both to f32 within bf16's precision.
+    for half in [DType::BF16, DType::F16] {
+        let x = rng.normal(&[8, 16], 0.0, 1.0, DType::F32).cast(half);
+        let w = rng.normal(&[16, 4], 0.0, 0.3, DType::F32).cast(half);
+        let f = |t: &[Tensor]| vec![(t[0].matmul(&t[1]).tanh() * 2.0).sum(0, false), t[0].exp().mean_all()];
+        let want = f(&[x.clone(), w.clone()]);
+        let got = f(&on_gpu(&[x, w]));
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.dtype(), half);
+            let (g, w) = (g.to_device(Device::Cpu).unwrap().to_vec::<f64>(), w.to_vec::<f64>());
+            for (a, b) in g.iter().zip(&w) {
+                assert!(
+                    (a - b).abs() <= 2.0 * 2f64.powi(-8) * b.abs().max(1.0),
+                    "{half}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_training_step_on_the_emulated_gpu_gives_the_cpu_gradients() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    device::emulated_backend();
+    let mut rng = nb::Rng::new(5);
+    let params = vec![
+        rng.normal(&[10, 16], 0.0, 0.3, DType::F64),
+        Tensor::zeros(&[16], DType::F64),
+        rng.normal(&[16, 3], 0.0, 0.3, DType::F64),
+    ];
+    let x = rng.normal(&[12, 10], 0.0, 1.0, DType::F64);
+    let labels = Tensor::from_vec((0..12).map(|i| i % 3).collect::<Vec<i64>>(), &[12]);
+    let step = |p: &Vec<Tensor>, x: &Tensor, y: &Tensor| {
+        nb::value_and_grad(|p: &Vec<Tensor>| {
+            let h = (x.matmul(&p[0]) + &p[1]).relu();
+            nb::cross_entropy(&h.matmul(&p[2]), y)
+        })(p)
+    };
+    let (loss_cpu, g_cpu) = step(&params, &x, &labels);
+    let gp = on_gpu(&params);
+    let (loss_gpu, g_gpu) = step(&gp, &x.to_device(GPU).unwrap(), &labels.to_device(GPU).unwrap());
+    same("mlp loss", "loss", &[loss_gpu], &[loss_cpu]).unwrap();
+    same("mlp grads", "grads", &g_gpu, &g_cpu).unwrap();
+}
+
+#[test]
+fn device_errors_surface_at_the_next_read_naming_the_value() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    device::emulated_backend();
+    let a = Tensor::from_vec(vec![7i64, 8, 9], &[3]).to_device(GPU).unwrap();
+    let b = Tensor::from_vec(vec![1i64, 0, 3], &[3]).to_device(GPU).unwrap();
+    // The kernel only records the error; the read (a synchronisation) reports it.
+    let q = &a / &b;
+    let msg = common::panic_message(|| {
+        let _ = q.to_vec::<i64>();
+    });
+    assert!(msg.contains("division by zero") && msg.contains("cuda:0"), "{msg}");
+    // The record is cleared: the next read is clean.
+    assert_eq!((&a / &a).to_vec::<i64>(), vec![1, 1, 1]);
+}
