@@ -2,6 +2,8 @@
 //! `Device::Cuda(0)` must match the CPU backend. The kernels run through the C++ emulator
 //! (`kernels/tests/emulate`), so this checks, without a GPU, every choice the backend makes:
 //! kernel, variant, arguments, layouts, launch sizes, split reductions and the cuBLAS call.
+//!
+//! `ci/gpu-check` runs this same test binary on a real GPU with `NABLA_GPU_CHECK=1`.
 
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
@@ -60,7 +62,7 @@ fn every_fixture_op_and_its_derivatives_match_the_cpu_on_the_emulated_gpu() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::emulated_backend();
+    device::setup();
     let mut failures: Vec<String> = Vec::new();
     let mut checked = 0;
     for c in common::load_cases() {
@@ -125,7 +127,7 @@ fn split_reductions_views_matmul_layouts_and_halves_match_the_cpu() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::emulated_backend();
+    device::setup();
     let mut rng = nb::Rng::new(3);
     // 20000 elements into one output: a partial pass and a finishing pass (two "SMs").
     let big = rng.normal(&[20000], 0.0, 1.0, DType::F64);
@@ -188,7 +190,7 @@ fn a_training_step_on_the_emulated_gpu_gives_the_cpu_gradients() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::emulated_backend();
+    device::setup();
     let mut rng = nb::Rng::new(5);
     let params = vec![
         rng.normal(&[10, 16], 0.0, 0.3, DType::F64),
@@ -208,6 +210,15 @@ fn a_training_step_on_the_emulated_gpu_gives_the_cpu_gradients() {
     let (loss_gpu, g_gpu) = step(&gp, &x.to_device(GPU).unwrap(), &labels.to_device(GPU).unwrap());
     same("mlp loss", "loss", &[loss_gpu], &[loss_cpu]).unwrap();
     same("mlp grads", "grads", &g_gpu, &g_cpu).unwrap();
+    // The same step recorded once with jit and replayed on the device for a new batch.
+    let jitted = nb::Jit::new(|(p, x, y): &(Vec<Tensor>, Tensor, Tensor)| step(p, x, y));
+    let x2 = rng.normal(&[12, 10], 0.0, 1.0, DType::F64);
+    for xb in [&x, &x2] {
+        let (l_cpu, g_cpu) = step(&params, xb, &labels);
+        let (l_gpu, g_gpu) = jitted.call(&(gp.clone(), xb.to_device(GPU).unwrap(), labels.to_device(GPU).unwrap()));
+        same("jitted mlp", "loss", &[l_gpu], &[l_cpu]).unwrap();
+        same("jitted mlp", "grads", &g_gpu, &g_cpu).unwrap();
+    }
 }
 
 #[test]
@@ -216,7 +227,7 @@ fn device_errors_surface_at_the_next_read_naming_the_value() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::emulated_backend();
+    device::setup();
     let a = Tensor::from_vec(vec![7i64, 8, 9], &[3]).to_device(GPU).unwrap();
     let b = Tensor::from_vec(vec![1i64, 0, 3], &[3]).to_device(GPU).unwrap();
     // The kernel only records the error; the read (a synchronisation) reports it.

@@ -16,6 +16,16 @@ pub enum Api {
     Backward,
 }
 
+/// Where tensors live and ops run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceName {
+    /// The CPU backend.
+    Cpu,
+    /// The GPU numbered LOCAL_RANK (0 without a launcher), through the CUDA backend (a build
+    /// with `--features cuda`).
+    Cuda,
+}
+
 /// The optimizer to train with.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum OptimizerName {
@@ -91,6 +101,9 @@ pub struct Args {
     /// Print the global mean loss of every step (rank 0), for comparing runs.
     #[arg(long)]
     pub print_losses: bool,
+    /// Device to train on: the data stays on the host and each batch is copied over.
+    #[arg(long, value_enum, default_value_t = DeviceName::Cpu)]
+    pub device: DeviceName,
 }
 
 /// Parses a whole number of at least 1 (clap adds the flag and the value to the message).

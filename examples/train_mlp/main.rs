@@ -13,7 +13,7 @@ mod checks;
 
 use std::time::Instant;
 
-use args::{Api, Args, OptimizerName};
+use args::{Api, Args, DeviceName, OptimizerName};
 use checks::SetupError;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -21,7 +21,7 @@ use nabla as nb;
 use nb::nn::checkpoint::{self, Checkpoint};
 use nb::nn::data::Dataset;
 use nb::nn::{Activation, Adam, Mlp, OptState, Optimizer, Sgd, accuracy, digest};
-use nb::{DType, Rng, Tensor, Tree};
+use nb::{DType, Device, Rng, Tensor, Tree};
 
 fn optimizer(name: OptimizerName) -> Optimizer {
     let sgd = |momentum: f64, nesterov: bool| {
@@ -88,6 +88,30 @@ fn main() {
     }
 }
 
+/// The device `--device` names, opened (for CUDA: the GPU numbered LOCAL_RANK, registered as
+/// `Device::Cuda(n)`), or why it cannot be used.
+fn open_device(name: DeviceName) -> Result<Device, String> {
+    match name {
+        DeviceName::Cpu => Ok(Device::Cpu),
+        DeviceName::Cuda => open_cuda(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Device, String> {
+    let ordinal = std::env::var("LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    nb::cuda::init(ordinal).map_err(|e| format!("--device cuda: {e}"))?;
+    Ok(Device::Cuda(ordinal))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Device, String> {
+    Err("--device cuda: this build has no CUDA backend; build with `--features cuda`".into())
+}
+
 /// Prints `line` to stderr in one write, so that the lines of ranks sharing a terminal (under
 /// `mpirun`) do not interleave.
 fn report(line: String) {
@@ -105,6 +129,7 @@ struct Start {
     train: Dataset,
     test: Dataset,
     widths: Vec<usize>,
+    device: Device,
     model: Mlp,
     state: OptState<Mlp>,
     step: u64,
@@ -116,6 +141,7 @@ struct Start {
 /// written. Runs no collective.
 fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupError> {
     let world = group.world_size();
+    let device = open_device(args.device).map_err(SetupError::on_this_rank)?;
     let (train, test) = match &args.data {
         Some(dir) => {
             Dataset::mnist(dir).map_err(|e| SetupError::on_this_rank(format!("--data {}: {e}", dir.display())))?
@@ -150,6 +176,10 @@ fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupEr
         step = ckpt.step;
         rng = Rng::from_state(ckpt.rng_state.0, ckpt.rng_state.1);
     }
+    // Parameters and optimizer state live on the device; checkpoints read them back.
+    let to_device = |t: &Tensor| t.to_device(device).expect("the device was opened above");
+    let model = model.map_leaves(to_device);
+    let state = state.map_leaves(to_device);
     // Only rank 0 writes checkpoints. Checked after resuming, so that a file that cannot be
     // resumed from is reported as such.
     if let (Some(path), true) = (&args.checkpoint, group.is_main()) {
@@ -159,6 +189,7 @@ fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupEr
         train,
         test,
         widths,
+        device,
         model,
         state,
         step,
@@ -173,6 +204,7 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
         train,
         test,
         widths,
+        device,
         model,
         mut state,
         mut step,
@@ -197,6 +229,7 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
     let value_and_grad =
         |(m, x, y): &(Mlp, Tensor, Tensor)| nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(m);
     let value_and_grad_jit = nb::Jit::new(value_and_grad);
+    let (test_x, test_y) = (test.x.to_device(device)?, test.y.to_device(device)?);
     let started = Instant::now();
     let mut last_loss = f64::NAN;
     let mut seen = 0usize;
@@ -218,6 +251,7 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
             }
             let shard = nb::dist::Shard::of(batch.y.numel(), rank, world);
             let (x, y) = (rows(&batch.x, shard.range()), rows(&batch.y, shard.range()));
+            let (x, y) = (x.to_device(device)?, y.to_device(device)?);
             let (loss, grads) = match args.api {
                 Api::Functional => {
                     let inputs = (model.clone(), x, y);
@@ -266,7 +300,7 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
             bar.set_message(format!("loss {last_loss:.4}  {rate:.0} examples/s"));
             bar.inc(1);
         }
-        let test_acc = accuracy(&model.forward(&test.x), &test.y);
+        let test_acc = accuracy(&model.forward(&test_x), &test_y);
         bar.suspend(|| {
             if !args.json && main_rank {
                 println!(
@@ -299,7 +333,7 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let test_accuracy = accuracy(&model.forward(&test.x), &test.y);
+    let test_accuracy = accuracy(&model.forward(&test_x), &test_y);
     let checksum = digest::digest_hex(&model.leaves());
     if args.json {
         let line = serde_json::json!({

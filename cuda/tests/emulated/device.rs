@@ -143,9 +143,30 @@ fn encode(d: DType, v: &[f64]) -> Vec<u8> {
         .to_le_bytes()
 }
 
-/// True when the emulator can be built here (a C++ compiler); the tests say so when not.
+/// True when `ci/gpu-check` runs these tests on a real GPU (`NABLA_GPU_CHECK=1`) instead of
+/// the emulator.
+pub fn real_gpu() -> bool {
+    std::env::var("NABLA_GPU_CHECK").is_ok_and(|v| v == "1")
+}
+
+/// True when the device under test can run: the real GPU when asked for (its absence is then a
+/// failure, not a skip), else the emulator (a C++ compiler is needed; the tests say so when
+/// there is none).
 pub fn available() -> bool {
-    harness::available()
+    real_gpu() || harness::available()
+}
+
+/// Makes `Device::Cuda(0)` the device under test: the real GPU through `nabla_cuda::init` under
+/// `ci/gpu-check`, the emulated one otherwise.
+pub fn setup() {
+    static REAL: OnceLock<()> = OnceLock::new();
+    if real_gpu() {
+        REAL.get_or_init(|| {
+            nabla_cuda::init(0).unwrap_or_else(|e| panic!("NABLA_GPU_CHECK=1 but the GPU cannot be used: {e}"));
+        });
+    } else {
+        emulated_backend();
+    }
 }
 
 /// The emulated backend, registered for `Device::Cuda(0)` once per test process.

@@ -1,0 +1,65 @@
+"""PyTorch's side of ci/gpu-check's benchmark: the cases of cuda/examples/gpu_bench.rs on the
+same GPU, one JSON line each (median milliseconds, synchronised around every call)."""
+import json
+import time
+
+import torch
+
+
+def median_ms(fn, warm, runs):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return times[runs // 2]
+
+
+def row(case, ms):
+    print(json.dumps({"case": case, "system": "torch eager", "ms": round(ms, 5)}))
+
+
+def main():
+    dev = torch.device("cuda:0")
+    torch.manual_seed(0)
+
+    def layer(i, o):
+        w = (torch.randn(i, o, device=dev) / i ** 0.5).requires_grad_()
+        return w, torch.zeros(o, device=dev, requires_grad=True)
+
+    params = [layer(784, 512), layer(512, 512), layer(512, 10)]
+    flat = [t for p in params for t in p]
+    for batch in (128, 4096):
+        x = torch.randn(batch, 784, device=dev)
+        labels = torch.tensor([(i * 7) % 10 for i in range(batch)], device=dev)
+        y = torch.nn.functional.one_hot(labels, 10).float()
+
+        def step():
+            (w1, b1), (w2, b2), (w3, b3) = params
+            h = torch.tanh(x @ w1 + b1)
+            h = torch.relu(h @ w2 + b2)
+            logp = torch.log_softmax(h @ w3 + b3, dim=-1)
+            loss = -(y * logp).sum(-1).mean()
+            return loss, torch.autograd.grad(loss, flat)
+
+        row(f"mlp_step_b{batch}", median_ms(step, 5, 50))
+    n = 1 << 28
+    a = torch.ones(n, device=dev)
+    b = torch.full((n,), 2.0, device=dev)
+    row("add_2^28", median_ms(lambda: a + b, 3, 20))
+    row("neg_2^28", median_ms(lambda: -a, 3, 20))
+    row("copy_2^28", median_ms(lambda: a.clone(), 3, 20))
+    # PyTorch's default matmul precision in f32 is full f32 (no TF32), as ours.
+    for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
+        x = torch.randn(8192, 8192, device=dev).to(dtype)
+        w = torch.randn(8192, 8192, device=dev).to(dtype)
+        row(f"matmul_8192_{name}", median_ms(lambda: x @ w, 2, 10))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The GPU check, run on the GPU machine from the folder ci/gpu-check built. Finds the CUDA
+# libraries and headers of the pip wheels PyTorch brings, then:
+#   1. every fixture op, VJP and JVP on the GPU against the CPU (the conformance test binary);
+#   2. train_mlp --device cuda to its accuracy;
+#   3. the benchmark against PyTorch on the same GPU, as one table.
+# Exit status: non-zero when a check fails (the table is printed either way).
+set -u
+cd "$(dirname "$0")"
+status=0
+nv=$(python3 -c 'import os, nvidia; print(os.path.dirname(list(nvidia.__path__)[0]) + "/nvidia")' 2>/dev/null || true)
+if [ -n "$nv" ] && [ -d "$nv" ]; then
+  libs=$(find "$nv" -maxdepth 3 -type d -name lib | tr '\n' ':')
+  export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
+  inc=$(dirname "$(find "$nv" -name cuda_fp16.h | head -1)" 2>/dev/null || true)
+  [ -n "$inc" ] && export NABLA_CUDA_INCLUDE="$inc"
+fi
+export NABLA_KERNEL_CACHE="${NABLA_KERNEL_CACHE:-$PWD/kernel-cache}"
+echo "== nvidia wheels: ${nv:-none}; headers: ${NABLA_CUDA_INCLUDE:-none}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+echo "== 1. conformance: every fixture op and derivative on cuda:0 against the CPU"
+if ! NABLA_GPU_CHECK=1 timeout 150 ./conformance --test-threads 1 --nocapture; then
+  echo "gpu-check: FAILED: conformance"; status=1
+fi
+
+echo "== 2. train_mlp --device cuda"
+if timeout 120 ./train_mlp --device cuda --quiet --json > train.json; then
+  cat train.json
+  python3 -c 'import json,sys; r=json.load(open("train.json")); a=r["test_accuracy"]; print("accuracy", a); sys.exit(0 if a >= 0.97 else 1)' \
+    || { echo "gpu-check: FAILED: train_mlp accuracy below 97 %"; status=1; }
+else
+  echo "gpu-check: FAILED: train_mlp --device cuda"; status=1
+fi
+
+echo "== 3. benchmark against PyTorch (same GPU, same call)"
+timeout 150 ./gpu_bench > ours.jsonl || { echo "gpu-check: FAILED: gpu_bench"; status=1; }
+timeout 120 python3 gpu_bench_torch.py > torch.jsonl || { echo "gpu-check: torch benchmark failed"; status=1; }
+python3 - <<'PY'
+import json
+rows = {}
+for path in ("ours.jsonl", "torch.jsonl"):
+    try:
+        for line in open(path):
+            line = line.strip()
+            if line.startswith("{"):
+                r = json.loads(line)
+                rows.setdefault(r["case"], {})[r["system"]] = r["ms"]
+    except FileNotFoundError:
+        pass
+def cell(v):
+    return "-" if v is None else f"{v:.3f}"
+print(f"| case | nabla-rs ms | nabla-rs jit ms | torch eager ms | best ours / torch |")
+print("|---|---|---|---|---|")
+for case in ["mlp_step_b128", "mlp_step_b4096", "add_2^28", "neg_2^28", "copy_2^28", "matmul_8192_f32", "matmul_8192_bf16"]:
+    r = rows.get(case, {})
+    ours = [v for k, v in r.items() if k.startswith("nabla")]
+    t = r.get("torch eager")
+    ratio = f"{min(ours) / t:.2f}" if ours and t else "-"
+    print(f"| {case} | {cell(r.get('nabla-rs'))} | {cell(r.get('nabla-rs jit'))} | {cell(t)} | {ratio} |")
+n = 1 << 28
+copy = rows.get("copy_2^28", {}).get("torch eager")
+add = rows.get("add_2^28", {}).get("nabla-rs")
+if copy and add:
+    copy_bw = 2 * 4 * n / (copy * 1e-3) / 1e9
+    add_bw = 3 * 4 * n / (add * 1e-3) / 1e9
+    print(f"copy bandwidth (torch clone) {copy_bw:.0f} GB/s; our add moves {add_bw:.0f} GB/s = {100 * add_bw / copy_bw:.0f} % of it (target 80 %)")
+for dt in ("f32", "bf16"):
+    r = rows.get(f"matmul_8192_{dt}", {})
+    if r.get("nabla-rs") and r.get("torch eager"):
+        tflops = 2 * 8192 ** 3 / (r["nabla-rs"] * 1e-3) / 1e12
+        print(f"matmul {dt}: {tflops:.1f} TFLOP/s, {r['torch eager'] / r['nabla-rs']:.2f}x torch's speed (target 0.9x)")
+PY
+echo "== NCCL: not built yet (issue 9); no all-reduce check"
+exit $status

@@ -1,0 +1,104 @@
+//! The GPU benchmark of `ci/gpu-check`: nabla-rs on `cuda:0`, one JSON line per case (median
+//! milliseconds), for `ci/gpu_bench_torch.py` to put next to PyTorch's numbers on the same GPU.
+//! Cases: `mlp_step` (784-512-512-10 tanh/relu/log-softmax MLP, value and gradients) at batch
+//! 128 and 4096, eager and under `nb::jit`; `add_2^28` and `neg_2^28` (f32 elementwise; the
+//! script compares their bandwidth with PyTorch's `clone`, the copy bandwidth); `matmul_8192`
+//! in f32 and bf16.
+
+use std::time::Instant;
+
+use nabla_core as nb;
+use nabla_cuda::DeviceApi;
+use nb::{DType, Device, Rng, Tensor};
+
+fn mlp_loss(params: &[(Tensor, Tensor); 3], x: &Tensor, y: &Tensor) -> Tensor {
+    let [(w1, b1), (w2, b2), (w3, b3)] = params;
+    let h = (x.matmul(w1) + b1).tanh();
+    let h = (h.matmul(w2) + b2).relu();
+    let logp = (h.matmul(w3) + b3).log_softmax(-1);
+    -(y * logp).sum(-1, false).mean_all()
+}
+
+fn main() {
+    let backend = match nabla_cuda::init(0) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("gpu_bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let sync = || backend.api().synchronize().expect("synchronise");
+    let gpu = Device::Cuda(0);
+    // Median of `runs` timed calls after `warm` untimed ones, synchronised around each.
+    let median_ms = |warm: usize, runs: usize, f: &mut dyn FnMut()| {
+        for _ in 0..warm {
+            f();
+        }
+        sync();
+        let mut t: Vec<f64> = (0..runs)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                sync();
+                s.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[runs / 2]
+    };
+    let row = |case: &str, system: &str, ms: f64| {
+        println!("{{\"case\": \"{case}\", \"system\": \"{system}\", \"ms\": {ms:.5}}}");
+    };
+    let mut rng = Rng::new(0);
+    let mut layer = |i: usize, o: usize| {
+        (
+            rng.normal(&[i, o], 0.0, 1.0 / (i as f64).sqrt(), DType::F32)
+                .to_device(gpu)
+                .unwrap(),
+            Tensor::zeros(&[o], DType::F32).to_device(gpu).unwrap(),
+        )
+    };
+    let params = [layer(784, 512), layer(512, 512), layer(512, 10)];
+    for batch in [128usize, 4096] {
+        let mut rng = Rng::new(1);
+        let x = rng.normal(&[batch, 784], 0.0, 1.0, DType::F32).to_device(gpu).unwrap();
+        let labels = Tensor::from_vec((0..batch).map(|i| (i * 7 % 10) as i64).collect(), &[batch]);
+        let y = nb::one_hot(&labels, 10, DType::F32).to_device(gpu).unwrap();
+        let vg = nb::value_and_grad(|p: &[(Tensor, Tensor); 3]| mlp_loss(p, &x, &y));
+        let vg_jit = nb::jit(&vg);
+        row(
+            &format!("mlp_step_b{batch}"),
+            "nabla-rs",
+            median_ms(5, 50, &mut || drop(vg(&params))),
+        );
+        row(
+            &format!("mlp_step_b{batch}"),
+            "nabla-rs jit",
+            median_ms(5, 50, &mut || drop(vg_jit(&params))),
+        );
+    }
+    let n = 1usize << 28;
+    let a = Tensor::full(&[n], 1.0, DType::F32).to_device(gpu).unwrap();
+    let b = Tensor::full(&[n], 2.0, DType::F32).to_device(gpu).unwrap();
+    row("add_2^28", "nabla-rs", median_ms(3, 20, &mut || drop(&a + &b)));
+    // A one-in, one-out kernel: the same traffic as a copy.
+    row("neg_2^28", "nabla-rs", median_ms(3, 20, &mut || drop(-&a)));
+    for dtype in [DType::F32, DType::BF16] {
+        let m = 8192;
+        let x = Rng::new(2)
+            .normal(&[m, m], 0.0, 1.0, DType::F32)
+            .cast(dtype)
+            .to_device(gpu)
+            .unwrap();
+        let w = Rng::new(3)
+            .normal(&[m, m], 0.0, 1.0, DType::F32)
+            .cast(dtype)
+            .to_device(gpu)
+            .unwrap();
+        row(
+            &format!("matmul_8192_{dtype}"),
+            "nabla-rs",
+            median_ms(2, 10, &mut || drop(x.matmul(&w))),
+        );
+    }
+}
