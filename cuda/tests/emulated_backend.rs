@@ -62,7 +62,7 @@ fn every_fixture_op_and_its_derivatives_match_the_cpu_on_the_emulated_gpu() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::setup();
+    let _one_at_a_time = device::setup();
     let mut failures: Vec<String> = Vec::new();
     let mut checked = 0;
     for c in common::load_cases() {
@@ -127,7 +127,7 @@ fn split_reductions_views_matmul_layouts_and_halves_match_the_cpu() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::setup();
+    let _one_at_a_time = device::setup();
     let mut rng = nb::Rng::new(3);
     // 20000 elements into one output: a partial pass and a finishing pass (two "SMs").
     let big = rng.normal(&[20000], 0.0, 1.0, DType::F64);
@@ -190,7 +190,7 @@ fn a_training_step_on_the_emulated_gpu_gives_the_cpu_gradients() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::setup();
+    let _one_at_a_time = device::setup();
     let mut rng = nb::Rng::new(5);
     let params = vec![
         rng.normal(&[10, 16], 0.0, 0.3, DType::F64),
@@ -227,7 +227,7 @@ fn device_errors_surface_at_the_next_read_naming_the_value() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
         return;
     }
-    device::setup();
+    let _one_at_a_time = device::setup();
     let a = Tensor::from_vec(vec![7i64, 8, 9], &[3]).to_device(GPU).unwrap();
     let b = Tensor::from_vec(vec![1i64, 0, 3], &[3]).to_device(GPU).unwrap();
     // The kernel only records the error; the read (a synchronisation) reports it.
@@ -238,4 +238,67 @@ fn device_errors_surface_at_the_next_read_naming_the_value() {
     assert!(msg.contains("division by zero") && msg.contains("cuda:0"), "{msg}");
     // The record is cleared: the next read is clean.
     assert_eq!((&a / &a).to_vec::<i64>(), vec![1, 1, 1]);
+}
+
+#[test]
+fn indices_are_checked_on_the_device_and_reported_at_the_next_read() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let x = Tensor::from_vec((0..15).map(|v| v as f64).collect(), &[5, 3])
+        .to_device(GPU)
+        .unwrap();
+    let good = Tensor::from_vec(vec![0i64, 4, -1], &[3]).to_device(GPU).unwrap();
+    let bad = Tensor::from_vec(vec![0i64, 7, -1], &[3]).to_device(GPU).unwrap();
+    let reads = || {
+        (!device::real_gpu()).then(|| {
+            device::emulated_backend()
+                .api()
+                .downloads
+                .load(std::sync::atomic::Ordering::SeqCst)
+        })
+    };
+    let before = reads();
+    let picked = x.take(&good, 0);
+    let _queued_after = x.take(&bad, 0);
+    // Neither take waited for the indices (no read from the device).
+    assert_eq!(reads(), before, "take read its indices back from the device");
+    // The first read reports the bad index of the take queued before it, whichever result it
+    // reads (as CUDA reports a kernel's fault at the next synchronisation).
+    let first = common::panic_message(|| {
+        let _ = picked.to_vec::<f64>();
+    });
+    assert!(first.contains("index 7 is out of range"), "{first}");
+    // The record is cleared: the good result reads clean now.
+    assert_eq!(
+        picked.to_vec::<f64>(),
+        vec![0.0, 1.0, 2.0, 12.0, 13.0, 14.0, 12.0, 13.0, 14.0]
+    );
+    let wrong = x.take(&bad, 0);
+    let msg = common::panic_message(|| {
+        let _ = wrong.to_vec::<f64>();
+    });
+    // The CPU's message, with the device named.
+    let cpu_msg = common::panic_message(|| {
+        let _ = x
+            .to_device(Device::Cpu)
+            .unwrap()
+            .take(&bad.to_device(Device::Cpu).unwrap(), 0);
+    });
+    assert!(
+        msg.starts_with(&cpu_msg) && msg.contains("cuda:0"),
+        "device: {msg}\ncpu: {cpu_msg}"
+    );
+    // Integer labels of cross_entropy and one_hot are checked the same way.
+    let logits = Tensor::zeros(&[2, 3], DType::F64).to_device(GPU).unwrap();
+    let labels = Tensor::from_vec(vec![1i64, 3], &[2]).to_device(GPU).unwrap();
+    let msg = common::panic_message(|| {
+        let _ = nb::cross_entropy(&logits, &labels).item::<f64>();
+    });
+    assert!(
+        msg.contains("index 3 is out of range") && msg.contains("extent 3"),
+        "{msg}"
+    );
 }

@@ -60,7 +60,9 @@ impl std::error::Error for KernelError {}
 /// Number of `u64` words of the device error record. Allocate one record per device (zeroed),
 /// pass its address as every `err` argument, and read it where the host synchronises: word 0 is
 /// the [`DeviceErrorKind`] code of the first error (0: none), word 1 the offending value, word 2
-/// the extent it was checked against. Zero it again after reporting.
+/// the extent it was checked against, word 3 the check site (the index check's `site`
+/// argument, which the backend maps back to the op; 0 for other kernels). Zero it again after
+/// reporting.
 pub const ERROR_RECORD_WORDS: usize = 4;
 
 /// The kinds of errors kernels report in the device error record.
@@ -76,16 +78,20 @@ pub enum DeviceErrorKind {
     NegativeIntegerExponent,
     /// `cross_entropy`: a label outside `0..classes`; the row's loss and gradient are NaN.
     LabelOutOfRange,
+    /// The index check: an index outside the accepted range (word 3 names the site); it was
+    /// written as zero.
+    IndexOutOfRange,
 }
 
 impl DeviceErrorKind {
     /// Every kind, in code order.
-    pub const ALL: [DeviceErrorKind; 5] = [
+    pub const ALL: [DeviceErrorKind; 6] = [
         DeviceErrorKind::GatherIndex,
         DeviceErrorKind::ScatterIndex,
         DeviceErrorKind::IntegerDivisionByZero,
         DeviceErrorKind::NegativeIntegerExponent,
         DeviceErrorKind::LabelOutOfRange,
+        DeviceErrorKind::IndexOutOfRange,
     ];
 
     /// The code written to word 0 of the record (never 0).
@@ -96,6 +102,7 @@ impl DeviceErrorKind {
             DeviceErrorKind::IntegerDivisionByZero => 3,
             DeviceErrorKind::NegativeIntegerExponent => 4,
             DeviceErrorKind::LabelOutOfRange => 5,
+            DeviceErrorKind::IndexOutOfRange => 6,
         }
     }
 
@@ -107,6 +114,7 @@ impl DeviceErrorKind {
             DeviceErrorKind::IntegerDivisionByZero => "NB_ERR_INT_DIV_ZERO",
             DeviceErrorKind::NegativeIntegerExponent => "NB_ERR_INT_NEG_POW",
             DeviceErrorKind::LabelOutOfRange => "NB_ERR_LABEL",
+            DeviceErrorKind::IndexOutOfRange => "NB_ERR_INDEX",
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct DeviceError {
     pub value: i64,
     /// The extent the index was checked against (0 when not an index).
     pub extent: i64,
+    /// The check site of an [`DeviceErrorKind::IndexOutOfRange`] (0 otherwise).
+    pub site: u64,
 }
 
 impl DeviceError {
@@ -137,6 +147,7 @@ impl DeviceError {
             kind,
             value: record[1] as i64,
             extent: record[2] as i64,
+            site: record[3],
         }))
     }
 }
@@ -162,6 +173,7 @@ impl fmt::Display for DeviceError {
                 "cross_entropy: label {v} is out of range for {n} classes (accepted: 0 ..= {})",
                 n - 1
             ),
+            DeviceErrorKind::IndexOutOfRange => write!(f, "index {v} is out of range for an axis of extent {n}"),
         }
     }
 }
@@ -180,6 +192,8 @@ mod tests {
         assert_eq!(e.to_string(), "take: index -7 is out of range for an axis of extent 5");
         assert_eq!(DeviceError::decode(&[99, 0, 0, 0]), Err(99));
         let codes: Vec<u64> = DeviceErrorKind::ALL.iter().map(|k| k.code()).collect();
-        assert_eq!(codes, [1, 2, 3, 4, 5]);
+        assert_eq!(codes, [1, 2, 3, 4, 5, 6]);
+        let e = DeviceError::decode(&[6, 9, 4, 17]).unwrap().unwrap();
+        assert_eq!((e.kind, e.site), (DeviceErrorKind::IndexOutOfRange, 17));
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::codegen::elementwise::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec};
 use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
-use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, ScatterAddSpec};
+use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 use crate::codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 use crate::codegen::{self, Gen};
 use crate::dtype::KernelDType;
@@ -64,6 +64,8 @@ pub enum KernelSpec {
     Concat(ConcatSpec),
     /// A strided write at strided positions (embed).
     Embed(EmbedSpec),
+    /// Indices checked and wrapped on the device.
+    IndexCheck(IndexCheckSpec),
     /// Softmax or log-softmax rows.
     Row(RowSpec),
     /// Cross-entropy rows with integer labels, with the gradient.
@@ -104,6 +106,7 @@ from_specs!(
     ScatterAdd(ScatterAddSpec),
     Concat(ConcatSpec),
     Embed(EmbedSpec),
+    IndexCheck(IndexCheckSpec),
     Row(RowSpec),
     CrossEntropy(CrossEntropySpec),
     Adam(AdamSpec),
@@ -138,7 +141,7 @@ impl KernelSpec {
     }
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `copy`,
-    /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `row`,
+    /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `row`,
     /// `cross_entropy`, `adam`).
     pub fn family(&self) -> &'static str {
         match self {
@@ -155,6 +158,7 @@ impl KernelSpec {
             KernelSpec::ScatterAdd(_) => "scatter_add",
             KernelSpec::Concat(_) => "concat",
             KernelSpec::Embed(_) => "embed",
+            KernelSpec::IndexCheck(_) => "index_check",
             KernelSpec::Row(_) => "row",
             KernelSpec::CrossEntropy(_) => "cross_entropy",
             KernelSpec::Adam(_) => "adam",
@@ -230,6 +234,7 @@ pub fn catalogue() -> Vec<KernelSpec> {
         }
         push(EmbedSpec::new(d).map(Into::into));
     }
+    push(IndexCheckSpec::new().map(Into::into));
     for &op in RowOp::ALL {
         for d in dtypes {
             push(RowSpec::new(op, d).map(Into::into));

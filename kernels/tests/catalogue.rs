@@ -87,6 +87,7 @@ fn catalogue_covers_every_family() {
         ("scatter_add", 6),
         ("concat", 8 * 2),
         ("embed", 8),
+        ("index_check", 1),
         ("row", 2 * 4),
         ("cross_entropy", 4),
         ("adam", 4),

@@ -1616,3 +1616,48 @@ fn the_reference_rounding_matches_known_half_values() {
     assert_eq!(round_bits(3.0e38, 7, 8), 0x7f62);
     assert_eq!(bits_value(0x7bff, 10, 5), 65504.0);
 }
+
+#[test]
+fn index_checks_wrap_and_report_the_site() {
+    if !available() {
+        return;
+    }
+    let spec: KernelSpec = IndexCheckSpec::new().unwrap().into();
+    let idx: Vec<i64> = vec![0, 4, -1, -5, 2];
+    let bytes: Vec<u8> = idx.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let decode = |b: &[u8]| -> Vec<i64> { b.chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect() };
+    // Wrapping against extent 5: every index is accepted.
+    let out = launch_1d(
+        &spec,
+        vec![
+            Arg::zeros(40),
+            Arg::Buf(bytes.clone()),
+            Arg::i64(5),
+            Arg::i64(5),
+            Arg::i32(1),
+            Arg::i64(7),
+            Arg::err(),
+        ],
+    );
+    assert_eq!(decode(out[0].as_ref().unwrap()), vec![0, 4, 4, 0, 2]);
+    assert_eq!(error_record(out[6].as_ref().unwrap()), [0, 0, 0, 0]);
+    // Without wrapping, against extent 4: 4, -1 and -5 are out; the first report wins, with
+    // its site.
+    let out = launch_1d(
+        &spec,
+        vec![
+            Arg::zeros(40),
+            Arg::Buf(bytes),
+            Arg::i64(5),
+            Arg::i64(4),
+            Arg::i32(0),
+            Arg::i64(7),
+            Arg::err(),
+        ],
+    );
+    assert_eq!(decode(out[0].as_ref().unwrap()), vec![0, 0, 0, 0, 2]);
+    let record = error_record(out[6].as_ref().unwrap());
+    let e = DeviceError::decode(&record).unwrap().unwrap();
+    assert_eq!((e.kind, e.extent, e.site), (DeviceErrorKind::IndexOutOfRange, 4, 7));
+    assert!([4, -1, -5].contains(&e.value), "{e:?}");
+}

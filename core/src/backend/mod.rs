@@ -107,6 +107,34 @@ pub enum ArgOp {
     ArgMin,
 }
 
+/// An index check: the accepted range of some indices, and the message for one outside it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IndexCheck {
+    /// The extent of the indexed axis.
+    pub extent: usize,
+    /// Whether `-extent..0` is accepted too (counting from the end).
+    pub wrap_negative: bool,
+    /// The message for an index outside the range, with `{index}` where the index goes.
+    pub message: String,
+}
+
+impl IndexCheck {
+    /// The message for the offending index `index`.
+    pub fn describe(&self, index: i64) -> String {
+        self.message.replace("{index}", &index.to_string())
+    }
+
+    /// `index` wrapped into `0..extent`, or `None` when it is outside the accepted range.
+    pub fn wrap(&self, index: i64) -> Option<i64> {
+        let n = self.extent as i64;
+        match index {
+            i if (0..n).contains(&i) => Some(i),
+            i if self.wrap_negative && (-n..0).contains(&i) => Some(i + n),
+            _ => None,
+        }
+    }
+}
+
 /// The kernels of one device family. Inputs arrive checked: shapes agree (binary operands are
 /// already broadcast views of one shape), dtypes agree, axes are in range. Outputs are new
 /// contiguous tensors on the same device.
@@ -148,6 +176,14 @@ pub trait Backend: Send + Sync {
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor;
     /// Copies a tensor into a contiguous host buffer.
     fn to_host(&self, x: &RawTensor) -> CpuBuffer;
+    /// Checks and wraps i64 indices on the device, without waiting for them: `idx` against
+    /// `check`'s range, as a new contiguous tensor with negatives wrapped; an index out of
+    /// range is reported (with [`IndexCheck::describe`]) when the host next reads a value from
+    /// the device. `None`, the default, means the backend checks no indices itself and the
+    /// caller reads them on the host (the CPU, where reading is free).
+    fn check_indices(&self, _idx: &RawTensor, _check: &IndexCheck) -> Option<RawTensor> {
+        None
+    }
 }
 
 type Registry = RwLock<HashMap<&'static str, Arc<dyn Backend>>>;

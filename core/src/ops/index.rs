@@ -3,7 +3,7 @@
 use super::{aligned_layouts, physical, require_same_device};
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, IndexCheck};
 use crate::dtype::DType;
 use crate::jit::{HostFn, host_step};
 use crate::layout::Layout;
@@ -84,29 +84,35 @@ fn checked_indices(
     }
     let dims = [numel(batch), idx.numel()];
     let raw = contiguous_as(idx, layout, batch, &dims);
-    let x_shape = x_shape.to_vec();
     let device = idx.device();
+    let accepted = if wrap_negative {
+        format!("{} ..= {}", -(n as i64), n as i64 - 1)
+    } else {
+        format!("0 ..= {}", n as i64 - 1)
+    };
+    let check = IndexCheck {
+        extent: n,
+        wrap_negative,
+        message: format!(
+            "{op}: index {{index}} is out of range for axis {axis} of extent {n} (shape {x_shape:?}); accepted: {accepted}"
+        ),
+    };
     let check: HostFn = Arc::new(move |backend: &dyn Backend, raw: &RawTensor| {
+        // A device backend checks on the device, reporting at the next read.
+        if let Some(out) = backend.check_indices(raw, &check) {
+            return out;
+        }
         let CpuBuffer::I64(values) = backend.to_host(raw) else {
             unreachable!("checked i64")
         };
-        let ni = n as i64;
-        let lowest = if wrap_negative { -ni } else { 0 };
-        if let Some(&bad) = values.iter().find(|&&v| v < lowest || v >= ni) {
-            let accepted = if wrap_negative {
-                format!("{} ..= {}", -ni, ni - 1)
-            } else {
-                format!("0 ..= {}", ni - 1)
-            };
-            panic!(
-                "{op}: index {bad} is out of range for axis {axis} of extent {n} (shape {x_shape:?}); accepted: {accepted}"
-            );
-        }
         // Always a fresh contiguous buffer (at offset 0), wrapped or not: returning the input's
         // own view would make a jit replay reuse the recorded layout on the other kind of
         // result.
-        let values: Vec<i64> = values.iter().map(|&v| if v < 0 { v + ni } else { v }).collect();
-        backend.from_host(CpuBuffer::I64(Arc::new(values)), &raw.layout.shape, device)
+        let wrapped: Vec<i64> = values
+            .iter()
+            .map(|&v| check.wrap(v).unwrap_or_else(|| panic!("{}", check.describe(v))))
+            .collect();
+        backend.from_host(CpuBuffer::I64(Arc::new(wrapped)), &raw.layout.shape, device)
     });
     host_step(device, &raw, check)
 }

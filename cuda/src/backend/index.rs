@@ -1,8 +1,12 @@
 //! Gather, scatter-add, concatenation and embedding. Gather and scatter-add take contiguous
 //! `[B, P, N, Q]` operands and check every index on the device (the error record).
 
+use nabla_core::DType;
+use nabla_core::backend::IndexCheck;
 use nabla_core::storage::RawTensor;
-use nabla_kernels::{ConcatSlot, ConcatSpec, EmbedSpec, GatherSpec, KernelLayout, ScatterAddSpec, Variant, launch};
+use nabla_kernels::{
+    ConcatSlot, ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, KernelLayout, ScatterAddSpec, Variant, launch,
+};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
@@ -134,6 +138,35 @@ pub(super) fn embed<A: DeviceApi>(
             "x" => LaunchArg::Ptr(&be.buf(&x).mem, 0),
             "x_layout" => LaunchArg::Layout(layout),
             "n" => LaunchArg::I64(n),
+            _ => return None,
+        })
+    });
+    out
+}
+
+/// `idx` checked against `check` and wrapped, on the device; a bad index is reported with
+/// `site` at the next read.
+pub(super) fn check_indices<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    idx: &RawTensor,
+    check: &IndexCheck,
+    site: i64,
+) -> RawTensor {
+    let idx = be.dense(idx);
+    let out = be.empty(idx.shape(), DType::I64);
+    let n = idx.layout().numel() as i64;
+    if n == 0 {
+        return out;
+    }
+    let s = spec(IndexCheckSpec::new(), "index check");
+    be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| {
+        Some(match p.name {
+            "out" => be.run_ptr(&out),
+            "idx" => be.run_ptr(&idx),
+            "n" => LaunchArg::I64(n),
+            "extent" => LaunchArg::I64(check.extent as i64),
+            "wrap_negative" => LaunchArg::I32(check.wrap_negative as i32),
+            "site" => LaunchArg::I64(site),
             _ => return None,
         })
     });

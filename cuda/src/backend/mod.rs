@@ -6,6 +6,8 @@
 //! Errors the kernels find (an index out of range, an integer division by zero) go to a
 //! device error record that [`Backend::to_host`] reads when it synchronises: the first one
 //! becomes a panic naming the op and the value, as on the CPU, one synchronisation later.
+//! Index checks run on the device too ([`Backend::check_indices`]): the message of each check
+//! site is kept on the host, and the kernel reports the site's number with the index.
 
 mod elementwise;
 mod index;
@@ -15,12 +17,14 @@ mod reduce;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, UnaryOp};
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
 use nabla_core::{DType, Device};
 use nabla_kernels::launch::LaunchDims;
-use nabla_kernels::{ArgType, DeviceError, ERROR_RECORD_WORDS, KernelDType, KernelLayout, KernelSpec, Param};
+use nabla_kernels::{
+    ArgType, DeviceError, DeviceErrorKind, ERROR_RECORD_WORDS, KernelDType, KernelLayout, KernelSpec, Param,
+};
 
 use crate::api::{DeviceApi, LaunchArg};
 use crate::buffer::CudaBuffer;
@@ -33,6 +37,9 @@ pub struct CudaBackend<A: DeviceApi> {
     err: A::Mem,
     /// Serialises reading and clearing the error record.
     err_lock: Mutex<()>,
+    /// The messages of the index-check sites, by site number minus one (a site is one
+    /// message: an op, an axis and a shape), so that a device report names the op.
+    sites: Mutex<Vec<String>>,
 }
 
 /// The kernel dtype of a core dtype.
@@ -64,6 +71,7 @@ impl<A: DeviceApi> CudaBackend<A> {
             device,
             err,
             err_lock: Mutex::new(()),
+            sites: Mutex::new(Vec::new()),
         })
     }
 
@@ -170,6 +178,19 @@ impl<A: DeviceApi> CudaBackend<A> {
         LaunchArg::Ptr(&b.mem, x.layout().offset() * x.dtype().size_in_bytes())
     }
 
+    /// The site number of `message` (numbered from 1 in order of first use).
+    fn site(&self, message: &str) -> i64 {
+        let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        let k = match sites.iter().position(|m| m == message) {
+            Some(k) => k,
+            None => {
+                sites.push(message.to_string());
+                sites.len() - 1
+            }
+        };
+        k as i64 + 1
+    }
+
     /// Reads the device error record (synchronising) and panics with the first error found,
     /// after clearing it so that later calls start clean.
     fn check_device_errors(&self) {
@@ -190,6 +211,17 @@ impl<A: DeviceApi> CudaBackend<A> {
         }
         match found {
             Ok(None) => {}
+            Ok(Some(e)) if e.kind == DeviceErrorKind::IndexOutOfRange => {
+                let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+                let message = match sites.get((e.site as usize).wrapping_sub(1)) {
+                    Some(m) => m.replace("{index}", &e.value.to_string()),
+                    None => e.to_string(),
+                };
+                panic!(
+                    "{message} (found on {} by a kernel queued before this read)",
+                    self.device
+                )
+            }
             Ok(Some(e)) => panic!("{e} (found on {} by a kernel queued before this read)", self.device),
             Err(code) => panic!("internal error: unknown device error code {code} on {}", self.device),
         }
@@ -277,6 +309,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         }
         .unwrap_or_else(|e| panic!("cuda: copying {shape:?} {dtype} to {}: {e}", self.device));
         self.wrap(mem, shape, dtype)
+    }
+
+    fn check_indices(&self, idx: &RawTensor, check: &IndexCheck) -> Option<RawTensor> {
+        Some(index::check_indices(self, idx, check, self.site(&check.message)))
     }
 
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {

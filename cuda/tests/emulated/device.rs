@@ -29,6 +29,8 @@ impl HostMem {
 pub struct EmulatedGpu {
     /// Launches made, for tests that count them.
     pub launches: Mutex<Vec<String>>,
+    /// Reads from the device (each a synchronisation on a real GPU).
+    pub downloads: std::sync::atomic::AtomicUsize,
 }
 
 impl DeviceApi for EmulatedGpu {
@@ -56,6 +58,7 @@ impl DeviceApi for EmulatedGpu {
     }
 
     fn download(&self, mem: &HostMem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+        self.downloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(mem.bytes()[offset..offset + len].to_vec())
     }
 
@@ -157,8 +160,11 @@ pub fn available() -> bool {
 }
 
 /// Makes `Device::Cuda(0)` the device under test: the real GPU through `nabla_cuda::init` under
-/// `ci/gpu-check`, the emulated one otherwise.
-pub fn setup() {
+/// `ci/gpu-check`, the emulated one otherwise. The guard serialises the tests: they share one
+/// device, whose error record reports at the next read whichever kernel found the error.
+pub fn setup() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     static REAL: OnceLock<()> = OnceLock::new();
     if real_gpu() {
         REAL.get_or_init(|| {
@@ -167,6 +173,7 @@ pub fn setup() {
     } else {
         emulated_backend();
     }
+    guard
 }
 
 /// The emulated backend, registered for `Device::Cuda(0)` once per test process.
@@ -175,6 +182,7 @@ pub fn emulated_backend() -> Arc<CudaBackend<EmulatedGpu>> {
     BE.get_or_init(|| {
         let gpu = Arc::new(EmulatedGpu {
             launches: Mutex::new(Vec::new()),
+            downloads: std::sync::atomic::AtomicUsize::new(0),
         });
         let be = Arc::new(CudaBackend::new(gpu).unwrap());
         nabla_core::register_backend(Device::Cuda(0), be.clone());

@@ -250,3 +250,59 @@ impl Gen for EmbedSpec {
         grid_stride("out[nb_offset(out_layout, i)] = x[nb_offset(x_layout, i)];\n")
     }
 }
+
+/// Indices checked and wrapped on the device, the host's check without a synchronisation:
+/// `out[i] = idx[i]`, plus `extent` when it is negative and `wrap_negative` is set, for `i < n`
+/// (both contiguous i64). An index outside the accepted range (`0..extent`, or `-extent..extent`
+/// with wrapping) is reported to the error record (kind `IndexOutOfRange`, with `site` in word
+/// 3 so that the backend can name the op and the axis) and written as 0, so that the op using
+/// it stays in bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IndexCheckSpec;
+
+impl IndexCheckSpec {
+    /// The index check (i64 indices only).
+    pub fn new() -> Result<IndexCheckSpec, KernelError> {
+        Ok(IndexCheckSpec)
+    }
+}
+
+impl Gen for IndexCheckSpec {
+    fn entry_name(&self) -> String {
+        "nb_check_index_i64".into()
+    }
+
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("out", ArgType::Out(KernelDType::I64)),
+            Param::new("idx", ArgType::In(KernelDType::I64)),
+            Param::new("n", ArgType::I64),
+            Param::new("extent", ArgType::I64),
+            Param::new("wrap_negative", ArgType::I32),
+            Param::new("site", ArgType::I64),
+            Param::new("err", ArgType::ErrorRecord),
+        ]
+    }
+
+    fn helpers(&self, _entry: &str) -> String {
+        r#"#ifndef NB_REPORT_SITE
+#define NB_REPORT_SITE
+// nb_report with the check site in word 3.
+__device__ __forceinline__ void nb_report_site(unsigned long long* err, unsigned long long code, long long value, long long extent, long long site) {
+    if (err != nullptr && atomicCAS(err, 0ull, code) == 0ull) {
+        err[1] = (unsigned long long)value;
+        err[2] = (unsigned long long)extent;
+        err[3] = (unsigned long long)site;
+    }
+}
+#endif
+"#
+        .into()
+    }
+
+    fn body(&self, _entry: &str) -> String {
+        grid_stride(
+            "long long j = idx[i];\nif (wrap_negative && j < 0) j += extent;\nif (j < 0 || j >= extent) {\n    nb_report_site(err, NB_ERR_INDEX, idx[i], extent, site);\n    out[i] = 0;\n} else {\n    out[i] = j;\n}\n",
+        )
+    }
+}

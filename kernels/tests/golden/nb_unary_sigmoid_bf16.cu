@@ -45,6 +45,7 @@ __device__ __forceinline__ long long nb_step() { return (long long)gridDim.x * b
 #define NB_ERR_INT_DIV_ZERO 3ull
 #define NB_ERR_INT_NEG_POW 4ull
 #define NB_ERR_LABEL 5ull
+#define NB_ERR_INDEX 6ull
 __device__ __forceinline__ void nb_report(unsigned long long* err, unsigned long long code, long long value, long long extent) {
     if (err != nullptr && atomicCAS(err, 0ull, code) == 0ull) {
         err[1] = (unsigned long long)value;
