@@ -60,6 +60,16 @@ op_enum! {
         Relu => "relu",
         /// logical not (bool)
         Not => "not",
+        /// the error function (floats)
+        Erf => "erf",
+        /// round down to an integer (floats)
+        Floor => "floor",
+        /// round up to an integer (floats)
+        Ceil => "ceil",
+        /// round to the nearest integer, ties to even (floats)
+        Round => "round",
+        /// round toward zero (floats)
+        Trunc => "trunc",
     }
 }
 

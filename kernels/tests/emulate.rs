@@ -332,6 +332,11 @@ fn float_inputs(d: KernelDType) -> Vec<f64> {
         -20.0,
         1e-3,
         -0.7,
+        // Ties of round (to even: 0, 2, 2, -0).
+        0.5,
+        1.5,
+        2.5,
+        -0.5,
         f64::NAN,
         f64::INFINITY,
         f64::NEG_INFINITY,
@@ -386,6 +391,11 @@ fn unary_float_ref(op: UnaryOp, x: f64) -> f64 {
                 0.0
             }
         }
+        UnaryOp::Erf => libm::erf(x),
+        UnaryOp::Floor => x.floor(),
+        UnaryOp::Ceil => x.ceil(),
+        UnaryOp::Round => x.round_ties_even(),
+        UnaryOp::Trunc => x.trunc(),
         UnaryOp::Not => unreachable!(),
     }
 }

@@ -41,6 +41,16 @@ pub enum UnaryOp {
     Relu,
     /// logical not (bool)
     Not,
+    /// the error function `2/sqrt(pi) * integral from 0 to x of e^(-t^2)`
+    Erf,
+    /// largest integer not above `x`
+    Floor,
+    /// smallest integer not below `x`
+    Ceil,
+    /// nearest integer, ties to even (as NumPy and JAX)
+    Round,
+    /// integer part (toward zero)
+    Trunc,
 }
 
 /// Elementwise functions of two operands of the same shape and dtype.

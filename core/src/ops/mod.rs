@@ -10,6 +10,7 @@ pub mod external;
 pub mod index;
 pub mod linalg;
 pub mod nn;
+pub mod norm;
 pub mod overload;
 pub mod reduce;
 pub mod reduce_all;

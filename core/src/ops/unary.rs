@@ -29,8 +29,21 @@ fn scale_by_derivative(op: UnaryOp, x: &Tensor, out: &Tensor, g: &Tensor) -> Opt
         // selections, so an infinite cotangent on the other side gives 0, not NaN.
         UnaryOp::Abs => x.ge_scalar(0.0).where_(g, &-g),
         UnaryOp::Relu => x.gt_scalar(0.0).where_(g, &g.scalar_like(0.0)),
-        UnaryOp::Sign | UnaryOp::Not => return None,
+        // 2/sqrt(pi) e^(-x^2)
+        UnaryOp::Erf => g * (-(x * x)).exp() * std::f64::consts::FRAC_2_SQRT_PI,
+        UnaryOp::Sign | UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Trunc => {
+            return None;
+        }
     })
+}
+
+/// True for the primitives whose derivative is zero wherever it exists (step functions): their
+/// results are not traced, as in JAX, where their JVP is zeros.
+fn is_step(op: UnaryOp) -> bool {
+    matches!(
+        op,
+        UnaryOp::Sign | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Trunc
+    )
 }
 
 impl Rule for UnaryRule {
@@ -47,7 +60,7 @@ impl Rule for UnaryRule {
 
 fn unary(x: &Tensor, op: UnaryOp) -> Tensor {
     let raw = x.backend().unary(op, x.raw());
-    if x.dtype().is_float() && op != UnaryOp::Sign {
+    if x.dtype().is_float() && !is_step(op) {
         Tensor::record(raw, &[x], || UnaryRule(op))
     } else {
         Tensor::untraced(raw, &[x])
@@ -87,6 +100,17 @@ float_unary! {
     tanh => Tanh,
     /// Logistic sigmoid `1 / (1 + e^-x)`, computed without overflow.
     sigmoid => Sigmoid,
+    /// The error function, elementwise; derivative `2/sqrt(pi) e^(-x^2)`.
+    erf => Erf,
+    /// Largest integer not above `x` (as a float); zero derivative, as JAX.
+    floor => Floor,
+    /// Smallest integer not below `x` (as a float); zero derivative, as JAX.
+    ceil => Ceil,
+    /// Nearest integer with ties to even (`round(0.5) = 0`, `round(1.5) = 2`, as NumPy and
+    /// JAX); zero derivative.
+    round => Round,
+    /// Integer part, toward zero (as a float); zero derivative, as JAX.
+    trunc => Trunc,
 }
 
 impl Tensor {

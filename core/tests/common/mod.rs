@@ -46,30 +46,34 @@ fn float(x: &Value) -> f64 {
     }
 }
 
-/// All cases of `core/tests/fixtures/ops_f64.json` (embedded, so that other crates' tests that
-/// include this module by path, such as the CUDA backend's conformance test, read the same).
+/// All cases of `core/tests/fixtures/ops_f64.json` (`ci/gen_fixtures.py`) and `layer_ops.json`
+/// (`ci/gen_layer_fixtures.py`), embedded so that other crates' tests that include this module
+/// by path, such as the CUDA backend's conformance test, read the same.
 pub fn load_cases() -> Vec<Case> {
-    let text = include_str!("../fixtures/ops_f64.json");
-    let root: Value = serde_json::from_str(text).expect("fixture JSON");
-    root["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let outputs = match c.get("outputs") {
-                Some(list) => list.as_array().unwrap().iter().map(tensor_from).collect(),
-                None => vec![tensor_from(&c["output"])],
-            };
-            Case {
-                name: c["name"].as_str().unwrap().to_string(),
-                op: c["op"].as_str().unwrap().to_string(),
-                params: c["params"].clone(),
-                inputs: c["inputs"].as_array().unwrap().iter().map(tensor_from).collect(),
-                outputs,
-                raw: c.clone(),
-            }
-        })
-        .collect()
+    [
+        include_str!("../fixtures/ops_f64.json"),
+        include_str!("../fixtures/layer_ops.json"),
+    ]
+    .iter()
+    .flat_map(|text| {
+        let root: Value = serde_json::from_str(text).expect("fixture JSON");
+        root["cases"].as_array().unwrap().clone()
+    })
+    .map(|c| {
+        let outputs = match c.get("outputs") {
+            Some(list) => list.as_array().unwrap().iter().map(tensor_from).collect(),
+            None => vec![tensor_from(&c["output"])],
+        };
+        Case {
+            name: c["name"].as_str().unwrap().to_string(),
+            op: c["op"].as_str().unwrap().to_string(),
+            params: c["params"].clone(),
+            inputs: c["inputs"].as_array().unwrap().iter().map(tensor_from).collect(),
+            outputs,
+            raw: c.clone(),
+        }
+    })
+    .collect()
 }
 
 fn axes(v: &Value) -> Axes {
@@ -106,6 +110,17 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "sigmoid" => one(x[0].sigmoid()),
         "relu" => one(x[0].relu()),
         "gelu" => one(x[0].gelu()),
+        "gelu_exact" => one(x[0].gelu_exact()),
+        "erf" => one(x[0].erf()),
+        "floor" => one(x[0].floor()),
+        "ceil" => one(x[0].ceil()),
+        "round" => one(x[0].round()),
+        "trunc" => one(x[0].trunc()),
+        "remainder" => one(x[0].remainder(&x[1])),
+        "triu" => one(x[0].triu(p["k"].as_i64().unwrap())),
+        "tril" => one(x[0].tril(p["k"].as_i64().unwrap())),
+        "layer_norm" => one(x[0].layer_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
+        "rms_norm" => one(x[0].rms_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "silu" => one(x[0].silu()),
         "softplus" => one(x[0].softplus()),
         "add" => one(&x[0] + &x[1]),

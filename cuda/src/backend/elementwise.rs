@@ -27,6 +27,11 @@ fn unary_op(op: UnaryOp) -> k::UnaryOp {
         UnaryOp::Sign => k::UnaryOp::Sign,
         UnaryOp::Relu => k::UnaryOp::Relu,
         UnaryOp::Not => k::UnaryOp::Not,
+        UnaryOp::Erf => k::UnaryOp::Erf,
+        UnaryOp::Floor => k::UnaryOp::Floor,
+        UnaryOp::Ceil => k::UnaryOp::Ceil,
+        UnaryOp::Round => k::UnaryOp::Round,
+        UnaryOp::Trunc => k::UnaryOp::Trunc,
     }
 }
 

@@ -110,6 +110,12 @@ impl UnarySpec {
                 UnaryOp::Abs => f("fabs"),
                 UnaryOp::Sign => format!("c > {zero} ? {one} : (c < {zero} ? -{one} : c)"),
                 UnaryOp::Relu => format!("c > {zero} ? c : {zero}"),
+                UnaryOp::Erf => f("erf"),
+                UnaryOp::Floor => f("floor"),
+                UnaryOp::Ceil => f("ceil"),
+                // rint rounds ties to even in the default rounding mode.
+                UnaryOp::Round => f("rint"),
+                UnaryOp::Trunc => f("trunc"),
                 UnaryOp::Not => unreachable!("checked in new"),
             };
         }

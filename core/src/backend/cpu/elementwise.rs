@@ -171,6 +171,20 @@ fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &Src<T>) -> Vec
             }
         }),
         UnaryOp::Relu => map1(x, |v| if v > zero { v } else { zero }),
+        UnaryOp::Floor => map1(x, |v| v.floor()),
+        UnaryOp::Ceil => map1(x, |v| v.ceil()),
+        UnaryOp::Trunc => map1(x, |v| v.trunc()),
+        UnaryOp::Round => map1(x, |v| {
+            // Half away from zero, then ties moved back to the even neighbour.
+            let r = v.round();
+            let two = one + one;
+            if (r - v).abs() == one / two && r % two != zero {
+                r - v.signum()
+            } else {
+                r
+            }
+        }),
+        UnaryOp::Erf => unreachable!("erf is computed with libm by the caller"),
         UnaryOp::Not => unreachable!("checked by the op layer"),
     }
 }
@@ -186,11 +200,19 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
                 UnaryOp::Exp => map1(&v, fast_math::exp_f32),
                 UnaryOp::Tanh => map1(&v, fast_math::tanh_f32),
                 UnaryOp::Sigmoid => map1(&v, |a: f32| 1.0 / (1.0 + fast_math::exp_f32(-a))),
+                UnaryOp::Erf => map1(&v, libm::erff),
                 _ => float_unary(op, &v),
             };
             wrap(out, shape)
         }
-        CpuBuffer::F64(d) => wrap(float_unary(op, &ev(d, &x.layout, flat)), shape),
+        CpuBuffer::F64(d) => {
+            let v = ev(d, &x.layout, flat);
+            let out = match op {
+                UnaryOp::Erf => map1(&v, libm::erf),
+                _ => float_unary(op, &v),
+            };
+            wrap(out, shape)
+        }
         CpuBuffer::I64(d) => {
             let v = ev(d, &x.layout, flat);
             let out = match op {
