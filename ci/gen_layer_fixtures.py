@@ -5,7 +5,10 @@ matrix, the bf16/f16 rows and the emulated GPU.
 
 Cases: erf; floor, ceil, round and trunc (with round's ties at .5, which go to even, and their
 zero derivatives); exact gelu; remainder (NumPy's and JAX's mod) with negative operands; triu
-and tril for several diagonals; layer_norm and rms_norm over the last axis or the last two.
+and tril for several diagonals; layer_norm and rms_norm over the last axis or the last two;
+conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
+derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
+ties, where JAX gives the cotangent to the first maximum of each window).
 
 Run from the repository root (seconds):
     python3 -m venv .venv-jax && .venv-jax/bin/pip install jax numpy
@@ -90,8 +93,73 @@ def gen_norms():
                        lambda x, fn=fn, axes=tuple(axes), eps=eps: fn(x, axes, eps))
 
 
+def conv_ref(x, w, stride, padding, dilation, groups):
+    return jax.lax.conv_general_dilated(
+        x, w, window_strides=stride, padding=[(padding[0], padding[0]), (padding[1], padding[1])],
+        rhs_dilation=dilation, feature_group_count=groups, dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+
+CONV_CASES = [
+    # x shape, w shape, stride, padding, dilation, groups
+    ([1, 1, 5, 5], [1, 1, 3, 3], (1, 1), (0, 0), (1, 1), 1),
+    ([2, 3, 6, 5], [4, 3, 3, 2], (1, 1), (1, 0), (1, 1), 1),
+    ([2, 2, 7, 7], [3, 2, 3, 3], (2, 2), (1, 1), (1, 1), 1),
+    ([1, 2, 7, 6], [2, 2, 2, 2], (1, 2), (0, 1), (2, 1), 1),
+    ([2, 4, 5, 5], [6, 2, 3, 3], (1, 1), (1, 1), (1, 1), 2),
+    ([1, 4, 4, 4], [4, 1, 3, 3], (2, 1), (1, 1), (1, 1), 4),
+]
+
+
+def gen_conv():
+    for xs, ws, stride, padding, dilation, groups in CONV_CASES:
+        opts = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation), "groups": groups}
+        name = f"conv2d/{g.shapes_str([xs, ws])}_s{stride[0]}{stride[1]}_p{padding[0]}{padding[1]}_d{dilation[0]}{dilation[1]}_g{groups}"
+        r = g.rng_for(name)
+        g.add_case(name, "conv2d", opts, [g.uniform(r, xs, -1.0, 1.0), g.uniform(r, ws, -1.0, 1.0)],
+                   lambda x, w, a=(stride, padding, dilation, groups): conv_ref(x, w, *a))
+    # conv_transpose2d: the derivative of conv2d with respect to its input, as PyTorch defines
+    # it (x: [N, C, H, W], w: [C, O / groups, KH, KW]).
+    for xs, ws, stride, padding, dilation, groups, out_pad in [
+        ([1, 2, 3, 3], [2, 3, 3, 3], (2, 2), (1, 1), (1, 1), 1, (1, 1)),
+        ([2, 3, 4, 3], [3, 2, 2, 3], (1, 2), (0, 1), (1, 1), 1, (0, 0)),
+        ([1, 4, 3, 3], [4, 1, 3, 3], (1, 1), (1, 1), (2, 2), 2, (0, 0)),
+    ]:
+        opts = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation), "groups": groups,
+                "output_padding": list(out_pad)}
+        name = f"conv_transpose2d/{g.shapes_str([xs, ws])}_s{stride[0]}{stride[1]}_g{groups}_op{out_pad[0]}{out_pad[1]}"
+        r = g.rng_for(name)
+        n, c, h, wd = xs
+        og, kh, kw = ws[1], ws[2], ws[3]
+        oh = (h - 1) * stride[0] - 2 * padding[0] + dilation[0] * (kh - 1) + out_pad[0] + 1
+        ow = (wd - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + out_pad[1] + 1
+
+        def tconv(x, w, a=(stride, padding, dilation, groups), shape=(n, og * groups, oh, ow)):
+            _, pull = jax.vjp(lambda inp: conv_ref(inp, w, *a), jnp.zeros(shape))
+            return pull(x)[0]
+
+        g.add_case(name, "conv_transpose2d", opts, [g.uniform(r, xs, -1.0, 1.0), g.uniform(r, ws, -1.0, 1.0)], tconv)
+
+
+def gen_pool():
+    for xs, k, s, p in [([1, 1, 4, 4], (2, 2), (2, 2), (0, 0)), ([2, 3, 5, 6], (3, 2), (2, 1), (1, 0)),
+                        ([1, 2, 5, 5], (3, 3), (1, 1), (1, 1))]:
+        pads = [(0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])]
+        params = {"kernel": list(k), "stride": list(s), "padding": list(p)}
+        tag = f"{g.shape_str(xs)}_k{k[0]}{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}"
+        name = f"max_pool2d/{tag}"
+        g.add_case(name, "max_pool2d", params, [g.distinct(g.rng_for(name), xs)],
+                   lambda x, k=k, s=s, pads=pads: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1) + k, (1, 1) + s, pads))
+        name = f"avg_pool2d/{tag}"
+        g.add_case(name, "avg_pool2d", params, [g.uniform(g.rng_for(name), xs)],
+                   lambda x, k=k, s=s, pads=pads: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1) + k, (1, 1) + s, pads) / (k[0] * k[1]))
+    # Ties: equal values in a window; JAX gives the whole cotangent to the first maximum.
+    x = np.array([[[[1.0, 1.0, 0.5, 2.0], [1.0, 0.0, 2.0, 2.0], [3.0, 3.0, -1.0, -1.0], [3.0, 3.0, -1.0, -1.0]]]])
+    g.add_case("max_pool2d/ties", "max_pool2d", {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0], "kink": True}, [x],
+               lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"))
+
+
 def main():
-    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms):
+    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_conv, gen_pool):
         gen()
     lines = [json.dumps(c, separators=(",", ":"), allow_nan=False) for c in g.CASES]
     with open(OUT_PATH, "w") as f:

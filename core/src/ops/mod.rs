@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod cast;
 pub mod compare;
+pub mod conv;
 pub mod create;
 pub mod external;
 pub mod index;

@@ -76,6 +76,21 @@ pub fn load_cases() -> Vec<Case> {
     .collect()
 }
 
+/// A `[a, b]` fixture pair.
+fn pair(v: &Value) -> (usize, usize) {
+    let a = v.as_array().unwrap();
+    (a[0].as_u64().unwrap() as usize, a[1].as_u64().unwrap() as usize)
+}
+
+fn conv_options(p: &Value) -> nb::Conv2dOptions {
+    nb::Conv2dOptions {
+        stride: pair(&p["stride"]),
+        padding: pair(&p["padding"]),
+        dilation: pair(&p["dilation"]),
+        groups: p["groups"].as_u64().unwrap() as usize,
+    }
+}
+
 fn axes(v: &Value) -> Axes {
     match v.as_array() {
         None => Axes::All,
@@ -119,6 +134,25 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "remainder" => one(x[0].remainder(&x[1])),
         "triu" => one(x[0].triu(p["k"].as_i64().unwrap())),
         "tril" => one(x[0].tril(p["k"].as_i64().unwrap())),
+        "conv2d" => one(nb::conv2d(&x[0], &x[1], conv_options(p))),
+        "conv_transpose2d" => one(nb::conv_transpose2d(
+            &x[0],
+            &x[1],
+            conv_options(p),
+            pair(&p["output_padding"]),
+        )),
+        "max_pool2d" => one(nb::max_pool2d(
+            &x[0],
+            pair(&p["kernel"]),
+            pair(&p["stride"]),
+            pair(&p["padding"]),
+        )),
+        "avg_pool2d" => one(nb::avg_pool2d(
+            &x[0],
+            pair(&p["kernel"]),
+            pair(&p["stride"]),
+            pair(&p["padding"]),
+        )),
         "layer_norm" => one(x[0].layer_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "rms_norm" => one(x[0].rms_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "silu" => one(x[0].silu()),

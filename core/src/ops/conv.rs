@@ -1,0 +1,227 @@
+//! Convolutions and pooling over NCHW images, as compositions of primitives: the patches of a
+//! window are strided slices of the padded input stacked along a new axis ("im2col"), a
+//! convolution is one batched matmul of the flattened kernel with them, and a pooling is a
+//! reduction over the window axis. So they run on every device, and every derivative (of any
+//! order, under vmap and jit) follows from the rules of slicing, stacking and matmul.
+//! `conv_transpose2d` is the derivative of `conv2d` with respect to its input, applied to `x`.
+
+use super::require_float;
+use crate::tensor::Tensor;
+
+/// Stride, zero padding, dilation and groups of a 2-D convolution (PyTorch's `Conv2d`
+/// arguments); pairs are (height, width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dOptions {
+    /// Step of the window.
+    pub stride: (usize, usize),
+    /// Zeros added on both sides.
+    pub padding: (usize, usize),
+    /// Step between the kernel's taps.
+    pub dilation: (usize, usize),
+    /// Channel groups: input and output channels split into this many independent parts.
+    pub groups: usize,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Conv2dOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            groups: 1,
+        }
+    }
+}
+
+/// Output extent of a window sweep, or `None` when the window does not fit.
+fn out_extent(input: usize, pad: usize, kernel: usize, stride: usize, dilation: usize) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    (input + 2 * pad).checked_sub(span).map(|r| r / stride + 1)
+}
+
+fn require_nchw(op: &str, x: &Tensor) {
+    require_float(op, x);
+    if x.rank() != 4 {
+        panic!(
+            "{op}: needs an NCHW image batch of rank 4, got shape {:?} (add a batch axis with expand_dims(0))",
+            x.shape()
+        );
+    }
+}
+
+/// The windows of `x` (`[N, C, H, W]`, already padded) as `[N, C, KH * KW, OH, OW]`, taps in
+/// row-major order (`kh` major).
+fn patches(
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dilation: (usize, usize),
+    out: (usize, usize),
+) -> Tensor {
+    let mut taps = Vec::with_capacity(kernel.0 * kernel.1);
+    for i in 0..kernel.0 {
+        for j in 0..kernel.1 {
+            let (r0, c0) = ((i * dilation.0) as isize, (j * dilation.1) as isize);
+            let rows = x.slice_axis(
+                2,
+                Some(r0),
+                Some(r0 + (stride.0 * (out.0 - 1) + 1) as isize),
+                stride.0 as isize,
+            );
+            taps.push(rows.slice_axis(
+                3,
+                Some(c0),
+                Some(c0 + (stride.1 * (out.1 - 1) + 1) as isize),
+                stride.1 as isize,
+            ));
+        }
+    }
+    super::shape::stack(&taps, 2)
+}
+
+/// The output size of a window op, or a panic that names the op and the sizes.
+fn window_out(op: &str, x: &Tensor, kernel: (usize, usize), o: &Conv2dOptions) -> (usize, usize) {
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let oh = out_extent(h, o.padding.0, kernel.0, o.stride.0, o.dilation.0);
+    let ow = out_extent(w, o.padding.1, kernel.1, o.stride.1, o.dilation.1);
+    match (oh, ow) {
+        (Some(oh), Some(ow)) if kernel.0 > 0 && kernel.1 > 0 && o.stride.0 > 0 && o.stride.1 > 0 => (oh, ow),
+        _ => panic!(
+            "{op}: a {}x{} window (dilation {:?}, stride {:?}) does not fit an input of {h}x{w} padded by {:?}; \
+             use a smaller kernel, more padding or a larger image",
+            kernel.0, kernel.1, o.dilation, o.stride, o.padding
+        ),
+    }
+}
+
+/// 2-D convolution (cross-correlation, as PyTorch and JAX): `x` `[N, C, H, W]`, `w`
+/// `[O, C / groups, KH, KW]`, giving `[N, O, OH, OW]`; add a bias of shape `[O, 1, 1]` after.
+pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
+    require_nchw("conv2d", x);
+    require_nchw("conv2d (weight)", w);
+    let (n, c) = (x.shape()[0], x.shape()[1]);
+    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let g = options.groups;
+    if g == 0 || !c.is_multiple_of(g) || !o.is_multiple_of(g) || cg * g != c {
+        panic!(
+            "conv2d: input {:?} ({c} channels) and weight {:?} ({o} outputs, {cg} inputs per group) do not fit \
+             {g} group(s): the weight must be [O, C / groups, KH, KW] with C and O divisible by groups",
+            x.shape(),
+            w.shape()
+        );
+    }
+    let (oh, ow) = window_out("conv2d", x, (kh, kw), &options);
+    let (ph, pw) = options.padding;
+    let padded = if ph + pw > 0 {
+        x.pad(&[(0, 0), (0, 0), (ph, ph), (pw, pw)])
+    } else {
+        x.clone()
+    };
+    // [N, C, KH*KW, OH, OW] -> [N, G, C/G * KH*KW, OH*OW]
+    let cols =
+        patches(&padded, (kh, kw), options.stride, options.dilation, (oh, ow)).reshape([n, g, cg * kh * kw, oh * ow]);
+    // [O, C/G, KH, KW] -> [G, O/G, C/G * KH*KW]
+    let wm = w.reshape([g, o / g, cg * kh * kw]);
+    wm.matmul(&cols).reshape([n, o, oh, ow])
+}
+
+/// Transposed 2-D convolution (PyTorch's `conv_transpose2d`): `x` `[N, C, H, W]`, `w`
+/// `[C, O / groups, KH, KW]`, giving `[N, O, OH, OW]` with `OH = (H - 1) * stride - 2 * padding
+/// + dilation * (KH - 1) + output_padding + 1`. It is the derivative of [`conv2d`] (with the
+/// same `w` and options) with respect to its input, applied to `x`.
+pub fn conv_transpose2d(x: &Tensor, w: &Tensor, options: Conv2dOptions, output_padding: (usize, usize)) -> Tensor {
+    require_nchw("conv_transpose2d", x);
+    require_nchw("conv_transpose2d (weight)", w);
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (wc, og, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let g = options.groups;
+    if g == 0 || wc != c || !c.is_multiple_of(g) {
+        panic!(
+            "conv_transpose2d: input {:?} ({c} channels) and weight {:?} do not fit {g} group(s): the weight must be \
+             [C, O / groups, KH, KW] with C divisible by groups",
+            x.shape(),
+            w.shape()
+        );
+    }
+    if output_padding.0 >= options.stride.0.max(options.dilation.0)
+        || output_padding.1 >= options.stride.1.max(options.dilation.1)
+    {
+        panic!(
+            "conv_transpose2d: output_padding {output_padding:?} must be smaller than the stride {:?} or the dilation {:?}",
+            options.stride, options.dilation
+        );
+    }
+    let extent = |i: usize, s: usize, p: usize, d: usize, k: usize, op: usize| {
+        ((i - 1) * s + d * (k - 1) + op + 1).checked_sub(2 * p)
+    };
+    let (Some(oh), Some(ow)) = (
+        extent(
+            h,
+            options.stride.0,
+            options.padding.0,
+            options.dilation.0,
+            kh,
+            output_padding.0,
+        ),
+        extent(
+            wd,
+            options.stride.1,
+            options.padding.1,
+            options.dilation.1,
+            kw,
+            output_padding.1,
+        ),
+    ) else {
+        panic!(
+            "conv_transpose2d: padding {:?} removes more than the {h}x{wd} input spreads to",
+            options.padding
+        );
+    };
+    // conv2d is linear in its input: the point the derivative is taken at does not matter.
+    let input = Tensor::zeros(&[n, og * g, oh, ow], w.dtype()).on(x.device());
+    let (_, pullback) = crate::transforms::api::vjp(|inp: &Tensor| conv2d(inp, w, options), &input);
+    pullback(x)
+}
+
+/// The padded windows of a pooling, `[N, C, KH * KW, OH, OW]`, padding filled with `fill`.
+fn pool_windows(
+    op: &str,
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+    fill: f64,
+) -> Tensor {
+    require_nchw(op, x);
+    let o = Conv2dOptions {
+        stride,
+        padding,
+        dilation: (1, 1),
+        groups: 1,
+    };
+    let out = window_out(op, x, kernel, &o);
+    let (ph, pw) = padding;
+    let padded = if ph + pw > 0 {
+        let widths = [(0, 0), (0, 0), (ph, ph), (pw, pw)];
+        let inside = x.ones_like().pad(&widths).gt_scalar(0.5);
+        inside.where_(&x.pad(&widths), &x.scalar_like(fill))
+    } else {
+        x.clone()
+    };
+    patches(&padded, kernel, stride, (1, 1), out)
+}
+
+/// Max pooling over `kernel` windows of NCHW `x` (padding counts as `-inf`). At ties the
+/// gradient goes to the first maximum of the window in row-major order, as JAX's
+/// `reduce_window` max and PyTorch's `max_pool2d`.
+pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Tensor {
+    let windows = pool_windows("max_pool2d", x, kernel, stride, padding, f64::NEG_INFINITY);
+    let first_max = windows.argmax(Some(2), true);
+    windows.take_along_axis(&first_max, 2).squeeze([2])
+}
+
+/// Average pooling over `kernel` windows of NCHW `x`; padding counts as zeros in the average
+/// (PyTorch's default `count_include_pad=True`, Flax's `avg_pool`).
+pub fn avg_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Tensor {
+    pool_windows("avg_pool2d", x, kernel, stride, padding, 0.0).mean(2, false)
+}
