@@ -8,7 +8,8 @@ zero derivatives); exact gelu; remainder (NumPy's and JAX's mod) with negative o
 and tril for several diagonals; layer_norm and rms_norm over the last axis or the last two;
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
-ties, where JAX gives the cotangent to the first maximum of each window).
+ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
+attention with and without a boolean mask and the causal mask; cumsum.
 
 Run from the repository root (seconds):
     python3 -m venv .venv-jax && .venv-jax/bin/pip install jax numpy
@@ -158,8 +159,43 @@ def gen_pool():
                lambda x: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID"))
 
 
+def sdpa_ref(q, k, v, mask, causal):
+    scores = q @ jnp.swapaxes(k, -1, -2) / jnp.sqrt(q.shape[-1])
+    keep = None if mask is None else jnp.asarray(mask)
+    if causal:
+        tri = jnp.tril(jnp.ones((q.shape[-2], k.shape[-2]), dtype=bool))
+        keep = tri if keep is None else keep & tri
+    if keep is not None:
+        scores = jnp.where(keep, scores, -jnp.inf)
+    return jax.nn.softmax(scores, axis=-1) @ v
+
+
+def gen_attention():
+    for qs, ks, vs, causal, masked in [
+        ([4, 3], [5, 3], [5, 2], False, False),
+        ([2, 3, 4, 8], [2, 3, 4, 8], [2, 3, 4, 8], True, False),
+        ([2, 5, 4], [2, 6, 4], [2, 6, 3], False, True),
+        ([3, 4, 4], [3, 4, 4], [3, 4, 2], True, True),
+    ]:
+        name = f"sdpa/{g.shapes_str([qs, ks, vs])}_c{int(causal)}_m{int(masked)}"
+        r = g.rng_for(name)
+        inputs = [g.uniform(r, qs, -1.0, 1.0), g.uniform(r, ks, -1.0, 1.0), g.uniform(r, vs, -1.0, 1.0)]
+        if masked:
+            # Every query keeps at least key 0 (a fully masked row would be NaN).
+            m = r.uniform(size=[qs[-2], ks[-2]]) < 0.7
+            m[:, 0] = True
+            inputs.append(m)
+            fn = lambda q, k, v, m, c=causal: sdpa_ref(q, k, v, m, c)  # noqa: E731
+        else:
+            fn = lambda q, k, v, c=causal: sdpa_ref(q, k, v, None, c)  # noqa: E731
+        g.add_case(name, "sdpa", {"causal": causal}, inputs, fn)
+    for s, axis in [([5], 0), ([3, 4], 1), ([3, 4], 0), ([2, 3, 4], -2)]:
+        name = f"cumsum/{g.shape_str(s)}_ax{axis}"
+        g.add_case(name, "cumsum", {"axis": axis}, [g.uniform(g.rng_for(name), s)], lambda x, a=axis: jnp.cumsum(x, axis=a))
+
+
 def main():
-    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_conv, gen_pool):
+    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_conv, gen_pool, gen_attention):
         gen()
     lines = [json.dumps(c, separators=(",", ":"), allow_nan=False) for c in g.CASES]
     with open(OUT_PATH, "w") as f:

@@ -27,6 +27,7 @@ pub use dtype::{DType, Element, bf16, f16};
 pub use error::{Error, Result};
 pub use jit::{CacheInfo, Jit, jit};
 pub use ops::Axes;
+pub use ops::attention::scaled_dot_product_attention;
 pub use ops::compare::where_;
 pub use ops::conv::{Conv2dOptions, avg_pool2d, conv_transpose2d, conv2d, max_pool2d};
 pub use ops::create::{TensorLiteral, tensor, tensor_of};

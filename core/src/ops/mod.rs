@@ -2,6 +2,7 @@
 //! dtypes, and a fix), runs the backend kernel, and records its derivative rules when an input
 //! is traced. Rules are written in these same public ops.
 
+pub mod attention;
 pub mod binary;
 pub mod cast;
 pub mod compare;

@@ -1,0 +1,66 @@
+//! Scaled dot-product attention and the cumulative sum, as compositions of primitives.
+
+use super::require_float;
+use crate::shape::normalize_axis;
+use crate::tensor::Tensor;
+
+/// `softmax(q k^T / sqrt(d) + mask) v` over the last two axes: `q` `[..., Lq, D]`, `k`
+/// `[..., Lk, D]`, `v` `[..., Lk, Dv]`, giving `[..., Lq, Dv]` (leading axes broadcast, e.g.
+/// batch and heads). `mask` (bool, broadcastable to `[..., Lq, Lk]`) keeps the positions where
+/// it is true, as PyTorch's boolean `attn_mask`; `causal` keeps key `j <= i` for query `i`
+/// (top-left aligned, PyTorch's `is_causal`). A query that keeps no key gets NaN, as in
+/// PyTorch.
+pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        require_float("scaled_dot_product_attention", t);
+        if t.rank() < 2 {
+            panic!(
+                "scaled_dot_product_attention: {name} needs at least 2 axes [..., L, D], got shape {:?}",
+                t.shape()
+            );
+        }
+    }
+    let d = q.shape()[q.rank() - 1];
+    if k.shape()[k.rank() - 1] != d || k.shape()[k.rank() - 2] != v.shape()[v.rank() - 2] {
+        panic!(
+            "scaled_dot_product_attention: q {:?}, k {:?} and v {:?} do not fit: q and k need the same last \
+             extent (D), k and v the same number of keys",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    }
+    let scores = q.matmul(&k.swap_axes(-1, -2)) * (1.0 / (d as f64).sqrt());
+    let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
+    let mut keep: Option<Tensor> = mask.cloned();
+    if causal {
+        let tri: Vec<bool> = (0..lq * lk).map(|i| i % lk <= i / lk).collect();
+        let tri = Tensor::from_vec(tri, &[lq, lk]).on(q.device());
+        keep = Some(match keep {
+            Some(m) => m.logical_and(&tri),
+            None => tri,
+        });
+    }
+    let scores = match keep {
+        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
+        None => scores,
+    };
+    scores.softmax(-1).matmul(v)
+}
+
+impl Tensor {
+    /// Running sums along `axis` (`jnp.cumsum`): element `i` is the sum of elements `0..=i`.
+    /// Computed as a product with a triangular matrix of ones (`O(n^2)` in the axis length,
+    /// exact summation order aside), so it runs on every device and differentiates as matmul.
+    pub fn cumsum(&self, axis: isize) -> Tensor {
+        require_float("cumsum", self);
+        let a = normalize_axis("cumsum", axis, self.rank().max(1));
+        if self.rank() == 0 {
+            return self.clone();
+        }
+        let n = self.shape()[a];
+        let upper: Vec<f64> = (0..n * n).map(|i| if i / n <= i % n { 1.0 } else { 0.0 }).collect();
+        let upper = Tensor::from_vec(upper, &[n, n]).cast(self.dtype()).on(self.device());
+        self.moveaxis(a as isize, -1).matmul(&upper).moveaxis(-1, a as isize)
+    }
+}
