@@ -12,8 +12,9 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A uniform double in `[0, 1)` for (key, index).
-fn unit(key: u64, index: u64) -> f64 {
+/// A uniform double in `[0, 1)` for (key, index) (every backend's `random_uniform` computes
+/// exactly this).
+pub(crate) fn unit(key: u64, index: u64) -> f64 {
     (mix(key ^ mix(index.wrapping_mul(GOLDEN).wrapping_add(1))) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
@@ -98,4 +99,60 @@ fn note_random_draw(shape: &[usize]) {
              repeat the same draw, so draw them outside and pass them in as an argument"
         )
     });
+}
+
+/// A key for [`uniform`] and [`Tensor::dropout`] made from any integers, such as
+/// `(seed, step, rank)`: an i64 scalar on the CPU (move it with `to_device`, or let the op
+/// that uses it on a device copy it). Different parts give unrelated streams.
+pub fn key(parts: &[u64]) -> Tensor {
+    let k = parts
+        .iter()
+        .fold(mix(GOLDEN), |k, &p| mix(k ^ mix(p.wrapping_add(GOLDEN))));
+    Tensor::from_vec(vec![k as i64], &[])
+}
+
+/// `shape` uniform samples in `[low, high)` of the float `dtype` from `key` (see [`key`]), on
+/// `device`. A pure function of the key tensor, JAX style: the same key gives the same
+/// numbers on every device, and under `jit` a key passed as an argument draws anew on every
+/// replay (unlike [`Rng`], whose draws a replay would repeat).
+pub fn uniform(key: &Tensor, shape: &[usize], low: f64, high: f64, dtype: DType, device: crate::Device) -> Tensor {
+    if !dtype.is_float() {
+        panic!("random::uniform: dtype must be a float (f32, f64, bf16 or f16), got {dtype}");
+    }
+    if key.dtype() != DType::I64 || key.numel() != 1 || key.is_batched() {
+        panic!(
+            "random::uniform: the key must be one i64 element made by random::key (not batched by vmap), got {} \
+             with shape {:?}",
+            key.dtype(),
+            key.shape()
+        );
+    }
+    let key = key.on(device);
+    let raw = key.backend().random_uniform(key.raw(), shape, dtype);
+    let u = Tensor::untraced(raw, &[&key]);
+    if low == 0.0 && high == 1.0 {
+        u
+    } else {
+        u * (high - low) + low
+    }
+}
+
+impl Tensor {
+    /// Inverted dropout: each element is zeroed with probability `rate` and the others scaled
+    /// by `1 / (1 - rate)`, so the expectation is unchanged; the mask comes from `key` (see
+    /// [`key`]; use a new key per step, e.g. `key(&[seed, step, rank])`). `rate = 0` is the
+    /// identity. The gradient flows through the kept elements, scaled alike. Inside `vmap`, the
+    /// mask is drawn per example shape, so every example gets the same mask.
+    pub fn dropout(&self, rate: f64, key: &Tensor) -> Tensor {
+        crate::ops::require_float("dropout", self);
+        if !(0.0..1.0).contains(&rate) {
+            panic!("dropout: rate must be in [0, 1), got {rate}");
+        }
+        if rate == 0.0 {
+            return self.clone();
+        }
+        let u = uniform(key, self.shape(), 0.0, 1.0, self.dtype(), self.device());
+        u.ge_scalar(rate)
+            .where_(&(self * (1.0 / (1.0 - rate))), &self.scalar_like(0.0))
+    }
 }

@@ -302,3 +302,32 @@ fn indices_are_checked_on_the_device_and_reported_at_the_next_read() {
         "{msg}"
     );
 }
+
+#[test]
+fn random_draws_and_dropout_are_the_same_on_the_device_as_on_the_cpu() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let key = nb::random::key(&[42, 7, 1]);
+    for dtype in [DType::F64, DType::F32, DType::BF16, DType::F16] {
+        let cpu = nb::random::uniform(&key, &[3, 700], 0.0, 1.0, dtype, Device::Cpu);
+        let gpu = nb::random::uniform(&key, &[3, 700], 0.0, 1.0, dtype, GPU);
+        assert_eq!(gpu.device(), GPU);
+        // Bit for bit: the same hash, the same rounding.
+        assert_eq!(
+            gpu.to_device(Device::Cpu).unwrap().to_host_buffer().to_le_bytes(),
+            cpu.to_host_buffer().to_le_bytes(),
+            "{dtype}"
+        );
+    }
+    let x = Tensor::from_vec((0..1000).map(|v| v as f64 / 100.0).collect(), &[10, 100]);
+    check_both("dropout", &[x], |t| {
+        let k = nb::random::key(&[3]);
+        vec![
+            t[0].dropout(0.3, &k),
+            nb::grad(|x: &Tensor| x.dropout(0.3, &k).square().sum_all())(&t[0]),
+        ]
+    });
+}

@@ -44,6 +44,7 @@ mod spec;
 pub use codegen::elementwise::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec};
 pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 pub use codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
+pub use codegen::random::RandomUniformSpec;
 pub use codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 pub use dtype::KernelDType;
 pub use error::{DeviceError, DeviceErrorKind, ERROR_RECORD_WORDS, KernelError};

@@ -3,6 +3,7 @@
 use crate::codegen::elementwise::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec};
 use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
+use crate::codegen::random::RandomUniformSpec;
 use crate::codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 use crate::codegen::{self, Gen};
 use crate::dtype::KernelDType;
@@ -66,6 +67,8 @@ pub enum KernelSpec {
     Embed(EmbedSpec),
     /// Indices checked and wrapped on the device.
     IndexCheck(IndexCheckSpec),
+    /// Uniform random numbers from a key.
+    RandomUniform(RandomUniformSpec),
     /// Softmax or log-softmax rows.
     Row(RowSpec),
     /// Cross-entropy rows with integer labels, with the gradient.
@@ -107,6 +110,7 @@ from_specs!(
     Concat(ConcatSpec),
     Embed(EmbedSpec),
     IndexCheck(IndexCheckSpec),
+    RandomUniform(RandomUniformSpec),
     Row(RowSpec),
     CrossEntropy(CrossEntropySpec),
     Adam(AdamSpec),
@@ -141,7 +145,7 @@ impl KernelSpec {
     }
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `copy`,
-    /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `row`,
+    /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
     /// `cross_entropy`, `adam`).
     pub fn family(&self) -> &'static str {
         match self {
@@ -159,6 +163,7 @@ impl KernelSpec {
             KernelSpec::Concat(_) => "concat",
             KernelSpec::Embed(_) => "embed",
             KernelSpec::IndexCheck(_) => "index_check",
+            KernelSpec::RandomUniform(_) => "random_uniform",
             KernelSpec::Row(_) => "row",
             KernelSpec::CrossEntropy(_) => "cross_entropy",
             KernelSpec::Adam(_) => "adam",
@@ -235,6 +240,9 @@ pub fn catalogue() -> Vec<KernelSpec> {
         push(EmbedSpec::new(d).map(Into::into));
     }
     push(IndexCheckSpec::new().map(Into::into));
+    for d in dtypes {
+        push(RandomUniformSpec::new(d).map(Into::into));
+    }
     for &op in RowOp::ALL {
         for d in dtypes {
             push(RowSpec::new(op, d).map(Into::into));

@@ -1671,3 +1671,37 @@ fn index_checks_wrap_and_report_the_site() {
     assert_eq!((e.kind, e.extent, e.site), (DeviceErrorKind::IndexOutOfRange, 4, 7));
     assert!([4, -1, -5].contains(&e.value), "{e:?}");
 }
+
+/// The CPU's uniform hash (nabla_core's `random::unit`), written again here.
+fn unit_ref(key: u64, i: u64) -> f64 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (mix(key ^ mix(i.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1))) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+#[test]
+fn random_uniform_draws_the_cpu_hash() {
+    if !available() {
+        return;
+    }
+    let key: u64 = 0xDEAD_BEEF_0123_4567;
+    for d in KernelDType::FLOATS {
+        let spec: KernelSpec = RandomUniformSpec::new(d).unwrap().into();
+        let n = 1000;
+        let out = launch_1d(
+            &spec,
+            vec![
+                Arg::zeros(n * d.size_in_bytes()),
+                Arg::i64(n as i64),
+                Arg::Buf((key as i64).to_le_bytes().to_vec()),
+            ],
+        );
+        let got = Vals::decode(d, out[0].as_ref().unwrap());
+        let want = Vals::F((0..n as u64).map(|i| quantize(d, unit_ref(key, i))).collect());
+        assert_vals(&spec.entry_name(), &got, &want, 0.0);
+    }
+    assert!(RandomUniformSpec::new(I64).is_err());
+}

@@ -181,6 +181,10 @@ pub trait Backend: Send + Sync {
     fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor;
     /// A tensor of `shape` filled with `value` (converted to `dtype`).
     fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor;
+    /// `shape` uniform samples in `[0, 1)` of the float `dtype`, from `key` (an i64 tensor of
+    /// one element, on this backend's device): element `i` is a hash of (key, i), identical on
+    /// every backend, so a draw does not depend on the device.
+    fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor;
     /// Copies a host buffer onto `device`.
     #[allow(clippy::wrong_self_convention)]
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor;

@@ -250,6 +250,13 @@ impl Backend for RecordingBackend {
         };
         self.log(call, &[x], self.inner.embed(x, shape, starts, steps))
     }
+    fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor {
+        self.log(
+            Call::RandomUniform(shape.to_vec(), dtype),
+            &[key],
+            self.inner.random_uniform(key, shape, dtype),
+        )
+    }
     fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor {
         self.constant(self.inner.full(shape, dtype, value, device))
     }

@@ -46,6 +46,7 @@ pub(crate) enum Call {
         starts: Vec<usize>,
         steps: Vec<usize>,
     },
+    RandomUniform(Vec<usize>, DType),
     Host(HostFn),
 }
 
@@ -69,6 +70,7 @@ impl Call {
                 backend.concat(&refs, *axis)
             }
             Call::Embed { shape, starts, steps } => backend.embed(&args[0], shape, starts, steps),
+            Call::RandomUniform(shape, dtype) => backend.random_uniform(&args[0], shape, *dtype),
             Call::Host(f) => f(backend, &args[0]),
         }
     }

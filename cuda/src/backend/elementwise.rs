@@ -6,7 +6,9 @@ use nabla_core::DType;
 use nabla_core::backend::{BinaryOp, CmpOp, UnaryOp};
 use nabla_core::storage::RawTensor;
 use nabla_kernels as k;
-use nabla_kernels::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec, Variant, launch};
+use nabla_kernels::{
+    BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, RandomUniformSpec, SelectSpec, UnarySpec, Variant, launch,
+};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
@@ -181,6 +183,27 @@ pub(super) fn fill<A: DeviceApi>(be: &CudaBackend<A>, shape: &[usize], dtype: DT
             "out" => Some(be.run_ptr(&out)),
             "n" => Some(LaunchArg::I64(n)),
             "value" => Some(LaunchArg::F64(value)),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// `shape` uniform samples of `dtype` from the key's first element (read on the device).
+pub(super) fn random_uniform<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    key: &RawTensor,
+    shape: &[usize],
+    dtype: DType,
+) -> RawTensor {
+    let s = spec(RandomUniformSpec::new(kernel_dtype(dtype)), "random::uniform");
+    let out = be.empty(shape, dtype);
+    let n = out.layout().numel() as i64;
+    if n > 0 {
+        be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| match p.name {
+            "out" => Some(be.run_ptr(&out)),
+            "n" => Some(LaunchArg::I64(n)),
+            "key" => Some(be.run_ptr(key)),
             _ => None,
         });
     }

@@ -294,6 +294,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         elementwise::fill(self, shape, dtype, value)
     }
 
+    fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor {
+        elementwise::random_uniform(self, key, shape, dtype)
+    }
+
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor {
         assert_eq!(
             device, self.device,

@@ -4,6 +4,7 @@ pub(crate) mod elementwise;
 pub(crate) mod fused;
 pub(crate) mod index;
 pub(crate) mod prelude;
+pub(crate) mod random;
 pub(crate) mod reduce;
 
 use crate::dtype::KernelDType;

@@ -203,6 +203,16 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor {
+        let CpuBuffer::I64(k) = host(key) else {
+            unreachable!("random keys are i64: checked by the op layer")
+        };
+        let k = k[key.layout.offset] as u64;
+        let n = crate::shape::numel(shape) as u64;
+        let u: Vec<f64> = (0..n).map(|i| crate::random::unit(k, i)).collect();
+        elementwise::cast(&wrap(u, shape), dtype)
+    }
+
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], _device: Device) -> RawTensor {
         RawTensor::from_cpu(buf, shape)
     }
