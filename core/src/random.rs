@@ -111,6 +111,22 @@ pub fn key(parts: &[u64]) -> Tensor {
     Tensor::from_vec(vec![k as i64], &[])
 }
 
+/// A new key from `key` and `data`, on the key's device without reading it (JAX's `fold_in`):
+/// `key * 0x9E3779B97F4A7C15 + data` in wrapping 64-bit arithmetic, which the draws' hash
+/// turns into an unrelated stream. Layers use it to give each of their dropouts its own key.
+pub fn fold_in(key: &Tensor, data: u64) -> Tensor {
+    if key.dtype() != DType::I64 || key.numel() != 1 {
+        panic!(
+            "random::fold_in: the key must be one i64 element made by random::key, got {} with shape {:?}",
+            key.dtype(),
+            key.shape()
+        );
+    }
+    // Integer tensors, not Rust floats: a float scalar would round the 64-bit constants.
+    let constant = |v: u64| Tensor::from_vec(vec![v as i64], &[]).on(key.device());
+    key * constant(GOLDEN) + constant(data)
+}
+
 /// `shape` uniform samples in `[low, high)` of the float `dtype` from `key` (see [`key`]), on
 /// `device`. A pure function of the key tensor, JAX style: the same key gives the same
 /// numbers on every device, and under `jit` a key passed as an argument draws anew on every

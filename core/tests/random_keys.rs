@@ -64,3 +64,14 @@ fn a_jitted_step_draws_a_new_mask_for_each_key_it_is_given() {
     assert!(seen[0] != seen[1] && seen[1] != seen[2], "{seen:?}");
     assert_eq!(jitted.cache_info().replays, 2, "{:?}", jitted.cache_info());
 }
+
+#[test]
+fn folded_keys_are_new_streams_computed_without_reading_the_key() {
+    let k = random::key(&[5]);
+    let (a, b) = (random::fold_in(&k, 1), random::fold_in(&k, 2));
+    assert_eq!(a.dtype(), DType::I64);
+    assert_eq!(random::fold_in(&k, 1).item::<i64>(), a.item::<i64>());
+    let draw = |key: &Tensor| random::uniform(key, &[64], 0.0, 1.0, DType::F64, Device::Cpu).to_vec::<f64>();
+    let (da, db, dk) = (draw(&a), draw(&b), draw(&k));
+    assert!(da != db && da != dk && db != dk);
+}

@@ -10,9 +10,11 @@ pub mod layers;
 pub mod metrics;
 pub mod optim;
 pub mod schedule;
+pub mod transformer;
 
 pub use init::Init;
 pub use layers::{Activation, Linear, Mlp};
 pub use metrics::accuracy;
 pub use optim::{Adam, OptState, Optimizer, Sgd};
 pub use schedule::Schedule;
+pub use transformer::{Conv2d, Dropout, Embedding, LayerNorm, MultiHeadAttention, TransformerBlock};
