@@ -1,0 +1,206 @@
+//! Trains a small convolutional network on the embedded digits (8x8 images): two 3x3
+//! convolutions with ReLU and 2x2 max pooling, then a linear classifier; Adam. Prints the
+//! held-out accuracy per epoch.
+//!
+//! Run: `cargo run --release --example train_cnn` (see `--help`); `--device cuda` in a build
+//! with `--features cuda`; data-parallel under `mpirun` (`--features mpi`) or `nabla-launch`,
+//! as train_mlp: every rank takes its shard of each global batch and the gradients are averaged.
+
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use nabla as nb;
+use nb::nn::data::Dataset;
+use nb::nn::{Adam, Conv2d, Init, Linear, Optimizer, accuracy, digest};
+use nb::{Conv2dOptions, DType, Device, Rng, Tensor};
+
+/// Train a CNN on the digits set with nabla-rs.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 30)]
+    epochs: u64,
+    /// Examples per step (the global batch, over all ranks).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Seed for initialisation, the split and shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `cpu`, or `cuda` (the GPU numbered LOCAL_RANK; a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print one final JSON line with the results.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The network: 1 -> 16 -> 32 channels, each a padded 3x3 convolution, ReLU and 2x2 max pool
+/// (8x8 -> 4x4 -> 2x2), then 128 -> 10.
+#[derive(Clone, Debug, nb::Tree)]
+struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    head: Linear,
+}
+
+impl Cnn {
+    fn new(rng: &mut Rng) -> Cnn {
+        let same = Conv2dOptions {
+            padding: (1, 1),
+            ..Conv2dOptions::default()
+        };
+        Cnn {
+            conv1: Conv2d::new(1, 16, (3, 3), same, rng, DType::F32),
+            conv2: Conv2d::new(16, 32, (3, 3), same, rng, DType::F32),
+            head: Linear::new(32 * 2 * 2, 10, Init::GlorotUniform, rng, DType::F32),
+        }
+    }
+
+    /// Logits for `x: [n, 64]` (flattened 8x8 images).
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let n = x.shape()[0];
+        let pool = |t: &Tensor| nb::max_pool2d(t, (2, 2), (2, 2), (0, 0));
+        let h = pool(&self.conv1.forward(&x.reshape([n, 1, 8, 8])).relu());
+        let h = pool(&self.conv2.forward(&h).relu());
+        self.head.forward(&h.reshape([n, 32 * 2 * 2]))
+    }
+}
+
+fn open_device(name: &str) -> Result<Device, String> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => open_cuda(),
+        other => Err(format!("--device {other}: expected cpu or cuda")),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Device, String> {
+    let ordinal = std::env::var("LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    nb::cuda::init(ordinal).map_err(|e| format!("--device cuda: {e}"))?;
+    Ok(Device::Cuda(ordinal))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Device, String> {
+    Err("--device cuda: this build has no CUDA backend; build with `--features cuda`".into())
+}
+
+fn main() {
+    let args = Args::parse();
+    let group = nb::dist::init().unwrap_or_else(|e| {
+        eprintln!("train_cnn: {e}");
+        std::process::exit(2);
+    });
+    let device = open_device(&args.device).unwrap_or_else(|e| {
+        eprintln!("train_cnn: {e}");
+        std::process::exit(2);
+    });
+    if let Err(e) = run(&args, &group, device) {
+        eprintln!("train_cnn: rank {} of {}: {e}", group.rank(), group.world_size());
+        if group.world_size() > 1 {
+            group.abort(1);
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<(), Box<dyn std::error::Error>> {
+    let (rank, world) = (group.rank(), group.world_size());
+    let (train, test) = Dataset::digits().split(0.2, args.seed);
+    if args.batch_size < world {
+        return Err(format!(
+            "--batch-size {} gives some of the {world} ranks no example",
+            args.batch_size
+        )
+        .into());
+    }
+    let to_device = |t: &Tensor| t.to_device(device).expect("the device was opened");
+    let model = nb::Tree::map_leaves(&Cnn::new(&mut Rng::new(args.seed)), to_device);
+    // Every rank starts from rank 0's parameters.
+    let model = group.broadcast_tree(&model, 0)?;
+    let opt = Optimizer::Adam(Adam::default());
+    let mut state = opt.init(&model);
+    let mut model = model;
+    let (test_x, test_y) = (test.x.to_device(device)?, test.y.to_device(device)?);
+    let vg = |(m, x, y): &(Cnn, Tensor, Tensor)| nb::value_and_grad(|m: &Cnn| nb::cross_entropy(&m.forward(x), y))(m);
+    let vg_jit = nb::Jit::new(vg);
+    let steps_per_epoch = train.len().div_ceil(args.batch_size) as u64;
+    let bar = if args.quiet || args.json || rank != 0 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.epochs * steps_per_epoch)
+    };
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}").expect("valid template"));
+    let started = Instant::now();
+    let mut last_loss = f64::NAN;
+    for epoch in 0..args.epochs {
+        for batch in train.batches(args.batch_size, args.seed, epoch) {
+            let shard = nb::dist::Shard::of(batch.y.numel(), rank, world);
+            let rows = |t: &Tensor| {
+                t.slice_axis(
+                    0,
+                    Some(shard.range().start as isize),
+                    Some(shard.range().end as isize),
+                    1,
+                )
+            };
+            let (x, y) = (rows(&batch.x).to_device(device)?, rows(&batch.y).to_device(device)?);
+            let local = vg_jit.call(&(model.clone(), x, y));
+            let (loss, grads) = if world > 1 {
+                nb::dist::all_reduce_weighted(group, &local, shard.weight())?
+            } else {
+                local
+            };
+            last_loss = loss.item::<f32>() as f64;
+            if !last_loss.is_finite() {
+                return Err(format!(
+                    "training diverged: the loss became {last_loss} in epoch {}; try a smaller --lr",
+                    epoch + 1
+                )
+                .into());
+            }
+            (model, state) = opt.update(&model, &grads, &state, args.lr);
+            bar.set_message(format!("loss {last_loss:.4}"));
+            bar.inc(1);
+        }
+        if !args.quiet && !args.json && rank == 0 {
+            let acc = accuracy(&model.forward(&test_x), &test_y);
+            bar.suspend(|| {
+                println!(
+                    "epoch {:>3}: loss {last_loss:.4}, test accuracy {:.2} %",
+                    epoch + 1,
+                    100.0 * acc
+                )
+            });
+        }
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let test_accuracy = accuracy(&model.forward(&test_x), &test_y);
+    let checksum = digest::digest_hex(&nb::Tree::leaves(&model));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"test_accuracy": test_accuracy, "final_loss": last_loss, "seconds": seconds,
+                "param_checksum": checksum, "rank": rank, "world_size": world})
+        );
+    } else if rank == 0 {
+        println!(
+            "done: {} epochs in {seconds:.2} s, test accuracy {:.2} %, param checksum {checksum}",
+            args.epochs,
+            100.0 * test_accuracy
+        );
+    }
+    Ok(())
+}
