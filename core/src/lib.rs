@@ -50,6 +50,7 @@ pub use transforms::positional::{
     Argnums, GradOptions, grad_with, grad_with_aux_with, hessian_with, jacfwd_many_with, jacfwd_with, jacrev_many_with,
     jacrev_with, value_and_grad_with, value_and_grad_with_aux_with,
 };
+pub use transforms::remat::checkpoint;
 pub use transforms::vjp::{VjpFn, vjp_many};
 pub use transforms::vmap::vmap_many;
 pub use tree::Tree;

@@ -8,6 +8,7 @@ pub mod graph;
 pub mod jacobian;
 pub mod jvp;
 pub mod positional;
+pub mod remat;
 pub mod vjp;
 pub mod vmap;
 

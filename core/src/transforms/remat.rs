@@ -1,0 +1,72 @@
+//! Rematerialisation (JAX's `jax.checkpoint`, PyTorch's activation checkpointing): `f`'s
+//! forward pass keeps none of its intermediates; the backward pass (and forward mode) runs `f`
+//! again from its inputs when it needs them. The node recorded for the call holds only the
+//! inputs, so a deep network whose blocks are checkpointed keeps one block's activations at a
+//! time during the backward sweep instead of all of them.
+
+use std::sync::Arc;
+
+use super::jvp::jvp_many;
+use super::vjp::vjp_many;
+use crate::tensor::Tensor;
+use crate::trace::Rule;
+use crate::tree::Tree;
+
+type Body<A> = Arc<dyn Fn(&A) -> Tensor + Send + Sync>;
+
+struct RematRule<A> {
+    /// The argument's structure (its leaves are replaced by the node's inputs).
+    template: A,
+    body: Body<A>,
+}
+
+impl<A: Tree + Send + Sync + 'static> Rule for RematRule<A> {
+    fn name(&self) -> String {
+        "checkpoint".into()
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        // Runs the body again, traced this time, and pulls the cotangent back through it.
+        let (_, pullback) = vjp_many(
+            |leaves| vec![(self.body)(&self.template.rebuild(leaves.to_vec()))],
+            inputs,
+        );
+        pullback.call(std::slice::from_ref(ct)).into_iter().map(Some).collect()
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        let ts: Vec<Tensor> = tangents
+            .iter()
+            .zip(inputs)
+            .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
+            .collect();
+        let (_, out) = jvp_many(
+            |leaves| vec![(self.body)(&self.template.rebuild(leaves.to_vec()))],
+            inputs,
+            &ts,
+        );
+        out.into_iter().next()
+    }
+}
+
+/// `f`, rematerialised: the same values and derivatives (of every order, forward and reverse),
+/// but the forward pass keeps none of `f`'s intermediates and the derivatives recompute them.
+/// Trades compute (one more forward of `f` per backward) for memory. Traced values that `f`
+/// captures instead of taking through its argument are constants of the call (zero
+/// derivative), as for [`super::custom::custom_vjp`]: pass parameters through the argument.
+pub fn checkpoint<A>(f: impl Fn(&A) -> Tensor + Send + Sync + 'static) -> impl Fn(&A) -> Tensor
+where
+    A: Tree + Send + Sync + 'static,
+{
+    let body: Body<A> = Arc::new(f);
+    move |x: &A| {
+        // The value only: nothing inside is recorded, so the intermediates are freed now.
+        let template = x.map_leaves(Tensor::stop_gradient);
+        let out = body(&template);
+        let leaves = x.leaves();
+        let inputs: Vec<&Tensor> = leaves.iter().collect();
+        let body = body.clone();
+        Tensor::record_batched(out.raw().clone(), out.batch().to_vec(), &inputs, move || RematRule {
+            template,
+            body,
+        })
+    }
+}
