@@ -40,6 +40,7 @@ pub use transforms::api::{
     grad, grad_with_aux, jvp, jvp_with_aux, value_and_grad, value_and_grad_with_aux, vjp, vjp_with_aux, vmap, vmap_with,
 };
 pub use transforms::backward::{BackwardOptions, GradSyncHook, backward};
+pub use transforms::control::{cond, scan, scan_with};
 pub use transforms::custom::{custom_jvp, custom_vjp};
 pub use transforms::graph::{format_graph, trace_graph};
 pub use transforms::jacobian::{

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backward;
+pub mod control;
 pub mod custom;
 pub mod graph;
 pub mod jacobian;

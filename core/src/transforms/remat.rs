@@ -49,9 +49,9 @@ impl<A: Tree + Send + Sync + 'static> Rule for RematRule<A> {
 
 /// `f`, rematerialised: the same values and derivatives (of every order, forward and reverse),
 /// but the forward pass keeps none of `f`'s intermediates and the derivatives recompute them.
-/// Trades compute (one more forward of `f` per backward) for memory. Traced values that `f`
-/// captures instead of taking through its argument are constants of the call (zero
-/// derivative), as for [`super::custom::custom_vjp`]: pass parameters through the argument.
+/// Trades compute (one more forward of `f` per backward) for memory. `f` must take what it
+/// differentiates through its argument: a traced value it captures is refused with a message
+/// (its derivative would otherwise be lost).
 pub fn checkpoint<A>(f: impl Fn(&A) -> Tensor + Send + Sync + 'static) -> impl Fn(&A) -> Tensor
 where
     A: Tree + Send + Sync + 'static,
@@ -61,6 +61,9 @@ where
         // The value only: nothing inside is recorded, so the intermediates are freed now.
         let template = x.map_leaves(Tensor::stop_gradient);
         let out = body(&template);
+        if out.is_traced() {
+            panic!("checkpoint: {}", super::control::CAPTURED);
+        }
         let leaves = x.leaves();
         let inputs: Vec<&Tensor> = leaves.iter().collect();
         let body = body.clone();
