@@ -1,0 +1,109 @@
+"""JAX jit and PyTorch eager (when installed) timings of examples/bench_layers.rs's cases:
+conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
+56x56, 3x3, padding 1), and one pre-norm transformer block step, value and gradients (batch 16,
+sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048). float32, CPU. Writes
+rows {case, system, unit, value} as JSON to --json.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def median_ms(fn, warm, runs):
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    ts.sort()
+    return ts[runs // 2]
+
+
+def jax_rows(runs):
+    import jax
+    import jax.numpy as jnp
+    jax.config.update("jax_platforms", "cpu")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((32, 64, 56, 56), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((64, 64, 3, 3), dtype=np.float32) * 0.05)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    fwd = jax.jit(conv)
+    bwd = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+    rows = [("conv2d_fwd", "jax.jit", "ms", median_ms(lambda: fwd(x, w).block_until_ready(), 1, runs)),
+            ("conv2d_fwd_bwd", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(bwd(x, w)), 1, runs))]
+
+    b, l, d, h = 16, 256, 512, 8
+    def lin(i, o):
+        return (jnp.asarray(rng.standard_normal((i, o), dtype=np.float32) / np.sqrt(i)), jnp.zeros((o,), jnp.float32))
+    params = {"q": lin(d, d), "k": lin(d, d), "v": lin(d, d), "o": lin(d, d), "up": lin(d, 4 * d), "down": lin(4 * d, d),
+              "g1": jnp.ones(d), "b1": jnp.zeros(d), "g2": jnp.ones(d), "b2": jnp.zeros(d)}
+    xs = jnp.asarray(rng.standard_normal((b, l, d), dtype=np.float32))
+
+    def ln(x, g, bb):
+        m = x.mean(-1, keepdims=True)
+        v = ((x - m) ** 2).mean(-1, keepdims=True)
+        return (x - m) / jnp.sqrt(v + 1e-5) * g + bb
+
+    def block(p, x):
+        a = ln(x, p["g1"], p["b1"])
+        split = lambda t: t.reshape(b, l, h, d // h).transpose(0, 2, 1, 3)  # noqa: E731
+        q, k, v = (split(a @ p[n][0] + p[n][1]) for n in ("q", "k", "v"))
+        s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // h)
+        s = jnp.where(jnp.tril(jnp.ones((l, l), bool)), s, -jnp.inf)
+        o = (jax.nn.softmax(s, -1) @ v).transpose(0, 2, 1, 3).reshape(b, l, d)
+        x = x + o @ p["o"][0] + p["o"][1]
+        m = jax.nn.gelu(ln(x, p["g2"], p["b2"]) @ p["up"][0] + p["up"][1], approximate=False)
+        return x + m @ p["down"][0] + p["down"][1]
+
+    step = jax.jit(jax.value_and_grad(lambda p: jnp.mean(block(p, xs) ** 2)))
+    rows.append(("transformer_block_step", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(step(params)), 1, runs)))
+    return rows
+
+
+def torch_rows(runs):
+    try:
+        import torch
+    except ImportError:
+        return []
+    torch.manual_seed(0)
+    x = torch.randn(32, 64, 56, 56)
+    w = (torch.randn(64, 64, 3, 3) * 0.05).requires_grad_()
+    xg = x.clone().requires_grad_()
+    rows = [("conv2d_fwd", "torch eager", "ms", median_ms(lambda: torch.nn.functional.conv2d(x, w.detach(), padding=1), 1, runs))]
+
+    def fb():
+        y = torch.nn.functional.conv2d(xg, w, padding=1)
+        return torch.autograd.grad((y ** 2).sum(), (xg, w))
+
+    rows.append(("conv2d_fwd_bwd", "torch eager", "ms", median_ms(fb, 1, runs)))
+    layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    xs = torch.randn(16, 256, 512)
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(256)
+
+    def step():
+        y = layer(xs, src_mask=mask, is_causal=True)
+        return torch.autograd.grad((y ** 2).mean(), list(layer.parameters()))
+
+    rows.append(("transformer_block_step", "torch eager", "ms", median_ms(step, 1, runs)))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    rows = jax_rows(a.runs) + torch_rows(a.runs)
+    with open(a.json, "w") as f:
+        json.dump([{"case": c, "system": s, "unit": u, "value": v} for c, s, u, v in rows], f)
+
+
+if __name__ == "__main__":
+    main()

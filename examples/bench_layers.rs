@@ -1,0 +1,126 @@
+//! The CNN and transformer benchmark (issue 12): conv2d forward and forward+backward at a
+//! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1) and one pre-norm
+//! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
+//! causal), ours next to JAX jit and PyTorch eager (when installed) measured in the same
+//! invocation by `ci/jax_layers_baseline.py`. float32 on the CPU.
+//!
+//! Run: `cargo run --release --example bench_layers -- [--python .venv-jax/bin/python]`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use clap::Parser;
+
+#[path = "timing/mod.rs"]
+mod timing;
+use nabla as nb;
+use nb::nn::TransformerBlock;
+use nb::{Conv2dOptions, DType, Rng, Tensor};
+use timing::median_ms;
+
+/// Benchmark the layer ops against JAX and PyTorch.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Python with JAX (and optionally PyTorch).
+    #[arg(long, default_value = ".venv-jax/bin/python")]
+    python: PathBuf,
+    /// Timed runs per case (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Only our own cases.
+    #[arg(long)]
+    ours_only: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    let mut rng = Rng::new(0);
+    let x = rng.normal(&[32, 64, 56, 56], 0.0, 1.0, DType::F32);
+    let w = rng.normal(&[64, 64, 3, 3], 0.0, 0.05, DType::F32);
+    let opts = Conv2dOptions {
+        padding: (1, 1),
+        ..Conv2dOptions::default()
+    };
+    rows.push((
+        "conv2d_fwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(nb::conv2d(&x, &w, opts))),
+    ));
+    let fb = nb::grad(|a: &(Tensor, Tensor)| nb::conv2d(&a.0, &a.1, opts).square().sum_all());
+    let xw = (x.clone(), w.clone());
+    rows.push((
+        "conv2d_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(fb(&xw))),
+    ));
+    let block = TransformerBlock::new(512, 8, 0.0, &mut rng, DType::F32);
+    let xs = rng.normal(&[16, 256, 512], 0.0, 1.0, DType::F32);
+    let step = nb::value_and_grad(|b: &TransformerBlock| b.forward(&xs, true, None).square().mean_all());
+    rows.push((
+        "transformer_block_step".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(step(&block))),
+    ));
+    let step_jit = nb::jit(&step);
+    rows.push((
+        "transformer_block_step".into(),
+        "nabla-rs jit".into(),
+        median_ms(1, args.runs, || drop(step_jit(&block))),
+    ));
+    if !args.ours_only {
+        let out = std::env::temp_dir().join(format!("nabla-bench-layers-{}.json", std::process::id()));
+        let status = Command::new(&args.python)
+            .arg("ci/jax_layers_baseline.py")
+            .arg("--json")
+            .arg(&out)
+            .arg("--runs")
+            .arg(args.runs.to_string())
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                let text = std::fs::read_to_string(&out).unwrap_or_default();
+                let refs: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+                for r in refs {
+                    rows.push((
+                        r["case"].as_str().unwrap_or("?").into(),
+                        r["system"].as_str().unwrap_or("?").into(),
+                        r["value"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+                let _ = std::fs::remove_file(&out);
+            }
+            other => eprintln!("bench_layers: the reference script did not run ({other:?}); ours only"),
+        }
+    }
+    let mut table: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for (case, system, v) in rows {
+        table.entry(case).or_default().insert(system, v);
+    }
+    let systems = ["nabla-rs", "nabla-rs jit", "jax.jit", "torch eager"];
+    println!(
+        "| case | {} | best ours / jax.jit | best ours / torch |",
+        systems.join(" ms | ") + " ms"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for case in ["conv2d_fwd", "conv2d_fwd_bwd", "transformer_block_step"] {
+        let r = &table[case];
+        let cell = |s: &str| r.get(s).map_or("-".to_string(), |v| format!("{v:.1}"));
+        let ours = ["nabla-rs", "nabla-rs jit"]
+            .iter()
+            .filter_map(|s| r.get(*s))
+            .fold(f64::INFINITY, |a, &b| a.min(b));
+        let ratio = |s: &str| r.get(s).map_or("-".to_string(), |v| format!("{:.2}", ours / v));
+        println!(
+            "| {case} | {} | {} | {} | {} | {} | {} |",
+            cell(systems[0]),
+            cell(systems[1]),
+            cell(systems[2]),
+            cell(systems[3]),
+            ratio("jax.jit"),
+            ratio("torch eager")
+        );
+    }
+    println!("(ratios above 1 mean nabla-rs is slower)");
+}
