@@ -9,6 +9,10 @@
 use std::time::Instant;
 
 use clap::Parser;
+
+#[path = "../device/mod.rs"]
+mod device;
+use device::open_device;
 use indicatif::{ProgressBar, ProgressStyle};
 use nabla as nb;
 use nb::nn::data::Dataset;
@@ -71,29 +75,6 @@ impl Cnn {
         let h = pool(&self.conv2.forward(&h).relu());
         self.head.forward(&h.reshape([n, 32 * 2 * 2]))
     }
-}
-
-fn open_device(name: &str) -> Result<Device, String> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => open_cuda(),
-        other => Err(format!("--device {other}: expected cpu or cuda")),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn open_cuda() -> Result<Device, String> {
-    let ordinal = std::env::var("LOCAL_RANK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    nb::cuda::init(ordinal).map_err(|e| format!("--device cuda: {e}"))?;
-    Ok(Device::Cuda(ordinal))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<Device, String> {
-    Err("--device cuda: this build has no CUDA backend; build with `--features cuda`".into())
 }
 
 fn main() {

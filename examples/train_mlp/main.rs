@@ -10,6 +10,8 @@
 
 mod args;
 mod checks;
+#[path = "../device/mod.rs"]
+mod device;
 
 use std::time::Instant;
 
@@ -88,28 +90,12 @@ fn main() {
     }
 }
 
-/// The device `--device` names, opened (for CUDA: the GPU numbered LOCAL_RANK, registered as
-/// `Device::Cuda(n)`), or why it cannot be used.
+/// The device `--device` names, opened (see `examples/device`).
 fn open_device(name: DeviceName) -> Result<Device, String> {
-    match name {
-        DeviceName::Cpu => Ok(Device::Cpu),
-        DeviceName::Cuda => open_cuda(),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn open_cuda() -> Result<Device, String> {
-    let ordinal = std::env::var("LOCAL_RANK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    nb::cuda::init(ordinal).map_err(|e| format!("--device cuda: {e}"))?;
-    Ok(Device::Cuda(ordinal))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<Device, String> {
-    Err("--device cuda: this build has no CUDA backend; build with `--features cuda`".into())
+    device::open_device(match name {
+        DeviceName::Cpu => "cpu",
+        DeviceName::Cuda => "cuda",
+    })
 }
 
 /// Prints `line` to stderr in one write, so that the lines of ranks sharing a terminal (under

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+
+#[path = "../device/mod.rs"]
+mod device;
+use device::open_device;
 use indicatif::{ProgressBar, ProgressStyle};
 use nabla as nb;
 use nb::nn::checkpoint::{self, Checkpoint};
@@ -172,29 +176,6 @@ fn exact_match(model: &Model, inputs: &Tensor, targets: &Tensor, n: usize, devic
         .filter(|(s, w)| &s[n + 1..] == *w)
         .count();
     right as f64 / b as f64
-}
-
-fn open_device(name: &str) -> Result<Device, String> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => open_cuda(),
-        other => Err(format!("--device {other}: expected cpu or cuda")),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn open_cuda() -> Result<Device, String> {
-    let ordinal = std::env::var("LOCAL_RANK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    nb::cuda::init(ordinal).map_err(|e| format!("--device cuda: {e}"))?;
-    Ok(Device::Cuda(ordinal))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn open_cuda() -> Result<Device, String> {
-    Err("--device cuda: this build has no CUDA backend; build with `--features cuda`".into())
 }
 
 fn main() {

@@ -11,36 +11,51 @@ use nabla_kernels::{
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
 
-/// The `[B, P, N, Q]` extents of `x` and the `I` of `idx: [B, I]`.
-fn bpnq(x: &RawTensor, idx: &RawTensor) -> [i64; 5] {
-    let s = x.shape();
-    [s[0], s[1], s[2], s[3], idx.shape()[1]].map(|v| v as i64)
-}
-
-pub(super) fn gather<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, idx: &RawTensor) -> RawTensor {
-    let (x, idx) = (be.dense(x), be.dense(idx));
-    let [b, p, n, q, count] = bpnq(&x, &idx);
-    let out = be.empty(&[b as usize, p as usize, count as usize, q as usize], x.dtype());
-    let total = b * p * count * q;
+/// Launches a gather or scatter-add `spec` over `out` (`[B, P, I, Q]` for gather, the base
+/// `[B, P, N, Q]` for scatter-add), with `data` (`x` or `upd`) and `idx: [B, I]`, all
+/// contiguous; `n` is the indexed extent `N`.
+fn launch_bpnq<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    spec: &nabla_kernels::KernelSpec,
+    out: &RawTensor,
+    data: (&str, &RawTensor),
+    idx: &RawTensor,
+    [b, p, n, q]: [usize; 4],
+) {
+    let count = idx.shape()[1];
+    let total = (b * p * count * q) as i64;
     if total == 0 {
-        return out;
+        return;
     }
-    let s = spec(GatherSpec::new(kernel_dtype(x.dtype())), "gather");
-    be.run(&s, launch::elementwise(total, be.api.sm_count()), |prm| {
+    be.run(spec, launch::elementwise(total, be.api.sm_count()), |prm| {
         Some(match prm.name {
-            "out" => be.run_ptr(&out),
-            "x" => be.run_ptr(&x),
-            "idx" => be.run_ptr(&idx),
-            "batches" => LaunchArg::I64(b),
-            "pre" => LaunchArg::I64(p),
-            "n" => LaunchArg::I64(n),
-            "post" => LaunchArg::I64(q),
-            "count" => LaunchArg::I64(count),
+            "out" => be.run_ptr(out),
+            "idx" => be.run_ptr(idx),
+            name if name == data.0 => be.run_ptr(data.1),
+            "batches" => LaunchArg::I64(b as i64),
+            "pre" => LaunchArg::I64(p as i64),
+            "n" => LaunchArg::I64(n as i64),
+            "post" => LaunchArg::I64(q as i64),
+            "count" => LaunchArg::I64(count as i64),
             // Core passes indices already in 0..N.
             "wrap_negative" => LaunchArg::I32(0),
             _ => return None,
         })
     });
+}
+
+/// The `[B, P, N, Q]` extents of a rank-4 tensor.
+fn dims4(x: &RawTensor) -> [usize; 4] {
+    let s = x.shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+pub(super) fn gather<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, idx: &RawTensor) -> RawTensor {
+    let (x, idx) = (be.dense(x), be.dense(idx));
+    let [b, p, n, q] = dims4(&x);
+    let out = be.empty(&[b, p, idx.shape()[1], q], x.dtype());
+    let s = spec(GatherSpec::new(kernel_dtype(x.dtype())), "gather");
+    launch_bpnq(be, &s, &out, ("x", &x), &idx, [b, p, n, q]);
     out
 }
 
@@ -53,26 +68,8 @@ pub(super) fn scatter_add<A: DeviceApi>(
     // The kernel adds in place: into a fresh copy of `base`.
     let out = super::elementwise::copy(be, base);
     let (idx, upd) = (be.dense(idx), be.dense(upd));
-    let [b, p, n, q, count] = bpnq(&out, &idx);
-    let total = b * p * count * q;
-    if total == 0 {
-        return out;
-    }
     let s = spec(ScatterAddSpec::new(kernel_dtype(out.dtype())), "scatter_add");
-    be.run(&s, launch::elementwise(total, be.api.sm_count()), |prm| {
-        Some(match prm.name {
-            "out" => be.run_ptr(&out),
-            "upd" => be.run_ptr(&upd),
-            "idx" => be.run_ptr(&idx),
-            "batches" => LaunchArg::I64(b),
-            "pre" => LaunchArg::I64(p),
-            "n" => LaunchArg::I64(n),
-            "post" => LaunchArg::I64(q),
-            "count" => LaunchArg::I64(count),
-            "wrap_negative" => LaunchArg::I32(0),
-            _ => return None,
-        })
-    });
+    launch_bpnq(be, &s, &out, ("upd", &upd), &idx, dims4(&out));
     out
 }
 
