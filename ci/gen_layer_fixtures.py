@@ -9,7 +9,12 @@ and tril for several diagonals; layer_norm and rms_norm over the last axis or th
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
-attention with and without a boolean mask and the causal mask; cumsum.
+attention with and without a boolean mask and the causal mask; cumsum and cumprod (with a
+zero inside).
+
+The same run writes core/tests/fixtures/layer_compositions.json: the transform compositions of
+ci/gen_fixtures.py (Jacobian, vjp of vjp, jvp of vjp, vjp of jvp, Hessian, vmap of vjp and jvp,
+in f64 and f32) for every differentiable case above of at most 200 input elements.
 
 Run from the repository root (seconds):
     python3 -m venv .venv-jax && .venv-jax/bin/pip install jax numpy
@@ -135,7 +140,7 @@ def gen_conv():
         ow = (wd - 1) * stride[1] - 2 * padding[1] + dilation[1] * (kw - 1) + out_pad[1] + 1
 
         def tconv(x, w, a=(stride, padding, dilation, groups), shape=(n, og * groups, oh, ow)):
-            _, pull = jax.vjp(lambda inp: conv_ref(inp, w, *a), jnp.zeros(shape))
+            _, pull = jax.vjp(lambda inp: conv_ref(inp, w, *a), jnp.zeros(shape, dtype=x.dtype))
             return pull(x)[0]
 
         g.add_case(name, "conv_transpose2d", opts, [g.uniform(r, xs, -1.0, 1.0), g.uniform(r, ws, -1.0, 1.0)], tconv)
@@ -192,6 +197,12 @@ def gen_attention():
     for s, axis in [([5], 0), ([3, 4], 1), ([3, 4], 0), ([2, 3, 4], -2)]:
         name = f"cumsum/{g.shape_str(s)}_ax{axis}"
         g.add_case(name, "cumsum", {"axis": axis}, [g.uniform(g.rng_for(name), s)], lambda x, a=axis: jnp.cumsum(x, axis=a))
+        name = f"cumprod/{g.shape_str(s)}_ax{axis}"
+        g.add_case(name, "cumprod", {"axis": axis}, [g.uniform(g.rng_for(name), s, -1.5, 1.5)],
+                   lambda x, a=axis: jnp.cumprod(x, axis=a))
+    # A zero inside: the products after it are zero, their derivatives are not.
+    g.add_case("cumprod/zero", "cumprod", {"axis": 0}, [np.array([1.5, -2.0, 0.0, 0.5, 3.0])],
+               lambda x: jnp.cumprod(x, axis=0))
 
 
 def main():
@@ -206,6 +217,11 @@ def main():
     for op, n in counts.items():
         print(f"{op:16s} {n}")
     print(f"{len(g.CASES)} cases -> {os.path.normpath(OUT_PATH)} (jax {jax.__version__})")
+    g.COMPOSITIONS_PATH = os.path.join(os.path.dirname(OUT_PATH), "layer_compositions.json")
+    # Compositions (Hessians above all) of the large cases take minutes in JAX: keep the
+    # cases of at most 200 input elements, which include at least one of every op.
+    g.COMPOSABLE[:] = [c for c in g.COMPOSABLE if sum(np.size(x) for x in c[2]) <= 200]
+    g.gen_compositions()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 //! The conformance matrix: for every differentiable op case, transform compositions
 //! (jacobian by jacfwd and jacrev, vjp∘vjp, jvp∘vjp, vjp∘jvp, the Hessian by jacfwd∘jacrev and
 //! jacrev∘jacfwd, vmap∘vjp, vmap∘jvp) against values JAX computes for the same functions and
-//! inputs (`core/tests/fixtures/compositions.json`, written by `ci/gen_fixtures.py`), in f64 at
+//! inputs (`core/tests/fixtures/compositions.json`, written by `ci/gen_fixtures.py`, and
+//! `layer_compositions.json`, by `ci/gen_layer_fixtures.py`), in f64 at
 //! rtol 1e-10 and in f32 at rtol 1e-5.
 
 mod common;
@@ -13,11 +14,18 @@ use nabla_core as nb;
 use nb::{DType, Tensor};
 use serde_json::Value;
 
+/// The compositions of `ops_f64.json`'s cases and of `layer_ops.json`'s (written by
+/// `ci/gen_layer_fixtures.py`).
 fn load() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/compositions.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
-    let root: Value = serde_json::from_str(&text).expect("fixture JSON");
-    root["cases"].as_array().unwrap().clone()
+    ["compositions.json", "layer_compositions.json"]
+        .iter()
+        .flat_map(|file| {
+            let path = format!("{}/tests/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            let root: Value = serde_json::from_str(&text).expect("fixture JSON");
+            root["cases"].as_array().unwrap().clone()
+        })
+        .collect()
 }
 
 fn list(v: &Value) -> Vec<Tensor> {

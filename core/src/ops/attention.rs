@@ -1,4 +1,5 @@
-//! Scaled dot-product attention and the cumulative sum, as compositions of primitives.
+//! Scaled dot-product attention, the cumulative sum and the cumulative product, as
+//! compositions of primitives (the product through `scan`).
 
 use super::require_float;
 use crate::shape::normalize_axis;
@@ -62,5 +63,29 @@ impl Tensor {
         let upper: Vec<f64> = (0..n * n).map(|i| if i / n <= i % n { 1.0 } else { 0.0 }).collect();
         let upper = Tensor::from_vec(upper, &[n, n]).cast(self.dtype()).on(self.device());
         self.moveaxis(a as isize, -1).matmul(&upper).moveaxis(-1, a as isize)
+    }
+}
+
+impl Tensor {
+    /// Running products along `axis` (`jnp.cumprod`): element `i` is the product of elements
+    /// `0..=i`. A [`crate::scan`] over the axis, so zeros and negative values have exact
+    /// derivatives (the product rule, as JAX) and it runs on every device.
+    pub fn cumprod(&self, axis: isize) -> Tensor {
+        require_float("cumprod", self);
+        if self.rank() == 0 {
+            return self.clone();
+        }
+        let a = normalize_axis("cumprod", axis, self.rank());
+        let moved = self.moveaxis(a as isize, 0);
+        let ones = moved.index_axis(0, 0).ones_like();
+        let (_, prods) = crate::transforms::control::scan(
+            |c: &Tensor, x: &Tensor| {
+                let p = c * x;
+                (p.clone(), p)
+            },
+            &ones,
+            &moved,
+        );
+        prods.moveaxis(0, a as isize)
     }
 }

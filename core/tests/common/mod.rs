@@ -161,6 +161,7 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
             p["causal"].as_bool().unwrap(),
         )),
         "cumsum" => one(x[0].cumsum(p["axis"].as_i64().unwrap() as isize)),
+        "cumprod" => one(x[0].cumprod(p["axis"].as_i64().unwrap() as isize)),
         "layer_norm" => one(x[0].layer_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "rms_norm" => one(x[0].rms_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "silu" => one(x[0].silu()),
