@@ -61,6 +61,23 @@ fn ulps_for(op: &str) -> f64 {
     }
 }
 
+/// A case's inputs with the floats rounded to `half`, and the same rounded values in f64 (the
+/// reference runs on those, so that only the op's own rounding is measured).
+fn rounded_and_exact(inputs: &[Tensor], half: DType) -> (Vec<Tensor>, Vec<Tensor>) {
+    let rounded: Vec<Tensor> = inputs.iter().map(|t| to_half(t, half)).collect();
+    let exact = rounded
+        .iter()
+        .map(|t| {
+            if t.dtype() == half {
+                t.cast(DType::F64)
+            } else {
+                t.clone()
+            }
+        })
+        .collect();
+    (rounded, exact)
+}
+
 /// Float outputs of a case only (integer and bool outputs are exact and checked elsewhere).
 fn float_outputs(ts: Vec<Tensor>) -> Vec<(usize, Tensor)> {
     ts.into_iter()
@@ -77,17 +94,7 @@ fn half_forward_values_match_f64_at_the_rounded_inputs() {
             if !c.inputs.iter().any(|t| t.dtype().is_float()) {
                 continue;
             }
-            let rounded: Vec<Tensor> = c.inputs.iter().map(|t| to_half(t, half)).collect();
-            let exact: Vec<Tensor> = rounded
-                .iter()
-                .map(|t| {
-                    if t.dtype() == half {
-                        t.cast(DType::F64)
-                    } else {
-                        t.clone()
-                    }
-                })
-                .collect();
+            let (rounded, exact) = rounded_and_exact(&c.inputs, half);
             let got = apply(&c.op, &c.params, &rounded);
             let want = apply(&c.op, &c.params, &exact);
             for ((k, g), (_, w)) in float_outputs(got).into_iter().zip(float_outputs(want)) {
@@ -110,17 +117,7 @@ fn half_vjps_and_jvps_match_f64_at_the_rounded_inputs() {
             if fidx.is_empty() {
                 continue;
             }
-            let rounded: Vec<Tensor> = c.inputs.iter().map(|t| to_half(t, half)).collect();
-            let exact: Vec<Tensor> = rounded
-                .iter()
-                .map(|t| {
-                    if t.dtype() == half {
-                        t.cast(DType::F64)
-                    } else {
-                        t.clone()
-                    }
-                })
-                .collect();
+            let (rounded, exact) = rounded_and_exact(&c.inputs, half);
             let f_half = of_floats(&c.op, &c.params, &rounded);
             let f_exact = of_floats(&c.op, &c.params, &exact);
             let p_half: Vec<Tensor> = fidx.iter().map(|&i| rounded[i].clone()).collect();

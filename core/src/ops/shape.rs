@@ -181,11 +181,7 @@ impl Rule for ConcatRule {
             .collect()
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        let parts: Vec<Tensor> = inputs
-            .iter()
-            .zip(t)
-            .map(|(x, t)| t.clone().unwrap_or_else(|| x.zeros_like()))
-            .collect();
+        let parts = crate::transforms::custom::dense_tangents(inputs, t);
         Some(concatenate(&parts, self.axis as isize))
     }
 }

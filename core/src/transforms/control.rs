@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::custom::{as_custom_op, dense_tangents};
 use super::jvp::jvp_many;
 use super::vjp::vjp_many;
 use crate::ops::shape::stack;
@@ -87,6 +88,7 @@ type StepFn<C, X, Y> = Arc<dyn Fn(&C, &X) -> (C, Y) + Send + Sync>;
 
 /// How the scan's outputs are packed into the one tensor its node records: the final carry's
 /// leaves then the stacked outputs' leaves, each flattened, in order.
+#[derive(Clone)]
 struct Packing {
     shapes: Vec<Vec<usize>>,
 }
@@ -115,11 +117,16 @@ impl Packing {
 
 struct ScanRule<C, X, Y> {
     step: StepFn<C, X, Y>,
+    /// The carry's structure.
     carry: C,
-    xs: X,
-    ys: Y,
+    /// The structure of one step's `x` (the xs leaves without their leading axis).
+    x_step: X,
+    /// The number of `y` leaves.
+    ny: usize,
+    /// Steps (at least 1).
     length: usize,
     packing: Packing,
+    _y: std::marker::PhantomData<fn() -> Y>,
 }
 
 impl<C: Tree, X: Tree, Y: Tree> ScanRule<C, X, Y> {
@@ -132,16 +139,11 @@ impl<C: Tree, X: Tree, Y: Tree> ScanRule<C, X, Y> {
     fn flat_step(&self, leaves: &[Tensor]) -> Vec<Tensor> {
         let nc = self.carry.leaves().len();
         let c = self.carry.rebuild(leaves[..nc].to_vec());
-        let x = self.xs_step_template().rebuild(leaves[nc..].to_vec());
+        let x = self.x_step.rebuild(leaves[nc..].to_vec());
         let (c2, y) = (self.step)(&c, &x);
         let mut out = c2.leaves();
         out.extend(y.leaves());
         out
-    }
-
-    /// The structure of one step's `x` (the xs leaves without their leading axis).
-    fn xs_step_template(&self) -> X {
-        self.xs.map_leaves(|l| l.index_axis(0, 0))
     }
 
     fn x_at(xs: &[Tensor], t: usize) -> Vec<Tensor> {
@@ -185,12 +187,8 @@ where
         }
         let mut grads: Vec<Option<Tensor>> = ct_c.into_iter().map(Some).collect();
         for k in 0..xs.len() {
-            if self.length == 0 {
-                grads.push(Some(xs[k].zeros_like()));
-            } else {
-                let per_step: Vec<Tensor> = ct_xs.iter().map(|g| g[k].clone()).collect();
-                grads.push(Some(stack(&per_step, 0)));
-            }
+            let per_step: Vec<Tensor> = ct_xs.iter().map(|g| g[k].clone()).collect();
+            grads.push(Some(stack(&per_step, 0)));
         }
         grads
     }
@@ -198,14 +196,9 @@ where
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         let (mut c, xs) = self.split_inputs(inputs);
         let nc = c.len();
-        let ts: Vec<Tensor> = tangents
-            .iter()
-            .zip(inputs)
-            .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
-            .collect();
+        let ts = dense_tangents(inputs, tangents);
         let (mut tc, txs) = (ts[..nc].to_vec(), ts[nc..].to_vec());
-        let ny = self.ys.leaves().len();
-        let mut ty_steps: Vec<Vec<Tensor>> = vec![Vec::new(); ny];
+        let mut ty_steps: Vec<Vec<Tensor>> = vec![Vec::new(); self.ny];
         for t in 0..self.length {
             let mut primals = c.clone();
             primals.extend(Self::x_at(&xs, t));
@@ -219,13 +212,7 @@ where
             }
         }
         let mut leaves = tc;
-        for (k, steps) in ty_steps.into_iter().enumerate() {
-            leaves.push(if steps.is_empty() {
-                self.ys.leaves()[k].zeros_like()
-            } else {
-                stack(&steps, 0)
-            });
-        }
+        leaves.extend(ty_steps.iter().map(|steps| stack(steps, 0)));
         Some(self.packing.pack(&leaves))
     }
 }
@@ -352,20 +339,15 @@ where
     let packed = packing.pack(&out_leaves);
     let mut inputs = init.leaves();
     inputs.extend(x_leaves.iter().cloned());
-    let input_refs: Vec<&Tensor> = inputs.iter().collect();
-    let ys_template = y_template.rebuild(stacked.clone());
-    let rule_packing = Packing {
-        shapes: packing.shapes.clone(),
-    };
-    let recorded = Tensor::record_batched(packed.raw().clone(), packed.batch().to_vec(), &input_refs, move || {
-        ScanRule {
-            step,
-            carry: init.map_leaves(Tensor::stop_gradient),
-            xs: xs.map_leaves(Tensor::stop_gradient),
-            ys: ys_template,
-            length,
-            packing: rule_packing,
-        }
+    let rule_packing = packing.clone();
+    let recorded = as_custom_op(&packed, &inputs, move || ScanRule {
+        step,
+        carry: init.map_leaves(Tensor::stop_gradient),
+        x_step: x_template,
+        ny,
+        length,
+        packing: rule_packing,
+        _y: std::marker::PhantomData,
     });
     let parts = packing.unpack(&recorded);
     let nc = carry.leaves().len();

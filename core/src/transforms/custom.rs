@@ -15,10 +15,20 @@ type BwdFn<A, R> = Arc<dyn Fn(&R, &Tensor) -> A + Send + Sync>;
 type JvpFn<A> = Arc<dyn Fn(&A, &A) -> Tensor + Send + Sync>;
 
 /// Records `out`'s value as the result of `rule` applied to `leaves` (the output's graph inside
-/// the user's function is dropped: its derivative is the rule's).
-fn as_custom_op<R: Rule + 'static>(out: &Tensor, leaves: &[Tensor], rule: impl FnOnce() -> R) -> Tensor {
+/// the user's function is dropped: its derivative is the rule's). Shared by the transforms
+/// whose ops are functions (custom rules, `checkpoint`, `scan`).
+pub(crate) fn as_custom_op<R: Rule + 'static>(out: &Tensor, leaves: &[Tensor], rule: impl FnOnce() -> R) -> Tensor {
     let inputs: Vec<&Tensor> = leaves.iter().collect();
     Tensor::record_batched(out.raw().clone(), out.batch().to_vec(), &inputs, rule)
+}
+
+/// The tangents of a rule's inputs with the absent ones (`None`: not differentiated) as zeros.
+pub(crate) fn dense_tangents(inputs: &[Tensor], tangents: &[Option<Tensor>]) -> Vec<Tensor> {
+    tangents
+        .iter()
+        .zip(inputs)
+        .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
+        .collect()
 }
 
 fn check_cotangents(name: &str, got: &[Tensor], inputs: &[Tensor]) {
@@ -98,11 +108,7 @@ impl<A: Tree + Send + Sync + 'static> Rule for CustomJvpRule<A> {
         "custom_jvp".into()
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let ts: Vec<Tensor> = tangents
-            .iter()
-            .zip(inputs)
-            .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
-            .collect();
+        let ts = dense_tangents(inputs, tangents);
         Some((self.jvp)(
             &self.template.rebuild(inputs.to_vec()),
             &self.template.rebuild(ts),

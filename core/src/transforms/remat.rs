@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::custom::{as_custom_op, dense_tangents};
 use super::jvp::jvp_many;
 use super::vjp::vjp_many;
 use crate::tensor::Tensor;
@@ -33,11 +34,7 @@ impl<A: Tree + Send + Sync + 'static> Rule for RematRule<A> {
         pullback.call(std::slice::from_ref(ct)).into_iter().map(Some).collect()
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let ts: Vec<Tensor> = tangents
-            .iter()
-            .zip(inputs)
-            .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
-            .collect();
+        let ts = dense_tangents(inputs, tangents);
         let (_, out) = jvp_many(
             |leaves| vec![(self.body)(&self.template.rebuild(leaves.to_vec()))],
             inputs,
@@ -64,12 +61,7 @@ where
         if out.is_traced() {
             panic!("checkpoint: {}", super::control::CAPTURED);
         }
-        let leaves = x.leaves();
-        let inputs: Vec<&Tensor> = leaves.iter().collect();
         let body = body.clone();
-        Tensor::record_batched(out.raw().clone(), out.batch().to_vec(), &inputs, move || RematRule {
-            template,
-            body,
-        })
+        as_custom_op(&out, &x.leaves(), move || RematRule { template, body })
     }
 }
