@@ -3,7 +3,9 @@
 # libraries and headers of the pip wheels PyTorch brings, then:
 #   1. every fixture op, VJP and JVP on the GPU against the CPU (the conformance test binary);
 #   2. train_mlp --device cuda to its accuracy;
-#   3. the benchmark against PyTorch on the same GPU, as one table.
+#   3. NCCL at world size 1 (libnccl.so.2 of the wheel, through our loader): in-place
+#      all-reduce and broadcast of device tensors, and a group's gradient buckets through it;
+#   4. the benchmark against PyTorch on the same GPU, as one table.
 # Exit status: non-zero when a check fails (the table is printed either way).
 set -u
 cd "$(dirname "$0")"
@@ -33,7 +35,18 @@ else
   echo "gpu-check: FAILED: train_mlp --device cuda"; status=1
 fi
 
-echo "== 3. benchmark against PyTorch (same GPU, same call)"
+echo "== 3. NCCL at world size 1"
+if [ -z "${NABLA_NCCL_LIBRARY:-}" ] && [ -n "$nv" ] && [ -f "$nv/nccl/lib/libnccl.so.2" ]; then
+  export NABLA_NCCL_LIBRARY="$nv/nccl/lib/libnccl.so.2"
+fi
+echo "NABLA_NCCL_LIBRARY=${NABLA_NCCL_LIBRARY:-unset (the loader's path)}"
+for t in nccl_cuda nccl_dist; do
+  if ! NABLA_GPU_CHECK=1 NABLA_NCCL_REQUIRED=1 timeout 60 "./$t" --test-threads 1 --nocapture; then
+    echo "gpu-check: FAILED: $t"; status=1
+  fi
+done
+
+echo "== 4. benchmark against PyTorch (same GPU, same call)"
 timeout 150 ./gpu_bench > ours.jsonl || { echo "gpu-check: FAILED: gpu_bench"; status=1; }
 timeout 120 python3 gpu_bench_torch.py > torch.jsonl || { echo "gpu-check: torch benchmark failed"; status=1; }
 python3 - <<'PY'
@@ -71,5 +84,4 @@ for dt in ("f32", "bf16"):
         tflops = 2 * 8192 ** 3 / (r["nabla-rs"] * 1e-3) / 1e12
         print(f"matmul {dt}: {tflops:.1f} TFLOP/s, {r['torch eager'] / r['nabla-rs']:.2f}x torch's speed (target 0.9x)")
 PY
-echo "== NCCL: not built yet (issue 9); no all-reduce check"
 exit $status

@@ -143,7 +143,7 @@ impl DataParallel {
         let sizes: Vec<(DType, usize)> = leaves.iter().map(|t| (t.dtype(), t.numel())).collect();
         let plan = plan(&sizes, config.first_bucket_bytes, config.bucket_bytes);
         let state = State {
-            queue: BucketQueue::new(plan, leaves.iter().map(|t| t.numel()).collect()),
+            queue: BucketQueue::new(plan, &leaves),
             meta,
             leaves: Vec::new(),
             index: HashMap::new(),
@@ -353,7 +353,7 @@ impl GradSyncHook for Hook {
         let leaves = st.leaves.clone();
         let comm = st
             .queue
-            .drain(&leaves, |l, g| leaves[l].set_grad(Some(g)))
+            .drain(&self.worker, &leaves, |l, g| leaves[l].set_grad(Some(g)))
             .unwrap_or_else(|e| self.fail(e));
         st.stats.buckets = st.queue.launched();
         st.stats.bytes = st.queue.bytes;

@@ -43,7 +43,16 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
             .map(|&l| leaves[l].stop_gradient().reshape([-1]))
             .collect();
         let packed = nabla_core::concatenate(&parts, 0) * weight;
-        let reduced = packed.apply_external("all_reduce", reduce_step(group.clone()));
+        let reduced = match group.device_communicator(packed.device()) {
+            // Eagerly, a device transport sums where the bucket lives. Under `nb::jit` the
+            // recordable host step runs, so that replays repeat the collective.
+            Some(_) if !nabla_core::jit::is_recording() => {
+                let reduced = group.device_all_reduce_sum(packed)?;
+                group.device_check(reduced.device())?;
+                reduced
+            }
+            _ => packed.apply_external("all_reduce", reduce_step(group.clone())),
+        };
         for (k, &l) in bucket.leaves.iter().enumerate() {
             let start = bucket.offsets[k] as isize;
             let stop = start + leaves[l].numel() as isize;
@@ -137,10 +146,7 @@ fn overlapped<P: Tree>(worker: &Worker, f: &dyn Fn(&P) -> Tensor, params: &P, we
     let mut all: Vec<Tensor> = leaves.clone();
     all.push(loss.clone());
     let sizes: Vec<(DType, usize)> = all.iter().map(|t| (t.dtype(), t.numel())).collect();
-    let mut queue = BucketQueue::new(
-        plan(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES),
-        all.iter().map(Tensor::numel).collect(),
-    );
+    let mut queue = BucketQueue::new(plan(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES), &all);
     let grads: std::cell::RefCell<Vec<Option<Tensor>>> = std::cell::RefCell::new(vec![None; all.len()]);
     grads.borrow_mut()[leaves.len()] = Some(loss.stop_gradient());
     queue.mark_ready(leaves.len());
@@ -155,7 +161,7 @@ fn overlapped<P: Tree>(worker: &Worker, f: &dyn Fn(&P) -> Tensor, params: &P, we
     let grads = grads.into_inner();
     queue.launch_ready(worker, weight, |l| grads[l].clone());
     let mut out: Vec<Option<Tensor>> = vec![None; all.len()];
-    queue.drain(&all, |l, g| out[l] = Some(g))?;
+    queue.drain(worker, &all, |l, g| out[l] = Some(g))?;
     let loss = out.pop().flatten().expect("the loss was reduced");
     Ok((
         loss,

@@ -10,6 +10,7 @@ use nabla_core::storage::{CpuBuffer, RawTensor};
 use nabla_core::{Tensor, Tree};
 
 use crate::comm::{Communicator, HostBuf, HostBufMut};
+use crate::device_comm::DeviceCommunicator;
 use crate::error::{DistError, Result};
 use crate::single::SingleProcess;
 use crate::watchdog;
@@ -25,15 +26,20 @@ pub struct ProcessGroup {
     seq: Arc<AtomicU64>,
     timeout: Duration,
     name: Arc<str>,
+    device_comm: Option<Arc<dyn DeviceCommunicator>>,
 }
 
 impl std::fmt::Debug for ProcessGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ProcessGroup(`{}`, {} rank {} of {}, local {} of {})",
+            "ProcessGroup(`{}`, {}{} rank {} of {}, local {} of {})",
             self.name,
             self.comm.name(),
+            match &self.device_comm {
+                Some(d) => format!(" + {} on {}", d.name(), d.device()),
+                None => String::new(),
+            },
             self.rank(),
             self.world_size(),
             self.local_rank(),
@@ -50,6 +56,40 @@ impl ProcessGroup {
             seq: Arc::new(AtomicU64::new(0)),
             timeout,
             name: name.into(),
+            device_comm: None,
+        }
+    }
+
+    /// The same group with `device_comm` for the tensors of its device: gradient buckets and
+    /// broadcasts of those tensors go through it instead of through the host. It must span the
+    /// same ranks as this group.
+    pub fn with_device_communicator(mut self, device_comm: Arc<dyn DeviceCommunicator>) -> ProcessGroup {
+        self.device_comm = Some(device_comm);
+        self
+    }
+
+    /// The device transport for tensors on `device`, if the group has one.
+    pub fn device_communicator(&self, device: nabla_core::Device) -> Option<&Arc<dyn DeviceCommunicator>> {
+        self.device_comm.as_ref().filter(|d| d.device() == device)
+    }
+
+    /// Sums `bucket` over all ranks through the device transport of its device (which must
+    /// exist; see [`ProcessGroup::device_communicator`]). Numbered like every collective; a
+    /// failure names the rank and the call.
+    pub(crate) fn device_all_reduce_sum(&self, bucket: Tensor) -> Result<Tensor> {
+        let bytes = bucket.numel() * bucket.dtype().size_in_bytes();
+        let dc = self
+            .device_communicator(bucket.device())
+            .expect("internal error: a device all-reduce without a device transport")
+            .clone();
+        self.call_unwatched("all_reduce_sum", bytes, || dc.all_reduce_sum(bucket))
+    }
+
+    /// Reports a failure that a queued device collective ended with.
+    pub(crate) fn device_check(&self, device: nabla_core::Device) -> Result<()> {
+        match self.device_communicator(device).cloned() {
+            Some(dc) => self.call_unwatched("device collective", 0, || dc.check()),
+            None => Ok(()),
         }
     }
 
@@ -129,6 +169,21 @@ impl ProcessGroup {
         })
     }
 
+    /// Runs one numbered device call. It only queues work on the device, so no watchdog: a
+    /// stalled peer shows at the next read of the device.
+    fn call_unwatched<R>(&self, op: &'static str, bytes: usize, f: impl FnOnce() -> Result<R, String>) -> Result<R> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        f().map_err(|message| DistError::Collective {
+            rank: self.rank(),
+            world: self.world_size(),
+            op,
+            seq,
+            bytes,
+            group: self.name.to_string(),
+            message,
+        })
+    }
+
     /// Sums `buf` over all ranks, in place.
     pub fn all_reduce_sum(&self, buf: HostBufMut<'_>) -> Result<()> {
         self.call("all_reduce_sum", buf.bytes(), |c| c.all_reduce_sum(buf))
@@ -164,7 +219,11 @@ impl ProcessGroup {
     /// data-parallel wrapper reduces on its own group, on its own thread). Collective.
     pub fn duplicate(&self, name: &str) -> Result<ProcessGroup> {
         let comm = self.call("duplicate", 0, |c| c.duplicate())?;
-        Ok(ProcessGroup::new(comm, self.timeout, name))
+        let mut dup = ProcessGroup::new(comm, self.timeout, name);
+        // The device transport only queues work, in the order the ranks call it, so a
+        // duplicate shares it.
+        dup.device_comm = self.device_comm.clone();
+        Ok(dup)
     }
 
     /// Ends the whole job with `code`.
@@ -176,6 +235,19 @@ impl ProcessGroup {
     pub fn broadcast_tensor(&self, t: &Tensor, root: usize) -> Result<Tensor> {
         if self.world_size() == 1 {
             return Ok(t.clone());
+        }
+        if t.dtype().is_float() && self.device_communicator(t.device()).is_some() {
+            if root >= self.world_size() {
+                return Err(DistError::Usage(format!(
+                    "broadcast: root {root} is outside a group of {} ranks",
+                    self.world_size()
+                )));
+            }
+            // A fresh buffer (the product), as the device transport asks.
+            let fresh = t.stop_gradient() * 1.0;
+            let dc = self.device_communicator(t.device()).expect("checked").clone();
+            let bytes = t.numel() * t.dtype().size_in_bytes();
+            return self.call_unwatched("broadcast", bytes, || dc.broadcast(fresh, root));
         }
         // Broadcast moves bits, so every dtype travels as its little-endian bytes.
         let mut bytes = t.to_host_buffer().to_le_bytes();

@@ -19,6 +19,7 @@ mod bucket;
 mod check;
 mod comm;
 mod data_parallel;
+mod device_comm;
 pub mod env;
 mod error;
 mod functional;
@@ -26,6 +27,8 @@ mod group;
 mod init;
 #[cfg(feature = "mpi")]
 mod mpi_comm;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod pack;
 mod queue;
 mod shard;
@@ -39,6 +42,7 @@ mod worker;
 pub use bucket::{BUCKET_BYTES, Bucket, BucketPlan, FIRST_BUCKET_BYTES, plan as plan_buckets};
 pub use comm::{CommResult, Communicator, HostBuf, HostBufMut, HostVec};
 pub use data_parallel::{DataParallel, DataParallelConfig, NoSync, SyncStats};
+pub use device_comm::DeviceCommunicator;
 pub use error::{DistError, Result};
 pub use functional::{all_reduce_mean, all_reduce_weighted, value_and_grad};
 pub use group::{DEFAULT_TIMEOUT, ProcessGroup};
@@ -49,6 +53,8 @@ pub use init::{InitOptions, init, init_with};
 pub use mpi;
 #[cfg(feature = "mpi")]
 pub use mpi_comm::MpiCommunicator;
+#[cfg(feature = "nccl")]
+pub use nccl::{NcclCommunicator, with_nccl};
 pub use shard::Shard;
 pub use single::SingleProcess;
 pub use tcp::{TcpCommunicator, TcpOptions};

@@ -2,11 +2,14 @@
 //! rank's weight while it copies, so the all-reduce's sum is already the (weighted) mean;
 //! unpacking cuts the reduced bucket back into tensors of the leaves' shapes and devices.
 //!
-//! These run on host memory, what the MPI transport reduces. A device transport (NCCL) packs on
-//! the device instead; the bucket plan and the order of calls stay the same.
+//! Host leaves are packed on the host, in one pass, for the host transports. Leaves on a device
+//! are packed there with tensor ops ([`pack_tensor`]): the bucket then goes to the device
+//! transport (NCCL) as it is, or to the host in one copy per bucket instead of one per leaf.
+//! The bucket plan and the order of calls are the same either way, and so are the bits: each
+//! element is cast to the bucket's dtype and then scaled, as on the host.
 
 use nabla_core::storage::CpuBuffer;
-use nabla_core::{DType, Tensor};
+use nabla_core::{DType, Device, Tensor};
 
 use crate::bucket::Bucket;
 use crate::comm::HostVec;
@@ -44,15 +47,62 @@ pub(crate) fn pack(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], 
     }
 }
 
-/// The bucket's leaves' parts of `data`, as tensors shaped, typed and placed like `like[k]`
-/// (the leaf `bucket.leaves[k]`). On the host, parts of the bucket's dtype are views into one
-/// tensor that owns the reduced bucket: no copy; half leaves get their part rounded back.
-pub(crate) fn unpack(bucket: &Bucket, data: HostVec, like: &[&Tensor]) -> Vec<Tensor> {
+/// The bucket as one flat tensor on `device`, made there with tensor ops: each leaf's gradient
+/// (zeros where `None`) cast to the bucket's dtype, flattened and times `weight`.
+pub(crate) fn pack_tensor(
+    bucket: &Bucket,
+    grads: &[Option<Tensor>],
+    numels: &[usize],
+    weight: f64,
+    device: Device,
+) -> Tensor {
+    let parts: Vec<Tensor> = bucket
+        .leaves
+        .iter()
+        .enumerate()
+        .map(|(k, &leaf)| match &grads[k] {
+            Some(g) => {
+                let g = g.stop_gradient().reshape([-1]);
+                if g.dtype() == bucket.dtype {
+                    g
+                } else {
+                    g.cast(bucket.dtype)
+                }
+            }
+            None => Tensor::zeros(&[numels[leaf]], bucket.dtype)
+                .to_device(device)
+                .unwrap_or_else(|e| panic!("nabla-dist: zeros for a gradient on {device}: {e}")),
+        })
+        .collect();
+    // The product is a new buffer, as a device transport needs, even for a bucket of one leaf.
+    nabla_core::concatenate(&parts, 0) * weight
+}
+
+/// A packed bucket's elements on the host (one copy from its device).
+pub(crate) fn to_host_vec(packed: &Tensor) -> HostVec {
+    match packed.to_host_buffer() {
+        CpuBuffer::F32(v) => HostVec::F32(std::sync::Arc::unwrap_or_clone(v)),
+        CpuBuffer::F64(v) => HostVec::F64(std::sync::Arc::unwrap_or_clone(v)),
+        other => panic!("nabla-dist: a bucket packed as {}", other.dtype()),
+    }
+}
+
+/// A reduced host bucket as a flat tensor, on `device` (one copy to it).
+pub(crate) fn host_vec_tensor(data: HostVec, device: Device) -> Tensor {
     let n = data.len();
     let whole = match data {
         HostVec::F32(v) => Tensor::from_vec(v, &[n]),
         HostVec::F64(v) => Tensor::from_vec(v, &[n]),
     };
+    whole
+        .to_device(device)
+        .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced bucket to {device}: {e}"))
+}
+
+/// The bucket's leaves' parts of the reduced bucket `whole`, as tensors shaped and typed like
+/// `like[k]` (the leaf `bucket.leaves[k]`), on `whole`'s device. Parts of the bucket's dtype are
+/// views into `whole`: no copy; half leaves get their part rounded back.
+pub(crate) fn unpack(bucket: &Bucket, whole: &Tensor, like: &[&Tensor]) -> Vec<Tensor> {
     like.iter()
         .enumerate()
         .map(|(k, leaf)| {
@@ -65,8 +115,13 @@ pub(crate) fn unpack(bucket: &Bucket, data: HostVec, like: &[&Tensor]) -> Vec<Te
             } else {
                 part.cast(leaf.dtype())
             };
-            part.to_device(leaf.device())
-                .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient back to {}: {e}", leaf.device()))
+            if part.device() == leaf.device() {
+                part
+            } else {
+                // A bucket whose leaves live on different devices travels through the host.
+                part.to_device(leaf.device())
+                    .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient to {}: {e}", leaf.device()))
+            }
         })
         .collect()
 }

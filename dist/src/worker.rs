@@ -24,6 +24,7 @@ struct Job {
 
 /// A thread that sums buckets over the group's ranks, in submission order.
 pub(crate) struct Worker {
+    group: ProcessGroup,
     jobs: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -32,12 +33,13 @@ impl Worker {
     /// Starts the thread.
     pub fn start(group: ProcessGroup) -> Worker {
         let (jobs, rx) = channel::<Job>();
+        let own = group.clone();
         let thread = std::thread::Builder::new()
             .name("nabla-dist-allreduce".into())
             .spawn(move || {
                 for mut job in rx {
                     let t0 = Instant::now();
-                    let result = group.all_reduce_sum(job.data.as_buf_mut());
+                    let result = own.all_reduce_sum(job.data.as_buf_mut());
                     let _ = job.reply.send(Reduced {
                         data: job.data,
                         result,
@@ -47,9 +49,15 @@ impl Worker {
             })
             .expect("spawning the all-reduce thread");
         Worker {
+            group,
             jobs: Some(jobs),
             thread: Some(thread),
         }
+    }
+
+    /// The group it reduces on (whose device transport, if any, takes device buckets).
+    pub fn group(&self) -> &ProcessGroup {
+        &self.group
     }
 
     /// Queues `data` for an all-reduce; the receiver yields it reduced.

@@ -87,6 +87,10 @@ fn main() {
         eprintln!("train_cnn: {e}");
         std::process::exit(2);
     });
+    let group = device::with_device_transport(group.clone(), device).unwrap_or_else(|e| {
+        eprintln!("train_cnn: rank {} of {}: {e}", group.rank(), group.world_size());
+        std::process::exit(2);
+    });
     if let Err(e) = run(&args, &group, device) {
         eprintln!("train_cnn: rank {} of {}: {e}", group.rank(), group.world_size());
         if group.world_size() > 1 {

@@ -76,6 +76,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Every rank reached this point with its device open: NCCL for GPU runs on several ranks.
+    let group = device::with_device_transport(group.clone(), start.device).unwrap_or_else(|e| {
+        report(format!(
+            "train_mlp: rank {} of {}: {e}",
+            group.rank(),
+            group.world_size()
+        ));
+        std::process::exit(2);
+    });
     if let Err(e) = run(&args, &group, start) {
         report(format!(
             "train_mlp: rank {} of {}: {e}",

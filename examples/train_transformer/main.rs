@@ -210,6 +210,14 @@ fn main() {
         eprintln!("train_transformer: {e}");
         std::process::exit(2);
     });
+    let group = device::with_device_transport(group.clone(), device).unwrap_or_else(|e| {
+        eprintln!(
+            "train_transformer: rank {} of {}: {e}",
+            group.rank(),
+            group.world_size()
+        );
+        std::process::exit(2);
+    });
     if let Err(e) = run(&args, &group, device) {
         eprintln!(
             "train_transformer: rank {} of {}: {e}",

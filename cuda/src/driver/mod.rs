@@ -128,6 +128,24 @@ impl CudaDevice {
         let (p, _sync) = mem.device_ptr(&self.stream);
         p + offset as u64
     }
+
+    /// The device address `offset` bytes into `mem` (for libraries that take raw pointers).
+    pub(crate) fn device_ptr(&self, mem: &CudaSlice<u8>, offset: usize) -> u64 {
+        self.ptr(mem, offset)
+    }
+
+    /// Makes this device's context current on the calling thread (libraries such as NCCL use
+    /// the current context).
+    pub(crate) fn bind_to_thread(&self) -> Result<(), ApiError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(driver_err("making the CUDA context current"))
+    }
+
+    /// The device's one stream, as the raw handle libraries take.
+    pub(crate) fn raw_stream(&self) -> *mut std::ffi::c_void {
+        self.stream.cu_stream() as *mut std::ffi::c_void
+    }
 }
 
 impl DeviceApi for CudaDevice {

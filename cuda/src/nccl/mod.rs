@@ -1,0 +1,273 @@
+//! NCCL: collectives between GPUs of different ranks, on device memory, queued on the GPU's
+//! stream with no host round trip.
+//!
+//! [`library`] opens libnccl (see [`library::LIBRARY_ENV`]); rank 0 makes a [`UniqueId`], the
+//! ranks share its 128 bytes through a host transport (MPI, or the launcher's TCP group), and
+//! each makes its [`NcclComm`]. The calls queue on the device's one stream, so they are ordered
+//! after the kernels that produced their input and before those that read their output; errors
+//! NCCL finds while the call runs come back from [`NcclComm::check`].
+
+mod library;
+
+use std::ffi::c_int;
+use std::sync::{Arc, Mutex};
+
+use nabla_core::storage::Storage;
+use nabla_core::{DType, Device, Tensor};
+
+use library::{IN_PROGRESS, RawComm, RawUniqueId, SUCCESS, SUM};
+pub use library::{LIBRARY_ENV, NcclLibrary, NcclUnavailable, NcclVersion, candidates, library, open_first};
+
+use crate::api::{ApiError, DeviceApi};
+use crate::buffer::CudaBuffer;
+use crate::driver::CudaDevice;
+
+/// The 128 bytes that name one NCCL communicator: made by one rank, sent to all the others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UniqueId(pub [u8; 128]);
+
+impl std::fmt::Debug for UniqueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UniqueId({:02x?}..)", &self.0[..8])
+    }
+}
+
+impl NcclLibrary {
+    /// A new communicator id (on the rank that creates the communicator). Needs no GPU.
+    pub fn unique_id(&self) -> Result<UniqueId, ApiError> {
+        let mut raw = RawUniqueId { bytes: [0; 128] };
+        // SAFETY: an out-parameter of the declared size.
+        let code = unsafe { (self.symbols.get_unique_id)(&mut raw) };
+        self.result(code, None, "ncclGetUniqueId")?;
+        Ok(UniqueId(raw.bytes))
+    }
+
+    /// `Ok` for success, else an error with NCCL's text (and the communicator's last error).
+    fn result(&self, code: c_int, comm: Option<RawComm>, what: &str) -> Result<(), ApiError> {
+        if code == SUCCESS {
+            return Ok(());
+        }
+        let mut text = format!("{what} failed: {} (NCCL {code})", self.error_string(code));
+        if let Some(comm) = comm {
+            // SAFETY: a live communicator; the result is a C string owned by NCCL, or null.
+            let last = unsafe { (self.symbols.get_last_error)(comm) };
+            if !last.is_null() {
+                // SAFETY: non-null, NUL-terminated.
+                let last = unsafe { std::ffi::CStr::from_ptr(last) }.to_string_lossy();
+                if !last.is_empty() {
+                    text.push_str(&format!(": {last}"));
+                }
+            }
+        }
+        Err(ApiError(text))
+    }
+}
+
+/// NCCL's code for a dtype, or `None` for those it cannot sum.
+pub fn nccl_dtype(dtype: DType) -> Option<c_int> {
+    Some(match dtype {
+        DType::I64 => 4,
+        DType::F16 => 6,
+        DType::F32 => 7,
+        DType::F64 => 8,
+        DType::BF16 => 9,
+        _ => return None,
+    })
+}
+
+/// One rank's NCCL communicator, on one GPU.
+pub struct NcclComm {
+    library: &'static NcclLibrary,
+    comm: RawComm,
+    device: Arc<CudaDevice>,
+    rank: usize,
+    world: usize,
+    // NCCL calls on one communicator must not run concurrently from several threads.
+    calls: Mutex<()>,
+}
+
+// SAFETY: the communicator handle is only used under `calls`, and NCCL allows a communicator to
+// be used from any thread as long as calls do not overlap.
+unsafe impl Send for NcclComm {}
+unsafe impl Sync for NcclComm {}
+
+impl std::fmt::Debug for NcclComm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NcclComm(rank {} of {} on cuda:{}, {:?})",
+            self.rank,
+            self.world,
+            self.device.ordinal(),
+            self.library
+        )
+    }
+}
+
+impl NcclComm {
+    /// Joins communicator `id` as `rank` of `world`, on `device`. Collective: every rank calls
+    /// it with the same id, and it returns once all have.
+    pub fn init(
+        library: &'static NcclLibrary,
+        device: Arc<CudaDevice>,
+        id: &UniqueId,
+        rank: usize,
+        world: usize,
+    ) -> Result<NcclComm, ApiError> {
+        if rank >= world {
+            return Err(ApiError(format!("NCCL: rank {rank} is outside a world of {world}")));
+        }
+        device.bind_to_thread()?;
+        let mut comm: RawComm = std::ptr::null_mut();
+        // SAFETY: `comm` is an out-parameter; the id is passed by value as NCCL declares; the
+        // device's context is current on this thread, so NCCL uses that GPU.
+        let code = unsafe {
+            (library.symbols.comm_init_rank)(&mut comm, world as c_int, RawUniqueId { bytes: id.0 }, rank as c_int)
+        };
+        library.result(
+            code,
+            None,
+            &format!("ncclCommInitRank (rank {rank} of {world} on cuda:{})", device.ordinal()),
+        )?;
+        Ok(NcclComm {
+            library,
+            comm,
+            device,
+            rank,
+            world,
+            calls: Mutex::new(()),
+        })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.world
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> Device {
+        Device::Cuda(self.device.ordinal())
+    }
+
+    /// Sums `t` over all ranks, in place, queued on the device's stream. `t` must be a
+    /// contiguous tensor on this communicator's device whose buffer nothing else holds (a
+    /// freshly packed bucket): tensors are values, so writing into a shared buffer would change
+    /// other tensors.
+    pub fn all_reduce_sum(&self, t: &Tensor) -> Result<(), ApiError> {
+        let (ptr, count, dtype) = self.operand(t, "all_reduce_sum")?;
+        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        self.device.bind_to_thread()?;
+        // SAFETY: `ptr` addresses `count` elements of `dtype` inside a live allocation of this
+        // device (checked by `operand`); in-place (send == receive) is allowed by NCCL; the
+        // stream is the device's, so the call is ordered after the kernels that wrote `t`.
+        let code = unsafe {
+            (self.library.symbols.all_reduce)(
+                ptr as *const _,
+                ptr as *mut _,
+                count,
+                dtype,
+                SUM,
+                self.comm,
+                self.device.raw_stream(),
+            )
+        };
+        self.library.result(code, Some(self.comm), "ncclAllReduce")
+    }
+
+    /// Overwrites `t` on every rank with its value on `root`, in place (same conditions on `t`
+    /// as [`NcclComm::all_reduce_sum`]).
+    pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), ApiError> {
+        if root >= self.world {
+            return Err(ApiError(format!(
+                "NCCL broadcast: root {root} is outside a world of {}",
+                self.world
+            )));
+        }
+        let (ptr, count, dtype) = self.operand(t, "broadcast")?;
+        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        self.device.bind_to_thread()?;
+        // SAFETY: as in `all_reduce_sum`.
+        let code = unsafe {
+            (self.library.symbols.broadcast)(
+                ptr as *const _,
+                ptr as *mut _,
+                count,
+                dtype,
+                root as c_int,
+                self.comm,
+                self.device.raw_stream(),
+            )
+        };
+        self.library.result(code, Some(self.comm), "ncclBroadcast")
+    }
+
+    /// The error a queued call ended with, if any (a peer that failed or left, a network
+    /// error); `Ok` while calls are still running well.
+    pub fn check(&self) -> Result<(), ApiError> {
+        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let mut async_code: c_int = SUCCESS;
+        // SAFETY: a live communicator and an out-parameter.
+        let code = unsafe { (self.library.symbols.comm_get_async_error)(self.comm, &mut async_code) };
+        self.library.result(code, Some(self.comm), "ncclCommGetAsyncError")?;
+        if async_code == IN_PROGRESS {
+            return Ok(());
+        }
+        self.library.result(async_code, Some(self.comm), "an NCCL collective")
+    }
+
+    /// Stops every call of this communicator, so that a rank whose peer died can exit instead of
+    /// waiting forever. The communicator is unusable afterwards.
+    pub fn abort(&self) {
+        // No lock: the point is to stop a call that holds it.
+        // SAFETY: a live communicator; ncclCommAbort may be called while a collective runs.
+        unsafe { (self.library.symbols.comm_abort)(self.comm) };
+    }
+
+    /// The device address, element count and NCCL dtype of `t`, after checking that it can be
+    /// reduced in place.
+    fn operand(&self, t: &Tensor, op: &str) -> Result<(u64, usize, c_int), ApiError> {
+        let refuse = |why: String| {
+            Err(ApiError(format!(
+                "NCCL {op}: a {:?} {} tensor on {} {why}",
+                t.shape(),
+                t.dtype(),
+                t.device()
+            )))
+        };
+        if t.device() != self.device() {
+            return refuse(format!("is not on this communicator's device {}", self.device()));
+        }
+        let Some(dtype) = nccl_dtype(t.dtype()) else {
+            return refuse("cannot be summed by NCCL (f32, f64, f16, bf16 and i64 can)".into());
+        };
+        if !t.layout().is_contiguous() {
+            return refuse("is a strided view; reduce a contiguous copy".into());
+        }
+        let Storage::Device(buffer) = t.raw().storage() else {
+            return refuse("has host storage".into());
+        };
+        // Clones of a tensor share one buffer reference; more than one means that another tensor
+        // (a view, a reshape) sees this memory.
+        if Arc::strong_count(buffer) > 1 {
+            return refuse("shares its buffer with other tensors; reduce a fresh copy".into());
+        }
+        let Some(buffer) = buffer.as_any().downcast_ref::<CudaBuffer<CudaDevice>>() else {
+            return refuse("was not made by the CUDA backend".into());
+        };
+        let offset = t.layout().offset() * t.dtype().size_in_bytes();
+        Ok((self.device.device_ptr(&buffer.mem, offset), t.numel(), dtype))
+    }
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        let _ = self.device.bind_to_thread();
+        // SAFETY: the last use of a live communicator; NCCL waits for its queued calls.
+        unsafe { (self.library.symbols.comm_destroy)(self.comm) };
+    }
+}

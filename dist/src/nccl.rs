@@ -1,0 +1,100 @@
+//! NCCL as the device transport of a [`ProcessGroup`] (the `nccl` feature): gradient buckets
+//! and parameter broadcasts of GPU tensors are summed on the GPUs, with no host round trip.
+//!
+//! ```no_run
+//! let group = nabla_dist::init()?;
+//! let backend = nabla_cuda::init(group.local_rank()).expect("a GPU per local rank");
+//! let group = nabla_dist::with_nccl(group, &backend)?;
+//! // DataParallel / value_and_grad on this group now reduce cuda tensors through NCCL.
+//! # Ok::<(), nabla_dist::DistError>(())
+//! ```
+
+use std::sync::Arc;
+
+use nabla_core::{Device, Tensor};
+use nabla_cuda::nccl::{self, NcclComm, UniqueId};
+use nabla_cuda::{CudaBackend, CudaDevice, DeviceApi};
+
+use crate::comm::{CommResult, HostBufMut};
+use crate::device_comm::DeviceCommunicator;
+use crate::error::{DistError, Result};
+use crate::group::ProcessGroup;
+
+/// One rank's NCCL communicator as a [`DeviceCommunicator`].
+pub struct NcclCommunicator {
+    comm: NcclComm,
+}
+
+impl DeviceCommunicator for NcclCommunicator {
+    fn name(&self) -> &'static str {
+        "nccl"
+    }
+
+    fn device(&self) -> Device {
+        self.comm.device()
+    }
+
+    fn all_reduce_sum(&self, bucket: Tensor) -> CommResult<Tensor> {
+        self.comm.all_reduce_sum(&bucket).map_err(|e| e.to_string())?;
+        Ok(bucket)
+    }
+
+    fn broadcast(&self, t: Tensor, root: usize) -> CommResult<Tensor> {
+        self.comm.broadcast(&t, root).map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+
+    fn check(&self) -> CommResult<()> {
+        self.comm.check().map_err(|e| e.to_string())
+    }
+}
+
+/// `group` with an NCCL communicator over the same ranks, on `backend`'s GPU, as its device
+/// transport. Collective: every rank calls it. Rank 0 makes the communicator's id and the host
+/// transport carries it to the others; if any rank cannot open NCCL, every rank gets an error
+/// naming the ranks and the reason (none is left waiting in NCCL's set-up).
+pub fn with_nccl(group: ProcessGroup, backend: &CudaBackend<CudaDevice>) -> Result<ProcessGroup> {
+    let device: Arc<CudaDevice> = backend.api().clone();
+    let opened = nccl::library();
+    // Rank 0 also makes the id, so that its failure to do so is reported like a missing library.
+    let id = match (&opened, group.rank()) {
+        (Ok(lib), 0) => lib.unique_id().map(Some).map_err(|e| e.to_string()),
+        (Ok(_), _) => Ok(None),
+        (Err(e), _) => Err(e.to_string()),
+    };
+    let mine = match &id {
+        Ok(_) => Vec::new(),
+        Err(why) => why.as_bytes().to_vec(),
+    };
+    let failures: Vec<String> = group
+        .all_gather_bytes(&mine)?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(rank, why)| format!("rank {rank}: {}", String::from_utf8_lossy(&why)))
+        .collect();
+    if !failures.is_empty() {
+        return Err(DistError::Environment(format!(
+            "NCCL could not start on {} of {} ranks; {}",
+            failures.len(),
+            group.world_size(),
+            failures.join("; ")
+        )));
+    }
+    let library = opened.expect("checked on every rank");
+    let mut bytes = id
+        .expect("checked")
+        .map(|id| id.0.to_vec())
+        .unwrap_or_else(|| vec![0; 128]);
+    group.broadcast(HostBufMut::U8(&mut bytes), 0)?;
+    let id = UniqueId(bytes.try_into().expect("128 bytes"));
+    let comm = NcclComm::init(library, device.clone(), &id, group.rank(), group.world_size()).map_err(|e| {
+        DistError::Environment(format!(
+            "rank {} of {}: NCCL on cuda:{}: {e}",
+            group.rank(),
+            group.world_size(),
+            device.ordinal()
+        ))
+    })?;
+    Ok(group.with_device_communicator(Arc::new(NcclCommunicator { comm })))
+}
