@@ -331,3 +331,84 @@ fn random_draws_and_dropout_are_the_same_on_the_device_as_on_the_cpu() {
         ]
     });
 }
+
+#[test]
+fn data_parallel_buckets_of_device_leaves_are_packed_on_the_device_and_copied_once_each() {
+    use nabla_dist::{DataParallel, DataParallelConfig, ProcessGroup, Shard, ThreadComm};
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let mut rng = nb::Rng::new(9);
+    // An f64 bucket and an f32 bucket (which also carries the bf16 leaf).
+    let params = vec![
+        rng.normal(&[6, 5], 0.0, 0.4, DType::F64),
+        rng.normal(&[5], 0.0, 0.1, DType::F32),
+        rng.normal(&[5, 2], 0.0, 0.4, DType::F64).cast(DType::BF16),
+    ];
+    let x = rng.normal(&[8, 6], 0.0, 1.0, DType::F64);
+    let y = rng.normal(&[8, 2], 0.0, 1.0, DType::F64);
+    let loss = |p: &[Tensor], x: &Tensor, y: &Tensor| {
+        let h = (x.matmul(&p[0]) + p[1].cast(DType::F64)).tanh();
+        (h.matmul(&p[2].cast(DType::F64)) - y).square().mean_all()
+    };
+    // Two ranks as threads; each returns its averaged gradients (on the leaves' device).
+    let run = |device: Device| -> Vec<Vec<Tensor>> {
+        let comms = ThreadComm::world(2);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let (params, x, y) = (&params, &x, &y);
+                    s.spawn(move || {
+                        let group = ProcessGroup::new(Box::new(c), std::time::Duration::from_secs(120), "world");
+                        let on = |t: &Tensor| t.to_device(device).unwrap();
+                        let p: Vec<Tensor> = params.iter().map(on).collect();
+                        let (dp, p) = DataParallel::with_config(&group, &p, DataParallelConfig::default()).unwrap();
+                        let shard = Shard::of(8, group.rank(), 2);
+                        let r = |t: &Tensor| {
+                            on(&t.slice_axis(
+                                0,
+                                Some(shard.range().start as isize),
+                                Some(shard.range().end as isize),
+                                1,
+                            ))
+                        };
+                        let tracked = dp.track(&p);
+                        loss(&tracked, &r(x), &r(y)).backward();
+                        assert_eq!(dp.last_sync().buckets, 2);
+                        dp.grads(&tracked)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let want = run(Device::Cpu);
+    let downloads_before = (!device::real_gpu()).then(|| {
+        device::emulated_backend()
+            .api()
+            .downloads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let got = run(GPU);
+    if let Some(before) = downloads_before {
+        let after = device::emulated_backend()
+            .api()
+            .downloads
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // Reads per rank: one per bucket for the host transport (none per leaf), and one per
+        // leaf for the parameters' broadcast; each read is two copies (the values, then the
+        // device error record).
+        let reads_per_rank = 2 + 3;
+        assert_eq!(
+            after - before,
+            2 * 2 * reads_per_rank,
+            "device copies during a data-parallel step"
+        );
+    }
+    for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
+        same(&format!("rank {rank}"), "data-parallel grads", g, w).unwrap();
+    }
+}

@@ -32,4 +32,15 @@ pub trait DeviceCommunicator: Send + Sync {
     fn check(&self) -> CommResult<()> {
         Ok(())
     }
+    /// A poll of whether everything queued on this transport so far has run: `Ok(true)` when
+    /// it has, `Ok(false)` while it runs, `Err` when it failed. It must never wait. The group's
+    /// watchdog polls it from its own thread after each call and ends the job, naming the rank
+    /// and the call, when it fails or is not done within the group's timeout (a dead or stalled
+    /// peer would otherwise hang the next read of the device). `None`: not watched.
+    fn completion(&self) -> Option<DevicePoll> {
+        None
+    }
 }
+
+/// See [`DeviceCommunicator::completion`].
+pub type DevicePoll = Box<dyn Fn() -> CommResult<bool> + Send>;

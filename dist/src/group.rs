@@ -82,7 +82,39 @@ impl ProcessGroup {
             .device_communicator(bucket.device())
             .expect("internal error: a device all-reduce without a device transport")
             .clone();
-        self.call_unwatched("all_reduce_sum", bytes, || dc.all_reduce_sum(bucket))
+        let seq = self.seq.load(Ordering::Relaxed);
+        let reduced = self.call_unwatched("all_reduce_sum", bytes, || dc.all_reduce_sum(bucket))?;
+        self.watch_device(&*dc, "all_reduce_sum", seq, bytes);
+        Ok(reduced)
+    }
+
+    /// Hands the work `dc` has queued so far to the watchdog (see
+    /// [`DeviceCommunicator::completion`]).
+    fn watch_device(&self, dc: &dyn DeviceCommunicator, op: &'static str, seq: u64, bytes: usize) {
+        if self.world_size() == 1 {
+            return;
+        }
+        let Some(done) = dc.completion() else { return };
+        let (rank, world, name, timeout, device) = (
+            self.rank(),
+            self.world_size(),
+            self.name.clone(),
+            self.timeout,
+            dc.device(),
+        );
+        let describe = move |ending: watchdog::Ending<'_>| {
+            let what = format!(
+                "nabla-dist: rank {rank} of {world}: {op} (sequence #{seq}, {bytes} bytes) on group `{name}`, queued on {device},"
+            );
+            match ending {
+                watchdog::Ending::TimedOut => format!(
+                    "{what} did not finish within {timeout:?}: another rank has died or stopped calling collectives (or \
+                     calls them in another order). Aborting the job. Raise the limit with NABLA_DIST_TIMEOUT=<seconds>."
+                ),
+                watchdog::Ending::Failed(e) => format!("{what} failed: {e}. Aborting the job."),
+            }
+        };
+        watchdog::watch_device(&self.comm, self.timeout, describe, done);
     }
 
     /// Reports a failure that a queued device collective ended with.
@@ -247,7 +279,10 @@ impl ProcessGroup {
             let fresh = t.stop_gradient() * 1.0;
             let dc = self.device_communicator(t.device()).expect("checked").clone();
             let bytes = t.numel() * t.dtype().size_in_bytes();
-            return self.call_unwatched("broadcast", bytes, || dc.broadcast(fresh, root));
+            let seq = self.seq.load(Ordering::Relaxed);
+            let out = self.call_unwatched("broadcast", bytes, || dc.broadcast(fresh, root))?;
+            self.watch_device(&*dc, "broadcast", seq, bytes);
+            return Ok(out);
         }
         // Broadcast moves bits, so every dtype travels as its little-endian bytes.
         let mut bytes = t.to_host_buffer().to_le_bytes();

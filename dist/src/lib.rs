@@ -42,7 +42,7 @@ mod worker;
 pub use bucket::{BUCKET_BYTES, Bucket, BucketPlan, FIRST_BUCKET_BYTES, plan as plan_buckets};
 pub use comm::{CommResult, Communicator, HostBuf, HostBufMut, HostVec};
 pub use data_parallel::{DataParallel, DataParallelConfig, NoSync, SyncStats};
-pub use device_comm::DeviceCommunicator;
+pub use device_comm::{DeviceCommunicator, DevicePoll};
 pub use error::{DistError, Result};
 pub use functional::{all_reduce_mean, all_reduce_weighted, value_and_grad};
 pub use group::{DEFAULT_TIMEOUT, ProcessGroup};

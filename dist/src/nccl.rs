@@ -16,13 +16,13 @@ use nabla_cuda::nccl::{self, NcclComm, UniqueId};
 use nabla_cuda::{CudaBackend, CudaDevice, DeviceApi};
 
 use crate::comm::{CommResult, HostBufMut};
-use crate::device_comm::DeviceCommunicator;
+use crate::device_comm::{DeviceCommunicator, DevicePoll};
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
 
 /// One rank's NCCL communicator as a [`DeviceCommunicator`].
 pub struct NcclCommunicator {
-    comm: NcclComm,
+    comm: Arc<NcclComm>,
 }
 
 impl DeviceCommunicator for NcclCommunicator {
@@ -46,6 +46,17 @@ impl DeviceCommunicator for NcclCommunicator {
 
     fn check(&self) -> CommResult<()> {
         self.comm.check().map_err(|e| e.to_string())
+    }
+
+    fn completion(&self) -> Option<DevicePoll> {
+        // Without a mark (the driver refused an event) the call is not watched; its failure
+        // still shows at the next read or check.
+        let mark = self.comm.mark().ok()?;
+        let comm = self.comm.clone();
+        Some(Box::new(move || {
+            comm.check().map_err(|e| e.to_string())?;
+            mark.poll().map_err(|e| e.to_string())
+        }))
     }
 }
 
@@ -96,5 +107,5 @@ pub fn with_nccl(group: ProcessGroup, backend: &CudaBackend<CudaDevice>) -> Resu
             device.ordinal()
         ))
     })?;
-    Ok(group.with_device_communicator(Arc::new(NcclCommunicator { comm })))
+    Ok(group.with_device_communicator(Arc::new(NcclCommunicator { comm: Arc::new(comm) })))
 }

@@ -12,7 +12,7 @@ use common::{batch, loss, on_ranks, params, rows};
 use nabla_core::storage::CpuBuffer;
 use nabla_core::{DType, Device, Tensor};
 use nabla_dist::{
-    CommResult, DataParallel, DataParallelConfig, DeviceCommunicator, HostBufMut, ProcessGroup, Shard,
+    CommResult, DataParallel, DataParallelConfig, DeviceCommunicator, DevicePoll, HostBufMut, ProcessGroup, Shard,
     all_reduce_weighted,
 };
 
@@ -77,6 +77,10 @@ impl DeviceCommunicator for Staged {
     fn all_reduce_sum(&self, bucket: Tensor) -> CommResult<Tensor> {
         self.reduces.fetch_add(1, Ordering::Relaxed);
         self.sum(bucket, None)
+    }
+    fn completion(&self) -> Option<DevicePoll> {
+        // Staged calls have run when they return; the watchdog sees them done at its first look.
+        Some(Box::new(|| Ok(true)))
     }
     fn broadcast(&self, t: Tensor, root: usize) -> CommResult<Tensor> {
         self.broadcasts.fetch_add(1, Ordering::Relaxed);

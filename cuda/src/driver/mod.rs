@@ -142,6 +142,11 @@ impl CudaDevice {
             .map_err(driver_err("making the CUDA context current"))
     }
 
+    /// A marker of the work queued on the device's stream so far.
+    pub(crate) fn record_event(&self) -> Result<cudarc::driver::CudaEvent, ApiError> {
+        self.stream.record_event(None).map_err(driver_err("recording an event"))
+    }
+
     /// The device's one stream, as the raw handle libraries take.
     pub(crate) fn raw_stream(&self) -> *mut std::ffi::c_void {
         self.stream.cu_stream() as *mut std::ffi::c_void

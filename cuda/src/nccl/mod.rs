@@ -207,9 +207,9 @@ impl NcclComm {
     }
 
     /// The error a queued call ended with, if any (a peer that failed or left, a network
-    /// error); `Ok` while calls are still running well.
+    /// error); `Ok` while calls are still running well. Never waits, and may be called while
+    /// another thread is inside a call (NCCL allows it; watchdogs do it).
     pub fn check(&self) -> Result<(), ApiError> {
-        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         let mut async_code: c_int = SUCCESS;
         // SAFETY: a live communicator and an out-parameter.
         let code = unsafe { (self.library.symbols.comm_get_async_error)(self.comm, &mut async_code) };
@@ -218,6 +218,14 @@ impl NcclComm {
             return Ok(());
         }
         self.library.result(async_code, Some(self.comm), "an NCCL collective")
+    }
+
+    /// A marker of everything queued on the device so far, this communicator's calls included:
+    /// [`NcclMark::poll`] says when it has all run (for a watchdog that must not block).
+    pub fn mark(&self) -> Result<NcclMark, ApiError> {
+        Ok(NcclMark {
+            event: self.device.record_event()?,
+        })
     }
 
     /// Stops every call of this communicator, so that a rank whose peer died can exit instead of
@@ -261,6 +269,25 @@ impl NcclComm {
         };
         let offset = t.layout().offset() * t.dtype().size_in_bytes();
         Ok((self.device.device_ptr(&buffer.mem, offset), t.numel(), dtype))
+    }
+}
+
+/// Work queued on a device up to a point (see [`NcclComm::mark`]).
+pub struct NcclMark {
+    event: cudarc::driver::CudaEvent,
+}
+
+impl NcclMark {
+    /// `Ok(true)` once the marked work has all run, `Ok(false)` while it runs, or the error the
+    /// device reported. Never waits.
+    pub fn poll(&self) -> Result<bool, ApiError> {
+        self.event
+            .context()
+            .bind_to_thread()
+            .map_err(|e| ApiError(format!("making the CUDA context current: {e:?}")))?;
+        self.event
+            .try_is_complete()
+            .map_err(|e| ApiError(format!("waiting for queued device work: {e:?}")))
     }
 }
 
