@@ -49,21 +49,63 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     scores.softmax(-1).matmul(v)
 }
 
+/// The length up to which a running sum is one product with a triangular matrix of ones;
+/// longer axes are cut into blocks of this length (see [`Tensor::cumsum`]).
+const CUMSUM_BLOCK: usize = 64;
+
 impl Tensor {
     /// Running sums along `axis` (`jnp.cumsum`): element `i` is the sum of elements `0..=i`.
-    /// Computed as a product with a triangular matrix of ones (`O(n^2)` in the axis length,
-    /// exact summation order aside), so it runs on every device and differentiates as matmul.
+    /// A composition of matmul and adds, so it runs on every device and differentiates as
+    /// they do: up to 64 elements, one product with a triangular matrix of ones; beyond, the
+    /// axis is cut into blocks of 64, summed within each block that way, and each block gets
+    /// the running sum of the blocks before it (computed the same way, recursively). The work
+    /// is `O(64 n)`, not `O(n^2)`.
     pub fn cumsum(&self, axis: isize) -> Tensor {
         require_float("cumsum", self);
         let a = normalize_axis("cumsum", axis, self.rank().max(1));
         if self.rank() == 0 {
             return self.clone();
         }
-        let n = self.shape()[a];
-        let upper: Vec<f64> = (0..n * n).map(|i| if i / n <= i % n { 1.0 } else { 0.0 }).collect();
-        let upper = Tensor::from_vec(upper, &[n, n]).cast(self.dtype()).on(self.device());
-        self.moveaxis(a as isize, -1).matmul(&upper).moveaxis(-1, a as isize)
+        cumsum_last(&self.moveaxis(a as isize, -1), CUMSUM_BLOCK).moveaxis(-1, a as isize)
     }
+}
+
+/// Running sums along the last axis of `x`, in blocks of `block`.
+fn cumsum_last(x: &Tensor, block: usize) -> Tensor {
+    let n = *x.shape().last().expect("rank >= 1");
+    let ones_upper = |n: usize| {
+        let upper: Vec<f64> = (0..n * n).map(|i| if i / n <= i % n { 1.0 } else { 0.0 }).collect();
+        Tensor::from_vec(upper, &[n, n]).cast(x.dtype()).on(x.device())
+    };
+    if n <= block {
+        return x.matmul(&ones_upper(n));
+    }
+    let blocks = n.div_ceil(block);
+    let lead = &x.shape()[..x.rank() - 1];
+    let padding = padding_last(x.rank(), (0, blocks * block - n));
+    let blocked_shape: Vec<usize> = lead.iter().copied().chain([blocks, block]).collect();
+    // [.., blocks, block]: running sums inside each block.
+    let within = x
+        .pad(&padding)
+        .reshape(blocked_shape.as_slice())
+        .matmul(&ones_upper(block));
+    // The running sum of the block totals, shifted by one block: what comes before each block.
+    let totals = within.index_axis(-1, block as isize - 1);
+    let before = cumsum_last(&totals, block)
+        .pad(&padding_last(totals.rank(), (1, 0)))
+        .slice_axis(-1, Some(0), Some(blocks as isize), 1);
+    let out_shape: Vec<usize> = lead.iter().copied().chain([blocks * block]).collect();
+    debug_assert_eq!(before.shape(), &blocked_shape[..blocked_shape.len() - 1]);
+    (within + before.expand_dims(-1))
+        .reshape(out_shape.as_slice())
+        .slice_axis(-1, Some(0), Some(n as isize), 1)
+}
+
+/// Padding widths that pad only the last of `rank` axes, by `widths`.
+fn padding_last(rank: usize, widths: (usize, usize)) -> Vec<(usize, usize)> {
+    let mut padding = vec![(0, 0); rank];
+    padding[rank - 1] = widths;
+    padding
 }
 
 impl Tensor {
