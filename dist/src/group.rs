@@ -82,14 +82,17 @@ impl ProcessGroup {
             .device_communicator(bucket.device())
             .expect("internal error: a device all-reduce without a device transport")
             .clone();
-        let seq = self.seq.load(Ordering::Relaxed);
-        let reduced = self.call_unwatched("all_reduce_sum", bytes, || dc.all_reduce_sum(bucket))?;
+        let seq = self.next_seq();
+        let reduced = dc
+            .all_reduce_sum(bucket)
+            .map_err(|m| self.collective_error("all_reduce_sum", seq, bytes, m))?;
         self.watch_device(&*dc, "all_reduce_sum", seq, bytes);
         Ok(reduced)
     }
 
     /// Hands the work `dc` has queued so far to the watchdog (see
-    /// [`DeviceCommunicator::completion`]).
+    /// [`DeviceCommunicator::completion`]): device calls return once queued, so they are
+    /// watched until the device says they have run.
     fn watch_device(&self, dc: &dyn DeviceCommunicator, op: &'static str, seq: u64, bytes: usize) {
         if self.world_size() == 1 {
             return;
@@ -119,8 +122,10 @@ impl ProcessGroup {
 
     /// Reports a failure that a queued device collective ended with.
     pub(crate) fn device_check(&self, device: nabla_core::Device) -> Result<()> {
-        match self.device_communicator(device).cloned() {
-            Some(dc) => self.call_unwatched("device collective", 0, || dc.check()),
+        match self.device_communicator(device) {
+            Some(dc) => dc
+                .check()
+                .map_err(|m| self.collective_error("device collective", self.calls(), 0, m)),
             None => Ok(()),
         }
     }
@@ -179,7 +184,7 @@ impl ProcessGroup {
         bytes: usize,
         f: impl FnOnce(&dyn Communicator) -> Result<R, String>,
     ) -> Result<R> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let seq = self.next_seq();
         let _watch = (self.world_size() > 1).then(|| {
             let (rank, world, name, timeout) = (self.rank(), self.world_size(), self.name.clone(), self.timeout);
             watchdog::watch(&self.comm, self.timeout, move || {
@@ -190,22 +195,17 @@ impl ProcessGroup {
                 )
             })
         });
-        f(&*self.comm).map_err(|message| DistError::Collective {
-            rank: self.rank(),
-            world: self.world_size(),
-            op,
-            seq,
-            bytes,
-            group: self.name.to_string(),
-            message,
-        })
+        f(&*self.comm).map_err(|message| self.collective_error(op, seq, bytes, message))
     }
 
-    /// Runs one numbered device call. It only queues work on the device, so no watchdog: a
-    /// stalled peer shows at the next read of the device.
-    fn call_unwatched<R>(&self, op: &'static str, bytes: usize, f: impl FnOnce() -> Result<R, String>) -> Result<R> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        f().map_err(|message| DistError::Collective {
+    /// The next call's sequence number.
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The error of call `seq` that failed with `message`.
+    fn collective_error(&self, op: &'static str, seq: u64, bytes: usize, message: String) -> DistError {
+        DistError::Collective {
             rank: self.rank(),
             world: self.world_size(),
             op,
@@ -213,7 +213,7 @@ impl ProcessGroup {
             bytes,
             group: self.name.to_string(),
             message,
-        })
+        }
     }
 
     /// Sums `buf` over all ranks, in place.
@@ -279,8 +279,10 @@ impl ProcessGroup {
             let fresh = t.stop_gradient() * 1.0;
             let dc = self.device_communicator(t.device()).expect("checked").clone();
             let bytes = t.numel() * t.dtype().size_in_bytes();
-            let seq = self.seq.load(Ordering::Relaxed);
-            let out = self.call_unwatched("broadcast", bytes, || dc.broadcast(fresh, root))?;
+            let seq = self.next_seq();
+            let out = dc
+                .broadcast(fresh, root)
+                .map_err(|m| self.collective_error("broadcast", seq, bytes, m))?;
             self.watch_device(&*dc, "broadcast", seq, bytes);
             return Ok(out);
         }

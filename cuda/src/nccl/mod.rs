@@ -159,24 +159,11 @@ impl NcclComm {
     /// freshly packed bucket): tensors are values, so writing into a shared buffer would change
     /// other tensors.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<(), ApiError> {
-        let (ptr, count, dtype) = self.operand(t, "all_reduce_sum")?;
-        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        self.device.bind_to_thread()?;
-        // SAFETY: `ptr` addresses `count` elements of `dtype` inside a live allocation of this
-        // device (checked by `operand`); in-place (send == receive) is allowed by NCCL; the
-        // stream is the device's, so the call is ordered after the kernels that wrote `t`.
-        let code = unsafe {
-            (self.library.symbols.all_reduce)(
-                ptr as *const _,
-                ptr as *mut _,
-                count,
-                dtype,
-                SUM,
-                self.comm,
-                self.device.raw_stream(),
-            )
-        };
-        self.library.result(code, Some(self.comm), "ncclAllReduce")
+        let all_reduce = self.library.symbols.all_reduce;
+        // SAFETY: in-place (send == receive) is allowed by NCCL.
+        self.enqueue(t, "ncclAllReduce", |ptr, count, dtype, stream| unsafe {
+            all_reduce(ptr as *const _, ptr as *mut _, count, dtype, SUM, self.comm, stream)
+        })
     }
 
     /// Overwrites `t` on every rank with its value on `root`, in place (same conditions on `t`
@@ -188,22 +175,36 @@ impl NcclComm {
                 self.world
             )));
         }
-        let (ptr, count, dtype) = self.operand(t, "broadcast")?;
-        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        self.device.bind_to_thread()?;
-        // SAFETY: as in `all_reduce_sum`.
-        let code = unsafe {
-            (self.library.symbols.broadcast)(
+        let broadcast = self.library.symbols.broadcast;
+        // SAFETY: in-place (send == receive) is allowed by NCCL.
+        self.enqueue(t, "ncclBroadcast", |ptr, count, dtype, stream| unsafe {
+            broadcast(
                 ptr as *const _,
                 ptr as *mut _,
                 count,
                 dtype,
                 root as c_int,
                 self.comm,
-                self.device.raw_stream(),
+                stream,
             )
-        };
-        self.library.result(code, Some(self.comm), "ncclBroadcast")
+        })
+    }
+
+    /// Queues one in-place call on `t` (`call` gets its device address, element count, NCCL
+    /// dtype and the stream), after checking `t` and with the device's context current. The
+    /// stream is the device's, so the call is ordered after the kernels that wrote `t`, and
+    /// `operand` has checked that the address range lies inside a live allocation.
+    fn enqueue(
+        &self,
+        t: &Tensor,
+        what: &str,
+        call: impl FnOnce(u64, usize, c_int, library::RawStream) -> c_int,
+    ) -> Result<(), ApiError> {
+        let (ptr, count, dtype) = self.operand(t, what)?;
+        let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        self.device.bind_to_thread()?;
+        let code = call(ptr, count, dtype, self.device.raw_stream());
+        self.library.result(code, Some(self.comm), what)
     }
 
     /// The error a queued call ended with, if any (a peer that failed or left, a network
@@ -241,7 +242,7 @@ impl NcclComm {
     fn operand(&self, t: &Tensor, op: &str) -> Result<(u64, usize, c_int), ApiError> {
         let refuse = |why: String| {
             Err(ApiError(format!(
-                "NCCL {op}: a {:?} {} tensor on {} {why}",
+                "{op}: a {:?} {} tensor on {} {why}",
                 t.shape(),
                 t.dtype(),
                 t.device()
