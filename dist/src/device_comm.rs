@@ -5,7 +5,9 @@
 
 use nabla_core::{Device, Tensor};
 
-use crate::comm::CommResult;
+use crate::comm::{CommResult, HostBufMut};
+use crate::error::{DistError, Result};
+use crate::group::ProcessGroup;
 
 /// Collectives on tensors of one device, between the same ranks (in the same order) as the
 /// host communicator of the group that carries it.
@@ -44,3 +46,94 @@ pub trait DeviceCommunicator: Send + Sync {
 
 /// See [`DeviceCommunicator::completion`].
 pub type DevicePoll = Box<dyn Fn() -> CommResult<bool> + Send>;
+
+/// The set-up of a transport that every rank must join together (NCCL's `ncclCommInitRank`
+/// waits for all ranks): each rank reports whether it can go on (`local`: rank 0's carries the
+/// `len` bytes the others need, such as NCCL's id), and either every rank gets rank 0's bytes,
+/// or every rank gets one error naming each rank that cannot and why. So no rank enters the
+/// joint step while another has already given up. Collective.
+// Used by the nccl feature's set-up; compiled (and tested) in every build.
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) fn agree_on_setup(
+    group: &ProcessGroup,
+    what: &str,
+    local: std::result::Result<Vec<u8>, String>,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let mine = match &local {
+        Ok(_) => Vec::new(),
+        Err(why) if why.is_empty() => b"failed".to_vec(),
+        Err(why) => why.as_bytes().to_vec(),
+    };
+    let failures: Vec<String> = group
+        .all_gather_bytes(&mine)?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, why)| !why.is_empty())
+        .map(|(rank, why)| format!("rank {rank}: {}", String::from_utf8_lossy(&why)))
+        .collect();
+    if !failures.is_empty() {
+        return Err(DistError::Environment(format!(
+            "{what} could not start on {} of {} ranks; {}",
+            failures.len(),
+            group.world_size(),
+            failures.join("; ")
+        )));
+    }
+    let mut bytes = match local {
+        Ok(b) if group.rank() == 0 => b,
+        _ => vec![0; len],
+    };
+    if bytes.len() != len {
+        return Err(DistError::Usage(format!(
+            "{what}: rank 0 made {} bytes to share, not {len}",
+            bytes.len()
+        )));
+    }
+    group.broadcast(HostBufMut::U8(&mut bytes), 0)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ThreadComm;
+
+    fn on_ranks<T: Send>(n: usize, f: impl Fn(ProcessGroup) -> T + Sync) -> Vec<T> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ThreadComm::world(n)
+                .into_iter()
+                .map(|c| {
+                    let f = &f;
+                    s.spawn(move || f(ProcessGroup::new(Box::new(c), std::time::Duration::from_secs(60), "t")))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn every_rank_gets_rank_0s_bytes_when_all_can_start() {
+        let got = on_ranks(3, |g| {
+            let local = Ok(if g.rank() == 0 { vec![7; 128] } else { Vec::new() });
+            agree_on_setup(&g, "NCCL", local, 128).unwrap()
+        });
+        assert!(got.iter().all(|b| *b == vec![7; 128]));
+    }
+
+    #[test]
+    fn one_rank_that_cannot_start_fails_every_rank_with_its_name_and_reason() {
+        let got = on_ranks(3, |g| {
+            let local = match g.rank() {
+                0 => Ok(vec![1; 128]),
+                1 => Err("libnccl.so.2: cannot open shared object file".to_string()),
+                _ => Ok(Vec::new()),
+            };
+            agree_on_setup(&g, "NCCL", local, 128).unwrap_err().to_string()
+        });
+        for e in &got {
+            assert!(e.contains("NCCL could not start on 1 of 3 ranks"), "{e}");
+            assert!(e.contains("rank 1: libnccl.so.2: cannot open"), "{e}");
+        }
+    }
+}

@@ -15,8 +15,8 @@ use nabla_core::{Device, Tensor};
 use nabla_cuda::nccl::{self, NcclComm, UniqueId};
 use nabla_cuda::{CudaBackend, CudaDevice, DeviceApi};
 
-use crate::comm::{CommResult, HostBufMut};
-use crate::device_comm::{DeviceCommunicator, DevicePoll};
+use crate::comm::CommResult;
+use crate::device_comm::{DeviceCommunicator, DevicePoll, agree_on_setup};
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
 
@@ -68,36 +68,13 @@ pub fn with_nccl(group: ProcessGroup, backend: &CudaBackend<CudaDevice>) -> Resu
     let device: Arc<CudaDevice> = backend.api().clone();
     let opened = nccl::library();
     // Rank 0 also makes the id, so that its failure to do so is reported like a missing library.
-    let id = match (&opened, group.rank()) {
-        (Ok(lib), 0) => lib.unique_id().map(Some).map_err(|e| e.to_string()),
-        (Ok(_), _) => Ok(None),
+    let local = match (&opened, group.rank()) {
+        (Ok(lib), 0) => lib.unique_id().map(|id| id.0.to_vec()).map_err(|e| e.to_string()),
+        (Ok(_), _) => Ok(Vec::new()),
         (Err(e), _) => Err(e.to_string()),
     };
-    let mine = match &id {
-        Ok(_) => Vec::new(),
-        Err(why) => why.as_bytes().to_vec(),
-    };
-    let failures: Vec<String> = group
-        .all_gather_bytes(&mine)?
-        .into_iter()
-        .enumerate()
-        .filter(|(_, why)| !why.is_empty())
-        .map(|(rank, why)| format!("rank {rank}: {}", String::from_utf8_lossy(&why)))
-        .collect();
-    if !failures.is_empty() {
-        return Err(DistError::Environment(format!(
-            "NCCL could not start on {} of {} ranks; {}",
-            failures.len(),
-            group.world_size(),
-            failures.join("; ")
-        )));
-    }
-    let library = opened.expect("checked on every rank");
-    let mut bytes = id
-        .expect("checked")
-        .map(|id| id.0.to_vec())
-        .unwrap_or_else(|| vec![0; 128]);
-    group.broadcast(HostBufMut::U8(&mut bytes), 0)?;
+    let bytes = agree_on_setup(&group, "NCCL", local, 128)?;
+    let library = opened.expect("every rank opened NCCL");
     let id = UniqueId(bytes.try_into().expect("128 bytes"));
     let comm = NcclComm::init(library, device.clone(), &id, group.rank(), group.world_size()).map_err(|e| {
         DistError::Environment(format!(
