@@ -21,7 +21,7 @@ pub mod trace;
 pub mod transforms;
 pub mod tree;
 
-pub use backend::{Backend, register_backend};
+pub use backend::{Backend, register_backend, synchronize};
 pub use device::Device;
 pub use dtype::{DType, Element, bf16, f16};
 pub use error::{Error, Result};

@@ -238,6 +238,12 @@ fn device_errors_surface_at_the_next_read_naming_the_value() {
     assert!(msg.contains("division by zero") && msg.contains("cuda:0"), "{msg}");
     // The record is cleared: the next read is clean.
     assert_eq!((&a / &a).to_vec::<i64>(), vec![1, 1, 1]);
+    // Waiting for the device (as timing code does) reports it too, without a read.
+    let _q = &a / &b;
+    let msg = common::panic_message(|| nb::synchronize(GPU).unwrap());
+    assert!(msg.contains("division by zero") && msg.contains("cuda:0"), "{msg}");
+    nb::synchronize(GPU).unwrap();
+    nb::synchronize(Device::Cpu).unwrap();
 }
 
 #[test]

@@ -198,6 +198,10 @@ pub trait Backend: Send + Sync {
     fn check_indices(&self, _idx: &RawTensor, _check: &IndexCheck) -> Option<RawTensor> {
         None
     }
+    /// Waits for all work queued on this backend's device, and reports a device error found
+    /// meanwhile as a read would (a panic naming it). The default does nothing: the CPU does
+    /// its work as it is asked.
+    fn synchronize(&self) {}
 }
 
 type Registry = RwLock<HashMap<&'static str, Arc<dyn Backend>>>;
@@ -243,6 +247,14 @@ pub(crate) fn registered_backend(device: Device) -> crate::error::Result<Arc<dyn
             device,
             reason: "no backend is registered for it; enable and initialise the nabla-cuda backend".into(),
         })
+}
+
+/// Waits until `device` has done all the work queued on it (`torch.cuda.synchronize()`), for
+/// timing GPU code; a device error found meanwhile is reported as a read reports it. A no-op
+/// on the CPU. Errors when no backend is registered for `device`.
+pub fn synchronize(device: Device) -> crate::error::Result<()> {
+    registered_backend(device)?.synchronize();
+    Ok(())
 }
 
 /// The backend for `device`; panics with a hint when none is registered.

@@ -263,6 +263,9 @@ impl Backend for RecordingBackend {
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor {
         self.constant(self.inner.from_host(buf, shape, device))
     }
+    fn synchronize(&self) {
+        self.inner.synchronize()
+    }
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {
         let mut rec = self.rec.lock().unwrap_or_else(|e| e.into_inner());
         if !matches!(rec.source(&x.storage), Ref::Const(_)) {

@@ -319,6 +319,13 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         Some(index::check_indices(self, idx, check, self.site(&check.message)))
     }
 
+    fn synchronize(&self) {
+        self.api
+            .synchronize()
+            .unwrap_or_else(|e| panic!("cuda: waiting for {}: {e}", self.device));
+        self.check_device_errors();
+    }
+
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {
         let x = self.dense(x);
         let dtype = x.dtype();
