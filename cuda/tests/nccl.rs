@@ -54,6 +54,7 @@ fn a_world_of_one_reduces_and_broadcasts_device_tensors_in_place() {
         // A fresh buffer on the device (the product is a new allocation).
         let t = host.to_device(dev).unwrap() * 1.0;
         comm.all_reduce_sum(&t).unwrap();
+        comm.join().unwrap();
         comm.broadcast(&t, 0).unwrap();
         comm.check().unwrap();
         assert_eq!(

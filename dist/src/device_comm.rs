@@ -24,12 +24,20 @@ pub trait DeviceCommunicator: Send + Sync {
     fn device(&self) -> Device;
     /// The sum of `bucket` over all ranks. `bucket` is a contiguous tensor on [`device`] whose
     /// buffer nothing else holds (a freshly packed bucket), so an implementation may sum in
-    /// place and return it.
+    /// place and return it. The result may be read only after [`join`].
+    ///
+    /// [`join`]: DeviceCommunicator::join
     ///
     /// [`device`]: DeviceCommunicator::device
     fn all_reduce_sum(&self, bucket: Tensor) -> CommResult<Tensor>;
     /// `t` as it is on `root`, on every rank (same conditions on `t`).
     fn broadcast(&self, t: Tensor, root: usize) -> CommResult<Tensor>;
+    /// Orders the device's work queued from now on after every call queued so far (a
+    /// transport that runs on a stream of its own, as NCCL does, overlaps the kernels queued
+    /// after its calls until then). Does not wait on the host.
+    fn join(&self) -> CommResult<()> {
+        Ok(())
+    }
     /// The error a queued call ended with, if any.
     fn check(&self) -> CommResult<()> {
         Ok(())

@@ -48,7 +48,7 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
             // recordable host step runs, so that replays repeat the collective.
             Some(_) if !nabla_core::jit::is_recording() => {
                 let reduced = group.device_all_reduce_sum(packed)?;
-                group.device_check(reduced.device())?;
+                group.device_finish(reduced.device())?;
                 reduced
             }
             _ => packed.apply_external("all_reduce", reduce_step(group.clone())),

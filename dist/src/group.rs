@@ -120,11 +120,13 @@ impl ProcessGroup {
         watchdog::watch_device(&self.comm, self.timeout, describe, done);
     }
 
-    /// Reports a failure that a queued device collective ended with.
-    pub(crate) fn device_check(&self, device: nabla_core::Device) -> Result<()> {
+    /// Orders the device's next work after the device collectives queued so far (so their
+    /// results may be read), and reports a failure one of them ended with.
+    pub(crate) fn device_finish(&self, device: nabla_core::Device) -> Result<()> {
         match self.device_communicator(device) {
             Some(dc) => dc
-                .check()
+                .join()
+                .and_then(|()| dc.check())
                 .map_err(|m| self.collective_error("device collective", self.calls(), 0, m)),
             None => Ok(()),
         }

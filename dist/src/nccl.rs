@@ -44,6 +44,10 @@ impl DeviceCommunicator for NcclCommunicator {
         Ok(t)
     }
 
+    fn join(&self) -> CommResult<()> {
+        self.comm.join().map_err(|e| e.to_string())
+    }
+
     fn check(&self) -> CommResult<()> {
         self.comm.check().map_err(|e| e.to_string())
     }

@@ -142,7 +142,7 @@ impl BucketQueue {
                 }
                 InFlight::Device(reduced, took) => {
                     let reduced = reduced?;
-                    worker.group().device_check(reduced.device())?;
+                    worker.group().device_finish(reduced.device())?;
                     comm += took;
                     reduced
                 }

@@ -22,6 +22,7 @@ struct Staged {
     host: ProcessGroup,
     reduces: AtomicUsize,
     broadcasts: AtomicUsize,
+    joins: AtomicUsize,
     fail_with: Option<String>,
 }
 
@@ -31,6 +32,7 @@ impl Staged {
             host: group.duplicate("staged").unwrap(),
             reduces: AtomicUsize::new(0),
             broadcasts: AtomicUsize::new(0),
+            joins: AtomicUsize::new(0),
             fail_with,
         })
     }
@@ -78,6 +80,10 @@ impl DeviceCommunicator for Staged {
         self.reduces.fetch_add(1, Ordering::Relaxed);
         self.sum(bucket, None)
     }
+    fn join(&self) -> CommResult<()> {
+        self.joins.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
     fn completion(&self) -> Option<DevicePoll> {
         // Staged calls have run when they return; the watchdog sees them done at its first look.
         Some(Box::new(|| Ok(true)))
@@ -109,8 +115,8 @@ fn mixed_loss(p: &[Tensor], x: &Tensor, y: &Tensor) -> Tensor {
 }
 
 /// What one rank saw of a step: the gradients' bits, the bucket count and the transport's
-/// (reduces, broadcasts).
-type RankStep = (Vec<Vec<u8>>, usize, (usize, usize));
+/// (reduces, broadcasts, joins).
+type RankStep = (Vec<Vec<u8>>, usize, (usize, usize, usize));
 
 /// One DataParallel step on `world` ranks, with or without the staged transport.
 fn dp_step(world: usize, transport: bool, config: DataParallelConfig) -> Vec<RankStep> {
@@ -130,7 +136,10 @@ fn dp_step(world: usize, transport: bool, config: DataParallelConfig) -> Vec<Ran
         let grads = dp.grads(&tracked);
         let bits = grads.iter().map(|g| g.to_host_buffer().to_le_bytes()).collect();
         let counts = staged
-            .map(|s| (s.reduces.load(Ordering::Relaxed), s.broadcasts.load(Ordering::Relaxed)))
+            .map(|s| {
+                let n = |c: &AtomicUsize| c.load(Ordering::Relaxed);
+                (n(&s.reduces), n(&s.broadcasts), n(&s.joins))
+            })
             .unwrap_or_default();
         (bits, dp.last_sync().buckets, counts)
     })
@@ -152,8 +161,14 @@ fn data_parallel_through_a_device_transport_equals_the_host_path_bit_for_bit() {
         for (rank, (h, d)) in host.iter().zip(&device).enumerate() {
             assert_eq!(h.0, d.0, "rank {rank}: the gradients differ ({config:?})");
             assert_eq!(h.1, d.1, "rank {rank}: bucket counts differ");
-            // Every bucket went through the transport, and every leaf's starting value.
-            assert_eq!(d.2, (d.1, 4), "rank {rank}: (reduces, broadcasts) vs buckets {}", d.1);
+            // Every bucket went through the transport, and every leaf's starting value; each
+            // bucket was joined before it was unpacked.
+            assert_eq!(
+                d.2,
+                (d.1, 4, d.1),
+                "rank {rank}: (reduces, broadcasts, joins) vs buckets {}",
+                d.1
+            );
         }
         assert!(device.iter().all(|d| d.0 == device[0].0), "ranks disagree");
     }

@@ -1,4 +1,5 @@
-//! [`CudaDevice`]: the [`DeviceApi`] of one GPU through cudarc. One stream orders all work,
+//! [`CudaDevice`]: the [`DeviceApi`] of one GPU through cudarc. One stream orders all kernels
+//! and copies (a second one carries NCCL's collectives, ordered against it by events),
 //! so cudarc's per-buffer event tracking is turned off (it would add two events per launch);
 //! memory comes from the device's stream-ordered pool, whose release threshold is raised so
 //! that freed blocks are kept for reuse (a caching allocator, as PyTorch's).
@@ -39,10 +40,12 @@ enum Value {
     F64(f64),
 }
 
-/// One GPU: its context, its stream, cuBLAS on that stream, and the compiled kernels.
+/// One GPU: its context, its stream, cuBLAS on that stream, the compiled kernels, and a second
+/// stream for communication (NCCL), so that collectives run beside the kernels.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    comm_stream: Arc<CudaStream>,
     blas: CudaBlas,
     sm_count: u32,
     compiler: Compiler,
@@ -67,6 +70,9 @@ impl CudaDevice {
         // SAFETY: called before any allocation or stream of this context exists.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver_err("creating a stream"))?;
+        let comm_stream = ctx
+            .new_stream()
+            .map_err(driver_err("creating the communication stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| ApiError(format!("starting cuBLAS: {e:?}")))?;
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -94,6 +100,7 @@ impl CudaDevice {
         Ok(CudaDevice {
             ctx,
             stream,
+            comm_stream,
             blas,
             sm_count,
             compiler: Compiler::new(major, minor, driver),
@@ -142,14 +149,37 @@ impl CudaDevice {
             .map_err(driver_err("making the CUDA context current"))
     }
 
-    /// A marker of the work queued on the device's stream so far.
-    pub(crate) fn record_event(&self) -> Result<cudarc::driver::CudaEvent, ApiError> {
-        self.stream.record_event(None).map_err(driver_err("recording an event"))
+    /// Makes the communication stream wait for the work queued on the compute stream so far
+    /// (a collective's input is ready when the kernels that made it have run).
+    pub(crate) fn comm_after_compute(&self) -> Result<(), ApiError> {
+        let ready = self
+            .stream
+            .record_event(None)
+            .map_err(driver_err("recording an event"))?;
+        // Destroying `ready` after the wait is queued is allowed: CUDA frees it once it fired.
+        self.comm_stream
+            .wait(&ready)
+            .map_err(driver_err("ordering the communication stream"))
     }
 
-    /// The device's one stream, as the raw handle libraries take.
-    pub(crate) fn raw_stream(&self) -> *mut std::ffi::c_void {
-        self.stream.cu_stream() as *mut std::ffi::c_void
+    /// A marker of the work queued on the communication stream so far.
+    pub(crate) fn record_comm_event(&self) -> Result<cudarc::driver::CudaEvent, ApiError> {
+        self.comm_stream
+            .record_event(None)
+            .map_err(driver_err("recording an event on the communication stream"))
+    }
+
+    /// Makes the compute stream wait for `marker` (a collective's output is read only after
+    /// the collective has run).
+    pub(crate) fn compute_after(&self, marker: &cudarc::driver::CudaEvent) -> Result<(), ApiError> {
+        self.stream
+            .wait(marker)
+            .map_err(driver_err("ordering the compute stream"))
+    }
+
+    /// The communication stream, as the raw handle libraries take.
+    pub(crate) fn raw_comm_stream(&self) -> *mut std::ffi::c_void {
+        self.comm_stream.cu_stream() as *mut std::ffi::c_void
     }
 }
 
@@ -300,6 +330,9 @@ impl DeviceApi for CudaDevice {
     fn synchronize(&self) -> Result<(), ApiError> {
         self.stream
             .synchronize()
-            .map_err(driver_err("synchronising the stream"))
+            .map_err(driver_err("synchronising the stream"))?;
+        self.comm_stream
+            .synchronize()
+            .map_err(driver_err("synchronising the communication stream"))
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! [`library`] opens libnccl (see [`library::LIBRARY_ENV`]); rank 0 makes a [`UniqueId`], the
 //! ranks share its 128 bytes through a host transport (MPI, or the launcher's TCP group), and
-//! each makes its [`NcclComm`]. The calls queue on the device's one stream, so they are ordered
-//! after the kernels that produced their input and before those that read their output; errors
-//! NCCL finds while the call runs come back from [`NcclComm::check`].
+//! each makes its [`NcclComm`]. The calls queue on the device's communication stream, after the
+//! kernels queued before them (an event), so that the kernels queued after them run alongside;
+//! [`NcclComm::join`] orders the kernels queued next after them, before anything reads a
+//! result. Errors NCCL finds while a call runs come back from [`NcclComm::check`].
 
 mod library;
 
@@ -84,6 +85,8 @@ pub struct NcclComm {
     world: usize,
     // NCCL calls on one communicator must not run concurrently from several threads.
     calls: Mutex<()>,
+    // The communication stream's marker after the last call (what `join` and `mark` wait for).
+    last: Mutex<Option<Arc<cudarc::driver::CudaEvent>>>,
 }
 
 // SAFETY: the communicator handle is only used under `calls`, and NCCL allows a communicator to
@@ -136,6 +139,7 @@ impl NcclComm {
             rank,
             world,
             calls: Mutex::new(()),
+            last: Mutex::new(None),
         })
     }
 
@@ -154,10 +158,10 @@ impl NcclComm {
         Device::Cuda(self.device.ordinal())
     }
 
-    /// Sums `t` over all ranks, in place, queued on the device's stream. `t` must be a
-    /// contiguous tensor on this communicator's device whose buffer nothing else holds (a
-    /// freshly packed bucket): tensors are values, so writing into a shared buffer would change
-    /// other tensors.
+    /// Sums `t` over all ranks, in place, queued on the communication stream after the kernels
+    /// queued so far. `t` must be a contiguous tensor on this communicator's device whose
+    /// buffer nothing else holds (a freshly packed bucket): tensors are values, so writing into
+    /// a shared buffer would change other tensors. Call [`NcclComm::join`] before reading `t`.
     pub fn all_reduce_sum(&self, t: &Tensor) -> Result<(), ApiError> {
         let all_reduce = self.library.symbols.all_reduce;
         // SAFETY: in-place (send == receive) is allowed by NCCL.
@@ -167,7 +171,7 @@ impl NcclComm {
     }
 
     /// Overwrites `t` on every rank with its value on `root`, in place (same conditions on `t`
-    /// as [`NcclComm::all_reduce_sum`]).
+    /// as [`NcclComm::all_reduce_sum`]); joined, so `t` may be read at once.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), ApiError> {
         if root >= self.world {
             return Err(ApiError(format!(
@@ -187,13 +191,26 @@ impl NcclComm {
                 self.comm,
                 stream,
             )
-        })
+        })?;
+        self.join()
+    }
+
+    /// Orders the kernels and copies queued from now on after every call queued so far, so
+    /// that they see the calls' results. Does not wait on the host.
+    pub fn join(&self) -> Result<(), ApiError> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match last {
+            Some(marker) => self.device.compute_after(&marker),
+            None => Ok(()),
+        }
     }
 
     /// Queues one in-place call on `t` (`call` gets its device address, element count, NCCL
     /// dtype and the stream), after checking `t` and with the device's context current. The
-    /// stream is the device's, so the call is ordered after the kernels that wrote `t`, and
-    /// `operand` has checked that the address range lies inside a live allocation.
+    /// communication stream first waits for the compute stream, so the call comes after the
+    /// kernels that wrote `t`; `operand` has checked that the address range lies inside a live
+    /// allocation. The buffer is freed on the compute stream once its last tensor drops, which
+    /// comes after a `join` (the reader unpacks the result only then).
     fn enqueue(
         &self,
         t: &Tensor,
@@ -203,8 +220,12 @@ impl NcclComm {
         let (ptr, count, dtype) = self.operand(t, what)?;
         let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         self.device.bind_to_thread()?;
-        let code = call(ptr, count, dtype, self.device.raw_stream());
-        self.library.result(code, Some(self.comm), what)
+        self.device.comm_after_compute()?;
+        let code = call(ptr, count, dtype, self.device.raw_comm_stream());
+        self.library.result(code, Some(self.comm), what)?;
+        let marker = self.device.record_comm_event()?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(marker));
+        Ok(())
     }
 
     /// The error a queued call ended with, if any (a peer that failed or left, a network
@@ -221,12 +242,15 @@ impl NcclComm {
         self.library.result(async_code, Some(self.comm), "an NCCL collective")
     }
 
-    /// A marker of everything queued on the device so far, this communicator's calls included:
-    /// [`NcclMark::poll`] says when it has all run (for a watchdog that must not block).
+    /// A marker of this communicator's calls so far: [`NcclMark::poll`] says when they have
+    /// all run (for a watchdog that must not block).
     pub fn mark(&self) -> Result<NcclMark, ApiError> {
-        Ok(NcclMark {
-            event: self.device.record_event()?,
-        })
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let event = match last {
+            Some(marker) => marker,
+            None => Arc::new(self.device.record_comm_event()?),
+        };
+        Ok(NcclMark { event })
     }
 
     /// Stops every call of this communicator, so that a rank whose peer died can exit instead of
@@ -275,7 +299,7 @@ impl NcclComm {
 
 /// Work queued on a device up to a point (see [`NcclComm::mark`]).
 pub struct NcclMark {
-    event: cudarc::driver::CudaEvent,
+    event: Arc<cudarc::driver::CudaEvent>,
 }
 
 impl NcclMark {
