@@ -5,6 +5,7 @@ mod elementwise;
 mod fast_math;
 mod index;
 mod matmul;
+pub mod memory;
 mod reduce;
 // The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
 #[cfg(target_arch = "x86_64")]
@@ -53,7 +54,11 @@ pub struct CpuBackend;
 /// The shared CPU backend instance.
 pub fn cpu_backend() -> Arc<dyn Backend> {
     static CPU: OnceLock<Arc<dyn Backend>> = OnceLock::new();
-    CPU.get_or_init(|| Arc::new(CpuBackend)).clone()
+    CPU.get_or_init(|| {
+        memory::keep_freed_memory();
+        Arc::new(CpuBackend)
+    })
+    .clone()
 }
 
 /// An ndarray view of `data` under `layout` (negative and zero strides allowed).
