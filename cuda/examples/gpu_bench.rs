@@ -5,19 +5,14 @@
 //! script compares their bandwidth with PyTorch's `clone`, the copy bandwidth); `matmul_8192`
 //! in f32 and bf16.
 
+mod common;
+
 use std::time::Instant;
 
+use common::mlp_loss;
 use nabla_core as nb;
 use nabla_cuda::DeviceApi;
 use nb::{DType, Device, Rng, Tensor};
-
-fn mlp_loss(params: &[(Tensor, Tensor); 3], x: &Tensor, y: &Tensor) -> Tensor {
-    let [(w1, b1), (w2, b2), (w3, b3)] = params;
-    let h = (x.matmul(w1) + b1).tanh();
-    let h = (h.matmul(w2) + b2).relu();
-    let logp = (h.matmul(w3) + b3).log_softmax(-1);
-    -(y * logp).sum(-1, false).mean_all()
-}
 
 fn main() {
     let backend = match nabla_cuda::init(0) {

@@ -6,10 +6,13 @@
 //!
 //! `cargo run --release -p nabla-cuda --example host_overhead`
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use common::mlp_loss;
 use nabla_core as nb;
 use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, LaunchArg};
 use nabla_kernels::KernelSpec;
@@ -61,14 +64,6 @@ impl DeviceApi for NullGpu {
     fn synchronize(&self) -> Result<(), ApiError> {
         Ok(())
     }
-}
-
-fn mlp_loss(params: &[(Tensor, Tensor); 3], x: &Tensor, y: &Tensor) -> Tensor {
-    let [(w1, b1), (w2, b2), (w3, b3)] = params;
-    let h = (x.matmul(w1) + b1).tanh();
-    let h = (h.matmul(w2) + b2).relu();
-    let logp = (h.matmul(w3) + b3).log_softmax(-1);
-    -(y * logp).sum(-1, false).mean_all()
 }
 
 fn main() {
