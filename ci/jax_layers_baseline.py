@@ -6,21 +6,10 @@ rows {case, system, unit, value} as JSON to --json.
 """
 import argparse
 import json
-import time
 
 import numpy as np
 
-
-def median_ms(fn, warm, runs):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    ts.sort()
-    return ts[runs // 2]
+from timing import median_ms
 
 
 def jax_rows(runs):

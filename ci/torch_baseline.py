@@ -8,16 +8,7 @@ import json
 import statistics
 import time
 
-
-def median_ms(fn, warm, runs):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+from timing import median_ms
 
 
 def per_call_us(fn, calls=1000, loops=5):

@@ -77,17 +77,28 @@ impl ProcessGroup {
     /// exist; see [`ProcessGroup::device_communicator`]). Numbered like every collective; a
     /// failure names the rank and the call.
     pub(crate) fn device_all_reduce_sum(&self, bucket: Tensor) -> Result<Tensor> {
-        let bytes = bucket.numel() * bucket.dtype().size_in_bytes();
         let dc = self
             .device_communicator(bucket.device())
             .expect("internal error: a device all-reduce without a device transport")
             .clone();
+        self.device_call(&*dc, "all_reduce_sum", bytes_of(&bucket), |dc| {
+            dc.all_reduce_sum(bucket)
+        })
+    }
+
+    /// Runs one numbered call of `dc` on `bytes` of data, turns its failure into an error
+    /// naming the rank and the call, and hands the queued work to the watchdog.
+    fn device_call(
+        &self,
+        dc: &dyn DeviceCommunicator,
+        op: &'static str,
+        bytes: usize,
+        call: impl FnOnce(&dyn DeviceCommunicator) -> crate::comm::CommResult<Tensor>,
+    ) -> Result<Tensor> {
         let seq = self.next_seq();
-        let reduced = dc
-            .all_reduce_sum(bucket)
-            .map_err(|m| self.collective_error("all_reduce_sum", seq, bytes, m))?;
-        self.watch_device(&*dc, "all_reduce_sum", seq, bytes);
-        Ok(reduced)
+        let out = call(dc).map_err(|m| self.collective_error(op, seq, bytes, m))?;
+        self.watch_device(dc, op, seq, bytes);
+        Ok(out)
     }
 
     /// Hands the work `dc` has queued so far to the watchdog (see
@@ -230,13 +241,19 @@ impl ProcessGroup {
 
     /// Overwrites `buf` with its value on `root`.
     pub fn broadcast(&self, buf: HostBufMut<'_>, root: usize) -> Result<()> {
+        self.check_root(root)?;
+        self.call("broadcast", buf.bytes(), |c| c.broadcast(buf, root))
+    }
+
+    /// An error unless `root` is a rank of this group.
+    fn check_root(&self, root: usize) -> Result<()> {
         if root >= self.world_size() {
             return Err(DistError::Usage(format!(
                 "broadcast: root {root} is outside a group of {} ranks",
                 self.world_size()
             )));
         }
-        self.call("broadcast", buf.bytes(), |c| c.broadcast(buf, root))
+        Ok(())
     }
 
     /// Waits for every rank.
@@ -270,23 +287,11 @@ impl ProcessGroup {
         if self.world_size() == 1 {
             return Ok(t.clone());
         }
-        if t.dtype().is_float() && self.device_communicator(t.device()).is_some() {
-            if root >= self.world_size() {
-                return Err(DistError::Usage(format!(
-                    "broadcast: root {root} is outside a group of {} ranks",
-                    self.world_size()
-                )));
-            }
+        if let Some(dc) = self.device_communicator(t.device()).filter(|_| t.dtype().is_float()) {
+            self.check_root(root)?;
             // A fresh buffer (the product), as the device transport asks.
             let fresh = t.stop_gradient() * 1.0;
-            let dc = self.device_communicator(t.device()).expect("checked").clone();
-            let bytes = t.numel() * t.dtype().size_in_bytes();
-            let seq = self.next_seq();
-            let out = dc
-                .broadcast(fresh, root)
-                .map_err(|m| self.collective_error("broadcast", seq, bytes, m))?;
-            self.watch_device(&*dc, "broadcast", seq, bytes);
-            return Ok(out);
+            return self.device_call(&**dc, "broadcast", bytes_of(t), |dc| dc.broadcast(fresh, root));
         }
         // Broadcast moves bits, so every dtype travels as its little-endian bytes.
         let mut bytes = t.to_host_buffer().to_le_bytes();
@@ -312,4 +317,9 @@ impl ProcessGroup {
             .collect::<Result<Vec<_>>>()?;
         Ok(tree.rebuild(out))
     }
+}
+
+/// The size of `t`'s elements, for messages.
+fn bytes_of(t: &Tensor) -> usize {
+    t.numel() * t.dtype().size_in_bytes()
 }

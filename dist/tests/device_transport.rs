@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{batch, loss, on_ranks, params, rows};
-use nabla_core::storage::CpuBuffer;
-use nabla_core::{DType, Device, Tensor};
+use nabla_core::storage::{CpuBuffer, IntoCpuBuffer};
+use nabla_core::{DType, Device, Element, Tensor};
 use nabla_dist::{
     CommResult, DataParallel, DataParallelConfig, DeviceCommunicator, DevicePoll, HostBufMut, ProcessGroup, Shard,
     all_reduce_weighted,
@@ -43,29 +43,35 @@ impl Staged {
         if let Some(why) = &self.fail_with {
             return Err(why.clone());
         }
-        let n = t.shape().to_vec();
-        let out = match t.to_host_buffer() {
+        let shape = t.shape().to_vec();
+        match t.to_host_buffer() {
             CpuBuffer::F32(v) => {
-                let mut v = Arc::unwrap_or_clone(v);
-                match broadcast_root {
-                    Some(root) => self.host.broadcast(HostBufMut::F32(&mut v), root),
-                    None => self.host.all_reduce_sum(HostBufMut::F32(&mut v)),
-                }
-                .map_err(|e| e.to_string())?;
-                Tensor::from_vec(v, &n)
+                self.collective(Arc::unwrap_or_clone(v), |s| HostBufMut::F32(s), broadcast_root, &shape)
             }
             CpuBuffer::F64(v) => {
-                let mut v = Arc::unwrap_or_clone(v);
-                match broadcast_root {
-                    Some(root) => self.host.broadcast(HostBufMut::F64(&mut v), root),
-                    None => self.host.all_reduce_sum(HostBufMut::F64(&mut v)),
-                }
-                .map_err(|e| e.to_string())?;
-                Tensor::from_vec(v, &n)
+                self.collective(Arc::unwrap_or_clone(v), |s| HostBufMut::F64(s), broadcast_root, &shape)
             }
-            other => return Err(format!("staged: {} is not handled", other.dtype())),
-        };
-        Ok(out)
+            other => Err(format!("staged: {} is not handled", other.dtype())),
+        }
+    }
+
+    /// `v` broadcast from `root` (or summed when `None`) over the host group, as a tensor.
+    fn collective<T: Element>(
+        &self,
+        mut v: Vec<T>,
+        as_buf: impl for<'a> Fn(&'a mut [T]) -> HostBufMut<'a>,
+        root: Option<usize>,
+        shape: &[usize],
+    ) -> CommResult<Tensor>
+    where
+        Vec<T>: IntoCpuBuffer,
+    {
+        match root {
+            Some(root) => self.host.broadcast(as_buf(&mut v), root),
+            None => self.host.all_reduce_sum(as_buf(&mut v)),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Tensor::from_vec(v, shape))
     }
 }
 

@@ -142,11 +142,8 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<()
             };
             let (x, y) = (rows(&batch.x).to_device(device)?, rows(&batch.y).to_device(device)?);
             let local = vg_jit.call(&(model.clone(), x, y));
-            let (loss, grads) = if world > 1 {
-                nb::dist::all_reduce_weighted(group, &local, shard.weight())?
-            } else {
-                local
-            };
+            // One rank: the shard weighs 1 and this returns `local` as it is.
+            let (loss, grads) = nb::dist::all_reduce_weighted(group, &local, shard.weight())?;
             last_loss = loss.item::<f32>() as f64;
             if !last_loss.is_finite() {
                 return Err(format!(

@@ -304,11 +304,8 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<()
             key,
         );
         let local = vg_jit.call(&inputs);
-        let (l, grads) = if world > 1 {
-            nb::dist::all_reduce_weighted(group, &local, shard.weight())?
-        } else {
-            local
-        };
+        // One rank: the shard weighs 1 and this returns `local` as it is.
+        let (l, grads) = nb::dist::all_reduce_weighted(group, &local, shard.weight())?;
         last_loss = l.item::<f32>() as f64;
         if !last_loss.is_finite() {
             return Err(format!(
