@@ -68,6 +68,12 @@ pub(crate) fn agree_on_setup(
     local: std::result::Result<Vec<u8>, String>,
     len: usize,
 ) -> Result<Vec<u8>> {
+    // Rank 0's bytes are checked before the agreement, so that a bad length fails every rank
+    // together instead of leaving the others in the broadcast.
+    let local = match local {
+        Ok(b) if group.rank() == 0 && b.len() != len => Err(format!("made {} bytes to share, not {len}", b.len())),
+        other => other,
+    };
     let mine = match &local {
         Ok(_) => Vec::new(),
         Err(why) if why.is_empty() => b"failed".to_vec(),
@@ -92,12 +98,6 @@ pub(crate) fn agree_on_setup(
         Ok(b) if group.rank() == 0 => b,
         _ => vec![0; len],
     };
-    if bytes.len() != len {
-        return Err(DistError::Usage(format!(
-            "{what}: rank 0 made {} bytes to share, not {len}",
-            bytes.len()
-        )));
-    }
     group.broadcast(HostBufMut::U8(&mut bytes), 0)?;
     Ok(bytes)
 }
@@ -142,6 +142,17 @@ mod tests {
         for e in &got {
             assert!(e.contains("NCCL could not start on 1 of 3 ranks"), "{e}");
             assert!(e.contains("rank 1: libnccl.so.2: cannot open"), "{e}");
+        }
+    }
+
+    #[test]
+    fn rank_0_sharing_the_wrong_length_fails_every_rank_instead_of_hanging_them() {
+        let got = on_ranks(2, |g| {
+            let local = Ok(if g.rank() == 0 { vec![7; 5] } else { Vec::new() });
+            agree_on_setup(&g, "NCCL", local, 128).unwrap_err().to_string()
+        });
+        for e in &got {
+            assert!(e.contains("rank 0: made 5 bytes to share, not 128"), "{e}");
         }
     }
 }

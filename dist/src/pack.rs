@@ -61,14 +61,7 @@ pub(crate) fn pack_tensor(
         .iter()
         .enumerate()
         .map(|(k, &leaf)| match &grads[k] {
-            Some(g) => {
-                let g = g.stop_gradient().reshape([-1]);
-                if g.dtype() == bucket.dtype {
-                    g
-                } else {
-                    g.cast(bucket.dtype)
-                }
-            }
+            Some(g) => g.stop_gradient().reshape([-1]).cast(bucket.dtype),
             None => Tensor::zeros(&[numels[leaf]], bucket.dtype)
                 .to_device(device)
                 .unwrap_or_else(|e| panic!("nabla-dist: zeros for a gradient on {device}: {e}")),
@@ -110,18 +103,11 @@ pub(crate) fn unpack(bucket: &Bucket, whole: &Tensor, like: &[&Tensor]) -> Vec<T
             let part = whole
                 .slice_axis(0, Some(start as isize), Some((start + leaf.numel()) as isize), 1)
                 .reshape(leaf.shape());
-            let part = if part.dtype() == leaf.dtype() {
-                part
-            } else {
-                part.cast(leaf.dtype())
-            };
-            if part.device() == leaf.device() {
-                part
-            } else {
-                // A bucket whose leaves live on different devices travels through the host.
-                part.to_device(leaf.device())
-                    .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient to {}: {e}", leaf.device()))
-            }
+            // Both are no-ops when the part is already the leaf's dtype and on its device (a
+            // bucket whose leaves live on different devices travels through the host).
+            part.cast(leaf.dtype())
+                .to_device(leaf.device())
+                .unwrap_or_else(|e| panic!("nabla-dist: moving a reduced gradient to {}: {e}", leaf.device()))
         })
         .collect()
 }

@@ -66,20 +66,15 @@ impl Watchdog {
     fn run(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let mut finished = Vec::new();
-            for (id, w) in &state.watched {
-                match w.done.as_ref().map(|poll| poll()) {
-                    Some(Ok(true)) => finished.push(*id),
-                    Some(Err(e)) => {
-                        eprintln!("{}", (w.describe)(Ending::Failed(&e)));
-                        w.comm.abort(3);
-                    }
-                    Some(Ok(false)) | None => {}
+            // Device calls whose work has run leave; one that failed ends the job.
+            state.watched.retain(|_, w| match w.done.as_ref().map(|poll| poll()) {
+                Some(Ok(true)) => false,
+                Some(Err(e)) => {
+                    eprintln!("{}", (w.describe)(Ending::Failed(&e)));
+                    w.comm.abort(3)
                 }
-            }
-            for id in finished {
-                state.watched.remove(&id);
-            }
+                Some(Ok(false)) | None => true,
+            });
             let now = Instant::now();
             if let Some(expired) = state.watched.values().find(|w| w.deadline <= now) {
                 eprintln!("{}", (expired.describe)(Ending::TimedOut));
