@@ -2,12 +2,13 @@
 //! `DataParallel` buckets, and a data-parallel `value_and_grad`.
 //!
 //! Each bucket is packed with tensor ops and reduced by a step that `nb::jit` records in its
-//! tape (`Tensor::apply_external`), so a jitted data-parallel step replays its collectives, in
-//! order, on every call instead of reusing the first call's reduced gradients.
+//! tape (`Tensor::apply_device_step` through a device transport such as NCCL, else
+//! `Tensor::apply_external` on the host), so a jitted data-parallel step replays its
+//! collectives, in order, on every call instead of reusing the first call's reduced gradients.
 
 use std::sync::Arc;
 
-use nabla_core::ops::external::ExternalFn;
+use nabla_core::ops::external::{DeviceStepFn, ExternalFn};
 use nabla_core::storage::CpuBuffer;
 use nabla_core::{DType, Tensor, Tree};
 
@@ -42,16 +43,15 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
             .iter()
             .map(|&l| leaves[l].stop_gradient().reshape([-1]))
             .collect();
-        let packed = nabla_core::concatenate(&parts, 0) * weight;
+        let packed = nabla_core::concatenate(&parts, 0);
         let reduced = match group.device_communicator(packed.device()) {
-            // Eagerly, a device transport sums where the bucket lives. Under `nb::jit` the
-            // recordable host step runs, so that replays repeat the collective.
-            Some(_) if !nabla_core::jit::is_recording() => {
-                let reduced = group.device_all_reduce_sum(packed)?;
-                group.device_finish(reduced.device())?;
-                reduced
+            // A device transport sums where the bucket lives. Under `nb::jit` it runs as one
+            // recorded step, so that every replay repeats the collective.
+            Some(_) if nabla_core::jit::is_recording() => {
+                packed.apply_device_step("all_reduce", device_reduce_step(group.clone(), weight))
             }
-            _ => packed.apply_external("all_reduce", reduce_step(group.clone())),
+            Some(_) => device_reduce(group, &packed, weight)?,
+            None => (packed * weight).apply_external("all_reduce", reduce_step(group.clone())),
         };
         for (k, &l) in bucket.leaves.iter().enumerate() {
             let start = bucket.offsets[k] as isize;
@@ -64,6 +64,21 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
         }
     }
     Ok(grads.rebuild(out.into_iter().map(|t| t.expect("every leaf is in a bucket")).collect()))
+}
+
+/// The sum over the ranks of `weight` times `packed`, through the group's device transport.
+/// The weighting makes the fresh buffer that the transport may sum in place (under `jit` the
+/// packed bucket is also held by the tape).
+fn device_reduce(group: &ProcessGroup, packed: &Tensor, weight: f64) -> Result<Tensor> {
+    let reduced = group.device_all_reduce_sum(packed * weight)?;
+    group.device_finish(reduced.device())?;
+    Ok(reduced)
+}
+
+/// [`device_reduce`] as a step that `nb::jit` records and replays. A failed collective ends
+/// the job, as in [`reduce_step`].
+fn device_reduce_step(group: ProcessGroup, weight: f64) -> DeviceStepFn {
+    Arc::new(move |packed: Tensor| device_reduce(&group, &packed, weight).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The all-reduce as a step over host values. A failed collective ends the job (the panic

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{batch, loss, on_ranks, params, rows};
-use nabla_core::storage::{CpuBuffer, IntoCpuBuffer};
+use nabla_core::storage::{CpuBuffer, IntoCpuBuffer, Storage};
 use nabla_core::{DType, Device, Element, Tensor};
 use nabla_dist::{
     CommResult, DataParallel, DataParallelConfig, DeviceCommunicator, DevicePoll, HostBufMut, ProcessGroup, Shard,
@@ -84,6 +84,14 @@ impl DeviceCommunicator for Staged {
     }
     fn all_reduce_sum(&self, bucket: Tensor) -> CommResult<Tensor> {
         self.reduces.fetch_add(1, Ordering::Relaxed);
+        // NCCL sums in place, so (as NcclComm does) refuse a bucket whose buffer another
+        // tensor, or a jit tape, also holds.
+        let sole = match bucket.raw().storage() {
+            Storage::Cpu(CpuBuffer::F32(v)) => Arc::strong_count(v) == 1,
+            Storage::Cpu(CpuBuffer::F64(v)) => Arc::strong_count(v) == 1,
+            _ => false,
+        };
+        assert!(sole, "staged: the bucket's buffer is shared; NCCL would refuse it");
         self.sum(bucket, None)
     }
     fn join(&self) -> CommResult<()> {
@@ -181,26 +189,31 @@ fn data_parallel_through_a_device_transport_equals_the_host_path_bit_for_bit() {
 }
 
 #[test]
-fn functional_all_reduce_uses_the_transport_eagerly_and_the_recorded_host_step_under_jit() {
+fn functional_all_reduce_uses_the_transport_eagerly_and_in_every_jit_replay() {
     let results = on_ranks(2, |group| {
         let staged = Staged::on(&group, None);
         let with = group.clone().with_device_communicator(staged.clone());
         let grads = mixed_params(7 + group.rank() as u64);
+        let later = mixed_params(70 + group.rank() as u64);
         let host = all_reduce_weighted(&group, &grads, 0.25).unwrap();
+        let host_later = all_reduce_weighted(&group, &later, 0.25).unwrap();
         let eager = all_reduce_weighted(&with, &grads, 0.25).unwrap();
         let eager_calls = staged.reduces.load(Ordering::Relaxed);
         let jitted = nabla_core::Jit::new(|g: &Vec<Tensor>| all_reduce_weighted(&with, g, 0.25).unwrap());
-        let (first, second) = (jitted.call(&grads), jitted.call(&grads));
-        assert_eq!(jitted.cache_info().replays, 1);
+        let (first, second, third) = (jitted.call(&grads), jitted.call(&grads), jitted.call(&later));
+        assert_eq!(jitted.cache_info().replays, 2, "{:?}", jitted.cache_info());
         let bits = |v: &Vec<Tensor>| v.iter().map(|t| t.to_host_buffer().to_le_bytes()).collect::<Vec<_>>();
         assert_eq!(bits(&host), bits(&eager));
         assert_eq!(bits(&host), bits(&first));
         assert_eq!(bits(&host), bits(&second));
+        assert_eq!(bits(&host_later), bits(&third));
+        assert_ne!(bits(&host), bits(&host_later));
         (eager_calls, staged.reduces.load(Ordering::Relaxed))
     });
     for (rank, (eager_calls, all_calls)) in results.into_iter().enumerate() {
-        // Two buckets (f64 and f32) eagerly; none more under jit.
-        assert_eq!((eager_calls, all_calls), (2, 2), "rank {rank}");
+        // Two buckets (f64 and f32) per call: once eagerly, then at the recording and at each
+        // of the two replays.
+        assert_eq!((eager_calls, all_calls), (2, 8), "rank {rank}");
     }
 }
 

@@ -18,6 +18,6 @@ mod recorder;
 mod tape;
 
 pub use api::{CacheInfo, Jit, jit};
-pub(crate) use recorder::{host_step, intercept};
+pub(crate) use recorder::{host_step, intercept, paused};
 pub use recorder::{is_recording, note_not_replayable};
 pub(crate) use tape::HostFn;

@@ -162,6 +162,20 @@ pub fn is_recording() -> bool {
     ACTIVE.with(|a| a.borrow().is_some())
 }
 
+/// Runs `f` with this thread's recording (if any) paused: the kernels it launches are not
+/// recorded one by one (a step that records itself as a whole runs them again on replay).
+pub(crate) fn paused<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Arc<Mutex<Recorder>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let rec = self.0.take();
+            ACTIVE.with(|a| *a.borrow_mut() = rec);
+        }
+    }
+    let _restore = Restore(ACTIVE.with(|a| a.borrow_mut().take()));
+    f()
+}
+
 /// Runs the host step `f` on `x` with `device`'s backend; while recording, the step is
 /// recorded so that a replay runs it on the new values (it is never a reason to stop
 /// replaying, unlike reading values with `to_host`).

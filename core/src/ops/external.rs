@@ -1,17 +1,23 @@
-//! Steps that run outside a backend's kernels on a tensor's values, such as a collective
-//! across processes. Under `jit` such a step is recorded in the tape and runs again, in order,
-//! on every replay, so a replayed program never reuses the first call's result as a constant.
+//! Steps that run outside a backend's kernels, such as a collective across processes: on a
+//! tensor's values on the host ([`Tensor::apply_external`]), or on the tensor where it lives
+//! ([`Tensor::apply_device_step`], for a transport such as NCCL that works on device memory).
+//! Under `jit` such a step is recorded in the tape as one step and runs again, in order, on
+//! every replay, so a replayed program never reuses the first call's result as a constant.
 
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::jit::{HostFn, host_step};
+use crate::jit::{HostFn, host_step, paused};
 use crate::storage::{CpuBuffer, RawTensor};
 use crate::tensor::Tensor;
 
 /// A function from a tensor's values (in row-major order) to new values of the same dtype and
 /// length.
 pub type ExternalFn = Arc<dyn Fn(CpuBuffer) -> CpuBuffer + Send + Sync>;
+
+/// A function from a tensor to a tensor of the same shape, dtype and device, run where the
+/// tensor lives (see [`Tensor::apply_device_step`]).
+pub type DeviceStepFn = Arc<dyn Fn(Tensor) -> Tensor + Send + Sync>;
 
 impl Tensor {
     /// A tensor of this shape, dtype and device holding `f` applied to this tensor's values.
@@ -22,15 +28,7 @@ impl Tensor {
     /// the tensor is traced or batched (the step has no derivative rule: apply it to
     /// gradients, not inside a transform), or when `f` returns another dtype or length.
     pub fn apply_external(&self, what: &str, f: ExternalFn) -> Tensor {
-        if self.is_traced() || self.is_batched() {
-            panic!(
-                "{what}: this step runs outside the traced program and has no derivative rule; \
-                 apply it to values that are not traced or batched (stop_gradient first, or call it \
-                 outside grad/vjp/vmap) — got a tensor of shape {:?} ({})",
-                self.shape(),
-                self.dtype()
-            );
-        }
+        self.check_plain_value(what);
         let what: Arc<str> = what.into();
         let step: HostFn = Arc::new(move |backend: &dyn Backend, raw: &RawTensor| {
             let input = backend.to_host(raw);
@@ -47,5 +45,49 @@ impl Tensor {
         });
         let raw = host_step(self.device(), self.raw(), step);
         Tensor::untraced(raw, &[self])
+    }
+
+    /// `f` applied to this tensor where it lives, with no round trip through the host: for
+    /// steps that work on device memory themselves, such as an NCCL all-reduce. `f` gets an
+    /// untraced tensor of this one's values and must return one of the same shape, dtype and
+    /// device; it may launch kernels and queue work without waiting for it.
+    ///
+    /// Under [`crate::jit`] the whole of `f` is one recorded step: the kernels it launches are
+    /// not recorded one by one, and every replay calls `f` again on the new values, in order
+    /// with the other kernels. Panics like [`Tensor::apply_external`] on traced or batched
+    /// tensors, and when `f` returns another shape, dtype or device.
+    pub fn apply_device_step(&self, what: &str, f: DeviceStepFn) -> Tensor {
+        self.check_plain_value(what);
+        let what: Arc<str> = what.into();
+        let step: HostFn = Arc::new(move |_backend: &dyn Backend, raw: &RawTensor| {
+            let out = paused(|| f(Tensor::from_raw(raw.clone())));
+            if out.shape() != raw.shape() || out.dtype() != raw.dtype() || out.device() != raw.device() {
+                panic!(
+                    "{what}: the step returned shape {:?} ({}, {}) for an input of shape {:?} ({}, {})",
+                    out.shape(),
+                    out.dtype(),
+                    out.device(),
+                    raw.shape(),
+                    raw.dtype(),
+                    raw.device()
+                );
+            }
+            out.raw().clone()
+        });
+        let raw = host_step(self.device(), self.raw(), step);
+        Tensor::untraced(raw, &[self])
+    }
+
+    /// Refuses, naming `what`, a tensor that a step without a derivative rule cannot take.
+    fn check_plain_value(&self, what: &str) {
+        if self.is_traced() || self.is_batched() {
+            panic!(
+                "{what}: this step runs outside the traced program and has no derivative rule; \
+                 apply it to values that are not traced or batched (stop_gradient first, or call it \
+                 outside grad/vjp/vmap) — got a tensor of shape {:?} ({})",
+                self.shape(),
+                self.dtype()
+            );
+        }
     }
 }
