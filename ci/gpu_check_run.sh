@@ -1,37 +1,77 @@
 #!/usr/bin/env bash
 # The GPU check, run on the GPU machine from the folder ci/gpu-check built. Finds the CUDA
 # libraries and headers of the pip wheels PyTorch brings, then:
+#   0. compiles every kernel into the disk cache on all cores (warm_kernels);
 #   1. every fixture op, VJP and JVP on the GPU against the CPU (the conformance test binary);
 #   2. train_mlp --device cuda to its accuracy;
 #   3. NCCL at world size 1 (libnccl.so.2 of the wheel, through our loader): in-place
 #      all-reduce and broadcast of device tensors, and a group's gradient buckets through it;
 #   4. the benchmark against PyTorch on the same GPU, as one table.
 # Exit status: non-zero when a check fails (the table is printed either way).
+#
+# Each step's whole output goes to a log and only its tail is printed, so that the table,
+# printed last, is never cut off. The logs end up in $OUT/gpu-check-logs.tgz beside
+# $OUT/table.md (two files: the device tool brings back at most eight), or in ./out when OUT
+# is unset. The step timeouts add up to 510 s, inside the tool's 600 s per call.
 set -u
 cd "$(dirname "$0")"
 status=0
+logs="$PWD/out"
+rm -rf "$logs"
+mkdir -p "$logs"
+pack_logs() {
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/gpu-check-logs.tgz" -C "$logs" . && cp "$logs/table.md" "$OUT/" 2>/dev/null
+  fi
+  return 0
+}
+trap pack_logs EXIT
+# logged NAME SECONDS CMD...: runs CMD (killed after SECONDS) with its output in
+# $logs/NAME.log, prints the log's tail and returns CMD's status.
+logged() {
+  local name=$1 seconds=$2
+  shift 2
+  timeout -k 5 "$seconds" "$@" > "$logs/$name.log" 2>&1
+  local rc=$?
+  tail -n 30 "$logs/$name.log"
+  [ $rc -eq 0 ] || echo "(exit status $rc$([ $rc -eq 124 ] && echo ", timed out after $seconds s"); whole log: $name.log)"
+  return $rc
+}
 nv=$(python3 -c 'import os, nvidia; print(os.path.dirname(list(nvidia.__path__)[0]) + "/nvidia")' 2>/dev/null || true)
 if [ -n "$nv" ] && [ -d "$nv" ]; then
   libs=$(find "$nv" -maxdepth 3 -type d -name lib | tr '\n' ':')
   export LD_LIBRARY_PATH="${libs}${LD_LIBRARY_PATH:-}"
-  inc=$(dirname "$(find "$nv" -name cuda_fp16.h | head -1)" 2>/dev/null || true)
-  [ -n "$inc" ] && export NABLA_CUDA_INCLUDE="$inc"
+  # The headers beside the wheel's NVRTC first (cu13 layout), else any wheel's.
+  if [ -f "$nv/cu13/include/cuda_fp16.h" ]; then
+    inc="$nv/cu13/include"
+  else
+    inc=$(dirname "$(find "$nv" -name cuda_fp16.h | head -1)" 2>/dev/null || true)
+  fi
+  [ -n "$inc" ] && [ "$inc" != . ] && export NABLA_CUDA_INCLUDE="$inc"
 fi
 export NABLA_KERNEL_CACHE="${NABLA_KERNEL_CACHE:-$PWD/kernel-cache}"
+# NCCL says why it fails; one machine has only the loopback between its ranks.
+export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 echo "== nvidia wheels: ${nv:-none}; headers: ${NABLA_CUDA_INCLUDE:-none}"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+timeout -k 5 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+
+echo "== 0. compile every kernel into the cache"
+if ! logged warm_kernels 60 ./warm_kernels; then
+  echo "gpu-check: FAILED: warm_kernels (the steps below compile what they need themselves)"; status=1
+fi
 
 echo "== 1. conformance: every fixture op and derivative on cuda:0 against the CPU"
-if ! NABLA_GPU_CHECK=1 timeout 150 ./conformance --test-threads 1 --nocapture; then
+if ! NABLA_GPU_CHECK=1 logged conformance 120 ./conformance --test-threads 1 --nocapture; then
   echo "gpu-check: FAILED: conformance"; status=1
 fi
 
 echo "== 2. train_mlp --device cuda"
-if timeout 120 ./train_mlp --device cuda --quiet --json > train.json; then
-  cat train.json
-  python3 -c 'import json,sys; r=json.load(open("train.json")); a=r["test_accuracy"]; print("accuracy", a); sys.exit(0 if a >= 0.97 else 1)' \
+if timeout -k 5 60 ./train_mlp --device cuda --quiet --json > "$logs/train.json" 2> "$logs/train.log"; then
+  cat "$logs/train.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["test_accuracy"]; print("accuracy", a); sys.exit(0 if a >= 0.97 else 1)' "$logs/train.json" \
     || { echo "gpu-check: FAILED: train_mlp accuracy below 97 %"; status=1; }
 else
+  tail -n 30 "$logs/train.log"
   echo "gpu-check: FAILED: train_mlp --device cuda"; status=1
 fi
 
@@ -39,20 +79,21 @@ echo "== 3. NCCL at world size 1"
 if [ -z "${NABLA_NCCL_LIBRARY:-}" ] && [ -n "$nv" ] && [ -f "$nv/nccl/lib/libnccl.so.2" ]; then
   export NABLA_NCCL_LIBRARY="$nv/nccl/lib/libnccl.so.2"
 fi
-echo "NABLA_NCCL_LIBRARY=${NABLA_NCCL_LIBRARY:-unset (the loader's path)}"
+echo "NABLA_NCCL_LIBRARY=${NABLA_NCCL_LIBRARY:-unset, so the loader searches its path}"
 for t in nccl_cuda nccl_dist; do
-  if ! NABLA_GPU_CHECK=1 NABLA_NCCL_REQUIRED=1 timeout 60 "./$t" --test-threads 1 --nocapture; then
+  if ! NABLA_GPU_CHECK=1 NABLA_NCCL_REQUIRED=1 logged "$t" 40 "./$t" --test-threads 1 --nocapture; then
     echo "gpu-check: FAILED: $t"; status=1
   fi
 done
 
 echo "== 4. benchmark against PyTorch (same GPU, same call)"
-timeout 150 ./gpu_bench > ours.jsonl || { echo "gpu-check: FAILED: gpu_bench"; status=1; }
-timeout 120 python3 gpu_bench_torch.py > torch.jsonl || { echo "gpu-check: torch benchmark failed"; status=1; }
-python3 - <<'PY'
-import json
+timeout -k 5 90 ./gpu_bench > "$logs/ours.jsonl" 2> "$logs/gpu_bench.log" || { tail -n 30 "$logs/gpu_bench.log"; echo "gpu-check: FAILED: gpu_bench"; status=1; }
+grep -m1 "kernels:" "$logs/gpu_bench.log"
+timeout -k 5 80 python3 gpu_bench_torch.py > "$logs/torch.jsonl" 2> "$logs/torch_bench.log" || { tail -n 30 "$logs/torch_bench.log"; echo "gpu-check: torch benchmark failed"; status=1; }
+python3 - "$logs" <<'PY' | tee "$logs/table.md"
+import json, os, sys
 rows = {}
-for path in ("ours.jsonl", "torch.jsonl"):
+for path in (os.path.join(sys.argv[1], "ours.jsonl"), os.path.join(sys.argv[1], "torch.jsonl")):
     try:
         for line in open(path):
             line = line.strip()

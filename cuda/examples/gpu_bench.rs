@@ -22,6 +22,7 @@ fn main() {
             std::process::exit(2);
         }
     };
+    eprintln!("gpu_bench: cuda:0 kernels: {}", backend.api().compiler_info());
     let sync = || backend.api().synchronize().expect("synchronise");
     let gpu = Device::Cuda(0);
     // Median of `runs` timed calls after `warm` untimed ones, synchronised around each.

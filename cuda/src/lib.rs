@@ -18,7 +18,7 @@ mod buffer;
 mod driver;
 pub mod nccl;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use api::{ApiError, DeviceApi, GemmCall, GemmOperand, LaunchArg};
 pub use availability::{CudaInfo, CudaUnavailable, Library, check};
@@ -26,9 +26,27 @@ pub use backend::CudaBackend;
 pub use buffer::CudaBuffer;
 pub use driver::CudaDevice;
 
+/// The GPU this process opened with [`init`], if any.
+static OPENED: Mutex<Option<Arc<CudaBackend<CudaDevice>>>> = Mutex::new(None);
+
 /// Opens GPU `ordinal` and registers its backend for `Device::Cuda` tensors. Errors (no
 /// library, no device, a driver failure) say what is missing; nothing panics.
+///
+/// One GPU per process, as in data-parallel training (each rank binds its `LOCAL_RANK`): a
+/// second call with the same ordinal returns the backend opened first (so its tensors stay on
+/// one stream), and a call with another ordinal is an [`InitError::OtherDeviceOpen`].
 pub fn init(ordinal: usize) -> Result<Arc<CudaBackend<CudaDevice>>, InitError> {
+    let mut opened = OPENED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(backend) = opened.as_ref() {
+        let current = backend.api().ordinal();
+        if current == ordinal {
+            return Ok(backend.clone());
+        }
+        return Err(InitError::OtherDeviceOpen {
+            asked: ordinal,
+            open: current,
+        });
+    }
     let info = check()?;
     if ordinal >= info.devices {
         return Err(InitError::NoSuchDevice {
@@ -39,6 +57,7 @@ pub fn init(ordinal: usize) -> Result<Arc<CudaBackend<CudaDevice>>, InitError> {
     let device = Arc::new(CudaDevice::open(ordinal).map_err(InitError::Device)?);
     let backend = Arc::new(CudaBackend::new(device).map_err(InitError::Device)?);
     nabla_core::register_backend(nabla_core::Device::Cuda(ordinal), backend.clone());
+    *opened = Some(backend.clone());
     Ok(backend)
 }
 
@@ -59,4 +78,15 @@ pub enum InitError {
     /// The device or a library failed while opening.
     #[error("opening the GPU failed: {0}")]
     Device(ApiError),
+    /// This process already opened another GPU.
+    #[error(
+        "cuda:{asked} cannot be opened: this process already uses cuda:{open}, and nabla-rs runs one GPU per \
+         process (launch one rank per GPU, each calling init(LOCAL_RANK))"
+    )]
+    OtherDeviceOpen {
+        /// The ordinal asked for.
+        asked: usize,
+        /// The GPU already open.
+        open: usize,
+    },
 }

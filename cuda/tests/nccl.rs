@@ -76,4 +76,15 @@ fn a_world_of_one_reduces_and_broadcasts_device_tensors_in_place() {
     let on_host = Tensor::from_vec(vec![1.0f32], &[1]);
     let e = comm.all_reduce_sum(&on_host).unwrap_err().to_string();
     assert!(e.contains("is not on this communicator's device"), "{e}");
+    // After an abort the communicator refuses every call (NCCL freed it), and dropping it
+    // does not destroy it a second time.
+    comm.abort();
+    comm.abort();
+    let e = comm.check().unwrap_err().to_string();
+    assert!(e.contains("was aborted"), "{e}");
+    let fresh = Tensor::from_vec(vec![1.0f32; 4], &[4]).to_device(dev).unwrap() * 1.0;
+    let e = comm.all_reduce_sum(&fresh).unwrap_err().to_string();
+    assert!(e.contains("was aborted"), "{e}");
+    drop(comm);
+    assert_eq!(fresh.to_vec::<f32>(), vec![1.0; 4]);
 }

@@ -50,7 +50,9 @@ pub struct SyncStats {
     pub bytes: usize,
     /// Buckets started before the sweep was over (overlapped with computation).
     pub started_during_sweep: usize,
-    /// Seconds the all-reduce calls took on the communication thread.
+    /// Seconds the all-reduce calls took on the communication thread. Through a device
+    /// transport (NCCL) it is the host's time to queue them: the collectives then run on the
+    /// device's communication stream, where a profiler (Nsight Systems) times them.
     pub comm_seconds: f64,
     /// Seconds `backward` waited for them after its sweep (communication not hidden).
     pub wait_seconds: f64,

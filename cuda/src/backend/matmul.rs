@@ -139,7 +139,7 @@ pub(super) fn matmul<A: DeviceApi>(be: &CudaBackend<A>, a: &RawTensor, b: &RawTe
             mem: &be.buf(x).mem,
             offset: v.offset * size,
             transpose: v.col_major,
-            ld: v.ld,
+            ld: as_i32(v.ld, "a leading dimension"),
             batch_stride: v.batch_stride,
         }
     }
@@ -152,7 +152,7 @@ pub(super) fn matmul<A: DeviceApi>(be: &CudaBackend<A>, a: &RawTensor, b: &RawTe
         a: operand(be, &b, vb, size),
         b: operand(be, &a, va, size),
         c: &be.buf(&out).mem,
-        ldc: n as i64,
+        ldc: as_i32(n as i64, "the output's leading dimension"),
         c_stride: (m * n) as i64,
         batch: as_i32(batch as i64, "the batch"),
     };

@@ -119,23 +119,45 @@ impl Compiler {
         &self.arch
     }
 
-    /// The CUBIN of `spec`, from the disk cache or freshly compiled (and then cached).
-    pub(crate) fn cubin(&self, spec: &KernelSpec) -> Result<Vec<u8>, ApiError> {
+    /// True when compiled kernels are kept on disk.
+    pub(crate) fn has_disk_cache(&self) -> bool {
+        self.cache_dir.is_some()
+    }
+
+    /// What compiles the kernels: architecture, versions, include directory and disk cache.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{} ({}), headers {}, disk cache {}",
+            self.arch,
+            self.versions,
+            self.include
+                .as_ref()
+                .map_or("not found".into(), |d| d.display().to_string()),
+            self.cache_dir
+                .as_ref()
+                .map_or("off".into(), |d| d.display().to_string())
+        )
+    }
+
+    /// The CUBIN of `spec`, from the disk cache (unless `fresh`) or freshly compiled (and then
+    /// cached), and whether it came from the cache.
+    pub(crate) fn cubin(&self, spec: &KernelSpec, fresh: bool) -> Result<(Vec<u8>, bool), ApiError> {
         let source = spec.source();
         let key = format!("{}\n{}\n{}", self.arch, self.versions, source);
         let name = format!("{}-{:016x}", spec.entry_name(), fnv1a(key.as_bytes()));
-        if let Some(dir) = &self.cache_dir
+        if !fresh
+            && let Some(dir) = &self.cache_dir
             && std::fs::read(dir.join(format!("{name}.key"))).ok().as_deref() == Some(key.as_bytes())
             && let Ok(bin) = std::fs::read(dir.join(format!("{name}.cubin")))
         {
-            return Ok(bin);
+            return Ok((bin, true));
         }
         let bin = self.compile(spec, &source)?;
         if let Some(dir) = &self.cache_dir {
             // A cache that cannot be written only costs a recompile next time.
             let _ = store(dir, &name, key.as_bytes(), &bin);
         }
-        Ok(bin)
+        Ok((bin, false))
     }
 
     fn compile(&self, spec: &KernelSpec, source: &str) -> Result<Vec<u8>, ApiError> {
@@ -190,10 +212,13 @@ impl Compiler {
 }
 
 /// Writes a cache entry atomically (temporary names, then renames: the key last, so a reader
-/// never pairs a new key with an old binary).
+/// never pairs a new key with an old binary). The temporary names are unique to the call, so
+/// that two devices of one process, or two processes, never write into one file.
 fn store(dir: &Path, name: &str, key: &[u8], bin: &[u8]) -> std::io::Result<()> {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     std::fs::create_dir_all(dir)?;
-    let tmp = |ext: &str| dir.join(format!(".{name}.{ext}.{}", std::process::id()));
+    let call = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = |ext: &str| dir.join(format!(".{name}.{ext}.{}.{call}", std::process::id()));
     std::fs::write(tmp("cubin"), bin)?;
     std::fs::rename(tmp("cubin"), dir.join(format!("{name}.cubin")))?;
     std::fs::write(tmp("key"), key)?;

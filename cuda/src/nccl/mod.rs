@@ -11,9 +11,10 @@
 mod library;
 
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nabla_core::storage::Storage;
+use nabla_core::storage::{DeviceBuffer, Storage};
 use nabla_core::{DType, Device, Tensor};
 
 use library::{IN_PROGRESS, RawComm, RawUniqueId, SUCCESS, SUM};
@@ -87,6 +88,13 @@ pub struct NcclComm {
     calls: Mutex<()>,
     // The communication stream's marker after the last call (what `join` and `mark` wait for).
     last: Mutex<Option<Arc<cudarc::driver::CudaEvent>>>,
+    // The buffers of the calls queued since the last join, kept alive until then: memory is
+    // freed on the compute stream, which is ordered after the calls only by a join, so a
+    // buffer dropped before its join (an error path) must not return to the pool while NCCL
+    // may still use it.
+    pending: Mutex<Vec<Arc<dyn DeviceBuffer>>>,
+    // Set by `abort`: NCCL freed the communicator, so it must not be used or destroyed again.
+    aborted: AtomicBool,
 }
 
 // SAFETY: the communicator handle is only used under `calls`, and NCCL allows a communicator to
@@ -140,6 +148,8 @@ impl NcclComm {
             world,
             calls: Mutex::new(()),
             last: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            aborted: AtomicBool::new(false),
         })
     }
 
@@ -199,10 +209,12 @@ impl NcclComm {
     /// that they see the calls' results. Does not wait on the host.
     pub fn join(&self) -> Result<(), ApiError> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match last {
-            Some(marker) => self.device.compute_after(&marker),
-            None => Ok(()),
+        if let Some(marker) = last {
+            self.device.compute_after(&marker)?;
         }
+        // Frees of these buffers now come after the calls in the compute stream's order.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        Ok(())
     }
 
     /// Queues one in-place call on `t` (`call` gets its device address, element count, NCCL
@@ -217,14 +229,27 @@ impl NcclComm {
         what: &str,
         call: impl FnOnce(u64, usize, c_int, library::RawStream) -> c_int,
     ) -> Result<(), ApiError> {
-        let (ptr, count, dtype) = self.operand(t, what)?;
+        self.usable()?;
+        let (ptr, count, dtype, buffer) = self.operand(t, what)?;
         let _calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         self.device.bind_to_thread()?;
         self.device.comm_after_compute()?;
         let code = call(ptr, count, dtype, self.device.raw_comm_stream());
         self.library.result(code, Some(self.comm), what)?;
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
         let marker = self.device.record_comm_event()?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(marker));
+        Ok(())
+    }
+
+    /// An error once [`NcclComm::abort`] has run.
+    fn usable(&self) -> Result<(), ApiError> {
+        if self.aborted.load(Ordering::SeqCst) {
+            return Err(ApiError(format!(
+                "NCCL: the communicator of rank {} of {} was aborted",
+                self.rank, self.world
+            )));
+        }
         Ok(())
     }
 
@@ -232,6 +257,7 @@ impl NcclComm {
     /// error); `Ok` while calls are still running well. Never waits, and may be called while
     /// another thread is inside a call (NCCL allows it; watchdogs do it).
     pub fn check(&self) -> Result<(), ApiError> {
+        self.usable()?;
         let mut async_code: c_int = SUCCESS;
         // SAFETY: a live communicator and an out-parameter.
         let code = unsafe { (self.library.symbols.comm_get_async_error)(self.comm, &mut async_code) };
@@ -256,14 +282,18 @@ impl NcclComm {
     /// Stops every call of this communicator, so that a rank whose peer died can exit instead of
     /// waiting forever. The communicator is unusable afterwards.
     pub fn abort(&self) {
+        // Once only: ncclCommAbort frees the communicator.
+        if self.aborted.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // No lock: the point is to stop a call that holds it.
         // SAFETY: a live communicator; ncclCommAbort may be called while a collective runs.
         unsafe { (self.library.symbols.comm_abort)(self.comm) };
     }
 
-    /// The device address, element count and NCCL dtype of `t`, after checking that it can be
-    /// reduced in place.
-    fn operand(&self, t: &Tensor, op: &str) -> Result<(u64, usize, c_int), ApiError> {
+    /// The device address, element count, NCCL dtype and buffer of `t`, after checking that it
+    /// can be reduced in place.
+    fn operand(&self, t: &Tensor, op: &str) -> Result<(u64, usize, c_int, Arc<dyn DeviceBuffer>), ApiError> {
         let refuse = |why: String| {
             Err(ApiError(format!(
                 "{op}: a {:?} {} tensor on {} {why}",
@@ -289,11 +319,16 @@ impl NcclComm {
         if Arc::strong_count(buffer) > 1 {
             return refuse("shares its buffer with other tensors; reduce a fresh copy".into());
         }
-        let Some(buffer) = buffer.as_any().downcast_ref::<CudaBuffer<CudaDevice>>() else {
+        let Some(cuda) = buffer.as_any().downcast_ref::<CudaBuffer<CudaDevice>>() else {
             return refuse("was not made by the CUDA backend".into());
         };
         let offset = t.layout().offset() * t.dtype().size_in_bytes();
-        Ok((self.device.device_ptr(&buffer.mem, offset), t.numel(), dtype))
+        Ok((
+            self.device.device_ptr(&cuda.mem, offset),
+            t.numel(),
+            dtype,
+            buffer.clone(),
+        ))
     }
 }
 
@@ -319,6 +354,17 @@ impl NcclMark {
 impl Drop for NcclComm {
     fn drop(&mut self) {
         let _ = self.device.bind_to_thread();
+        // The pending buffers (dropped after this) are freed on the compute stream: after the
+        // calls that use them.
+        let _ = self.join();
+        if self.aborted.load(Ordering::SeqCst) {
+            return;
+        }
+        // After a failure (a peer gone), ncclCommDestroy could wait forever for the calls.
+        if self.check().is_err() {
+            self.abort();
+            return;
+        }
         // SAFETY: the last use of a live communicator; NCCL waits for its queued calls.
         unsafe { (self.library.symbols.comm_destroy)(self.comm) };
     }

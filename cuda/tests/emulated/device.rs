@@ -176,8 +176,13 @@ pub fn setup() -> std::sync::MutexGuard<'static, ()> {
     guard
 }
 
-/// The emulated backend, registered for `Device::Cuda(0)` once per test process.
+/// The emulated backend, registered for `Device::Cuda(0)` once per test process. Panics under
+/// `ci/gpu-check`: registering it there would silently move every later test off the GPU.
 pub fn emulated_backend() -> Arc<CudaBackend<EmulatedGpu>> {
+    assert!(
+        !real_gpu(),
+        "internal test error: the emulator was asked for while NABLA_GPU_CHECK=1 (guard the call with !real_gpu())"
+    );
     static BE: OnceLock<Arc<CudaBackend<EmulatedGpu>>> = OnceLock::new();
     BE.get_or_init(|| {
         let gpu = Arc::new(EmulatedGpu {
