@@ -443,3 +443,52 @@ fn init_opens_one_gpu_per_process() {
     let e = e.to_string();
     assert!(e.contains("already uses cuda:0") && e.contains("one GPU per"), "{e}");
 }
+
+#[test]
+fn ramps_identities_one_hot_and_jacobians_are_made_on_the_device() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let bits = |t: &Tensor| t.to_host_buffer().to_le_bytes();
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I64, DType::Bool] {
+        for (start, stop, step) in [
+            (0.0, 10.0, 1.0),
+            (-2.5, 3.0, 0.1),
+            (7.0, -5.0, -3.0),
+            (1e6, 1e6 + 5.0, 0.7),
+        ] {
+            let want = Tensor::arange(start, stop, step, dtype);
+            let got = Tensor::arange_on(start, stop, step, dtype, GPU);
+            assert_eq!(got.device(), GPU);
+            assert_eq!(bits(&got), bits(&want), "arange({start}, {stop}, {step}) in {dtype}");
+        }
+        assert_eq!(
+            bits(&Tensor::eye_on(5, dtype, GPU)),
+            bits(&Tensor::eye(5, dtype)),
+            "eye in {dtype}"
+        );
+    }
+    let labels = Tensor::from_vec(vec![3i64, 0, 9, 3], &[4]);
+    let hot = nb::one_hot(&labels.to_device(GPU).unwrap(), 10, DType::F32);
+    assert_eq!(bits(&hot), bits(&nb::one_hot(&labels, 10, DType::F32)));
+    // A Jacobian's basis is made where the primal lives.
+    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0], &[3]);
+    let f = |x: &Tensor| (x * x).sin();
+    let want = nb::jacrev(f)(&x);
+    let got = nb::jacrev(f)(&x.to_device(GPU).unwrap());
+    assert_eq!(got.device(), GPU);
+    let (g, w) = (got.to_vec::<f64>(), want.to_vec::<f64>());
+    assert!(
+        g.iter().zip(&w).all(|(a, b)| (a - b).abs() <= 1e-15 * b.abs().max(1.0)),
+        "{g:?} vs {w:?}"
+    );
+    if !device::real_gpu() {
+        let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
+        assert!(
+            launched.iter().any(|k| k == "nb_arange_i64"),
+            "no ramp was made on the device"
+        );
+    }
+}

@@ -41,7 +41,9 @@ mod ops;
 mod params;
 mod spec;
 
-pub use codegen::elementwise::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec};
+pub use codegen::elementwise::{
+    ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
+};
 pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 pub use codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 pub use codegen::random::RandomUniformSpec;

@@ -1,6 +1,8 @@
 //! [`KernelSpec`]: one entry point of any family, and the [`catalogue`] of all of them.
 
-use crate::codegen::elementwise::{BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec};
+use crate::codegen::elementwise::{
+    ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
+};
 use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 use crate::codegen::random::RandomUniformSpec;
@@ -51,6 +53,8 @@ pub enum KernelSpec {
     Cast(CastSpec),
     /// A buffer filled with one value.
     Fill(FillSpec),
+    /// `start + i * step` into a contiguous buffer.
+    Arange(ArangeSpec),
     /// A strided view copied into a contiguous buffer.
     Copy(CopySpec),
     /// A reduction over axes (one pass, or one of two).
@@ -102,6 +106,7 @@ from_specs!(
     Select(SelectSpec),
     Cast(CastSpec),
     Fill(FillSpec),
+    Arange(ArangeSpec),
     Copy(CopySpec),
     Reduce(ReduceSpec),
     ArgReduce(ArgReduceSpec),
@@ -144,7 +149,7 @@ impl KernelSpec {
         codegen::assemble(self.generator())
     }
 
-    /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `copy`,
+    /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
     /// `cross_entropy`, `adam`).
     pub fn family(&self) -> &'static str {
@@ -155,6 +160,7 @@ impl KernelSpec {
             KernelSpec::Select(_) => "select",
             KernelSpec::Cast(_) => "cast",
             KernelSpec::Fill(_) => "fill",
+            KernelSpec::Arange(_) => "arange",
             KernelSpec::Copy(_) => "copy",
             KernelSpec::Reduce(_) => "reduce",
             KernelSpec::ArgReduce(_) => "arg_reduce",
@@ -217,6 +223,7 @@ pub fn catalogue() -> Vec<KernelSpec> {
     }
     for d in dtypes {
         push(FillSpec::new(d).map(Into::into));
+        push(ArangeSpec::new(d).map(Into::into));
         push(CopySpec::new(d).map(Into::into));
     }
     for &op in ReduceOp::ALL {

@@ -80,6 +80,7 @@ fn catalogue_covers_every_family() {
         ("select", 8 * 2),
         ("cast", 8 * 8 * 2),
         ("fill", 8),
+        ("arange", 7),
         ("copy", 8),
         ("reduce", 4 * 8 * 3),
         ("arg_reduce", 2 * 8),
@@ -102,6 +103,10 @@ fn catalogue_covers_every_family() {
 fn unsupported_combinations_are_refused() {
     use KernelDType::*;
     let cases: Vec<(Result<KernelSpec, KernelError>, &str)> = vec![
+        (
+            ArangeSpec::new(Bool).map(Into::into),
+            "there is no arange kernel for bool; it takes numbers (f32, f64, f16, bf16, i64, i32, u8)",
+        ),
         (
             UnarySpec::new(UnaryOp::Exp, I64, Variant::Strided).map(Into::into),
             "there is no unary exp kernel for i64; it takes f32, f64, f16 or bf16",

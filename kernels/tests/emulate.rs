@@ -834,6 +834,33 @@ fn fill_copy_concat_and_embed() {
                 0.0,
             );
         }
+        // arange: start + i * step in double, converted as a cast from f64.
+        if d != Bool {
+            for (start, step) in [(0.0, 1.0), (-2.5, 0.1), (7.0, -3.0), (1e6, 0.7)] {
+                let spec: KernelSpec = ArangeSpec::new(d).unwrap().into();
+                let out = launch_1d(
+                    &spec,
+                    vec![
+                        Arg::zeros(9 * d.size_in_bytes()),
+                        Arg::i64(9),
+                        Arg::f64(start),
+                        Arg::f64(step),
+                    ],
+                );
+                let cast: Vec<(f64, i64)> = (0..9).map(|i| cast_ref(F64, d, start + i as f64 * step, 0)).collect();
+                let want = if d.is_float() {
+                    Vals::F(cast.iter().map(|c| c.0).collect())
+                } else {
+                    Vals::I(cast.iter().map(|c| c.1).collect())
+                };
+                assert_vals(
+                    &spec.entry_name(),
+                    &Vals::decode(d, out[0].as_ref().unwrap()),
+                    &want,
+                    0.0,
+                );
+            }
+        }
         // copy: a [3, 4] transposed view of a [4, 3] buffer.
         let buf: Vec<i64> = (0..12).map(|v| wrap_int(d, v % 2 + v / 2)).collect();
         let vals = if d.is_float() {

@@ -181,6 +181,10 @@ pub trait Backend: Send + Sync {
     fn embed(&self, x: &RawTensor, shape: &[usize], starts: &[usize], steps: &[usize]) -> RawTensor;
     /// A tensor of `shape` filled with `value` (converted to `dtype`).
     fn full(&self, shape: &[usize], dtype: DType, value: f64, device: Device) -> RawTensor;
+    /// `start + i * step` for `i < n`, computed in f64 (one rounding per operation, no fused
+    /// multiply-add) and converted to `dtype` as [`Backend::cast`] converts f64: every backend
+    /// gives the same values (`arange`, and the index ramps of `one_hot` and `take_along_axis`).
+    fn arange(&self, n: usize, start: f64, step: f64, dtype: DType, device: Device) -> RawTensor;
     /// `shape` uniform samples in `[0, 1)` of the float `dtype`, from `key` (an i64 tensor of
     /// one element, on this backend's device): element `i` is a hash of (key, i), identical on
     /// every backend, so a draw does not depend on the device.

@@ -277,6 +277,9 @@ impl Backend for RecordingBackend {
     fn from_host(&self, buf: CpuBuffer, shape: &[usize], device: Device) -> RawTensor {
         self.constant(self.inner.from_host(buf, shape, device))
     }
+    fn arange(&self, n: usize, start: f64, step: f64, dtype: DType, device: Device) -> RawTensor {
+        self.constant(self.inner.arange(n, start, step, dtype, device))
+    }
     fn synchronize(&self) {
         self.inner.synchronize()
     }

@@ -28,12 +28,16 @@ impl Tensor {
 
     /// `start, start + step, ...` up to but excluding `stop` (NumPy's `arange`).
     pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Tensor {
-        if step == 0.0 || !step.is_finite() {
-            panic!("arange: step must be finite and non-zero, got {step}");
+        Tensor::arange_on(start, stop, step, dtype, Device::Cpu)
+    }
+
+    /// [`Tensor::arange`] made on `device` (a GPU computes it there; nothing is copied).
+    pub fn arange_on(start: f64, stop: f64, step: f64, dtype: DType, device: Device) -> Tensor {
+        if step == 0.0 || !step.is_finite() || !start.is_finite() || !stop.is_finite() {
+            panic!("arange: start, stop and step must be finite and step non-zero, got {start}, {stop}, {step}");
         }
         let n = ((stop - start) / step).ceil().max(0.0) as usize;
-        let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
-        Tensor::from_vec(v, &[n]).cast(dtype)
+        Tensor::from_raw(backend_for(device).arange(n, start, step, dtype, device))
     }
 
     /// `num` evenly spaced values from `start` to `stop` inclusive (NumPy's `linspace`).
@@ -61,6 +65,16 @@ impl Tensor {
             Tensor::from_vec(v, &[n, n])
         }
         crate::with_element_type!(dtype, T => build::<T>(n))
+    }
+
+    /// [`Tensor::eye`] made on `device`: on a GPU, from two index ramps compared there, so
+    /// nothing is copied from the host.
+    pub fn eye_on(n: usize, dtype: DType, device: Device) -> Tensor {
+        if device == Device::Cpu {
+            return Tensor::eye(n, dtype);
+        }
+        let ramp = Tensor::arange_on(0.0, n as f64, 1.0, DType::I64, device);
+        ramp.reshape([n, 1]).eq(&ramp.reshape([1, n])).cast(dtype)
     }
 }
 

@@ -246,7 +246,7 @@ impl Tensor {
         let range = IndexRange { n, wrap_negative: true };
         let wrapped = checked_index_tensor("take_along_axis", &ib, range, self.shape(), a);
         let offsets =
-            (Tensor::arange(0.0, rows as f64, 1.0, DType::I64).on(wrapped.device()) * n as f64).reshape([rows, 1]);
+            (Tensor::arange_on(0.0, rows as f64, 1.0, DType::I64, wrapped.device()) * n as f64).reshape([rows, 1]);
         let flat_idx = wrapped.reshape([rows, k]) + offsets;
         let picked = xb.reshape([rows * n]).take(&flat_idx.reshape([rows * k]), 0);
         picked.reshape(&rows_shape).moveaxis(-1, a as isize)
@@ -269,6 +269,6 @@ pub fn one_hot(labels: &Tensor, num_classes: usize, dtype: DType) -> Tensor {
         wrap_negative: false,
     };
     let labels = checked_index_tensor("one_hot", labels, range, &[num_classes], 0);
-    let classes = Tensor::arange(0.0, num_classes as f64, 1.0, DType::I64).on(labels.device());
+    let classes = Tensor::arange_on(0.0, num_classes as f64, 1.0, DType::I64, labels.device());
     labels.expand_dims(-1).eq(&classes).cast(dtype)
 }

@@ -38,9 +38,13 @@ fn basis(total: usize, offset: usize, like: &Tensor) -> Tensor {
     } else {
         DType::F32
     };
-    Tensor::eye(total, dtype)
-        .on(like.device())
-        .slice_axis(1, Some(offset as isize), Some((offset + n) as isize), 1)
+    // Row r has its one at column r - offset: the ramps compared where the leaf lives (a
+    // `[total, n]` block, never the whole `[total, total]` identity).
+    let rows = Tensor::arange_on(0.0, total as f64, 1.0, DType::I64, like.device());
+    let cols = Tensor::arange_on(offset as f64, (offset + n) as f64, 1.0, DType::I64, like.device());
+    rows.reshape([total, 1])
+        .eq(&cols.reshape([1, n]))
+        .cast(dtype)
         .reshape(shape)
 }
 

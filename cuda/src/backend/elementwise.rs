@@ -7,7 +7,8 @@ use nabla_core::backend::{BinaryOp, CmpOp, UnaryOp};
 use nabla_core::storage::RawTensor;
 use nabla_kernels as k;
 use nabla_kernels::{
-    BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, RandomUniformSpec, SelectSpec, UnarySpec, Variant, launch,
+    ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, RandomUniformSpec, SelectSpec, UnarySpec,
+    Variant, launch,
 };
 
 use super::{CudaBackend, kernel_dtype, spec};
@@ -183,6 +184,25 @@ pub(super) fn fill<A: DeviceApi>(be: &CudaBackend<A>, shape: &[usize], dtype: DT
             "out" => Some(be.run_ptr(&out)),
             "n" => Some(LaunchArg::I64(n)),
             "value" => Some(LaunchArg::F64(value)),
+            _ => None,
+        });
+    }
+    out
+}
+
+/// `start + i * step` for `i < n` in `dtype` (bool: made in f64 and cast, as the CPU does).
+pub(super) fn arange<A: DeviceApi>(be: &CudaBackend<A>, n: usize, start: f64, step: f64, dtype: DType) -> RawTensor {
+    if dtype == DType::Bool {
+        return cast(be, &arange(be, n, start, step, DType::F64), DType::Bool);
+    }
+    let s = spec(ArangeSpec::new(kernel_dtype(dtype)), "arange");
+    let out = be.empty(&[n], dtype);
+    if n > 0 {
+        be.run(&s, launch::elementwise(n as i64, be.api.sm_count()), |p| match p.name {
+            "out" => Some(be.run_ptr(&out)),
+            "n" => Some(LaunchArg::I64(n as i64)),
+            "start" => Some(LaunchArg::F64(start)),
+            "step" => Some(LaunchArg::F64(step)),
             _ => None,
         });
     }

@@ -294,6 +294,15 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         elementwise::fill(self, shape, dtype, value)
     }
 
+    fn arange(&self, n: usize, start: f64, step: f64, dtype: DType, device: Device) -> RawTensor {
+        assert_eq!(
+            device, self.device,
+            "internal error: arange on {device} asked of the backend of {}",
+            self.device
+        );
+        elementwise::arange(self, n, start, step, dtype)
+    }
+
     fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor {
         elementwise::random_uniform(self, key, shape, dtype)
     }

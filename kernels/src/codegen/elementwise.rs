@@ -484,6 +484,53 @@ impl Gen for FillSpec {
     }
 }
 
+/// `out[i] = start + i * step` for `i < n` (`arange`): computed in double with no fused
+/// multiply-add, so that the value is the CPU's bit for bit, then converted to the dtype as
+/// [`KernelDType::from_f64`] says (the CPU's cast from f64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ArangeSpec {
+    dtype: KernelDType,
+}
+
+impl ArangeSpec {
+    /// The ramp into a `dtype` buffer (every dtype but bool).
+    pub fn new(dtype: KernelDType) -> Result<ArangeSpec, KernelError> {
+        if dtype == KernelDType::Bool {
+            return Err(KernelError::Unsupported {
+                kernel: "arange".into(),
+                dtype,
+                accepted: "numbers (f32, f64, f16, bf16, i64, i32, u8)",
+            });
+        }
+        Ok(ArangeSpec { dtype })
+    }
+
+    /// The buffer's dtype.
+    pub fn dtype(&self) -> KernelDType {
+        self.dtype
+    }
+}
+
+impl Gen for ArangeSpec {
+    fn entry_name(&self) -> String {
+        format!("nb_arange_{}", self.dtype)
+    }
+
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::new("out", ArgType::Out(self.dtype)),
+            Param::new("n", ArgType::I64),
+            Param::new("start", ArgType::F64),
+            Param::new("step", ArgType::F64),
+        ]
+    }
+
+    fn body(&self, _entry: &str) -> String {
+        let value = self.dtype.from_f64("__dadd_rn(start, __dmul_rn((double)i, step))");
+        grid_stride(&format!("out[i] = {value};\n"))
+    }
+}
+
 /// A strided view copied into a contiguous buffer (`contiguous`, and the way to bring any view
 /// into the layout the index kernels expect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -208,6 +208,11 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn arange(&self, n: usize, start: f64, step: f64, dtype: DType, _device: Device) -> RawTensor {
+        let values = wrap((0..n).map(|i| start + i as f64 * step).collect::<Vec<f64>>(), &[n]);
+        self.cast(&values, dtype)
+    }
+
     fn random_uniform(&self, key: &RawTensor, shape: &[usize], dtype: DType) -> RawTensor {
         let CpuBuffer::I64(k) = host(key) else {
             unreachable!("random keys are i64: checked by the op layer")
