@@ -87,3 +87,19 @@ fn steps_refuse_traced_values() {
     });
     assert!(msg.contains("sync") && msg.contains("no derivative rule"), "{msg}");
 }
+
+#[test]
+fn a_step_on_a_captured_constant_is_never_folded_into_the_recording() {
+    // A collective on a captured tensor (no input reaches it) must still run on every call:
+    // every rank must make the same calls, and other ranks' values change between calls.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let step = counted_device_step(&calls);
+    let captured = Tensor::from_vec(vec![1.0f64, 2.0], &[2]);
+    let jitted = Jit::new(|x: &Tensor| x + captured.apply_device_step("sync", step.clone()));
+    for k in 0..3 {
+        let x = Tensor::from_vec(vec![k as f64, 0.0], &[2]);
+        assert_eq!(jitted.call(&x).to_vec::<f64>(), vec![k as f64 + 3.0, 5.0], "call {k}");
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 3, "the step ran once per call");
+    assert_eq!(jitted.cache_info().replays, 2);
+}

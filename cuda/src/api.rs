@@ -88,7 +88,8 @@ pub trait DeviceApi: Send + Sync + 'static {
     fn alloc_zeroed(&self, bytes: usize) -> Result<Self::Mem, ApiError>;
     /// A new allocation holding a copy of `bytes`.
     fn upload(&self, bytes: &[u8]) -> Result<Self::Mem, ApiError>;
-    /// `len` bytes of `mem` from `offset`, after all work queued before has finished.
+    /// `len` bytes of `mem` from `offset`, after the compute work queued before has finished
+    /// (and what was joined into it: a collective's result is read after its join).
     fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError>;
     /// Overwrites `mem` with zeros (stream-ordered).
     fn zero(&self, mem: &Self::Mem) -> Result<(), ApiError>;

@@ -40,6 +40,8 @@ pub fn init(ordinal: usize) -> Result<Arc<CudaBackend<CudaDevice>>, InitError> {
     if let Some(backend) = opened.as_ref() {
         let current = backend.api().ordinal();
         if current == ordinal {
+            // Registered again, in case something registered another backend since.
+            nabla_core::register_backend(nabla_core::Device::Cuda(ordinal), backend.clone());
             return Ok(backend.clone());
         }
         return Err(InitError::OtherDeviceOpen {
@@ -63,6 +65,7 @@ pub fn init(ordinal: usize) -> Result<Arc<CudaBackend<CudaDevice>>, InitError> {
 
 /// Why [`init`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InitError {
     /// CUDA cannot run here.
     #[error(transparent)]

@@ -63,6 +63,13 @@ fn a_world_of_one_reduces_and_broadcasts_device_tensors_in_place() {
             "{dtype}"
         );
     }
+    // Two calls on one buffer before a join are ordered by the stream (the buffer the
+    // communicator holds for the first does not count as another tensor's).
+    let twice = Tensor::from_vec(vec![2.0f32; 8], &[8]).to_device(dev).unwrap() * 1.0;
+    comm.all_reduce_sum(&twice).unwrap();
+    comm.all_reduce_sum(&twice).unwrap();
+    comm.join().unwrap();
+    assert_eq!(twice.to_vec::<f32>(), vec![2.0; 8]);
     // What cannot be reduced in place is refused by name.
     let t = Tensor::from_vec(vec![1.0f32; 12], &[3, 4]).to_device(dev).unwrap() * 1.0;
     let e = comm.all_reduce_sum(&t.transpose()).unwrap_err().to_string();

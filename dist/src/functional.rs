@@ -41,7 +41,8 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
         let parts: Vec<Tensor> = bucket
             .leaves
             .iter()
-            .map(|&l| leaves[l].stop_gradient().reshape([-1]))
+            // Half gradients travel and are summed in f32 (`bucket.dtype`), as in DataParallel.
+            .map(|&l| leaves[l].stop_gradient().reshape([-1]).cast(bucket.dtype))
             .collect();
         let packed = nabla_core::concatenate(&parts, 0);
         let reduced = match group.device_communicator(packed.device()) {
@@ -59,7 +60,8 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
             out[l] = Some(
                 reduced
                     .slice_axis(0, Some(start), Some(stop), 1)
-                    .reshape(leaves[l].shape()),
+                    .reshape(leaves[l].shape())
+                    .cast(leaves[l].dtype()),
             );
         }
     }

@@ -208,6 +208,22 @@ fn functional_all_reduce_uses_the_transport_eagerly_and_in_every_jit_replay() {
         assert_eq!(bits(&host), bits(&second));
         assert_eq!(bits(&host_later), bits(&third));
         assert_ne!(bits(&host), bits(&host_later));
+        // Each leaf keeps its dtype; halves are summed in f32 and rounded once: here the sum
+        // over both ranks' leaves times 0.25, computed in f64 from the f32-widened values.
+        let mine: Vec<Tensor> = grads.clone();
+        let theirs = mixed_params(7 + (1 - group.rank()) as u64);
+        for (k, leaf) in host.iter().enumerate() {
+            assert_eq!(leaf.dtype(), grads[k].dtype(), "leaf {k}");
+            let wide = |t: &Tensor| t.cast(bucket_dtype(t.dtype())).cast(DType::F64);
+            let want = ((wide(&mine[k]) + wide(&theirs[k])) * 0.25)
+                .cast(bucket_dtype(grads[k].dtype()))
+                .cast(grads[k].dtype());
+            assert_eq!(
+                leaf.to_host_buffer().to_le_bytes(),
+                want.to_host_buffer().to_le_bytes(),
+                "leaf {k}"
+            );
+        }
         (eager_calls, staged.reduces.load(Ordering::Relaxed))
     });
     for (rank, (eager_calls, all_calls)) in results.into_iter().enumerate() {
@@ -240,4 +256,9 @@ fn a_group_shows_its_device_transport_and_only_for_its_device() {
     assert!(with.device_communicator(Device::Cuda(0)).is_none());
     assert!(format!("{with:?}").contains("+ staged on cpu"), "{with:?}");
     assert!(group.device_communicator(Device::Cpu).is_none());
+}
+
+/// The dtype a leaf's gradient is summed in (f64 stays, other floats travel as f32).
+fn bucket_dtype(leaf: DType) -> DType {
+    if leaf == DType::F64 { DType::F64 } else { DType::F32 }
 }

@@ -71,13 +71,14 @@ impl Recorder {
         r
     }
 
-    /// Appends a kernel call; a call on constants only is folded (its result is a constant).
-    fn record(&mut self, call: Call, args: &[&RawTensor], out: &RawTensor, backend: &Arc<dyn Backend>) {
+    /// Appends a kernel call; a call on constants only is folded (its result is a constant),
+    /// unless it is an effect (a collective, which every replay must repeat on every rank).
+    fn record(&mut self, call: Call, args: &[&RawTensor], out: &RawTensor, backend: &Arc<dyn Backend>, effect: bool) {
         let sources: SmallVec<[(Ref, Layout); 3]> = args
             .iter()
             .map(|a| (self.source(&a.storage), a.layout.clone()))
             .collect();
-        if sources.iter().all(|(r, _)| matches!(r, Ref::Const(_))) {
+        if !effect && sources.iter().all(|(r, _)| matches!(r, Ref::Const(_))) {
             self.source(&out.storage);
             return;
         }
@@ -178,14 +179,16 @@ pub(crate) fn paused<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs the host step `f` on `x` with `device`'s backend; while recording, the step is
 /// recorded so that a replay runs it on the new values (it is never a reason to stop
-/// replaying, unlike reading values with `to_host`).
-pub(crate) fn host_step(device: Device, x: &RawTensor, f: HostFn) -> RawTensor {
+/// replaying, unlike reading values with `to_host`). An `effect` (a collective) is recorded
+/// even when `x` is a constant, so that every replay runs it again; other steps on constants
+/// are folded like kernels.
+pub(crate) fn host_step(device: Device, x: &RawTensor, f: HostFn, effect: bool) -> RawTensor {
     let backend = crate::backend::registered_backend(device).unwrap_or_else(|e| panic!("{e}"));
     let out = f(backend.as_ref(), x);
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
         rec.lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(Call::Host(f), &[x], &out, &backend);
+            .record(Call::Host(f), &[x], &out, &backend, effect);
     }
     out
 }
@@ -201,7 +204,7 @@ impl RecordingBackend {
         self.rec
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(call, args, &out, &self.inner);
+            .record(call, args, &out, &self.inner, false);
         out
     }
 

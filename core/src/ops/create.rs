@@ -26,12 +26,14 @@ impl Tensor {
         Tensor::full(shape, 1.0, dtype)
     }
 
-    /// `start, start + step, ...` up to but excluding `stop` (NumPy's `arange`).
+    /// `start, start + step, ...` up to but excluding `stop` (NumPy's `arange`), on the CPU.
+    /// Panics when `start`, `stop` or `step` is not finite, or `step` is 0.
     pub fn arange(start: f64, stop: f64, step: f64, dtype: DType) -> Tensor {
         Tensor::arange_on(start, stop, step, dtype, Device::Cpu)
     }
 
     /// [`Tensor::arange`] made on `device` (a GPU computes it there; nothing is copied).
+    /// Panics when `start`, `stop` or `step` is not finite, or `step` is 0.
     pub fn arange_on(start: f64, stop: f64, step: f64, dtype: DType, device: Device) -> Tensor {
         if step == 0.0 || !step.is_finite() || !start.is_finite() || !stop.is_finite() {
             panic!("arange: start, stop and step must be finite and step non-zero, got {start}, {stop}, {step}");

@@ -43,23 +43,27 @@ impl Tensor {
             }
             backend.from_host(out, &raw.layout.shape, raw.device())
         });
-        let raw = host_step(self.device(), self.raw(), step);
+        let raw = host_step(self.device(), self.raw(), step, true);
         Tensor::untraced(raw, &[self])
     }
 
     /// `f` applied to this tensor where it lives, with no round trip through the host: for
     /// steps that work on device memory themselves, such as an NCCL all-reduce. `f` gets an
     /// untraced tensor of this one's values and must return one of the same shape, dtype and
-    /// device; it may launch kernels and queue work without waiting for it.
+    /// device; it may launch kernels and queue work without waiting for it. Its input may share
+    /// its buffer with other tensors (under `jit`, with the recorded program), so `f` must not
+    /// write into it: an in-place transport works on a fresh copy (any op's result is one).
     ///
-    /// Under [`crate::jit`] the whole of `f` is one recorded step: the kernels it launches are
-    /// not recorded one by one, and every replay calls `f` again on the new values, in order
-    /// with the other kernels. Panics like [`Tensor::apply_external`] on traced or batched
-    /// tensors, and when `f` returns another shape, dtype or device.
+    /// Under [`crate::jit`] the whole of `f` is one recorded step, never folded into a constant
+    /// (even on constant inputs): the kernels it launches are not recorded one by one, and
+    /// every replay calls `f` again on the new values, in order with the other kernels. Its
+    /// result is made contiguous when it is not, so that a replay reads it with the recorded
+    /// layout. Panics like [`Tensor::apply_external`] on traced or batched tensors, and when
+    /// `f` returns another shape, dtype or device.
     pub fn apply_device_step(&self, what: &str, f: DeviceStepFn) -> Tensor {
         self.check_plain_value(what);
         let what: Arc<str> = what.into();
-        let step: HostFn = Arc::new(move |_backend: &dyn Backend, raw: &RawTensor| {
+        let step: HostFn = Arc::new(move |backend: &dyn Backend, raw: &RawTensor| {
             let out = paused(|| f(Tensor::from_raw(raw.clone())));
             if out.shape() != raw.shape() || out.dtype() != raw.dtype() || out.device() != raw.device() {
                 panic!(
@@ -72,9 +76,14 @@ impl Tensor {
                     raw.device()
                 );
             }
-            out.raw().clone()
+            let layout = out.raw().layout();
+            if layout.is_contiguous() && layout.offset() == 0 {
+                out.raw().clone()
+            } else {
+                backend.contiguous(out.raw())
+            }
         });
-        let raw = host_step(self.device(), self.raw(), step);
+        let raw = host_step(self.device(), self.raw(), step, true);
         Tensor::untraced(raw, &[self])
     }
 

@@ -114,7 +114,7 @@ fn checked_indices(
             .collect();
         backend.from_host(CpuBuffer::I64(Arc::new(wrapped)), &raw.layout.shape, device)
     });
-    host_step(device, &raw, check)
+    host_step(device, &raw, check, false)
 }
 
 struct TakeRule {

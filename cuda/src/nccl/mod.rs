@@ -12,7 +12,7 @@ mod library;
 
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use nabla_core::storage::{DeviceBuffer, Storage};
 use nabla_core::{DType, Device, Tensor};
@@ -86,15 +86,25 @@ pub struct NcclComm {
     world: usize,
     // NCCL calls on one communicator must not run concurrently from several threads.
     calls: Mutex<()>,
-    // The communication stream's marker after the last call (what `join` and `mark` wait for).
-    last: Mutex<Option<Arc<cudarc::driver::CudaEvent>>>,
-    // The buffers of the calls queued since the last join, kept alive until then: memory is
-    // freed on the compute stream, which is ordered after the calls only by a join, so a
-    // buffer dropped before its join (an error path) must not return to the pool while NCCL
-    // may still use it.
-    pending: Mutex<Vec<Arc<dyn DeviceBuffer>>>,
+    // What was queued since the last join (one lock, so a join never frees a buffer whose
+    // call its marker does not cover).
+    queued: Mutex<Queued>,
     // Set by `abort`: NCCL freed the communicator, so it must not be used or destroyed again.
     aborted: AtomicBool,
+    // Held (shared) by `check` while it reads the communicator and (exclusively) by `abort`
+    // while it frees it, so that a watchdog's check never reads a freed communicator.
+    alive: RwLock<()>,
+}
+
+/// The calls queued on a communicator since its last join.
+#[derive(Default)]
+struct Queued {
+    // The communication stream's marker after the last call (what `join` and `mark` wait for).
+    last: Option<Arc<cudarc::driver::CudaEvent>>,
+    // The buffers of those calls, kept alive until the join: memory is freed on the compute
+    // stream, which is ordered after the calls only by a join, so a buffer dropped before its
+    // join (an error path) must not return to the pool while NCCL may still use it.
+    pending: Vec<Arc<dyn DeviceBuffer>>,
 }
 
 // SAFETY: the communicator handle is only used under `calls`, and NCCL allows a communicator to
@@ -147,9 +157,9 @@ impl NcclComm {
             rank,
             world,
             calls: Mutex::new(()),
-            last: Mutex::new(None),
-            pending: Mutex::new(Vec::new()),
+            queued: Mutex::new(Queued::default()),
             aborted: AtomicBool::new(false),
+            alive: RwLock::new(()),
         })
     }
 
@@ -208,12 +218,13 @@ impl NcclComm {
     /// Orders the kernels and copies queued from now on after every call queued so far, so
     /// that they see the calls' results. Does not wait on the host.
     pub fn join(&self) -> Result<(), ApiError> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(marker) = last {
-            self.device.compute_after(&marker)?;
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(marker) = &queued.last {
+            // On failure the buffers stay held: freeing them unordered would be worse.
+            self.device.compute_after(marker)?;
         }
         // Frees of these buffers now come after the calls in the compute stream's order.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        queued.pending.clear();
         Ok(())
     }
 
@@ -236,9 +247,10 @@ impl NcclComm {
         self.device.comm_after_compute()?;
         let code = call(ptr, count, dtype, self.device.raw_comm_stream());
         self.library.result(code, Some(self.comm), what)?;
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
-        let marker = self.device.record_comm_event()?;
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(marker));
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        // Held before the marker, so that even a failed marker leaves the buffer alive.
+        queued.pending.push(buffer);
+        queued.last = Some(Arc::new(self.device.record_comm_event()?));
         Ok(())
     }
 
@@ -257,6 +269,7 @@ impl NcclComm {
     /// error); `Ok` while calls are still running well. Never waits, and may be called while
     /// another thread is inside a call (NCCL allows it; watchdogs do it).
     pub fn check(&self) -> Result<(), ApiError> {
+        let _alive = self.alive.read().unwrap_or_else(|e| e.into_inner());
         self.usable()?;
         let mut async_code: c_int = SUCCESS;
         // SAFETY: a live communicator and an out-parameter.
@@ -271,7 +284,7 @@ impl NcclComm {
     /// A marker of this communicator's calls so far: [`NcclMark::poll`] says when they have
     /// all run (for a watchdog that must not block).
     pub fn mark(&self) -> Result<NcclMark, ApiError> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let last = self.queued.lock().unwrap_or_else(|e| e.into_inner()).last.clone();
         let event = match last {
             Some(marker) => marker,
             None => Arc::new(self.device.record_comm_event()?),
@@ -286,7 +299,9 @@ impl NcclComm {
         if self.aborted.swap(true, Ordering::SeqCst) {
             return;
         }
-        // No lock: the point is to stop a call that holds it.
+        // Not the calls' lock: the point is to stop a call that holds it. A check (quick, and
+        // what watchdog threads run) finishes first.
+        let _alive = self.alive.write().unwrap_or_else(|e| e.into_inner());
         // SAFETY: a live communicator; ncclCommAbort may be called while a collective runs.
         unsafe { (self.library.symbols.comm_abort)(self.comm) };
     }
@@ -315,8 +330,13 @@ impl NcclComm {
             return refuse("has host storage".into());
         };
         // Clones of a tensor share one buffer reference; more than one means that another tensor
-        // (a view, a reshape) sees this memory.
-        if Arc::strong_count(buffer) > 1 {
+        // (a view, a reshape) sees this memory. The references this communicator holds for calls
+        // not yet joined do not count: the stream orders a second call on the same buffer.
+        let held = {
+            let queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            queued.pending.iter().filter(|p| Arc::ptr_eq(p, buffer)).count()
+        };
+        if Arc::strong_count(buffer) > 1 + held {
             return refuse("shares its buffer with other tensors; reduce a fresh copy".into());
         }
         let Some(cuda) = buffer.as_any().downcast_ref::<CudaBuffer<CudaDevice>>() else {
