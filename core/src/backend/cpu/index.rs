@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use ndarray::{Axis, IxDyn, Slice};
 
 use super::{host, to_vec, view, wrap};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
@@ -93,22 +93,86 @@ pub(super) fn scatter_add(base: &RawTensor, idx: &RawTensor, upd: &RawTensor) ->
     }
 }
 
-fn concat_typed<T: Copy + Default>(parts: Vec<ndarray::ArrayViewD<'_, T>>, axis: usize) -> (Vec<T>, Vec<usize>) {
+/// Copies `parts` joined along `axis` into `out`'s spare capacity, one block of the output per
+/// index of the axes before `axis` (`block` elements: each part's slab for that index, in
+/// order), on several threads when the output is large. Every element is written once, so
+/// nothing is zero-filled first.
+fn concat_into<T: Copy + Send + Sync>(
+    parts: &[ndarray::ArrayViewD<'_, T>],
+    axis: usize,
+    outer_shape: &[usize],
+    block: usize,
+    out: &mut [std::mem::MaybeUninit<T>],
+) {
+    let slabs: Vec<usize> = parts.iter().map(|p| p.shape()[axis..].iter().product()).collect();
+    let fill = |(o, dst): (usize, &mut [std::mem::MaybeUninit<T>])| {
+        // The multi-index of output block `o` over the axes before `axis` (row-major).
+        let mut idx = vec![0usize; outer_shape.len()];
+        let mut rest = o;
+        for (ax, &d) in outer_shape.iter().enumerate().rev() {
+            idx[ax] = rest % d;
+            rest /= d;
+        }
+        let mut at = 0;
+        for (p, &len) in parts.iter().zip(&slabs) {
+            let mut v = p.view();
+            for (ax, &i) in idx.iter().enumerate() {
+                v.collapse_axis(Axis(ax), i);
+            }
+            let mut slot = dst[at..at + len].iter_mut();
+            for lane in v.rows() {
+                match lane.as_slice() {
+                    Some(row) => row.iter().zip(&mut slot).for_each(|(s, d)| {
+                        d.write(*s);
+                    }),
+                    None => lane.iter().zip(&mut slot).for_each(|(s, d)| {
+                        d.write(*s);
+                    }),
+                }
+            }
+            at += len;
+        }
+    };
+    const PARALLEL_FROM: usize = 1 << 16;
+    if out.len() >= PARALLEL_FROM {
+        use rayon::prelude::*;
+        out.par_chunks_mut(block).enumerate().for_each(fill);
+    } else {
+        out.chunks_mut(block).enumerate().for_each(fill);
+    }
+}
+
+fn concat_typed<T: Copy + Default + Send + Sync>(
+    parts: Vec<ndarray::ArrayViewD<'_, T>>,
+    axis: usize,
+) -> (Vec<T>, Vec<usize>) {
     let mut shape = parts[0].shape().to_vec();
     shape[axis] = parts.iter().map(|p| p.shape()[axis]).sum();
-    let mut out = ArrayD::<T>::default(IxDyn(&shape));
-    let mut at = 0;
-    for p in &parts {
-        let len = p.shape()[axis];
-        out.slice_axis_mut(Axis(axis), Slice::from(at..at + len)).assign(p);
-        at += len;
+    let total: usize = shape.iter().product();
+    let block: usize = shape[axis..].iter().product();
+    let mut out: Vec<T> = Vec::with_capacity(total);
+    if total > 0 {
+        concat_into(
+            &parts,
+            axis,
+            &shape[..axis],
+            block,
+            &mut out.spare_capacity_mut()[..total],
+        );
+        // SAFETY: `concat_into` wrote all `total` elements: each block of the output is the
+        // parts' slabs for that index, whose sizes add up to `block`.
+        unsafe { out.set_len(total) };
     }
-    (out.into_raw_vec_and_offset().0, shape)
+    (out, shape)
 }
 
 /// Joins tensors whose buffers hold `T`, the element type of the first one's `_first`
 /// (every part has the first part's dtype: checked by the op layer).
-fn concat_as<T: Copy + Default + 'static>(xs: &[&RawTensor], axis: usize, _first: &Arc<Vec<T>>) -> RawTensor
+fn concat_as<T: Copy + Default + Send + Sync + 'static>(
+    xs: &[&RawTensor],
+    axis: usize,
+    _first: &Arc<Vec<T>>,
+) -> RawTensor
 where
     Vec<T>: IntoCpuBuffer,
 {
@@ -131,26 +195,53 @@ pub(super) fn concat(xs: &[&RawTensor], axis: usize) -> RawTensor {
     with_cpu_buffer!(host(xs[0]), first => concat_as(xs, axis, first))
 }
 
-fn embed_typed<T: Copy + Default>(
+/// Writes `x` into `target` (zeros of `x`'s rank, a view of the output) at the positions
+/// `starts[ax] + steps[ax] * i` of each axis.
+fn embed_into<T: Copy>(
+    x: ndarray::ArrayViewD<'_, T>,
+    mut target: ndarray::ArrayViewMutD<'_, T>,
+    starts: &[usize],
+    steps: &[usize],
+) {
+    for ax in 0..target.ndim() {
+        let len = x.shape()[ax];
+        let end = starts[ax] + steps[ax] * len.saturating_sub(1) + usize::from(len > 0);
+        target.slice_axis_inplace(
+            Axis(ax),
+            Slice::new(starts[ax] as isize, Some(end as isize), steps[ax] as isize),
+        );
+    }
+    target.assign(&x);
+}
+
+fn embed_typed<T: Copy + Default + Send + Sync>(
     x: ndarray::ArrayViewD<'_, T>,
     shape: &[usize],
     starts: &[usize],
     steps: &[usize],
 ) -> Vec<T> {
-    let mut out = ArrayD::<T>::default(IxDyn(shape));
-    {
-        let mut target = out.view_mut();
-        for ax in 0..shape.len() {
-            let len = x.shape()[ax];
-            let end = starts[ax] + steps[ax] * len.saturating_sub(1) + usize::from(len > 0);
-            target.slice_axis_inplace(
-                Axis(ax),
-                Slice::new(starts[ax] as isize, Some(end as isize), steps[ax] as isize),
-            );
-        }
-        target.assign(&x);
+    let total: usize = shape.iter().product();
+    let mut out = vec![T::default(); total];
+    // One output row (an index of the first axis) per task when the output is large: the
+    // backward pass of every slice (and so of convolutions' im2col) is an embed.
+    const PARALLEL_FROM: usize = 1 << 16;
+    let row: usize = shape.iter().skip(1).product();
+    if shape.len() >= 2 && total >= PARALLEL_FROM && row > 0 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(row).enumerate().for_each(|(r, dst)| {
+            let Some(offset) = r.checked_sub(starts[0]) else { return };
+            let i = offset / steps[0];
+            if offset % steps[0] != 0 || i >= x.shape()[0] {
+                return;
+            }
+            let target = ndarray::ArrayViewMutD::from_shape(IxDyn(&shape[1..]), dst).expect("a row of the output");
+            embed_into(x.index_axis(Axis(0), i), target, &starts[1..], &steps[1..]);
+        });
+    } else if total > 0 {
+        let target = ndarray::ArrayViewMutD::from_shape(IxDyn(shape), &mut out[..]).expect("the output");
+        embed_into(x, target, starts, steps);
     }
-    out.into_raw_vec_and_offset().0
+    out
 }
 
 /// Zeros of `shape` with `x` written at the strided positions.
