@@ -16,6 +16,7 @@ use crate::bucket::{BUCKET_BYTES, FIRST_BUCKET_BYTES, plan};
 use crate::comm::HostBufMut;
 use crate::error::{DistError, Result};
 use crate::group::ProcessGroup;
+use crate::pack::{concat_bucket, unpack};
 use crate::queue::BucketQueue;
 use crate::shard::Shard;
 use crate::worker::Worker;
@@ -35,16 +36,13 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
         return Ok(grads.map_leaves(|t| t.stop_gradient()));
     }
     let sizes: Vec<(DType, usize)> = leaves.iter().map(|t| (t.dtype(), t.numel())).collect();
+    let numels: Vec<usize> = leaves.iter().map(Tensor::numel).collect();
     let plan = plan(&sizes, FIRST_BUCKET_BYTES, BUCKET_BYTES);
     let mut out: Vec<Option<Tensor>> = vec![None; leaves.len()];
     for bucket in &plan.buckets {
-        let parts: Vec<Tensor> = bucket
-            .leaves
-            .iter()
-            // Half gradients travel and are summed in f32 (`bucket.dtype`), as in DataParallel.
-            .map(|&l| leaves[l].stop_gradient().reshape([-1]).cast(bucket.dtype))
-            .collect();
-        let packed = nabla_core::concatenate(&parts, 0);
+        // Packed and cut back as DataParallel does (halves travel and are summed in f32).
+        let grads: Vec<Option<Tensor>> = bucket.leaves.iter().map(|&l| Some(leaves[l].stop_gradient())).collect();
+        let packed = concat_bucket(bucket, &grads, &numels, leaves[bucket.leaves[0]].device());
         let reduced = match group.device_communicator(packed.device()) {
             // A device transport sums where the bucket lives. Under `nb::jit` it runs as one
             // recorded step, so that every replay repeats the collective.
@@ -54,15 +52,9 @@ pub fn all_reduce_weighted<P: Tree>(group: &ProcessGroup, grads: &P, weight: f64
             Some(_) => device_reduce(group, &packed, weight)?,
             None => (packed * weight).apply_external("all_reduce", reduce_step(group.clone())),
         };
-        for (k, &l) in bucket.leaves.iter().enumerate() {
-            let start = bucket.offsets[k] as isize;
-            let stop = start + leaves[l].numel() as isize;
-            out[l] = Some(
-                reduced
-                    .slice_axis(0, Some(start), Some(stop), 1)
-                    .reshape(leaves[l].shape())
-                    .cast(leaves[l].dtype()),
-            );
+        let like: Vec<&Tensor> = bucket.leaves.iter().map(|&l| &leaves[l]).collect();
+        for (&l, g) in bucket.leaves.iter().zip(unpack(bucket, &reduced, &like)) {
+            out[l] = Some(g);
         }
     }
     Ok(grads.rebuild(out.into_iter().map(|t| t.expect("every leaf is in a bucket")).collect()))

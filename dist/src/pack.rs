@@ -56,6 +56,13 @@ pub(crate) fn pack_tensor(
     weight: f64,
     device: Device,
 ) -> Tensor {
+    // The product is a new buffer, as a device transport needs, even for a bucket of one leaf.
+    concat_bucket(bucket, grads, numels, device) * weight
+}
+
+/// [`pack_tensor`] before the weighting: the gradients cast to the bucket's dtype, flattened
+/// and joined (for callers that weight the bucket later, inside a recorded step).
+pub(crate) fn concat_bucket(bucket: &Bucket, grads: &[Option<Tensor>], numels: &[usize], device: Device) -> Tensor {
     let parts: Vec<Tensor> = bucket
         .leaves
         .iter()
@@ -67,8 +74,7 @@ pub(crate) fn pack_tensor(
                 .unwrap_or_else(|e| panic!("nabla-dist: zeros for a gradient on {device}: {e}")),
         })
         .collect();
-    // The product is a new buffer, as a device transport needs, even for a bucket of one leaf.
-    nabla_core::concatenate(&parts, 0) * weight
+    nabla_core::concatenate(&parts, 0)
 }
 
 /// A packed bucket's elements on the host (one copy from its device).

@@ -75,8 +75,15 @@ impl Tensor {
         if device == Device::Cpu {
             return Tensor::eye(n, dtype);
         }
-        let ramp = Tensor::arange_on(0.0, n as f64, 1.0, DType::I64, device);
-        ramp.reshape([n, 1]).eq(&ramp.reshape([1, n])).cast(dtype)
+        Tensor::identity_columns(n, 0, n, dtype, device)
+    }
+
+    /// Columns `first .. first + cols` of the `rows x rows` identity, made on `device` by
+    /// comparing two index ramps there (nothing built on the host, never the whole identity).
+    pub(crate) fn identity_columns(rows: usize, first: usize, cols: usize, dtype: DType, device: Device) -> Tensor {
+        let r = Tensor::arange_on(0.0, rows as f64, 1.0, DType::I64, device);
+        let c = Tensor::arange_on(first as f64, (first + cols) as f64, 1.0, DType::I64, device);
+        r.reshape([rows, 1]).eq(&c.reshape([1, cols])).cast(dtype)
     }
 }
 

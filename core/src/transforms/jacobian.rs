@@ -38,14 +38,8 @@ fn basis(total: usize, offset: usize, like: &Tensor) -> Tensor {
     } else {
         DType::F32
     };
-    // Row r has its one at column r - offset: the ramps compared where the leaf lives (a
-    // `[total, n]` block, never the whole `[total, total]` identity).
-    let rows = Tensor::arange_on(0.0, total as f64, 1.0, DType::I64, like.device());
-    let cols = Tensor::arange_on(offset as f64, (offset + n) as f64, 1.0, DType::I64, like.device());
-    rows.reshape([total, 1])
-        .eq(&cols.reshape([1, n]))
-        .cast(dtype)
-        .reshape(shape)
+    // A `[total, n]` block made where the leaf lives, never the whole `[total, total]` identity.
+    Tensor::identity_columns(total, offset, n, dtype, like.device()).reshape(shape)
 }
 
 /// A function of leaves returning several outputs and an auxiliary value.

@@ -8,6 +8,10 @@ use super::{host, to_vec, view, wrap};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;
 
+/// Outputs of at least this many elements are copied on several threads (smaller ones are not
+/// worth the hand-off).
+const PARALLEL_FROM: usize = 1 << 16;
+
 fn indices(idx: &RawTensor) -> Vec<i64> {
     match host(idx) {
         CpuBuffer::I64(d) => to_vec(&view(d, &idx.layout)),
@@ -133,7 +137,6 @@ fn concat_into<T: Copy + Send + Sync>(
             at += len;
         }
     };
-    const PARALLEL_FROM: usize = 1 << 16;
     if out.len() >= PARALLEL_FROM {
         use rayon::prelude::*;
         out.par_chunks_mut(block).enumerate().for_each(fill);
@@ -224,7 +227,6 @@ fn embed_typed<T: Copy + Default + Send + Sync>(
     let mut out = vec![T::default(); total];
     // One output row (an index of the first axis) per task when the output is large: the
     // backward pass of every slice (and so of convolutions' im2col) is an embed.
-    const PARALLEL_FROM: usize = 1 << 16;
     let row: usize = shape.iter().skip(1).product();
     if shape.len() >= 2 && total >= PARALLEL_FROM && row > 0 {
         use rayon::prelude::*;
