@@ -72,6 +72,10 @@ const ELEMENTWISE: &[&str] = &[
     "clamp",
 ];
 
+/// Ops whose rules are written from their output over a whole row: their second derivatives
+/// are checked too (the rule is differentiated through `out`).
+const ROW_OPS: &[&str] = &["softmax", "log_softmax", "cross_entropy"];
+
 #[test]
 fn first_derivatives_match_finite_differences() {
     let mut rng = Rng::new(7);
@@ -99,13 +103,13 @@ fn first_derivatives_match_finite_differences() {
 }
 
 #[test]
-fn second_derivatives_of_elementwise_ops_match_finite_differences() {
+fn second_derivatives_of_elementwise_and_row_ops_match_finite_differences() {
     let mut rng = Rng::new(11);
     let mut checked = 0;
-    for c in load_cases()
-        .iter()
-        .filter(|c| differentiable(c) && ELEMENTWISE.contains(&c.op.as_str()))
-    {
+    for c in load_cases().iter().filter(|c| {
+        let op = c.op.as_str();
+        differentiable(c) && (ELEMENTWISE.contains(&op) || ROW_OPS.contains(&op))
+    }) {
         let idx = float_inputs(&c.inputs);
         let xs: Vec<Tensor> = idx.iter().map(|&i| c.inputs[i].clone()).collect();
         let f = of_floats(&c.op, &c.params, &c.inputs);
@@ -129,6 +133,6 @@ fn second_derivatives_of_elementwise_ops_match_finite_differences() {
         );
         checked += 1;
     }
-    assert!(checked > 130, "only {checked} elementwise cases");
+    assert!(checked > 140, "only {checked} elementwise and row cases");
     println!("second derivatives: {checked} cases");
 }

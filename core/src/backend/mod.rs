@@ -117,6 +117,15 @@ pub enum ArgOp {
     ArgMin,
 }
 
+/// Normalisations of every row (the last axis), fused into one pass over the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RowOp {
+    /// `exp(x - max) / sum(exp(x - max))`
+    Softmax,
+    /// `x - log(sum(exp(x)))`, shifted by the row's maximum when it is finite
+    LogSoftmax,
+}
+
 /// An index check: the accepted range of some indices, and the message for one outside it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IndexCheck {
@@ -165,6 +174,11 @@ pub trait Backend: Send + Sync {
     fn arg_reduce(&self, op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor;
     /// `[..., m, k] x [..., k, n] -> [..., m, n]`; the leading (batch) extents are equal.
     fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor;
+    /// Softmax or log-softmax of every row of a float tensor (the last axis), in one pass:
+    /// shifted by the row's maximum (log-softmax shifts by 0 when the maximum is not finite,
+    /// as `logsumexp` does), accumulated in f32 for halves and f64 for f64. Same shape and
+    /// dtype out, contiguous.
+    fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor;
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use super::tape::{Call, HostFn, Ref, Step, Tape};
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -239,6 +239,9 @@ impl Backend for RecordingBackend {
     }
     fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
         self.log(Call::Matmul, &[a, b], self.inner.matmul(a, b))
+    }
+    fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
+        self.log(Call::Rows(op), &[x], self.inner.softmax_rows(op, x))
     }
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
         self.log(Call::Cast(dtype), &[x], self.inner.cast(x, dtype))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::storage::{RawTensor, Storage};
@@ -36,6 +36,7 @@ pub(crate) enum Call {
     Reduce(ReduceOp, Vec<usize>),
     ArgReduce(ArgOp, usize),
     Matmul,
+    Rows(RowOp),
     Cast(DType),
     Contiguous,
     Gather,
@@ -61,6 +62,7 @@ impl Call {
             Call::Reduce(op, axes) => backend.reduce(*op, &args[0], axes),
             Call::ArgReduce(op, axis) => backend.arg_reduce(*op, &args[0], *axis),
             Call::Matmul => backend.matmul(&args[0], &args[1]),
+            Call::Rows(op) => backend.softmax_rows(*op, &args[0]),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),

@@ -1,9 +1,12 @@
-//! Neural-network functions composed from primitives (their derivatives follow by composition):
-//! gelu, silu, softmax, log_softmax, cross-entropy, mse; and softplus, one primitive whose rule
-//! is JAX's (the composition's own derivative is wrong at its kink, x = 0).
+//! Neural-network functions: gelu, silu, cross-entropy and mse composed from primitives (their
+//! derivatives follow by composition); softmax and log-softmax, one fused row primitive each
+//! (a single pass over every row, on every backend); and softplus, one primitive whose rule is
+//! JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
 use super::{Axes, require_float};
+use crate::backend::RowOp;
 use crate::dtype::DType;
+use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
@@ -33,19 +36,71 @@ impl Tensor {
         Tensor::record(value.raw().clone(), &[self], || SoftplusRule)
     }
 
-    /// Softmax along `axis`, shifted by the maximum for stability.
+    /// Softmax along `axis`, shifted by the maximum for stability. One fused primitive over
+    /// the last axis (another axis is moved last and back, as views); its derivative is
+    /// `y * (g - sum(g * y))`.
     pub fn softmax(&self, axis: isize) -> Tensor {
         require_float("softmax", self);
-        let shifted = self - self.max(axis, true).stop_gradient();
-        let e = shifted.exp();
-        &e / e.sum(axis, true)
+        along_last(self, axis, "softmax", RowOp::Softmax)
     }
 
-    /// Log-softmax along `axis`: `x - logsumexp(x)`.
+    /// Log-softmax along `axis`: `x - logsumexp(x)`. One fused primitive over the last axis;
+    /// its VJP is `g - softmax(x) * sum(g)`.
     pub fn log_softmax(&self, axis: isize) -> Tensor {
         require_float("log_softmax", self);
-        self - self.logsumexp(axis, true)
+        along_last(self, axis, "log_softmax", RowOp::LogSoftmax)
     }
+}
+
+/// The row primitive `op` of `x` along `axis`: the axis is moved last (a view) when it is not.
+fn along_last(x: &Tensor, axis: isize, name: &str, op: RowOp) -> Tensor {
+    let a = normalize_axis(name, axis, x.rank());
+    let last = x.rank() - 1;
+    if a == last {
+        return rows(x, op);
+    }
+    rows(&x.moveaxis(a as isize, -1), op).moveaxis(-1, a as isize)
+}
+
+/// The row primitive `op` over the last axis of `x`.
+fn rows(x: &Tensor, op: RowOp) -> Tensor {
+    let raw = x.backend().softmax_rows(op, x.raw());
+    Tensor::record(raw, &[x], || RowRule(op))
+}
+
+/// The derivative rules of softmax and log-softmax rows, written from the output `y`.
+struct RowRule(RowOp);
+
+impl Rule for RowRule {
+    fn name(&self) -> String {
+        match self.0 {
+            RowOp::Softmax => "softmax(axis=-1)".into(),
+            RowOp::LogSoftmax => "log_softmax(axis=-1)".into(),
+        }
+    }
+    fn vjp(&self, _inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        let g = match self.0 {
+            // The Jacobian `diag(y) - y y^T` is symmetric: the VJP is the JVP's formula.
+            RowOp::Softmax => softmax_product(out, ct),
+            // `J = I - 1 p^T` with `p = exp(y)`: `g^T J = g - p sum(g)`.
+            RowOp::LogSoftmax => ct - out.exp() * ct.sum(-1, true),
+        };
+        vec![Some(g)]
+    }
+    fn jvp(&self, _inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        let t = tangents[0].as_ref()?;
+        Some(match self.0 {
+            RowOp::Softmax => softmax_product(out, t),
+            // `J t = t - sum(p t)`.
+            RowOp::LogSoftmax => t - (out.exp() * t).sum(-1, true),
+        })
+    }
+}
+
+/// `(diag(y) - y y^T) v = y v - y sum(y v)` along the last axis.
+fn softmax_product(y: &Tensor, v: &Tensor) -> Tensor {
+    let yv = y * v;
+    &yv - y * yv.sum(-1, true)
 }
 
 /// softplus as one primitive, with the derivative of JAX's `logaddexp` rule.

@@ -1,7 +1,8 @@
 //! [`CudaBackend`]: core's `Backend` trait on one GPU. Each method picks the generated kernel
 //! (`nabla-kernels`) for the operation and dtypes, binds its arguments by name, sizes the
 //! launch with `nabla_kernels::launch`, and queues it; results stay on the device until a
-//! value is read. Matmul goes to cuBLAS ([`matmul`]).
+//! value is read. Matmul goes to cuBLAS ([`matmul`]); softmax and log-softmax rows run the
+//! fused row kernel ([`rows`]).
 //!
 //! Errors the kernels find (an index out of range, an integer division by zero) go to a
 //! device error record that [`Backend::to_host`] reads when it synchronises: the first one
@@ -13,11 +14,12 @@ mod elementwise;
 mod index;
 mod matmul;
 mod reduce;
+mod rows;
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, UnaryOp};
+use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp};
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
 use nabla_core::{DType, Device};
@@ -259,6 +261,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
         matmul::matmul(self, a, b)
+    }
+
+    fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
+        rows::softmax_rows(self, op, x)
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

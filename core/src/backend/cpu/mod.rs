@@ -7,6 +7,7 @@ mod index;
 mod matmul;
 pub mod memory;
 mod reduce;
+mod rows;
 // The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
@@ -15,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -170,6 +171,11 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, a: &RawTensor, b: &RawTensor) -> RawTensor {
         narrow(matmul::matmul(&widen(a), &widen(b)), a.dtype())
+    }
+
+    fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
+        // Halves compute in f32 and round once.
+        narrow(rows::softmax_rows(op, &widen(x)), x.dtype())
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

@@ -1,0 +1,159 @@
+//! The fused softmax and log-softmax rows against a plain f64 loop: every float dtype, short
+//! and long rows on both sides of the size where the CPU splits rows across threads, strided
+//! inputs, masked (`-inf`) entries and non-finite rows, and that each call is one primitive in
+//! a traced program. Derivatives are in the fixture matrix (`derivatives.rs`, `jax_reference.rs`).
+
+use nabla_core as nb;
+use nb::{DType, Tensor};
+
+/// Softmax or log-softmax of every row of `x` (`cols` per row), in f64.
+fn reference(x: &[f64], cols: usize, log: bool) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols) {
+        let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let shift = if m.is_finite() || !log { m } else { 0.0 };
+        let s: f64 = row.iter().map(|&v| (v - shift).exp()).sum();
+        out.extend(row.iter().map(|&v| {
+            if log {
+                (v - shift) - s.ln()
+            } else {
+                (v - shift).exp() / s
+            }
+        }));
+    }
+    out
+}
+
+/// Values in `[-4, 4)` from a fixed integer hash (no random state to seed).
+fn inputs(n: usize, seed: u64) -> Vec<f64> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+            (h % 8000) as f64 / 1000.0 - 4.0
+        })
+        .collect()
+}
+
+/// The largest error allowed for a value of magnitude `v` in `dtype`.
+fn tolerance(dtype: DType, v: f64) -> f64 {
+    let eps = match dtype {
+        DType::F64 => 1e-13,
+        DType::F32 => 2e-6,
+        DType::F16 => 2e-3,
+        _ => 1.6e-2,
+    };
+    eps * (1.0 + v.abs())
+}
+
+fn check(name: &str, dtype: DType, got: &Tensor, want: &[f64]) {
+    assert_eq!(got.dtype(), dtype, "{name}: dtype");
+    let got = got.cast(DType::F64).to_vec::<f64>();
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= tolerance(dtype, w);
+        assert!(ok, "{name}: element {i}: got {g}, want {w}");
+    }
+}
+
+#[test]
+fn rows_match_an_f64_loop_in_every_float_dtype_at_every_size() {
+    // Short rows, a tail after the 8 lanes, one column, many rows (split across threads), and
+    // rows longer than a thread's share.
+    let shapes: [&[usize]; 6] = [&[3, 7], &[2, 3, 17], &[64, 1], &[5000, 10], &[2, 40_000], &[4, 0]];
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            let cols = *shape.last().unwrap();
+            let x64 = Tensor::from_vec(inputs(n, n as u64), shape);
+            let x = x64.cast(dtype);
+            // The reference sees the values the dtype holds.
+            let held = x.cast(DType::F64).to_vec::<f64>();
+            for log in [false, true] {
+                let got = if log { x.log_softmax(-1) } else { x.softmax(-1) };
+                let name = format!("{}{shape:?} {dtype}", if log { "log_softmax" } else { "softmax" });
+                check(&name, dtype, &got, &reference(&held, cols.max(1), log));
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_inputs_and_other_axes_give_the_rows_of_a_copy() {
+    let x = Tensor::from_vec(inputs(6 * 5 * 4, 3), &[6, 5, 4]);
+    for log in [false, true] {
+        let f = |t: &Tensor, axis: isize| if log { t.log_softmax(axis) } else { t.softmax(axis) };
+        // A transposed view and a reversed view against their contiguous copies.
+        let t = x.permute(&[2, 0, 1]);
+        let want = f(&(&t + 0.0), -1).to_vec::<f64>();
+        assert_eq!(f(&t, -1).to_vec::<f64>(), want, "permuted view, log {log}");
+        let r = x.flip(2);
+        assert_eq!(f(&r, -1).to_vec::<f64>(), f(&(&r + 0.0), -1).to_vec::<f64>(), "flipped");
+        // Along axis 1: the rows of the tensor with that axis moved last, moved back.
+        let moved = f(&x.moveaxis(1, -1), -1).moveaxis(-1, 1);
+        assert_eq!(f(&x, 1).to_vec::<f64>(), moved.to_vec::<f64>(), "axis 1, log {log}");
+        assert_eq!(f(&x, 1).shape(), &[6, 5, 4]);
+    }
+}
+
+#[test]
+fn masked_entries_get_zero_probability_and_zero_gradient() {
+    let ninf = f64::NEG_INFINITY;
+    let x = Tensor::from_vec(vec![1.0, ninf, 2.0, ninf, 0.5, 0.5, 0.5, 0.5], &[2, 4]);
+    let p = x.softmax(-1).to_vec::<f64>();
+    assert_eq!((p[1], p[3]), (0.0, 0.0));
+    let want = reference(&x.to_vec::<f64>(), 4, false);
+    check("masked softmax", DType::F64, &x.softmax(-1), &want);
+    let lp = x.log_softmax(-1).to_vec::<f64>();
+    assert_eq!((lp[1], lp[3]), (ninf, ninf));
+    // The gradient of a weighted sum is finite, and zero at the masked entries.
+    let w = Tensor::from_vec(vec![0.3, 1.0, -2.0, 0.7, 1.0, 2.0, 3.0, 4.0], &[2, 4]);
+    let g = nb::grad(|x: &Tensor| (x.softmax(-1) * &w).sum(nb::Axes::All, false))(&x).to_vec::<f64>();
+    assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    assert_eq!((g[1], g[3]), (0.0, 0.0));
+}
+
+#[test]
+fn non_finite_rows_give_nan_as_jax_does() {
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    // A row of -inf only (everything masked) and a row with a NaN are NaN throughout, as
+    // jax.nn.softmax gives; other rows are untouched.
+    let x = Tensor::from_vec(vec![f64::NEG_INFINITY, f64::NEG_INFINITY, 1.0, nan, 0.0, 0.0], &[3, 2]);
+    for log in [false, true] {
+        let y = if log { x.log_softmax(-1) } else { x.softmax(-1) }.to_vec::<f64>();
+        assert!(y[..4].iter().all(|v| v.is_nan()), "log {log}: {y:?}");
+        let half = if log { -(2f64.ln()) } else { 0.5 };
+        assert_eq!(&y[4..], &[half, half], "log {log}");
+    }
+    // +inf: log-softmax shifts by 0 as logsumexp does, so the finite entries are -inf.
+    let y = Tensor::from_vec(vec![inf, 1.0], &[2]).log_softmax(0).to_vec::<f64>();
+    assert!(y[0].is_nan() && y[1] == f64::NEG_INFINITY, "{y:?}");
+}
+
+#[test]
+fn each_call_is_one_primitive_in_a_traced_program() {
+    let x = Tensor::from_vec(inputs(12, 5), &[3, 4]);
+    let graph = nb::trace_graph(|xs| vec![xs[0].softmax(-1), xs[0].log_softmax(-1)], &[x]);
+    assert_eq!(graph.matches("softmax(axis=-1)").count(), 2, "{graph}");
+    assert_eq!(
+        graph.lines().filter(|l| l.contains(") : ")).count(),
+        3,
+        "leaf and two ops: {graph}"
+    );
+}
+
+#[test]
+fn rows_under_vmap_and_jit_match_the_eager_rows() {
+    let x = Tensor::from_vec(inputs(4 * 3 * 6, 9), &[4, 3, 6]);
+    let eager = x.log_softmax(-1).to_vec::<f64>();
+    let per_example = nb::vmap(|t: &Tensor| t.log_softmax(-1))(&x);
+    assert_eq!(per_example.to_vec::<f64>(), eager);
+    // Along the example's first axis: the batch axis stays in front of the moved axis.
+    let along0 = nb::vmap(|t: &Tensor| t.softmax(0))(&x);
+    assert_eq!(along0.to_vec::<f64>(), x.softmax(1).to_vec::<f64>());
+    let f = nb::Jit::new(|t: &Tensor| t.softmax(-1));
+    for seed in [1u64, 2, 3] {
+        let y = Tensor::from_vec(inputs(4 * 3 * 6, seed), &[4, 3, 6]);
+        assert_eq!(f.call(&y).to_vec::<f64>(), y.softmax(-1).to_vec::<f64>(), "call {seed}");
+    }
+    assert_eq!((f.cache_info().compiled, f.cache_info().replays), (1, 2));
+}
