@@ -12,8 +12,40 @@ use nabla_kernels::{KernelLayout, KernelSpec, launch::LaunchDims};
 /// A failure of the device or of a library (allocation, launch, copy, compilation, cuBLAS),
 /// with what was being done.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ApiError(pub String);
+#[error("{message}")]
+pub struct ApiError {
+    message: String,
+    out_of_memory: bool,
+}
+
+impl ApiError {
+    /// A failure described by `message`.
+    pub fn new(message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            out_of_memory: false,
+        }
+    }
+
+    /// An allocation the device could not satisfy (`CUDA_ERROR_OUT_OF_MEMORY`): the backend
+    /// releases the memory pool's cached blocks and tries once more before giving up.
+    pub fn out_of_memory(message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            out_of_memory: true,
+        }
+    }
+
+    /// True for [`ApiError::out_of_memory`].
+    pub fn is_out_of_memory(&self) -> bool {
+        self.out_of_memory
+    }
+
+    /// What failed, and what was being done.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
 
 /// One argument of a kernel launch, matching one [`nabla_kernels::Param`] of the entry point.
 pub enum LaunchArg<'a, M> {
@@ -99,4 +131,15 @@ pub trait DeviceApi: Send + Sync + 'static {
     fn gemm(&self, call: &GemmCall<'_, Self::Mem>) -> Result<(), ApiError>;
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<(), ApiError>;
+    /// Waits for queued work, then returns the memory pool's cached free blocks to the device,
+    /// so that an allocation of a size the cache does not hold can be mapped (what PyTorch's
+    /// caching allocator does before it reports out of memory). The default has no cache.
+    fn release_cached(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+    /// `(free, total)` bytes of device memory, for out-of-memory messages (`None` when the
+    /// device cannot say).
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        None
+    }
 }

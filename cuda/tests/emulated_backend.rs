@@ -492,3 +492,49 @@ fn ramps_identities_one_hot_and_jacobians_are_made_on_the_device() {
         );
     }
 }
+
+#[test]
+fn out_of_memory_releases_the_cached_blocks_then_fails_naming_the_request() {
+    if device::real_gpu() || !device::available() {
+        println!(
+            "SKIPPED out_of_memory_releases_the_cached_blocks_then_fails_naming_the_request: runs on the \
+             emulator only (it needs a device of 5 KiB), and needs a C++ compiler for it"
+        );
+        return;
+    }
+    use nb::Backend;
+    use std::sync::atomic::Ordering::SeqCst;
+    // A device of 4 KiB past the error record; its pool never reuses a freed block.
+    let record = 8 * nabla_kernels::ERROR_RECORD_WORDS;
+    let gpu = Arc::new(device::EmulatedGpu::new(Some(record + 4096)));
+    let be = nabla_cuda::CudaBackend::new(gpu.clone()).unwrap();
+    let pool = gpu.pool.clone().unwrap();
+    let fill = |n: usize| be.full(&[n], DType::F32, 1.5, GPU);
+    let (a, b, c) = (fill(256), fill(256), fill(256));
+    drop((a, b));
+    assert_eq!(
+        (pool.live.load(SeqCst), pool.cached.load(SeqCst)),
+        (record + 1024, 2048)
+    );
+    // 2560 bytes fit only once the 2048 cached bytes go back to the device: one release.
+    let d = fill(640);
+    assert_eq!(pool.releases.load(SeqCst), 1);
+    assert_eq!(pool.cached.load(SeqCst), 0);
+    let host = nb::storage::RawTensor::from_cpu(be.to_host(&d), &[640]);
+    let values = Tensor::from_raw(host).to_vec::<f32>();
+    assert!(values.iter().all(|&v| v == 1.5) && values.len() == 640);
+    // 4096 more bytes do not fit at all: a second release, then a message naming the request,
+    // the device's memory and what to do.
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fill(1024))).unwrap_err();
+    let e = message(e);
+    assert_eq!(pool.releases.load(SeqCst), 2);
+    for part in [
+        "out of memory on cuda:0",
+        "4096 B for [1024] f32",
+        "free of",
+        "smaller batch",
+    ] {
+        assert!(e.contains(part), "missing {part:?} in: {e}");
+    }
+    drop((c, d));
+}

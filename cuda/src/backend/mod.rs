@@ -56,6 +56,20 @@ pub(crate) fn kernel_dtype(d: DType) -> KernelDType {
     }
 }
 
+/// `bytes` for messages: `512 B`, `8.0 MiB`, `1.50 GiB`.
+pub(crate) fn human_bytes(bytes: usize) -> String {
+    const MIB: f64 = (1u64 << 20) as f64;
+    const GIB: f64 = (1u64 << 30) as f64;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", b / GIB)
+    } else if b >= MIB {
+        format!("{:.1} MiB", b / MIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 /// A kernel spec that the generator refused, as the panic core's contract expects (the op
 /// layer has already checked dtypes, so this names a gap of the CUDA backend).
 pub(crate) fn spec<S: Into<KernelSpec>>(r: Result<S, nabla_kernels::KernelError>, op: &str) -> KernelSpec {
@@ -101,11 +115,59 @@ impl<A: DeviceApi> CudaBackend<A> {
     /// A new contiguous tensor of `shape` and `dtype` whose memory the caller's kernel writes.
     pub(crate) fn empty(&self, shape: &[usize], dtype: DType) -> RawTensor {
         let n: usize = shape.iter().product();
-        let mem = self
-            .api
-            .alloc((n * dtype.size_in_bytes()).max(1))
-            .unwrap_or_else(|e| panic!("cuda: allocating {shape:?} {dtype} on {}: {e}", self.device));
+        let bytes = (n * dtype.size_in_bytes()).max(1);
+        let mem = self.allocate(bytes, &|| format!("{shape:?} {dtype}"), || self.api.alloc(bytes));
         self.wrap(mem, shape, dtype)
+    }
+
+    /// The memory `attempt` allocates (`bytes`, for `what`). When the device is out of memory,
+    /// the pool's cached blocks are released and the allocation is tried once more; a second
+    /// failure panics with the request, the device's free and total memory, and what to do.
+    pub(crate) fn allocate(
+        &self,
+        bytes: usize,
+        what: &dyn Fn() -> String,
+        attempt: impl Fn() -> Result<A::Mem, crate::api::ApiError>,
+    ) -> A::Mem {
+        let first = match attempt() {
+            Ok(mem) => return mem,
+            Err(e) => e,
+        };
+        if !first.is_out_of_memory() {
+            panic!(
+                "cuda: allocating {} for {} on {}: {first}",
+                human_bytes(bytes),
+                what(),
+                self.device
+            );
+        }
+        if let Err(e) = self.api.release_cached() {
+            panic!("cuda: out of memory on {} and {e}", self.device);
+        }
+        match attempt() {
+            Ok(mem) => mem,
+            Err(e) if e.is_out_of_memory() => {
+                let state = match self.api.memory_info() {
+                    Some((free, total)) => format!("{} free of {}", human_bytes(free), human_bytes(total)),
+                    None => "free memory unknown".to_string(),
+                };
+                panic!(
+                    "cuda: out of memory on {}: {} for {} does not fit ({state}, after returning the \
+                     cached blocks to the device). The tensors still alive hold the rest: use a smaller \
+                     batch, recompute activations with checkpoint (remat), or drop tensors you no \
+                     longer need ({e})",
+                    self.device,
+                    human_bytes(bytes),
+                    what()
+                )
+            }
+            Err(e) => panic!(
+                "cuda: allocating {} for {} on {}: {e}",
+                human_bytes(bytes),
+                what(),
+                self.device
+            ),
+        }
     }
 
     /// A contiguous tensor of `shape` over `mem`.
@@ -321,12 +383,12 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         );
         let dtype = buf.dtype();
         let bytes = buf.to_le_bytes();
+        let what = || format!("a copy of {shape:?} {dtype} from the host");
         let mem = if bytes.is_empty() {
-            self.api.alloc(1)
+            self.allocate(1, &what, || self.api.alloc(1))
         } else {
-            self.api.upload(&bytes)
-        }
-        .unwrap_or_else(|e| panic!("cuda: copying {shape:?} {dtype} to {}: {e}", self.device));
+            self.allocate(bytes.len(), &what, || self.api.upload(&bytes))
+        };
         self.wrap(mem, shape, dtype)
     }
 

@@ -65,10 +65,9 @@ pub(super) fn reduce<A: DeviceApi>(be: &CudaBackend<A>, op: ReduceOp, x: &RawTen
     let partial_spec =
         ReduceSpec::new(reduce_op(op), kd, ReduceStage::Partial).unwrap_or_else(|e| panic!("{name} on cuda: {e}"));
     let acc_bytes = (r.n_out * plan.splits) as usize * partial_spec.acc_type().size_in_bytes();
-    let partial = be
-        .api
-        .alloc(acc_bytes)
-        .unwrap_or_else(|e| panic!("cuda: allocating a reduction workspace of {acc_bytes} bytes: {e}"));
+    let partial = be.allocate(acc_bytes, &|| format!("the workspace of {name}"), || {
+        be.api.alloc(acc_bytes)
+    });
     be.run(&partial_spec.into(), plan.main, |p| {
         Some(match p.name {
             "partial" => LaunchArg::Ptr(&partial, 0),

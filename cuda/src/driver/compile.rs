@@ -171,7 +171,7 @@ impl Compiler {
             match &self.include {
                 Some(dir) => options.push(format!("-I{}", dir.display())),
                 None => {
-                    return Err(ApiError(format!(
+                    return Err(ApiError::new(format!(
                         "compiling {entry}: it needs {:?}, and no CUDA include directory holding them was \
                          found; set NABLA_CUDA_INCLUDE (pip: site-packages/nvidia/cu13/include)",
                         spec.headers()
@@ -179,16 +179,16 @@ impl Compiler {
                 }
             }
         }
-        let src = CString::new(source).map_err(|_| ApiError(format!("{entry}: the source holds a NUL byte")))?;
+        let src = CString::new(source).map_err(|_| ApiError::new(format!("{entry}: the source holds a NUL byte")))?;
         let name = CString::new(format!("{entry}.cu")).expect("entry names hold no NUL");
         let prog = nvrtc::create_program(&src, Some(&name))
-            .map_err(|e| ApiError(format!("nvrtcCreateProgram for {entry}: {e:?}")))?;
+            .map_err(|e| ApiError::new(format!("nvrtcCreateProgram for {entry}: {e:?}")))?;
         // SAFETY: `prog` is a live program from here until it is destroyed below, once.
         let read = || unsafe {
             if let Err(e) = nvrtc::compile_program(prog, &options) {
                 let log =
                     nvrtc::get_program_log(prog).map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned());
-                return Err(ApiError(format!(
+                return Err(ApiError::new(format!(
                     "NVRTC could not compile {entry} for {} ({e:?}); options {options:?}; log:\n{}",
                     self.arch,
                     log.unwrap_or_default()
@@ -197,11 +197,11 @@ impl Compiler {
             let mut size = 0usize;
             nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
                 .result()
-                .map_err(|e| ApiError(format!("nvrtcGetCUBINSize: {e:?}")))?;
+                .map_err(|e| ApiError::new(format!("nvrtcGetCUBINSize: {e:?}")))?;
             let mut bin = vec![0u8; size];
             nvrtc_sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr() as *mut c_char)
                 .result()
-                .map_err(|e| ApiError(format!("nvrtcGetCUBIN: {e:?}")))?;
+                .map_err(|e| ApiError::new(format!("nvrtcGetCUBIN: {e:?}")))?;
             Ok(bin)
         };
         let out = read();

@@ -58,7 +58,14 @@ unsafe impl Send for CudaDevice {}
 unsafe impl Sync for CudaDevice {}
 
 fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> ApiError + '_ {
-    move |e| ApiError(format!("{what}: {e:?}"))
+    move |e| {
+        let message = format!("{what}: {e:?}");
+        if e.0 == cu::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            ApiError::out_of_memory(message)
+        } else {
+            ApiError::new(message)
+        }
+    }
 }
 
 impl CudaDevice {
@@ -73,7 +80,7 @@ impl CudaDevice {
         let comm_stream = ctx
             .new_stream()
             .map_err(driver_err("creating the communication stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| ApiError(format!("starting cuBLAS: {e:?}")))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| ApiError::new(format!("starting cuBLAS: {e:?}")))?;
         let sm_count = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(driver_err("reading the SM count"))? as u32;
@@ -278,6 +285,38 @@ impl DeviceApi for CudaDevice {
         Ok(out)
     }
 
+    fn release_cached(&self) -> Result<(), ApiError> {
+        // Blocks freed in stream order return to the pool only once the frees have run.
+        self.stream
+            .synchronize()
+            .map_err(driver_err("synchronising the stream"))?;
+        self.bind_to_thread()?;
+        // SAFETY: plain driver calls on this context's device; trimming keeps the blocks that
+        // live allocations use.
+        let code = unsafe {
+            let mut dev = 0;
+            let mut pool = std::ptr::null_mut();
+            match cu::cuDeviceGet(&mut dev, self.ctx.ordinal() as i32) {
+                cu::CUresult::CUDA_SUCCESS => match cu::cuDeviceGetDefaultMemPool(&mut pool, dev) {
+                    cu::CUresult::CUDA_SUCCESS => cu::cuMemPoolTrimTo(pool, 0),
+                    other => other,
+                },
+                other => other,
+            }
+        };
+        match code {
+            cu::CUresult::CUDA_SUCCESS => Ok(()),
+            other => Err(ApiError::new(format!(
+                "releasing the memory pool's cached blocks: {other:?}"
+            ))),
+        }
+    }
+
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        self.bind_to_thread().ok()?;
+        cudarc::driver::result::mem_get_info().ok()
+    }
+
     fn zero(&self, mem: &CudaSlice<u8>) -> Result<(), ApiError> {
         self.bind_to_thread()?;
         let p = self.ptr(mem, 0);
@@ -335,7 +374,7 @@ impl DeviceApi for CudaDevice {
             DType::F64 => (T::CUDA_R_64F, Compute::CUBLAS_COMPUTE_64F),
             DType::F16 => (T::CUDA_R_16F, Compute::CUBLAS_COMPUTE_32F),
             DType::BF16 => (T::CUDA_R_16BF, Compute::CUBLAS_COMPUTE_32F),
-            other => return Err(ApiError(format!("cuBLAS has no {other} GEMM"))),
+            other => return Err(ApiError::new(format!("cuBLAS has no {other} GEMM"))),
         };
         let op = |t: bool| {
             if t {
@@ -385,7 +424,7 @@ impl DeviceApi for CudaDevice {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| ApiError(format!("cublasGemmStridedBatchedEx: {e:?}")))
+        .map_err(|e| ApiError::new(format!("cublasGemmStridedBatchedEx: {e:?}")))
     }
 
     fn synchronize(&self) -> Result<(), ApiError> {

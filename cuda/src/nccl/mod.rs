@@ -61,7 +61,7 @@ impl NcclLibrary {
                 }
             }
         }
-        Err(ApiError(text))
+        Err(ApiError::new(text))
     }
 }
 
@@ -136,7 +136,9 @@ impl NcclComm {
         world: usize,
     ) -> Result<NcclComm, ApiError> {
         if rank >= world {
-            return Err(ApiError(format!("NCCL: rank {rank} is outside a world of {world}")));
+            return Err(ApiError::new(format!(
+                "NCCL: rank {rank} is outside a world of {world}"
+            )));
         }
         device.bind_to_thread()?;
         let mut comm: RawComm = std::ptr::null_mut();
@@ -194,7 +196,7 @@ impl NcclComm {
     /// as [`NcclComm::all_reduce_sum`]); joined, so `t` may be read at once.
     pub fn broadcast(&self, t: &Tensor, root: usize) -> Result<(), ApiError> {
         if root >= self.world {
-            return Err(ApiError(format!(
+            return Err(ApiError::new(format!(
                 "NCCL broadcast: root {root} is outside a world of {}",
                 self.world
             )));
@@ -257,7 +259,7 @@ impl NcclComm {
     /// An error once [`NcclComm::abort`] has run.
     fn usable(&self) -> Result<(), ApiError> {
         if self.aborted.load(Ordering::SeqCst) {
-            return Err(ApiError(format!(
+            return Err(ApiError::new(format!(
                 "NCCL: the communicator of rank {} of {} was aborted",
                 self.rank, self.world
             )));
@@ -310,7 +312,7 @@ impl NcclComm {
     /// can be reduced in place.
     fn operand(&self, t: &Tensor, op: &str) -> Result<(u64, usize, c_int, Arc<dyn DeviceBuffer>), ApiError> {
         let refuse = |why: String| {
-            Err(ApiError(format!(
+            Err(ApiError::new(format!(
                 "{op}: a {:?} {} tensor on {} {why}",
                 t.shape(),
                 t.dtype(),
@@ -364,10 +366,10 @@ impl NcclMark {
         self.event
             .context()
             .bind_to_thread()
-            .map_err(|e| ApiError(format!("making the CUDA context current: {e:?}")))?;
+            .map_err(|e| ApiError::new(format!("making the CUDA context current: {e:?}")))?;
         self.event
             .try_is_complete()
-            .map_err(|e| ApiError(format!("waiting for queued device work: {e:?}")))
+            .map_err(|e| ApiError::new(format!("waiting for queued device work: {e:?}")))
     }
 }
 

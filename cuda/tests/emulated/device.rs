@@ -3,6 +3,8 @@
 //! a plain loop with cuBLAS's column-major semantics. With it, everything the CUDA backend
 //! decides runs here, without a GPU.
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use nabla_core::{DType, Device};
@@ -14,13 +16,71 @@ use nabla_kernels::{ArgType, KernelSpec};
 #[allow(dead_code)]
 mod harness;
 
-/// Emulated device memory.
+/// Emulated device memory (its block goes back to the pool, if the device has one, when
+/// dropped).
 #[derive(Debug)]
-pub struct HostMem(Mutex<Vec<u8>>);
+pub struct HostMem(Mutex<Vec<u8>>, Option<Arc<Pool>>);
 
 impl HostMem {
     fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for HostMem {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.1 {
+            let n = self.bytes().len();
+            pool.live.fetch_sub(n, SeqCst);
+            pool.cached.fetch_add(n, SeqCst);
+        }
+    }
+}
+
+/// A device memory of `capacity` bytes with a caching pool that never reuses a block: freed
+/// blocks stay cached (counted against the capacity) until `release_cached`, so an allocation
+/// that fits only once the cache is returned exercises the backend's retry.
+#[derive(Debug, Default)]
+pub struct Pool {
+    /// Bytes the device has.
+    pub capacity: usize,
+    /// Bytes of live allocations.
+    pub live: AtomicUsize,
+    /// Bytes freed and kept by the pool.
+    pub cached: AtomicUsize,
+    /// Calls of `release_cached`.
+    pub releases: AtomicUsize,
+}
+
+impl EmulatedGpu {
+    /// A new emulated GPU, with a memory of `capacity` bytes when given (else unbounded).
+    pub fn new(capacity: Option<usize>) -> EmulatedGpu {
+        EmulatedGpu {
+            launches: Mutex::new(Vec::new()),
+            downloads: AtomicUsize::new(0),
+            pool: capacity.map(|capacity| {
+                Arc::new(Pool {
+                    capacity,
+                    ..Pool::default()
+                })
+            }),
+        }
+    }
+
+    /// `bytes` as emulated memory, within the pool's capacity when there is one.
+    fn take(&self, bytes: Vec<u8>) -> Result<HostMem, ApiError> {
+        let Some(pool) = &self.pool else {
+            return Ok(HostMem(Mutex::new(bytes), None));
+        };
+        let used = pool.live.load(SeqCst) + pool.cached.load(SeqCst);
+        if used + bytes.len() > pool.capacity {
+            return Err(ApiError::out_of_memory(format!(
+                "allocating {} bytes: emulated CUDA_ERROR_OUT_OF_MEMORY",
+                bytes.len()
+            )));
+        }
+        pool.live.fetch_add(bytes.len(), SeqCst);
+        Ok(HostMem(Mutex::new(bytes), Some(pool.clone())))
     }
 }
 
@@ -30,7 +90,9 @@ pub struct EmulatedGpu {
     /// Launches made, for tests that count them.
     pub launches: Mutex<Vec<String>>,
     /// Reads from the device (each a synchronisation on a real GPU).
-    pub downloads: std::sync::atomic::AtomicUsize,
+    pub downloads: AtomicUsize,
+    /// The memory's capacity and cache, when it is bounded.
+    pub pool: Option<Arc<Pool>>,
 }
 
 impl DeviceApi for EmulatedGpu {
@@ -46,15 +108,15 @@ impl DeviceApi for EmulatedGpu {
 
     fn alloc(&self, bytes: usize) -> Result<HostMem, ApiError> {
         // Not zero: a kernel that forgets to write its output shows up.
-        Ok(HostMem(Mutex::new(vec![0xA5; bytes])))
+        self.take(vec![0xA5; bytes])
     }
 
     fn alloc_zeroed(&self, bytes: usize) -> Result<HostMem, ApiError> {
-        Ok(HostMem(Mutex::new(vec![0; bytes])))
+        self.take(vec![0; bytes])
     }
 
     fn upload(&self, bytes: &[u8]) -> Result<HostMem, ApiError> {
-        Ok(HostMem(Mutex::new(bytes.to_vec())))
+        self.take(bytes.to_vec())
     }
 
     fn download(&self, mem: &HostMem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
@@ -127,6 +189,20 @@ impl DeviceApi for EmulatedGpu {
     fn synchronize(&self) -> Result<(), ApiError> {
         Ok(())
     }
+
+    fn release_cached(&self) -> Result<(), ApiError> {
+        if let Some(pool) = &self.pool {
+            pool.cached.store(0, SeqCst);
+            pool.releases.fetch_add(1, SeqCst);
+        }
+        Ok(())
+    }
+
+    fn memory_info(&self) -> Option<(usize, usize)> {
+        let pool = self.pool.as_ref()?;
+        let used = pool.live.load(SeqCst) + pool.cached.load(SeqCst);
+        Some((pool.capacity.saturating_sub(used), pool.capacity))
+    }
 }
 
 fn decode(d: DType, bytes: &[u8]) -> Vec<f64> {
@@ -185,10 +261,7 @@ pub fn emulated_backend() -> Arc<CudaBackend<EmulatedGpu>> {
     );
     static BE: OnceLock<Arc<CudaBackend<EmulatedGpu>>> = OnceLock::new();
     BE.get_or_init(|| {
-        let gpu = Arc::new(EmulatedGpu {
-            launches: Mutex::new(Vec::new()),
-            downloads: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let gpu = Arc::new(EmulatedGpu::new(None));
         let be = Arc::new(CudaBackend::new(gpu).unwrap());
         nabla_core::register_backend(Device::Cuda(0), be.clone());
         be
