@@ -35,8 +35,8 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
     let mut keep: Option<Tensor> = mask.cloned();
     if causal {
-        let tri: Vec<bool> = (0..lq * lk).map(|i| i % lk <= i / lk).collect();
-        let tri = Tensor::from_vec(tri, &[lq, lk]).on(q.device());
+        // Key j is kept for query i when j <= i.
+        let tri = Tensor::diagonal_offsets(lq, lk, q.device()).le_scalar(0.0);
         keep = Some(match keep {
             Some(m) => m.logical_and(&tri),
             None => tri,
@@ -73,9 +73,11 @@ impl Tensor {
 /// Running sums along the last axis of `x`, in blocks of `block`.
 fn cumsum_last(x: &Tensor, block: usize) -> Tensor {
     let n = *x.shape().last().expect("rank >= 1");
+    // Ones where row <= column: x @ ones_upper sums every prefix.
     let ones_upper = |n: usize| {
-        let upper: Vec<f64> = (0..n * n).map(|i| if i / n <= i % n { 1.0 } else { 0.0 }).collect();
-        Tensor::from_vec(upper, &[n, n]).cast(x.dtype()).on(x.device())
+        Tensor::diagonal_offsets(n, n, x.device())
+            .ge_scalar(0.0)
+            .cast(x.dtype())
     };
     if n <= block {
         return x.matmul(&ones_upper(n));

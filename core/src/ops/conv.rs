@@ -178,7 +178,7 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, options: Conv2dOptions, output_p
         );
     };
     // conv2d is linear in its input: the point the derivative is taken at does not matter.
-    let input = Tensor::zeros(&[n, og * g, oh, ow], w.dtype()).on(x.device());
+    let input = Tensor::full_on(&[n, og * g, oh, ow], 0.0, w.dtype(), x.device());
     let (_, pullback) = crate::transforms::api::vjp(|inp: &Tensor| conv2d(inp, w, options), &input);
     pullback(x)
 }

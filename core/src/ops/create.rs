@@ -85,6 +85,15 @@ impl Tensor {
         let c = Tensor::arange_on(first as f64, (first + cols) as f64, 1.0, DType::I64, device);
         r.reshape([rows, 1]).eq(&c.reshape([1, cols])).cast(dtype)
     }
+
+    /// `column - row` for every element of a `[rows, cols]` matrix (i64), made from two ramps
+    /// on `device`: the diagonal offsets that triangle and band masks compare with (no host
+    /// matrix is built and copied over).
+    pub(crate) fn diagonal_offsets(rows: usize, cols: usize, device: Device) -> Tensor {
+        let r = Tensor::arange_on(0.0, rows as f64, 1.0, DType::I64, device);
+        let c = Tensor::arange_on(0.0, cols as f64, 1.0, DType::I64, device);
+        c.reshape([1, cols]) - r.reshape([rows, 1])
+    }
 }
 
 /// Nested Rust literals that become tensors: scalars, arrays, nested arrays and vectors.

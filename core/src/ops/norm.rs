@@ -52,16 +52,18 @@ impl Tensor {
     /// The upper triangle of the last two axes: elements with `column - row >= k` kept, the
     /// others zero (`k = 0`: the diagonal and above; `k = 1`: strictly above).
     pub fn triu(&self, k: i64) -> Tensor {
-        self.triangle("triu", |row, col| col - row >= k)
+        self.triangle("triu", |offsets| offsets.ge_scalar(k as f64))
     }
 
     /// The lower triangle of the last two axes: elements with `column - row <= k` kept, the
     /// others zero (`k = 0`: the diagonal and below; `k = -1`: strictly below).
     pub fn tril(&self, k: i64) -> Tensor {
-        self.triangle("tril", |row, col| col - row <= k)
+        self.triangle("tril", |offsets| offsets.le_scalar(k as f64))
     }
 
-    fn triangle(&self, op: &str, keep: impl Fn(i64, i64) -> bool) -> Tensor {
+    /// The elements where `keep(column - row)` (a bool mask made on this tensor's device),
+    /// the others zero.
+    fn triangle(&self, op: &str, keep: impl Fn(&Tensor) -> Tensor) -> Tensor {
         let rank = self.rank();
         if rank < 2 {
             panic!(
@@ -70,8 +72,7 @@ impl Tensor {
             );
         }
         let (m, n) = (self.shape()[rank - 2], self.shape()[rank - 1]);
-        let mask: Vec<bool> = (0..m * n).map(|i| keep((i / n) as i64, (i % n) as i64)).collect();
-        let mask = Tensor::from_vec(mask, &[m, n]).on(self.device());
+        let mask = keep(&Tensor::diagonal_offsets(m, n, self.device()));
         mask.where_(self, &self.scalar_like(0.0))
     }
 }

@@ -212,7 +212,7 @@ fn jacobians(
                     None => {
                         let mut shape = out_shapes[j].clone();
                         shape.extend_from_slice(args[i].shape());
-                        Tensor::zeros(&shape, crate::DType::F32).on(args[i].device())
+                        Tensor::full_on(&shape, 0.0, crate::DType::F32, args[i].device())
                     }
                 })
                 .collect()
