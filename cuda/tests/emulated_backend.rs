@@ -538,3 +538,39 @@ fn out_of_memory_releases_the_cached_blocks_then_fails_naming_the_request() {
     }
     drop((c, d));
 }
+
+#[test]
+fn scalar_operands_are_filled_on_the_device_once() {
+    if device::real_gpu() || !device::available() {
+        println!(
+            "SKIPPED scalar_operands_are_filled_on_the_device_once: counts the emulator's launches \
+             (and needs a C++ compiler for it)"
+        );
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let fills = || {
+        let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
+        launched.iter().filter(|n| n.starts_with("nb_fill_")).count()
+    };
+    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).to_device(GPU).unwrap();
+    // A value no other test uses, so the first use fills it.
+    let before = fills();
+    let a = &x * 0.123_456_7;
+    let b = (&x + 0.123_456_7) * 0.123_456_7;
+    assert_eq!(fills() - before, 1, "one fill for one (dtype, value)");
+    let c = x.cast(DType::F64) * 0.123_456_7;
+    assert_eq!(fills() - before, 2, "another dtype is another constant");
+    // One-element shapes share the constant too, and every result is right.
+    let one = Tensor::full_on(&[1, 1], 0.123_456_7, DType::F32, GPU);
+    assert_eq!(fills() - before, 2);
+    assert_eq!(one.shape(), &[1, 1]);
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec::<f64>();
+    let k = 0.123_456_7f32 as f64;
+    for (got, want) in cpu(&a).iter().zip([k, 2.0 * k, 3.0 * k]) {
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+    assert!((cpu(&b)[0] - (1.0 + k) * k).abs() < 1e-6);
+    assert!((cpu(&c)[2] - 3.0 * 0.123_456_7).abs() < 1e-12);
+    assert_eq!(cpu(&one), vec![k]);
+}

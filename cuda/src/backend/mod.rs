@@ -17,6 +17,7 @@ mod reduce;
 mod rows;
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp};
@@ -42,7 +43,15 @@ pub struct CudaBackend<A: DeviceApi> {
     /// The messages of the index-check sites, by site number minus one (a site is one
     /// message: an op, an axis and a shape), so that a device report names the op.
     sites: Mutex<Vec<String>>,
+    /// One-element constants already on the device, by dtype and value bits: `x * 0.5` makes a
+    /// scalar operand, and tensors are immutable, so one device copy serves every use (a fill
+    /// launch and an allocation saved each time).
+    scalars: Mutex<HashMap<(DType, u64), RawTensor>>,
 }
+
+/// The most scalars [`CudaBackend`] keeps (the cache starts over when full: learning-rate
+/// schedules make a new value every step).
+const MAX_CACHED_SCALARS: usize = 512;
 
 /// The kernel dtype of a core dtype.
 pub(crate) fn kernel_dtype(d: DType) -> KernelDType {
@@ -88,6 +97,7 @@ impl<A: DeviceApi> CudaBackend<A> {
             err,
             err_lock: Mutex::new(()),
             sites: Mutex::new(Vec::new()),
+            scalars: Mutex::new(HashMap::new()),
         })
     }
 
@@ -359,7 +369,24 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
             "internal error: full on {device} asked of the backend of {}",
             self.device
         );
-        elementwise::fill(self, shape, dtype, value)
+        if shape.iter().product::<usize>() != 1 {
+            return elementwise::fill(self, shape, dtype, value);
+        }
+        let key = (dtype, value.to_bits());
+        let mut cache = self.scalars.lock().unwrap_or_else(|e| e.into_inner());
+        let scalar = match cache.get(&key) {
+            Some(t) => t.clone(),
+            None => {
+                if cache.len() >= MAX_CACHED_SCALARS {
+                    cache.clear();
+                }
+                let t = elementwise::fill(self, &[], dtype, value);
+                cache.insert(key, t.clone());
+                t
+            }
+        };
+        RawTensor::new(scalar.storage().clone(), Layout::contiguous(shape))
+            .expect("one element fits a one-element buffer")
     }
 
     fn arange(&self, n: usize, start: f64, step: f64, dtype: DType, device: Device) -> RawTensor {
