@@ -21,7 +21,7 @@ pub mod trace;
 pub mod transforms;
 pub mod tree;
 
-pub use backend::{Backend, register_backend, synchronize};
+pub use backend::{AdamStep, Backend, register_backend, synchronize};
 pub use device::Device;
 pub use dtype::{DType, Element, bf16, f16};
 pub use error::{Error, Result};
@@ -33,6 +33,7 @@ pub use ops::conv::{Conv2dOptions, avg_pool2d, conv_transpose2d, conv2d, max_poo
 pub use ops::create::{TensorLiteral, tensor, tensor_of};
 pub use ops::index::one_hot;
 pub use ops::nn::{cross_entropy, mse};
+pub use ops::optim::adam_update;
 pub use ops::shape::{Sl, concatenate, stack};
 pub use random::Rng;
 pub use tensor::Tensor;

@@ -574,3 +574,64 @@ fn scalar_operands_are_filled_on_the_device_once() {
     assert!((cpu(&c)[2] - 3.0 * 0.123_456_7).abs() < 1e-12);
     assert_eq!(cpu(&one), vec![k]);
 }
+
+#[test]
+fn the_adam_update_on_the_device_matches_the_cpu() {
+    if !device::available() {
+        println!("SKIPPED the_adam_update_on_the_device_matches_the_cpu: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        for (weight_decay, decoupled) in [(0.0, false), (0.1, false), (0.1, true)] {
+            let s = nb::AdamStep {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.99,
+                eps: 1e-8,
+                weight_decay,
+                bias1: 1.0 - 0.9f64.powi(2),
+                bias2: 1.0 - 0.99f64.powi(2),
+                decoupled,
+            };
+            let n = 37;
+            let t = |k: usize| {
+                let v: Vec<f64> = (0..n).map(|i| ((i * 7 + k * 13) % 23) as f64 / 11.0 - 1.0).collect();
+                Tensor::from_vec(v, &[n]).cast(dtype)
+            };
+            // A strided gradient (every other element of a longer tensor).
+            let long =
+                Tensor::from_vec((0..2 * n).map(|i| (i % 9) as f64 - 4.0).collect::<Vec<_>>(), &[2 * n]).cast(dtype);
+            let (p, g, m, v) = (t(0), long.slice_axis(0, None, None, 2), t(2), t(3).abs());
+            let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &s);
+            let on = on_gpu(&[p, g, m, v]);
+            let launched =
+                || (!device::real_gpu()).then(|| device::emulated_backend().api().launches.lock().unwrap().clone());
+            let before = launched();
+            let (gq, gm, gv) = nb::adam_update(&on[0], &on[1], &on[2], &on[3], &s);
+            let name = format!("adam_update {dtype} wd {weight_decay} decoupled {decoupled}");
+            if let (Some(before), Some(after)) = (before, launched()) {
+                // The concatenation copies each of param, m and v (a launch per part), then one
+                // update: four launches where the composed update took a dozen.
+                let kinds: Vec<&str> = after[before.len()..]
+                    .iter()
+                    .map(|k| k.split('_').nth(1).unwrap())
+                    .collect();
+                assert_eq!(
+                    kinds,
+                    ["concat", "concat", "concat", "adam"],
+                    "{name}: {:?}",
+                    &after[before.len()..]
+                );
+            }
+            let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec::<f64>();
+            let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-6 };
+            for (got, want) in [(&gq, &q), (&gm, &m1), (&gv, &v1)] {
+                assert_eq!(got.device(), GPU, "{name}");
+                for (a, b) in cpu(got).iter().zip(want.to_vec::<f64>()) {
+                    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{name}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

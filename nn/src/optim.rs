@@ -1,7 +1,7 @@
 //! Optimizers over any pytree: SGD (momentum, Nesterov, weight decay) and Adam / AdamW. The
 //! optimizer state is a pytree too (`Tree`), so it can be flattened into a checkpoint.
 
-use nabla_core::{Tensor, Tree};
+use nabla_core::{AdamStep, Tensor, Tree};
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay
 /// (PyTorch's conventions: `v = mu v + g`, step along `v` or `g + mu v`).
@@ -152,24 +152,22 @@ impl Optimizer {
                 let (ml, vl) = (m.leaves(), v.leaves());
                 zip3(&p, &g, &ml, "adam");
                 let t = count + 1;
-                let c1 = 1.0 - a.beta1.powi(t as i32);
-                let c2 = 1.0 - a.beta2.powi(t as i32);
+                let step = AdamStep {
+                    lr,
+                    beta1: a.beta1,
+                    beta2: a.beta2,
+                    eps: a.eps,
+                    weight_decay: a.weight_decay,
+                    bias1: 1.0 - a.beta1.powi(t as i32),
+                    bias2: 1.0 - a.beta2.powi(t as i32),
+                    decoupled: a.decoupled_weight_decay,
+                };
                 let mut new_p = Vec::with_capacity(p.len());
                 let mut new_m = Vec::with_capacity(p.len());
                 let mut new_v = Vec::with_capacity(p.len());
                 for i in 0..p.len() {
-                    let g = if a.weight_decay != 0.0 && !a.decoupled_weight_decay {
-                        &g[i] + &p[i] * a.weight_decay
-                    } else {
-                        g[i].clone()
-                    };
-                    let m1 = &ml[i] * a.beta1 + &g * (1.0 - a.beta1);
-                    let v1 = &vl[i] * a.beta2 + g.square() * (1.0 - a.beta2);
-                    let step = (&m1 / c1) / ((&v1 / c2).sqrt() + a.eps) * lr;
-                    let mut q = &p[i] - step;
-                    if a.decoupled_weight_decay && a.weight_decay != 0.0 {
-                        q = q - &p[i] * (lr * a.weight_decay);
-                    }
+                    // One fused kernel per parameter (the same formula in ops when traced).
+                    let (q, m1, v1) = nabla_core::adam_update(&p[i], &g[i], &ml[i], &vl[i], &step);
                     new_p.push(q);
                     new_m.push(m1);
                     new_v.push(v1);

@@ -126,6 +126,28 @@ pub enum RowOp {
     LogSoftmax,
 }
 
+/// The scalars of one Adam (or AdamW) update, as [`Backend::adam_update`] takes them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to the square root of the second moment.
+    pub eps: f64,
+    /// Weight decay (0 for none).
+    pub weight_decay: f64,
+    /// Bias correction of the first moment, `1 - beta1^t`.
+    pub bias1: f64,
+    /// Bias correction of the second moment, `1 - beta2^t`.
+    pub bias2: f64,
+    /// AdamW: decay the weights directly (`p - lr wd p`) instead of adding `wd p` to the
+    /// gradient.
+    pub decoupled: bool,
+}
+
 /// An index check: the accepted range of some indices, and the message for one outside it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IndexCheck {
@@ -179,6 +201,20 @@ pub trait Backend: Send + Sync {
     /// as `logsumexp` does), accumulated in f32 for halves and f64 for f64. Same shape and
     /// dtype out, contiguous.
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor;
+    /// One Adam update of a parameter, all four operands of one shape and float dtype:
+    /// `g' = g + wd p` (unless decoupled), `m' = b1 m + (1 - b1) g'`,
+    /// `v' = b2 v + (1 - b2) g'^2`, `p' = p - lr (m' / bias1) / (sqrt(v' / bias2) + eps)`, then
+    /// `p' -= lr wd p` when decoupled; each scalar is formed in f64 and rounded once, and each
+    /// operation is rounded in the compute type (f32 for halves) in that order. Returns
+    /// `[3, ..shape]`: `p'`, `m'` and `v'` stacked, contiguous.
+    fn adam_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        m: &RawTensor,
+        v: &RawTensor,
+        step: &AdamStep,
+    ) -> RawTensor;
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use super::tape::{Call, HostFn, Ref, Step, Tape};
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -242,6 +242,17 @@ impl Backend for RecordingBackend {
     }
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
         self.log(Call::Rows(op), &[x], self.inner.softmax_rows(op, x))
+    }
+    fn adam_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        m: &RawTensor,
+        v: &RawTensor,
+        step: &AdamStep,
+    ) -> RawTensor {
+        let out = self.inner.adam_update(param, grad, m, v, step);
+        self.log(Call::Adam(*step), &[param, grad, m, v], out)
     }
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
         self.log(Call::Cast(dtype), &[x], self.inner.cast(x, dtype))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::storage::{RawTensor, Storage};
@@ -37,6 +37,7 @@ pub(crate) enum Call {
     ArgReduce(ArgOp, usize),
     Matmul,
     Rows(RowOp),
+    Adam(AdamStep),
     Cast(DType),
     Contiguous,
     Gather,
@@ -63,6 +64,7 @@ impl Call {
             Call::ArgReduce(op, axis) => backend.arg_reduce(*op, &args[0], *axis),
             Call::Matmul => backend.matmul(&args[0], &args[1]),
             Call::Rows(op) => backend.softmax_rows(*op, &args[0]),
+            Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], step),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),

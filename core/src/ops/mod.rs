@@ -13,6 +13,7 @@ pub mod index;
 pub mod linalg;
 pub mod nn;
 pub mod norm;
+pub mod optim;
 pub mod overload;
 pub mod reduce;
 pub mod reduce_all;

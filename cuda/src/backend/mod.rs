@@ -2,7 +2,7 @@
 //! (`nabla-kernels`) for the operation and dtypes, binds its arguments by name, sizes the
 //! launch with `nabla_kernels::launch`, and queues it; results stay on the device until a
 //! value is read. Matmul goes to cuBLAS ([`matmul`]); softmax and log-softmax rows run the
-//! fused row kernel ([`rows`]).
+//! fused row kernel ([`rows`]), and the Adam update the fused Adam kernel ([`adam`]).
 //!
 //! Errors the kernels find (an index out of range, an integer division by zero) go to a
 //! device error record that [`Backend::to_host`] reads when it synchronises: the first one
@@ -10,6 +10,7 @@
 //! Index checks run on the device too ([`Backend::check_indices`]): the message of each check
 //! site is kept on the host, and the kernel reports the site's number with the index.
 
+mod adam;
 mod elementwise;
 mod index;
 mod matmul;
@@ -20,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use nabla_core::backend::{ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp};
+use nabla_core::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp};
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
 use nabla_core::{DType, Device};
@@ -337,6 +338,17 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
         rows::softmax_rows(self, op, x)
+    }
+
+    fn adam_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        m: &RawTensor,
+        v: &RawTensor,
+        step: &AdamStep,
+    ) -> RawTensor {
+        adam::adam_update(self, param, grad, m, v, step)
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

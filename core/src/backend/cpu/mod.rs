@@ -1,6 +1,7 @@
 //! The built-in CPU backend: ndarray views over shared host buffers, our AVX-512 sgemm (or the
 //! gemm crate) for matmul, rayon for large elementwise and reduction kernels.
 
+mod adam;
 mod elementwise;
 mod fast_math;
 mod index;
@@ -16,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -176,6 +177,19 @@ impl Backend for CpuBackend {
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
         // Halves compute in f32 and round once.
         narrow(rows::softmax_rows(op, &widen(x)), x.dtype())
+    }
+
+    fn adam_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        m: &RawTensor,
+        v: &RawTensor,
+        step: &AdamStep,
+    ) -> RawTensor {
+        // Halves compute in f32 and round once.
+        let out = adam::adam_update(&widen(param), &widen(grad), &widen(m), &widen(v), step);
+        narrow(out, param.dtype())
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

@@ -1,0 +1,146 @@
+//! The Adam update of one parameter in a single pass: the composition of elementwise ops it
+//! replaces read and wrote the parameter's size a dozen times. Each operation is rounded in the
+//! element type in the composition's order, so the results are the composition's bit for bit.
+
+use std::ops::{Add, Div, Mul, Sub};
+
+use rayon::prelude::*;
+
+use super::{HALVES_WIDENED, PARALLEL_MIN, host, wrap};
+use crate::backend::AdamStep;
+use crate::storage::{CpuBuffer, RawTensor};
+
+/// The arithmetic of an update, for f32 and f64.
+trait AdamFloat:
+    Copy + Send + Sync + 'static + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+{
+    fn of(v: f64) -> Self;
+    fn sqrt(self) -> Self;
+}
+
+impl AdamFloat for f32 {
+    fn of(v: f64) -> f32 {
+        v as f32
+    }
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+}
+
+impl AdamFloat for f64 {
+    fn of(v: f64) -> f64 {
+        v
+    }
+    fn sqrt(self) -> f64 {
+        f64::sqrt(self)
+    }
+}
+
+/// The step's scalars in the element type, each formed in f64 and rounded once.
+struct Scalars<T> {
+    lr: T,
+    b1: T,
+    b2: T,
+    one_minus_b1: T,
+    one_minus_b2: T,
+    eps: T,
+    wd: T,
+    lr_wd: T,
+    c1: T,
+    c2: T,
+    coupled: bool,
+    decoupled: bool,
+}
+
+impl<T: AdamFloat> Scalars<T> {
+    fn new(s: &AdamStep) -> Scalars<T> {
+        Scalars {
+            lr: T::of(s.lr),
+            b1: T::of(s.beta1),
+            b2: T::of(s.beta2),
+            one_minus_b1: T::of(1.0 - s.beta1),
+            one_minus_b2: T::of(1.0 - s.beta2),
+            eps: T::of(s.eps),
+            wd: T::of(s.weight_decay),
+            lr_wd: T::of(s.lr * s.weight_decay),
+            c1: T::of(s.bias1),
+            c2: T::of(s.bias2),
+            coupled: s.weight_decay != 0.0 && !s.decoupled,
+            decoupled: s.weight_decay != 0.0 && s.decoupled,
+        }
+    }
+
+    /// `(p', m', v')` of one element.
+    #[inline(always)]
+    fn update(&self, p: T, g: T, m: T, v: T) -> (T, T, T) {
+        let g = if self.coupled { g + p * self.wd } else { g };
+        let m1 = m * self.b1 + g * self.one_minus_b1;
+        let v1 = v * self.b2 + (g * g) * self.one_minus_b2;
+        let step = (m1 / self.c1) / ((v1 / self.c2).sqrt() + self.eps) * self.lr;
+        let mut q = p - step;
+        if self.decoupled {
+            q = q - p * self.lr_wd;
+        }
+        (q, m1, v1)
+    }
+}
+
+/// Elements per task when the update is split across threads.
+const CHUNK: usize = 1 << 14;
+
+/// `[p', m', v']` of contiguous operands of `n` elements.
+fn update_all<T: AdamFloat + Default>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
+    let n = p.len();
+    let s = Scalars::<T>::new(step);
+    let mut out = vec![T::default(); 3 * n];
+    let (po, rest) = out.split_at_mut(n);
+    let (mo, vo) = rest.split_at_mut(n);
+    let run = |base: usize, po: &mut [T], mo: &mut [T], vo: &mut [T]| {
+        for j in 0..po.len() {
+            let i = base + j;
+            (po[j], mo[j], vo[j]) = s.update(p[i], g[i], m[i], v[i]);
+        }
+    };
+    if n >= PARALLEL_MIN {
+        po.par_chunks_mut(CHUNK)
+            .zip(mo.par_chunks_mut(CHUNK))
+            .zip(vo.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, ((pc, mc), vc))| run(k * CHUNK, pc, mc, vc));
+    } else {
+        run(0, po, mo, vo);
+    }
+    out
+}
+
+/// The `n` elements of the contiguous `x` in its buffer `data`.
+fn part<'a, T>(data: &'a [T], x: &RawTensor, n: usize) -> &'a [T] {
+    &data[x.layout.offset..x.layout.offset + n]
+}
+
+/// The update of `param` (f32 or f64; halves arrive widened), as `[3, ..shape]`.
+pub(super) fn adam_update(
+    param: &RawTensor,
+    grad: &RawTensor,
+    m: &RawTensor,
+    v: &RawTensor,
+    step: &AdamStep,
+) -> RawTensor {
+    let dense = |x: &RawTensor| super::elementwise::contiguous(x);
+    let (p, g, m, v) = (dense(param), dense(grad), dense(m), dense(v));
+    let mut shape = vec![3];
+    shape.extend_from_slice(&param.layout.shape);
+    let n = param.layout.numel();
+    match (host(&p), host(&g), host(&m), host(&v)) {
+        (CpuBuffer::F32(pd), CpuBuffer::F32(gd), CpuBuffer::F32(md), CpuBuffer::F32(vd)) => {
+            let out = update_all(part(pd, &p, n), part(gd, &g, n), part(md, &m, n), part(vd, &v, n), step);
+            wrap(out, &shape)
+        }
+        (CpuBuffer::F64(pd), CpuBuffer::F64(gd), CpuBuffer::F64(md), CpuBuffer::F64(vd)) => {
+            let out = update_all(part(pd, &p, n), part(gd, &g, n), part(md, &m, n), part(vd, &v, n), step);
+            wrap(out, &shape)
+        }
+        (CpuBuffer::F16(_) | CpuBuffer::BF16(_), ..) => unreachable!("{HALVES_WIDENED}"),
+        _ => unreachable!("adam_update: the op layer passes four tensors of one float dtype"),
+    }
+}
