@@ -1,7 +1,8 @@
 """JAX jit and PyTorch eager (when installed) timings of examples/bench_layers.rs's cases:
 conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
 56x56, 3x3, padding 1), and one pre-norm transformer block step, value and gradients (batch 16,
-sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048). float32, CPU. Writes
+sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
+of 2^24 elements. float32, CPU. Writes
 rows {case, system, unit, value} as JSON to --json.
 """
 import argparse
@@ -53,6 +54,19 @@ def jax_rows(runs):
 
     step = jax.jit(jax.value_and_grad(lambda p: jnp.mean(block(p, xs) ** 2)))
     rows.append(("transformer_block_step", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(step(params)), 1, runs)))
+
+    # Adam (as optax.adam computes it, defaults b1 0.9, b2 0.999, eps 1e-8) on 2^24 elements.
+    n = 1 << 24
+    p, g = (jnp.asarray(rng.standard_normal(n, dtype=np.float32)) for _ in range(2))
+    m, v = jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.float32)
+
+    @jax.jit
+    def adam(p, g, m, v):
+        m1 = 0.9 * m + 0.1 * g
+        v1 = 0.999 * v + 0.001 * g * g
+        return p - 1e-3 * (m1 / 0.1) / (jnp.sqrt(v1 / 0.001) + 1e-8), m1, v1
+
+    rows.append(("adam_update_16M", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(adam(p, g, m, v)), 1, runs)))
     return rows
 
 
@@ -81,6 +95,10 @@ def torch_rows(runs):
         return torch.autograd.grad((y ** 2).mean(), list(layer.parameters()))
 
     rows.append(("transformer_block_step", "torch eager", "ms", median_ms(step, 1, runs)))
+    p = torch.randn(1 << 24).requires_grad_()
+    p.grad = torch.randn(1 << 24)
+    opt = torch.optim.Adam([p], lr=1e-3)
+    rows.append(("adam_update_16M", "torch eager", "ms", median_ms(opt.step, 1, runs)))
     return rows
 
 

@@ -1,8 +1,9 @@
 //! The CNN and transformer benchmark (issue 12): conv2d forward and forward+backward at a
 //! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1) and one pre-norm
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
-//! causal), ours next to JAX jit and PyTorch eager (when installed) measured in the same
-//! invocation by `ci/jax_layers_baseline.py`. float32 on the CPU.
+//! causal), and one Adam update of a 16M-element parameter; ours next to JAX jit and PyTorch
+//! eager (when installed) measured in the same invocation by `ci/jax_layers_baseline.py`.
+//! float32 on the CPU.
 //!
 //! Run: `cargo run --release --example bench_layers -- [--python .venv-jax/bin/python]`.
 
@@ -69,6 +70,17 @@ fn main() {
         "nabla-rs jit".into(),
         median_ms(1, args.runs, || drop(step_jit(&block))),
     ));
+    // One Adam update of a 16M-element parameter (64 MB in f32), with its moments.
+    let n = 1 << 24;
+    let param = vec![rng.normal(&[n], 0.0, 1.0, DType::F32)];
+    let grads = vec![rng.normal(&[n], 0.0, 1.0, DType::F32)];
+    let adam = nb::nn::Optimizer::Adam(nb::nn::Adam::default());
+    let state = adam.init(&param);
+    rows.push((
+        "adam_update_16M".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(adam.update(&param, &grads, &state, 1e-3))),
+    ));
     if !args.ours_only {
         let out = std::env::temp_dir().join(format!("nabla-bench-layers-{}.json", std::process::id()));
         let status = Command::new(&args.python)
@@ -104,7 +116,12 @@ fn main() {
         systems.join(" ms | ") + " ms"
     );
     println!("|---|---|---|---|---|---|---|");
-    for case in ["conv2d_fwd", "conv2d_fwd_bwd", "transformer_block_step"] {
+    for case in [
+        "conv2d_fwd",
+        "conv2d_fwd_bwd",
+        "transformer_block_step",
+        "adam_update_16M",
+    ] {
         let r = &table[case];
         let cell = |s: &str| r.get(s).map_or("-".to_string(), |v| format!("{v:.1}"));
         let ours = ["nabla-rs", "nabla-rs jit"]

@@ -2,6 +2,8 @@
 //! replaces read and wrote the parameter's size a dozen times. Each operation is rounded in the
 //! element type in the composition's order, so the results are the composition's bit for bit.
 
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::{Add, Div, Mul, Sub};
 
 use rayon::prelude::*;
@@ -88,17 +90,22 @@ impl<T: AdamFloat> Scalars<T> {
 /// Elements per task when the update is split across threads.
 const CHUNK: usize = 1 << 14;
 
-/// `[p', m', v']` of contiguous operands of `n` elements.
-fn update_all<T: AdamFloat + Default>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
+/// `[p', m', v']` of contiguous operands of `n` elements, each element written once (no
+/// zero-fill of the output first).
+fn update_all<T: AdamFloat>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
     let n = p.len();
     let s = Scalars::<T>::new(step);
-    let mut out = vec![T::default(); 3 * n];
-    let (po, rest) = out.split_at_mut(n);
+    let mut out: Vec<T> = Vec::with_capacity(3 * n);
+    let spare = &mut out.spare_capacity_mut()[..3 * n];
+    let (po, rest) = spare.split_at_mut(n);
     let (mo, vo) = rest.split_at_mut(n);
-    let run = |base: usize, po: &mut [T], mo: &mut [T], vo: &mut [T]| {
+    let run = |base: usize, po: &mut [MaybeUninit<T>], mo: &mut [MaybeUninit<T>], vo: &mut [MaybeUninit<T>]| {
         for j in 0..po.len() {
             let i = base + j;
-            (po[j], mo[j], vo[j]) = s.update(p[i], g[i], m[i], v[i]);
+            let (q, m1, v1) = s.update(p[i], g[i], m[i], v[i]);
+            po[j].write(q);
+            mo[j].write(m1);
+            vo[j].write(v1);
         }
     };
     if n >= PARALLEL_MIN {
@@ -110,12 +117,23 @@ fn update_all<T: AdamFloat + Default>(p: &[T], g: &[T], m: &[T], v: &[T], step: 
     } else {
         run(0, po, mo, vo);
     }
+    // SAFETY: the loops above wrote every one of the 3n elements (po, mo and vo cover them).
+    unsafe { out.set_len(3 * n) };
     out
 }
 
 /// The `n` elements of the contiguous `x` in its buffer `data`.
 fn part<'a, T>(data: &'a [T], x: &RawTensor, n: usize) -> &'a [T] {
     &data[x.layout.offset..x.layout.offset + n]
+}
+
+/// `x` itself when contiguous, else a contiguous copy.
+fn dense(x: &RawTensor) -> Cow<'_, RawTensor> {
+    if x.layout.is_contiguous() {
+        Cow::Borrowed(x)
+    } else {
+        Cow::Owned(super::elementwise::contiguous(x))
+    }
 }
 
 /// The update of `param` (f32 or f64; halves arrive widened), as `[3, ..shape]`.
@@ -126,7 +144,6 @@ pub(super) fn adam_update(
     v: &RawTensor,
     step: &AdamStep,
 ) -> RawTensor {
-    let dense = |x: &RawTensor| super::elementwise::contiguous(x);
     let (p, g, m, v) = (dense(param), dense(grad), dense(m), dense(v));
     let mut shape = vec![3];
     shape.extend_from_slice(&param.layout.shape);
