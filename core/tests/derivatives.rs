@@ -74,7 +74,7 @@ const ELEMENTWISE: &[&str] = &[
 
 /// Ops whose rules are written from their output over a whole row: their second derivatives
 /// are checked too (the rule is differentiated through `out`).
-const ROW_OPS: &[&str] = &["softmax", "log_softmax", "cross_entropy"];
+const ROW_OPS: &[&str] = &["softmax", "log_softmax", "cross_entropy", "layer_norm"];
 
 #[test]
 fn first_derivatives_match_finite_differences() {

@@ -157,3 +157,48 @@ fn rows_under_vmap_and_jit_match_the_eager_rows() {
     }
     assert_eq!((f.cache_info().compiled, f.cache_info().replays), (1, 2));
 }
+
+/// Layer normalisation of every row of `x` (`cols` per row), in f64.
+fn layer_norm_reference(x: &[f64], cols: usize, eps: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks(cols) {
+        let mean = row.iter().sum::<f64>() / cols as f64;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+        out.extend(row.iter().map(|v| (v - mean) / (var + eps).sqrt()));
+    }
+    out
+}
+
+#[test]
+fn layer_norm_rows_match_an_f64_loop_along_any_one_axis() {
+    let shapes: [&[usize]; 5] = [&[3, 7], &[2, 3, 17], &[5000, 10], &[2, 40_000], &[4, 0]];
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            let cols = *shape.last().unwrap();
+            let x = Tensor::from_vec(inputs(n, n as u64 + 1), shape).cast(dtype);
+            let held = x.cast(DType::F64).to_vec::<f64>();
+            let want = layer_norm_reference(&held, cols.max(1), 1e-5);
+            // Normalised values reach about 3 in magnitude: halves are checked relative to that.
+            check(
+                &format!("layer_norm{shape:?} {dtype}"),
+                dtype,
+                &x.layer_norm(-1, 1e-5),
+                &want,
+            );
+        }
+    }
+    // Another axis: the rows of the tensor with that axis moved last, moved back; several axes
+    // take the composition.
+    let x = Tensor::from_vec(inputs(6 * 5 * 4, 8), &[6, 5, 4]);
+    let moved = x.moveaxis(1, -1).layer_norm(-1, 1e-5).moveaxis(-1, 1);
+    assert_eq!(x.layer_norm(1, 1e-5).to_vec::<f64>(), moved.to_vec::<f64>());
+    let both = x.layer_norm([1, 2], 1e-5);
+    let flat = x.reshape([6, 20]).layer_norm(-1, 1e-5).reshape([6, 5, 4]);
+    for (a, b) in both.to_vec::<f64>().iter().zip(flat.to_vec::<f64>()) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    let graph = nb::trace_graph(|xs| vec![xs[0].layer_norm(-1, 1e-5)], &[x]);
+    assert!(graph.contains("layer_norm(axis=-1, eps=0.00001)"), "{graph}");
+    assert_eq!(graph.lines().filter(|l| l.contains(") : ")).count(), 2, "{graph}");
+}

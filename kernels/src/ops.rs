@@ -150,6 +150,8 @@ op_enum! {
         Softmax => "softmax",
         /// `log_softmax(x)` of every row
         LogSoftmax => "log_softmax",
+        /// `(x - mean) / sqrt(var + eps)` of every row (takes an `eps` argument)
+        LayerNorm => "layer_norm",
     }
 }
 

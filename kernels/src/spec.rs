@@ -73,7 +73,7 @@ pub enum KernelSpec {
     IndexCheck(IndexCheckSpec),
     /// Uniform random numbers from a key.
     RandomUniform(RandomUniformSpec),
-    /// Softmax or log-softmax rows.
+    /// Softmax, log-softmax or layer-norm rows.
     Row(RowSpec),
     /// Cross-entropy rows with integer labels, with the gradient.
     CrossEntropy(CrossEntropySpec),

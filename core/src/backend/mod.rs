@@ -201,6 +201,11 @@ pub trait Backend: Send + Sync {
     /// as `logsumexp` does), accumulated in f32 for halves and f64 for f64. Same shape and
     /// dtype out, contiguous.
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor;
+    /// `(x - mean) / sqrt(var + eps)` of every row of a float tensor (the last axis), in one
+    /// pass per row: the mean, then the mean squared deviation (two passes over the row, as
+    /// the composition computes it), accumulated in f32 for halves. Same shape and dtype out,
+    /// contiguous.
+    fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor;
     /// One Adam update of a parameter, all four operands of one shape and float dtype:
     /// `g' = g + wd p` (unless decoupled), `m' = b1 m + (1 - b1) g'`,
     /// `v' = b2 v + (1 - b2) g'^2`, `p' = p - lr (m' / bias1) / (sqrt(v' / bias2) + eps)`, then

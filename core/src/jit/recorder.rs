@@ -243,6 +243,9 @@ impl Backend for RecordingBackend {
     fn softmax_rows(&self, op: RowOp, x: &RawTensor) -> RawTensor {
         self.log(Call::Rows(op), &[x], self.inner.softmax_rows(op, x))
     }
+    fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor {
+        self.log(Call::LayerNorm(eps), &[x], self.inner.layer_norm_rows(x, eps))
+    }
     fn adam_update(
         &self,
         param: &RawTensor,

@@ -1,19 +1,71 @@
-//! Normalisation and the other composites of transformer and CNN layers: `layer_norm`,
-//! `rms_norm`, exact `gelu`, `remainder` (NumPy's and JAX's `mod`), `triu` and `tril`. Each is
-//! written in primitives, so it runs on every device and its derivatives (of any order, under
-//! vmap and jit) follow by composition.
+//! Normalisation and the other composites of transformer and CNN layers: `layer_norm` (a fused
+//! row primitive over one axis, with its own rule), `rms_norm`, exact `gelu`, `remainder`
+//! (NumPy's and JAX's `mod`), `triu` and `tril`. The composites are written in primitives, so
+//! they run on every device and their derivatives (of any order, under vmap and jit) follow by
+//! composition.
 
 use super::{Axes, require_float};
 use crate::dtype::DType;
+use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
+use crate::trace::Rule;
+
+/// The fused layer-norm primitive over the last axis of `x`.
+fn layer_norm_last(x: &Tensor, eps: f64) -> Tensor {
+    let raw = x.backend().layer_norm_rows(x.raw(), eps);
+    Tensor::record(raw, &[x], || LayerNormRule { eps })
+}
+
+/// The derivative rule of layer-norm rows, from the input `x` and the output `y`.
+struct LayerNormRule {
+    eps: f64,
+}
+
+impl LayerNormRule {
+    /// `J v = rstd (v - mean(v) - y mean(v y))` along the last axis, with `rstd` recomputed
+    /// from `x` (so the rule is differentiable in `x` for higher derivatives).
+    fn product(&self, x: &Tensor, y: &Tensor, v: &Tensor) -> Tensor {
+        let centred = x - x.mean(-1, true);
+        let rstd = (centred.square().mean(-1, true) + self.eps).rsqrt();
+        rstd * (v - v.mean(-1, true) - y * (v * y).mean(-1, true))
+    }
+}
+
+impl Rule for LayerNormRule {
+    fn name(&self) -> String {
+        format!("layer_norm(axis=-1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(self.product(&inputs[0], out, ct))]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        Some(self.product(&inputs[0], out, tangents[0].as_ref()?))
+    }
+}
 
 impl Tensor {
     /// `(x - mean) / sqrt(var + eps)` over `axes` (usually the last: `-1`), the normalisation
     /// of a layer norm without its scale and shift (`jax.nn.standardize`, PyTorch's
     /// `layer_norm` with no weight); the variance is the biased one.
+    ///
+    /// Over one axis it is one fused primitive (the axis is moved last as a view when it is not
+    /// last), whose rule `rstd (v - mean(v) - y mean(v y))` serves as VJP and JVP (the Jacobian
+    /// is symmetric); over several axes it is composed.
     pub fn layer_norm(&self, axes: impl Into<Axes>, eps: f64) -> Tensor {
         require_float("layer_norm", self);
         let axes = axes.into();
+        let single = match &axes {
+            Axes::List(list) if list.len() == 1 => Some(normalize_axis("layer_norm", list[0], self.rank())),
+            Axes::All if self.rank() == 1 => Some(0),
+            _ => None,
+        };
+        if let Some(a) = single {
+            let last = self.rank() - 1;
+            if a == last {
+                return layer_norm_last(self, eps);
+            }
+            return layer_norm_last(&self.moveaxis(a as isize, -1), eps).moveaxis(-1, a as isize);
+        }
         let centred = self - self.mean(axes.clone(), true);
         let var = centred.square().mean(axes, true);
         centred * (var + eps).rsqrt()

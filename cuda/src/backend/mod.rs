@@ -340,6 +340,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         rows::softmax_rows(self, op, x)
     }
 
+    fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor {
+        rows::layer_norm_rows(self, x, eps)
+    }
+
     fn adam_update(
         &self,
         param: &RawTensor,

@@ -1,5 +1,6 @@
-//! Softmax and log-softmax rows: the generated fused row kernel (`nabla_kernels::RowSpec`), one
-//! group of threads per row of the last axis, over a dense copy of the input when it is a view.
+//! Softmax, log-softmax and layer-norm rows: the generated fused row kernel
+//! (`nabla_kernels::RowSpec`), one group of threads per row of the last axis, over a dense copy
+//! of the input when it is a view.
 
 use nabla_core::backend::RowOp;
 use nabla_core::storage::RawTensor;
@@ -10,10 +11,18 @@ use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
 
 pub(super) fn softmax_rows<A: DeviceApi>(be: &CudaBackend<A>, op: RowOp, x: &RawTensor) -> RawTensor {
-    let (kop, name) = match op {
-        RowOp::Softmax => (k::RowOp::Softmax, "softmax"),
-        RowOp::LogSoftmax => (k::RowOp::LogSoftmax, "log_softmax"),
-    };
+    match op {
+        RowOp::Softmax => row_kernel(be, k::RowOp::Softmax, "softmax", x, 0.0),
+        RowOp::LogSoftmax => row_kernel(be, k::RowOp::LogSoftmax, "log_softmax", x, 0.0),
+    }
+}
+
+pub(super) fn layer_norm_rows<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, eps: f64) -> RawTensor {
+    row_kernel(be, k::RowOp::LayerNorm, "layer_norm", x, eps)
+}
+
+/// The row kernel `kop` over every row of `x` (`eps` binds only where the kernel takes it).
+fn row_kernel<A: DeviceApi>(be: &CudaBackend<A>, kop: k::RowOp, name: &str, x: &RawTensor, eps: f64) -> RawTensor {
     let x = be.dense(x);
     let out = be.empty(x.shape(), x.dtype());
     let cols = x.shape().last().copied().unwrap_or(1) as i64;
@@ -30,6 +39,7 @@ pub(super) fn softmax_rows<A: DeviceApi>(be: &CudaBackend<A>, op: RowOp, x: &Raw
             "x" => be.run_ptr(&x),
             "rows" => LaunchArg::I64(rows),
             "cols" => LaunchArg::I64(cols),
+            "eps" => LaunchArg::F64(eps),
             "group" => LaunchArg::I32(group as i32),
             _ => return None,
         })

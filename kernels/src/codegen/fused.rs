@@ -72,7 +72,7 @@ fn row_stats(entry: &str, d: KernelDType, finite_shift: bool) -> String {
     )
 }
 
-/// Softmax or log-softmax of every row of a contiguous `[rows, cols]` input (the last axis),
+/// Softmax, log-softmax or layer normalisation of every row of a contiguous `[rows, cols]` input (the last axis),
 /// into a contiguous output: one task (a group of threads, see [`crate::launch::row_plan`]) per
 /// row, shifted by the row's maximum, accumulated in float (double for f64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,16 +105,23 @@ impl Gen for RowSpec {
     }
 
     fn params(&self) -> Vec<Param> {
-        vec![
+        let mut p = vec![
             Param::new("out", ArgType::Out(self.dtype)),
             Param::new("x", ArgType::In(self.dtype)),
             Param::new("rows", ArgType::I64),
             Param::new("cols", ArgType::I64),
-            Param::new("group", ArgType::I32),
-        ]
+        ];
+        if self.op == RowOp::LayerNorm {
+            p.push(Param::new("eps", ArgType::F64));
+        }
+        p.push(Param::new("group", ArgType::I32));
+        p
     }
 
     fn helpers(&self, entry: &str) -> String {
+        if self.op == RowOp::LayerNorm {
+            return layer_norm_helpers(entry, self.dtype);
+        }
         let d = self.dtype;
         let (t, c) = (d.c_type(), d.compute_type());
         let log_softmax = self.op == RowOp::LogSoftmax;
@@ -147,11 +154,57 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
     }
 
     fn body(&self, entry: &str) -> String {
+        let eps = if self.op == RowOp::LayerNorm {
+            format!("({})eps, ", self.dtype.compute_type())
+        } else {
+            String::new()
+        };
         group_loop(
             "rows",
-            &format!("{entry}_row(out, x, cols, t, valid, gl, gs, group);\n"),
+            &format!("{entry}_row(out, x, cols, {eps}t, valid, gl, gs, group);\n"),
         )
     }
+}
+
+/// The row function of layer normalisation: the mean, then the mean squared deviation (two
+/// passes, as the CPU computes it), then `(x - mean) / sqrt(var + eps)`.
+fn layer_norm_helpers(entry: &str, d: KernelDType) -> String {
+    let (t, c) = (d.c_type(), d.compute_type());
+    let load = d.to_compute("x[base + j]");
+    let zero = d.compute_literal(0);
+    let one = d.compute_literal(1);
+    let sqrt = d.math("sqrt");
+    let value = d.from_compute("(v - mean) * r");
+    let mut s = row_reducers(entry, d);
+    s.push_str(&format!(
+        r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, {c} eps, long long t, bool valid, int gl, int gs, int group) {{
+    const long long base = t * cols;
+    {c} s = {zero};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) s += {load};
+    }}
+    s = {entry}_group_sum(s, group);
+    const {c} mean = s / ({c})cols;
+    {c} q = {zero};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) {{
+            const {c} v = {load} - mean;
+            q += v * v;
+        }}
+    }}
+    q = {entry}_group_sum(q, group);
+    const {c} r = {one} / {sqrt}(q / ({c})cols + eps);
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) {{
+            const {c} v = {load};
+            out[base + j] = {value};
+        }}
+    }}
+}}
+"#
+    ));
+    s
 }
 
 /// Softmax cross-entropy of every row of contiguous `[rows, classes]` logits against i64

@@ -179,6 +179,10 @@ impl Backend for CpuBackend {
         narrow(rows::softmax_rows(op, &widen(x)), x.dtype())
     }
 
+    fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor {
+        narrow(rows::layer_norm_rows(&widen(x), eps), x.dtype())
+    }
+
     fn adam_update(
         &self,
         param: &RawTensor,

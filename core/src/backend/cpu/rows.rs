@@ -1,6 +1,7 @@
-//! Softmax and log-softmax of every row (the last axis) in one pass per row: the maximum, the
-//! sum of shifted exponentials, and the result, where the composition of primitives took five
-//! kernels and four intermediate tensors. Rows are split across threads for large inputs.
+//! Softmax, log-softmax and layer normalisation of every row (the last axis) in one pass per
+//! row: the maximum, the sum of shifted exponentials and the result (or the mean, the mean
+//! squared deviation and the result), where the composition of primitives took five to seven
+//! kernels and as many intermediate tensors. Rows are split across threads for large inputs.
 
 use rayon::prelude::*;
 
@@ -9,8 +10,13 @@ use crate::backend::RowOp;
 use crate::storage::{CpuBuffer, RawTensor};
 
 /// The float arithmetic a row needs, for f32 (the vectorised `exp`) and f64.
-trait RowFloat: Copy + Send + Sync + PartialOrd + 'static + std::ops::Sub<Output = Self> {
+trait RowFloat:
+    Copy + Send + Sync + PartialOrd + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
+{
     const ZERO: Self;
+    const ONE: Self;
+    fn sqrt(self) -> Self;
+    fn of_usize(n: usize) -> Self;
     const NEG_INFINITY: Self;
     fn exp(self) -> Self;
     fn ln(self) -> Self;
@@ -22,6 +28,13 @@ trait RowFloat: Copy + Send + Sync + PartialOrd + 'static + std::ops::Sub<Output
 
 impl RowFloat for f32 {
     const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    fn sqrt(self) -> f32 {
+        f32::sqrt(self)
+    }
+    fn of_usize(n: usize) -> f32 {
+        n as f32
+    }
     const NEG_INFINITY: f32 = f32::NEG_INFINITY;
     fn exp(self) -> f32 {
         fast_math::exp_f32(self)
@@ -45,6 +58,13 @@ impl RowFloat for f32 {
 
 impl RowFloat for f64 {
     const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    fn sqrt(self) -> f64 {
+        f64::sqrt(self)
+    }
+    fn of_usize(n: usize) -> f64 {
+        n as f64
+    }
     const NEG_INFINITY: f64 = f64::NEG_INFINITY;
     fn exp(self) -> f64 {
         f64::exp(self)
@@ -118,8 +138,9 @@ fn one_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     }
 }
 
-/// `op` of every row of the contiguous `data` with rows of `cols` elements.
-fn all_rows<T: RowFloat>(op: RowOp, data: &[T], cols: usize) -> Vec<T> {
+/// `row` applied to every row of the contiguous `data` with rows of `cols` elements (into a
+/// zeroed output of the same length).
+fn all_rows<T: RowFloat>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
     let mut out = vec![T::ZERO; data.len()];
     if cols == 0 {
         return out;
@@ -131,32 +152,89 @@ fn all_rows<T: RowFloat>(op: RowOp, data: &[T], cols: usize) -> Vec<T> {
             .zip(data.par_chunks(rows_per_task * cols))
             .for_each(|(o, x)| {
                 for (orow, xrow) in o.chunks_mut(cols).zip(x.chunks(cols)) {
-                    one_row(op, xrow, orow);
+                    row(xrow, orow);
                 }
             });
     } else {
         for (orow, xrow) in out.chunks_mut(cols).zip(data.chunks(cols)) {
-            one_row(op, xrow, orow);
+            row(xrow, orow);
         }
     }
     out
 }
 
-/// `op` of every row of `x` (f32 or f64; halves arrive widened).
-pub(super) fn softmax_rows(op: RowOp, x: &RawTensor) -> RawTensor {
-    let dense;
-    let x = if x.layout.is_contiguous() {
-        x
+/// The sum of `values(j)` for `j < n`, in `LANES` independent partial sums.
+fn lane_sum<T: RowFloat>(n: usize, values: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let whole = n / LANES * LANES;
+    for j in (0..whole).step_by(LANES) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = a.add(values(j + k));
+        }
+    }
+    for j in whole..n {
+        acc[0] = acc[0].add(values(j));
+    }
+    acc.iter().fold(T::ZERO, |a, &b| a.add(b))
+}
+
+/// Layer normalisation of one row: the mean, the mean squared deviation, then
+/// `(x - mean) / sqrt(var + eps)`.
+fn layer_norm_row<T: RowFloat>(row: &[T], eps: T, out: &mut [T]) {
+    let n = T::of_usize(row.len());
+    let mean = lane_sum(row.len(), |j| row[j]).div(n);
+    let var = lane_sum(row.len(), |j| {
+        let d = row[j] - mean;
+        d * d
+    })
+    .div(n);
+    let r = T::ONE.div(var.add(eps).sqrt());
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = (x - mean) * r;
+    }
+}
+
+/// `x` itself when contiguous, else a contiguous copy.
+fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
+    if x.layout.is_contiguous() {
+        std::borrow::Cow::Borrowed(x)
     } else {
-        dense = super::elementwise::contiguous(x);
-        &dense
-    };
+        std::borrow::Cow::Owned(super::elementwise::contiguous(x))
+    }
+}
+
+/// Layer normalisation of every row of `x` (f32 or f64; halves arrive widened).
+pub(super) fn layer_norm_rows(x: &RawTensor, eps: f64) -> RawTensor {
+    let x = dense(x);
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
     let (start, n) = (x.layout.offset, x.layout.numel());
-    match host(x) {
-        CpuBuffer::F32(d) => wrap(all_rows(op, &d[start..start + n], cols), shape),
-        CpuBuffer::F64(d) => wrap(all_rows(op, &d[start..start + n], cols), shape),
+    match host(&x) {
+        CpuBuffer::F32(d) => {
+            let eps = eps as f32;
+            wrap(
+                all_rows(&d[start..start + n], cols, |r, o| layer_norm_row(r, eps, o)),
+                shape,
+            )
+        }
+        CpuBuffer::F64(d) => wrap(
+            all_rows(&d[start..start + n], cols, |r, o| layer_norm_row(r, eps, o)),
+            shape,
+        ),
+        CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
+        other => unreachable!("layer_norm of {} rows: the op layer accepts floats only", other.dtype()),
+    }
+}
+
+/// `op` of every row of `x` (f32 or f64; halves arrive widened).
+pub(super) fn softmax_rows(op: RowOp, x: &RawTensor) -> RawTensor {
+    let x = dense(x);
+    let shape = &x.layout.shape;
+    let cols = shape.last().copied().unwrap_or(1);
+    let (start, n) = (x.layout.offset, x.layout.numel());
+    match host(&x) {
+        CpuBuffer::F32(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| one_row(op, r, o)), shape),
+        CpuBuffer::F64(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| one_row(op, r, o)), shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("{op:?} of {} rows: the op layer accepts floats only", other.dtype()),
     }
