@@ -66,7 +66,7 @@ impl Tensor {
         if self.rank() == 0 {
             return self.clone();
         }
-        cumsum_last(&self.moveaxis(a as isize, -1), CUMSUM_BLOCK).moveaxis(-1, a as isize)
+        self.along_last(a, |x| cumsum_last(x, CUMSUM_BLOCK))
     }
 }
 

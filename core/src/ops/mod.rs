@@ -181,6 +181,15 @@ pub(crate) fn physical(batch: &[usize], logical: &[usize]) -> Dims {
 }
 
 impl Tensor {
+    /// `f`, an op over the last axis, applied along axis `a` (already normalised): the axis is
+    /// moved last and back, both views, when it is not last already.
+    pub(crate) fn along_last(&self, a: usize, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        if a + 1 == self.rank() {
+            return f(self);
+        }
+        f(&self.moveaxis(a as isize, -1)).moveaxis(-1, a as isize)
+    }
+
     /// A scalar of this tensor's dtype and device.
     pub fn scalar_like(&self, value: f64) -> Tensor {
         Tensor::full_on(&[], value, self.dtype(), self.device())

@@ -41,25 +41,17 @@ impl Tensor {
     /// `y * (g - sum(g * y))`.
     pub fn softmax(&self, axis: isize) -> Tensor {
         require_float("softmax", self);
-        along_last(self, axis, "softmax", RowOp::Softmax)
+        let a = normalize_axis("softmax", axis, self.rank());
+        self.along_last(a, |x| rows(x, RowOp::Softmax))
     }
 
     /// Log-softmax along `axis`: `x - logsumexp(x)`. One fused primitive over the last axis;
     /// its VJP is `g - softmax(x) * sum(g)`.
     pub fn log_softmax(&self, axis: isize) -> Tensor {
         require_float("log_softmax", self);
-        along_last(self, axis, "log_softmax", RowOp::LogSoftmax)
+        let a = normalize_axis("log_softmax", axis, self.rank());
+        self.along_last(a, |x| rows(x, RowOp::LogSoftmax))
     }
-}
-
-/// The row primitive `op` of `x` along `axis`: the axis is moved last (a view) when it is not.
-fn along_last(x: &Tensor, axis: isize, name: &str, op: RowOp) -> Tensor {
-    let a = normalize_axis(name, axis, x.rank());
-    let last = x.rank() - 1;
-    if a == last {
-        return rows(x, op);
-    }
-    rows(&x.moveaxis(a as isize, -1), op).moveaxis(-1, a as isize)
 }
 
 /// The row primitive `op` over the last axis of `x`.

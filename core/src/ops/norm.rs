@@ -60,11 +60,7 @@ impl Tensor {
             _ => None,
         };
         if let Some(a) = single {
-            let last = self.rank() - 1;
-            if a == last {
-                return layer_norm_last(self, eps);
-            }
-            return layer_norm_last(&self.moveaxis(a as isize, -1), eps).moveaxis(-1, a as isize);
+            return self.along_last(a, |x| layer_norm_last(x, eps));
         }
         let centred = self - self.mean(axes.clone(), true);
         let var = centred.square().mean(axes, true);

@@ -1,8 +1,8 @@
 //! [`CudaBackend`]: core's `Backend` trait on one GPU. Each method picks the generated kernel
 //! (`nabla-kernels`) for the operation and dtypes, binds its arguments by name, sizes the
 //! launch with `nabla_kernels::launch`, and queues it; results stay on the device until a
-//! value is read. Matmul goes to cuBLAS ([`matmul`]); softmax and log-softmax rows run the
-//! fused row kernel ([`rows`]), and the Adam update the fused Adam kernel ([`adam`]).
+//! value is read. Matmul goes to cuBLAS ([`matmul`]); softmax, log-softmax and layer-norm rows
+//! run the fused row kernel ([`rows`]), and the Adam update the fused Adam kernel ([`adam`]).
 //!
 //! Errors the kernels find (an index out of range, an integer division by zero) go to a
 //! device error record that [`Backend::to_host`] reads when it synchronises: the first one

@@ -2,40 +2,18 @@
 //! replaces read and wrote the parameter's size a dozen times. Each operation is rounded in the
 //! element type in the composition's order, so the results are the composition's bit for bit.
 
-use std::borrow::Cow;
 use std::mem::MaybeUninit;
-use std::ops::{Add, Div, Mul, Sub};
 
+use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, host, wrap};
 use crate::backend::AdamStep;
 use crate::storage::{CpuBuffer, RawTensor};
 
-/// The arithmetic of an update, for f32 and f64.
-trait AdamFloat:
-    Copy + Send + Sync + 'static + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
-{
-    fn of(v: f64) -> Self;
-    fn sqrt(self) -> Self;
-}
-
-impl AdamFloat for f32 {
-    fn of(v: f64) -> f32 {
-        v as f32
-    }
-    fn sqrt(self) -> f32 {
-        f32::sqrt(self)
-    }
-}
-
-impl AdamFloat for f64 {
-    fn of(v: f64) -> f64 {
-        v
-    }
-    fn sqrt(self) -> f64 {
-        f64::sqrt(self)
-    }
+/// `v` rounded once to the element type (float-to-float casts always succeed).
+fn of<T: Float>(v: f64) -> T {
+    T::from(v).expect("a float converts to a float")
 }
 
 /// The step's scalars in the element type, each formed in f64 and rounded once.
@@ -54,19 +32,19 @@ struct Scalars<T> {
     decoupled: bool,
 }
 
-impl<T: AdamFloat> Scalars<T> {
+impl<T: Float> Scalars<T> {
     fn new(s: &AdamStep) -> Scalars<T> {
         Scalars {
-            lr: T::of(s.lr),
-            b1: T::of(s.beta1),
-            b2: T::of(s.beta2),
-            one_minus_b1: T::of(1.0 - s.beta1),
-            one_minus_b2: T::of(1.0 - s.beta2),
-            eps: T::of(s.eps),
-            wd: T::of(s.weight_decay),
-            lr_wd: T::of(s.lr * s.weight_decay),
-            c1: T::of(s.bias1),
-            c2: T::of(s.bias2),
+            lr: of(s.lr),
+            b1: of(s.beta1),
+            b2: of(s.beta2),
+            one_minus_b1: of(1.0 - s.beta1),
+            one_minus_b2: of(1.0 - s.beta2),
+            eps: of(s.eps),
+            wd: of(s.weight_decay),
+            lr_wd: of(s.lr * s.weight_decay),
+            c1: of(s.bias1),
+            c2: of(s.bias2),
             coupled: s.weight_decay != 0.0 && !s.decoupled,
             decoupled: s.weight_decay != 0.0 && s.decoupled,
         }
@@ -92,7 +70,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `[p', m', v']` of contiguous operands of `n` elements, each element written once (no
 /// zero-fill of the output first).
-fn update_all<T: AdamFloat>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
+fn update_all<T: Float + Send + Sync>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
     let n = p.len();
     let s = Scalars::<T>::new(step);
     let mut out: Vec<T> = Vec::with_capacity(3 * n);
@@ -125,15 +103,6 @@ fn update_all<T: AdamFloat>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep)
 /// The `n` elements of the contiguous `x` in its buffer `data`.
 fn part<'a, T>(data: &'a [T], x: &RawTensor, n: usize) -> &'a [T] {
     &data[x.layout.offset..x.layout.offset + n]
-}
-
-/// `x` itself when contiguous, else a contiguous copy.
-fn dense(x: &RawTensor) -> Cow<'_, RawTensor> {
-    if x.layout.is_contiguous() {
-        Cow::Borrowed(x)
-    } else {
-        Cow::Owned(super::elementwise::contiguous(x))
-    }
 }
 
 /// The update of `param` (f32 or f64; halves arrive widened), as `[3, ..shape]`.

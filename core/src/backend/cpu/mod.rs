@@ -40,6 +40,15 @@ fn widen(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
     }
 }
 
+/// `x` itself when contiguous, else a contiguous copy (for kernels that walk a flat run).
+fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
+    if x.layout.is_contiguous() {
+        std::borrow::Cow::Borrowed(x)
+    } else {
+        std::borrow::Cow::Owned(elementwise::contiguous(x))
+    }
+}
+
 /// `out` rounded back to `dtype` when that is a half (the f32 result of a widened kernel).
 fn narrow(out: RawTensor, dtype: DType) -> RawTensor {
     if dtype.is_half() && out.dtype() != dtype {

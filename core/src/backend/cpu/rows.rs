@@ -3,95 +3,53 @@
 //! squared deviation and the result), where the composition of primitives took five to seven
 //! kernels and as many intermediate tensors. Rows are split across threads for large inputs.
 
+use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, fast_math, host, wrap};
 use crate::backend::RowOp;
 use crate::storage::{CpuBuffer, RawTensor};
 
-/// The float arithmetic a row needs, for f32 (the vectorised `exp`) and f64.
-trait RowFloat:
-    Copy + Send + Sync + PartialOrd + 'static + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self>
-{
-    const ZERO: Self;
-    const ONE: Self;
-    fn sqrt(self) -> Self;
-    fn of_usize(n: usize) -> Self;
-    const NEG_INFINITY: Self;
-    fn exp(self) -> Self;
-    fn ln(self) -> Self;
-    fn add(self, other: Self) -> Self;
-    fn div(self, other: Self) -> Self;
-    fn is_nan(self) -> bool;
-    fn is_finite(self) -> bool;
+/// The element types of the row kernels: `Float`, and the `exp` the CPU backend uses for each
+/// (the vectorised one for f32).
+trait RowFloat: Float + Send + Sync + 'static {
+    fn fast_exp(self) -> Self;
 }
 
 impl RowFloat for f32 {
-    const ZERO: f32 = 0.0;
-    const ONE: f32 = 1.0;
-    fn sqrt(self) -> f32 {
-        f32::sqrt(self)
-    }
-    fn of_usize(n: usize) -> f32 {
-        n as f32
-    }
-    const NEG_INFINITY: f32 = f32::NEG_INFINITY;
-    fn exp(self) -> f32 {
+    fn fast_exp(self) -> f32 {
         fast_math::exp_f32(self)
-    }
-    fn ln(self) -> f32 {
-        f32::ln(self)
-    }
-    fn add(self, other: f32) -> f32 {
-        self + other
-    }
-    fn div(self, other: f32) -> f32 {
-        self / other
-    }
-    fn is_nan(self) -> bool {
-        f32::is_nan(self)
-    }
-    fn is_finite(self) -> bool {
-        f32::is_finite(self)
     }
 }
 
 impl RowFloat for f64 {
-    const ZERO: f64 = 0.0;
-    const ONE: f64 = 1.0;
-    fn sqrt(self) -> f64 {
-        f64::sqrt(self)
-    }
-    fn of_usize(n: usize) -> f64 {
-        n as f64
-    }
-    const NEG_INFINITY: f64 = f64::NEG_INFINITY;
-    fn exp(self) -> f64 {
-        f64::exp(self)
-    }
-    fn ln(self) -> f64 {
-        f64::ln(self)
-    }
-    fn add(self, other: f64) -> f64 {
-        self + other
-    }
-    fn div(self, other: f64) -> f64 {
-        self / other
-    }
-    fn is_nan(self) -> bool {
-        f64::is_nan(self)
-    }
-    fn is_finite(self) -> bool {
-        f64::is_finite(self)
+    fn fast_exp(self) -> f64 {
+        self.exp()
     }
 }
 
 /// Lanes of the partial sums (independent accumulators, so the loop vectorises).
 const LANES: usize = 8;
 
+/// The sum of `values(j)` for `j < n`, in `LANES` independent partial sums (the tail goes to
+/// the first one).
+fn lane_sum<T: Float>(n: usize, values: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let whole = n / LANES * LANES;
+    for j in (0..whole).step_by(LANES) {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a = *a + values(j + k);
+        }
+    }
+    for j in whole..n {
+        acc[0] = acc[0] + values(j);
+    }
+    acc.iter().fold(T::zero(), |a, &b| a + b)
+}
+
 /// The maximum of a row, NaN if any element is NaN (as the reduction kernels).
-fn row_max<T: RowFloat>(row: &[T]) -> T {
-    let mut m = T::NEG_INFINITY;
+fn row_max<T: Float>(row: &[T]) -> T {
+    let mut m = T::neg_infinity();
     for &v in row {
         if v.is_nan() {
             return v;
@@ -104,31 +62,21 @@ fn row_max<T: RowFloat>(row: &[T]) -> T {
 }
 
 /// Writes `op` of `row` into `out` (one row).
-fn one_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
+fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     let m = row_max(row);
     let shift = match op {
         RowOp::Softmax => m,
         // logsumexp's shift: 0 when the maximum is infinite or NaN.
         RowOp::LogSoftmax if m.is_finite() => m,
-        RowOp::LogSoftmax => T::ZERO,
+        RowOp::LogSoftmax => T::zero(),
     };
     // The shifted exponentials go to `out` first (softmax divides them in place).
-    let mut acc = [T::ZERO; LANES];
-    let mut chunks = out.chunks_exact_mut(LANES).zip(row.chunks_exact(LANES));
-    for (o, x) in &mut chunks {
-        for k in 0..LANES {
-            o[k] = (x[k] - shift).exp();
-            acc[k] = acc[k].add(o[k]);
-        }
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = (x - shift).fast_exp();
     }
-    let tail = row.len() / LANES * LANES;
-    for j in tail..row.len() {
-        out[j] = (row[j] - shift).exp();
-        acc[0] = acc[0].add(out[j]);
-    }
-    let s = acc.iter().fold(T::ZERO, |a, &b| a.add(b));
+    let s = lane_sum(out.len(), |j| out[j]);
     match op {
-        RowOp::Softmax => out.iter_mut().for_each(|o| *o = o.div(s)),
+        RowOp::Softmax => out.iter_mut().for_each(|o| *o = *o / s),
         RowOp::LogSoftmax => {
             let lse = s.ln();
             for (o, &x) in out.iter_mut().zip(row) {
@@ -138,10 +86,25 @@ fn one_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     }
 }
 
+/// Layer normalisation of one row: the mean, the mean squared deviation, then
+/// `(x - mean) / sqrt(var + eps)`.
+fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
+    let n = T::from(row.len()).expect("a length converts to a float");
+    let mean = lane_sum(row.len(), |j| row[j]) / n;
+    let var = lane_sum(row.len(), |j| {
+        let d = row[j] - mean;
+        d * d
+    }) / n;
+    let r = T::one() / (var + eps).sqrt();
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = (x - mean) * r;
+    }
+}
+
 /// `row` applied to every row of the contiguous `data` with rows of `cols` elements (into a
 /// zeroed output of the same length).
-fn all_rows<T: RowFloat>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::ZERO; data.len()];
+fn all_rows<T: Float + Send + Sync>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); data.len()];
     if cols == 0 {
         return out;
     }
@@ -163,79 +126,53 @@ fn all_rows<T: RowFloat>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) +
     out
 }
 
-/// The sum of `values(j)` for `j < n`, in `LANES` independent partial sums.
-fn lane_sum<T: RowFloat>(n: usize, values: impl Fn(usize) -> T) -> T {
-    let mut acc = [T::ZERO; LANES];
-    let whole = n / LANES * LANES;
-    for j in (0..whole).step_by(LANES) {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = a.add(values(j + k));
-        }
-    }
-    for j in whole..n {
-        acc[0] = acc[0].add(values(j));
-    }
-    acc.iter().fold(T::ZERO, |a, &b| a.add(b))
+/// A row function for both CPU float types (halves arrive widened to f32).
+trait RowFn: Sync {
+    fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]);
 }
 
-/// Layer normalisation of one row: the mean, the mean squared deviation, then
-/// `(x - mean) / sqrt(var + eps)`.
-fn layer_norm_row<T: RowFloat>(row: &[T], eps: T, out: &mut [T]) {
-    let n = T::of_usize(row.len());
-    let mean = lane_sum(row.len(), |j| row[j]).div(n);
-    let var = lane_sum(row.len(), |j| {
-        let d = row[j] - mean;
-        d * d
-    })
-    .div(n);
-    let r = T::ONE.div(var.add(eps).sqrt());
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = (x - mean) * r;
+/// Softmax or log-softmax rows.
+impl RowFn for RowOp {
+    fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]) {
+        softmax_row(*self, row, out)
     }
 }
 
-/// `x` itself when contiguous, else a contiguous copy.
-fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
-    if x.layout.is_contiguous() {
-        std::borrow::Cow::Borrowed(x)
-    } else {
-        std::borrow::Cow::Owned(super::elementwise::contiguous(x))
+/// Layer-norm rows with this `eps`.
+struct LayerNorm(f64);
+
+impl RowFn for LayerNorm {
+    fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]) {
+        let eps = T::from(self.0).expect("a float converts to a float");
+        layer_norm_row(row, eps, out)
     }
 }
 
-/// Layer normalisation of every row of `x` (f32 or f64; halves arrive widened).
-pub(super) fn layer_norm_rows(x: &RawTensor, eps: f64) -> RawTensor {
+/// `f` of every row of `x` (f32 or f64), as a new contiguous tensor of `x`'s shape; `what`
+/// names the op for internal errors.
+fn map_rows(x: &RawTensor, f: &impl RowFn, what: &str) -> RawTensor {
     let x = dense(x);
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
     let (start, n) = (x.layout.offset, x.layout.numel());
     match host(&x) {
-        CpuBuffer::F32(d) => {
-            let eps = eps as f32;
-            wrap(
-                all_rows(&d[start..start + n], cols, |r, o| layer_norm_row(r, eps, o)),
-                shape,
-            )
-        }
-        CpuBuffer::F64(d) => wrap(
-            all_rows(&d[start..start + n], cols, |r, o| layer_norm_row(r, eps, o)),
-            shape,
-        ),
+        CpuBuffer::F32(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F64(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| f.row(r, o)), shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
-        other => unreachable!("layer_norm of {} rows: the op layer accepts floats only", other.dtype()),
+        other => unreachable!("{what} of {} rows: the op layer accepts floats only", other.dtype()),
     }
 }
 
 /// `op` of every row of `x` (f32 or f64; halves arrive widened).
 pub(super) fn softmax_rows(op: RowOp, x: &RawTensor) -> RawTensor {
-    let x = dense(x);
-    let shape = &x.layout.shape;
-    let cols = shape.last().copied().unwrap_or(1);
-    let (start, n) = (x.layout.offset, x.layout.numel());
-    match host(&x) {
-        CpuBuffer::F32(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| one_row(op, r, o)), shape),
-        CpuBuffer::F64(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| one_row(op, r, o)), shape),
-        CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
-        other => unreachable!("{op:?} of {} rows: the op layer accepts floats only", other.dtype()),
-    }
+    let what = match op {
+        RowOp::Softmax => "softmax",
+        RowOp::LogSoftmax => "log_softmax",
+    };
+    map_rows(x, &op, what)
+}
+
+/// Layer normalisation of every row of `x` (f32 or f64; halves arrive widened).
+pub(super) fn layer_norm_rows(x: &RawTensor, eps: f64) -> RawTensor {
+    map_rows(x, &LayerNorm(eps), "layer_norm")
 }
