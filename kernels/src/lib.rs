@@ -48,6 +48,7 @@ pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 pub use codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 pub use codegen::random::RandomUniformSpec;
 pub use codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
+pub use codegen::window::{FoldSpec, UnfoldSpec};
 pub use dtype::KernelDType;
 pub use error::{DeviceError, DeviceErrorKind, ERROR_RECORD_WORDS, KernelError};
 pub use layout::{ConcatSlot, KernelLayout, MAX_DIMS, ReduceLayouts, contiguous_strides};

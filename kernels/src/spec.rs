@@ -7,6 +7,7 @@ use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 use crate::codegen::random::RandomUniformSpec;
 use crate::codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
+use crate::codegen::window::{FoldSpec, UnfoldSpec};
 use crate::codegen::{self, Gen};
 use crate::dtype::KernelDType;
 use crate::ops::{ArgOp, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
@@ -79,6 +80,10 @@ pub enum KernelSpec {
     CrossEntropy(CrossEntropySpec),
     /// The Adam update in place.
     Adam(AdamSpec),
+    /// Every tap of every 2-D window copied out (im2col).
+    Unfold(UnfoldSpec),
+    /// The taps of 2-D windows added back into the image (col2im).
+    Fold(FoldSpec),
 }
 
 macro_rules! from_specs {
@@ -119,6 +124,8 @@ from_specs!(
     Row(RowSpec),
     CrossEntropy(CrossEntropySpec),
     Adam(AdamSpec),
+    Unfold(UnfoldSpec),
+    Fold(FoldSpec),
 );
 
 impl KernelSpec {
@@ -151,7 +158,7 @@ impl KernelSpec {
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
-    /// `cross_entropy`, `adam`).
+    /// `cross_entropy`, `adam`, `unfold`, `fold`).
     pub fn family(&self) -> &'static str {
         match self {
             KernelSpec::Unary(_) => "unary",
@@ -173,6 +180,8 @@ impl KernelSpec {
             KernelSpec::Row(_) => "row",
             KernelSpec::CrossEntropy(_) => "cross_entropy",
             KernelSpec::Adam(_) => "adam",
+            KernelSpec::Unfold(_) => "unfold",
+            KernelSpec::Fold(_) => "fold",
         }
     }
 }
@@ -258,6 +267,10 @@ pub fn catalogue() -> Vec<KernelSpec> {
     for d in dtypes {
         push(CrossEntropySpec::new(d).map(Into::into));
         push(AdamSpec::new(d).map(Into::into));
+    }
+    for d in dtypes {
+        push(UnfoldSpec::new(d).map(Into::into));
+        push(FoldSpec::new(d).map(Into::into));
     }
     out
 }

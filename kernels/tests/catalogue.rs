@@ -93,6 +93,8 @@ fn catalogue_covers_every_family() {
         ("row", 3 * 4),
         ("cross_entropy", 4),
         ("adam", 4),
+        ("unfold", 8),
+        ("fold", 4),
     ]
     .into_iter()
     .collect();

@@ -1751,3 +1751,152 @@ fn random_uniform_draws_the_cpu_hash() {
     }
     assert!(RandomUniformSpec::new(I64).is_err());
 }
+
+// ---- sliding windows (im2col / col2im) ---------------------------------------------------
+
+/// A window geometry: (batches, height, width), kernel, stride, dilation; the output extent
+/// follows.
+struct Window {
+    image: (usize, usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    dilation: (usize, usize),
+}
+
+impl Window {
+    fn out(&self) -> (usize, usize) {
+        let ext = |n: usize, k: usize, s: usize, d: usize| (n - d * (k - 1) - 1) / s + 1;
+        (
+            ext(self.image.1, self.kernel.0, self.stride.0, self.dilation.0),
+            ext(self.image.2, self.kernel.1, self.stride.1, self.dilation.1),
+        )
+    }
+    /// `(column index, pixel index)` of every tap of every window, in the column's order.
+    fn taps(&self) -> Vec<(usize, usize)> {
+        let (b, h, w) = self.image;
+        let (oh, ow) = self.out();
+        let (kh, kw) = self.kernel;
+        let mut out = Vec::new();
+        for bi in 0..b {
+            for i in 0..kh {
+                for j in 0..kw {
+                    for y in 0..oh {
+                        for x in 0..ow {
+                            let row = i * self.dilation.0 + y * self.stride.0;
+                            let col = j * self.dilation.1 + x * self.stride.1;
+                            out.push((out.len(), (bi * h + row) * w + col));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+    fn args(&self) -> Vec<Arg> {
+        let (oh, ow) = self.out();
+        [
+            self.image.0,
+            self.image.1,
+            self.image.2,
+            self.kernel.0,
+            self.kernel.1,
+            self.stride.0,
+            self.stride.1,
+            self.dilation.0,
+            self.dilation.1,
+            oh,
+            ow,
+        ]
+        .into_iter()
+        .map(|v| Arg::i64(v as i64))
+        .collect()
+    }
+}
+
+#[test]
+fn unfold_copies_every_tap_and_fold_adds_them_back() {
+    if !available() {
+        return;
+    }
+    let windows = [
+        Window {
+            image: (2, 5, 6),
+            kernel: (3, 3),
+            stride: (1, 1),
+            dilation: (1, 1),
+        },
+        Window {
+            image: (3, 7, 8),
+            kernel: (2, 3),
+            stride: (2, 1),
+            dilation: (1, 2),
+        },
+        Window {
+            image: (1, 9, 4),
+            kernel: (1, 1),
+            stride: (3, 2),
+            dilation: (1, 1),
+        },
+        Window {
+            image: (2, 4, 4),
+            kernel: (4, 4),
+            stride: (1, 1),
+            dilation: (1, 1),
+        },
+    ];
+    for win in &windows {
+        let (b, h, w) = win.image;
+        let taps = win.taps();
+        for d in KernelDType::ALL {
+            // unfold: a pure copy, exact in every dtype.
+            let image: Vec<i64> = (0..b * h * w).map(|v| wrap_int(d, v as i64 % 97)).collect();
+            let as_vals = |v: Vec<i64>| {
+                if d.is_float() {
+                    Vals::F(v.into_iter().map(|x| x as f64).collect())
+                } else {
+                    Vals::I(v)
+                }
+            };
+            let spec: KernelSpec = UnfoldSpec::new(d).unwrap().into();
+            let mut args = vec![
+                Arg::zeros(taps.len() * d.size_in_bytes()),
+                Arg::Buf(as_vals(image.clone()).encode(d)),
+            ];
+            args.extend(win.args());
+            let out = launch_1d(&spec, args);
+            let want: Vec<i64> = taps.iter().map(|&(_, p)| image[p]).collect();
+            assert_vals(
+                &spec.entry_name(),
+                &Vals::decode(d, out[0].as_ref().unwrap()),
+                &as_vals(want),
+                0.0,
+            );
+            // fold: every pixel the sum of the taps that read it (floats only).
+            let Ok(fold) = FoldSpec::new(d) else {
+                assert!(!d.is_float(), "fold refuses {d}");
+                continue;
+            };
+            let cols: Vec<f64> = noise(taps.len(), 7)
+                .into_iter()
+                .map(|u| quantize(d, 2.0 * u - 1.0))
+                .collect();
+            let mut want = vec![0.0; b * h * w];
+            for &(c, p) in &taps {
+                want[p] += cols[c];
+            }
+            let spec: KernelSpec = fold.into();
+            let mut args = vec![Arg::zeros(b * h * w * d.size_in_bytes()), Arg::Buf(encode_f(d, &cols))];
+            args.extend(win.args());
+            let out = launch_1d(&spec, args);
+            let got = decode_f(d, out[0].as_ref().unwrap());
+            // Sums of up to 16 terms of either sign: compare against the scale of the terms.
+            for (k, (&g, &wv)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - wv).abs() <= 16.0 * tol(d) + 1e-300,
+                    "{}: pixel {k}: got {g}, want {wv}",
+                    spec.entry_name()
+                );
+            }
+        }
+    }
+}

@@ -148,6 +148,58 @@ pub struct AdamStep {
     pub decoupled: bool,
 }
 
+/// The geometry of a 2-D sliding window over the last two axes of an image (`im2col` and
+/// `col2im`): tap `(i, j)` of window `(oh, ow)` reads pixel `(i * dilation.0 + oh * stride.0,
+/// j * dilation.1 + ow * stride.1)`; taps are numbered `i * kernel.1 + j`. Pairs are (height,
+/// width). The windows fit the image (padding is applied before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window2d {
+    /// Height and width of the image the windows slide over.
+    pub image: (usize, usize),
+    /// Taps of a window.
+    pub kernel: (usize, usize),
+    /// Step between windows.
+    pub stride: (usize, usize),
+    /// Step between the taps of one window.
+    pub dilation: (usize, usize),
+    /// Windows along each axis.
+    pub out: (usize, usize),
+}
+
+impl Window2d {
+    /// Taps per window, `kernel.0 * kernel.1`.
+    pub fn taps(&self) -> usize {
+        self.kernel.0 * self.kernel.1
+    }
+
+    /// Whether every tap of every window lies inside the image, and there is at least one
+    /// window and one tap (what the backends' window kernels require).
+    pub fn fits(&self) -> bool {
+        let fits_axis = |image: usize, k: usize, s: usize, d: usize, o: usize| {
+            k > 0 && o > 0 && s > 0 && d > 0 && (k - 1) * d + (o - 1) * s < image
+        };
+        fits_axis(self.image.0, self.kernel.0, self.stride.0, self.dilation.0, self.out.0)
+            && fits_axis(self.image.1, self.kernel.1, self.stride.1, self.dilation.1, self.out.1)
+    }
+
+    /// Panics naming `op` unless the windows fit (see [`Window2d::fits`]) and `shape` ends
+    /// with `trailing` (the image's or the columns' extents): for backends, whose callers
+    /// (the op layer) check this first.
+    pub fn require(&self, op: &str, shape: &[usize], trailing: &[usize]) {
+        if !self.fits() || !shape.ends_with(trailing) {
+            panic!("internal error: {op} of shape {shape:?} does not match the window {self:?}");
+        }
+    }
+
+    /// The pixel `(row, column)` that tap `(i, j)` of window `(oh, ow)` reads.
+    pub fn pixel(&self, (i, j): (usize, usize), (oh, ow): (usize, usize)) -> (usize, usize) {
+        (
+            i * self.dilation.0 + oh * self.stride.0,
+            j * self.dilation.1 + ow * self.stride.1,
+        )
+    }
+}
+
 /// An index check: the accepted range of some indices, and the message for one outside it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct IndexCheck {
@@ -220,6 +272,13 @@ pub trait Backend: Send + Sync {
         v: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor;
+    /// im2col: every tap of every window of `x` `[.., H, W]` (`H, W` = `window.image`), as
+    /// `[.., KH * KW, OH, OW]` contiguous; any dtype.
+    fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor;
+    /// col2im, the transpose of [`Backend::unfold_windows`]: `cols` `[.., KH * KW, OH, OW]`
+    /// (float) added back into `[.., H, W]` contiguous, every pixel the sum of the taps that read
+    /// it, added from zero in tap order (row-major `(i, j)`) in f32 for halves.
+    fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor;
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

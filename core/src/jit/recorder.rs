@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use super::tape::{Call, HostFn, Ref, Step, Tape};
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -256,6 +256,12 @@ impl Backend for RecordingBackend {
     ) -> RawTensor {
         let out = self.inner.adam_update(param, grad, m, v, step);
         self.log(Call::Adam(*step), &[param, grad, m, v], out)
+    }
+    fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
+        self.log(Call::Unfold(*window), &[x], self.inner.unfold_windows(x, window))
+    }
+    fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor {
+        self.log(Call::Fold(*window), &[cols], self.inner.fold_windows(cols, window))
     }
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
         self.log(Call::Cast(dtype), &[x], self.inner.cast(x, dtype))

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::storage::{RawTensor, Storage};
@@ -39,6 +39,8 @@ pub(crate) enum Call {
     Rows(RowOp),
     LayerNorm(f64),
     Adam(AdamStep),
+    Unfold(Window2d),
+    Fold(Window2d),
     Cast(DType),
     Contiguous,
     Gather,
@@ -67,6 +69,8 @@ impl Call {
             Call::Rows(op) => backend.softmax_rows(*op, &args[0]),
             Call::LayerNorm(eps) => backend.layer_norm_rows(&args[0], *eps),
             Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], step),
+            Call::Unfold(window) => backend.unfold_windows(&args[0], window),
+            Call::Fold(window) => backend.fold_windows(&args[0], window),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),

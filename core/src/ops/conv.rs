@@ -1,12 +1,15 @@
-//! Convolutions and pooling over NCHW images, as compositions of primitives: the patches of a
-//! window are strided slices of the padded input stacked along a new axis ("im2col"), a
-//! convolution is one batched matmul of the flattened kernel with them, and a pooling is a
-//! reduction over the window axis. So they run on every device, and every derivative (of any
-//! order, under vmap and jit) follows from the rules of slicing, stacking and matmul.
+//! Convolutions and pooling over NCHW images. The windows of an image are one primitive over
+//! the padded input ("im2col", `Backend::unfold_windows`, whose derivative is its transpose
+//! "col2im", `Backend::fold_windows`); a convolution is one batched matmul of the flattened
+//! kernel with them, and a pooling is a reduction over the window axis. So they run on every
+//! device, and every derivative (of any order, under vmap and jit) follows from the rules of
+//! the two window primitives, padding and matmul.
 //! `conv_transpose2d` is the derivative of `conv2d` with respect to its input, applied to `x`.
 
 use super::require_float;
+use crate::backend::Window2d;
 use crate::tensor::Tensor;
+use crate::trace::Rule;
 
 /// Stride, zero padding, dilation and groups of a 2-D convolution (PyTorch's `Conv2d`
 /// arguments); pairs are (height, width).
@@ -50,7 +53,8 @@ fn require_nchw(op: &str, x: &Tensor) {
 }
 
 /// The windows of `x` (`[N, C, H, W]`, already padded) as `[N, C, KH * KW, OH, OW]`, taps in
-/// row-major order (`kh` major).
+/// row-major order (`kh` major): one primitive (im2col), whose derivative is its transpose
+/// [`fold`] (col2im).
 fn patches(
     x: &Tensor,
     kernel: (usize, usize),
@@ -58,25 +62,65 @@ fn patches(
     dilation: (usize, usize),
     out: (usize, usize),
 ) -> Tensor {
-    let mut taps = Vec::with_capacity(kernel.0 * kernel.1);
-    for i in 0..kernel.0 {
-        for j in 0..kernel.1 {
-            let (r0, c0) = ((i * dilation.0) as isize, (j * dilation.1) as isize);
-            let rows = x.slice_axis(
-                2,
-                Some(r0),
-                Some(r0 + (stride.0 * (out.0 - 1) + 1) as isize),
-                stride.0 as isize,
-            );
-            taps.push(rows.slice_axis(
-                3,
-                Some(c0),
-                Some(c0 + (stride.1 * (out.1 - 1) + 1) as isize),
-                stride.1 as isize,
-            ));
+    let window = Window2d {
+        image: (x.shape()[2], x.shape()[3]),
+        kernel,
+        stride,
+        dilation,
+        out,
+    };
+    unfold(x, window)
+}
+
+/// im2col over the last two axes of `x`.
+fn unfold(x: &Tensor, window: Window2d) -> Tensor {
+    let raw = x.backend().unfold_windows(x.raw(), &window);
+    Tensor::record(raw, &[x], || WindowRule { window, fold: false })
+}
+
+/// col2im, the transpose of [`unfold`]: the taps `[.., KH * KW, OH, OW]` added back into
+/// `[.., H, W]` (the gradient of the windows' input; one pass, where the sum of one strided
+/// embedding per tap took `KH * KW` full-size tensors).
+fn fold(cols: &Tensor, window: Window2d) -> Tensor {
+    let raw = cols.backend().fold_windows(cols.raw(), &window);
+    Tensor::record(raw, &[cols], || WindowRule { window, fold: true })
+}
+
+/// The rules of `unfold` and `fold`: both are linear and each is the other's transpose, so
+/// each one's VJP is the other and its JVP is itself.
+struct WindowRule {
+    window: Window2d,
+    fold: bool,
+}
+
+impl WindowRule {
+    /// `self`'s op (`transpose` false) or its transpose applied to `v`.
+    fn apply(&self, v: &Tensor, transpose: bool) -> Tensor {
+        if self.fold != transpose {
+            fold(v, self.window)
+        } else {
+            unfold(v, self.window)
         }
     }
-    super::shape::stack(&taps, 2)
+}
+
+impl Rule for WindowRule {
+    fn name(&self) -> String {
+        let w = &self.window;
+        format!(
+            "{}(kernel={:?}, stride={:?}, dilation={:?})",
+            if self.fold { "fold_windows" } else { "unfold_windows" },
+            w.kernel,
+            w.stride,
+            w.dilation
+        )
+    }
+    fn vjp(&self, _inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(self.apply(ct, true))]
+    }
+    fn jvp(&self, _inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        Some(self.apply(tangents[0].as_ref()?, false))
+    }
 }
 
 /// The output size of a window op, or a panic that names the op and the sizes.

@@ -2,7 +2,8 @@
 //! (`nabla-kernels`) for the operation and dtypes, binds its arguments by name, sizes the
 //! launch with `nabla_kernels::launch`, and queues it; results stay on the device until a
 //! value is read. Matmul goes to cuBLAS ([`matmul`]); softmax, log-softmax and layer-norm rows
-//! run the fused row kernel ([`rows`]), and the Adam update the fused Adam kernel ([`adam`]).
+//! run the fused row kernel ([`rows`]), the Adam update the fused Adam kernel ([`adam`]), and
+//! im2col/col2im one window kernel each ([`windows`]).
 //!
 //! Errors the kernels find (an index out of range, an integer division by zero) go to a
 //! device error record that [`Backend::to_host`] reads when it synchronises: the first one
@@ -16,12 +17,13 @@ mod index;
 mod matmul;
 mod reduce;
 mod rows;
+mod windows;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use nabla_core::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp};
+use nabla_core::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp, Window2d};
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
 use nabla_core::{DType, Device};
@@ -353,6 +355,14 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         step: &AdamStep,
     ) -> RawTensor {
         adam::adam_update(self, param, grad, m, v, step)
+    }
+
+    fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
+        windows::unfold_windows(self, x, window)
+    }
+
+    fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor {
+        windows::fold_windows(self, cols, window)
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

@@ -7,7 +7,8 @@ use crate::error::KernelError;
 use crate::ops::RowOp;
 use crate::params::{ArgType, Param};
 
-fn floats_only(kernel: &str, dtype: KernelDType) -> Result<(), KernelError> {
+/// Refuses `dtype` for `kernel` unless it is a float.
+pub(crate) fn floats_only(kernel: &str, dtype: KernelDType) -> Result<(), KernelError> {
     if dtype.is_float() {
         Ok(())
     } else {

@@ -6,6 +6,7 @@ pub(crate) mod index;
 pub(crate) mod prelude;
 pub(crate) mod random;
 pub(crate) mod reduce;
+pub(crate) mod window;
 
 use crate::dtype::KernelDType;
 use crate::params::{ArgType, Param};

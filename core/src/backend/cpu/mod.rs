@@ -9,6 +9,7 @@ mod matmul;
 pub mod memory;
 mod reduce;
 mod rows;
+mod windows;
 // The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
 #[cfg(target_arch = "x86_64")]
 mod sgemm_avx512;
@@ -17,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -203,6 +204,15 @@ impl Backend for CpuBackend {
         // Halves compute in f32 and round once.
         let out = adam::adam_update(&widen(param), &widen(grad), &widen(m), &widen(v), step);
         narrow(out, param.dtype())
+    }
+
+    fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
+        windows::unfold_windows(x, window)
+    }
+
+    fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor {
+        // Halves add in f32 and round once.
+        narrow(windows::fold_windows(&widen(cols), window), cols.dtype())
     }
 
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {

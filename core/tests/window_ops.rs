@@ -1,0 +1,243 @@
+//! The window primitives behind convolutions and pooling (im2col `unfold_windows` and its
+//! transpose col2im `fold_windows`): conv2d and its gradients against a direct f64 loop in
+//! every float dtype, small and large enough to split across threads, with strides, dilations
+//! and groups; one primitive each in a traced program; the same values under jit and vmap.
+//! Their JAX values and finite differences (of every order) are in the fixture matrix
+//! (`compositions.rs`, `derivatives.rs`, `jax_reference.rs`).
+
+use nabla_core as nb;
+use nb::{Conv2dOptions, DType, Tensor};
+
+/// Values in `[-1, 1)` from a fixed integer hash.
+fn inputs(n: usize, seed: u64) -> Vec<f64> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i ^ seed.wrapping_mul(0x2545_F491))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(23);
+            (h % 2000) as f64 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// A convolution case: input `[N, C, H, W]`, weight `[O, C / groups, KH, KW]`, options.
+struct Case {
+    x: [usize; 4],
+    w: [usize; 4],
+    o: Conv2dOptions,
+}
+
+impl Case {
+    fn out(&self) -> [usize; 4] {
+        let ext = |n: usize, p: usize, k: usize, s: usize, d: usize| (n + 2 * p - d * (k - 1) - 1) / s + 1;
+        let o = &self.o;
+        [
+            self.x[0],
+            self.w[0],
+            ext(self.x[2], o.padding.0, self.w[2], o.stride.0, o.dilation.0),
+            ext(self.x[3], o.padding.1, self.w[3], o.stride.1, o.dilation.1),
+        ]
+    }
+
+    /// Calls `f(n, o, c, y, x, oh, ow, i, j)` for every term `x[n, c, h, w] * w[o, c - g0, i, j]`
+    /// of the output `[n, o, oh, ow]` whose pixel `(h, w)` lies inside the (unpadded) image.
+    fn terms(&self, mut f: impl FnMut([usize; 4], [usize; 4], [usize; 4])) {
+        let [n, oc, oh, ow] = self.out();
+        let (cg, kh, kw) = (self.w[1], self.w[2], self.w[3]);
+        let per_group = oc / self.o.groups;
+        for b in 0..n {
+            for o in 0..oc {
+                let g = o / per_group;
+                for y in 0..oh {
+                    for x in 0..ow {
+                        for c in 0..cg {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let h = (y * self.o.stride.0 + i * self.o.dilation.0) as isize
+                                        - self.o.padding.0 as isize;
+                                    let w = (x * self.o.stride.1 + j * self.o.dilation.1) as isize
+                                        - self.o.padding.1 as isize;
+                                    if h < 0 || w < 0 || h >= self.x[2] as isize || w >= self.x[3] as isize {
+                                        continue;
+                                    }
+                                    f([b, g * cg + c, h as usize, w as usize], [o, c, i, j], [b, o, y, x]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major offset of `idx` in `shape`.
+fn at(shape: [usize; 4], idx: [usize; 4]) -> usize {
+    ((idx[0] * shape[1] + idx[1]) * shape[2] + idx[2]) * shape[3] + idx[3]
+}
+
+/// The direct convolution and, for the cotangent `ct`, the gradients of `<conv(x, w), ct>`
+/// with respect to `x` and `w`, all in f64.
+fn reference(case: &Case, x: &[f64], w: &[f64], ct: &[f64]) -> [Vec<f64>; 3] {
+    let (ys, xs, ws) = (case.out(), case.x, case.w);
+    let mut y = vec![0.0; ys.iter().product()];
+    let mut gx = vec![0.0; x.len()];
+    let mut gw = vec![0.0; w.len()];
+    case.terms(|xi, wi, yi| {
+        let (xa, wa, ya) = (at(xs, xi), at(ws, wi), at(ys, yi));
+        y[ya] += x[xa] * w[wa];
+        gx[xa] += ct[ya] * w[wa];
+        gw[wa] += ct[ya] * x[xa];
+    });
+    [y, gx, gw]
+}
+
+fn cases() -> Vec<Case> {
+    let opts = |stride, padding, dilation, groups| Conv2dOptions {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    vec![
+        Case {
+            x: [2, 3, 6, 5],
+            w: [4, 3, 3, 3],
+            o: opts((1, 1), (1, 1), (1, 1), 1),
+        },
+        Case {
+            x: [1, 2, 9, 8],
+            w: [3, 2, 2, 3],
+            o: opts((2, 3), (0, 1), (2, 1), 1),
+        },
+        Case {
+            x: [2, 4, 5, 7],
+            w: [6, 2, 3, 1],
+            o: opts((1, 2), (2, 0), (1, 1), 2),
+        },
+        // Large enough that im2col and col2im split the images across threads.
+        Case {
+            x: [4, 8, 24, 20],
+            w: [8, 8, 3, 3],
+            o: opts((1, 1), (1, 1), (1, 1), 1),
+        },
+        Case {
+            x: [2, 6, 17, 19],
+            w: [6, 1, 5, 3],
+            o: opts((2, 1), (2, 1), (1, 2), 6),
+        },
+    ]
+}
+
+/// The largest error allowed in `dtype` for a sum of `terms` products of magnitude below 1.
+fn tolerance(dtype: DType, terms: usize) -> f64 {
+    let eps = match dtype {
+        DType::F64 => 1e-14,
+        DType::F32 => 1e-6,
+        DType::F16 => 1e-3,
+        _ => 8e-3,
+    };
+    // Inputs are rounded to the dtype too: each term carries about two roundings.
+    4.0 * eps * terms as f64
+}
+
+#[test]
+fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
+    for (k, case) in cases().iter().enumerate() {
+        let (nx, nw, ny) = (
+            case.x.iter().product::<usize>(),
+            case.w.iter().product::<usize>(),
+            case.out().iter().product::<usize>(),
+        );
+        let terms = case.w[1] * case.w[2] * case.w[3];
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            // The reference sees the inputs as rounded to `dtype`.
+            let round = |v: Vec<f64>, shape: &[usize]| Tensor::from_vec(v, shape).cast(dtype);
+            let x = round(inputs(nx, 3 * k as u64), &case.x);
+            let w = round(inputs(nw, 3 * k as u64 + 1), &case.w);
+            let ct = round(inputs(ny, 3 * k as u64 + 2), &case.out());
+            let as_f64 = |t: &Tensor| t.cast(DType::F64).to_vec::<f64>();
+            let want = reference(case, &as_f64(&x), &as_f64(&w), &as_f64(&ct));
+            let o = case.o;
+            let (y, pullback) = nb::vjp(
+                |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o),
+                &vec![x.clone(), w.clone()],
+            );
+            let grads = pullback(&y.ones_like().mul(&ct));
+            let got = [y, grads[0].clone(), grads[1].clone()];
+            for (what, (g, want)) in ["value", "x gradient", "w gradient"].iter().zip(got.iter().zip(&want)) {
+                assert_eq!(g.dtype(), dtype, "case {k} {what}");
+                // A gradient of w sums over the batch and the output pixels too.
+                let n = if *what == "w gradient" {
+                    ny / case.w[0]
+                } else {
+                    terms * case.w[0]
+                };
+                let tol = tolerance(dtype, n);
+                for (i, (&a, &b)) in as_f64(g).iter().zip(want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol,
+                        "case {k} {dtype:?} {what}: element {i}: got {a}, want {b} (tolerance {tol})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_windows_are_one_primitive_each_way_in_a_traced_gradient() {
+    let case = &cases()[0];
+    let x = Tensor::from_vec(inputs(case.x.iter().product(), 1), &case.x);
+    let w = Tensor::from_vec(inputs(case.w.iter().product(), 2), &case.w);
+    let o = case.o;
+    let graph = nb::trace_graph(
+        |xs| {
+            let g = nb::grad(|p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).square().sum(nb::Axes::All, false));
+            g(&xs.to_vec())
+        },
+        &[x, w],
+    );
+    assert_eq!(graph.matches("unfold_windows(").count(), 1, "{graph}");
+    assert_eq!(graph.matches("fold_windows(").count() - 1, 1, "one fold: {graph}");
+    // The padding is the only embedding: the windows' gradient is not one embedding per tap.
+    assert_eq!(graph.matches("embed(").count(), 1, "{graph}");
+}
+
+#[test]
+fn convolutions_under_jit_and_vmap_match_the_eager_ones() {
+    let case = &cases()[1];
+    let o = case.o;
+    let w = Tensor::from_vec(inputs(case.w.iter().product(), 5), &case.w);
+    let loss = |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).tanh().sum(nb::Axes::All, false);
+    let step = nb::Jit::new(move |p: &Vec<Tensor>| {
+        let (v, g) = nb::value_and_grad(loss)(p);
+        vec![v, g[0].clone(), g[1].clone()]
+    });
+    for seed in [7u64, 8, 9] {
+        let x = Tensor::from_vec(inputs(case.x.iter().product(), seed), &case.x);
+        let p = vec![x, w.clone()];
+        let (v, g) = nb::value_and_grad(loss)(&p);
+        let jitted = step.call(&p);
+        for (what, (a, b)) in ["value", "x gradient", "w gradient"]
+            .iter()
+            .zip(jitted.iter().zip([&v, &g[0], &g[1]]))
+        {
+            assert_eq!(a.to_vec::<f64>(), b.to_vec::<f64>(), "jit call {seed}: {what}");
+        }
+    }
+    assert_eq!((step.cache_info().compiled, step.cache_info().replays), (1, 2));
+    // vmap over a leading batch of image batches: the same as one call per element.
+    let xs = Tensor::from_vec(inputs(3 * case.x.iter().product::<usize>(), 11), &[3, 1, 2, 9, 8]);
+    let grads =
+        nb::vmap(|x: &Tensor| nb::grad(|x: &Tensor| nb::conv2d(x, &w, o).tanh().sum(nb::Axes::All, false))(x))(&xs);
+    for b in 0..3 {
+        let x = xs.index_axis(0, b);
+        let want = nb::grad(|x: &Tensor| nb::conv2d(x, &w, o).tanh().sum(nb::Axes::All, false))(&x);
+        let got = grads.index_axis(0, b);
+        let (got, want) = (got.to_vec::<f64>(), want.to_vec::<f64>());
+        for (i, (a, b2)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b2).abs() <= 1e-12, "vmap element {b}: {i}: {a} vs {b2}");
+        }
+    }
+}
