@@ -98,4 +98,5 @@ fn main() {
             median_ms(2, 10, &mut || drop(x.matmul(&w))),
         );
     }
+    eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));
 }

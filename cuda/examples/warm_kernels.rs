@@ -34,4 +34,5 @@ fn main() {
             std::process::exit(1);
         }
     }
+    println!("warm_kernels: libraries: {}", nabla_cuda::loaded_libraries().join(" "));
 }

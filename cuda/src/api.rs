@@ -7,7 +7,7 @@
 use std::fmt;
 
 use nabla_core::DType;
-use nabla_kernels::{KernelLayout, KernelSpec, launch::LaunchDims};
+use nabla_kernels::{ArgType, KernelLayout, KernelSpec, launch::LaunchDims};
 
 /// A failure of the device or of a library (allocation, launch, copy, compilation, cuBLAS),
 /// with what was being done.
@@ -61,6 +61,30 @@ pub enum LaunchArg<'a, M> {
     I32(i32),
     /// A `double` by value.
     F64(f64),
+}
+
+impl<M> LaunchArg<'_, M> {
+    /// Whether this argument has the C type of a parameter of type `ty`: `cuLaunchKernel`
+    /// reads as many bytes as the parameter's C type has, so an `int` bound to a `long long`
+    /// would read four bytes of garbage (and the emulator, which copies by the C type too,
+    /// would not show it).
+    pub fn fits(&self, ty: ArgType) -> bool {
+        match self {
+            LaunchArg::Ptr(..) | LaunchArg::Null => matches!(
+                ty,
+                ArgType::In(_)
+                    | ArgType::Out(_)
+                    | ArgType::InOut(_)
+                    | ArgType::AccIn(_)
+                    | ArgType::AccOut(_)
+                    | ArgType::ErrorRecord
+            ),
+            LaunchArg::Layout(_) => ty == ArgType::Layout,
+            LaunchArg::I64(_) => ty == ArgType::I64,
+            LaunchArg::I32(_) => ty == ArgType::I32,
+            LaunchArg::F64(_) => ty == ArgType::F64,
+        }
+    }
 }
 
 /// One operand of a GEMM: a buffer, the byte offset of its first matrix, whether cuBLAS

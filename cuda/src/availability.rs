@@ -108,3 +108,42 @@ pub fn check() -> Result<CudaInfo, CudaUnavailable> {
         names,
     })
 }
+
+/// The CUDA libraries this process has loaded (driver, NVRTC, cuBLAS, NCCL), as paths from
+/// `/proc/self/maps`, each once: which copy the loader picked when several are installed (a
+/// system toolkit beside pip's wheels, say). Empty where `/proc` is not readable.
+pub fn loaded_libraries() -> Vec<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for line in maps.lines() {
+        let Some(path) = line.split_whitespace().nth(5) else {
+            continue;
+        };
+        let file = path.rsplit('/').next().unwrap_or(path);
+        let ours = [
+            "libcuda.",
+            "libnvrtc.",
+            "libnvrtc-builtins",
+            "libcublas.",
+            "libcublasLt.",
+            "libnccl.",
+        ]
+        .iter()
+        .any(|p| file.starts_with(p));
+        if ours && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loaded_libraries_lists_only_cuda_libraries() {
+        // No CUDA library is loaded by this unit test binary unless a GPU test ran before it.
+        for path in super::loaded_libraries() {
+            assert!(path.contains("lib"), "{path}");
+        }
+    }
+}

@@ -540,6 +540,34 @@ fn out_of_memory_releases_the_cached_blocks_then_fails_naming_the_request() {
 }
 
 #[test]
+fn a_request_larger_than_the_real_gpu_fails_naming_it_and_the_device_stays_usable() {
+    if !device::real_gpu() {
+        println!(
+            "SKIPPED a_request_larger_than_the_real_gpu_fails_naming_it_and_the_device_stays_usable: real GPU \
+             only (under ci/gpu-check; the emulator's version is out_of_memory_releases_the_cached_blocks_...)"
+        );
+        return;
+    }
+    let _guard = device::setup();
+    // 200 GiB of f32: more than any GPU has, so the retry after releasing the cache fails too,
+    // without touching the device's memory.
+    let n = 50usize << 30;
+    let e = std::panic::catch_unwind(|| Tensor::full_on(&[n], 1.0, DType::F32, GPU)).unwrap_err();
+    let e = message(e);
+    for part in [
+        "out of memory on cuda:0",
+        "for [53687091200] f32",
+        "free of",
+        "smaller batch",
+    ] {
+        assert!(e.contains(part), "missing {part:?} in: {e}");
+    }
+    // Out of memory is not a sticky error: the device still computes.
+    let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).to_device(GPU).unwrap();
+    assert_eq!((&x * 2.0).to_vec::<f32>(), vec![2.0, 4.0, 6.0]);
+}
+
+#[test]
 fn scalar_operands_are_filled_on_the_device_once() {
     if device::real_gpu() || !device::available() {
         println!(

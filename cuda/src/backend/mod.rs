@@ -233,15 +233,26 @@ impl<A: DeviceApi> CudaBackend<A> {
         let args: Vec<LaunchArg<'m, A::Mem>> = spec
             .params()
             .iter()
-            .map(|p| match p.ty {
-                ArgType::ErrorRecord => LaunchArg::Ptr(&self.err, 0),
-                _ => bind(p).unwrap_or_else(|| {
+            .map(|p| {
+                let arg = match p.ty {
+                    ArgType::ErrorRecord => LaunchArg::Ptr(&self.err, 0),
+                    _ => bind(p).unwrap_or_else(|| {
+                        panic!(
+                            "internal error: no argument bound for {} of {}",
+                            p.name,
+                            spec.entry_name()
+                        )
+                    }),
+                };
+                if !arg.fits(p.ty) {
                     panic!(
-                        "internal error: no argument bound for {} of {}",
+                        "internal error: {} of {} is a {:?} parameter, bound to an argument of another C type",
                         p.name,
-                        spec.entry_name()
-                    )
-                }),
+                        spec.entry_name(),
+                        p.ty
+                    );
+                }
+                arg
             })
             .collect();
         self.api
