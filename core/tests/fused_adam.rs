@@ -1,6 +1,7 @@
 //! The fused Adam update against the formula written in tensor ops: bit for bit in f32 and f64
 //! (both weight-decay modes, both sides of the thread split, strided operands), within the
-//! precision of halves, under `jit` (one recorded step, replayed on new values), and through
+//! precision of halves, under `jit` (one recorded step, replayed on new values and new step
+//! numbers), and through
 //! `grad` (traced operands take the differentiable formula).
 
 use nabla_core as nb;
@@ -17,21 +18,32 @@ fn values(n: usize, seed: u64) -> Vec<f64> {
 }
 
 fn step(weight_decay: f64, decoupled: bool) -> AdamStep {
-    let t = 3;
     AdamStep {
         lr: 1e-2,
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
         weight_decay,
-        bias1: 1.0 - 0.9f64.powi(t),
-        bias2: 1.0 - 0.999f64.powi(t),
         decoupled,
     }
 }
 
-/// The update written with tensor ops, one rounding per op in the kernel's order.
+/// The step number of most tests.
+const T: i64 = 3;
+
+/// A step number as the update takes it.
+fn count(t: i64) -> Tensor {
+    Tensor::from_vec(vec![t], &[])
+}
+
+/// The update written with tensor ops at step `T`, one rounding per op in the kernel's order.
 fn reference(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamStep) -> [Tensor; 3] {
+    reference_at(p, g, m, v, s, T)
+}
+
+/// The update written with tensor ops at step `t`.
+fn reference_at(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamStep, t: i64) -> [Tensor; 3] {
+    let (bias1, bias2) = (1.0 - s.beta1.powf(t as f64), 1.0 - s.beta2.powf(t as f64));
     let g = if s.weight_decay != 0.0 && !s.decoupled {
         g + p * s.weight_decay
     } else {
@@ -39,7 +51,7 @@ fn reference(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamStep) -> [T
     };
     let m1 = m * s.beta1 + &g * (1.0 - s.beta1);
     let v1 = v * s.beta2 + &g * &g * (1.0 - s.beta2);
-    let mut q = p - (&m1 / s.bias1) / ((&v1 / s.bias2).sqrt() + s.eps) * s.lr;
+    let mut q = p - (&m1 / bias1) / ((&v1 / bias2).sqrt() + s.eps) * s.lr;
     if s.decoupled && s.weight_decay != 0.0 {
         q = q - p * (s.lr * s.weight_decay);
     }
@@ -64,7 +76,7 @@ fn the_fused_update_is_the_formula_bit_for_bit() {
             for (wd, decoupled) in [(0.0, false), (0.05, false), (0.05, true)] {
                 let s = step(wd, decoupled);
                 let [p, g, m, v] = operands(shape, dtype, 11);
-                let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &s);
+                let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &count(T), &s);
                 let want = reference(&p, &g, &m, &v, &s);
                 for (name, got, want) in [("param", &q, &want[0]), ("m", &m1, &want[1]), ("v", &v1, &want[2])] {
                     assert_eq!(got.shape(), shape, "{name}");
@@ -87,8 +99,8 @@ fn strided_operands_update_like_their_copies() {
     // Transposed views of [4, 6] tensors, and the same values contiguous.
     let [pt, gt, mt, vt] = [&p, &g, &m, &v].map(|t| t.transpose());
     let dense = [&pt, &gt, &mt, &vt].map(|t| t + 0.0);
-    let (a, b, c) = nb::adam_update(&pt, &gt, &mt, &vt, &s);
-    let (x, y, z) = nb::adam_update(&dense[0], &dense[1], &dense[2], &dense[3], &s);
+    let (a, b, c) = nb::adam_update(&pt, &gt, &mt, &vt, &count(T), &s);
+    let (x, y, z) = nb::adam_update(&dense[0], &dense[1], &dense[2], &dense[3], &count(T), &s);
     assert_eq!([bits(&a), bits(&b), bits(&c)], [bits(&x), bits(&y), bits(&z)]);
 }
 
@@ -97,7 +109,7 @@ fn halves_compute_in_f32_and_round_once() {
     for dtype in [DType::BF16, DType::F16] {
         let s = step(0.05, false);
         let [p, g, m, v] = operands(&[50], dtype, 2);
-        let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &s);
+        let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &count(T), &s);
         let wide = [&p, &g, &m, &v].map(|t| t.cast(DType::F64));
         let want = reference(&wide[0], &wide[1], &wide[2], &wide[3], &s);
         let rel = if dtype == DType::BF16 { 8e-3 } else { 1e-3 };
@@ -111,18 +123,20 @@ fn halves_compute_in_f32_and_round_once() {
 }
 
 #[test]
-fn under_jit_the_update_is_one_step_replayed_on_new_values() {
+fn under_jit_the_update_is_one_step_replayed_on_new_values_and_step_numbers() {
     let s = step(0.0, false);
     let f = nb::Jit::new(move |xs: &Vec<Tensor>| {
-        let (q, m1, v1) = nb::adam_update(&xs[0], &xs[1], &xs[2], &xs[3], &s);
+        let (q, m1, v1) = nb::adam_update(&xs[0], &xs[1], &xs[2], &xs[3], &xs[4], &s);
         vec![q, m1, v1]
     });
-    for seed in [1u64, 2, 3] {
-        let xs = operands(&[5, 3], DType::F32, seed).to_vec();
+    for (seed, t) in [(1u64, 1i64), (2, 2), (3, 1000)] {
+        let mut xs = operands(&[5, 3], DType::F32, seed).to_vec();
+        xs.push(count(t));
         let got = f.call(&xs);
-        let want = reference(&xs[0], &xs[1], &xs[2], &xs[3], &s);
+        // The replays read the step number they are given, not the traced one.
+        let want = reference_at(&xs[0], &xs[1], &xs[2], &xs[3], &s, t);
         for (a, b) in got.iter().zip(&want) {
-            assert_eq!(bits(a), bits(b), "call {seed}");
+            assert_eq!(bits(a), bits(b), "call {seed} at step {t}");
         }
     }
     let info = f.cache_info();
@@ -134,7 +148,11 @@ fn traced_operands_take_the_formula_and_have_derivatives() {
     let s = step(0.05, false);
     let [p, g, m, v] = operands(&[4], DType::F64, 9);
     // d(sum of the new parameter) / d(gradient), against central differences.
-    let f = |g: &Tensor| nb::adam_update(&p, g, &m, &v, &s).0.sum(nb::Axes::All, false);
+    let f = |g: &Tensor| {
+        nb::adam_update(&p, g, &m, &v, &count(T), &s)
+            .0
+            .sum(nb::Axes::All, false)
+    };
     let d = nb::grad(f)(&g).to_vec::<f64>();
     let h = 1e-6;
     for i in 0..4 {
@@ -151,8 +169,8 @@ fn traced_operands_take_the_formula_and_have_derivatives() {
         );
     }
     // The traced value is the fused one.
-    let (q, ..) = nb::adam_update(&p, &g, &m, &v, &s);
-    let traced = nb::vjp(|g: &Tensor| nb::adam_update(&p, g, &m, &v, &s).0, &g).0;
+    let (q, ..) = nb::adam_update(&p, &g, &m, &v, &count(T), &s);
+    let traced = nb::vjp(|g: &Tensor| nb::adam_update(&p, g, &m, &v, &count(T), &s).0, &g).0;
     assert_eq!(bits(&traced), bits(&q));
 }
 
@@ -161,11 +179,15 @@ fn mismatched_operands_are_refused_by_name() {
     let s = step(0.0, false);
     let [p, g, m, _] = operands(&[4], DType::F32, 1);
     let short = Tensor::zeros(&[3], DType::F32);
-    let call = std::panic::AssertUnwindSafe(|| nb::adam_update(&p, &g, &m, &short, &s));
+    let call = std::panic::AssertUnwindSafe(|| nb::adam_update(&p, &g, &m, &short, &count(T), &s));
     let e = std::panic::catch_unwind(call).unwrap_err();
     let e = e.downcast::<String>().map(|s| *s).unwrap_or_default();
     assert!(
         e.contains("adam_update: v is [3] f32 but the parameter is [4] f32"),
         "{e}"
     );
+    let call = std::panic::AssertUnwindSafe(|| nb::adam_update(&p, &g, &m, &m, &Tensor::from_vec(vec![3.0], &[]), &s));
+    let e = std::panic::catch_unwind(call).unwrap_err();
+    let e = e.downcast::<String>().map(|s| *s).unwrap_or_default();
+    assert!(e.contains("the step count must be one i64 element"), "{e}");
 }

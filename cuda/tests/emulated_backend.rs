@@ -618,10 +618,9 @@ fn the_adam_update_on_the_device_matches_the_cpu() {
                 beta2: 0.99,
                 eps: 1e-8,
                 weight_decay,
-                bias1: 1.0 - 0.9f64.powi(2),
-                bias2: 1.0 - 0.99f64.powi(2),
                 decoupled,
             };
+            let count = Tensor::from_vec(vec![5i64], &[]);
             let n = 37;
             let t = |k: usize| {
                 let v: Vec<f64> = (0..n).map(|i| ((i * 7 + k * 13) % 23) as f64 / 11.0 - 1.0).collect();
@@ -631,12 +630,12 @@ fn the_adam_update_on_the_device_matches_the_cpu() {
             let long =
                 Tensor::from_vec((0..2 * n).map(|i| (i % 9) as f64 - 4.0).collect::<Vec<_>>(), &[2 * n]).cast(dtype);
             let (p, g, m, v) = (t(0), long.slice_axis(0, None, None, 2), t(2), t(3).abs());
-            let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &s);
-            let on = on_gpu(&[p, g, m, v]);
+            let (q, m1, v1) = nb::adam_update(&p, &g, &m, &v, &count, &s);
+            let on = on_gpu(&[p, g, m, v, count]);
             let launched =
                 || (!device::real_gpu()).then(|| device::emulated_backend().api().launches.lock().unwrap().clone());
             let before = launched();
-            let (gq, gm, gv) = nb::adam_update(&on[0], &on[1], &on[2], &on[3], &s);
+            let (gq, gm, gv) = nb::adam_update(&on[0], &on[1], &on[2], &on[3], &on[4], &s);
             let name = format!("adam_update {dtype} wd {weight_decay} decoupled {decoupled}");
             if let (Some(before), Some(after)) = (before, launched()) {
                 // The concatenation copies each of param, m and v (a launch per part), then one

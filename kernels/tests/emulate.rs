@@ -1609,8 +1609,8 @@ fn adam_updates_in_place_like_the_cpu_optimiser() {
             let m = q(noise(n, 2).iter().map(|&u| 0.1 * u).collect());
             let v = q(noise(n, 3).iter().map(|&u| 0.01 * u).collect());
             let g = q(noise(n, 4).iter().map(|&u| 2.0 * u - 1.0).collect());
-            let (lr, b1, b2, eps, t) = (1e-2, 0.9f64, 0.999f64, 1e-8, 3);
-            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            let (lr, b1, b2, eps, t) = (1e-2, 0.9f64, 0.999f64, 1e-8, 3i64);
+            let (c1, c2) = (1.0 - b1.powf(t as f64), 1.0 - b2.powf(t as f64));
             let (mut wp, mut wm, mut wv) = (Vec::new(), Vec::new(), Vec::new());
             for k in 0..n {
                 let gk = if wd != 0.0 && !decoupled {
@@ -1642,8 +1642,7 @@ fn adam_updates_in_place_like_the_cpu_optimiser() {
                     Arg::f64(b2),
                     Arg::f64(eps),
                     Arg::f64(wd),
-                    Arg::f64(c1),
-                    Arg::f64(c2),
+                    Arg::Buf(t.to_le_bytes().to_vec()),
                     Arg::i32(decoupled as i32),
                 ],
             );

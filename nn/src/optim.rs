@@ -1,7 +1,10 @@
 //! Optimizers over any pytree: SGD (momentum, Nesterov, weight decay) and Adam / AdamW. The
-//! optimizer state is a pytree too (`Tree`), so it can be flattened into a checkpoint.
+//! optimizer state is a pytree too (`Tree`), so it can be flattened into a checkpoint and
+//! passed through `jit`: Adam's step count is a tensor leaf of it, so a jitted training step
+//! (gradient and update) replays with the current count. The learning rate is a Rust number:
+//! a replay repeats the one the step was traced with (as a captured Python float in JAX).
 
-use nabla_core::{AdamStep, Tensor, Tree};
+use nabla_core::{AdamStep, DType, Tensor, Tree};
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay
 /// (PyTorch's conventions: `v = mu v + g`, step along `v` or `g + mu v`).
@@ -65,8 +68,9 @@ pub enum OptState<P> {
         m: P,
         /// Second moments.
         v: P,
-        /// Updates applied so far (for bias correction).
-        count: u64,
+        /// Updates applied so far (for bias correction): an i64 scalar on the parameters'
+        /// device, a leaf of the state.
+        count: Tensor,
     },
 }
 
@@ -88,11 +92,14 @@ impl Optimizer {
             Optimizer::Sgd(s) => OptState::Sgd {
                 velocity: (s.momentum != 0.0).then(|| params.map_leaves(|t| t.zeros_like())),
             },
-            Optimizer::Adam(_) => OptState::Adam {
-                m: params.map_leaves(|t| t.zeros_like()),
-                v: params.map_leaves(|t| t.zeros_like()),
-                count: 0,
-            },
+            Optimizer::Adam(_) => {
+                let device = params.leaves().first().map_or(nabla_core::Device::Cpu, |t| t.device());
+                OptState::Adam {
+                    m: params.map_leaves(|t| t.zeros_like()),
+                    v: params.map_leaves(|t| t.zeros_like()),
+                    count: Tensor::full_on(&[], 0.0, DType::I64, device),
+                }
+            }
         }
     }
 
@@ -143,23 +150,16 @@ impl Optimizer {
                 }
             }
             (Optimizer::Adam(a), OptState::Adam { m, v, count }) => {
-                nabla_core::jit::note_not_replayable(|| {
-                    "Adam's update uses the state's Rust step count for bias correction (not a tensor), \
-                     so a replay would repeat the first step's; jit the gradient computation and \
-                     update outside it"
-                        .to_string()
-                });
                 let (ml, vl) = (m.leaves(), v.leaves());
                 zip3(&p, &g, &ml, "adam");
-                let t = count + 1;
+                // On the state's device: one tiny kernel, recorded and replayed by jit.
+                let t = count + &count.scalar_like(1.0);
                 let step = AdamStep {
                     lr,
                     beta1: a.beta1,
                     beta2: a.beta2,
                     eps: a.eps,
                     weight_decay: a.weight_decay,
-                    bias1: 1.0 - a.beta1.powi(t as i32),
-                    bias2: 1.0 - a.beta2.powi(t as i32),
                     decoupled: a.decoupled_weight_decay,
                 };
                 let mut new_p = Vec::with_capacity(p.len());
@@ -167,7 +167,7 @@ impl Optimizer {
                 let mut new_v = Vec::with_capacity(p.len());
                 for i in 0..p.len() {
                     // One fused kernel per parameter (the same formula in ops when traced).
-                    let (q, m1, v1) = nabla_core::adam_update(&p[i], &g[i], &ml[i], &vl[i], &step);
+                    let (q, m1, v1) = nabla_core::adam_update(&p[i], &g[i], &ml[i], &vl[i], &t, &step);
                     new_p.push(q);
                     new_m.push(m1);
                     new_v.push(v1);
@@ -187,18 +187,23 @@ impl Optimizer {
 }
 
 impl<P: Tree> OptState<P> {
-    /// Updates applied so far (Adam); 0 for SGD, whose update does not depend on it.
+    /// Updates applied so far (Adam; read from its device); 0 for SGD, whose update does not
+    /// depend on it.
     pub fn count(&self) -> u64 {
         match self {
             OptState::Sgd { .. } => 0,
-            OptState::Adam { count, .. } => *count,
+            OptState::Adam { count, .. } => count.item::<i64>() as u64,
         }
     }
 
-    /// The same state with its update count set (when restoring a checkpoint).
+    /// The same state with its update count set (when restoring a checkpoint), on the
+    /// count's device.
     pub fn with_count(self, n: u64) -> Self {
         match self {
-            OptState::Adam { m, v, .. } => OptState::Adam { m, v, count: n },
+            OptState::Adam { m, v, count } => {
+                let count = Tensor::full_on(&[], n as f64, DType::I64, count.device());
+                OptState::Adam { m, v, count }
+            }
             s => s,
         }
     }
@@ -208,9 +213,10 @@ impl<P: Tree> Tree for OptState<P> {
     fn flatten_into(&self, leaves: &mut Vec<Tensor>) {
         match self {
             OptState::Sgd { velocity } => velocity.flatten_into(leaves),
-            OptState::Adam { m, v, .. } => {
+            OptState::Adam { m, v, count } => {
                 m.flatten_into(leaves);
                 v.flatten_into(leaves);
+                leaves.push(count.clone());
             }
         }
     }
@@ -222,7 +228,7 @@ impl<P: Tree> Tree for OptState<P> {
             OptState::Adam { m, v, count } => OptState::Adam {
                 m: m.unflatten_from(leaves),
                 v: v.unflatten_from(leaves),
-                count: *count,
+                count: count.unflatten_from(leaves),
             },
         }
     }

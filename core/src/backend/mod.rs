@@ -126,7 +126,9 @@ pub enum RowOp {
     LogSoftmax,
 }
 
-/// The scalars of one Adam (or AdamW) update, as [`Backend::adam_update`] takes them.
+/// The constant scalars of Adam (or AdamW) updates, as [`Backend::adam_update`] takes them; the
+/// step number, which changes every update, is a tensor beside them (so that a `jit` replay
+/// reads the current one).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamStep {
     /// Learning rate.
@@ -139,10 +141,6 @@ pub struct AdamStep {
     pub eps: f64,
     /// Weight decay (0 for none).
     pub weight_decay: f64,
-    /// Bias correction of the first moment, `1 - beta1^t`.
-    pub bias1: f64,
-    /// Bias correction of the second moment, `1 - beta2^t`.
-    pub bias2: f64,
     /// AdamW: decay the weights directly (`p - lr wd p`) instead of adding `wd p` to the
     /// gradient.
     pub decoupled: bool,
@@ -258,18 +256,21 @@ pub trait Backend: Send + Sync {
     /// the composition computes it), accumulated in f32 for halves. Same shape and dtype out,
     /// contiguous.
     fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor;
-    /// One Adam update of a parameter, all four operands of one shape and float dtype:
+    /// One Adam update of a parameter, all four operands of one shape and float dtype, at step
+    /// `t` (`count`: one i64 element on this device, 1 for the first update):
     /// `g' = g + wd p` (unless decoupled), `m' = b1 m + (1 - b1) g'`,
     /// `v' = b2 v + (1 - b2) g'^2`, `p' = p - lr (m' / bias1) / (sqrt(v' / bias2) + eps)`, then
-    /// `p' -= lr wd p` when decoupled; each scalar is formed in f64 and rounded once, and each
-    /// operation is rounded in the compute type (f32 for halves) in that order. Returns
-    /// `[3, ..shape]`: `p'`, `m'` and `v'` stacked, contiguous.
+    /// `p' -= lr wd p` when decoupled, with `bias_k = 1 - b_k^t` (`powf` in f64). Each scalar
+    /// is formed in f64 and rounded once, and each operation is rounded in the compute type
+    /// (f32 for halves) in that order. Returns `[3, ..shape]`: `p'`, `m'` and `v'` stacked,
+    /// contiguous.
     fn adam_update(
         &self,
         param: &RawTensor,
         grad: &RawTensor,
         m: &RawTensor,
         v: &RawTensor,
+        count: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor;
     /// im2col: every tap of every window of `x` `[.., H, W]` (`H, W` = `window.image`), as

@@ -148,8 +148,8 @@ pub(crate) fn intercept(backend: Arc<dyn Backend>) -> Arc<dyn Backend> {
 /// `why` gives: the signature then runs eagerly on every call, and [`super::Jit::cache_info`]
 /// shows the reason. Called where a function does something a replay of kernels would not
 /// repeat (drawing random numbers, filling `.grad` slots in `backward`); library code whose
-/// results depend on Rust state that is not a tensor argument (an optimizer's step count)
-/// calls it too. Outside a recording it does nothing (and `why` is not called).
+/// results depend on Rust state that is not a tensor argument calls it too (better: make that
+/// state a tensor, as Adam's step count is). Outside a recording it does nothing (and `why` is not called).
 pub fn note_not_replayable(why: impl FnOnce() -> String) {
     if let Some(rec) = ACTIVE.with(|a| a.borrow().clone()) {
         rec.lock().unwrap_or_else(|e| e.into_inner()).refuse(why);
@@ -252,10 +252,11 @@ impl Backend for RecordingBackend {
         grad: &RawTensor,
         m: &RawTensor,
         v: &RawTensor,
+        count: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor {
-        let out = self.inner.adam_update(param, grad, m, v, step);
-        self.log(Call::Adam(*step), &[param, grad, m, v], out)
+        let out = self.inner.adam_update(param, grad, m, v, count, step);
+        self.log(Call::Adam(*step), &[param, grad, m, v, count], out)
     }
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
         self.log(Call::Unfold(*window), &[x], self.inner.unfold_windows(x, window))

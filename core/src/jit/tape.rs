@@ -68,7 +68,7 @@ impl Call {
             Call::Matmul => backend.matmul(&args[0], &args[1]),
             Call::Rows(op) => backend.softmax_rows(*op, &args[0]),
             Call::LayerNorm(eps) => backend.layer_norm_rows(&args[0], *eps),
-            Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], step),
+            Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], &args[4], step),
             Call::Unfold(window) => backend.unfold_windows(&args[0], window),
             Call::Fold(window) => backend.fold_windows(&args[0], window),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),

@@ -21,6 +21,7 @@ pub(super) fn adam_update<A: DeviceApi>(
     grad: &RawTensor,
     m: &RawTensor,
     v: &RawTensor,
+    count: &RawTensor,
     step: &AdamStep,
 ) -> RawTensor {
     let (p1, m1, v1) = (lifted(param), lifted(m), lifted(v));
@@ -29,7 +30,7 @@ pub(super) fn adam_update<A: DeviceApi>(
     if n == 0 {
         return out;
     }
-    let grad = be.dense(grad);
+    let (grad, count) = (be.dense(grad), be.dense(count));
     let dtype = param.dtype();
     let s = spec(AdamSpec::new(kernel_dtype(dtype)), "adam_update");
     let row = |k: usize| {
@@ -48,8 +49,7 @@ pub(super) fn adam_update<A: DeviceApi>(
             "beta2" => LaunchArg::F64(step.beta2),
             "eps" => LaunchArg::F64(step.eps),
             "weight_decay" => LaunchArg::F64(step.weight_decay),
-            "bias1" => LaunchArg::F64(step.bias1),
-            "bias2" => LaunchArg::F64(step.bias2),
+            "count" => be.run_ptr(&count),
             "decoupled" => LaunchArg::I32(step.decoupled as i32),
             _ => return None,
         })

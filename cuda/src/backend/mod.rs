@@ -363,9 +363,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         grad: &RawTensor,
         m: &RawTensor,
         v: &RawTensor,
+        count: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor {
-        adam::adam_update(self, param, grad, m, v, step)
+        adam::adam_update(self, param, grad, m, v, count, step)
     }
 
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {

@@ -305,9 +305,9 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restr
 /// One Adam (or AdamW) step in place over `n` contiguous elements of `param`, `m`, `v` and
 /// `grad`, with the CPU optimiser's formula: `g += wd * p` unless decoupled; `m = b1 m + (1 - b1)
 /// g`; `v = b2 v + (1 - b2) g^2`; `p -= lr (m / bias1) / (sqrt(v / bias2) + eps)`; then
-/// `p -= lr wd p_old` when decoupled. `bias1 = 1 - b1^t` and `bias2 = 1 - b2^t` come from the
-/// host's step count `t`. Computed in float (double for f64); the state has the parameter's
-/// dtype.
+/// `p -= lr wd p_old` when decoupled. `bias1 = 1 - b1^t` and `bias2 = 1 - b2^t` are formed in
+/// double from the step number `t = count[0]` (device memory, so that a replayed step reads
+/// the current one). Computed in float (double for f64); the state has the parameter's dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AdamSpec {
     dtype: KernelDType,
@@ -344,8 +344,7 @@ impl Gen for AdamSpec {
             Param::new("beta2", ArgType::F64),
             Param::new("eps", ArgType::F64),
             Param::new("weight_decay", ArgType::F64),
-            Param::new("bias1", ArgType::F64),
-            Param::new("bias2", ArgType::F64),
+            Param::new("count", ArgType::In(KernelDType::I64)),
             Param::new("decoupled", ArgType::I32),
         ]
     }
@@ -384,8 +383,9 @@ v[i] = {sv};
     const {c} eps_c = ({c})eps;
     const {c} wd = ({c})weight_decay;
     const {c} lr_wd = ({c})(lr * weight_decay);
-    const {c} c1 = ({c})bias1;
-    const {c} c2 = ({c})bias2;
+    const double t = (double)count[0];
+    const {c} c1 = ({c})(1.0 - pow(beta1, t));
+    const {c} c2 = ({c})(1.0 - pow(beta2, t));
     const bool coupled_wd = weight_decay != 0.0 && !decoupled;
     const bool decoupled_wd = weight_decay != 0.0 && decoupled;
 {}"#,

@@ -16,7 +16,8 @@ fn of<T: Float>(v: f64) -> T {
     T::from(v).expect("a float converts to a float")
 }
 
-/// The step's scalars in the element type, each formed in f64 and rounded once.
+/// The step's scalars in the element type, each formed in f64 and rounded once (the bias
+/// corrections from the step number `t`).
 struct Scalars<T> {
     lr: T,
     b1: T,
@@ -33,7 +34,7 @@ struct Scalars<T> {
 }
 
 impl<T: Float> Scalars<T> {
-    fn new(s: &AdamStep) -> Scalars<T> {
+    fn new(s: &AdamStep, t: i64) -> Scalars<T> {
         Scalars {
             lr: of(s.lr),
             b1: of(s.beta1),
@@ -43,8 +44,8 @@ impl<T: Float> Scalars<T> {
             eps: of(s.eps),
             wd: of(s.weight_decay),
             lr_wd: of(s.lr * s.weight_decay),
-            c1: of(s.bias1),
-            c2: of(s.bias2),
+            c1: of(1.0 - s.beta1.powf(t as f64)),
+            c2: of(1.0 - s.beta2.powf(t as f64)),
             coupled: s.weight_decay != 0.0 && !s.decoupled,
             decoupled: s.weight_decay != 0.0 && s.decoupled,
         }
@@ -70,9 +71,8 @@ const CHUNK: usize = 1 << 14;
 
 /// `[p', m', v']` of contiguous operands of `n` elements, each element written once (no
 /// zero-fill of the output first).
-fn update_all<T: Float + Send + Sync>(p: &[T], g: &[T], m: &[T], v: &[T], step: &AdamStep) -> Vec<T> {
+fn update_all<T: Float + Send + Sync>(p: &[T], g: &[T], m: &[T], v: &[T], s: Scalars<T>) -> Vec<T> {
     let n = p.len();
-    let s = Scalars::<T>::new(step);
     let mut out: Vec<T> = Vec::with_capacity(3 * n);
     let spare = &mut out.spare_capacity_mut()[..3 * n];
     let (po, rest) = spare.split_at_mut(n);
@@ -111,19 +111,36 @@ pub(super) fn adam_update(
     grad: &RawTensor,
     m: &RawTensor,
     v: &RawTensor,
+    count: &RawTensor,
     step: &AdamStep,
 ) -> RawTensor {
+    let CpuBuffer::I64(c) = host(count) else {
+        unreachable!("adam_update: the op layer passes an i64 step count")
+    };
+    let t = c[count.layout.offset];
     let (p, g, m, v) = (dense(param), dense(grad), dense(m), dense(v));
     let mut shape = vec![3];
     shape.extend_from_slice(&param.layout.shape);
     let n = param.layout.numel();
     match (host(&p), host(&g), host(&m), host(&v)) {
         (CpuBuffer::F32(pd), CpuBuffer::F32(gd), CpuBuffer::F32(md), CpuBuffer::F32(vd)) => {
-            let out = update_all(part(pd, &p, n), part(gd, &g, n), part(md, &m, n), part(vd, &v, n), step);
+            let out = update_all(
+                part(pd, &p, n),
+                part(gd, &g, n),
+                part(md, &m, n),
+                part(vd, &v, n),
+                Scalars::new(step, t),
+            );
             wrap(out, &shape)
         }
         (CpuBuffer::F64(pd), CpuBuffer::F64(gd), CpuBuffer::F64(md), CpuBuffer::F64(vd)) => {
-            let out = update_all(part(pd, &p, n), part(gd, &g, n), part(md, &m, n), part(vd, &v, n), step);
+            let out = update_all(
+                part(pd, &p, n),
+                part(gd, &g, n),
+                part(md, &m, n),
+                part(vd, &v, n),
+                Scalars::new(step, t),
+            );
             wrap(out, &shape)
         }
         (CpuBuffer::F16(_) | CpuBuffer::BF16(_), ..) => unreachable!("{HALVES_WIDENED}"),

@@ -199,10 +199,11 @@ impl Backend for CpuBackend {
         grad: &RawTensor,
         m: &RawTensor,
         v: &RawTensor,
+        count: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor {
         // Halves compute in f32 and round once.
-        let out = adam::adam_update(&widen(param), &widen(grad), &widen(m), &widen(v), step);
+        let out = adam::adam_update(&widen(param), &widen(grad), &widen(m), &widen(v), count, step);
         narrow(out, param.dtype())
     }
 
