@@ -58,6 +58,7 @@ const ELEMENTWISE: &[&str] = &[
     "sigmoid",
     "relu",
     "gelu",
+    "gelu_exact",
     "silu",
     "softplus",
     "add",

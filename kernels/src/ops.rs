@@ -70,6 +70,14 @@ op_enum! {
         Round => "round",
         /// round toward zero (floats)
         Trunc => "trunc",
+        /// GELU, tanh approximation (floats)
+        Gelu => "gelu",
+        /// the derivative of the tanh-approximated GELU (floats)
+        GeluDerivative => "gelu_derivative",
+        /// GELU through erf (floats)
+        GeluExact => "gelu_exact",
+        /// the derivative of the exact GELU (floats)
+        GeluExactDerivative => "gelu_exact_derivative",
     }
 }
 

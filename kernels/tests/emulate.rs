@@ -396,6 +396,21 @@ fn unary_float_ref(op: UnaryOp, x: f64) -> f64 {
         UnaryOp::Ceil => x.ceil(),
         UnaryOp::Round => x.round_ties_even(),
         UnaryOp::Trunc => x.trunc(),
+        // The CPU backend's formulas (`cpu/gelu.rs`), in f64.
+        UnaryOp::Gelu | UnaryOp::GeluDerivative => {
+            let (c, a) = ((2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+            let t = (c * (x + a * x * x * x)).tanh();
+            if op == UnaryOp::Gelu {
+                0.5 * x * (1.0 + t)
+            } else {
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * a * x * x)
+            }
+        }
+        UnaryOp::GeluExact => 0.5 * x * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)),
+        UnaryOp::GeluExactDerivative => {
+            let phi = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            0.5 * (1.0 + libm::erf(x * std::f64::consts::FRAC_1_SQRT_2)) + x * phi
+        }
         UnaryOp::Not => unreachable!(),
     }
 }
@@ -435,7 +450,19 @@ fn unary_kernels_match_the_references() {
         args.push(Arg::i64(n as i64));
         let out = launch_1d(&spec, args);
         let exact = matches!(u.op(), UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Sign | UnaryOp::Relu);
-        let rel = if exact { 0.0 } else { tol(d) };
+        // GELU's `1 + tanh` and `1 + erf` cancel for negative inputs (about 80x at -2.5) in the
+        // compute type; halves round that result once, within their own tolerance.
+        let gelu = matches!(
+            u.op(),
+            UnaryOp::Gelu | UnaryOp::GeluDerivative | UnaryOp::GeluExact | UnaryOp::GeluExactDerivative
+        );
+        let rel = if exact {
+            0.0
+        } else if gelu && matches!(d, F32 | F64) {
+            tol(d) * 64.0
+        } else {
+            tol(d)
+        };
         assert_vals(
             &spec.entry_name(),
             &Vals::decode(d, out[0].as_ref().unwrap()),

@@ -51,7 +51,24 @@ pub enum UnaryOp {
     Round,
     /// integer part (toward zero)
     Trunc,
+    /// GELU, tanh approximation: `0.5 x (1 + tanh(c (x + 0.044715 x^3)))`, `c = sqrt(2/pi)`
+    Gelu,
+    /// the derivative of [`UnaryOp::Gelu`]: `0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 0.044715 x^2)`
+    /// with `t` the tanh above
+    GeluDerivative,
+    /// GELU without approximation: `0.5 x (1 + erf(x / sqrt(2)))`
+    GeluExact,
+    /// the derivative of [`UnaryOp::GeluExact`]: `0.5 (1 + erf(x / sqrt(2))) + x e^(-x^2/2) / sqrt(2 pi)`
+    GeluExactDerivative,
 }
+
+/// `sqrt(2 / pi)`, the scale inside GELU's tanh approximation (computed as JAX computes it).
+pub fn gelu_tanh_scale() -> f64 {
+    (2.0 / std::f64::consts::PI).sqrt()
+}
+
+/// The cubic coefficient inside GELU's tanh approximation.
+pub const GELU_CUBIC: f64 = 0.044715;
 
 /// Elementwise functions of two operands of the same shape and dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

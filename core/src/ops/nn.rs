@@ -1,6 +1,7 @@
-//! Neural-network functions: gelu, silu, cross-entropy and mse composed from primitives (their
-//! derivatives follow by composition); softmax and log-softmax, one fused row primitive each
-//! (a single pass over every row, on every backend); and softplus, one primitive whose rule is
+//! Neural-network functions: silu, cross-entropy and mse composed from primitives (their
+//! derivatives follow by composition); gelu (and `gelu_exact`), one elementwise primitive whose
+//! derivative is one primitive too; softmax and log-softmax, one fused row primitive each (a
+//! single pass over every row, on every backend); and softplus, one primitive whose rule is
 //! JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
 use super::{Axes, require_float};
@@ -13,11 +14,10 @@ use crate::trace::Rule;
 impl Tensor {
     /// GELU, tanh approximation (JAX's default `approximate=True`):
     /// `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+    /// One primitive (one pass), as is its derivative.
     pub fn gelu(&self) -> Tensor {
         require_float("gelu", self);
-        let c = (2.0 / std::f64::consts::PI).sqrt();
-        let inner = (self + self.powf(3.0) * 0.044715) * c;
-        self * 0.5 * (inner.tanh() + 1.0)
+        super::unary::gelu(self, false)
     }
 
     /// SiLU (swish): `x * sigmoid(x)`.

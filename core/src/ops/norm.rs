@@ -75,9 +75,10 @@ impl Tensor {
 
     /// GELU without the approximation: `0.5 x (1 + erf(x / sqrt(2)))` (JAX's
     /// `gelu(approximate=False)`, PyTorch's default).
+    /// One primitive (one pass), as is its derivative.
     pub fn gelu_exact(&self) -> Tensor {
         require_float("gelu_exact", self);
-        self * 0.5 * ((self * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0)
+        super::unary::gelu(self, true)
     }
 
     /// The remainder of floor division, with the sign of the divisor: `x - floor(x / y) * y`

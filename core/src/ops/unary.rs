@@ -31,10 +31,38 @@ fn scale_by_derivative(op: UnaryOp, x: &Tensor, out: &Tensor, g: &Tensor) -> Opt
         UnaryOp::Relu => x.gt_scalar(0.0).where_(g, &g.scalar_like(0.0)),
         // 2/sqrt(pi) e^(-x^2)
         UnaryOp::Erf => g * (-(x * x)).exp() * std::f64::consts::FRAC_2_SQRT_PI,
+        // The first derivatives of GELU are primitives (one pass); theirs are composed.
+        UnaryOp::Gelu => g * unary(x, UnaryOp::GeluDerivative),
+        UnaryOp::GeluExact => g * unary(x, UnaryOp::GeluExactDerivative),
+        UnaryOp::GeluDerivative => g * gelu_second_derivative(x),
+        // phi(x) (2 - x^2), phi the standard normal density
+        UnaryOp::GeluExactDerivative => {
+            let density =
+                (x.square() * -0.5).exp() * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+            g * density * (-x.square() + 2.0)
+        }
         UnaryOp::Sign | UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Trunc => {
             return None;
         }
     })
+}
+
+/// GELU's (tanh form) second derivative in ops: with `u = c (x + a x^3)`, `t = tanh(u)`,
+/// `s = 1 - t^2`, it is `s u' - x t s u'^2 + 0.5 x s u''` (`u' = c (1 + 3 a x^2)`, `u'' = 6 a c x`).
+fn gelu_second_derivative(x: &Tensor) -> Tensor {
+    use crate::backend::{GELU_CUBIC, gelu_tanh_scale};
+    let c = gelu_tanh_scale();
+    let t = ((x + x.powf(3.0) * GELU_CUBIC) * c).tanh();
+    let s = -t.square() + 1.0;
+    let du = (x.square() * (3.0 * GELU_CUBIC) + 1.0) * c;
+    let d2u = x * (6.0 * GELU_CUBIC * c);
+    &s * &du - x * &t * &s * du.square() + x * 0.5 * &s * d2u
+}
+
+/// GELU as one primitive, `exact` through erf, else the tanh approximation; its derivative is
+/// one primitive too.
+pub(crate) fn gelu(x: &Tensor, exact: bool) -> Tensor {
+    unary(x, if exact { UnaryOp::GeluExact } else { UnaryOp::Gelu })
 }
 
 /// True for the primitives whose derivative is zero wherever it exists (step functions): their

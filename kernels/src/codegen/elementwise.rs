@@ -116,6 +116,9 @@ impl UnarySpec {
                 // rint rounds ties to even in the default rounding mode.
                 UnaryOp::Round => f("rint"),
                 UnaryOp::Trunc => f("trunc"),
+                UnaryOp::Gelu | UnaryOp::GeluDerivative | UnaryOp::GeluExact | UnaryOp::GeluExactDerivative => {
+                    gelu_expr(self.op, d)
+                }
                 UnaryOp::Not => unreachable!("checked in new"),
             };
         }
@@ -128,6 +131,38 @@ impl UnarySpec {
             UnaryOp::Not => "!c".into(),
             _ => unreachable!("checked in new"),
         }
+    }
+}
+
+/// A double constant as a C literal of the compute type of `d` (Rust's shortest round-trip
+/// form, so the same double as the CPU backend's).
+fn constant(d: KernelDType, v: f64) -> String {
+    format!("(({}){v:?})", d.compute_type())
+}
+
+/// GELU and its derivative in the compute type from `c`, with the formulas and constants of
+/// the CPU backend (`nabla_core`'s `cpu/gelu.rs`).
+fn gelu_expr(op: UnaryOp, d: KernelDType) -> String {
+    let (half, one) = (constant(d, 0.5), d.compute_literal(1));
+    let scale = constant(d, (2.0f64 / std::f64::consts::PI).sqrt());
+    let (cubic, three_cubic) = (constant(d, 0.044715), constant(d, 3.0 * 0.044715));
+    let r = constant(d, std::f64::consts::FRAC_1_SQRT_2);
+    let density = constant(
+        d,
+        0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2,
+    );
+    let (tanh, erf, exp) = (d.math("tanh"), d.math("erf"), d.math("exp"));
+    let t = format!("{tanh}({scale} * (c + {cubic} * c * c * c))");
+    match op {
+        UnaryOp::Gelu => format!("{half} * c * ({one} + {t})"),
+        UnaryOp::GeluDerivative => format!(
+            "[&]() {{ const auto t = {t}; return {half} * ({one} + t) + {half} * c * ({one} - t * t) * {scale} * ({one} + {three_cubic} * c * c); }}()"
+        ),
+        UnaryOp::GeluExact => format!("{half} * c * ({one} + {erf}(c * {r}))"),
+        UnaryOp::GeluExactDerivative => {
+            format!("{half} * ({one} + {erf}(c * {r})) + c * {exp}(-({half} * c * c)) * {density}")
+        }
+        _ => unreachable!("GELU ops only"),
     }
 }
 

@@ -4,7 +4,7 @@ use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, host, view, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, gelu, host, view, wrap};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::{DType, bf16, f16};
 use crate::layout::Layout;
@@ -184,7 +184,9 @@ fn float_unary<T: Float + Send + Sync + Default>(op: UnaryOp, x: &Src<T>) -> Vec
                 r
             }
         }),
-        UnaryOp::Erf => unreachable!("erf is computed with libm by the caller"),
+        UnaryOp::Erf | UnaryOp::Gelu | UnaryOp::GeluDerivative | UnaryOp::GeluExact | UnaryOp::GeluExactDerivative => {
+            unreachable!("erf and GELU are computed by the caller with the element type's tanh or erf")
+        }
         UnaryOp::Not => unreachable!("checked by the op layer"),
     }
 }
@@ -201,6 +203,10 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
                 UnaryOp::Tanh => map1(&v, fast_math::tanh_f32),
                 UnaryOp::Sigmoid => map1(&v, |a: f32| 1.0 / (1.0 + fast_math::exp_f32(-a))),
                 UnaryOp::Erf => map1(&v, libm::erff),
+                UnaryOp::Gelu => map1(&v, gelu::tanh_form(fast_math::tanh_f32)),
+                UnaryOp::GeluDerivative => map1(&v, gelu::tanh_form_derivative(fast_math::tanh_f32)),
+                UnaryOp::GeluExact => map1(&v, gelu::erf_form(libm::erff)),
+                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative(libm::erff)),
                 _ => float_unary(op, &v),
             };
             wrap(out, shape)
@@ -209,6 +215,10 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
             let v = ev(d, &x.layout, flat);
             let out = match op {
                 UnaryOp::Erf => map1(&v, libm::erf),
+                UnaryOp::Gelu => map1(&v, gelu::tanh_form(f64::tanh)),
+                UnaryOp::GeluDerivative => map1(&v, gelu::tanh_form_derivative(f64::tanh)),
+                UnaryOp::GeluExact => map1(&v, gelu::erf_form(libm::erf)),
+                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative(libm::erf)),
                 _ => float_unary(op, &v),
             };
             wrap(out, shape)

@@ -4,6 +4,7 @@
 mod adam;
 mod elementwise;
 mod fast_math;
+mod gelu;
 mod index;
 mod matmul;
 pub mod memory;
