@@ -14,13 +14,13 @@
 # $OUT/table.md after every step (two files: the device tool brings back at most eight, and a
 # killed run still brings back what was done), or stay in ./out when OUT is unset.
 #
-# Time: the whole check has a deadline (GPU_CHECK_SECONDS, default 270 s), so that a hung step
+# Time: the whole check has a deadline (GPU_CHECK_SECONDS, default 300 s), so that a hung step
 # still leaves a lent GPU's 15 minutes room for a second try. Each step runs under the smaller
 # of its own limit and what is left; a step with under 10 s left is skipped and counted as a
 # failure. Steps run in order of importance: conformance, training, NCCL, benchmark.
 set -u
 start_time=$(date +%s)
-deadline=${GPU_CHECK_SECONDS:-270}
+deadline=${GPU_CHECK_SECONDS:-300}
 # left: seconds before the deadline.
 left() { echo $((deadline - ($(date +%s) - start_time))); }
 # limit MAX: the timeout for a step allowed MAX seconds (0 when it should be skipped).
@@ -84,8 +84,10 @@ fi
 pin="$PWD/libpin"
 rm -rf "$pin"
 mkdir -p "$pin"
+# Only CUDA 13's (the version cudarc is built for): with cu12 wheels beside them, a sort of
+# paths could pick a .so.12.
 for lib in libnvrtc libcublas libcublasLt; do
-  found=$(find "${nv:-/nonexistent}" -name "$lib.so.1[0-9]*" 2>/dev/null | sort | tail -1)
+  found=$(find "${nv:-/nonexistent}" -name "$lib.so.13" 2>/dev/null | head -1)
   [ -n "$found" ] && ln -s "$found" "$pin/$lib.so"
 done
 export LD_LIBRARY_PATH="$pin:${LD_LIBRARY_PATH:-}"

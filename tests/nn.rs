@@ -238,7 +238,7 @@ fn training_learns_digits_and_resumes_bit_identically() {
     let back = checkpoint::load(&path).unwrap();
     let template = fresh();
     let model = template.rebuild(back.params);
-    let state = opt.init(&template).rebuild(back.optimizer_state).with_count(back.step);
+    let state = opt.init(&template).restored(back.optimizer_state, back.step).unwrap();
     let (resumed, _) = train(model, &opt, state, &train_set, back.step, 120);
     assert_eq!(
         digest::digest_hex(&resumed.leaves()),
@@ -295,4 +295,26 @@ fn jit_of_a_whole_training_step_replays_it_with_sgd_and_adam() {
         let info = jitted.cache_info();
         assert_eq!((info.compiled, info.replays), (1, 3), "{opt:?}: {info:?}");
     }
+}
+
+#[test]
+fn adam_state_restores_from_current_and_older_checkpoint_leaves() {
+    let model = Mlp::new(&[4, 3, 2], &[Activation::Relu], &mut Rng::new(1), DType::F32);
+    let opt = Optimizer::Adam(Adam::default());
+    let state = opt.init(&model);
+    let g = model.map_leaves(|t| t.ones_like());
+    let (_, stepped) = opt.update(&model, &g, &state, 0.1);
+    let leaves = stepped.leaves();
+    // Current checkpoints hold the count as the last leaf; older ones hold the moments only.
+    let now = state.restored(leaves.clone(), 1).unwrap();
+    let older = state.restored(leaves[..leaves.len() - 1].to_vec(), 1).unwrap();
+    for s in [&now, &older] {
+        assert_eq!(s.count(), 1);
+        assert_eq!(digest::digest_hex(&s.leaves()), digest::digest_hex(&stepped.leaves()));
+    }
+    let e = state.restored(leaves[..2].to_vec(), 1).map(|_| ()).unwrap_err();
+    assert!(
+        e.contains("holds 2 optimizer tensors, this optimizer's state needs 9"),
+        "{e}"
+    );
 }

@@ -157,17 +157,21 @@ fn prepare(args: &Args, group: &nb::dist::ProcessGroup) -> Result<Start, SetupEr
     if let (true, Some(path)) = (resume, &args.checkpoint) {
         let ckpt =
             checkpoint::load(path).map_err(|e| SetupError::on_this_rank(format!("--resume: cannot resume: {e}")))?;
-        let (p, s) = (model.leaves().len(), state.leaves().len());
-        if ckpt.params.len() != p || ckpt.optimizer_state.len() != s {
-            return Err(SetupError::everywhere(format!(
-                "--resume: {} holds {} parameter and {} optimizer tensors, this model needs {p} and {s} (same --hidden and --optimizer?)",
-                path.display(),
-                ckpt.params.len(),
-                ckpt.optimizer_state.len()
+        let p = model.leaves().len();
+        let mismatch = |what: String| {
+            SetupError::everywhere(format!(
+                "--resume: {}: {what} (same --hidden and --optimizer?)",
+                path.display()
+            ))
+        };
+        if ckpt.params.len() != p {
+            return Err(mismatch(format!(
+                "it holds {} parameter tensors, this model needs {p}",
+                ckpt.params.len()
             )));
         }
         model = model.rebuild(ckpt.params);
-        state = state.rebuild(ckpt.optimizer_state).with_count(ckpt.step);
+        state = state.restored(ckpt.optimizer_state, ckpt.step).map_err(mismatch)?;
         step = ckpt.step;
         rng = Rng::from_state(ckpt.rng_state.0, ckpt.rng_state.1);
     }
@@ -219,8 +223,8 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, start: Start) -> Result<(), 
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}").expect("valid template"));
     bar.set_position(step);
     // The loss and gradients of a batch; the batch is an argument, so one recorded program
-    // serves every batch of a size. The optimizer update stays eager: it uses Rust numbers
-    // (step count, learning rate) that a recording would fix.
+    // serves every batch of a size. The optimizer update stays eager: the learning rate is a
+    // Rust number (from --lr, possibly scheduled) that a recording would fix.
     let value_and_grad =
         |(m, x, y): &(Mlp, Tensor, Tensor)| nb::value_and_grad(|m: &Mlp| nb::cross_entropy(&m.forward(x), y))(m);
     let value_and_grad_jit = nb::Jit::new(value_and_grad);

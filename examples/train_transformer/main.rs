@@ -244,7 +244,9 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<()
     {
         let ckpt = checkpoint::load(path)?;
         model = model.rebuild(ckpt.params);
-        state = state.rebuild(ckpt.optimizer_state).with_count(ckpt.step);
+        state = state
+            .restored(ckpt.optimizer_state, ckpt.step)
+            .map_err(|e| format!("--resume: {e} (same model flags?)"))?;
         step = ckpt.step;
     }
     let to_device = |t: &Tensor| t.to_device(device).expect("the device was opened");

@@ -166,8 +166,15 @@ impl Optimizer {
                 let mut new_m = Vec::with_capacity(p.len());
                 let mut new_v = Vec::with_capacity(p.len());
                 for i in 0..p.len() {
-                    // One fused kernel per parameter (the same formula in ops when traced).
-                    let (q, m1, v1) = nabla_core::adam_update(&p[i], &g[i], &ml[i], &vl[i], &t, &step);
+                    // One fused kernel per parameter (the same formula in ops when traced); the
+                    // count goes to a parameter on another device (one element).
+                    let t_here = if p[i].device() == t.device() {
+                        t.clone()
+                    } else {
+                        t.to_device(p[i].device())
+                            .unwrap_or_else(|e| panic!("adam: moving the step count: {e}"))
+                    };
+                    let (q, m1, v1) = nabla_core::adam_update(&p[i], &g[i], &ml[i], &vl[i], &t_here, &step);
                     new_p.push(q);
                     new_m.push(m1);
                     new_v.push(v1);
@@ -194,6 +201,27 @@ impl<P: Tree> OptState<P> {
             OptState::Sgd { .. } => 0,
             OptState::Adam { count, .. } => count.item::<i64>() as u64,
         }
+    }
+
+    /// This state's structure filled with a checkpoint's optimizer leaves, at update count
+    /// `step`: the leaves of [`Tree::leaves`], or those of checkpoints written before Adam's
+    /// count became a leaf (the moments only; the count then comes from `step`). A number of
+    /// leaves that fits neither is an error saying both numbers.
+    pub fn restored(&self, leaves: Vec<Tensor>, step: u64) -> Result<Self, String> {
+        let mut leaves = leaves;
+        let want = self.leaves().len();
+        if let OptState::Adam { count, .. } = self
+            && leaves.len() + 1 == want
+        {
+            leaves.push(count.clone());
+        }
+        if leaves.len() != want {
+            return Err(format!(
+                "the checkpoint holds {} optimizer tensors, this optimizer's state needs {want}",
+                leaves.len()
+            ));
+        }
+        Ok(self.rebuild(leaves).with_count(step))
     }
 
     /// The same state with its update count set (when restoring a checkpoint), on the

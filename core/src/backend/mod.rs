@@ -182,19 +182,32 @@ pub struct Window2d {
 }
 
 impl Window2d {
-    /// Taps per window, `kernel.0 * kernel.1`.
+    /// Taps per window, `kernel.0 * kernel.1` (saturating: [`Window2d::fits`] refuses the
+    /// sizes where it would overflow).
     pub fn taps(&self) -> usize {
-        self.kernel.0 * self.kernel.1
+        self.kernel.0.saturating_mul(self.kernel.1)
     }
 
     /// Whether every tap of every window lies inside the image, and there is at least one
     /// window and one tap (what the backends' window kernels require).
     pub fn fits(&self) -> bool {
         let fits_axis = |image: usize, k: usize, s: usize, d: usize, o: usize| {
-            k > 0 && o > 0 && s > 0 && d > 0 && (k - 1) * d + (o - 1) * s < image
+            let last = (k.wrapping_sub(1))
+                .checked_mul(d)
+                .zip((o.wrapping_sub(1)).checked_mul(s));
+            k > 0 && o > 0 && s > 0 && d > 0 && last.and_then(|(a, b)| a.checked_add(b)).is_some_and(|l| l < image)
         };
+        let sizes = [
+            self.image.0,
+            self.image.1,
+            self.kernel.0,
+            self.kernel.1,
+            self.out.0,
+            self.out.1,
+        ];
         fits_axis(self.image.0, self.kernel.0, self.stride.0, self.dilation.0, self.out.0)
             && fits_axis(self.image.1, self.kernel.1, self.stride.1, self.dilation.1, self.out.1)
+            && sizes.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).is_some()
     }
 
     /// Panics naming `op` unless the windows fit (see [`Window2d::fits`]) and `shape` ends

@@ -38,8 +38,14 @@ impl Default for Conv2dOptions {
 
 /// Output extent of a window sweep, or `None` when the window does not fit.
 fn out_extent(input: usize, pad: usize, kernel: usize, stride: usize, dilation: usize) -> Option<usize> {
-    let span = dilation * (kernel - 1) + 1;
-    (input + 2 * pad).checked_sub(span).map(|r| r / stride + 1)
+    if stride == 0 || dilation == 0 {
+        return None;
+    }
+    let span = kernel.checked_sub(1)?.checked_mul(dilation)?.checked_add(1)?;
+    input
+        .checked_add(pad.checked_mul(2)?)?
+        .checked_sub(span)
+        .map(|r| r / stride + 1)
 }
 
 fn require_nchw(op: &str, x: &Tensor) {
@@ -129,10 +135,19 @@ fn window_out(op: &str, x: &Tensor, kernel: (usize, usize), o: &Conv2dOptions) -
     let oh = out_extent(h, o.padding.0, kernel.0, o.stride.0, o.dilation.0);
     let ow = out_extent(w, o.padding.1, kernel.1, o.stride.1, o.dilation.1);
     match (oh, ow) {
-        (Some(oh), Some(ow)) if kernel.0 > 0 && kernel.1 > 0 && o.stride.0 > 0 && o.stride.1 > 0 => (oh, ow),
+        (Some(oh), Some(ow))
+            if kernel.0 > 0
+                && kernel.1 > 0
+                && o.stride.0 > 0
+                && o.stride.1 > 0
+                && o.dilation.0 > 0
+                && o.dilation.1 > 0 =>
+        {
+            (oh, ow)
+        }
         _ => panic!(
             "{op}: a {}x{} window (dilation {:?}, stride {:?}) does not fit an input of {h}x{w} padded by {:?}; \
-             use a smaller kernel, more padding or a larger image",
+             strides and dilations must be at least 1; use a smaller kernel, more padding or a larger image",
             kernel.0, kernel.1, o.dilation, o.stride, o.padding
         ),
     }

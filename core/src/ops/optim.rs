@@ -63,7 +63,11 @@ fn bias_correction(beta: f64, t: &Tensor, dtype: crate::DType) -> Tensor {
 
 /// The update in public ops, rounded after every op in the fused kernel's order.
 fn composed(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, count: &Tensor, s: &AdamStep) -> (Tensor, Tensor, Tensor) {
-    let t = count.stop_gradient().cast(crate::DType::F64);
+    // A scalar, so that the result keeps the parameter's shape whatever the count's shape.
+    let t = count
+        .stop_gradient()
+        .reshape(Vec::<usize>::new())
+        .cast(crate::DType::F64);
     let (c1, c2) = (
         bias_correction(s.beta1, &t, p.dtype()),
         bias_correction(s.beta2, &t, p.dtype()),

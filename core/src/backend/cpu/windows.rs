@@ -14,7 +14,15 @@ use crate::with_cpu_buffer;
 /// The leading extents of `x` (everything before the last `trailing` axes) and their product.
 fn leading(shape: &[usize], trailing: usize) -> (&[usize], usize) {
     let lead = &shape[..shape.len() - trailing];
-    (lead, lead.iter().product())
+    (lead, product(lead))
+}
+
+/// The product of `sizes`, or a panic when it overflows (the buffers below are sized by it).
+fn product(sizes: &[usize]) -> usize {
+    sizes
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .unwrap_or_else(|| panic!("window sizes {sizes:?} overflow usize"))
 }
 
 /// Images per task: enough elements per task to be worth a thread, at least one image.
@@ -31,7 +39,7 @@ fn unfold_image<T: Copy>(src: &[T], dst: &mut [MaybeUninit<T>], win: &Window2d) 
         for j in 0..win.kernel.1 {
             for y in 0..oh {
                 let (r, c) = win.pixel((i, j), (y, 0));
-                let Some(out) = rows.next() else { return };
+                let out = rows.next().expect("the columns hold KH * KW * OH rows of OW");
                 let start = r * w + c;
                 let step = win.stride.1;
                 for (x, o) in out.iter_mut().enumerate() {
@@ -51,7 +59,7 @@ fn fold_image<T: Copy + std::ops::AddAssign>(src: &[T], dst: &mut [T], win: &Win
         for j in 0..win.kernel.1 {
             for y in 0..oh {
                 let (r, c) = win.pixel((i, j), (y, 0));
-                let Some(taps) = rows.next() else { return };
+                let taps = rows.next().expect("the columns hold KH * KW * OH rows of OW");
                 let start = r * w + c;
                 if win.stride.1 == 1 {
                     for (o, &t) in dst[start..start + ow].iter_mut().zip(taps) {
@@ -76,9 +84,10 @@ fn per_image<S: Sync, D: Send>(
     dst_len: usize,
     f: impl Fn(&[S], &mut [D]) + Sync,
 ) {
-    if src_len == 0 || dst_len == 0 {
+    if dst_len == 0 {
         return;
     }
+    assert!(src_len > 0, "internal error: window images of no elements");
     let per = images_per_task(src_len.max(dst_len));
     if dst.len() >= PARALLEL_MIN && dst.len() > dst_len {
         dst.par_chunks_mut(dst_len * per)
@@ -98,11 +107,14 @@ pub(super) fn unfold_windows(x: &RawTensor, win: &Window2d) -> RawTensor {
     let (lead, images) = leading(&x.layout.shape, 2);
     let mut shape = lead.to_vec();
     shape.extend([win.taps(), win.out.0, win.out.1]);
-    let (plane, cols) = (win.image.0 * win.image.1, win.taps() * win.out.0 * win.out.1);
+    let (plane, cols) = (
+        product(&[win.image.0, win.image.1]),
+        product(&[win.taps(), win.out.0, win.out.1]),
+    );
     let start = x.layout.offset;
     with_cpu_buffer!(host(&x), d => {
-        let src = &d[start..start + images * plane];
-        let total = images * cols;
+        let src = &d[start..start + product(&[images, plane])];
+        let total = product(&[images, cols]);
         let mut out = Vec::with_capacity(total);
         per_image(src, plane, &mut out.spare_capacity_mut()[..total], cols, |s, o| unfold_image(s, o, win));
         // SAFETY: `unfold_image` wrote every element of each image's `cols` outputs (one row
@@ -120,18 +132,21 @@ pub(super) fn fold_windows(cols: &RawTensor, win: &Window2d) -> RawTensor {
     let (lead, images) = leading(&cols.layout.shape, 3);
     let mut shape = lead.to_vec();
     shape.extend([win.image.0, win.image.1]);
-    let (plane, per) = (win.image.0 * win.image.1, win.taps() * win.out.0 * win.out.1);
+    let (plane, per) = (
+        product(&[win.image.0, win.image.1]),
+        product(&[win.taps(), win.out.0, win.out.1]),
+    );
     let start = cols.layout.offset;
     match host(&cols) {
         CpuBuffer::F32(d) => {
-            let mut out = vec![0f32; images * plane];
+            let mut out = vec![0f32; product(&[images, plane])];
             per_image(&d[start..start + images * per], per, &mut out, plane, |s, o| {
                 fold_image(s, o, win)
             });
             wrap(out, &shape)
         }
         CpuBuffer::F64(d) => {
-            let mut out = vec![0f64; images * plane];
+            let mut out = vec![0f64; product(&[images, plane])];
             per_image(&d[start..start + images * per], per, &mut out, plane, |s, o| {
                 fold_image(s, o, win)
             });
