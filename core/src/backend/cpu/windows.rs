@@ -30,22 +30,28 @@ fn images_per_task(per_image: usize) -> usize {
     (PARALLEL_MIN / per_image.max(1)).max(1)
 }
 
+/// The image offsets of the first pixel of every row of `OW` taps of one image's columns, in
+/// the columns' order (tap `(i, j)` major, then window row): row `k` of `[KH * KW * OH, OW]`
+/// reads the pixels `start_k + x * stride.1`.
+fn row_starts(win: &Window2d) -> impl Iterator<Item = usize> + '_ {
+    let (kh, kw) = win.kernel;
+    (0..kh * kw).flat_map(move |k| {
+        (0..win.out.0).map(move |y| {
+            let (r, c) = win.pixel((k / kw, k % kw), (y, 0));
+            r * win.image.1 + c
+        })
+    })
+}
+
 /// The windows of one image plane `src` (`[H, W]`) into `dst` (`[KH * KW, OH, OW]`), writing
 /// every element of `dst` once.
 fn unfold_image<T: Copy>(src: &[T], dst: &mut [MaybeUninit<T>], win: &Window2d) {
-    let (w, (oh, ow)) = (win.image.1, win.out);
+    let (ow, step) = (win.out.1, win.stride.1);
     let mut rows = dst.chunks_exact_mut(ow.max(1));
-    for i in 0..win.kernel.0 {
-        for j in 0..win.kernel.1 {
-            for y in 0..oh {
-                let (r, c) = win.pixel((i, j), (y, 0));
-                let out = rows.next().expect("the columns hold KH * KW * OH rows of OW");
-                let start = r * w + c;
-                let step = win.stride.1;
-                for (x, o) in out.iter_mut().enumerate() {
-                    o.write(src[start + x * step]);
-                }
-            }
+    for start in row_starts(win) {
+        let out = rows.next().expect("the columns hold KH * KW * OH rows of OW");
+        for (x, o) in out.iter_mut().enumerate() {
+            o.write(src[start + x * step]);
         }
     }
 }
@@ -53,23 +59,17 @@ fn unfold_image<T: Copy>(src: &[T], dst: &mut [MaybeUninit<T>], win: &Window2d) 
 /// Adds the taps `src` (`[KH * KW, OH, OW]`) of one image into `dst` (`[H, W]`, zeros), tap by
 /// tap in row-major order.
 fn fold_image<T: Copy + std::ops::AddAssign>(src: &[T], dst: &mut [T], win: &Window2d) {
-    let (w, (oh, ow)) = (win.image.1, win.out);
+    let (ow, step) = (win.out.1, win.stride.1);
     let mut rows = src.chunks_exact(ow.max(1));
-    for i in 0..win.kernel.0 {
-        for j in 0..win.kernel.1 {
-            for y in 0..oh {
-                let (r, c) = win.pixel((i, j), (y, 0));
-                let taps = rows.next().expect("the columns hold KH * KW * OH rows of OW");
-                let start = r * w + c;
-                if win.stride.1 == 1 {
-                    for (o, &t) in dst[start..start + ow].iter_mut().zip(taps) {
-                        *o += t;
-                    }
-                } else {
-                    for (x, &t) in taps.iter().enumerate() {
-                        dst[start + x * win.stride.1] += t;
-                    }
-                }
+    for start in row_starts(win) {
+        let taps = rows.next().expect("the columns hold KH * KW * OH rows of OW");
+        if step == 1 {
+            for (o, &t) in dst[start..start + ow].iter_mut().zip(taps) {
+                *o += t;
+            }
+        } else {
+            for (x, &t) in taps.iter().enumerate() {
+                dst[start + x * step] += t;
             }
         }
     }
