@@ -568,6 +568,29 @@ fn a_request_larger_than_the_real_gpu_fails_naming_it_and_the_device_stays_usabl
 }
 
 #[test]
+fn contiguous_views_are_read_from_their_offset_without_a_copy_kernel() {
+    if device::real_gpu() || !device::available() {
+        println!(
+            "SKIPPED contiguous_views_are_read_from_their_offset_without_a_copy_kernel: counts the \
+             emulator's launches (and needs a C++ compiler for it)"
+        );
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let launches = || device::emulated_backend().api().launches.lock().unwrap().len();
+    let x = Tensor::from_vec((0..12).map(f64::from).collect::<Vec<_>>(), &[4, 3])
+        .to_device(GPU)
+        .unwrap();
+    let before = launches();
+    // Row 2 is contiguous at offset 6; reading it launches nothing.
+    assert_eq!(x.i(2).to_vec::<f64>(), vec![6.0, 7.0, 8.0]);
+    assert_eq!(launches(), before, "no copy kernel for a contiguous view");
+    // A column is strided: it is copied on the device first, and reads right.
+    assert_eq!(x.transpose().i(1).to_vec::<f64>(), vec![1.0, 4.0, 7.0, 10.0]);
+    assert_eq!(launches(), before + 1);
+}
+
+#[test]
 fn scalar_operands_are_filled_on_the_device_once() {
     if device::real_gpu() || !device::available() {
         println!(

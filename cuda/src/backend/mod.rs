@@ -469,14 +469,21 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
     }
 
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {
-        let x = self.dense(x);
+        // A contiguous view (a row of a stacked result, say) is copied from its offset; only
+        // other views take a copy kernel first.
+        let x = if x.layout().is_contiguous() {
+            Cow::Borrowed(x)
+        } else {
+            Cow::Owned(self.contiguous(x))
+        };
         let dtype = x.dtype();
         let bytes = x.layout().numel() * dtype.size_in_bytes();
         let data = if bytes == 0 {
             Vec::new()
         } else {
+            let offset = x.layout().offset() * dtype.size_in_bytes();
             self.api
-                .download(&self.buf(&x).mem, 0, bytes)
+                .download(&self.buf(&x).mem, offset, bytes)
                 .unwrap_or_else(|e| panic!("cuda: copying {:?} {dtype} from {}: {e}", x.shape(), self.device))
         };
         self.check_device_errors();
