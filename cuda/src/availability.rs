@@ -113,24 +113,26 @@ pub fn check() -> Result<CudaInfo, CudaUnavailable> {
 /// `/proc/self/maps`, each once: which copy the loader picked when several are installed (a
 /// system toolkit beside pip's wheels, say). Empty where `/proc` is not readable.
 pub fn loaded_libraries() -> Vec<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    cuda_libraries_in(&std::fs::read_to_string("/proc/self/maps").unwrap_or_default())
+}
+
+/// The CUDA library paths of a `/proc/<pid>/maps` text, in order of first appearance, each once.
+fn cuda_libraries_in(maps: &str) -> Vec<String> {
+    const STEMS: [&str; 6] = [
+        "libcuda.",
+        "libnvrtc.",
+        "libnvrtc-builtins",
+        "libcublas.",
+        "libcublasLt.",
+        "libnccl.",
+    ];
     let mut out: Vec<String> = Vec::new();
     for line in maps.lines() {
         let Some(path) = line.split_whitespace().nth(5) else {
             continue;
         };
         let file = path.rsplit('/').next().unwrap_or(path);
-        let ours = [
-            "libcuda.",
-            "libnvrtc.",
-            "libnvrtc-builtins",
-            "libcublas.",
-            "libcublasLt.",
-            "libnccl.",
-        ]
-        .iter()
-        .any(|p| file.starts_with(p));
-        if ours && !out.iter().any(|p| p == path) {
+        if STEMS.iter().any(|p| file.starts_with(p)) && !out.iter().any(|p| p == path) {
             out.push(path.to_string());
         }
     }
@@ -140,10 +142,25 @@ pub fn loaded_libraries() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn loaded_libraries_lists_only_cuda_libraries() {
-        // No CUDA library is loaded by this unit test binary unless a GPU test ran before it.
-        for path in super::loaded_libraries() {
-            assert!(path.contains("lib"), "{path}");
-        }
+    fn the_cuda_libraries_of_a_maps_text_are_listed_once_each() {
+        let maps = "\
+7f00-7f01 r--p 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f01-7f02 r-xp 00001000 08:01 2 /venv/nvidia/cu13/lib/libnvrtc.so.13
+7f02-7f03 r--p 00002000 08:01 2 /venv/nvidia/cu13/lib/libnvrtc.so.13
+7f03-7f04 r-xp 00000000 08:01 3 /usr/lib/x86_64-linux-gnu/libcuda.so.580.159.03
+7f04-7f05 rw-p 00000000 00:00 0
+7f05-7f06 r-xp 00000000 08:01 4 /venv/nvidia/cu13/lib/libcublasLt.so.13
+7f06-7f07 r-xp 00000000 08:01 5 /opt/other/libcudart_static_helper.so
+";
+        assert_eq!(
+            super::cuda_libraries_in(maps),
+            [
+                "/venv/nvidia/cu13/lib/libnvrtc.so.13",
+                "/usr/lib/x86_64-linux-gnu/libcuda.so.580.159.03",
+                "/venv/nvidia/cu13/lib/libcublasLt.so.13",
+            ]
+        );
+        // This process's own list holds CUDA libraries only (none unless a GPU test ran).
+        assert!(super::loaded_libraries().iter().all(|p| p.contains("lib")));
     }
 }

@@ -70,6 +70,9 @@ pub fn gelu_tanh_scale() -> f64 {
 /// The cubic coefficient inside GELU's tanh approximation.
 pub const GELU_CUBIC: f64 = 0.044715;
 
+/// `1 / sqrt(2 pi)`, the standard normal density's scale (in the exact GELU's derivatives).
+pub const NORMAL_DENSITY_SCALE: f64 = 0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
+
 /// Elementwise functions of two operands of the same shape and dtype.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BinaryOp {

@@ -36,7 +36,8 @@ impl Default for Conv2dOptions {
     }
 }
 
-/// Output extent of a window sweep, or `None` when the window does not fit.
+/// Output extent of a window sweep, or `None` when the window does not fit or a kernel, stride
+/// or dilation is zero.
 fn out_extent(input: usize, pad: usize, kernel: usize, stride: usize, dilation: usize) -> Option<usize> {
     if stride == 0 || dilation == 0 {
         return None;
@@ -135,16 +136,8 @@ fn window_out(op: &str, x: &Tensor, kernel: (usize, usize), o: &Conv2dOptions) -
     let oh = out_extent(h, o.padding.0, kernel.0, o.stride.0, o.dilation.0);
     let ow = out_extent(w, o.padding.1, kernel.1, o.stride.1, o.dilation.1);
     match (oh, ow) {
-        (Some(oh), Some(ow))
-            if kernel.0 > 0
-                && kernel.1 > 0
-                && o.stride.0 > 0
-                && o.stride.1 > 0
-                && o.dilation.0 > 0
-                && o.dilation.1 > 0 =>
-        {
-            (oh, ow)
-        }
+        // `out_extent` is `None` for a zero kernel, stride or dilation too.
+        (Some(oh), Some(ow)) => (oh, ow),
         _ => panic!(
             "{op}: a {}x{} window (dilation {:?}, stride {:?}) does not fit an input of {h}x{w} padded by {:?}; \
              strides and dilations must be at least 1; use a smaller kernel, more padding or a larger image",

@@ -37,8 +37,7 @@ fn scale_by_derivative(op: UnaryOp, x: &Tensor, out: &Tensor, g: &Tensor) -> Opt
         UnaryOp::GeluDerivative => g * gelu_second_derivative(x),
         // phi(x) (2 - x^2), phi the standard normal density
         UnaryOp::GeluExactDerivative => {
-            let density =
-                (x.square() * -0.5).exp() * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+            let density = (x.square() * -0.5).exp() * crate::backend::NORMAL_DENSITY_SCALE;
             g * density * (-x.square() + 2.0)
         }
         UnaryOp::Sign | UnaryOp::Not | UnaryOp::Floor | UnaryOp::Ceil | UnaryOp::Round | UnaryOp::Trunc => {

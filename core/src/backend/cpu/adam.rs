@@ -7,14 +7,9 @@ use std::mem::MaybeUninit;
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, host, of, wrap};
 use crate::backend::AdamStep;
 use crate::storage::{CpuBuffer, RawTensor};
-
-/// `v` rounded once to the element type (float-to-float casts always succeed).
-fn of<T: Float>(v: f64) -> T {
-    T::from(v).expect("a float converts to a float")
-}
 
 /// The step's scalars in the element type, each formed in f64 and rounded once (the bias
 /// corrections from the step number `t`).

@@ -5,11 +5,8 @@
 
 use num_traits::Float;
 
-use crate::backend::{GELU_CUBIC, gelu_tanh_scale};
-
-fn of<T: Float>(v: f64) -> T {
-    T::from(v).expect("a float converts to a float")
-}
+use super::of;
+use crate::backend::{GELU_CUBIC, NORMAL_DENSITY_SCALE, gelu_tanh_scale};
 
 /// `0.5 x (1 + tanh(c (x + a x^3)))`.
 pub(super) fn tanh_form<T: Float>(tanh: impl Fn(T) -> T) -> impl Fn(T) -> T {
@@ -36,6 +33,6 @@ pub(super) fn erf_form<T: Float>(erf: impl Fn(T) -> T) -> impl Fn(T) -> T {
 /// `0.5 (1 + erf(x / sqrt(2))) + x e^(-x^2 / 2) / sqrt(2 pi)`.
 pub(super) fn erf_form_derivative<T: Float>(erf: impl Fn(T) -> T) -> impl Fn(T) -> T {
     let (half, one, r) = (of::<T>(0.5), T::one(), of::<T>(std::f64::consts::FRAC_1_SQRT_2));
-    let density = of::<T>(0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    let density = of::<T>(NORMAL_DENSITY_SCALE);
     move |x| half * (one + erf(x * r)) + x * (-(half * x * x)).exp() * density
 }

@@ -51,6 +51,11 @@ fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
     }
 }
 
+/// `v` rounded once to the float type `T` (float-to-float conversions always succeed).
+fn of<T: num_traits::Float>(v: f64) -> T {
+    T::from(v).expect("a float converts to a float")
+}
+
 /// `out` rounded back to `dtype` when that is a half (the f32 result of a widened kernel).
 fn narrow(out: RawTensor, dtype: DType) -> RawTensor {
     if dtype.is_half() && out.dtype() != dtype {

@@ -6,7 +6,7 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, fast_math, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, fast_math, host, of, wrap};
 use crate::backend::RowOp;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -143,7 +143,7 @@ struct LayerNorm(f64);
 
 impl RowFn for LayerNorm {
     fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]) {
-        let eps = T::from(self.0).expect("a float converts to a float");
+        let eps = of(self.0);
         layer_norm_row(row, eps, out)
     }
 }

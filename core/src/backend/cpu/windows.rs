@@ -140,16 +140,24 @@ pub(super) fn fold_windows(cols: &RawTensor, win: &Window2d) -> RawTensor {
     match host(&cols) {
         CpuBuffer::F32(d) => {
             let mut out = vec![0f32; product(&[images, plane])];
-            per_image(&d[start..start + images * per], per, &mut out, plane, |s, o| {
-                fold_image(s, o, win)
-            });
+            per_image(
+                &d[start..start + product(&[images, per])],
+                per,
+                &mut out,
+                plane,
+                |s, o| fold_image(s, o, win),
+            );
             wrap(out, &shape)
         }
         CpuBuffer::F64(d) => {
             let mut out = vec![0f64; product(&[images, plane])];
-            per_image(&d[start..start + images * per], per, &mut out, plane, |s, o| {
-                fold_image(s, o, win)
-            });
+            per_image(
+                &d[start..start + product(&[images, per])],
+                per,
+                &mut out,
+                plane,
+                |s, o| fold_image(s, o, win),
+            );
             wrap(out, &shape)
         }
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
