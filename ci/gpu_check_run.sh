@@ -6,7 +6,9 @@
 #   2. train_mlp --device cuda to its accuracy;
 #   3. NCCL at world size 1 (libnccl.so.2 of the wheel, through our loader): in-place
 #      all-reduce and broadcast of device tensors, and a group's gradient buckets through it;
-#   4. the benchmark against PyTorch on the same GPU, as one table.
+#   4. the benchmark against PyTorch on the same GPU, as one table;
+#   5. when step 0 found the stream-ordered pool, train_mlp again on the cached cuMemAlloc
+#      allocator (NABLA_CUDA_ALLOCATOR=cached), the fallback where the pool does not work.
 # Exit status: non-zero when a check fails (the table is printed either way).
 #
 # Each step's whole output goes to a log and only its tail is printed, so that the table,
@@ -143,7 +145,7 @@ echo "== 4. benchmark against PyTorch (same GPU, same call)"
 t=$(limit 50)
 if [ "$t" -gt 0 ]; then
   timeout -k 5 "$t" ./gpu_bench > "$logs/ours.jsonl" 2> "$logs/gpu_bench.log" || { tail -n 30 "$logs/gpu_bench.log"; echo "gpu-check: FAILED: gpu_bench"; status=1; }
-  grep -E "kernels:|libraries:" "$logs/gpu_bench.log"
+  grep -E "kernels:|libraries:|memory:" "$logs/gpu_bench.log"
 else
   echo "(gpu_bench skipped: the deadline has passed)"; status=1
 fi
@@ -152,6 +154,24 @@ if [ "$t" -gt 0 ]; then
   timeout -k 5 "$t" python3 gpu_bench_torch.py > "$logs/torch.jsonl" 2> "$logs/torch_bench.log" || { tail -n 30 "$logs/torch_bench.log"; echo "gpu-check: torch benchmark failed"; status=1; }
 else
   echo "(torch benchmark skipped: the deadline has passed)"; status=1
+fi
+pack_logs
+
+echo "== 5. train_mlp --device cuda on the other allocator"
+if grep -q "memory: stream-ordered pool" "$logs/warm_kernels.log" 2>/dev/null; then
+  t=$(limit 30)
+  if [ "$t" -eq 0 ]; then
+    echo "(skipped: the deadline has passed)"; status=1
+  elif NABLA_CUDA_ALLOCATOR=cached timeout -k 5 "$t" ./train_mlp --device cuda --quiet --json > "$logs/train_cached.json" 2> "$logs/train_cached.log"; then
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["test_accuracy"]; print("cached allocator: accuracy", a); sys.exit(0 if a >= 0.97 else 1)' "$logs/train_cached.json" \
+      || { echo "gpu-check: FAILED: train_mlp on the cached allocator"; status=1; }
+  else
+    tail -n 30 "$logs/train_cached.log"
+    echo "gpu-check: FAILED: train_mlp on the cached allocator"; status=1
+  fi
+else
+  echo "(step 0 did not report the stream-ordered pool, so steps 1-4 used what it chose:)"
+  grep "memory:" "$logs/warm_kernels.log" 2>/dev/null || true
 fi
 pack_logs
 python3 - "$logs" <<'PY' | tee "$logs/table.md"

@@ -99,4 +99,5 @@ fn main() {
         );
     }
     eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));
+    eprintln!("gpu_bench: memory: {}", backend.api().allocator_info());
 }

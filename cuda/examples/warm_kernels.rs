@@ -19,6 +19,7 @@ fn main() {
         std::process::exit(2);
     });
     let device = backend.api();
+    println!("warm_kernels: memory: {}", device.allocator_info());
     let specs = nabla_kernels::catalogue();
     let start = Instant::now();
     match device.precompile(&specs, threads) {

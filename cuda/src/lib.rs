@@ -14,6 +14,7 @@
 mod api;
 mod availability;
 mod backend;
+mod block_cache;
 mod buffer;
 mod driver;
 pub mod nccl;
@@ -24,7 +25,7 @@ pub use api::{ApiError, DeviceApi, GemmCall, GemmOperand, LaunchArg};
 pub use availability::{CudaInfo, CudaUnavailable, Library, check, loaded_libraries};
 pub use backend::CudaBackend;
 pub use buffer::CudaBuffer;
-pub use driver::CudaDevice;
+pub use driver::{ALLOCATOR_VAR, CudaDevice, DeviceMemory};
 
 /// The GPU this process opened with [`init`], if any.
 static OPENED: Mutex<Option<Arc<CudaBackend<CudaDevice>>>> = Mutex::new(None);

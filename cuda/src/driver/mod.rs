@@ -1,25 +1,26 @@
 //! [`CudaDevice`]: the [`DeviceApi`] of one GPU through cudarc. One stream orders all kernels
 //! and copies (a second one carries NCCL's collectives, ordered against it by events),
 //! so cudarc's per-buffer event tracking is turned off (it would add two events per launch);
-//! memory comes from the device's stream-ordered pool, whose release threshold is raised so
-//! that freed blocks are kept for reuse (a caching allocator, as PyTorch's).
+//! memory comes from [`memory::Allocator`]: the device's stream-ordered pool, kept warm, or
+//! where that pool does not work, `cuMemAlloc` behind our own cache.
 
 mod compile;
+mod memory;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::sys::{self as cu, CUdevice_attribute};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use nabla_core::DType;
 use nabla_kernels::launch::LaunchDims;
 use nabla_kernels::{KernelLayout, KernelSpec};
 
 use compile::Compiler;
+use memory::Allocator;
+pub use memory::{ALLOCATOR_VAR, DeviceMemory};
 
 use crate::api::{ApiError, DeviceApi, GemmCall, LaunchArg};
 
@@ -47,6 +48,7 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     comm_stream: Arc<CudaStream>,
     blas: CudaBlas,
+    memory: Arc<Allocator>,
     sm_count: u32,
     compiler: Compiler,
     functions: Mutex<HashMap<KernelSpec, CudaFunction>>,
@@ -69,7 +71,7 @@ fn driver_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> ApiError + 
 }
 
 impl CudaDevice {
-    /// Opens device `ordinal`: a context, a stream, cuBLAS, the caching memory pool. Call
+    /// Opens device `ordinal`: a context, a stream, cuBLAS, the memory allocator. Call
     /// [`crate::check`] first: it is what makes a missing library an error instead of
     /// cudarc's panic.
     pub fn open(ordinal: usize) -> Result<CudaDevice, ApiError> {
@@ -88,27 +90,15 @@ impl CudaDevice {
             .compute_capability()
             .map_err(driver_err("reading the compute capability"))?;
         let mut driver = 0;
-        // SAFETY: out-parameters of plain driver queries on an initialised driver.
-        unsafe {
-            cu::cuDriverGetVersion(&mut driver);
-            let mut dev = 0;
-            let mut pool = std::ptr::null_mut();
-            if cu::cuDeviceGet(&mut dev, ordinal as i32) == cu::CUresult::CUDA_SUCCESS
-                && cu::cuDeviceGetDefaultMemPool(&mut pool, dev) == cu::CUresult::CUDA_SUCCESS
-            {
-                let mut keep: u64 = u64::MAX;
-                cu::cuMemPoolSetAttribute(
-                    pool,
-                    cu::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                    &mut keep as *mut u64 as *mut std::ffi::c_void,
-                );
-            }
-        }
+        // SAFETY: an out-parameter of a plain driver query on an initialised driver.
+        unsafe { cu::cuDriverGetVersion(&mut driver) };
+        let memory = Allocator::open(&ctx, &stream)?;
         Ok(CudaDevice {
             ctx,
             stream,
             comm_stream,
             blas,
+            memory,
             sm_count,
             compiler: Compiler::new(major, minor, driver),
             functions: Mutex::new(HashMap::new()),
@@ -191,13 +181,17 @@ impl CudaDevice {
         Ok(f)
     }
 
-    fn ptr(&self, mem: &CudaSlice<u8>, offset: usize) -> u64 {
-        let (p, _sync) = mem.device_ptr(&self.stream);
-        p + offset as u64
+    /// How device memory is allocated here, and why (for logs and bug reports).
+    pub fn allocator_info(&self) -> String {
+        self.memory.describe()
+    }
+
+    fn ptr(&self, mem: &DeviceMemory, offset: usize) -> u64 {
+        mem.ptr() + offset as u64
     }
 
     /// The device address `offset` bytes into `mem` (for libraries that take raw pointers).
-    pub(crate) fn device_ptr(&self, mem: &CudaSlice<u8>, offset: usize) -> u64 {
+    pub(crate) fn device_ptr(&self, mem: &DeviceMemory, offset: usize) -> u64 {
         self.ptr(mem, offset)
     }
 
@@ -244,7 +238,7 @@ impl CudaDevice {
 }
 
 impl DeviceApi for CudaDevice {
-    type Mem = CudaSlice<u8>;
+    type Mem = DeviceMemory;
 
     fn ordinal(&self) -> usize {
         self.ctx.ordinal()
@@ -254,27 +248,35 @@ impl DeviceApi for CudaDevice {
         self.sm_count
     }
 
-    fn alloc(&self, bytes: usize) -> Result<CudaSlice<u8>, ApiError> {
-        // SAFETY: every kernel writes all of its output before anything reads it.
-        unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(driver_err(&format!("allocating {bytes} bytes")))
+    fn alloc(&self, bytes: usize) -> Result<DeviceMemory, ApiError> {
+        // Uninitialised: every kernel writes all of its output before anything reads it.
+        self.memory.alloc(bytes)
     }
 
-    fn alloc_zeroed(&self, bytes: usize) -> Result<CudaSlice<u8>, ApiError> {
-        self.stream
-            .alloc_zeros::<u8>(bytes.max(1))
-            .map_err(driver_err(&format!("allocating {bytes} zeroed bytes")))
+    fn alloc_zeroed(&self, bytes: usize) -> Result<DeviceMemory, ApiError> {
+        let mem = self.memory.alloc(bytes)?;
+        self.zero(&mem)?;
+        Ok(mem)
     }
 
-    fn upload(&self, bytes: &[u8]) -> Result<CudaSlice<u8>, ApiError> {
-        self.stream
-            .clone_htod(bytes)
-            .map_err(driver_err(&format!("copying {} bytes to the device", bytes.len())))
+    fn upload(&self, bytes: &[u8]) -> Result<DeviceMemory, ApiError> {
+        let mem = self.memory.alloc(bytes.len())?;
+        // SAFETY: `mem` holds `bytes.len()` bytes; a copy from pageable host memory returns
+        // once the driver has staged `bytes`, so they may be dropped after it.
+        unsafe { cudarc::driver::result::memcpy_htod_async(mem.ptr(), bytes, self.stream.cu_stream()) }
+            .map_err(driver_err(&format!("copying {} bytes to the device", bytes.len())))?;
+        Ok(mem)
     }
 
-    fn download(&self, mem: &CudaSlice<u8>, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
-        let out = self
-            .stream
-            .clone_dtoh(&mem.slice(offset..offset + len))
+    fn download(&self, mem: &DeviceMemory, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+        assert!(
+            offset + len <= mem.len(),
+            "internal error: reading {len} bytes at {offset} from {mem:?}"
+        );
+        self.bind_to_thread()?;
+        let mut out = vec![0u8; len];
+        // SAFETY: the range lies inside `mem`; `out` is read only after the synchronisation.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, self.ptr(mem, offset), self.stream.cu_stream()) }
             .map_err(driver_err(&format!("copying {len} bytes from the device")))?;
         // The compute stream only: a collective's result is ordered into it by a join, and
         // waiting for the communication stream too would wait for the collectives still
@@ -286,30 +288,7 @@ impl DeviceApi for CudaDevice {
     }
 
     fn release_cached(&self) -> Result<(), ApiError> {
-        // Blocks freed in stream order return to the pool only once the frees have run.
-        self.stream
-            .synchronize()
-            .map_err(driver_err("synchronising the stream"))?;
-        self.bind_to_thread()?;
-        // SAFETY: plain driver calls on this context's device; trimming keeps the blocks that
-        // live allocations use.
-        let code = unsafe {
-            let mut dev = 0;
-            let mut pool = std::ptr::null_mut();
-            match cu::cuDeviceGet(&mut dev, self.ctx.ordinal() as i32) {
-                cu::CUresult::CUDA_SUCCESS => match cu::cuDeviceGetDefaultMemPool(&mut pool, dev) {
-                    cu::CUresult::CUDA_SUCCESS => cu::cuMemPoolTrimTo(pool, 0),
-                    other => other,
-                },
-                other => other,
-            }
-        };
-        match code {
-            cu::CUresult::CUDA_SUCCESS => Ok(()),
-            other => Err(ApiError::new(format!(
-                "releasing the memory pool's cached blocks: {other:?}"
-            ))),
-        }
+        self.memory.release_cached()
     }
 
     fn memory_info(&self) -> Option<(usize, usize)> {
@@ -317,7 +296,7 @@ impl DeviceApi for CudaDevice {
         cudarc::driver::result::mem_get_info().ok()
     }
 
-    fn zero(&self, mem: &CudaSlice<u8>) -> Result<(), ApiError> {
+    fn zero(&self, mem: &DeviceMemory) -> Result<(), ApiError> {
         self.bind_to_thread()?;
         let p = self.ptr(mem, 0);
         // SAFETY: `p` addresses `mem.len()` bytes of live device memory of this context.
@@ -329,7 +308,7 @@ impl DeviceApi for CudaDevice {
         &self,
         spec: &KernelSpec,
         dims: LaunchDims,
-        args: &[LaunchArg<'_, CudaSlice<u8>>],
+        args: &[LaunchArg<'_, DeviceMemory>],
     ) -> Result<(), ApiError> {
         let f = self.function(spec)?;
         let values: Vec<Value> = args
@@ -366,7 +345,7 @@ impl DeviceApi for CudaDevice {
             .map_err(driver_err(&format!("launching {}", spec.entry_name())))
     }
 
-    fn gemm(&self, call: &GemmCall<'_, CudaSlice<u8>>) -> Result<(), ApiError> {
+    fn gemm(&self, call: &GemmCall<'_, DeviceMemory>) -> Result<(), ApiError> {
         use blas_sys::cublasComputeType_t as Compute;
         use blas_sys::cudaDataType as T;
         let (ty, compute) = match call.dtype {
