@@ -151,16 +151,18 @@ fn gelu_expr(op: UnaryOp, d: KernelDType) -> String {
         d,
         0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2,
     );
-    let (tanh, erf, exp) = (d.math("tanh"), d.math("erf"), d.math("exp"));
+    let (tanh, erfc, exp) = (d.math("tanh"), d.math("erfc"), d.math("exp"));
     let t = format!("{tanh}({scale} * (c + {cubic} * c * c * c))");
     match op {
         UnaryOp::Gelu => format!("{half} * c * ({one} + {t})"),
         UnaryOp::GeluDerivative => format!(
             "[&]() {{ const auto t = {t}; return {half} * ({one} + t) + {half} * c * ({one} - t * t) * {scale} * ({one} + {three_cubic} * c * c); }}()"
         ),
-        UnaryOp::GeluExact => format!("{half} * c * ({one} + {erf}(c * {r}))"),
+        // x Phi(x) through erfc(-x / sqrt 2), as the CPU: 1 + erf(x / sqrt 2) cancels for
+        // negative x.
+        UnaryOp::GeluExact => format!("{half} * c * {erfc}(-c * {r})"),
         UnaryOp::GeluExactDerivative => {
-            format!("{half} * ({one} + {erf}(c * {r})) + c * {exp}(-({half} * c * c)) * {density}")
+            format!("{half} * {erfc}(-c * {r}) + c * {exp}(-({half} * c * c)) * {density}")
         }
         _ => unreachable!("GELU ops only"),
     }

@@ -1,5 +1,7 @@
 //! Elementwise kernels: maps over one, two or three views of one shape.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
@@ -61,6 +63,21 @@ fn ev<'a, T: Copy>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
     }
 }
 
+/// A vector of `n` elements written once each, in parallel chunks of `CHUNK`: `fill(start,
+/// chunk)` writes all of `chunk`, elements `start..start + chunk.len()`. Nothing is zeroed
+/// first (that was a fifth of an elementwise kernel's memory traffic).
+fn par_collect<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + Sync + Send) -> Vec<U> {
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(k, chunk)| fill(k * CHUNK, chunk));
+    // SAFETY: every chunk was written whole (the callers zip it with an input slice of its
+    // length). A panic in `fill` unwinds past this line and drops `out` with length 0.
+    unsafe { out.set_len(n) };
+    out
+}
+
 /// `f` applied to every element of a run (in parallel chunks when it is long).
 fn map_run<T, U>(s: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
 where
@@ -70,13 +87,12 @@ where
     if s.len() < PARALLEL_MIN {
         return s.iter().map(|&v| f(v)).collect();
     }
-    let mut out = vec![U::default(); s.len()];
-    out.par_chunks_mut(CHUNK).zip(s.par_chunks(CHUNK)).for_each(|(o, i)| {
-        for (o, &i) in o.iter_mut().zip(i) {
-            *o = f(i);
+    par_collect(s.len(), |start, out| {
+        let end = start + out.len();
+        for (o, &i) in out.iter_mut().zip(&s[start..end]) {
+            o.write(f(i));
         }
-    });
-    out
+    })
 }
 
 /// `f` applied to every element, in row-major order.
@@ -110,17 +126,12 @@ where
 {
     let n = a.len();
     match (a, b) {
-        (Src::Flat(sa), Src::Flat(sb)) if n >= PARALLEL_MIN => {
-            let mut out = vec![U::default(); n];
-            out.par_chunks_mut(CHUNK)
-                .zip(sa.par_chunks(CHUNK).zip(sb.par_chunks(CHUNK)))
-                .for_each(|(o, (x, y))| {
-                    for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                        *o = f(x, y);
-                    }
-                });
-            out
-        }
+        (Src::Flat(sa), Src::Flat(sb)) if n >= PARALLEL_MIN => par_collect(n, |start, out| {
+            let end = start + out.len();
+            for ((o, &x), &y) in out.iter_mut().zip(&sa[start..end]).zip(&sb[start..end]) {
+                o.write(f(x, y));
+            }
+        }),
         (Src::Flat(sa), Src::Flat(sb)) => sa.iter().zip(sb.iter()).map(|(&x, &y)| f(x, y)).collect(),
         (Src::Flat(sa), Src::Splat(y, _)) => map_run(sa, |x| f(x, *y)),
         (Src::Splat(x, _), Src::Flat(sb)) => map_run(sb, |y| f(*x, y)),
@@ -202,11 +213,11 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
                 UnaryOp::Exp => map1(&v, fast_math::exp_f32),
                 UnaryOp::Tanh => map1(&v, fast_math::tanh_f32),
                 UnaryOp::Sigmoid => map1(&v, |a: f32| 1.0 / (1.0 + fast_math::exp_f32(-a))),
-                UnaryOp::Erf => map1(&v, libm::erff),
+                UnaryOp::Erf => map1(&v, fast_math::erf_f32),
                 UnaryOp::Gelu => map1(&v, gelu::tanh_form(fast_math::tanh_f32)),
                 UnaryOp::GeluDerivative => map1(&v, gelu::tanh_form_derivative(fast_math::tanh_f32)),
-                UnaryOp::GeluExact => map1(&v, gelu::erf_form(libm::erff)),
-                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative(libm::erff)),
+                UnaryOp::GeluExact => map1(&v, gelu::erf_form_f32()),
+                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative_f32()),
                 _ => float_unary(op, &v),
             };
             wrap(out, shape)
@@ -217,8 +228,8 @@ pub(super) fn unary(op: UnaryOp, x: &RawTensor) -> RawTensor {
                 UnaryOp::Erf => map1(&v, libm::erf),
                 UnaryOp::Gelu => map1(&v, gelu::tanh_form(f64::tanh)),
                 UnaryOp::GeluDerivative => map1(&v, gelu::tanh_form_derivative(f64::tanh)),
-                UnaryOp::GeluExact => map1(&v, gelu::erf_form(libm::erf)),
-                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative(libm::erf)),
+                UnaryOp::GeluExact => map1(&v, gelu::erf_form(libm::erfc)),
+                UnaryOp::GeluExactDerivative => map1(&v, gelu::erf_form_derivative(libm::erfc, f64::exp)),
                 _ => float_unary(op, &v),
             };
             wrap(out, shape)
