@@ -73,8 +73,9 @@ impl Tensor {
         self * (self.square().mean(axes, true) + eps).rsqrt()
     }
 
-    /// GELU without the approximation: `0.5 x (1 + erf(x / sqrt(2)))` (JAX's
-    /// `gelu(approximate=False)`, PyTorch's default).
+    /// GELU without the approximation: `x Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))` (JAX's
+    /// `gelu(approximate=False)`, PyTorch's default), computed as `0.5 x erfc(-x / sqrt(2))`,
+    /// which keeps its relative precision for negative `x` where `1 + erf` cancels.
     /// One primitive (one pass), as is its derivative.
     pub fn gelu_exact(&self) -> Tensor {
         require_float("gelu_exact", self);
