@@ -202,3 +202,52 @@ fn layer_norm_rows_match_an_f64_loop_along_any_one_axis() {
     assert!(graph.contains("layer_norm(axis=-1, eps=0.00001)"), "{graph}");
     assert_eq!(graph.lines().filter(|l| l.contains(") : ")).count(), 2, "{graph}");
 }
+
+/// The layer norm's Jacobian product `rstd (v - mean(v) - y mean(v y))` of every row, in f64.
+fn layer_norm_backward_reference(x: &[f64], v: &[f64], cols: usize, eps: f64) -> Vec<f64> {
+    let y = layer_norm_reference(x, cols, eps);
+    let mut out = Vec::with_capacity(x.len());
+    for ((xr, vr), yr) in x.chunks(cols).zip(v.chunks(cols)).zip(y.chunks(cols)) {
+        let mean = xr.iter().sum::<f64>() / cols as f64;
+        let var = xr.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / cols as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let mv = vr.iter().sum::<f64>() / cols as f64;
+        let mvy = vr.iter().zip(yr).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+        out.extend(vr.iter().zip(yr).map(|(a, b)| rstd * (a - mv - b * mvy)));
+    }
+    out
+}
+
+#[test]
+fn layer_norm_backward_is_one_primitive_matching_an_f64_loop() {
+    let shapes: [&[usize]; 4] = [&[3, 7], &[2, 3, 17], &[5000, 10], &[4, 0]];
+    for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        for shape in shapes {
+            let n: usize = shape.iter().product();
+            let cols = *shape.last().unwrap();
+            let x = Tensor::from_vec(inputs(n, n as u64 + 5), shape).cast(dtype);
+            let w = Tensor::from_vec(inputs(n, n as u64 + 6), shape).cast(dtype);
+            let g = nb::grad(|x: &Tensor| (x.layer_norm(-1, 1e-5) * &w).sum(nb::Axes::All, false))(&x);
+            let (xh, wh) = (x.cast(DType::F64).to_vec::<f64>(), w.cast(DType::F64).to_vec::<f64>());
+            let want = layer_norm_backward_reference(&xh, &wh, cols.max(1), 1e-5);
+            check(&format!("layer_norm backward{shape:?} {dtype}"), dtype, &g, &want);
+        }
+    }
+    // A strided cotangent (a transposed view) gives the rows of its contiguous copy.
+    let x = Tensor::from_vec(inputs(6 * 5, 9), &[6, 5]);
+    let w = Tensor::from_vec(inputs(5 * 6, 10), &[5, 6]).transpose();
+    let grad_with = |w: &Tensor| nb::grad(|x: &Tensor| (x.layer_norm(-1, 1e-5) * w).sum(nb::Axes::All, false))(&x);
+    assert_eq!(grad_with(&w).to_vec::<f64>(), grad_with(&(&w + 0.0)).to_vec::<f64>());
+    // The backward pass is one node: the traced gradient holds the fused primitive, not the
+    // thirteen ops of the composition.
+    let graph = nb::trace_graph(
+        |xs| {
+            vec![nb::grad(|x: &Tensor| {
+                x.layer_norm(-1, 1e-5).square().sum(nb::Axes::All, false)
+            })(&xs[0])]
+        },
+        &[x],
+    );
+    assert!(graph.contains("layer_norm_backward(axis=-1, eps=0.00001)"), "{graph}");
+    assert!(!graph.contains("rsqrt"), "the composition is not traced: {graph}");
+}

@@ -160,6 +160,9 @@ op_enum! {
         LogSoftmax => "log_softmax",
         /// `(x - mean) / sqrt(var + eps)` of every row (takes an `eps` argument)
         LayerNorm => "layer_norm",
+        /// `rstd (v - mean(v) - y mean(v y))` of every row, `rstd` from `x` as `LayerNorm` forms
+        /// it (the layer norm's Jacobian product; takes `y`, `v` and `eps` arguments)
+        LayerNormBackward => "layer_norm_backward",
     }
 }
 

@@ -1469,6 +1469,25 @@ fn rows_input(d: KernelDType, rows: usize, cols: usize, seed: u64) -> Vec<f64> {
 /// The layer norm's `eps` in the row-kernel test.
 const EPS: f64 = 1e-5;
 
+/// The mean and `1 / sqrt(var + EPS)` of a row.
+fn row_moments(r: &[f64]) -> (f64, f64) {
+    let mean = r.iter().sum::<f64>() / r.len() as f64;
+    let var = r.iter().map(|&v| (v - mean) * (v - mean)).sum::<f64>() / r.len() as f64;
+    (mean, 1.0 / (var + EPS).sqrt())
+}
+
+/// The layer norm of every row of `x`, rounded to `d`.
+fn layer_norm_reference(d: KernelDType, x: &[f64], cols: usize) -> Vec<f64> {
+    x.chunks(cols)
+        .flat_map(|r| {
+            let (mean, rstd) = row_moments(r);
+            r.iter()
+                .map(move |&v| quantize(d, (v - mean) * rstd))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[test]
 fn softmax_and_layer_norm_rows_match_the_composition() {
     if !available() {
@@ -1479,8 +1498,14 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
             for (cols, group, block) in [(7usize, 4u32, 64u32), (7, 32, 64), (300, 256, 256), (300, 8, 64)] {
                 let rows = 5;
                 let x = rows_input(d, rows, cols, cols as u64);
+                // The backward's cotangent, and its `y` (the forward's output, as stored).
+                let v: Vec<f64> = noise(rows * cols, 11)
+                    .iter()
+                    .map(|&u| quantize(d, 2.0 * u - 1.0))
+                    .collect();
+                let y = layer_norm_reference(d, &x, cols);
                 let mut want = Vec::new();
-                for r in x.chunks(cols) {
+                for (row, r) in x.chunks(cols).enumerate() {
                     let m = r
                         .iter()
                         .fold(f64::NEG_INFINITY, |a, &b| if a.is_nan() || a >= b { a } else { b });
@@ -1494,11 +1519,13 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                             let lse = r.iter().map(|&v| (v - shift).exp()).sum::<f64>().ln() + shift;
                             want.extend(r.iter().map(|&v| quantize(d, v - lse)));
                         }
-                        RowOp::LayerNorm => {
-                            let mean = r.iter().sum::<f64>() / cols as f64;
-                            let var = r.iter().map(|&v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
-                            let rstd = 1.0 / (var + EPS).sqrt();
-                            want.extend(r.iter().map(|&v| quantize(d, (v - mean) * rstd)));
+                        RowOp::LayerNorm => want.extend_from_slice(&y[row * cols..(row + 1) * cols]),
+                        RowOp::LayerNormBackward => {
+                            let (_, rstd) = row_moments(r);
+                            let (vr, yr) = (&v[row * cols..(row + 1) * cols], &y[row * cols..(row + 1) * cols]);
+                            let mv = vr.iter().sum::<f64>() / cols as f64;
+                            let mvy = vr.iter().zip(yr).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+                            want.extend(vr.iter().zip(yr).map(|(&a, &b)| quantize(d, rstd * (a - mv - b * mvy))));
                         }
                     }
                 }
@@ -1509,7 +1536,11 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                     Arg::i64(rows as i64),
                     Arg::i64(cols as i64),
                 ];
-                if op == RowOp::LayerNorm {
+                if op == RowOp::LayerNormBackward {
+                    args.push(Arg::Buf(encode_f(d, &y)));
+                    args.push(Arg::Buf(encode_f(d, &v)));
+                }
+                if matches!(op, RowOp::LayerNorm | RowOp::LayerNormBackward) {
                     args.push(Arg::f64(EPS));
                 }
                 args.push(Arg::i32(group as i32));
@@ -1519,7 +1550,7 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                 match (op, &got) {
                     // Outputs near 0 come from a cancellation (x - mean): compared against
                     // the row's scale (about 1), not their own magnitude.
-                    (RowOp::LayerNorm, Vals::F(g)) => {
+                    (RowOp::LayerNorm | RowOp::LayerNormBackward, Vals::F(g)) => {
                         for (k, (a, b)) in g.iter().zip(&want).enumerate() {
                             let ok =
                                 a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol(d) * 8.0 * (1.0 + b.abs());

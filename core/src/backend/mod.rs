@@ -289,6 +289,12 @@ pub trait Backend: Send + Sync {
     /// the composition computes it), accumulated in f32 for halves. Same shape and dtype out,
     /// contiguous.
     fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor;
+    /// The layer norm's Jacobian product `rstd (v - mean(v) - y mean(v y))` of every row (its
+    /// VJP and JVP: the Jacobian is symmetric), with `rstd = 1 / sqrt(var(x) + eps)` formed as
+    /// [`Backend::layer_norm_rows`] forms it and `y` that function's output; `x`, `y` and `v`
+    /// of one shape and float dtype. One pass per row where the composition took thirteen
+    /// kernels. Same shape and dtype out, contiguous.
+    fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor;
     /// One Adam update of a parameter, all four operands of one shape and float dtype, at step
     /// `t` (`count`: one i64 element on this device, 1 for the first update):
     /// `g' = g + wd p` (unless decoupled), `m' = b1 m + (1 - b1) g'`,

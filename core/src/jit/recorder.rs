@@ -246,6 +246,13 @@ impl Backend for RecordingBackend {
     fn layer_norm_rows(&self, x: &RawTensor, eps: f64) -> RawTensor {
         self.log(Call::LayerNorm(eps), &[x], self.inner.layer_norm_rows(x, eps))
     }
+    fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
+        self.log(
+            Call::LayerNormBackward(eps),
+            &[x, y, v],
+            self.inner.layer_norm_rows_backward(x, y, v, eps),
+        )
+    }
     fn adam_update(
         &self,
         param: &RawTensor,

@@ -9,6 +9,9 @@ use crate::dtype::DType;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
+use crate::transforms::custom::dense_tangents;
+use crate::transforms::jvp::jvp_many;
+use crate::transforms::vjp::vjp_many;
 
 /// The fused layer-norm primitive over the last axis of `x`.
 fn layer_norm_last(x: &Tensor, eps: f64) -> Tensor {
@@ -22,12 +25,53 @@ struct LayerNormRule {
 }
 
 impl LayerNormRule {
-    /// `J v = rstd (v - mean(v) - y mean(v y))` along the last axis, with `rstd` recomputed
-    /// from `x` (so the rule is differentiable in `x` for higher derivatives).
+    /// `J v = rstd (v - mean(v) - y mean(v y))` along the last axis: one fused primitive when
+    /// `x`, `y` and `v` are alike (the usual backward pass), else the composition (a vmapped
+    /// cotangent over unbatched `x`, as jacrev makes).
     fn product(&self, x: &Tensor, y: &Tensor, v: &Tensor) -> Tensor {
-        let centred = x - x.mean(-1, true);
-        let rstd = (centred.square().mean(-1, true) + self.eps).rsqrt();
-        rstd * (v - v.mean(-1, true) - y * (v * y).mean(-1, true))
+        let alike = |t: &Tensor| t.shape() == x.shape() && t.dtype() == x.dtype() && t.batch() == x.batch();
+        if alike(y) && alike(v) && x.device() == v.device() && x.device() == y.device() {
+            layer_norm_backward(x, y, v, self.eps)
+        } else {
+            layer_norm_product(x, y, v, self.eps)
+        }
+    }
+}
+
+/// The layer norm's Jacobian product, composed of primitives, with `rstd` recomputed from `x`
+/// (so that it is differentiable in `x`, `y` and `v` for higher derivatives).
+fn layer_norm_product(x: &Tensor, y: &Tensor, v: &Tensor, eps: f64) -> Tensor {
+    let centred = x - x.mean(-1, true);
+    let rstd = (centred.square().mean(-1, true) + eps).rsqrt();
+    rstd * (v - v.mean(-1, true) - y * (v * y).mean(-1, true))
+}
+
+/// [`layer_norm_product`] as one primitive (`Backend::layer_norm_rows_backward`).
+fn layer_norm_backward(x: &Tensor, y: &Tensor, v: &Tensor, eps: f64) -> Tensor {
+    let raw = x.backend().layer_norm_rows_backward(x.raw(), y.raw(), v.raw(), eps);
+    Tensor::record(raw, &[x, y, v], || LayerNormBackwardRule { eps })
+}
+
+/// The derivatives of the fused Jacobian product (second and higher derivatives of a layer
+/// norm): those of its composition, traced again from the node's inputs.
+struct LayerNormBackwardRule {
+    eps: f64,
+}
+
+impl Rule for LayerNormBackwardRule {
+    fn name(&self) -> String {
+        format!("layer_norm_backward(axis=-1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        let eps = self.eps;
+        let (_, pullback) = vjp_many(|t| vec![layer_norm_product(&t[0], &t[1], &t[2], eps)], inputs);
+        pullback.call(std::slice::from_ref(ct)).into_iter().map(Some).collect()
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        let eps = self.eps;
+        let ts = dense_tangents(inputs, tangents);
+        let (_, out) = jvp_many(|t| vec![layer_norm_product(&t[0], &t[1], &t[2], eps)], inputs, &ts);
+        out.into_iter().next()
     }
 }
 

@@ -357,6 +357,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         rows::layer_norm_rows(self, x, eps)
     }
 
+    fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
+        rows::layer_norm_rows_backward(self, x, y, v, eps)
+    }
+
     fn adam_update(
         &self,
         param: &RawTensor,

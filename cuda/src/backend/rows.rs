@@ -1,4 +1,4 @@
-//! Softmax, log-softmax and layer-norm rows: the generated fused row kernel
+//! Softmax, log-softmax and layer-norm rows, and the layer norm's backward: the generated fused row kernel
 //! (`nabla_kernels::RowSpec`), one group of threads per row of the last axis, over a dense copy
 //! of the input when it is a view.
 
@@ -12,17 +12,43 @@ use crate::api::{DeviceApi, LaunchArg};
 
 pub(super) fn softmax_rows<A: DeviceApi>(be: &CudaBackend<A>, op: RowOp, x: &RawTensor) -> RawTensor {
     match op {
-        RowOp::Softmax => row_kernel(be, k::RowOp::Softmax, "softmax", x, 0.0),
-        RowOp::LogSoftmax => row_kernel(be, k::RowOp::LogSoftmax, "log_softmax", x, 0.0),
+        RowOp::Softmax => row_kernel(be, k::RowOp::Softmax, "softmax", x, None, 0.0),
+        RowOp::LogSoftmax => row_kernel(be, k::RowOp::LogSoftmax, "log_softmax", x, None, 0.0),
     }
 }
 
 pub(super) fn layer_norm_rows<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, eps: f64) -> RawTensor {
-    row_kernel(be, k::RowOp::LayerNorm, "layer_norm", x, eps)
+    row_kernel(be, k::RowOp::LayerNorm, "layer_norm", x, None, eps)
 }
 
-/// The row kernel `kop` over every row of `x` (`eps` binds only where the kernel takes it).
-fn row_kernel<A: DeviceApi>(be: &CudaBackend<A>, kop: k::RowOp, name: &str, x: &RawTensor, eps: f64) -> RawTensor {
+pub(super) fn layer_norm_rows_backward<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    y: &RawTensor,
+    v: &RawTensor,
+    eps: f64,
+) -> RawTensor {
+    let (y, v) = (be.dense(y), be.dense(v));
+    row_kernel(
+        be,
+        k::RowOp::LayerNormBackward,
+        "layer_norm backward",
+        x,
+        Some((&y, &v)),
+        eps,
+    )
+}
+
+/// The row kernel `kop` over every row of `x` (`y` and `v`, dense, and `eps` bind only where
+/// the kernel takes them).
+fn row_kernel<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    kop: k::RowOp,
+    name: &str,
+    x: &RawTensor,
+    yv: Option<(&RawTensor, &RawTensor)>,
+    eps: f64,
+) -> RawTensor {
     let x = be.dense(x);
     let out = be.empty(x.shape(), x.dtype());
     let cols = x.shape().last().copied().unwrap_or(1) as i64;
@@ -37,6 +63,8 @@ fn row_kernel<A: DeviceApi>(be: &CudaBackend<A>, kop: k::RowOp, name: &str, x: &
         Some(match p.name {
             "out" => be.run_ptr(&out),
             "x" => be.run_ptr(&x),
+            "y" => be.run_ptr(yv?.0),
+            "v" => be.run_ptr(yv?.1),
             "rows" => LaunchArg::I64(rows),
             "cols" => LaunchArg::I64(cols),
             "eps" => LaunchArg::F64(eps),

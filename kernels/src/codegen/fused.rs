@@ -98,6 +98,10 @@ impl RowSpec {
     pub fn dtype(&self) -> KernelDType {
         self.dtype
     }
+
+    fn takes_eps(&self) -> bool {
+        matches!(self.op, RowOp::LayerNorm | RowOp::LayerNormBackward)
+    }
 }
 
 impl Gen for RowSpec {
@@ -112,7 +116,11 @@ impl Gen for RowSpec {
             Param::new("rows", ArgType::I64),
             Param::new("cols", ArgType::I64),
         ];
-        if self.op == RowOp::LayerNorm {
+        if self.op == RowOp::LayerNormBackward {
+            p.push(Param::new("y", ArgType::In(self.dtype)));
+            p.push(Param::new("v", ArgType::In(self.dtype)));
+        }
+        if self.takes_eps() {
             p.push(Param::new("eps", ArgType::F64));
         }
         p.push(Param::new("group", ArgType::I32));
@@ -120,8 +128,10 @@ impl Gen for RowSpec {
     }
 
     fn helpers(&self, entry: &str) -> String {
-        if self.op == RowOp::LayerNorm {
-            return layer_norm_helpers(entry, self.dtype);
+        match self.op {
+            RowOp::LayerNorm => return layer_norm_helpers(entry, self.dtype, false),
+            RowOp::LayerNormBackward => return layer_norm_helpers(entry, self.dtype, true),
+            RowOp::Softmax | RowOp::LogSoftmax => {}
         }
         let d = self.dtype;
         let (t, c) = (d.c_type(), d.compute_type());
@@ -155,10 +165,10 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
     }
 
     fn body(&self, entry: &str) -> String {
-        let eps = if self.op == RowOp::LayerNorm {
-            format!("({})eps, ", self.dtype.compute_type())
-        } else {
-            String::new()
+        let eps = match self.op {
+            RowOp::LayerNorm => format!("({})eps, ", self.dtype.compute_type()),
+            RowOp::LayerNormBackward => format!("y, v, ({})eps, ", self.dtype.compute_type()),
+            RowOp::Softmax | RowOp::LogSoftmax => String::new(),
         };
         group_loop(
             "rows",
@@ -168,18 +178,56 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
 }
 
 /// The row function of layer normalisation: the mean, then the mean squared deviation (two
-/// passes, as the CPU computes it), then `(x - mean) / sqrt(var + eps)`.
-fn layer_norm_helpers(entry: &str, d: KernelDType) -> String {
+/// passes, as the CPU computes it), then `(x - mean) / sqrt(var + eps)`; or, for `backward`,
+/// with that `rstd`, the means of `v` and `v y` and `rstd (v - mean(v) - y mean(v y))`.
+fn layer_norm_helpers(entry: &str, d: KernelDType, backward: bool) -> String {
     let (t, c) = (d.c_type(), d.compute_type());
     let load = d.to_compute("x[base + j]");
     let zero = d.compute_literal(0);
     let one = d.compute_literal(1);
     let sqrt = d.math("sqrt");
-    let value = d.from_compute("(v - mean) * r");
+    let (extra_params, finish) = if backward {
+        let (vj, yj) = (d.to_compute("v[base + j]"), d.to_compute("y[base + j]"));
+        let value = d.from_compute(&format!("r * ({vj} - mv - {yj} * mvy)"));
+        (
+            format!("const {t}* __restrict__ y, const {t}* __restrict__ v, "),
+            format!(
+                r#"    {c} sv = {zero}, svy = {zero};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) {{
+            sv += {vj};
+            svy += {vj} * {yj};
+        }}
+    }}
+    sv = {entry}_group_sum(sv, group);
+    svy = {entry}_group_sum(svy, group);
+    const {c} mv = sv / ({c})cols;
+    const {c} mvy = svy / ({c})cols;
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) out[base + j] = {value};
+    }}
+"#
+            ),
+        )
+    } else {
+        let value = d.from_compute("(v - mean) * r");
+        (
+            String::new(),
+            format!(
+                r#"    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) {{
+            const {c} v = {load};
+            out[base + j] = {value};
+        }}
+    }}
+"#
+            ),
+        )
+    };
     let mut s = row_reducers(entry, d);
     s.push_str(&format!(
         r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
-__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, {c} eps, long long t, bool valid, int gl, int gs, int group) {{
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, {extra_params}{c} eps, long long t, bool valid, int gl, int gs, int group) {{
     const long long base = t * cols;
     {c} s = {zero};
     if (valid) {{
@@ -196,13 +244,7 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
     }}
     q = {entry}_group_sum(q, group);
     const {c} r = {one} / {sqrt}(q / ({c})cols + eps);
-    if (valid) {{
-        for (long long j = gl; j < cols; j += gs) {{
-            const {c} v = {load};
-            out[base + j] = {value};
-        }}
-    }}
-}}
+{finish}}}
 "#
     ));
     s

@@ -199,6 +199,13 @@ impl Backend for CpuBackend {
         narrow(rows::layer_norm_rows(&widen(x), eps), x.dtype())
     }
 
+    fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
+        narrow(
+            rows::layer_norm_rows_backward(&widen(x), &widen(y), &widen(v), eps),
+            x.dtype(),
+        )
+    }
+
     fn adam_update(
         &self,
         param: &RawTensor,

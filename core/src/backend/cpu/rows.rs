@@ -1,7 +1,9 @@
 //! Softmax, log-softmax and layer normalisation of every row (the last axis) in one pass per
 //! row: the maximum, the sum of shifted exponentials and the result (or the mean, the mean
 //! squared deviation and the result), where the composition of primitives took five to seven
-//! kernels and as many intermediate tensors. Rows are split across threads for large inputs.
+//! kernels and as many intermediate tensors; and the layer norm's Jacobian product (its
+//! backward) in one pass per row where its composition took thirteen kernels. Rows are split
+//! across threads for large inputs.
 
 use num_traits::Float;
 use rayon::prelude::*;
@@ -101,6 +103,23 @@ fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
     }
 }
 
+/// The layer norm's Jacobian product of one row: `rstd (v - mean(v) - y mean(v y))`, with
+/// `rstd` from `x` as [`layer_norm_row`] forms it.
+fn layer_norm_backward_row<T: Float>(x: &[T], y: &[T], v: &[T], eps: T, out: &mut [T]) {
+    let n = T::from(x.len()).expect("a length converts to a float");
+    let mean = lane_sum(x.len(), |j| x[j]) / n;
+    let var = lane_sum(x.len(), |j| {
+        let d = x[j] - mean;
+        d * d
+    }) / n;
+    let r = T::one() / (var + eps).sqrt();
+    let mean_v = lane_sum(v.len(), |j| v[j]) / n;
+    let mean_vy = lane_sum(v.len(), |j| v[j] * y[j]) / n;
+    for ((o, &vj), &yj) in out.iter_mut().zip(v).zip(y) {
+        *o = r * (vj - mean_v - yj * mean_vy);
+    }
+}
+
 /// `row` applied to every row of the contiguous `data` with rows of `cols` elements (into a
 /// zeroed output of the same length).
 fn all_rows<T: Float + Send + Sync>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
@@ -175,4 +194,57 @@ pub(super) fn softmax_rows(op: RowOp, x: &RawTensor) -> RawTensor {
 /// Layer normalisation of every row of `x` (f32 or f64; halves arrive widened).
 pub(super) fn layer_norm_rows(x: &RawTensor, eps: f64) -> RawTensor {
     map_rows(x, &LayerNorm(eps), "layer_norm")
+}
+
+/// The layer norm's Jacobian product of every row (`x`, `y`, `v` of one shape, f32 or f64;
+/// halves arrive widened): rows split across threads as the forward's are.
+pub(super) fn layer_norm_rows_backward(x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
+    let (x, y, v) = (dense(x), dense(y), dense(v));
+    let shape = &x.layout.shape;
+    let cols = shape.last().copied().unwrap_or(1);
+    let n = x.layout.numel();
+    let run = |t: &RawTensor| (t.layout.offset, t.layout.offset + n);
+    let ((x0, x1), (y0, y1), (v0, v1)) = (run(&x), run(&y), run(&v));
+    match (host(&x), host(&y), host(&v)) {
+        (CpuBuffer::F32(xd), CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => wrap(
+            rows_of_three(&xd[x0..x1], &yd[y0..y1], &vd[v0..v1], cols, of(eps)),
+            shape,
+        ),
+        (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => {
+            wrap(rows_of_three(&xd[x0..x1], &yd[y0..y1], &vd[v0..v1], cols, eps), shape)
+        }
+        (a, b, c) => unreachable!(
+            "layer_norm backward rows of {}, {} and {}: the op layer passes one float dtype (halves widened)",
+            a.dtype(),
+            b.dtype(),
+            c.dtype()
+        ),
+    }
+}
+
+/// [`layer_norm_backward_row`] over every row of three runs of one length.
+fn rows_of_three<T: Float + Send + Sync>(x: &[T], y: &[T], v: &[T], cols: usize, eps: T) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    if cols == 0 {
+        return out;
+    }
+    let rows_per_task = if x.len() >= PARALLEL_MIN {
+        (PARALLEL_MIN / cols).max(1)
+    } else {
+        x.len() / cols
+    };
+    let span = rows_per_task.max(1) * cols;
+    out.par_chunks_mut(span)
+        .zip(x.par_chunks(span).zip(y.par_chunks(span).zip(v.par_chunks(span))))
+        .for_each(|(o, (x, (y, v)))| {
+            for (((orow, xrow), yrow), vrow) in o
+                .chunks_mut(cols)
+                .zip(x.chunks(cols))
+                .zip(y.chunks(cols))
+                .zip(v.chunks(cols))
+            {
+                layer_norm_backward_row(xrow, yrow, vrow, eps, orow);
+            }
+        });
+    out
 }
