@@ -117,18 +117,25 @@ if ! CUDA_LAUNCH_BLOCKING=1 NABLA_GPU_CHECK=1 logged conformance 90 ./conformanc
 fi
 
 echo "== 2. train_mlp --device cuda"
-t=$(limit 35)
-if [ "$t" -eq 0 ]; then
-  echo "(skipped: the deadline has passed)"; status=1
-elif timeout -k 5 "$t" ./train_mlp --device cuda --quiet --json > "$logs/train.json" 2> "$logs/train.log"; then
-  cat "$logs/train.json"
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["test_accuracy"]; print("accuracy", a); sys.exit(0 if a >= 0.97 else 1)' "$logs/train.json" \
-    || { echo "gpu-check: FAILED: train_mlp accuracy below 97 %"; status=1; }
-else
-  tail -n 30 "$logs/train.log"
-  echo "gpu-check: FAILED: train_mlp --device cuda"; status=1
-fi
-pack_logs
+# train NAME LABEL [VAR=VALUE...]: trains train_mlp --device cuda (with the variables set) to
+# $logs/NAME.json and checks its accuracy, naming LABEL when it fails.
+train() {
+  local name=$1 label=$2 t
+  shift 2
+  t=$(limit 35)
+  if [ "$t" -eq 0 ]; then
+    echo "(skipped: the deadline has passed)"; status=1
+  elif env "$@" timeout -k 5 "$t" ./train_mlp --device cuda --quiet --json > "$logs/$name.json" 2> "$logs/$name.log"; then
+    cat "$logs/$name.json"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["test_accuracy"]; print("accuracy", a); sys.exit(0 if a >= 0.97 else 1)' "$logs/$name.json" \
+      || { echo "gpu-check: FAILED: $label: accuracy below 97 %"; status=1; }
+  else
+    tail -n 30 "$logs/$name.log"
+    echo "gpu-check: FAILED: $label"; status=1
+  fi
+  pack_logs
+}
+train train "train_mlp --device cuda"
 
 echo "== 3. NCCL at world size 1"
 if [ -z "${NABLA_NCCL_LIBRARY:-}" ] && [ -n "$nv" ] && [ -f "$nv/nccl/lib/libnccl.so.2" ]; then
@@ -159,16 +166,7 @@ pack_logs
 
 echo "== 5. train_mlp --device cuda on the other allocator"
 if grep -q "memory: stream-ordered pool" "$logs/warm_kernels.log" 2>/dev/null; then
-  t=$(limit 30)
-  if [ "$t" -eq 0 ]; then
-    echo "(skipped: the deadline has passed)"; status=1
-  elif NABLA_CUDA_ALLOCATOR=cached timeout -k 5 "$t" ./train_mlp --device cuda --quiet --json > "$logs/train_cached.json" 2> "$logs/train_cached.log"; then
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); a=r["test_accuracy"]; print("cached allocator: accuracy", a); sys.exit(0 if a >= 0.97 else 1)' "$logs/train_cached.json" \
-      || { echo "gpu-check: FAILED: train_mlp on the cached allocator"; status=1; }
-  else
-    tail -n 30 "$logs/train_cached.log"
-    echo "gpu-check: FAILED: train_mlp on the cached allocator"; status=1
-  fi
+  train train_cached "train_mlp on the cached allocator" NABLA_CUDA_ALLOCATOR=cached
 else
   echo "(step 0 did not report the stream-ordered pool, so steps 1-4 used what it chose:)"
   grep "memory:" "$logs/warm_kernels.log" 2>/dev/null || true

@@ -64,7 +64,8 @@ impl DeviceMemory {
         self.bytes
     }
 
-    /// Never true: a request for nothing still gets one byte.
+    /// True for a request of no bytes (which still gets a valid address: at least one byte is
+    /// allocated).
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }

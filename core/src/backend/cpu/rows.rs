@@ -88,16 +88,21 @@ fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     }
 }
 
-/// Layer normalisation of one row: the mean, the mean squared deviation, then
-/// `(x - mean) / sqrt(var + eps)`.
-fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
+/// The mean of a row and `1 / sqrt(var + eps)`: the mean, then the mean squared deviation
+/// (two passes). The forward and the backward share it, so both see the same `rstd`.
+fn row_moments<T: Float>(row: &[T], eps: T) -> (T, T) {
     let n = T::from(row.len()).expect("a length converts to a float");
     let mean = lane_sum(row.len(), |j| row[j]) / n;
     let var = lane_sum(row.len(), |j| {
         let d = row[j] - mean;
         d * d
     }) / n;
-    let r = T::one() / (var + eps).sqrt();
+    (mean, T::one() / (var + eps).sqrt())
+}
+
+/// Layer normalisation of one row: `(x - mean) / sqrt(var + eps)`.
+fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
+    let (mean, r) = row_moments(row, eps);
     for (o, &x) in out.iter_mut().zip(row) {
         *o = (x - mean) * r;
     }
@@ -107,12 +112,7 @@ fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
 /// `rstd` from `x` as [`layer_norm_row`] forms it.
 fn layer_norm_backward_row<T: Float>(x: &[T], y: &[T], v: &[T], eps: T, out: &mut [T]) {
     let n = T::from(x.len()).expect("a length converts to a float");
-    let mean = lane_sum(x.len(), |j| x[j]) / n;
-    let var = lane_sum(x.len(), |j| {
-        let d = x[j] - mean;
-        d * d
-    }) / n;
-    let r = T::one() / (var + eps).sqrt();
+    let (_, r) = row_moments(x, eps);
     let mean_v = lane_sum(v.len(), |j| v[j]) / n;
     let mean_vy = lane_sum(v.len(), |j| v[j] * y[j]) / n;
     for ((o, &vj), &yj) in out.iter_mut().zip(v).zip(y) {
