@@ -100,6 +100,20 @@ fn per_image<S: Sync, D: Send>(
     }
 }
 
+/// col2im of every image of `src` (`per` column elements each) into `images` zeroed planes
+/// of `plane` elements.
+fn fold_all<T: Copy + Default + std::ops::AddAssign + Send + Sync>(
+    src: &[T],
+    per: usize,
+    images: usize,
+    plane: usize,
+    win: &Window2d,
+) -> Vec<T> {
+    let mut out = vec![T::default(); product(&[images, plane])];
+    per_image(src, per, &mut out, plane, |s, o| fold_image(s, o, win));
+    out
+}
+
 /// im2col of `x` `[.., H, W]` into `[.., KH * KW, OH, OW]` (any dtype).
 pub(super) fn unfold_windows(x: &RawTensor, win: &Window2d) -> RawTensor {
     win.require("unfold_windows", &x.layout.shape, &[win.image.0, win.image.1]);
@@ -137,29 +151,10 @@ pub(super) fn fold_windows(cols: &RawTensor, win: &Window2d) -> RawTensor {
         product(&[win.taps(), win.out.0, win.out.1]),
     );
     let start = cols.layout.offset;
+    let src_len = product(&[images, per]);
     match host(&cols) {
-        CpuBuffer::F32(d) => {
-            let mut out = vec![0f32; product(&[images, plane])];
-            per_image(
-                &d[start..start + product(&[images, per])],
-                per,
-                &mut out,
-                plane,
-                |s, o| fold_image(s, o, win),
-            );
-            wrap(out, &shape)
-        }
-        CpuBuffer::F64(d) => {
-            let mut out = vec![0f64; product(&[images, plane])];
-            per_image(
-                &d[start..start + product(&[images, per])],
-                per,
-                &mut out,
-                plane,
-                |s, o| fold_image(s, o, win),
-            );
-            wrap(out, &shape)
-        }
+        CpuBuffer::F32(d) => wrap(fold_all(&d[start..start + src_len], per, images, plane, win), &shape),
+        CpuBuffer::F64(d) => wrap(fold_all(&d[start..start + src_len], per, images, plane, win), &shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("fold_windows of {}: the op layer accepts floats only", other.dtype()),
     }
