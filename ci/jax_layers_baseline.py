@@ -2,7 +2,8 @@
 conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
 56x56, 3x3, padding 1), and one pre-norm transformer block step, value and gradients (batch 16,
 sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
-of 2^24 elements. float32, CPU. Writes
+of 2^24 elements, and the value and gradient of the mean cross-entropy of [2048, 32000] logits
+against integer labels (a language model's head). float32, CPU. Writes
 rows {case, system, unit, value} as JSON to --json.
 """
 import argparse
@@ -67,7 +68,21 @@ def jax_rows(runs):
         return p - 1e-3 * (m1 / 0.1) / (jnp.sqrt(v1 / 0.001) + 1e-8), m1, v1
 
     rows.append(("adam_update_16M", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(adam(p, g, m, v)), 1, runs)))
+
+    logits, labels = ce_inputs(rng)
+    ce = jax.jit(jax.value_and_grad(
+        lambda z, y: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z, -1), y[:, None], -1))))
+    z, y = jnp.asarray(logits), jnp.asarray(labels)
+    rows.append(("cross_entropy_32k", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(ce(z, y)), 1, runs)))
     return rows
+
+
+def ce_inputs(rng):
+    """Logits [2048, 32000] (standard normal) and labels (i * 7 mod 32000), as bench_layers."""
+    rows, classes = 2048, 32000
+    logits = rng.standard_normal((rows, classes), dtype=np.float32)
+    labels = (np.arange(rows, dtype=np.int64) * 7) % classes
+    return logits, labels
 
 
 def torch_rows(runs):
@@ -99,6 +114,14 @@ def torch_rows(runs):
     p.grad = torch.randn(1 << 24)
     opt = torch.optim.Adam([p], lr=1e-3)
     rows.append(("adam_update_16M", "torch eager", "ms", median_ms(opt.step, 1, runs)))
+    logits, labels = ce_inputs(np.random.default_rng(0))
+    z, y = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(labels)
+
+    def ce():
+        loss = torch.nn.functional.cross_entropy(z, y)
+        return loss, torch.autograd.grad(loss, z)
+
+    rows.append(("cross_entropy_32k", "torch eager", "ms", median_ms(ce, 1, runs)))
     return rows
 
 

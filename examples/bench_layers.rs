@@ -1,7 +1,9 @@
 //! The CNN and transformer benchmark (issue 12): conv2d forward and forward+backward at a
 //! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1) and one pre-norm
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
-//! causal), and one Adam update of a 16M-element parameter; ours next to JAX jit and PyTorch
+//! causal), one Adam update of a 16M-element parameter, and the value and gradient of the mean
+//! cross-entropy of `[2048, 32000]` logits against integer labels (a language model's head);
+//! ours next to JAX jit and PyTorch
 //! eager (when installed) measured in the same invocation by `ci/jax_layers_baseline.py`.
 //! float32 on the CPU.
 //!
@@ -81,6 +83,19 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(adam.update(&param, &grads, &state, 1e-3))),
     ));
+    // Cross-entropy of a language model's logits (batch x sequence 2048, vocabulary 32000).
+    let (rows_ce, classes) = (2048usize, 32000usize);
+    let logits = rng.normal(&[rows_ce, classes], 0.0, 1.0, DType::F32);
+    let labels = Tensor::from_vec(
+        (0..rows_ce as i64).map(|i| i * 7 % classes as i64).collect::<Vec<_>>(),
+        &[rows_ce],
+    );
+    let ce = nb::value_and_grad(|z: &Tensor| nb::cross_entropy(z, &labels));
+    rows.push((
+        "cross_entropy_32k".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(ce(&logits))),
+    ));
     if !args.ours_only {
         let out = std::env::temp_dir().join(format!("nabla-bench-layers-{}.json", std::process::id()));
         let status = Command::new(&args.python)
@@ -121,6 +136,7 @@ fn main() {
         "conv2d_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",
+        "cross_entropy_32k",
     ] {
         let r = &table[case];
         let cell = |s: &str| r.get(s).map_or("-".to_string(), |v| format!("{v:.1}"));

@@ -1578,7 +1578,8 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                 .collect();
             x[1] = f64::NEG_INFINITY;
             let labels = [2i64, 0, (cols - 1) as i64, 1];
-            let scale = 0.25;
+            // The per-row cotangent.
+            let g = [0.25, -1.0, 0.5, 2.0].map(|v| quantize(d, v));
             let mut loss = Vec::new();
             let mut grad = Vec::new();
             for (r, row) in x.chunks(cols).enumerate() {
@@ -1589,7 +1590,7 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                 grad.extend(
                     row.iter()
                         .enumerate()
-                        .map(|(j, &v)| quantize(d, ((v - lse).exp() - (j == l) as i64 as f64) * scale)),
+                        .map(|(j, &v)| quantize(d, ((v - lse).exp() - (j == l) as i64 as f64) * g[r])),
                 );
             }
             let spec: KernelSpec = CrossEntropySpec::new(d).unwrap().into();
@@ -1603,9 +1604,13 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                     },
                     Arg::Buf(encode_f(d, &x)),
                     Arg::Buf(encode_i(I64, labels)),
+                    if with_grad {
+                        Arg::Buf(encode_f(d, &g))
+                    } else {
+                        Arg::Null
+                    },
                     Arg::i64(rows as i64),
                     Arg::i64(cols as i64),
-                    Arg::f64(scale),
                     Arg::i32(wrap as i32),
                     Arg::i32(group as i32),
                     Arg::err(),
@@ -1623,11 +1628,11 @@ fn cross_entropy_rows_give_the_loss_and_its_gradient() {
                 tol(d) * 8.0,
             );
             let got_grad = Vals::decode(d, out[1].as_ref().unwrap());
-            let Vals::F(g) = &got_grad else { unreachable!() };
-            for (k, (&g, &w)) in g.iter().zip(&grad).enumerate() {
+            let Vals::F(got) = &got_grad else { unreachable!() };
+            for (k, (&v, &w)) in got.iter().zip(&grad).enumerate() {
                 assert!(
-                    (g - w).abs() <= tol(d) * 8.0 * w.abs().max(scale),
-                    "{what}: grad {k}: {g} vs {w}"
+                    (v - w).abs() <= tol(d) * 8.0 * w.abs().max(g[k / cols].abs()),
+                    "{what}: grad {k}: {v} vs {w}"
                 );
             }
             assert_eq!(error_record(out[9].as_ref().unwrap())[0], 0);

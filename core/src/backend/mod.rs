@@ -295,6 +295,17 @@ pub trait Backend: Send + Sync {
     /// of one shape and float dtype. One pass per row where the composition took thirteen
     /// kernels. Same shape and dtype out, contiguous.
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor;
+    /// Softmax cross-entropy of every row of the float `x` (the last axis: the classes) against
+    /// `labels` (i64, `x`'s shape without the last axis, already checked and wrapped into
+    /// `0..classes`): `logsumexp(x_r) - x_r[label_r]`, with the shift and the sum of the
+    /// log-softmax rows ([`Backend::softmax_rows`]), accumulated in f32 for halves. One pass
+    /// per row. The shape of `labels` and the dtype of `x` out, contiguous.
+    fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor;
+    /// The VJP of [`Backend::cross_entropy_rows`]: `(softmax(x_r) - one_hot(label_r)) g[r]` of
+    /// every row, with `g` (the rows' cotangent, shaped like `labels`, of `x`'s dtype). One
+    /// pass per row where the composition took about six kernels. The shape and dtype of `x`
+    /// out, contiguous.
+    fn cross_entropy_rows_backward(&self, x: &RawTensor, labels: &RawTensor, g: &RawTensor) -> RawTensor;
     /// One Adam update of a parameter, all four operands of one shape and float dtype, at step
     /// `t` (`count`: one i64 element on this device, 1 for the first update):
     /// `g' = g + wd p` (unless decoupled), `m' = b1 m + (1 - b1) g'`,

@@ -253,6 +253,20 @@ impl Backend for RecordingBackend {
             self.inner.layer_norm_rows_backward(x, y, v, eps),
         )
     }
+    fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
+        self.log(
+            Call::CrossEntropy,
+            &[x, labels],
+            self.inner.cross_entropy_rows(x, labels),
+        )
+    }
+    fn cross_entropy_rows_backward(&self, x: &RawTensor, labels: &RawTensor, g: &RawTensor) -> RawTensor {
+        self.log(
+            Call::CrossEntropyBackward,
+            &[x, labels, g],
+            self.inner.cross_entropy_rows_backward(x, labels, g),
+        )
+    }
     fn adam_update(
         &self,
         param: &RawTensor,

@@ -42,14 +42,20 @@ fn common_batch(layouts: &[Layout], nb: usize) -> Vec<usize> {
 /// The indices an op accepts along an axis of extent `n`: `0..n`, and `-n..0` (counted from
 /// the end) when `wrap_negative`.
 #[derive(Clone, Copy)]
-struct IndexRange {
-    n: usize,
-    wrap_negative: bool,
+pub(super) struct IndexRange {
+    pub(super) n: usize,
+    pub(super) wrap_negative: bool,
 }
 
 /// `idx` checked against `range` (the message names `op`, the bad index, `axis`, the extent and
 /// `x_shape`) with negative indices wrapped, as a tensor of `idx`'s shape and vmap levels.
-fn checked_index_tensor(op: &'static str, idx: &Tensor, range: IndexRange, x_shape: &[usize], axis: usize) -> Tensor {
+pub(super) fn checked_index_tensor(
+    op: &'static str,
+    idx: &Tensor,
+    range: IndexRange,
+    x_shape: &[usize],
+    axis: usize,
+) -> Tensor {
     let (layouts, levels) = aligned_layouts(&[idx], None);
     let bt = common_batch(&layouts, levels.len());
     let raw = checked_indices(op, idx, &layouts[0], &bt, range, x_shape, axis);

@@ -1,9 +1,12 @@
-//! Neural-network functions: silu, cross-entropy and mse composed from primitives (their
-//! derivatives follow by composition); gelu (and `gelu_exact`), one elementwise primitive whose
+//! Neural-network functions: silu, mse and cross-entropy against probabilities composed from
+//! primitives (their derivatives follow by composition); cross-entropy against integer labels,
+//! one fused row primitive forward and one backward (`cross_entropy.rs`); gelu (and `gelu_exact`), one elementwise primitive whose
 //! derivative is one primitive too; softmax and log-softmax, one fused row primitive each (a
 //! single pass over every row, on every backend); and softplus, one primitive whose rule is
 //! JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
+use super::cross_entropy::cross_entropy_rows;
+use super::index::{IndexRange, checked_index_tensor};
 use super::{Axes, require_float};
 use crate::backend::RowOp;
 use crate::dtype::DType;
@@ -124,11 +127,21 @@ impl Rule for SoftplusRule {
 
 /// Mean softmax cross-entropy of `logits` `[.., classes]` against integer `labels` `[..]`
 /// (i64) or one-hot / probability `labels` of the logits' shape (float).
+///
+/// Integer labels may count from the end (`-classes..0`, as `take_along_axis` accepts); one
+/// out of range is an error naming it (on a GPU, at the next read). With integer labels the
+/// loss rows are one fused kernel and their gradient another, where the composition took
+/// about nine.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
     require_float("cross_entropy", logits);
-    let logp = logits.log_softmax(-1);
+    if logits.rank() == 0 {
+        panic!(
+            "cross_entropy: the logits need a class axis (the last), got a scalar of {}; give them shape [.., classes]",
+            logits.dtype()
+        );
+    }
     if labels.dtype() == DType::I64 {
-        let batch = &logits.shape()[..logits.rank().saturating_sub(1)];
+        let batch = &logits.shape()[..logits.rank() - 1];
         if labels.shape() != batch {
             panic!(
                 "cross_entropy: integer labels of shape {:?} must have the logits' shape without the class axis, {:?} (logits {:?})",
@@ -137,8 +150,15 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
                 logits.shape()
             );
         }
-        -logp.take_along_axis(&labels.expand_dims(-1), -1).mean(Axes::All, false)
+        let axis = logits.rank() - 1;
+        let range = IndexRange {
+            n: logits.shape()[axis],
+            wrap_negative: true,
+        };
+        let labels = checked_index_tensor("cross_entropy", labels, range, logits.shape(), axis);
+        cross_entropy_rows(logits, &labels).mean(Axes::All, false)
     } else {
+        let logp = logits.log_softmax(-1);
         if labels.shape() != logits.shape() {
             panic!(
                 "cross_entropy: float labels of shape {:?} must match the logits {:?} (one-hot or probabilities)",

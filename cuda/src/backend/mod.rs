@@ -12,6 +12,7 @@
 //! site is kept on the host, and the kernel reports the site's number with the index.
 
 mod adam;
+mod cross_entropy;
 mod elementwise;
 mod index;
 mod matmul;
@@ -359,6 +360,14 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
         rows::layer_norm_rows_backward(self, x, y, v, eps)
+    }
+
+    fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
+        cross_entropy::cross_entropy_rows(self, x, labels)
+    }
+
+    fn cross_entropy_rows_backward(&self, x: &RawTensor, labels: &RawTensor, g: &RawTensor) -> RawTensor {
+        cross_entropy::cross_entropy_rows_backward(self, x, labels, g)
     }
 
     fn adam_update(

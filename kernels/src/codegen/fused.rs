@@ -251,11 +251,12 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
 }
 
 /// Softmax cross-entropy of every row of contiguous `[rows, classes]` logits against i64
-/// labels `[rows]`: `loss[r] = logsumexp(x_r) - x_r[label_r]`, and, when `grad` is not null,
-/// `grad[r, c] = (softmax(x_r)[c] - (c == label_r)) * grad_scale` (pass `1 / rows` times the
-/// incoming gradient for the mean). With `wrap_negative`, labels in `-classes..0` count from the
-/// end (as the CPU's `take_along_axis` does); a label out of range is reported to the error
-/// record (kind `LabelOutOfRange`, with the label as given) and gives a NaN row.
+/// labels `[rows]`, forward and backward in one kernel: `loss[r] = logsumexp(x_r) - x_r[label_r]`
+/// when `loss` is not null, and `grad[r, c] = (softmax(x_r)[c] - (c == label_r)) * g[r]` when
+/// `grad` is not null (`g`: the per-row cotangent, read only then). With `wrap_negative`,
+/// labels in `-classes..0` count from the end (as the CPU's `take_along_axis` does); a label
+/// out of range is reported to the error record (kind `LabelOutOfRange`, with the label as
+/// given) and gives NaN in that row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CrossEntropySpec {
     dtype: KernelDType,
@@ -285,9 +286,9 @@ impl Gen for CrossEntropySpec {
             Param::new("grad", ArgType::Out(self.dtype)),
             Param::new("x", ArgType::In(self.dtype)),
             Param::new("labels", ArgType::In(KernelDType::I64)),
+            Param::new("g", ArgType::In(self.dtype)),
             Param::new("rows", ArgType::I64),
             Param::new("cols", ArgType::I64),
-            Param::new("grad_scale", ArgType::F64),
             Param::new("wrap_negative", ArgType::I32),
             Param::new("group", ArgType::I32),
             Param::new("err", ArgType::ErrorRecord),
@@ -303,24 +304,28 @@ impl Gen for CrossEntropySpec {
         let nan = d.nan();
         let at_label = d.to_compute("x[base + label]");
         let at_j = d.to_compute("x[base + j]");
-        let loss = d.from_compute(&format!("ok ? lse - {at_label} : {nan}"));
+        let scale = d.to_compute("g[t]");
+        // `ls - (x - shift)` and `exp((x - shift) - ls)`: the rounding of the CPU's
+        // log-softmax rows, so both devices give the composition's values.
+        let loss = d.from_compute(&format!("ok ? ls - ({at_label} - shift) : {nan}"));
         let grad = d.from_compute(&format!(
-            "ok ? ({exp}({at_j} - lse) - (j == label ? {one} : {zero})) * scale : {nan}"
+            "ok ? ({exp}(({at_j} - shift) - ls) - (j == label ? {one} : {zero})) * scale : {nan}"
         ));
         let mut s = row_reducers(entry, d);
         s.push_str(&format!(
             r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
-__device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restrict__ grad, const {t}* __restrict__ x, const long long* __restrict__ labels, long long cols, {c} scale, int wrap_negative, unsigned long long* err, long long t, bool valid, int gl, int gs, int group) {{
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restrict__ grad, const {t}* __restrict__ x, const long long* __restrict__ labels, const {t}* __restrict__ g, long long cols, int wrap_negative, unsigned long long* err, long long t, bool valid, int gl, int gs, int group) {{
 {stats}    if (!valid) return;
-    const {c} lse = {log}(s) + shift;
+    const {c} ls = {log}(s);
     long long label = labels[t];
     if (wrap_negative && label < 0) label += cols;
     const bool ok = label >= 0 && label < cols;
     if (gl == 0) {{
         if (!ok) nb_report(err, NB_ERR_LABEL, labels[t], cols);
-        loss[t] = {loss};
+        if (loss != nullptr) loss[t] = {loss};
     }}
     if (grad != nullptr) {{
+        const {c} scale = {scale};
         for (long long j = gl; j < cols; j += gs) grad[base + j] = {grad};
     }}
 }}
@@ -331,15 +336,9 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restr
     }
 
     fn body(&self, entry: &str) -> String {
-        let c = self.dtype.compute_type();
-        format!(
-            "    const {c} scale = ({c})grad_scale;\n{}",
-            group_loop(
-                "rows",
-                &format!(
-                    "{entry}_row(loss, grad, x, labels, cols, scale, wrap_negative, err, t, valid, gl, gs, group);\n"
-                )
-            )
+        group_loop(
+            "rows",
+            &format!("{entry}_row(loss, grad, x, labels, g, cols, wrap_negative, err, t, valid, gl, gs, group);\n"),
         )
     }
 }

@@ -2,6 +2,7 @@
 //! gemm crate) for matmul, rayon for large elementwise and reduction kernels.
 
 mod adam;
+mod cross_entropy;
 mod elementwise;
 mod fast_math;
 mod gelu;
@@ -202,6 +203,17 @@ impl Backend for CpuBackend {
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
         narrow(
             rows::layer_norm_rows_backward(&widen(x), &widen(y), &widen(v), eps),
+            x.dtype(),
+        )
+    }
+
+    fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
+        narrow(cross_entropy::cross_entropy_rows(&widen(x), labels), x.dtype())
+    }
+
+    fn cross_entropy_rows_backward(&self, x: &RawTensor, labels: &RawTensor, g: &RawTensor) -> RawTensor {
+        narrow(
+            cross_entropy::cross_entropy_rows_backward(&widen(x), labels, &widen(g)),
             x.dtype(),
         )
     }

@@ -14,7 +14,7 @@ use crate::storage::{CpuBuffer, RawTensor};
 
 /// The element types of the row kernels: `Float`, and the `exp` the CPU backend uses for each
 /// (the vectorised one for f32).
-trait RowFloat: Float + Send + Sync + 'static {
+pub(super) trait RowFloat: Float + Send + Sync + 'static {
     fn fast_exp(self) -> Self;
 }
 
