@@ -1695,6 +1695,7 @@ fn adam_updates_in_place_like_the_cpu_optimiser() {
             let out = launch_1d(
                 &spec,
                 vec![
+                    Arg::zeros(3 * n * d.size_in_bytes()),
                     Arg::Buf(encode_f(d, &p)),
                     Arg::Buf(encode_f(d, &m)),
                     Arg::Buf(encode_f(d, &v)),
@@ -1711,9 +1712,19 @@ fn adam_updates_in_place_like_the_cpu_optimiser() {
             );
             let what = format!("{} wd {wd} decoupled {decoupled}", spec.entry_name());
             let rel = tol(d) * 16.0;
-            assert_vals(&what, &Vals::decode(d, out[0].as_ref().unwrap()), &Vals::F(wp), rel);
-            assert_vals(&what, &Vals::decode(d, out[1].as_ref().unwrap()), &Vals::F(wm), rel);
-            assert_vals(&what, &Vals::decode(d, out[2].as_ref().unwrap()), &Vals::F(wv), rel);
+            let all = out[0].as_ref().unwrap();
+            let row = all.len() / 3;
+            assert_vals(&what, &Vals::decode(d, &all[..row]), &Vals::F(wp), rel);
+            assert_vals(&what, &Vals::decode(d, &all[row..2 * row]), &Vals::F(wm), rel);
+            assert_vals(&what, &Vals::decode(d, &all[2 * row..]), &Vals::F(wv), rel);
+            // The inputs are read only.
+            for (k, input) in [&p, &m, &v].into_iter().enumerate() {
+                assert_eq!(
+                    out[k + 1].as_deref(),
+                    Some(&encode_f(d, input)[..]),
+                    "{what}: input {k} written"
+                );
+            }
         }
     }
 }

@@ -343,12 +343,14 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restr
     }
 }
 
-/// One Adam (or AdamW) step in place over `n` contiguous elements of `param`, `m`, `v` and
-/// `grad`, with the CPU optimiser's formula: `g += wd * p` unless decoupled; `m = b1 m + (1 - b1)
+/// One Adam (or AdamW) step over `n` contiguous elements of `param`, `m`, `v` and `grad`,
+/// written to `out` (`[3, n]`: the new parameter, then the new moments), in one pass, with the CPU optimiser's formula: `g += wd * p` unless decoupled; `m = b1 m + (1 - b1)
 /// g`; `v = b2 v + (1 - b2) g^2`; `p -= lr (m / bias1) / (sqrt(v / bias2) + eps)`; then
 /// `p -= lr wd p_old` when decoupled. `bias1 = 1 - b1^t` and `bias2 = 1 - b2^t` are formed in
 /// double from the step number `t = count[0]` (device memory, so that a replayed step reads
 /// the current one). Computed in float (double for f64); the state has the parameter's dtype.
+/// Out of place, so one launch reads each operand once and writes each result once (updating
+/// in place needed a copy of the three inputs first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AdamSpec {
     dtype: KernelDType,
@@ -375,9 +377,10 @@ impl Gen for AdamSpec {
     fn params(&self) -> Vec<Param> {
         let d = self.dtype;
         vec![
-            Param::new("param", ArgType::InOut(d)),
-            Param::new("m", ArgType::InOut(d)),
-            Param::new("v", ArgType::InOut(d)),
+            Param::new("out", ArgType::Out(d)),
+            Param::new("param", ArgType::In(d)),
+            Param::new("m", ArgType::In(d)),
+            Param::new("v", ArgType::In(d)),
             Param::new("grad", ArgType::In(d)),
             Param::new("n", ArgType::I64),
             Param::new("lr", ArgType::F64),
@@ -402,9 +405,9 @@ const {c} m1 = {m} * b1 + g * one_minus_b1;
 const {c} v1 = {v} * b2 + g * g * one_minus_b2;
 {c} q = p - (m1 / c1) / ({sqrt}(v1 / c2) + eps_c) * lr_c;
 if (decoupled_wd) q = q - p * lr_wd;
-param[i] = {sq};
-m[i] = {sm};
-v[i] = {sv};
+out[i] = {sq};
+out[n + i] = {sm};
+out[2 * n + i] = {sv};
 "#,
             p = d.to_compute("param[i]"),
             g = d.to_compute("grad[i]"),

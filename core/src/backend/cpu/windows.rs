@@ -50,8 +50,15 @@ fn unfold_image<T: Copy>(src: &[T], dst: &mut [MaybeUninit<T>], win: &Window2d) 
     let mut rows = dst.chunks_exact_mut(ow.max(1));
     for start in row_starts(win) {
         let out = rows.next().expect("the columns hold KH * KW * OH rows of OW");
-        for (x, o) in out.iter_mut().enumerate() {
-            o.write(src[start + x * step]);
+        if step == 1 {
+            // A run of the image row: a vectorised copy (the strided form below is scalar).
+            for (o, &v) in out.iter_mut().zip(&src[start..start + ow]) {
+                o.write(v);
+            }
+        } else {
+            for (x, o) in out.iter_mut().enumerate() {
+                o.write(src[start + x * step]);
+            }
         }
     }
 }
