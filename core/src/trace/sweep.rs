@@ -74,12 +74,25 @@ fn accumulate(map: &mut IdMap<Tensor>, target: &Tensor, g: Tensor, source: Sourc
     map.insert(id, sum);
 }
 
+/// What a reverse sweep does with the graph behind it: each node's inputs are let go of as soon
+/// as the node's rule has run, so an activation is freed when the last rule that reads it is
+/// done (PyTorch frees saved tensors the same way), rather than when the sweep ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// Keep the graph (the pullback may be called again, or `retain_graph`).
+    Keep,
+    /// Free the nodes that belong to the swept level alone (a pullback called once: nodes that
+    /// an enclosing transform also traced stay for its sweep).
+    OwnLevel,
+    /// Free every node swept except the stops (`backward` without `retain_graph`).
+    AllButStops,
+}
+
 /// The reverse sweep: cotangents of every node of `level` reached from `seeds`
 /// (output, cotangent) pairs. Nodes in `stops` (the level's leaves) receive cotangents but do
-/// not pass them on. Returns the cotangents of the stop nodes, by node id, and the ids of
-/// every node visited.
-pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet) -> (IdMap<Tensor>, Vec<Tensor>) {
-    reverse_reporting(seeds, level, stops, None)
+/// not pass them on. Returns the cotangents of the stop nodes, by node id.
+pub(crate) fn reverse(seeds: &[(Tensor, Tensor)], level: &Level, stops: &IdSet, release: Release) -> IdMap<Tensor> {
+    reverse_reporting(seeds, level, stops, None, release)
 }
 
 /// Called by [`reverse_reporting`] with a stop node and its cotangent as soon as that
@@ -90,15 +103,17 @@ pub(crate) type OnLeafReady<'a> = &'a mut dyn FnMut(&Tensor, &Tensor);
 /// when the last rule that feeds it has run, rather than when the sweep reaches the node
 /// (leaves are the oldest nodes, so the sweep reaches them last). The order depends only on
 /// the recorded graph, so every rank of a data-parallel job that traces the same function
-/// sees the same order.
+/// sees the same order. `release` says which nodes let go of their inputs once swept.
 pub(crate) fn reverse_reporting(
     seeds: &[(Tensor, Tensor)],
     level: &Level,
     stops: &IdSet,
     mut on_ready: Option<OnLeafReady>,
-) -> (IdMap<Tensor>, Vec<Tensor>) {
+    release: Release,
+) -> IdMap<Tensor> {
     let outputs: Vec<Tensor> = seeds.iter().map(|(o, _)| o.clone()).collect();
-    let order = collect(&outputs, level.id(), stops);
+    let mut order = collect(&outputs, level.id(), stops);
+    drop(outputs);
     let mut cts: IdMap<Tensor> = IdMap::with_capacity_and_hasher(order.len(), Default::default());
     for (o, c) in seeds {
         if in_level(o, level.id()) {
@@ -133,42 +148,52 @@ pub(crate) fn reverse_reporting(
             leaf_cts.insert(id, ct);
         }
     };
-    for t in order.iter().rev() {
+    // Popped from the end (the reverse order), so the sweep holds no swept tensor either.
+    while let Some(t) = order.pop() {
         let node = t.node().expect("collected tensors are traced");
         if stops.contains(&node.id) {
-            finish_leaf(t, &mut cts, &mut leaf_cts);
+            finish_leaf(&t, &mut cts, &mut leaf_cts);
             continue;
         }
         let ct = cts.remove(&node.id);
-        if ct.is_none() && pending.is_empty() {
-            continue;
-        }
-        let inputs = node.inputs();
-        if let Some(ct) = ct {
-            let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
-            let grads = node.rule.vjp_wanted(&inputs, t, &ct, &wanted);
-            for (inp, g) in inputs.iter().zip(grads) {
-                if let Some(g) = g
-                    && in_level(inp, level.id())
-                {
-                    accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
+        if ct.is_some() || !pending.is_empty() {
+            let inputs = node.inputs();
+            if let Some(ct) = ct {
+                let wanted: smallvec::SmallVec<[bool; 3]> = inputs.iter().map(|i| in_level(i, level.id())).collect();
+                let grads = node.rule.vjp_wanted(&inputs, &t, &ct, &wanted);
+                for (inp, g) in inputs.iter().zip(grads) {
+                    if let Some(g) = g
+                        && in_level(inp, level.id())
+                    {
+                        accumulate(&mut cts, inp, g, Source::Rule(&node.rule), level);
+                    }
                 }
             }
-        }
-        if !pending.is_empty() {
-            for inp in &inputs {
-                let Some(id) = inp.node_id() else { continue };
-                if let Some(left) = pending.get_mut(&id) {
-                    *left -= 1;
-                    if *left == 0 {
-                        pending.remove(&id);
-                        finish_leaf(inp, &mut cts, &mut leaf_cts);
+            if !pending.is_empty() {
+                for inp in &inputs {
+                    let Some(id) = inp.node_id() else { continue };
+                    if let Some(left) = pending.get_mut(&id) {
+                        *left -= 1;
+                        if *left == 0 {
+                            pending.remove(&id);
+                            finish_leaf(inp, &mut cts, &mut leaf_cts);
+                        }
                     }
                 }
             }
         }
+        let free = match release {
+            Release::Keep => false,
+            Release::OwnLevel => node.levels.len() == 1 && node.in_level(level.id()),
+            Release::AllButStops => true,
+        };
+        if free {
+            // Later nodes (smaller ids) never read this one's inputs through it: the sweep is
+            // past every node that consumes it.
+            *node.inputs.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
-    (leaf_cts, order)
+    leaf_cts
 }
 
 /// The forward sweep: tangents of `outputs` given tangents of the level's leaves (by node id).

@@ -4,7 +4,7 @@
 
 use super::jvp::jvp_many;
 use super::release_finished;
-use super::vjp::{require_scalar, vjp_many};
+use super::vjp::{VjpFn, require_scalar, vjp_many};
 use super::vmap::vmap_many;
 use crate::tensor::Tensor;
 use crate::tree::Tree;
@@ -52,6 +52,43 @@ pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree, F: FnOnce(&A) -> (B, X)>(
     f: F,
     primals: &A,
 ) -> (B, impl Fn(&B) -> A + use<A, B, X, F>, X) {
+    let (out, pullback, aux) = vjp_tree(f, primals);
+    (out, move |ct: &B| pullback.call(ct), aux)
+}
+
+/// The pullback of [`vjp_tree`]: output-shaped cotangents in, primal-shaped cotangents out.
+struct TreePullback<A> {
+    template: A,
+    pullback: VjpFn,
+    out_leaves: usize,
+}
+
+impl<A: Tree> TreePullback<A> {
+    fn leaves_of<B: Tree>(&self, ct: &B) -> Vec<Tensor> {
+        let cts = ct.leaves();
+        if cts.len() != self.out_leaves {
+            panic!(
+                "vjp: the cotangent has {} leaves but the output has {}; pass one shaped like the output",
+                cts.len(),
+                self.out_leaves
+            );
+        }
+        cts
+    }
+
+    fn call<B: Tree>(&self, ct: &B) -> A {
+        self.template.rebuild(self.pullback.call(&self.leaves_of(ct)))
+    }
+
+    /// The last call: the graph is freed during the sweep ([`VjpFn::call_once`]).
+    fn call_once<B: Tree>(self, ct: &B) -> A {
+        let cts = self.leaves_of(ct);
+        self.template.rebuild(self.pullback.call_once(&cts))
+    }
+}
+
+/// `(output, pullback, aux)` of `f` at `primals` over pytrees.
+fn vjp_tree<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), primals: &A) -> (B, TreePullback<A>, X) {
     let leaves = primals.leaves();
     let template = primals.rebuild(leaves.clone());
     let mut captured: Option<(B, X)> = None;
@@ -60,17 +97,12 @@ pub fn vjp_with_aux<A: Tree, B: Tree, X: Tree, F: FnOnce(&A) -> (B, X)>(
     let out = out_tree.rebuild(outs);
     let aux = aux.map_leaves(release_finished);
     let out_leaves = out.leaves().len();
-    let call = move |ct: &B| {
-        let cts = ct.leaves();
-        if cts.len() != out_leaves {
-            panic!(
-                "vjp: the cotangent has {} leaves but the output has {out_leaves}; pass one shaped like the output",
-                cts.len(),
-            );
-        }
-        template.rebuild(pullback.call(&cts))
+    let pullback = TreePullback {
+        template,
+        pullback,
+        out_leaves,
     };
-    (out, call, aux)
+    (out, pullback, aux)
 }
 
 /// `(f(primals), J tangents)`: primals and tangents have one structure; each tangent leaf has
@@ -101,9 +133,10 @@ pub fn jvp_with_aux<A: Tree, B: Tree, X: Tree>(f: impl FnOnce(&A) -> (B, X), pri
 pub fn value_and_grad_with_aux<A: Tree, X: Tree>(f: impl Fn(&A) -> (Tensor, X)) -> impl Fn(&A) -> ((Tensor, X), A) {
     move |x: &A| {
         require_float_leaves("grad", &x.leaves(), false);
-        let (value, pullback, aux) = vjp_with_aux(|a| f(a), x);
+        let (value, pullback, aux) = vjp_tree(|a| f(a), x);
         require_scalar("grad", &value);
-        let g = pullback(&value.ones_like());
+        // The pullback runs once: the graph is freed as the sweep goes.
+        let g = pullback.call_once(&value.ones_like());
         ((value, aux), g)
     }
 }

@@ -109,16 +109,15 @@ pub fn backward(outputs: &[Tensor], cotangents: &[Tensor], options: BackwardOpti
             h.grad_ready(leaf);
         }
     };
-    let (_, visited) = sweep::reverse_reporting(&seeds, &level, &stops, Some(&mut on_ready));
-    if !options.retain_graph.unwrap_or(false) {
-        for t in visited.iter().filter(|t| !t.is_grad_leaf()) {
-            *t.node()
-                .expect("traced")
-                .inputs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = None;
-        }
-    }
+    // Without retain_graph, each node lets go of its inputs once its rule has run, so the
+    // activations are freed during the sweep (and the graph cannot be swept again).
+    let release = if options.retain_graph.unwrap_or(false) {
+        sweep::Release::Keep
+    } else {
+        sweep::Release::AllButStops
+    };
+    sweep::reverse_reporting(&seeds, &level, &stops, Some(&mut on_ready), release);
+    drop(seeds);
     for (hook, _) in hooks {
         hook.backward_done();
     }
