@@ -165,7 +165,8 @@ fn overlapped<P: Tree>(worker: &Worker, f: &dyn Fn(&P) -> Tensor, params: &P, we
         let grads = grads.borrow();
         queue.launch_ready(worker, weight, |l| grads[l].clone());
     };
-    pullback.call_reporting(&[loss.ones_like()], &mut report);
+    // The pullback runs once: the graph is freed as the sweep goes.
+    pullback.call_reporting_once(&[loss.ones_like()], &mut report);
     queue.mark_all_ready();
     let grads = grads.into_inner();
     queue.launch_ready(worker, weight, |l| grads[l].clone());

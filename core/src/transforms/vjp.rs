@@ -41,6 +41,12 @@ impl VjpFn {
         self.sweep(cotangents, Some(on_ready), Release::Keep)
     }
 
+    /// [`VjpFn::call_reporting`] for the last time, freeing the graph as the sweep goes (as
+    /// [`VjpFn::call_once`] does).
+    pub fn call_reporting_once(self, cotangents: &[Tensor], on_ready: &mut dyn FnMut(usize, &Tensor)) -> Vec<Tensor> {
+        self.sweep(cotangents, Some(on_ready), Release::OwnLevel)
+    }
+
     fn sweep(&self, cotangents: &[Tensor], on_ready: Option<OnPrimalReady>, release: Release) -> Vec<Tensor> {
         if cotangents.len() != self.outputs.len() {
             panic!(
