@@ -59,17 +59,20 @@ fn lane_max<T: RowFloat>(row: &[T]) -> T {
 
 /// The log-softmax statistics of a row: its shift (the maximum when finite, else 0) and
 /// `ln(sum(exp(x - shift)))`, so that `log_softmax(x)[j] = (x[j] - shift) - ls` with the sum
-/// of the log-softmax rows to the bit. With `exps`, the exponentials are written there too.
+/// of the log-softmax rows to the bit. The exponentials are formed in `exps`: all of them when
+/// it is as long as the row, else `CHUNK` at a time in a scratch of at least
+/// [`scratch_len`] elements.
 #[inline(always)]
-fn log_softmax_stats<T: RowFloat>(row: &[T], mut exps: Option<&mut [T]>) -> (T, T) {
+fn log_softmax_stats<T: RowFloat>(row: &[T], exps: &mut [T]) -> (T, T) {
     let m = lane_max(row);
     let shift = if m.is_finite() { m } else { T::zero() };
-    let mut buf = [T::zero(); CHUNK];
+    let whole = exps.len() >= row.len();
     let mut acc = [T::zero(); LANES];
     for (k, chunk) in row.chunks(CHUNK).enumerate() {
-        let e = match exps.as_deref_mut() {
-            Some(out) => &mut out[k * CHUNK..k * CHUNK + chunk.len()],
-            None => &mut buf[..chunk.len()],
+        let e = if whole {
+            &mut exps[k * CHUNK..k * CHUNK + chunk.len()]
+        } else {
+            &mut exps[..chunk.len()]
         };
         for (o, &x) in e.iter_mut().zip(chunk) {
             *o = (x - shift).fast_exp();
@@ -88,6 +91,12 @@ fn log_softmax_stats<T: RowFloat>(row: &[T], mut exps: Option<&mut [T]>) -> (T, 
     (shift, s.ln())
 }
 
+/// The scratch [`log_softmax_stats`] needs for rows of `cols` (allocated once per task: a
+/// buffer on the stack zeroed per row cost more than a short row's work).
+fn scratch_len(cols: usize) -> usize {
+    cols.min(CHUNK)
+}
+
 /// The class of a label that the op layer checked and wrapped; `None` (a NaN row) if one
 /// arrives out of range all the same.
 #[inline(always)]
@@ -97,11 +106,11 @@ fn class(label: i64, cols: usize) -> Option<usize> {
 
 /// The loss of one row: `ls - (x[label] - shift)`.
 #[inline(always)]
-fn loss_row<T: RowFloat>(row: &[T], label: i64) -> T {
+fn loss_row<T: RowFloat>(row: &[T], label: i64, scratch: &mut [T]) -> T {
     let Some(c) = class(label, row.len()) else {
         return T::nan();
     };
-    let (shift, ls) = log_softmax_stats(row, None);
+    let (shift, ls) = log_softmax_stats(row, scratch);
     ls - (row[c] - shift)
 }
 
@@ -113,7 +122,7 @@ fn grad_row<T: RowFloat>(row: &[T], label: i64, g: T, out: &mut [T]) {
         return;
     };
     // exp(x - shift) / exp(ls), times g: the softmax rows' form.
-    let (_, ls) = log_softmax_stats(row, Some(out));
+    let (_, ls) = log_softmax_stats(row, out);
     let scale = g / ls.exp();
     out.iter_mut().for_each(|o| *o = *o * scale);
     out[c] = out[c] - g;
@@ -140,11 +149,12 @@ fn losses<T: RowFloat>(x: &[T], labels: &[i64], cols: usize) -> Vec<T> {
     out.par_chunks_mut(per)
         .zip(labels.par_chunks(per).zip(x.par_chunks(per * cols)))
         .for_each(|(o, (l, x))| {
+            let mut scratch = vec![T::zero(); scratch_len(cols)];
             with_wide_loops(
                 #[inline(always)]
                 || {
                     for ((o, &l), row) in o.iter_mut().zip(l).zip(x.chunks(cols)) {
-                        *o = loss_row(row, l);
+                        *o = loss_row(row, l, &mut scratch);
                     }
                 },
             )
@@ -253,8 +263,9 @@ mod tests {
             for row in rows() {
                 let label = (row.len() / 2) as i64;
                 // SAFETY: AVX-512F is present (checked above).
-                let wide = unsafe { run_avx512(|| loss_row(&row, label)) };
-                let base = loss_row(&row, label);
+                let mut scratch = vec![0.0f32; scratch_len(row.len())];
+                let wide = unsafe { run_avx512(|| loss_row(&row, label, &mut scratch)) };
+                let base = loss_row(&row, label, &mut scratch);
                 assert_eq!(wide.to_bits(), base.to_bits(), "loss of {row:?}");
                 let (mut gw, mut gb) = (vec![0.0f32; row.len()], vec![0.0f32; row.len()]);
                 // SAFETY: as above.
@@ -270,6 +281,7 @@ mod tests {
     fn non_finite_rows_give_what_the_log_softmax_gives() {
         let rows = rows();
         let n = rows.len();
+        let loss_row = |row: &[f32], label: i64| loss_row(row, label, &mut [0.0f32; CHUNK]);
         // Masked entry: a finite loss; NaN anywhere: NaN; +inf off the label: +inf.
         assert!(loss_row(&rows[n - 3], 2).is_finite());
         assert!(loss_row(&rows[n - 2], 0).is_nan());
