@@ -8,7 +8,7 @@ pub mod cast;
 pub mod compare;
 pub mod conv;
 pub mod create;
-mod cross_entropy;
+pub mod cross_entropy;
 pub mod external;
 pub mod index;
 pub mod linalg;

@@ -1,15 +1,11 @@
-//! Neural-network functions: silu, mse and cross-entropy against probabilities composed from
-//! primitives (their derivatives follow by composition); cross-entropy against integer labels,
-//! one fused row primitive forward and one backward (`cross_entropy.rs`); gelu (and `gelu_exact`), one elementwise primitive whose
+//! Neural-network functions: silu and mse composed from primitives (their derivatives follow
+//! by composition; cross-entropy is in `cross_entropy.rs`); gelu (and `gelu_exact`), one elementwise primitive whose
 //! derivative is one primitive too; softmax and log-softmax, one fused row primitive each (a
 //! single pass over every row, on every backend); and softplus, one primitive whose rule is
 //! JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
-use super::cross_entropy::cross_entropy_rows;
-use super::index::{IndexRange, checked_index_tensor};
 use super::{Axes, require_float};
 use crate::backend::RowOp;
-use crate::dtype::DType;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
@@ -122,51 +118,6 @@ impl Rule for SoftplusRule {
     }
     fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         Some(SoftplusRule::scale(&inputs[0], out, tangents[0].as_ref()?))
-    }
-}
-
-/// Mean softmax cross-entropy of `logits` `[.., classes]` against integer `labels` `[..]`
-/// (i64) or one-hot / probability `labels` of the logits' shape (float).
-///
-/// Integer labels may count from the end (`-classes..0`, as `take_along_axis` accepts); one
-/// out of range is an error naming it (on a GPU, at the next read). With integer labels the
-/// loss rows are one fused kernel and their gradient another, where the composition took
-/// about nine.
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Tensor {
-    require_float("cross_entropy", logits);
-    if logits.rank() == 0 {
-        panic!(
-            "cross_entropy: the logits need a class axis (the last), got a scalar of {}; give them shape [.., classes]",
-            logits.dtype()
-        );
-    }
-    if labels.dtype() == DType::I64 {
-        let batch = &logits.shape()[..logits.rank() - 1];
-        if labels.shape() != batch {
-            panic!(
-                "cross_entropy: integer labels of shape {:?} must have the logits' shape without the class axis, {:?} (logits {:?})",
-                labels.shape(),
-                batch,
-                logits.shape()
-            );
-        }
-        let axis = logits.rank() - 1;
-        let range = IndexRange {
-            n: logits.shape()[axis],
-            wrap_negative: true,
-        };
-        let labels = checked_index_tensor("cross_entropy", labels, range, logits.shape(), axis);
-        cross_entropy_rows(logits, &labels).mean(Axes::All, false)
-    } else {
-        let logp = logits.log_softmax(-1);
-        if labels.shape() != logits.shape() {
-            panic!(
-                "cross_entropy: float labels of shape {:?} must match the logits {:?} (one-hot or probabilities)",
-                labels.shape(),
-                logits.shape()
-            );
-        }
-        -(labels * logp).sum(-1, false).mean(Axes::All, false)
     }
 }
 
