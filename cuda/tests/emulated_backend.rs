@@ -227,6 +227,37 @@ fn a_training_step_on_the_emulated_gpu_gives_the_cpu_gradients() {
 }
 
 #[test]
+fn cross_entropy_options_on_the_emulated_gpu_give_the_cpu_values() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let mut rng = nb::Rng::new(9);
+    let opts = nb::CrossEntropyOptions {
+        ignore_index: Some(-100),
+        label_smoothing: 0.1,
+        reduction: nb::Reduction::Mean,
+    };
+    for dtype in [DType::F64, DType::F32, DType::BF16] {
+        let x = rng.normal(&[7, 300], 0.0, 2.0, dtype);
+        let y = Tensor::from_vec(vec![3i64, -100, 299, 0, -1, -100, 150], &[7]);
+        let step = |x: &Tensor, y: &Tensor| nb::value_and_grad(|x: &Tensor| nb::cross_entropy_with(x, y, opts))(x);
+        let (l_cpu, g_cpu) = step(&x, &y);
+        let (l_gpu, g_gpu) = step(&x.to_device(GPU).unwrap(), &y.to_device(GPU).unwrap());
+        let name = format!("cross_entropy_with {dtype}");
+        let tol = if dtype == DType::BF16 { 2e-2 } else { 1e-5 };
+        for (got, want) in [(&l_gpu, &l_cpu), (&g_gpu, &g_cpu)] {
+            assert_eq!(got.device(), GPU, "{name}");
+            let got = got.to_device(Device::Cpu).unwrap().cast(DType::F64).to_vec::<f64>();
+            for (a, b) in got.iter().zip(want.cast(DType::F64).to_vec::<f64>()) {
+                assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{name}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
 fn device_errors_surface_at_the_next_read_naming_the_value() {
     if !device::available() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
