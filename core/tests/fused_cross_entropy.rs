@@ -6,18 +6,11 @@
 //! replays that check each new batch of labels. Derivatives of every order are in the fixture
 //! matrix (`derivatives.rs`, `jax_reference.rs`).
 
+mod common;
+
+use common::hashed_values as inputs;
 use nabla_core as nb;
 use nb::{Axes, DType, Tensor};
-
-/// Values in `[-4, 4)` from a fixed integer hash (no random state to seed).
-fn inputs(n: usize, seed: u64) -> Vec<f64> {
-    (0..n as u64)
-        .map(|i| {
-            let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-            (h % 8000) as f64 / 1000.0 - 4.0
-        })
-        .collect()
-}
 
 /// Labels for `rows` rows of `cols` classes, every third counted from the end (negative).
 fn labels(rows: usize, cols: usize) -> Vec<i64> {

@@ -3,6 +3,9 @@
 //! inputs, masked (`-inf`) entries and non-finite rows, and that each call is one primitive in
 //! a traced program. Derivatives are in the fixture matrix (`derivatives.rs`, `jax_reference.rs`).
 
+mod common;
+
+use common::hashed_values as inputs;
 use nabla_core as nb;
 use nb::{DType, Tensor};
 
@@ -22,16 +25,6 @@ fn reference(x: &[f64], cols: usize, log: bool) -> Vec<f64> {
         }));
     }
     out
-}
-
-/// Values in `[-4, 4)` from a fixed integer hash (no random state to seed).
-fn inputs(n: usize, seed: u64) -> Vec<f64> {
-    (0..n as u64)
-        .map(|i| {
-            let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-            (h % 8000) as f64 / 1000.0 - 4.0
-        })
-        .collect()
 }
 
 /// The largest error allowed for a value of magnitude `v` in `dtype`.

@@ -6,6 +6,16 @@ use nabla_core as nb;
 use nb::{Axes, DType, Sl, Tensor};
 use serde_json::Value;
 
+/// Values in `[-4, 4)` from a fixed integer hash (no random state to seed).
+pub fn hashed_values(n: usize, seed: u64) -> Vec<f64> {
+    (0..n as u64)
+        .map(|i| {
+            let h = (i ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+            (h % 8000) as f64 / 1000.0 - 4.0
+        })
+        .collect()
+}
+
 /// One fixture case.
 pub struct Case {
     pub name: String,
