@@ -1,21 +1,18 @@
 //! Softmax cross-entropy: [`cross_entropy`] and [`cross_entropy_with`] (PyTorch's keywords:
 //! `ignore_index`, `label_smoothing`, `reduction`). Against integer labels the rows are one
-//! fused primitive per direction:
-//! the loss of every row (`logsumexp(x) - x[label]`) and its backward
+//! fused primitive per direction: the loss of every row (`logsumexp(x) - x[label]`) and its backward
 //! (`(softmax(x) - one_hot(label)) g`), where the composition (log-softmax rows, a gather, a
 //! scatter and the log-softmax's backward) took about nine kernels per step. Each primitive's
 //! rule is written in public ops: the backward's own derivatives (second and higher order)
 //! come from its composition, traced again from the node's inputs, as the layer norm's do.
 
-use super::index::{IndexRange, checked_index_tensor};
+use super::index::{IndexRange, checked_index_tensor, one_hot};
 use super::{Axes, require_float};
 use crate::dtype::DType;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 use crate::transforms::jvp::jvp_many;
 use crate::transforms::vjp::vjp_many;
-
-use super::index::one_hot;
 
 /// How a loss combines the losses of its examples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
