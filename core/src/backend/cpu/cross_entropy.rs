@@ -2,94 +2,16 @@
 //! and backward (`(softmax - one_hot) * g` of each row), one pass over a row's logits for its
 //! statistics and one for the result. The composition (log-softmax rows, a gather, a scatter
 //! and the log-softmax's backward) took about nine kernels and a tensor of the logits' size
-//! per step. The row statistics are those of the log-softmax rows, so the loss is the
-//! composition's to the bit. Rows are split across threads for large inputs.
+//! per step. The row statistics are the log-softmax rows' own ([`log_softmax_stats`]), so the
+//! loss is the composition's to the bit. Rows are split across threads for large inputs, and
+//! run in the AVX-512 build of their loops when the CPU has it.
 
 use rayon::prelude::*;
 
-use super::rows::RowFloat;
+use super::rows::{CHUNK, RowFloat, log_softmax_stats};
+use super::with_wide_loops;
 use super::{PARALLEL_MIN, dense, host, wrap};
 use crate::storage::{CpuBuffer, RawTensor};
-
-/// Lanes of the partial maxima and sums (independent accumulators, so the loops vectorise);
-/// the same as the log-softmax rows' partial sums.
-const LANES: usize = 8;
-
-/// Elements whose exponentials are formed at once in a buffer on the stack (a multiple of
-/// `LANES`, so the partial sums see the elements in the order [`lane_sum`] does).
-const CHUNK: usize = 256;
-
-/// `f` run in a function compiled with AVX-512F when the CPU has it (and
-/// `NABLA_CPU_NO_AVX512` is unset), as the unary maps and the GEMM choose: `f` and the row
-/// functions, all inlined into it, vectorise twice as wide. Nothing is reassociated or
-/// contracted, so both builds give the same bits.
-#[inline(always)]
-fn with_wide_loops<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm_avx512::available() {
-        // SAFETY: the CPU has AVX-512F (checked at run time by `available`).
-        return unsafe { run_avx512(f) };
-    }
-    f()
-}
-
-/// `f` compiled with AVX-512F (through inlining).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// The maximum of a row, ignoring NaN: a NaN reaches the sum of exponentials and makes the
-/// whole row NaN, as a NaN maximum would (so the loop can be the vectorised `maxps`).
-#[inline(always)]
-fn lane_max<T: RowFloat>(row: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
-        }
-    }
-    for &v in chunks.remainder() {
-        acc[0] = if v > acc[0] { v } else { acc[0] };
-    }
-    acc.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
-}
-
-/// The log-softmax statistics of a row: its shift (the maximum when finite, else 0) and
-/// `ln(sum(exp(x - shift)))`, so that `log_softmax(x)[j] = (x[j] - shift) - ls` with the sum
-/// of the log-softmax rows to the bit. The exponentials are formed in `exps`: all of them when
-/// it is as long as the row, else `CHUNK` at a time in a scratch of at least
-/// [`scratch_len`] elements.
-#[inline(always)]
-fn log_softmax_stats<T: RowFloat>(row: &[T], exps: &mut [T]) -> (T, T) {
-    let m = lane_max(row);
-    let shift = if m.is_finite() { m } else { T::zero() };
-    let whole = exps.len() >= row.len();
-    let mut acc = [T::zero(); LANES];
-    for (k, chunk) in row.chunks(CHUNK).enumerate() {
-        let e = if whole {
-            &mut exps[k * CHUNK..k * CHUNK + chunk.len()]
-        } else {
-            &mut exps[..chunk.len()]
-        };
-        for (o, &x) in e.iter_mut().zip(chunk) {
-            *o = (x - shift).fast_exp();
-        }
-        let mut lanes = e.chunks_exact(LANES);
-        for c in &mut lanes {
-            for (a, &v) in acc.iter_mut().zip(c) {
-                *a = *a + v;
-            }
-        }
-        for &v in lanes.remainder() {
-            acc[0] = acc[0] + v;
-        }
-    }
-    let s = acc.iter().fold(T::zero(), |a, &b| a + b);
-    (shift, s.ln())
-}
 
 /// The scratch [`log_softmax_stats`] needs for rows of `cols` (allocated once per task: a
 /// buffer on the stack zeroed per row cost more than a short row's work).
@@ -264,12 +186,12 @@ mod tests {
                 let label = (row.len() / 2) as i64;
                 // SAFETY: AVX-512F is present (checked above).
                 let mut scratch = vec![0.0f32; scratch_len(row.len())];
-                let wide = unsafe { run_avx512(|| loss_row(&row, label, &mut scratch)) };
+                let wide = unsafe { super::super::run_avx512(|| loss_row(&row, label, &mut scratch)) };
                 let base = loss_row(&row, label, &mut scratch);
                 assert_eq!(wide.to_bits(), base.to_bits(), "loss of {row:?}");
                 let (mut gw, mut gb) = (vec![0.0f32; row.len()], vec![0.0f32; row.len()]);
                 // SAFETY: as above.
-                unsafe { run_avx512(|| grad_row(&row, label, 0.37, &mut gw)) };
+                unsafe { super::super::run_avx512(|| grad_row(&row, label, 0.37, &mut gw)) };
                 grad_row(&row, label, 0.37, &mut gb);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&gw), bits(&gb), "gradient of {row:?}");

@@ -83,13 +83,10 @@ fn par_collect<U: Send>(n: usize, fill: impl Fn(usize, &mut [MaybeUninit<U>]) + 
 /// where the baseline build has SSE's 4, for the maps that compute (exp, tanh, erf, GELU).
 /// Each element's result is the same on both paths: nothing is reassociated or contracted.
 fn fill_mapped<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U) {
-    #[cfg(target_arch = "x86_64")]
-    if super::sgemm_avx512::available() {
-        // SAFETY: the CPU has AVX-512F (checked at run time by `available`).
-        unsafe { fill_mapped_avx512(out, src, f) };
-        return;
-    }
-    fill_mapped_baseline(out, src, f)
+    super::with_wide_loops(
+        #[inline(always)]
+        || fill_mapped_baseline(out, src, f),
+    )
 }
 
 #[inline(always)]
@@ -97,13 +94,6 @@ fn fill_mapped_baseline<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &i
     for (o, &i) in out.iter_mut().zip(src) {
         o.write(f(i));
     }
-}
-
-/// [`fill_mapped_baseline`] compiled with AVX-512F: `f`, inlined into it, vectorises wider.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fill_mapped_avx512<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &impl Fn(T) -> U) {
-    fill_mapped_baseline(out, src, f)
 }
 
 /// `f` applied to every element of a run (in parallel chunks when it is long).
@@ -572,7 +562,9 @@ mod tests {
         let mut wide = Vec::with_capacity(src.len());
         let mut base = Vec::with_capacity(src.len());
         // SAFETY: AVX-512F is present (checked above).
-        unsafe { fill_mapped_avx512(&mut wide.spare_capacity_mut()[..src.len()], &src, &f) };
+        unsafe {
+            super::super::run_avx512(|| fill_mapped_baseline(&mut wide.spare_capacity_mut()[..src.len()], &src, &f))
+        };
         fill_mapped_baseline(&mut base.spare_capacity_mut()[..src.len()], &src, &f);
         // SAFETY: both loops wrote every element.
         unsafe {

@@ -49,40 +49,79 @@ fn lane_sum<T: Float>(n: usize, values: impl Fn(usize) -> T) -> T {
     acc.iter().fold(T::zero(), |a, &b| a + b)
 }
 
-/// The maximum of a row, NaN if any element is NaN (as the reduction kernels).
-fn row_max<T: Float>(row: &[T]) -> T {
-    let mut m = T::neg_infinity();
-    for &v in row {
-        if v.is_nan() {
-            return v;
-        }
-        if v > m {
-            m = v;
+/// Elements whose exponentials are formed at once when they go to a scratch buffer (a
+/// multiple of `LANES`, so the partial sums see the elements in the order [`lane_sum`] does).
+pub(super) const CHUNK: usize = 256;
+
+/// The maximum of a row, ignoring NaN (so the loop can be the vectorised `maxps`): a NaN
+/// reaches the sum of exponentials and makes the whole row NaN, as a NaN maximum would.
+#[inline(always)]
+fn lane_max<T: RowFloat>(row: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
         }
     }
-    m
+    for &v in chunks.remainder() {
+        acc[0] = if v > acc[0] { v } else { acc[0] };
+    }
+    acc.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
 }
 
-/// Writes `op` of `row` into `out` (one row).
-fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
-    let m = row_max(row);
-    let shift = match op {
-        RowOp::Softmax => m,
-        // logsumexp's shift: 0 when the maximum is infinite or NaN.
-        RowOp::LogSoftmax if m.is_finite() => m,
-        RowOp::LogSoftmax => T::zero(),
-    };
-    // The shifted exponentials go to `out` first (softmax divides them in place).
-    for (o, &x) in out.iter_mut().zip(row) {
-        *o = (x - shift).fast_exp();
+/// `sum(exp(x - shift))` over a row, in [`lane_sum`]'s order, with the exponentials formed in
+/// `exps`: all of them when it is as long as the row, else `CHUNK` at a time in a scratch of
+/// at least `min(row.len(), CHUNK)` elements.
+#[inline(always)]
+fn shifted_exp_sum<T: RowFloat>(row: &[T], shift: T, exps: &mut [T]) -> T {
+    let whole = exps.len() >= row.len();
+    let mut acc = [T::zero(); LANES];
+    for (k, chunk) in row.chunks(CHUNK).enumerate() {
+        let e = if whole {
+            &mut exps[k * CHUNK..k * CHUNK + chunk.len()]
+        } else {
+            &mut exps[..chunk.len()]
+        };
+        for (o, &x) in e.iter_mut().zip(chunk) {
+            *o = (x - shift).fast_exp();
+        }
+        let mut lanes = e.chunks_exact(LANES);
+        for c in &mut lanes {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a = *a + v;
+            }
+        }
+        for &v in lanes.remainder() {
+            acc[0] = acc[0] + v;
+        }
     }
-    let s = lane_sum(out.len(), |j| out[j]);
+    acc.iter().fold(T::zero(), |a, &b| a + b)
+}
+
+/// The log-softmax statistics of a row: its shift (the maximum when finite, else 0, as
+/// `logsumexp`) and `ls = ln(sum(exp(x - shift)))`, so that
+/// `log_softmax(x)[j] = (x[j] - shift) - ls`; the exponentials are formed in `exps` as
+/// [`shifted_exp_sum`] says. The log-softmax
+/// rows and the cross-entropy rows share it, so their values agree to the bit.
+#[inline(always)]
+pub(super) fn log_softmax_stats<T: RowFloat>(row: &[T], exps: &mut [T]) -> (T, T) {
+    let m = lane_max(row);
+    let shift = if m.is_finite() { m } else { T::zero() };
+    (shift, shifted_exp_sum(row, shift, exps).ln())
+}
+
+/// Writes `op` of `row` into `out` (one row); the shifted exponentials go to `out` first.
+fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     match op {
-        RowOp::Softmax => out.iter_mut().for_each(|o| *o = *o / s),
+        RowOp::Softmax => {
+            let s = shifted_exp_sum(row, lane_max(row), out);
+            out.iter_mut().for_each(|o| *o = *o / s);
+        }
         RowOp::LogSoftmax => {
-            let lse = s.ln();
+            let (shift, ls) = log_softmax_stats(row, out);
             for (o, &x) in out.iter_mut().zip(row) {
-                *o = (x - shift) - lse;
+                *o = (x - shift) - ls;
             }
         }
     }
