@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use common::mlp_loss;
 use nabla_core as nb;
-use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, LaunchArg};
+use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, HostRead, LaunchArg};
 use nabla_kernels::KernelSpec;
 use nabla_kernels::launch::LaunchDims;
 use nb::{DType, Device, Rng, Tensor};
@@ -47,8 +47,8 @@ impl DeviceApi for NullGpu {
     fn upload(&self, _bytes: &[u8]) -> Result<NoMem, ApiError> {
         Ok(NoMem)
     }
-    fn download(&self, _mem: &NoMem, _offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
-        Ok(vec![0; len])
+    fn download_many(&self, reads: &[HostRead<'_, NoMem>]) -> Result<Vec<Vec<u8>>, ApiError> {
+        Ok(reads.iter().map(|r| vec![0; r.len]).collect())
     }
     fn zero(&self, _mem: &NoMem) -> Result<(), ApiError> {
         Ok(())

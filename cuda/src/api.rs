@@ -128,6 +128,16 @@ pub struct GemmCall<'a, M> {
     pub batch: i64,
 }
 
+/// A range of device memory to copy to the host ([`DeviceApi::download_many`]).
+pub struct HostRead<'a, M> {
+    /// The allocation.
+    pub mem: &'a M,
+    /// Byte offset of the range.
+    pub offset: usize,
+    /// Bytes to copy.
+    pub len: usize,
+}
+
 /// What the backend needs from one GPU. All work is ordered on one stream; only
 /// [`DeviceApi::download`] and [`DeviceApi::synchronize`] wait for it.
 pub trait DeviceApi: Send + Sync + 'static {
@@ -144,9 +154,16 @@ pub trait DeviceApi: Send + Sync + 'static {
     fn alloc_zeroed(&self, bytes: usize) -> Result<Self::Mem, ApiError>;
     /// A new allocation holding a copy of `bytes`.
     fn upload(&self, bytes: &[u8]) -> Result<Self::Mem, ApiError>;
-    /// `len` bytes of `mem` from `offset`, after the compute work queued before has finished
-    /// (and what was joined into it: a collective's result is read after its join).
-    fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError>;
+    /// The bytes of every range in `reads`, in order, after the compute work queued before has
+    /// finished (and what was joined into it: a collective's result is read after its join).
+    /// All of them are copied behind one wait, so a value and the device error record cost
+    /// one synchronisation.
+    fn download_many(&self, reads: &[HostRead<'_, Self::Mem>]) -> Result<Vec<Vec<u8>>, ApiError>;
+    /// `len` bytes of `mem` from `offset`, as [`DeviceApi::download_many`] reads them.
+    fn download(&self, mem: &Self::Mem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+        let mut out = self.download_many(&[HostRead { mem, offset, len }])?;
+        Ok(out.pop().expect("one range read"))
+    }
     /// Overwrites `mem` with zeros (stream-ordered).
     fn zero(&self, mem: &Self::Mem) -> Result<(), ApiError>;
     /// Queues `spec` with `args` (one per [`KernelSpec::params`], in order).

@@ -21,7 +21,7 @@ pub mod nccl;
 
 use std::sync::{Arc, Mutex};
 
-pub use api::{ApiError, DeviceApi, GemmCall, GemmOperand, LaunchArg};
+pub use api::{ApiError, DeviceApi, GemmCall, GemmOperand, HostRead, LaunchArg};
 pub use availability::{CudaInfo, CudaUnavailable, Library, check, loaded_libraries};
 pub use backend::CudaBackend;
 pub use buffer::CudaBuffer;

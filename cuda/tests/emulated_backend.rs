@@ -313,11 +313,16 @@ fn indices_are_checked_on_the_device_and_reported_at_the_next_read() {
         let _ = picked.to_vec::<f64>();
     });
     assert!(first.contains("index 7 is out of range"), "{first}");
-    // The record is cleared: the good result reads clean now.
+    // The record is cleared: the good result reads clean now, with one synchronisation (the
+    // value and the error record are copied together).
+    let before_clean_read = reads();
     assert_eq!(
         picked.to_vec::<f64>(),
         vec![0.0, 1.0, 2.0, 12.0, 13.0, 14.0, 12.0, 13.0, 14.0]
     );
+    if let (Some(a), Some(b)) = (before_clean_read, reads()) {
+        assert_eq!(b - a, 1, "reading one value synchronised {} times", b - a);
+    }
     let wrong = x.take(&bad, 0);
     let msg = common::panic_message(|| {
         let _ = wrong.to_vec::<f64>();
@@ -441,12 +446,12 @@ fn data_parallel_buckets_of_device_leaves_are_packed_on_the_device_and_copied_on
             .downloads
             .load(std::sync::atomic::Ordering::SeqCst);
         // Reads per rank: one per bucket for the host transport (none per leaf), and one per
-        // leaf for the parameters' broadcast; each read is two copies (the values, then the
-        // device error record).
+        // leaf for the parameters' broadcast; each read is one synchronisation (the values and
+        // the device error record copied together).
         let reads_per_rank = 2 + 3;
         assert_eq!(
             after - before,
-            2 * 2 * reads_per_rank,
+            2 * reads_per_rank,
             "device copies during a data-parallel step"
         );
     }

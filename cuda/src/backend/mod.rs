@@ -33,7 +33,7 @@ use nabla_kernels::{
     ArgType, DeviceError, DeviceErrorKind, ERROR_RECORD_WORDS, KernelDType, KernelLayout, KernelSpec, Param,
 };
 
-use crate::api::{DeviceApi, LaunchArg};
+use crate::api::{DeviceApi, HostRead, LaunchArg};
 use crate::buffer::CudaBuffer;
 
 /// The backend of one GPU, over a [`DeviceApi`].
@@ -284,10 +284,38 @@ impl<A: DeviceApi> CudaBackend<A> {
     /// after clearing it so that later calls start clean.
     fn check_device_errors(&self) {
         let _guard = self.err_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = self
+        let record = self
             .api
             .download(&self.err, 0, 8 * ERROR_RECORD_WORDS)
             .unwrap_or_else(|e| panic!("cuda: reading the device error record on {}: {e}", self.device));
+        self.report_device_errors(&record);
+    }
+
+    /// Copies `len` bytes of `mem` from `offset` to the host together with the device error
+    /// record (one synchronisation for both), then reports the record as
+    /// [`CudaBackend::check_device_errors`] does.
+    fn download_checked(&self, mem: &A::Mem, offset: usize, len: usize, what: impl Fn() -> String) -> Vec<u8> {
+        let _guard = self.err_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let reads = [
+            HostRead { mem, offset, len },
+            HostRead {
+                mem: &self.err,
+                offset: 0,
+                len: 8 * ERROR_RECORD_WORDS,
+            },
+        ];
+        let mut bytes = self
+            .api
+            .download_many(&reads)
+            .unwrap_or_else(|e| panic!("cuda: copying {} from {}: {e}", what(), self.device));
+        let record = bytes.pop().expect("the error record was read");
+        self.report_device_errors(&record);
+        bytes.pop().expect("the value was read")
+    }
+
+    /// Panics with the first error in the device error record `bytes`, after clearing the
+    /// record on the device. The caller holds `err_lock`.
+    fn report_device_errors(&self, bytes: &[u8]) {
         let mut record = [0u64; ERROR_RECORD_WORDS];
         for (k, w) in record.iter_mut().enumerate() {
             *w = u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"));
@@ -491,15 +519,8 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         };
         let dtype = x.dtype();
         let bytes = x.layout().numel() * dtype.size_in_bytes();
-        let data = if bytes == 0 {
-            Vec::new()
-        } else {
-            let offset = x.layout().offset() * dtype.size_in_bytes();
-            self.api
-                .download(&self.buf(&x).mem, offset, bytes)
-                .unwrap_or_else(|e| panic!("cuda: copying {:?} {dtype} from {}: {e}", x.shape(), self.device))
-        };
-        self.check_device_errors();
+        let offset = x.layout().offset() * dtype.size_in_bytes();
+        let data = self.download_checked(&self.buf(&x).mem, offset, bytes, || format!("{:?} {dtype}", x.shape()));
         CpuBuffer::from_le_bytes(dtype, &data)
             .unwrap_or_else(|e| panic!("cuda: the device returned a bad {dtype} buffer: {e}"))
     }

@@ -22,7 +22,7 @@ use compile::Compiler;
 use memory::Allocator;
 pub use memory::{ALLOCATOR_VAR, DeviceMemory};
 
-use crate::api::{ApiError, DeviceApi, GemmCall, LaunchArg};
+use crate::api::{ApiError, DeviceApi, GemmCall, HostRead, LaunchArg};
 
 /// A [`KernelLayout`] passed by value to a kernel.
 #[repr(transparent)]
@@ -268,16 +268,34 @@ impl DeviceApi for CudaDevice {
         Ok(mem)
     }
 
-    fn download(&self, mem: &DeviceMemory, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
-        assert!(
-            offset + len <= mem.len(),
-            "internal error: reading {len} bytes at {offset} from {mem:?}"
-        );
+    fn download_many(&self, reads: &[HostRead<'_, DeviceMemory>]) -> Result<Vec<Vec<u8>>, ApiError> {
         self.bind_to_thread()?;
-        let mut out = vec![0u8; len];
-        // SAFETY: the range lies inside `mem`; `out` is read only after the synchronisation.
-        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, self.ptr(mem, offset), self.stream.cu_stream()) }
-            .map_err(driver_err(&format!("copying {len} bytes from the device")))?;
+        let mut out = Vec::with_capacity(reads.len());
+        for r in reads {
+            assert!(
+                r.offset + r.len <= r.mem.len(),
+                "internal error: reading {} bytes at {} from {:?}",
+                r.len,
+                r.offset,
+                r.mem
+            );
+            let mut bytes = vec![0u8; r.len];
+            if r.len == 0 {
+                out.push(bytes);
+                continue;
+            }
+            // SAFETY: the range lies inside `r.mem`; `bytes` is read only after the
+            // synchronisation below.
+            unsafe {
+                cudarc::driver::result::memcpy_dtoh_async(
+                    &mut bytes,
+                    self.ptr(r.mem, r.offset),
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(driver_err(&format!("copying {} bytes from the device", r.len)))?;
+            out.push(bytes);
+        }
         // The compute stream only: a collective's result is ordered into it by a join, and
         // waiting for the communication stream too would wait for the collectives still
         // running (overlapped with the backward sweep), on every read of any value.

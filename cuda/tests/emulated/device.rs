@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use nabla_core::{DType, Device};
-use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, LaunchArg};
+use nabla_cuda::{ApiError, CudaBackend, DeviceApi, GemmCall, HostRead, LaunchArg};
 use nabla_kernels::launch::LaunchDims;
 use nabla_kernels::{ArgType, KernelSpec};
 
@@ -119,9 +119,13 @@ impl DeviceApi for EmulatedGpu {
         self.take(bytes.to_vec())
     }
 
-    fn download(&self, mem: &HostMem, offset: usize, len: usize) -> Result<Vec<u8>, ApiError> {
+    fn download_many(&self, reads: &[HostRead<'_, HostMem>]) -> Result<Vec<Vec<u8>>, ApiError> {
+        // One synchronisation, however many ranges it copies.
         self.downloads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Ok(mem.bytes()[offset..offset + len].to_vec())
+        Ok(reads
+            .iter()
+            .map(|r| r.mem.bytes()[r.offset..r.offset + r.len].to_vec())
+            .collect())
     }
 
     fn zero(&self, mem: &HostMem) -> Result<(), ApiError> {
