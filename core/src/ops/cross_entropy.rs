@@ -11,8 +11,7 @@ use super::{Axes, require_float};
 use crate::dtype::DType;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
-use crate::transforms::jvp::jvp_many;
-use crate::transforms::vjp::vjp_many;
+use crate::transforms::custom::{composition_jvp, composition_vjp};
 
 /// How a loss combines the losses of its examples.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,24 +208,21 @@ impl Rule for CrossEntropyBackwardRule {
         "cross_entropy_rows_backward".into()
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        let labels = inputs[1].clone();
-        let (_, pullback) = vjp_many(
-            |t| vec![cross_entropy_backward_composed(&t[0], &labels, &t[1])],
+        let labels = &inputs[1];
+        let mut d = composition_vjp(
+            |t| cross_entropy_backward_composed(&t[0], labels, &t[1]),
             &[inputs[0].clone(), inputs[2].clone()],
-        );
-        let mut d = pullback.call(std::slice::from_ref(ct)).into_iter();
-        vec![d.next(), None, d.next()]
+            ct,
+        )
+        .into_iter();
+        vec![d.next().flatten(), None, d.next().flatten()]
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let labels = inputs[1].clone();
-        let primals = [inputs[0].clone(), inputs[2].clone()];
-        let tx = tangents[0].clone().unwrap_or_else(|| inputs[0].zeros_like());
-        let tg = tangents[2].clone().unwrap_or_else(|| inputs[2].zeros_like());
-        let (_, out) = jvp_many(
-            |t| vec![cross_entropy_backward_composed(&t[0], &labels, &t[1])],
-            &primals,
-            &[tx, tg],
-        );
-        out.into_iter().next()
+        let labels = &inputs[1];
+        composition_jvp(
+            |t| cross_entropy_backward_composed(&t[0], labels, &t[1]),
+            &[inputs[0].clone(), inputs[2].clone()],
+            &[tangents[0].clone(), tangents[2].clone()],
+        )
     }
 }

@@ -9,9 +9,7 @@ use crate::dtype::DType;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
-use crate::transforms::custom::dense_tangents;
-use crate::transforms::jvp::jvp_many;
-use crate::transforms::vjp::vjp_many;
+use crate::transforms::custom::{composition_jvp, composition_vjp};
 
 /// The fused layer-norm primitive over the last axis of `x`.
 fn layer_norm_last(x: &Tensor, eps: f64) -> Tensor {
@@ -63,15 +61,10 @@ impl Rule for LayerNormBackwardRule {
         format!("layer_norm_backward(axis=-1, eps={})", self.eps)
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        let eps = self.eps;
-        let (_, pullback) = vjp_many(|t| vec![layer_norm_product(&t[0], &t[1], &t[2], eps)], inputs);
-        pullback.call(std::slice::from_ref(ct)).into_iter().map(Some).collect()
+        composition_vjp(|t| layer_norm_product(&t[0], &t[1], &t[2], self.eps), inputs, ct)
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let eps = self.eps;
-        let ts = dense_tangents(inputs, tangents);
-        let (_, out) = jvp_many(|t| vec![layer_norm_product(&t[0], &t[1], &t[2], eps)], inputs, &ts);
-        out.into_iter().next()
+        composition_jvp(|t| layer_norm_product(&t[0], &t[1], &t[2], self.eps), inputs, tangents)
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::jvp::jvp_many;
 use super::vjp::vjp_many;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
@@ -29,6 +30,33 @@ pub(crate) fn dense_tangents(inputs: &[Tensor], tangents: &[Option<Tensor>]) -> 
         .zip(inputs)
         .map(|(t, x)| t.clone().unwrap_or_else(|| x.zeros_like()))
         .collect()
+}
+
+/// The VJP at `inputs` of a node whose derivatives are those of the composition `f` (a fused
+/// kernel's, a rematerialised body's): `f` is traced again from the node's inputs and the
+/// cotangent pulled back through it, once, freeing the trace as it goes.
+pub(crate) fn composition_vjp(
+    f: impl FnOnce(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    ct: &Tensor,
+) -> Vec<Option<Tensor>> {
+    let (_, pullback) = vjp_many(|t| vec![f(t)], inputs);
+    pullback
+        .call_once(std::slice::from_ref(ct))
+        .into_iter()
+        .map(Some)
+        .collect()
+}
+
+/// The JVP at `inputs` of a node whose derivatives are those of the composition `f`, with the
+/// absent tangents as zeros ([`composition_vjp`]'s forward-mode twin).
+pub(crate) fn composition_jvp(
+    f: impl FnOnce(&[Tensor]) -> Tensor,
+    inputs: &[Tensor],
+    tangents: &[Option<Tensor>],
+) -> Option<Tensor> {
+    let (_, out) = jvp_many(|t| vec![f(t)], inputs, &dense_tangents(inputs, tangents));
+    out.into_iter().next()
 }
 
 fn check_cotangents(name: &str, got: &[Tensor], inputs: &[Tensor]) {

@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use super::custom::{as_custom_op, dense_tangents};
-use super::jvp::jvp_many;
-use super::vjp::vjp_many;
+use super::custom::{as_custom_op, composition_jvp, composition_vjp};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 use crate::tree::Tree;
@@ -27,20 +25,18 @@ impl<A: Tree + Send + Sync + 'static> Rule for RematRule<A> {
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         // Runs the body again, traced this time, and pulls the cotangent back through it.
-        let (_, pullback) = vjp_many(
-            |leaves| vec![(self.body)(&self.template.rebuild(leaves.to_vec()))],
+        composition_vjp(
+            |leaves| (self.body)(&self.template.rebuild(leaves.to_vec())),
             inputs,
-        );
-        pullback.call(std::slice::from_ref(ct)).into_iter().map(Some).collect()
+            ct,
+        )
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let ts = dense_tangents(inputs, tangents);
-        let (_, out) = jvp_many(
-            |leaves| vec![(self.body)(&self.template.rebuild(leaves.to_vec()))],
+        composition_jvp(
+            |leaves| (self.body)(&self.template.rebuild(leaves.to_vec())),
             inputs,
-            &ts,
-        );
-        out.into_iter().next()
+            tangents,
+        )
     }
 }
 

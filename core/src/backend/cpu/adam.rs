@@ -7,7 +7,7 @@ use std::mem::MaybeUninit;
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, host, of, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, host, of, wrap};
 use crate::backend::AdamStep;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -95,11 +95,6 @@ fn update_all<T: Float + Send + Sync>(p: &[T], g: &[T], m: &[T], v: &[T], s: Sca
     out
 }
 
-/// The `n` elements of the contiguous `x` in its buffer `data`.
-fn part<'a, T>(data: &'a [T], x: &RawTensor, n: usize) -> &'a [T] {
-    &data[x.layout.offset..x.layout.offset + n]
-}
-
 /// The update of `param` (f32 or f64; halves arrive widened), as `[3, ..shape]`.
 pub(super) fn adam_update(
     param: &RawTensor,
@@ -116,24 +111,23 @@ pub(super) fn adam_update(
     let (p, g, m, v) = (dense(param), dense(grad), dense(m), dense(v));
     let mut shape = vec![3];
     shape.extend_from_slice(&param.layout.shape);
-    let n = param.layout.numel();
     match (host(&p), host(&g), host(&m), host(&v)) {
         (CpuBuffer::F32(pd), CpuBuffer::F32(gd), CpuBuffer::F32(md), CpuBuffer::F32(vd)) => {
             let out = update_all(
-                part(pd, &p, n),
-                part(gd, &g, n),
-                part(md, &m, n),
-                part(vd, &v, n),
+                dense_run(pd, &p),
+                dense_run(gd, &g),
+                dense_run(md, &m),
+                dense_run(vd, &v),
                 Scalars::new(step, t),
             );
             wrap(out, &shape)
         }
         (CpuBuffer::F64(pd), CpuBuffer::F64(gd), CpuBuffer::F64(md), CpuBuffer::F64(vd)) => {
             let out = update_all(
-                part(pd, &p, n),
-                part(gd, &g, n),
-                part(md, &m, n),
-                part(vd, &v, n),
+                dense_run(pd, &p),
+                dense_run(gd, &g),
+                dense_run(md, &m),
+                dense_run(vd, &v),
                 Scalars::new(step, t),
             );
             wrap(out, &shape)

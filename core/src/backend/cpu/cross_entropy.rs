@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::rows::{CHUNK, RowFloat, log_softmax_stats};
 use super::with_wide_loops;
-use super::{PARALLEL_MIN, dense, host, wrap};
+use super::{PARALLEL_MIN, dense, dense_run, host, wrap};
 use crate::storage::{CpuBuffer, RawTensor};
 
 /// The scratch [`log_softmax_stats`] needs for rows of `cols` (allocated once per task: a
@@ -109,16 +109,10 @@ fn grads<T: RowFloat>(x: &[T], labels: &[i64], g: &[T], cols: usize) -> Vec<T> {
     out
 }
 
-/// The contiguous run of a dense tensor's elements.
-fn run<T>(data: &[T], x: &RawTensor) -> std::ops::Range<usize> {
-    let start = x.layout.offset;
-    start..(start + x.layout.numel()).min(data.len())
-}
-
 /// The contiguous i64 labels of a dense tensor.
 fn labels_of(labels: &RawTensor) -> &[i64] {
     match host(labels) {
-        CpuBuffer::I64(d) => &d[run(d, labels)],
+        CpuBuffer::I64(d) => dense_run(d, labels),
         other => unreachable!("cross_entropy rows: labels arrive as i64, got {}", other.dtype()),
     }
 }
@@ -131,8 +125,8 @@ pub(super) fn cross_entropy_rows(x: &RawTensor, labels: &RawTensor) -> RawTensor
     let l = labels_of(&labels);
     let shape = &labels.layout.shape;
     match host(&x) {
-        CpuBuffer::F32(d) => wrap(losses(&d[run(d, &x)], l, cols), shape),
-        CpuBuffer::F64(d) => wrap(losses(&d[run(d, &x)], l, cols), shape),
+        CpuBuffer::F32(d) => wrap(losses(dense_run(d, &x), l, cols), shape),
+        CpuBuffer::F64(d) => wrap(losses(dense_run(d, &x), l, cols), shape),
         other => unreachable!(
             "cross_entropy rows of {}: the op layer passes f32 or f64 (halves widened)",
             other.dtype()
@@ -148,8 +142,8 @@ pub(super) fn cross_entropy_rows_backward(x: &RawTensor, labels: &RawTensor, g: 
     let l = labels_of(&labels);
     let shape = &x.layout.shape;
     match (host(&x), host(&g)) {
-        (CpuBuffer::F32(d), CpuBuffer::F32(gd)) => wrap(grads(&d[run(d, &x)], l, &gd[run(gd, &g)], cols), shape),
-        (CpuBuffer::F64(d), CpuBuffer::F64(gd)) => wrap(grads(&d[run(d, &x)], l, &gd[run(gd, &g)], cols), shape),
+        (CpuBuffer::F32(d), CpuBuffer::F32(gd)) => wrap(grads(dense_run(d, &x), l, dense_run(gd, &g), cols), shape),
+        (CpuBuffer::F64(d), CpuBuffer::F64(gd)) => wrap(grads(dense_run(d, &x), l, dense_run(gd, &g), cols), shape),
         (a, b) => unreachable!(
             "cross_entropy backward rows of {} with a {} cotangent: the op layer passes one float dtype (halves widened)",
             a.dtype(),

@@ -52,6 +52,21 @@ fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
     }
 }
 
+/// The elements of the contiguous tensor `x` in `data`, its buffer (what [`dense`] gives
+/// is walked through this).
+fn dense_run<'a, T>(data: &'a [T], x: &RawTensor) -> &'a [T] {
+    debug_assert!(
+        x.layout.is_contiguous() || x.layout.numel() == 0,
+        "dense_run of a strided view {:?}",
+        x.layout
+    );
+    match x.layout.numel() {
+        // An empty view's offset may lie past the buffer's end.
+        0 => &[],
+        n => &data[x.layout.offset..x.layout.offset + n],
+    }
+}
+
 /// `v` rounded once to the float type `T` (float-to-float conversions always succeed).
 fn of<T: num_traits::Float>(v: f64) -> T {
     T::from(v).expect("a float converts to a float")

@@ -8,7 +8,7 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, fast_math, host, of, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, fast_math, host, of, wrap};
 use crate::backend::RowOp;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -212,10 +212,9 @@ fn map_rows(x: &RawTensor, f: &impl RowFn, what: &str) -> RawTensor {
     let x = dense(x);
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
-    let (start, n) = (x.layout.offset, x.layout.numel());
     match host(&x) {
-        CpuBuffer::F32(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| f.row(r, o)), shape),
-        CpuBuffer::F64(d) => wrap(all_rows(&d[start..start + n], cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F32(d) => wrap(all_rows(dense_run(d, &x), cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F64(d) => wrap(all_rows(dense_run(d, &x), cols, |r, o| f.row(r, o)), shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("{what} of {} rows: the op layer accepts floats only", other.dtype()),
     }
@@ -241,17 +240,15 @@ pub(super) fn layer_norm_rows_backward(x: &RawTensor, y: &RawTensor, v: &RawTens
     let (x, y, v) = (dense(x), dense(y), dense(v));
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
-    let n = x.layout.numel();
-    let run = |t: &RawTensor| (t.layout.offset, t.layout.offset + n);
-    let ((x0, x1), (y0, y1), (v0, v1)) = (run(&x), run(&y), run(&v));
     match (host(&x), host(&y), host(&v)) {
         (CpuBuffer::F32(xd), CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => wrap(
-            rows_of_three(&xd[x0..x1], &yd[y0..y1], &vd[v0..v1], cols, of(eps)),
+            rows_of_three(dense_run(xd, &x), dense_run(yd, &y), dense_run(vd, &v), cols, of(eps)),
             shape,
         ),
-        (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => {
-            wrap(rows_of_three(&xd[x0..x1], &yd[y0..y1], &vd[v0..v1], cols, eps), shape)
-        }
+        (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => wrap(
+            rows_of_three(dense_run(xd, &x), dense_run(yd, &y), dense_run(vd, &v), cols, eps),
+            shape,
+        ),
         (a, b, c) => unreachable!(
             "layer_norm backward rows of {}, {} and {}: the op layer passes one float dtype (halves widened)",
             a.dtype(),
