@@ -2,11 +2,11 @@
 
 use std::mem::MaybeUninit;
 
-use ndarray::{ArrayD, ArrayViewD, Zip};
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, gelu, host, view, wrap};
+use super::walk::Walk;
+use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, gelu, host, wrap};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::{DType, bf16, f16};
 use crate::layout::Layout;
@@ -16,12 +16,13 @@ use crate::with_cpu_buffer;
 const CHUNK: usize = 8192;
 
 /// An operand of an elementwise kernel: a contiguous run of the buffer, one value repeated
-/// (a broadcast scalar), or a strided view. Kernels whose operands are all runs or repeated
-/// values skip ndarray entirely (elementwise results do not depend on the shape).
+/// (a broadcast scalar), or a strided view (its buffer and layout). Kernels whose operands are
+/// all runs or repeated values ignore the shape (elementwise results do not depend on it);
+/// the others walk their views together ([`Walk`]).
 enum Src<'a, T> {
     Flat(&'a [T]),
     Splat(T, usize),
-    Strided(ArrayViewD<'a, T>),
+    Strided(&'a [T], &'a Layout),
 }
 
 impl<T> Src<'_, T> {
@@ -29,7 +30,7 @@ impl<T> Src<'_, T> {
         match self {
             Src::Flat(s) => s.len(),
             Src::Splat(_, n) => *n,
-            Src::Strided(v) => v.len(),
+            Src::Strided(_, layout) => layout.numel(),
         }
     }
 }
@@ -52,14 +53,14 @@ fn is_flat(layout: &Layout) -> bool {
 /// The operand for `layout` over `data`: a run or a repeated value when `flat` (all operands
 /// pass [`is_flat`]; binary, comparison and select kernels accept repeated values), else a
 /// strided view.
-fn ev<'a, T: Copy>(data: &'a [T], layout: &Layout, flat: bool) -> Src<'a, T> {
+fn ev<'a, T: Copy>(data: &'a [T], layout: &'a Layout, flat: bool) -> Src<'a, T> {
     if flat && layout.is_contiguous() {
         let start = layout.offset.min(data.len());
         Src::Flat(&data[start..start + layout.numel()])
     } else if flat {
         Src::Splat(data[layout.offset], layout.numel())
     } else {
-        Src::Strided(view(data, layout))
+        Src::Strided(data, layout)
     }
 }
 
@@ -121,19 +122,21 @@ where
     T: Copy + Send + Sync,
     U: Copy + Send + Sync + Default,
 {
-    let n = x.len();
     match x {
         Src::Flat(s) => map_run(s, f),
         Src::Splat(v, n) => vec![f(*v); *n],
-        Src::Strided(x) => {
-            let mut out = ArrayD::<U>::default(x.raw_dim());
-            let z = Zip::from(&mut out).and(x);
-            if n >= PARALLEL_MIN {
-                z.par_for_each(|o, &i| *o = f(i));
-            } else {
-                z.for_each(|o, &i| *o = f(i));
-            }
-            out.into_raw_vec_and_offset().0
+        Src::Strided(d, layout) => {
+            let walk = Walk::new(&layout.shape, [layout]);
+            let [s] = walk.inner_strides();
+            walk.collect(|out, [o]| match s {
+                1 => fill_mapped(out, &d[o as usize..][..out.len()], &f),
+                0 => out.fill(MaybeUninit::new(f(d[o as usize]))),
+                s => {
+                    for (i, slot) in out.iter_mut().enumerate() {
+                        slot.write(f(d[(o + i as isize * s) as usize]));
+                    }
+                }
+            })
         }
     }
 }
@@ -156,15 +159,40 @@ where
         (Src::Flat(sa), Src::Splat(y, _)) => map_run(sa, |x| f(x, *y)),
         (Src::Splat(x, _), Src::Flat(sb)) => map_run(sb, |y| f(*x, y)),
         (Src::Splat(x, _), Src::Splat(y, _)) => vec![f(*x, *y); n],
-        (Src::Strided(a), Src::Strided(b)) => {
-            let mut out = ArrayD::<U>::default(a.raw_dim());
-            let z = Zip::from(&mut out).and(a).and(b);
-            if n >= PARALLEL_MIN {
-                z.par_for_each(|o, &x, &y| *o = f(x, y));
-            } else {
-                z.for_each(|o, &x, &y| *o = f(x, y));
-            }
-            out.into_raw_vec_and_offset().0
+        (Src::Strided(da, la), Src::Strided(db, lb)) => {
+            let walk = Walk::new(&la.shape, [la, lb]);
+            let [sa, sb] = walk.inner_strides();
+            walk.collect(|out, [oa, ob]| {
+                let (oa, ob, n) = (oa as usize, ob as usize, out.len());
+                match (sa, sb) {
+                    (1, 1) => {
+                        for ((slot, &x), &y) in out.iter_mut().zip(&da[oa..oa + n]).zip(&db[ob..ob + n]) {
+                            slot.write(f(x, y));
+                        }
+                    }
+                    (1, 0) => {
+                        let y = db[ob];
+                        for (slot, &x) in out.iter_mut().zip(&da[oa..oa + n]) {
+                            slot.write(f(x, y));
+                        }
+                    }
+                    (0, 1) => {
+                        let x = da[oa];
+                        for (slot, &y) in out.iter_mut().zip(&db[ob..ob + n]) {
+                            slot.write(f(x, y));
+                        }
+                    }
+                    (sa, sb) => {
+                        for (i, slot) in out.iter_mut().enumerate() {
+                            let i = i as isize;
+                            slot.write(f(
+                                da[(oa as isize + i * sa) as usize],
+                                db[(ob as isize + i * sb) as usize],
+                            ));
+                        }
+                    }
+                }
+            })
         }
         _ => unreachable!("operands of one kernel are all flat or all strided"),
     }
@@ -442,15 +470,28 @@ fn sel<'a, T: Blend + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &
             }
             out
         }
-        (Src::Strided(c), Src::Strided(a), Src::Strided(b)) => {
-            let mut out = ArrayD::<T>::default(a.raw_dim());
-            let z = Zip::from(&mut out).and(c).and(a).and(b);
-            if c.len() >= PARALLEL_MIN {
-                z.par_for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
-            } else {
-                z.for_each(|o, &c, &x, &y| *o = T::blend(c, x, y));
-            }
-            out.into_raw_vec_and_offset().0
+        (Src::Strided(dc, lc), Src::Strided(da, la), Src::Strided(db, lb)) => {
+            let walk = Walk::new(&la.shape, [lc, la, lb]);
+            let [sc, sa, sb] = walk.inner_strides();
+            walk.collect(|out, [oc, oa, ob]| {
+                if (sc, sa, sb) == (1, 1, 1) {
+                    let (oc, oa, ob, n) = (oc as usize, oa as usize, ob as usize, out.len());
+                    let operands = dc[oc..oc + n].iter().zip(&da[oa..oa + n]).zip(&db[ob..ob + n]);
+                    for (slot, ((&c, &x), &y)) in out.iter_mut().zip(operands) {
+                        slot.write(T::blend(c, x, y));
+                    }
+                    return;
+                }
+                for (i, slot) in out.iter_mut().enumerate() {
+                    let i = i as isize;
+                    let (c, x, y) = (
+                        dc[(oc + i * sc) as usize],
+                        da[(oa + i * sa) as usize],
+                        db[(ob + i * sb) as usize],
+                    );
+                    slot.write(T::blend(c, x, y));
+                }
+            })
         }
         _ => unreachable!("operands of one kernel are all flat or all strided"),
     }

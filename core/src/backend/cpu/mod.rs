@@ -11,6 +11,7 @@ mod matmul;
 pub mod memory;
 mod reduce;
 mod rows;
+mod walk;
 mod windows;
 // The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
 #[cfg(target_arch = "x86_64")]
