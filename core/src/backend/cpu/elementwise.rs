@@ -474,13 +474,31 @@ fn sel<'a, T: Blend + Send + Sync + Default>(c: &Src<bool>, a: &Src<'a, T>, b: &
             let walk = Walk::new(&la.shape, [lc, la, lb]);
             let [sc, sa, sb] = walk.inner_strides();
             walk.collect(|out, [oc, oa, ob]| {
-                if (sc, sa, sb) == (1, 1, 1) {
-                    let (oc, oa, ob, n) = (oc as usize, oa as usize, ob as usize, out.len());
-                    let operands = dc[oc..oc + n].iter().zip(&da[oa..oa + n]).zip(&db[ob..ob + n]);
-                    for (slot, ((&c, &x), &y)) in out.iter_mut().zip(operands) {
-                        slot.write(T::blend(c, x, y));
+                // Runs and repeated values (a mask over scores, a fill value) as slices.
+                let (uc, ua, ub, n) = (oc as usize, oa as usize, ob as usize, out.len());
+                match (sc, sa, sb) {
+                    (1, 1, 1) => {
+                        let operands = dc[uc..uc + n].iter().zip(&da[ua..ua + n]).zip(&db[ub..ub + n]);
+                        for (slot, ((&c, &x), &y)) in out.iter_mut().zip(operands) {
+                            slot.write(T::blend(c, x, y));
+                        }
+                        return;
                     }
-                    return;
+                    (1, 1, 0) => {
+                        let y = db[ub];
+                        for (slot, (&c, &x)) in out.iter_mut().zip(dc[uc..uc + n].iter().zip(&da[ua..ua + n])) {
+                            slot.write(T::blend(c, x, y));
+                        }
+                        return;
+                    }
+                    (1, 0, 1) => {
+                        let x = da[ua];
+                        for (slot, (&c, &y)) in out.iter_mut().zip(dc[uc..uc + n].iter().zip(&db[ub..ub + n])) {
+                            slot.write(T::blend(c, x, y));
+                        }
+                        return;
+                    }
+                    _ => {}
                 }
                 for (i, slot) in out.iter_mut().enumerate() {
                     let i = i as isize;

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use ndarray::{Axis, IxDyn, Slice};
 
-use super::{host, to_vec, view, wrap};
+use super::walk::copy_view;
+use super::{host, view, wrap};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;
 
@@ -14,7 +15,7 @@ const PARALLEL_FROM: usize = 1 << 16;
 
 fn indices(idx: &RawTensor) -> Vec<i64> {
     match host(idx) {
-        CpuBuffer::I64(d) => to_vec(&view(d, &idx.layout)),
+        CpuBuffer::I64(d) => copy_view(d, &idx.layout),
         _ => unreachable!("indices are i64: checked by the op layer"),
     }
 }
@@ -46,7 +47,7 @@ pub(super) fn gather(x: &RawTensor, idx: &RawTensor) -> RawTensor {
     let ids = indices(idx);
     let i_len = idx.shape()[1];
     let shape = [dims[0], dims[1], i_len, dims[3]];
-    with_cpu_buffer!(host(x), d => wrap(gather_typed(&to_vec(&view(d, &x.layout)), dims, &ids, i_len), &shape))
+    with_cpu_buffer!(host(x), d => wrap(gather_typed(&copy_view(d, &x.layout), dims, &ids, i_len), &shape))
 }
 
 fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
@@ -79,18 +80,18 @@ pub(super) fn scatter_add(base: &RawTensor, idx: &RawTensor, upd: &RawTensor) ->
     let shape = base.shape().to_vec();
     match (host(base), host(upd)) {
         (CpuBuffer::F32(b), CpuBuffer::F32(u)) => {
-            let mut out = to_vec(&view(b, &base.layout));
-            scatter_typed(&mut out, dims, &ids, &to_vec(&view(u, &upd.layout)), i_len);
+            let mut out = copy_view(b, &base.layout);
+            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
             wrap(out, &shape)
         }
         (CpuBuffer::F64(b), CpuBuffer::F64(u)) => {
-            let mut out = to_vec(&view(b, &base.layout));
-            scatter_typed(&mut out, dims, &ids, &to_vec(&view(u, &upd.layout)), i_len);
+            let mut out = copy_view(b, &base.layout);
+            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
             wrap(out, &shape)
         }
         (CpuBuffer::I64(b), CpuBuffer::I64(u)) => {
-            let mut out = to_vec(&view(b, &base.layout));
-            scatter_typed(&mut out, dims, &ids, &to_vec(&view(u, &upd.layout)), i_len);
+            let mut out = copy_view(b, &base.layout);
+            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
             wrap(out, &shape)
         }
         _ => unreachable!("scatter_add dtypes are checked by the op layer; halves arrive widened to f32"),

@@ -3,7 +3,8 @@
 
 use gemm::Parallelism;
 
-use super::{host, to_vec, view, wrap};
+use super::walk::copy_view;
+use super::{host, wrap};
 use crate::layout::Layout;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -248,7 +249,7 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
             let (out, _) = gemm_typed(a, &al2, b, &bl2);
             return Some((out, out_shape));
         }
-        let rows = to_vec(&view(a, al));
+        let rows = copy_view(a, al);
         let (out, _) = gemm_typed(&rows, &Layout::contiguous(&[count * m, k]), b, &bl2);
         return Some((out, out_shape));
     }
@@ -272,11 +273,10 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
     }
     if shared(al) && !shared(bl) {
         // [m, k] x [k, batch*n]: b's batch moves next to its columns.
-        let bv = view(b, bl);
         let mut perm: Vec<usize> = vec![r - 2];
         perm.extend(0..r - 2);
         perm.push(r - 1);
-        let cols = to_vec(&bv.permuted_axes(perm));
+        let cols = copy_view(b, &bl.permute(&perm));
         let al2 = Layout {
             shape: smallvec::smallvec![m, k],
             strides: al.strides[r - 2..].into(),
@@ -285,8 +285,7 @@ fn folded<T: GemmScalar>(a: &[T], al: &Layout, b: &[T], bl: &Layout) -> Option<(
         let bl2 = Layout::contiguous(&[k, count * n]);
         let (prod, _) = gemm_typed(a, &al2, &cols, &bl2);
         // prod is [m, batch, n]; the result is [batch, m, n].
-        let pv = view(&prod, &Layout::contiguous(&[m, count, n]));
-        let out = to_vec(&pv.permuted_axes(vec![1, 0, 2]));
+        let out = copy_view(&prod, &Layout::contiguous(&[m, count, n]).permute(&[1, 0, 2]));
         return Some((out, out_shape));
     }
     None

@@ -182,21 +182,6 @@ where
     RawTensor::from_cpu(data.into_cpu_buffer(), shape)
 }
 
-/// Elements of a view in row-major order, as a new vector. Non-contiguous views are copied
-/// with ndarray's `assign` (inner loops over whole lanes), which is many times faster than
-/// element-by-element iteration of a dynamic-rank view.
-pub(crate) fn to_vec<T: Copy>(v: &ArrayViewD<T>) -> Vec<T> {
-    if let Some(s) = v.as_slice() {
-        return s.to_vec();
-    }
-    let Some(&first) = v.iter().next() else {
-        return Vec::new();
-    };
-    let mut out = ndarray::ArrayD::from_elem(v.raw_dim(), first);
-    out.assign(v);
-    out.into_raw_vec_and_offset().0
-}
-
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"

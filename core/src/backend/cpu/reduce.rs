@@ -2,26 +2,42 @@
 //! contiguous run of input elements. Chunking is fixed (not thread-count dependent), so results
 //! are identical on every machine.
 
-use ndarray::ArrayViewD;
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, host, to_vec, view, wrap};
+use super::walk::copy_view;
+use super::{HALVES_WIDENED, PARALLEL_MIN, host, wrap};
 use crate::backend::{ArgOp, ReduceOp};
+use crate::layout::Layout;
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;
 
 const FOLD_CHUNK: usize = 16384;
 
-/// The view's elements with `axes` moved last, row-major, plus the output count and run length.
-fn runs<T: Copy>(v: &ArrayViewD<T>, axes: &[usize]) -> (Vec<T>, usize, usize) {
-    let rank = v.ndim();
+/// The elements of a contiguous view, in place.
+fn run_of<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
+    match layout.numel() {
+        0 => &[],
+        n => &data[layout.offset..layout.offset + n],
+    }
+}
+
+/// The view's elements with `axes` moved last, row-major (in place when they already are, as
+/// for trailing axes of a contiguous view), plus the output count and run length.
+fn runs<'a, T: Copy + Send + Sync>(data: &'a [T], layout: &Layout, axes: &[usize]) -> (Cow<'a, [T]>, usize, usize) {
+    let rank = layout.rank();
     let mut perm: Vec<usize> = (0..rank).filter(|a| !axes.contains(a)).collect();
     perm.extend_from_slice(axes);
-    let p = v.clone().permuted_axes(perm);
-    let run: usize = axes.iter().map(|&a| v.shape()[a]).product();
-    let outputs: usize = crate::shape::remove_axes(v.shape(), axes).iter().product();
-    let data = to_vec(&p);
-    (data, outputs, run)
+    let moved = layout.permute(&perm);
+    let run: usize = axes.iter().map(|&a| layout.shape[a]).product();
+    let outputs: usize = crate::shape::remove_axes(&layout.shape, axes).iter().product();
+    let elements = if moved.is_contiguous() {
+        Cow::Borrowed(run_of(data, &moved))
+    } else {
+        Cow::Owned(copy_view(data, &moved))
+    };
+    (elements, outputs, run)
 }
 
 fn fold_run<T: Copy + Send + Sync, F: Fn(T, T) -> T + Copy + Send + Sync>(run: &[T], init: T, f: F) -> T {
@@ -49,14 +65,16 @@ fn fold_run<T: Copy + Send + Sync, F: Fn(T, T) -> T + Copy + Send + Sync>(run: &
 }
 
 /// Reduction of the leading `k` axes of a row-major view seen as `[rows, cols]`: rows are
-/// accumulated into one output row (vectorised along the columns, no transposing copy).
+/// accumulated into one output row (vectorised along the columns, no transposing copy). One
+/// thread streams the rows: splitting the columns across threads was slower (measured on
+/// `[4096, 2048]`: 1.7 ms against 1.4 ms), as each then reads short strips of every row.
 fn reduce_leading_rows<T, F>(data: &[T], rows: usize, cols: usize, init: T, f: F) -> Vec<T>
 where
     T: Copy + Send + Sync,
     F: Fn(T, T) -> T + Copy + Send + Sync,
 {
     let mut out = vec![init; cols];
-    for row in data.chunks_exact(cols.max(1)).take(rows) {
+    for row in data.chunks_exact(cols).take(rows) {
         for (o, &x) in out.iter_mut().zip(row) {
             *o = f(*o, x);
         }
@@ -64,53 +82,53 @@ where
     out
 }
 
-fn reduce_typed<T, F>(v: &ArrayViewD<T>, axes: &[usize], init: T, f: F) -> Vec<T>
+fn reduce_typed<T, F>(data: &[T], layout: &Layout, axes: &[usize], init: T, f: F) -> Vec<T>
 where
     T: Copy + Send + Sync,
     F: Fn(T, T) -> T + Copy + Send + Sync,
 {
+    let rank = layout.rank();
     let leading = axes.iter().enumerate().all(|(i, &a)| i == a);
-    if let (true, Some(data)) = (leading && axes.len() == v.ndim(), v.as_slice()) {
-        // Every axis of a contiguous view: one fold over the buffer run, no copy.
-        return vec![fold_run(data, init, f)];
-    }
-    if let (true, Some(data), false) = (leading, v.as_slice(), axes.is_empty() || axes.len() == v.ndim()) {
-        let rows: usize = v.shape()[..axes.len()].iter().product();
-        let cols: usize = v.shape()[axes.len()..].iter().product();
-        if rows > 0 && cols > 1 {
-            return reduce_leading_rows(data, rows, cols, init, f);
+    if leading && layout.is_contiguous() {
+        let elements = run_of(data, layout);
+        if axes.len() == rank {
+            // Every axis of a contiguous view: one fold over the buffer run, no copy.
+            return vec![fold_run(elements, init, f)];
+        }
+        let rows: usize = layout.shape[..axes.len()].iter().product();
+        let cols: usize = layout.shape[axes.len()..].iter().product();
+        if !axes.is_empty() && rows > 0 && cols > 1 {
+            return reduce_leading_rows(elements, rows, cols, init, f);
         }
     }
-    let (data, outputs, run) = runs(v, axes);
+    let (elements, outputs, run) = runs(data, layout, axes);
     if run == 0 {
         return vec![init; outputs];
     }
     if outputs * run >= PARALLEL_MIN && outputs > 1 {
-        data.par_chunks(run).map(|c| fold_run(c, init, f)).collect()
+        elements.par_chunks(run).map(|c| fold_run(c, init, f)).collect()
     } else {
-        data.chunks(run).map(|c| fold_run(c, init, f)).collect()
+        elements.chunks(run).map(|c| fold_run(c, init, f)).collect()
     }
 }
 
 macro_rules! float_reduce {
-    ($t:ty, $op:expr_2021, $v:expr_2021, $axes:expr_2021) => {
+    ($t:ty, $op:expr_2021, $d:expr_2021, $l:expr_2021, $axes:expr_2021) => {
         match $op {
-            ReduceOp::Sum => reduce_typed::<$t, _>($v, $axes, 0.0, |a, b| a + b),
-            ReduceOp::Prod => reduce_typed::<$t, _>($v, $axes, 1.0, |a, b| a * b),
-            ReduceOp::Max => {
+            ReduceOp::Sum => reduce_typed::<$t, _>($d, $l, $axes, 0.0, |a, b| a + b),
+            ReduceOp::Prod => reduce_typed::<$t, _>($d, $l, $axes, 1.0, |a, b| a * b),
+            ReduceOp::Max => reduce_typed::<$t, _>($d, $l, $axes, <$t>::NEG_INFINITY, |a, b| {
+                if a.is_nan() || a >= b { a } else { b }
+            }),
+            ReduceOp::Min => {
                 reduce_typed::<$t, _>(
-                    $v,
+                    $d,
+                    $l,
                     $axes,
-                    <$t>::NEG_INFINITY,
-                    |a, b| if a.is_nan() || a >= b { a } else { b },
+                    <$t>::INFINITY,
+                    |a, b| if a.is_nan() || a <= b { a } else { b },
                 )
             }
-            ReduceOp::Min => reduce_typed::<$t, _>(
-                $v,
-                $axes,
-                <$t>::INFINITY,
-                |a, b| if a.is_nan() || a <= b { a } else { b },
-            ),
         }
     };
 }
@@ -122,23 +140,23 @@ pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
         shape[a] = 1;
     }
     match host(x) {
-        CpuBuffer::F32(d) => wrap(float_reduce!(f32, op, &view(d, &x.layout), axes), &shape),
-        CpuBuffer::F64(d) => wrap(float_reduce!(f64, op, &view(d, &x.layout), axes), &shape),
+        CpuBuffer::F32(d) => wrap(float_reduce!(f32, op, d, &x.layout, axes), &shape),
+        CpuBuffer::F64(d) => wrap(float_reduce!(f64, op, d, &x.layout, axes), &shape),
         CpuBuffer::I64(d) => {
-            let v = view(d, &x.layout);
+            let l = &x.layout;
             let out = match op {
-                ReduceOp::Sum => reduce_typed::<i64, _>(&v, axes, 0, |a, b| a.wrapping_add(b)),
-                ReduceOp::Prod => reduce_typed::<i64, _>(&v, axes, 1, |a, b| a.wrapping_mul(b)),
-                ReduceOp::Max => reduce_typed::<i64, _>(&v, axes, i64::MIN, |a, b| a.max(b)),
-                ReduceOp::Min => reduce_typed::<i64, _>(&v, axes, i64::MAX, |a, b| a.min(b)),
+                ReduceOp::Sum => reduce_typed::<i64, _>(d, l, axes, 0, |a, b| a.wrapping_add(b)),
+                ReduceOp::Prod => reduce_typed::<i64, _>(d, l, axes, 1, |a, b| a.wrapping_mul(b)),
+                ReduceOp::Max => reduce_typed::<i64, _>(d, l, axes, i64::MIN, |a, b| a.max(b)),
+                ReduceOp::Min => reduce_typed::<i64, _>(d, l, axes, i64::MAX, |a, b| a.min(b)),
             };
             wrap(out, &shape)
         }
         CpuBuffer::Bool(d) => {
-            let v = view(d, &x.layout);
+            let l = &x.layout;
             let out = match op {
-                ReduceOp::Max | ReduceOp::Sum => reduce_typed::<bool, _>(&v, axes, false, |a, b| a | b),
-                ReduceOp::Min | ReduceOp::Prod => reduce_typed::<bool, _>(&v, axes, true, |a, b| a & b),
+                ReduceOp::Max | ReduceOp::Sum => reduce_typed::<bool, _>(d, l, axes, false, |a, b| a | b),
+                ReduceOp::Min | ReduceOp::Prod => reduce_typed::<bool, _>(d, l, axes, true, |a, b| a & b),
             };
             wrap(out, &shape)
         }
@@ -146,12 +164,12 @@ pub(super) fn reduce(op: ReduceOp, x: &RawTensor, axes: &[usize]) -> RawTensor {
     }
 }
 
-fn arg_typed<T: Copy + PartialOrd + Send + Sync>(v: &ArrayViewD<T>, axis: usize, max: bool) -> Vec<i64> {
-    let (data, _, run) = runs(v, &[axis]);
+fn arg_typed<T: Copy + PartialOrd + Send + Sync>(data: &[T], layout: &Layout, axis: usize, max: bool) -> Vec<i64> {
+    let (data, _, run) = runs(data, layout, &[axis]);
     if run == 0 {
         panic!(
             "argmax/argmin: the reduced axis {axis} has extent 0 (shape {:?})",
-            v.shape()
+            layout.shape
         );
     }
     data.chunks(run)
@@ -174,6 +192,62 @@ pub(super) fn arg_reduce(op: ArgOp, x: &RawTensor, axis: usize) -> RawTensor {
     let mut shape = x.shape().to_vec();
     shape[axis] = 1;
     let max = op == ArgOp::ArgMax;
-    let out = with_cpu_buffer!(host(x), d => arg_typed(&view(d, &x.layout), axis, max));
+    let out = with_cpu_buffer!(host(x), d => arg_typed(d, &x.layout, axis, max));
     RawTensor::from_cpu(out.into_cpu_buffer(), &shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sums of integers in f64 are exact, so any fold order gives the loop's value.
+    fn check(layout: &Layout, data: &[f64], axes: &[usize]) {
+        let x = RawTensor::from_cpu(CpuBuffer::F64(std::sync::Arc::new(data.to_vec())), &[data.len()])
+            .with_layout(layout.clone());
+        let got = match host(&reduce(ReduceOp::Sum, &x, axes)) {
+            CpuBuffer::F64(v) => v.to_vec(),
+            other => panic!("sum of f64 gave {}", other.dtype()),
+        };
+        let shape = &layout.shape;
+        let mut out_shape = shape.to_vec();
+        for &a in axes {
+            out_shape[a] = 1;
+        }
+        let mut want = vec![0.0; out_shape.iter().product()];
+        let n: usize = shape.iter().product();
+        for i in 0..n {
+            // Element i's index, its buffer offset and its output position.
+            let (mut rest, mut off, mut pos, mut scale) = (i, layout.offset as isize, 0, 1);
+            for d in (0..shape.len()).rev() {
+                let k = rest % shape[d];
+                rest /= shape[d];
+                off += k as isize * layout.strides[d];
+                if !axes.contains(&d) {
+                    pos += k * scale;
+                }
+                scale *= out_shape[d];
+            }
+            want[pos] += data[off as usize];
+        }
+        assert_eq!(got, want, "sum over {axes:?} of {layout:?}");
+    }
+
+    #[test]
+    fn sums_over_any_axes_of_any_view_match_an_element_loop() {
+        let data: Vec<f64> = (0..70 * 33 * 600).map(|v| (v % 1009) as f64).collect();
+        let shape = [70, 33, 600];
+        let dense = Layout::contiguous(&shape);
+        // Leading axes (rows accumulated), trailing axes (in place), inner
+        // and mixed axes, all axes, none.
+        for axes in [&[0][..], &[0, 1], &[2], &[1, 2], &[1], &[0, 2], &[0, 1, 2], &[]] {
+            check(&dense, &data, axes);
+        }
+        // A transposed view (copied in tiles) and a small one (sequential).
+        let t = Layout::contiguous(&[600, 33, 70]).permute(&[2, 1, 0]);
+        for axes in [&[0][..], &[2], &[0, 1]] {
+            check(&t, &data, axes);
+        }
+        check(&Layout::contiguous(&[5, 300]), &data, &[0]);
+        check(&Layout::new(&[4, 0], &[1, 1], 0), &data, &[0]);
+    }
 }
