@@ -323,9 +323,11 @@ unsafe fn sgemm_serial(m: usize, n: usize, k: usize, sh: Shared, ldc: usize) {
         }
         return;
     }
-    // A with unit row or column stride is read in place by the microkernel (its MR rows are
-    // streams from L2); other strides are packed.
-    let direct_a = sh.a.cs == 1 || sh.a.rs == 1;
+    // A row-major A is read in place by the microkernel (its MR rows are streams from L2);
+    // other strides are packed. A transposed A (unit row stride, as in the weight gradient
+    // X^T dY) was read in place too, each depth step on a new cache line: packing it made
+    // 512x4096x2048 and 2048x4096x512 products 25-30 % faster (docs/benchmarks.md).
+    let direct_a = sh.a.cs == 1;
     let kb = depth_block(k);
     // Row and column blocks are whole panels, so packing never writes past the buffers.
     let mb = (MC / MR * MR).min(m.div_ceil(MR) * MR);
