@@ -114,20 +114,20 @@ pub(super) fn adam_update(
     match (host(&p), host(&g), host(&m), host(&v)) {
         (CpuBuffer::F32(pd), CpuBuffer::F32(gd), CpuBuffer::F32(md), CpuBuffer::F32(vd)) => {
             let out = update_all(
-                dense_run(pd, &p),
-                dense_run(gd, &g),
-                dense_run(md, &m),
-                dense_run(vd, &v),
+                dense_run(pd, &p.layout),
+                dense_run(gd, &g.layout),
+                dense_run(md, &m.layout),
+                dense_run(vd, &v.layout),
                 Scalars::new(step, t),
             );
             wrap(out, &shape)
         }
         (CpuBuffer::F64(pd), CpuBuffer::F64(gd), CpuBuffer::F64(md), CpuBuffer::F64(vd)) => {
             let out = update_all(
-                dense_run(pd, &p),
-                dense_run(gd, &g),
-                dense_run(md, &m),
-                dense_run(vd, &v),
+                dense_run(pd, &p.layout),
+                dense_run(gd, &g.layout),
+                dense_run(md, &m.layout),
+                dense_run(vd, &v.layout),
                 Scalars::new(step, t),
             );
             wrap(out, &shape)

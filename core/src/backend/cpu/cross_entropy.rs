@@ -112,7 +112,7 @@ fn grads<T: RowFloat>(x: &[T], labels: &[i64], g: &[T], cols: usize) -> Vec<T> {
 /// The contiguous i64 labels of a dense tensor.
 fn labels_of(labels: &RawTensor) -> &[i64] {
     match host(labels) {
-        CpuBuffer::I64(d) => dense_run(d, labels),
+        CpuBuffer::I64(d) => dense_run(d, &labels.layout),
         other => unreachable!("cross_entropy rows: labels arrive as i64, got {}", other.dtype()),
     }
 }
@@ -125,8 +125,8 @@ pub(super) fn cross_entropy_rows(x: &RawTensor, labels: &RawTensor) -> RawTensor
     let l = labels_of(&labels);
     let shape = &labels.layout.shape;
     match host(&x) {
-        CpuBuffer::F32(d) => wrap(losses(dense_run(d, &x), l, cols), shape),
-        CpuBuffer::F64(d) => wrap(losses(dense_run(d, &x), l, cols), shape),
+        CpuBuffer::F32(d) => wrap(losses(dense_run(d, &x.layout), l, cols), shape),
+        CpuBuffer::F64(d) => wrap(losses(dense_run(d, &x.layout), l, cols), shape),
         other => unreachable!(
             "cross_entropy rows of {}: the op layer passes f32 or f64 (halves widened)",
             other.dtype()
@@ -142,8 +142,12 @@ pub(super) fn cross_entropy_rows_backward(x: &RawTensor, labels: &RawTensor, g: 
     let l = labels_of(&labels);
     let shape = &x.layout.shape;
     match (host(&x), host(&g)) {
-        (CpuBuffer::F32(d), CpuBuffer::F32(gd)) => wrap(grads(dense_run(d, &x), l, dense_run(gd, &g), cols), shape),
-        (CpuBuffer::F64(d), CpuBuffer::F64(gd)) => wrap(grads(dense_run(d, &x), l, dense_run(gd, &g), cols), shape),
+        (CpuBuffer::F32(d), CpuBuffer::F32(gd)) => {
+            wrap(grads(dense_run(d, &x.layout), l, dense_run(gd, &g.layout), cols), shape)
+        }
+        (CpuBuffer::F64(d), CpuBuffer::F64(gd)) => {
+            wrap(grads(dense_run(d, &x.layout), l, dense_run(gd, &g.layout), cols), shape)
+        }
         (a, b) => unreachable!(
             "cross_entropy backward rows of {} with a {} cotangent: the op layer passes one float dtype (halves widened)",
             a.dtype(),

@@ -6,7 +6,7 @@ use num_traits::Float;
 use rayon::prelude::*;
 
 use super::walk::Walk;
-use super::{HALVES_WIDENED, PARALLEL_MIN, fast_math, gelu, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense_run, fast_math, gelu, host, wrap};
 use crate::backend::{BinaryOp, CmpOp, UnaryOp};
 use crate::dtype::{DType, bf16, f16};
 use crate::layout::Layout;
@@ -55,8 +55,7 @@ fn is_flat(layout: &Layout) -> bool {
 /// strided view.
 fn ev<'a, T: Copy>(data: &'a [T], layout: &'a Layout, flat: bool) -> Src<'a, T> {
     if flat && layout.is_contiguous() {
-        let start = layout.offset.min(data.len());
-        Src::Flat(&data[start..start + layout.numel()])
+        Src::Flat(dense_run(data, layout))
     } else if flat {
         Src::Splat(data[layout.offset], layout.numel())
     } else {
@@ -101,7 +100,7 @@ fn fill_mapped_baseline<T: Copy, U>(out: &mut [MaybeUninit<U>], src: &[T], f: &i
 fn map_run<T, U>(s: &[T], f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
 where
     T: Copy + Send + Sync,
-    U: Copy + Send + Sync + Default,
+    U: Copy + Send + Sync,
 {
     if s.len() < PARALLEL_MIN {
         let mut out = Vec::with_capacity(s.len());
@@ -120,7 +119,7 @@ where
 fn map1<T, U>(x: &Src<T>, f: impl Fn(T) -> U + Sync + Send) -> Vec<U>
 where
     T: Copy + Send + Sync,
-    U: Copy + Send + Sync + Default,
+    U: Copy + Send + Sync,
 {
     match x {
         Src::Flat(s) => map_run(s, f),
@@ -587,9 +586,16 @@ pub(super) fn cast(x: &RawTensor, dtype: DType) -> RawTensor {
 
 /// Row-major copy of a view.
 pub(super) fn contiguous(x: &RawTensor) -> RawTensor {
-    let flat = x.layout.is_contiguous();
-    let shape = x.shape();
-    with_cpu_buffer!(host(x), d => wrap(map1(&ev(d, &x.layout, flat), |v| v), shape))
+    with_cpu_buffer!(host(x), d => wrap(copy_view(d, &x.layout), x.shape()))
+}
+
+/// The elements of the view `layout` of `data`, row-major: one slice copy for a contiguous
+/// view, else a [`Walk`] (tiled for a transposed one).
+pub(super) fn copy_view<T: Copy + Send + Sync>(data: &[T], layout: &Layout) -> Vec<T> {
+    if layout.is_contiguous() {
+        return dense_run(data, layout).to_vec();
+    }
+    map1(&Src::Strided(data, layout), |v| v)
 }
 
 #[cfg(test)]

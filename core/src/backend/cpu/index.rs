@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ndarray::{Axis, IxDyn, Slice};
 
-use super::walk::copy_view;
+use super::elementwise::copy_view;
 use super::{host, view, wrap};
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;

@@ -3,7 +3,7 @@
 
 use gemm::Parallelism;
 
-use super::walk::copy_view;
+use super::elementwise::copy_view;
 use super::{host, wrap};
 use crate::layout::Layout;
 use crate::storage::{CpuBuffer, RawTensor};

@@ -53,18 +53,17 @@ fn dense(x: &RawTensor) -> std::borrow::Cow<'_, RawTensor> {
     }
 }
 
-/// The elements of the contiguous tensor `x` in `data`, its buffer (what [`dense`] gives
-/// is walked through this).
-fn dense_run<'a, T>(data: &'a [T], x: &RawTensor) -> &'a [T] {
+/// The elements of a contiguous view `layout` of `data`, its buffer (what [`dense`] gives is
+/// walked through this).
+fn dense_run<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
     debug_assert!(
-        x.layout.is_contiguous() || x.layout.numel() == 0,
-        "dense_run of a strided view {:?}",
-        x.layout
+        layout.is_contiguous() || layout.numel() == 0,
+        "dense_run of a strided view {layout:?}"
     );
-    match x.layout.numel() {
+    match layout.numel() {
         // An empty view's offset may lie past the buffer's end.
         0 => &[],
-        n => &data[x.layout.offset..x.layout.offset + n],
+        n => &data[layout.offset..layout.offset + n],
     }
 }
 
@@ -125,8 +124,8 @@ pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> ArrayViewD<'a, T> {
     let numel = layout.numel();
     if layout.is_contiguous() {
         // The common case: a row-major run of the buffer (no stride arithmetic, no unsafe).
-        let run = &data[layout.offset.min(data.len())..][..numel];
-        return ArrayViewD::from_shape(IxDyn(&layout.shape), run).expect("contiguous layout fits its run");
+        return ArrayViewD::from_shape(IxDyn(&layout.shape), dense_run(data, layout))
+            .expect("contiguous layout fits its run");
     }
     let rank = layout.rank();
     let mut base = layout.offset as isize;

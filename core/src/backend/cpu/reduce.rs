@@ -6,22 +6,14 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::walk::copy_view;
-use super::{HALVES_WIDENED, PARALLEL_MIN, host, wrap};
+use super::elementwise::copy_view;
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense_run, host, wrap};
 use crate::backend::{ArgOp, ReduceOp};
 use crate::layout::Layout;
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;
 
 const FOLD_CHUNK: usize = 16384;
-
-/// The elements of a contiguous view, in place.
-fn run_of<'a, T>(data: &'a [T], layout: &Layout) -> &'a [T] {
-    match layout.numel() {
-        0 => &[],
-        n => &data[layout.offset..layout.offset + n],
-    }
-}
 
 /// The view's elements with `axes` moved last, row-major (in place when they already are, as
 /// for trailing axes of a contiguous view), plus the output count and run length.
@@ -33,7 +25,7 @@ fn runs<'a, T: Copy + Send + Sync>(data: &'a [T], layout: &Layout, axes: &[usize
     let run: usize = axes.iter().map(|&a| layout.shape[a]).product();
     let outputs: usize = crate::shape::remove_axes(&layout.shape, axes).iter().product();
     let elements = if moved.is_contiguous() {
-        Cow::Borrowed(run_of(data, &moved))
+        Cow::Borrowed(dense_run(data, &moved))
     } else {
         Cow::Owned(copy_view(data, &moved))
     };
@@ -109,7 +101,7 @@ where
     let rank = layout.rank();
     let leading = axes.iter().enumerate().all(|(i, &a)| i == a);
     if leading && layout.is_contiguous() {
-        let elements = run_of(data, layout);
+        let elements = dense_run(data, layout);
         if axes.len() == rank {
             // Every axis of a contiguous view: one fold over the buffer run, no copy.
             return vec![fold_run(elements, init, f)];

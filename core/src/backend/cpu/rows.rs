@@ -213,8 +213,8 @@ fn map_rows(x: &RawTensor, f: &impl RowFn, what: &str) -> RawTensor {
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
     match host(&x) {
-        CpuBuffer::F32(d) => wrap(all_rows(dense_run(d, &x), cols, |r, o| f.row(r, o)), shape),
-        CpuBuffer::F64(d) => wrap(all_rows(dense_run(d, &x), cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F32(d) => wrap(all_rows(dense_run(d, &x.layout), cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F64(d) => wrap(all_rows(dense_run(d, &x.layout), cols, |r, o| f.row(r, o)), shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("{what} of {} rows: the op layer accepts floats only", other.dtype()),
     }
@@ -242,11 +242,23 @@ pub(super) fn layer_norm_rows_backward(x: &RawTensor, y: &RawTensor, v: &RawTens
     let cols = shape.last().copied().unwrap_or(1);
     match (host(&x), host(&y), host(&v)) {
         (CpuBuffer::F32(xd), CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => wrap(
-            rows_of_three(dense_run(xd, &x), dense_run(yd, &y), dense_run(vd, &v), cols, of(eps)),
+            rows_of_three(
+                dense_run(xd, &x.layout),
+                dense_run(yd, &y.layout),
+                dense_run(vd, &v.layout),
+                cols,
+                of(eps),
+            ),
             shape,
         ),
         (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => wrap(
-            rows_of_three(dense_run(xd, &x), dense_run(yd, &y), dense_run(vd, &v), cols, eps),
+            rows_of_three(
+                dense_run(xd, &x.layout),
+                dense_run(yd, &y.layout),
+                dense_run(vd, &v.layout),
+                cols,
+                eps,
+            ),
             shape,
         ),
         (a, b, c) => unreachable!(

@@ -208,34 +208,6 @@ impl<const K: usize> Walk<K> {
     }
 }
 
-/// The elements of the view `layout` of `data`, row-major: one slice copy for a contiguous
-/// view, else a [`Walk`] (tiled for a transposed one).
-pub(super) fn copy_view<T: Copy + Send + Sync>(data: &[T], layout: &Layout) -> Vec<T> {
-    if layout.is_contiguous() {
-        let n = layout.numel();
-        return if n == 0 {
-            Vec::new()
-        } else {
-            data[layout.offset..layout.offset + n].to_vec()
-        };
-    }
-    let walk = Walk::new(&layout.shape, [layout]);
-    let [s] = walk.inner_strides();
-    walk.collect(|out, [o]| match s {
-        1 => {
-            for (slot, &v) in out.iter_mut().zip(&data[o as usize..]) {
-                slot.write(v);
-            }
-        }
-        0 => out.fill(MaybeUninit::new(data[o as usize])),
-        s => {
-            for (i, slot) in out.iter_mut().enumerate() {
-                slot.write(data[(o + i as isize * s) as usize]);
-            }
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
