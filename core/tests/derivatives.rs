@@ -1,7 +1,8 @@
 //! The derivative matrix: for every differentiable fixture case (every op over scalar,
 //! vector, rank-3 and broadcasting shapes), JVPs against central finite differences in f64,
-//! forward/reverse agreement <u, J v> = <J^T u, v>, and for every elementwise op the second
-//! derivatives (vjp of vjp, jvp of vjp) against finite differences of the first.
+//! forward/reverse agreement <u, J v> = <J^T u, v>, and for every elementwise, row and
+//! convolution op the second derivatives (vjp of vjp, jvp of vjp) against finite differences of
+//! the first.
 
 mod common;
 
@@ -77,6 +78,11 @@ const ELEMENTWISE: &[&str] = &[
 /// are checked too (the rule is differentiated through `out`).
 const ROW_OPS: &[&str] = &["softmax", "log_softmax", "cross_entropy", "layer_norm"];
 
+/// Convolutions: bilinear, so their second derivatives are the mixed ones (the weight
+/// gradient's derivative with respect to the input and back), through the window primitives
+/// for strides above 1 and the shifted-row products for stride 1.
+const CONV_OPS: &[&str] = &["conv2d", "conv_transpose2d"];
+
 #[test]
 fn first_derivatives_match_finite_differences() {
     let mut rng = Rng::new(7);
@@ -104,12 +110,12 @@ fn first_derivatives_match_finite_differences() {
 }
 
 #[test]
-fn second_derivatives_of_elementwise_and_row_ops_match_finite_differences() {
+fn second_derivatives_of_elementwise_row_and_conv_ops_match_finite_differences() {
     let mut rng = Rng::new(11);
     let mut checked = 0;
     for c in load_cases().iter().filter(|c| {
         let op = c.op.as_str();
-        differentiable(c) && (ELEMENTWISE.contains(&op) || ROW_OPS.contains(&op))
+        differentiable(c) && (ELEMENTWISE.contains(&op) || ROW_OPS.contains(&op) || CONV_OPS.contains(&op))
     }) {
         let idx = float_inputs(&c.inputs);
         let xs: Vec<Tensor> = idx.iter().map(|&i| c.inputs[i].clone()).collect();
@@ -134,6 +140,6 @@ fn second_derivatives_of_elementwise_and_row_ops_match_finite_differences() {
         );
         checked += 1;
     }
-    assert!(checked > 140, "only {checked} elementwise and row cases");
+    assert!(checked > 160, "only {checked} elementwise, row and conv cases");
     println!("second derivatives: {checked} cases");
 }

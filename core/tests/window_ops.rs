@@ -126,6 +126,28 @@ fn cases() -> Vec<Case> {
             w: [6, 1, 5, 3],
             o: opts((2, 1), (2, 1), (1, 2), 6),
         },
+        // Stride 1 takes the shifted-row products (no im2col): dilated, grouped, unpadded,
+        // one-column and 1x1 kernels, and one large enough to split each product across threads.
+        Case {
+            x: [2, 4, 7, 9],
+            w: [6, 2, 2, 3],
+            o: opts((1, 1), (0, 2), (2, 1), 2),
+        },
+        Case {
+            x: [1, 3, 5, 4],
+            w: [2, 3, 3, 1],
+            o: opts((1, 1), (0, 0), (1, 1), 1),
+        },
+        Case {
+            x: [2, 8, 4, 4],
+            w: [5, 8, 1, 1],
+            o: opts((1, 1), (0, 0), (1, 1), 1),
+        },
+        Case {
+            x: [2, 8, 30, 33],
+            w: [16, 4, 3, 3],
+            o: opts((1, 1), (2, 2), (2, 2), 2),
+        },
     ]
 }
 
@@ -192,59 +214,103 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
     }
 }
 
-#[test]
-fn the_windows_are_one_primitive_each_way_in_a_traced_gradient() {
-    let case = &cases()[0];
+/// The trace of the gradient of case `k`'s squared convolution.
+fn gradient_graph(k: usize) -> String {
+    let case = &cases()[k];
     let x = Tensor::from_vec(inputs(case.x.iter().product(), 1), &case.x);
     let w = Tensor::from_vec(inputs(case.w.iter().product(), 2), &case.w);
     let o = case.o;
-    let graph = nb::trace_graph(
+    nb::trace_graph(
         |xs| {
             let g = nb::grad(|p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).square().sum(nb::Axes::All, false));
             g(&xs.to_vec())
         },
         &[x, w],
-    );
+    )
+}
+
+#[test]
+fn the_windows_are_one_primitive_each_way_in_a_traced_gradient() {
+    // Case 1 has strides (2, 3): im2col and col2im.
+    let graph = gradient_graph(1);
     assert_eq!(graph.matches("unfold_windows(").count(), 1, "{graph}");
     assert_eq!(graph.matches("fold_windows(").count() - 1, 1, "one fold: {graph}");
     // The padding is the only embedding: the windows' gradient is not one embedding per tap.
     assert_eq!(graph.matches("embed(").count(), 1, "{graph}");
+    assert_eq!(graph.matches("tap_").count(), 0, "{graph}");
+}
+
+#[test]
+fn stride_one_convolutions_and_their_gradients_are_shifted_row_products_without_windows() {
+    // Case 0 has stride 1: the value and the input gradient are one tap_matmul each, the weight
+    // gradient one tap_outer, and no im2col matrix is built either way.
+    let graph = gradient_graph(0);
+    assert_eq!(graph.matches("tap_matmul(").count(), 2, "{graph}");
+    assert_eq!(graph.matches("tap_outer(").count(), 1, "{graph}");
+    assert_eq!(graph.matches("fold_windows(").count(), 0, "{graph}");
+}
+
+/// Asserts that `got` and `want` agree elementwise within `tol`.
+fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
+    assert_eq!(got.shape(), want.shape(), "{what}");
+    for (i, (a, b)) in got.to_vec::<f64>().iter().zip(want.to_vec::<f64>()).enumerate() {
+        assert!((a - b).abs() <= tol, "{what}: element {i}: {a} vs {b}");
+    }
 }
 
 #[test]
 fn convolutions_under_jit_and_vmap_match_the_eager_ones() {
-    let case = &cases()[1];
-    let o = case.o;
-    let w = Tensor::from_vec(inputs(case.w.iter().product(), 5), &case.w);
-    let loss = |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).tanh().sum(nb::Axes::All, false);
-    let step = nb::Jit::new(move |p: &Vec<Tensor>| {
-        let (v, g) = nb::value_and_grad(loss)(p);
-        vec![v, g[0].clone(), g[1].clone()]
-    });
-    for seed in [7u64, 8, 9] {
-        let x = Tensor::from_vec(inputs(case.x.iter().product(), seed), &case.x);
-        let p = vec![x, w.clone()];
-        let (v, g) = nb::value_and_grad(loss)(&p);
-        let jitted = step.call(&p);
-        for (what, (a, b)) in ["value", "x gradient", "w gradient"]
-            .iter()
-            .zip(jitted.iter().zip([&v, &g[0], &g[1]]))
-        {
-            assert_eq!(a.to_vec::<f64>(), b.to_vec::<f64>(), "jit call {seed}: {what}");
+    // Case 1 goes through the windows (strides (2, 3)), case 5 through the shifted rows.
+    for k in [1, 5] {
+        let case = &cases()[k];
+        let o = case.o;
+        let w = Tensor::from_vec(inputs(case.w.iter().product(), 5), &case.w);
+        let loss = |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).tanh().sum(nb::Axes::All, false);
+        let step = nb::Jit::new(move |p: &Vec<Tensor>| {
+            let (v, g) = nb::value_and_grad(loss)(p);
+            vec![v, g[0].clone(), g[1].clone()]
+        });
+        for seed in [7u64, 8, 9] {
+            let x = Tensor::from_vec(inputs(case.x.iter().product(), seed), &case.x);
+            let p = vec![x, w.clone()];
+            let (v, g) = nb::value_and_grad(loss)(&p);
+            let jitted = step.call(&p);
+            for (what, (a, b)) in ["value", "x gradient", "w gradient"]
+                .iter()
+                .zip(jitted.iter().zip([&v, &g[0], &g[1]]))
+            {
+                assert_eq!(a.to_vec::<f64>(), b.to_vec::<f64>(), "case {k} jit call {seed}: {what}");
+            }
         }
-    }
-    assert_eq!((step.cache_info().compiled, step.cache_info().replays), (1, 2));
-    // vmap over a leading batch of image batches: the same as one call per element.
-    let xs = Tensor::from_vec(inputs(3 * case.x.iter().product::<usize>(), 11), &[3, 1, 2, 9, 8]);
-    let grads =
-        nb::vmap(|x: &Tensor| nb::grad(|x: &Tensor| nb::conv2d(x, &w, o).tanh().sum(nb::Axes::All, false))(x))(&xs);
-    for b in 0..3 {
-        let x = xs.index_axis(0, b);
-        let want = nb::grad(|x: &Tensor| nb::conv2d(x, &w, o).tanh().sum(nb::Axes::All, false))(&x);
-        let got = grads.index_axis(0, b);
-        let (got, want) = (got.to_vec::<f64>(), want.to_vec::<f64>());
-        for (i, (a, b2)) in got.iter().zip(&want).enumerate() {
-            assert!((a - b2).abs() <= 1e-12, "vmap element {b}: {i}: {a} vs {b2}");
+        assert_eq!((step.cache_info().compiled, step.cache_info().replays), (1, 2));
+        // vmap over a leading batch of image batches, and over a batch of weights: the same
+        // as one call per element.
+        let mut batched = vec![3];
+        batched.extend(case.x);
+        let xs = Tensor::from_vec(inputs(batched.iter().product(), 11), &batched);
+        let grads = nb::vmap(|x: &Tensor| nb::grad(|x: &Tensor| loss(&vec![x.clone(), w.clone()]))(x))(&xs);
+        let mut batched = vec![3];
+        batched.extend(case.w);
+        let ws = Tensor::from_vec(inputs(batched.iter().product(), 12), &batched);
+        let x = xs.index_axis(0, 0);
+        let w_grads = nb::vmap(|w: &Tensor| nb::grad(|w: &Tensor| loss(&vec![x.clone(), w.clone()]))(w))(&ws);
+        for b in 0..3 {
+            let xb = xs.index_axis(0, b);
+            let want = nb::grad(|x: &Tensor| loss(&vec![x.clone(), w.clone()]))(&xb);
+            assert_close(
+                &grads.index_axis(0, b),
+                &want,
+                1e-12,
+                &format!("case {k} vmap over x, element {b}"),
+            );
+            let wb = ws.index_axis(0, b);
+            let want = nb::grad(|w: &Tensor| loss(&vec![x.clone(), w.clone()]))(&wb);
+            assert_close(
+                &w_grads.index_axis(0, b),
+                &want,
+                1e-12,
+                &format!("case {k} vmap over w, element {b}"),
+            );
         }
     }
 }

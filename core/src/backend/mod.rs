@@ -2,6 +2,9 @@
 //! [`Device`] to its backend. The CPU backend is built in; other crates register theirs.
 
 pub mod cpu;
+pub mod taps;
+
+pub use taps::TapGrid;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -330,6 +333,21 @@ pub trait Backend: Send + Sync {
     /// (float) added back into `[.., H, W]` contiguous, every pixel the sum of the taps that read
     /// it, added from zero in tap order (row-major `(i, j)`) in f32 for halves.
     fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor;
+    /// `w` `[.., O, C * T]` times the implicit matrix of the taps of `x` `[.., C, L]` (see
+    /// [`TapGrid`]): `out[.., o, j] = sum over c, t of w[.., o, c * T + t] * x[.., c,
+    /// start(t) + j]`, `[.., O, len]` contiguous. Floats; the leading axes are already
+    /// broadcast to one shape and the taps fit the rows. The default gathers the matrix and
+    /// multiplies ([`taps::tap_matmul_composed`]).
+    fn tap_matmul(&self, w: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
+        taps::tap_matmul_composed(self, w, x, taps)
+    }
+    /// `dy` `[.., O, len]` times the transposed implicit matrix of the taps of `x` `[.., C,
+    /// L]`: `out[.., o, c * T + t] = sum over j of dy[.., o, j] * x[.., c, start(t) + j]`, `[..,
+    /// O, C * T]` contiguous (a convolution's weight gradient per image). As
+    /// [`Backend::tap_matmul`] otherwise.
+    fn tap_outer(&self, dy: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
+        taps::tap_outer_composed(self, dy, x, taps)
+    }
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

@@ -7,7 +7,8 @@
 //! `conv_transpose2d` is the derivative of `conv2d` with respect to its input, applied to `x`.
 
 use super::require_float;
-use crate::backend::Window2d;
+use super::taps::tap_matmul;
+use crate::backend::{TapGrid, Window2d};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
@@ -163,6 +164,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
         );
     }
     let (oh, ow) = window_out("conv2d", x, (kh, kw), &options);
+    if options.stride == (1, 1) {
+        return conv2d_taps(x, w, options, (oh, ow));
+    }
     let (ph, pw) = options.padding;
     let padded = if ph + pw > 0 {
         x.pad(&[(0, 0), (0, 0), (ph, ph), (pw, pw)])
@@ -175,6 +179,40 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
     // [O, C/G, KH, KW] -> [G, O/G, C/G * KH*KW]
     let wm = w.reshape([g, o / g, cg * kh * kw]);
     wm.matmul(&cols).reshape([n, o, oh, ow])
+}
+
+/// A stride-1 [`conv2d`] without an im2col matrix: the padded images are flattened to rows of
+/// `Hp * Wp` pixels, tap `(i, j)` of the kernel is the row shifted by `i * dilation.0 * Wp + j *
+/// dilation.1`, and the output is computed at positions `oh * Wp + ow` for every `ow < Wp`
+/// (`Wp - OW` of them per row are dropped after: 3.5 % extra work for a 3x3 kernel over 56x56
+/// images). Where the last tap would read past the row, one more row of zeros is padded below.
+fn conv2d_taps(x: &Tensor, w: &Tensor, options: Conv2dOptions, (oh, ow): (usize, usize)) -> Tensor {
+    let (n, h, wd) = (x.shape()[0], x.shape()[2], x.shape()[3]);
+    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let g = options.groups;
+    let (ph, pw) = options.padding;
+    let (dh, dw) = options.dilation;
+    let tail = usize::from(kw > 1);
+    let (hp, wp) = (h + 2 * ph + tail, wd + 2 * pw);
+    let padded = if ph + pw + tail > 0 {
+        x.pad(&[(0, 0), (0, 0), (ph, ph + tail), (pw, pw)])
+    } else {
+        x.clone()
+    };
+    let taps = TapGrid {
+        base: 0,
+        counts: (kh, kw),
+        steps: ((dh * wp) as isize, dw as isize),
+        len: oh * wp,
+    };
+    let rows = padded.reshape([n, g, cg, hp * wp]);
+    let wm = w.reshape([g, o / g, cg * kh * kw]);
+    let out = tap_matmul(&wm, &rows, taps).reshape([n, o, oh, wp]);
+    if ow == wp {
+        out
+    } else {
+        out.slice_axis(3, Some(0), Some(ow as isize), 1)
+    }
 }
 
 /// Transposed 2-D convolution (PyTorch's `conv_transpose2d`): `x` `[N, C, H, W]`, `w`

@@ -19,6 +19,7 @@ pub mod overload;
 pub mod reduce;
 pub mod reduce_all;
 pub mod shape;
+pub(crate) mod taps;
 pub mod unary;
 
 use crate::dtype::DType;

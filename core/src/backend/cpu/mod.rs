@@ -11,6 +11,7 @@ mod matmul;
 pub mod memory;
 mod reduce;
 mod rows;
+mod taps;
 mod walk;
 mod windows;
 // The AVX-512 intrinsics are stable since Rust 1.89 (the workspace's `rust-version`).
@@ -21,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, TapGrid, UnaryOp, Window2d};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -258,6 +259,14 @@ impl Backend for CpuBackend {
 
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
         windows::unfold_windows(x, window)
+    }
+
+    fn tap_matmul(&self, w: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
+        narrow(taps::tap_matmul(self, &widen(w), &widen(x), taps), w.dtype())
+    }
+
+    fn tap_outer(&self, dy: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
+        narrow(taps::tap_outer(self, &widen(dy), &widen(x), taps), dy.dtype())
     }
 
     fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor {

@@ -77,11 +77,78 @@ impl Mat {
     }
 }
 
+/// How the indices along one axis of a [`Rhs`] operand map to element offsets.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Axis {
+    /// Index `i` is at offset `i * stride`.
+    Stride(isize),
+    /// Index `i` is at offset `table[i]`: a gathered axis, such as the rows `(channel, tap)` of
+    /// a convolution's implicit im2col matrix, whose elements are shifted runs of the image.
+    Table(*const isize),
+}
+
+impl Axis {
+    /// The offset of index `i`.
+    ///
+    /// # Safety
+    /// A table must have an entry `i`.
+    unsafe fn offset(self, i: usize) -> isize {
+        match self {
+            Axis::Stride(s) => i as isize * s,
+            // SAFETY: the caller's contract.
+            Axis::Table(t) => unsafe { *t.add(i) },
+        }
+    }
+
+    /// The axis from index `i0` on, and the offset to add to the base pointer for it (a
+    /// strided axis moves the pointer, a table moves itself).
+    fn from(self, i0: usize) -> (Axis, isize) {
+        match self {
+            Axis::Stride(s) => (self, i0 as isize * s),
+            Axis::Table(t) => (Axis::Table(t.wrapping_add(i0)), 0),
+        }
+    }
+}
+
+/// The `B` operand (`k x n`): element `(p, j)` is at `ptr + rows.offset(p) + cols.offset(j)`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Rhs {
+    /// The base address.
+    pub ptr: *const f32,
+    /// Offsets along the depth (rows).
+    pub rows: Axis,
+    /// Offsets along the columns.
+    pub cols: Axis,
+}
+
+impl Rhs {
+    /// The operand from element `(p0, j0)` on.
+    fn sub(self, p0: usize, j0: usize) -> Rhs {
+        let (rows, dr) = self.rows.from(p0);
+        let (cols, dc) = self.cols.from(j0);
+        Rhs {
+            ptr: self.ptr.wrapping_offset(dr + dc),
+            rows,
+            cols,
+        }
+    }
+
+    /// The address of element `(p, j)`.
+    ///
+    /// # Safety
+    /// `(p, j)` must be an element of the operand.
+    unsafe fn at(self, p: usize, j: usize) -> *const f32 {
+        // SAFETY: the caller guarantees an element, so tables have entries p and j and the
+        // offset stays inside the allocation.
+        unsafe { self.ptr.offset(self.rows.offset(p) + self.cols.offset(j)) }
+    }
+}
+
 /// Raw pointers moved into the threads of a split product.
 #[derive(Clone, Copy)]
 struct Shared {
     a: Mat,
-    b: Mat,
+    b: Rhs,
     c: *mut f32,
 }
 
@@ -124,6 +191,32 @@ pub(super) unsafe fn sgemm(
     b_cs: isize,
     c: *mut f32,
 ) {
+    let b = Rhs {
+        ptr: b,
+        rows: Axis::Stride(b_rs),
+        cols: Axis::Stride(b_cs),
+    };
+    // SAFETY: the caller's contract, with B described by its strides.
+    unsafe { sgemm_rhs(m, n, k, a, a_rs, a_cs, b, c) }
+}
+
+/// [`sgemm`] with a `B` operand whose rows or columns may be gathered through offset tables
+/// ([`Rhs`]), as the implicit im2col matrix of a convolution.
+///
+/// # Safety
+/// As for [`sgemm`]: every element `(p, j)` of `b` must be readable (so its tables must have
+/// `k` and `n` entries) for the whole call.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sgemm_rhs(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: Rhs,
+    c: *mut f32,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -133,11 +226,7 @@ pub(super) unsafe fn sgemm(
             rs: a_rs,
             cs: a_cs,
         },
-        b: Mat {
-            ptr: b,
-            rs: b_rs,
-            cs: b_cs,
-        },
+        b,
         c,
     };
     let work = m.saturating_mul(n).saturating_mul(k);
@@ -292,10 +381,7 @@ impl Split {
                 ptr: sh.a.ptr.wrapping_offset(r0 as isize * sh.a.rs),
                 ..sh.a
             },
-            b: Mat {
-                ptr: sh.b.ptr.wrapping_offset(c0 as isize * sh.b.cs),
-                ..sh.b
-            },
+            b: sh.b.sub(0, c0),
             c: sh.c.wrapping_add(r0 * self.n + c0),
         };
         // SAFETY: this block reads rows [r0, r0 + rows) of A and columns [c0, c0 + cols) of B,
@@ -360,7 +446,7 @@ unsafe fn sgemm_serial(m: usize, n: usize, k: usize, sh: Shared, ldc: usize) {
                         // and reused by the following row blocks.
                         // SAFETY: the panel lies inside B and the buffer holds kc * NR floats
                         // from jr * kc.
-                        unsafe { pack_panel::<NR>(sh.b.at(pc, jc + jr), sh.b.cs, sh.b.rs, cols, kc, pb.add(jr * kc)) };
+                        unsafe { pack_b(sh.b.sub(pc, jc + jr), cols, kc, pb.add(jr * kc)) };
                     }
                     for ir in (0..mc).step_by(MR) {
                         let rows = MR.min(mc - ir);
@@ -416,24 +502,55 @@ unsafe fn pack_a(a: Mat, i0: usize, p0: usize, mc: usize, kc: usize, dst: *mut f
 /// # Safety
 /// Every addressed source element must be readable; `dst` must hold `R * kc` floats.
 unsafe fn pack_panel<const R: usize>(src: *const f32, ls: isize, ks: isize, lanes: usize, kc: usize, dst: *mut f32) {
+    let lane = |l: usize| src.wrapping_offset(l as isize * ls);
+    let depth = |p: usize| src.wrapping_offset(p as isize * ks);
     if ks == 1 && kc > 1 {
         // SAFETY: forwarded; the caller checked AVX-512F before any packing.
-        unsafe { pack_transposed::<R>(src, ls, lanes, kc, dst) };
+        unsafe { pack_transposed::<R>(lane, lanes, kc, dst) };
     } else if ls == 1 {
         // SAFETY: as above.
-        unsafe { pack_rows::<R>(src, ks, lanes, kc, dst) };
+        unsafe { pack_rows::<R>(depth, lanes, kc, dst) };
     } else {
-        for p in 0..kc {
-            for l in 0..R {
-                // SAFETY: (l, p) is a source element for l < lanes, and p * R + l < R * kc.
-                unsafe {
-                    *dst.add(p * R + l) = if l < lanes {
-                        *src.offset(l as isize * ls + p as isize * ks)
-                    } else {
-                        0.0
-                    };
-                }
-            }
+        // SAFETY: as above.
+        unsafe { pack_scalar::<R>(|l, p| lane(l).wrapping_offset(p as isize * ks), lanes, kc, dst) };
+    }
+}
+
+/// Packs the `kc x lanes` corner of `b` as an `NR`-column panel (see [`pack_panel`]), reading
+/// gathered rows as contiguous runs and gathered columns through the in-register transpose.
+///
+/// # Safety
+/// As for [`pack_panel`]: elements `(p, l)` for `p < kc`, `l < lanes` must be readable.
+unsafe fn pack_b(b: Rhs, lanes: usize, kc: usize, dst: *mut f32) {
+    match (b.rows, b.cols) {
+        (Axis::Stride(rs), Axis::Stride(cs)) => {
+            // SAFETY: forwarded.
+            unsafe { pack_panel::<NR>(b.ptr, cs, rs, lanes, kc, dst) }
+        }
+        (Axis::Table(_), Axis::Stride(1)) => {
+            // SAFETY: forwarded; row p's table entry exists for p < kc.
+            unsafe { pack_rows::<NR>(|p| b.at(p, 0), lanes, kc, dst) }
+        }
+        (Axis::Stride(1), Axis::Table(_)) if kc > 1 => {
+            // SAFETY: as above, for the columns.
+            unsafe { pack_transposed::<NR>(|l| b.at(0, l), lanes, kc, dst) }
+        }
+        _ => {
+            // SAFETY: as above.
+            unsafe { pack_scalar::<NR>(|l, p| b.at(p, l), lanes, kc, dst) }
+        }
+    }
+}
+
+/// [`pack_panel`] element by element: `at(l, p)` is the address of lane `l` at depth `p`.
+///
+/// # Safety
+/// As for [`pack_panel`].
+unsafe fn pack_scalar<const R: usize>(at: impl Fn(usize, usize) -> *const f32, lanes: usize, kc: usize, dst: *mut f32) {
+    for p in 0..kc {
+        for l in 0..R {
+            // SAFETY: (l, p) is a source element for l < lanes, and p * R + l < R * kc.
+            unsafe { *dst.add(p * R + l) = if l < lanes { *at(l, p) } else { 0.0 } };
         }
     }
 }
@@ -443,16 +560,17 @@ fn low_mask(count: usize) -> __mmask16 {
     ((1u32 << count) - 1) as __mmask16
 }
 
-/// [`pack_panel`] for sources contiguous along the lanes (`ls == 1`): masked vector copies.
+/// [`pack_panel`] for sources contiguous along the lanes: masked vector copies of the run that
+/// starts at `depth(p)` for each depth `p`.
 ///
 /// # Safety
 /// As for [`pack_panel`], and the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_rows<const R: usize>(src: *const f32, ks: isize, lanes: usize, kc: usize, dst: *mut f32) {
+unsafe fn pack_rows<const R: usize>(depth: impl Fn(usize) -> *const f32, lanes: usize, kc: usize, dst: *mut f32) {
     for p in 0..kc {
         // SAFETY: row p of the panel; masked-off lanes are neither read nor written.
         unsafe {
-            let s = src.offset(p as isize * ks);
+            let s = depth(p);
             let d = dst.add(p * R);
             for g in (0..R).step_by(16) {
                 let load = low_mask(lanes.saturating_sub(g).min(16));
@@ -464,13 +582,14 @@ unsafe fn pack_rows<const R: usize>(src: *const f32, ks: isize, lanes: usize, kc
     }
 }
 
-/// [`pack_panel`] for sources contiguous along the depth (`ks == 1`, e.g. a row-major `A` or a
-/// transposed `B`): 16 x 16 blocks are loaded lane by lane and transposed in registers.
+/// [`pack_panel`] for sources contiguous along the depth (e.g. a row-major `A` or a transposed
+/// `B`; lane `l` is the run that starts at `lane(l)`): 16 x 16 blocks are loaded lane by lane
+/// and transposed in registers.
 ///
 /// # Safety
 /// As for [`pack_panel`], and the CPU supports AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_transposed<const R: usize>(src: *const f32, ls: isize, lanes: usize, kc: usize, dst: *mut f32) {
+unsafe fn pack_transposed<const R: usize>(lane: impl Fn(usize) -> *const f32, lanes: usize, kc: usize, dst: *mut f32) {
     for g in (0..R).step_by(16) {
         let valid = lanes.saturating_sub(g).min(16);
         let store = low_mask((R - g).min(16));
@@ -481,7 +600,7 @@ unsafe fn pack_transposed<const R: usize>(src: *const f32, ls: isize, lanes: usi
             for (l, row) in r.iter_mut().enumerate().take(valid) {
                 // SAFETY: lane g + l < lanes and depths p0..p0 + depth are source elements;
                 // masked-off depths are not read.
-                *row = unsafe { _mm512_maskz_loadu_ps(load, src.offset((g + l) as isize * ls + p0 as isize)) };
+                *row = unsafe { _mm512_maskz_loadu_ps(load, lane(g + l).add(p0)) };
             }
             let t = transpose16(r);
             for (q, col) in t.iter().enumerate().take(depth) {
