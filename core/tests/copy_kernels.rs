@@ -97,3 +97,30 @@ fn the_gradient_of_stepped_slices_embeds_at_every_size() {
         assert_eq!(g.to_vec::<f64>(), want, "[{d0}, {d1}, {d2}]");
     }
 }
+
+#[test]
+fn padding_transposed_and_reversed_views_places_every_element() {
+    // Small (one pass) and large enough to split the output rows across threads.
+    for (rows, cols) in [(5usize, 4usize), (300, 260)] {
+        let base = Tensor::from_vec((0..rows * cols).map(|i| i as f64 + 1.0).collect(), &[rows, cols]);
+        let views = [
+            ("transposed", base.swap_axes(0, 1)),
+            ("reversed", base.slice_axis(1, None, None, -1)),
+            ("stepped", base.slice_axis(0, None, None, 2)),
+        ];
+        for (what, view) in views {
+            let (r, c) = (view.shape()[0], view.shape()[1]);
+            let values = view.to_vec::<f64>();
+            let got = view.pad(&[(1, 2), (3, 0)]).to_vec::<f64>();
+            let mut want = vec![0.0; (r + 3) * (c + 3)];
+            for i in 0..r {
+                for j in 0..c {
+                    want[(i + 1) * (c + 3) + j + 3] = values[i * c + j];
+                }
+            }
+            assert_eq!(got, want, "{what} [{rows}, {cols}]");
+        }
+    }
+    // A scalar "padded" by nothing is itself.
+    assert_eq!(Tensor::from_vec(vec![2.5f64], &[]).pad(&[]).to_vec::<f64>(), vec![2.5]);
+}
