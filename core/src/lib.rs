@@ -29,7 +29,7 @@ pub use jit::{CacheInfo, Jit, jit};
 pub use ops::Axes;
 pub use ops::attention::scaled_dot_product_attention;
 pub use ops::compare::where_;
-pub use ops::conv::{Conv2dOptions, avg_pool2d, conv_transpose2d, conv2d, max_pool2d};
+pub use ops::conv::{Conv2dOptions, ConvAlgorithm, avg_pool2d, conv_transpose2d, conv2d, max_pool2d};
 pub use ops::create::{TensorLiteral, tensor, tensor_of};
 pub use ops::cross_entropy::{CrossEntropyOptions, Reduction, cross_entropy, cross_entropy_with};
 pub use ops::index::one_hot;

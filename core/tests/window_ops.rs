@@ -6,7 +6,7 @@
 //! (`compositions.rs`, `derivatives.rs`, `jax_reference.rs`).
 
 use nabla_core as nb;
-use nb::{Conv2dOptions, DType, Tensor};
+use nb::{Conv2dOptions, ConvAlgorithm, DType, Tensor};
 
 /// Values in `[-1, 1)` from a fixed integer hash.
 fn inputs(n: usize, seed: u64) -> Vec<f64> {
@@ -98,6 +98,7 @@ fn cases() -> Vec<Case> {
         padding,
         dilation,
         groups,
+        algorithm: ConvAlgorithm::Auto,
     };
     vec![
         Case {
@@ -181,7 +182,14 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
             case.w[0] / case.o.groups * taps,
             case.x[0] * case.out()[2] * case.out()[3],
         ];
-        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+        let mut algorithms = vec![ConvAlgorithm::Auto, ConvAlgorithm::Windows];
+        if case.o.stride == (1, 1) {
+            algorithms.push(ConvAlgorithm::ShiftedRows);
+        }
+        for (algorithm, dtype) in algorithms
+            .into_iter()
+            .flat_map(|a| [DType::F64, DType::F32, DType::F16, DType::BF16].map(|d| (a, d)))
+        {
             // The reference sees the inputs as rounded to `dtype`.
             let round = |v: Vec<f64>, shape: &[usize]| Tensor::from_vec(v, shape).cast(dtype);
             let x = round(inputs(nx, 3 * k as u64), &case.x);
@@ -189,7 +197,7 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
             let ct = round(inputs(ny, 3 * k as u64 + 2), &case.out());
             let as_f64 = |t: &Tensor| t.cast(DType::F64).to_vec::<f64>();
             let want = reference(case, &as_f64(&x), &as_f64(&w), &as_f64(&ct));
-            let o = case.o;
+            let o = Conv2dOptions { algorithm, ..case.o };
             let (y, pullback) = nb::vjp(
                 |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o),
                 &vec![x.clone(), w.clone()],
@@ -201,12 +209,12 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
                 .zip(terms)
                 .zip(got.iter().zip(&want))
             {
-                assert_eq!(g.dtype(), dtype, "case {k} {what}");
+                assert_eq!(g.dtype(), dtype, "case {k} {algorithm:?} {what}");
                 for (i, (&a, &b)) in as_f64(g).iter().zip(want).enumerate() {
                     let tol = tolerance(dtype, n, b);
                     assert!(
                         (a - b).abs() <= tol,
-                        "case {k} {dtype:?} {what}: element {i}: got {a}, want {b} (tolerance {tol})"
+                        "case {k} {algorithm:?} {dtype:?} {what}: element {i}: got {a}, want {b} (tolerance {tol})"
                     );
                 }
             }
@@ -214,12 +222,11 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
     }
 }
 
-/// The trace of the gradient of case `k`'s squared convolution.
-fn gradient_graph(k: usize) -> String {
-    let case = &cases()[k];
+/// The trace of the gradient of `case`'s squared convolution computed with `algorithm`.
+fn gradient_graph(case: &Case, algorithm: ConvAlgorithm) -> String {
     let x = Tensor::from_vec(inputs(case.x.iter().product(), 1), &case.x);
     let w = Tensor::from_vec(inputs(case.w.iter().product(), 2), &case.w);
-    let o = case.o;
+    let o = Conv2dOptions { algorithm, ..case.o };
     nb::trace_graph(
         |xs| {
             let g = nb::grad(|p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).square().sum(nb::Axes::All, false));
@@ -232,7 +239,7 @@ fn gradient_graph(k: usize) -> String {
 #[test]
 fn the_windows_are_one_primitive_each_way_in_a_traced_gradient() {
     // Case 1 has strides (2, 3): im2col and col2im.
-    let graph = gradient_graph(1);
+    let graph = gradient_graph(&cases()[1], ConvAlgorithm::Auto);
     assert_eq!(graph.matches("unfold_windows(").count(), 1, "{graph}");
     assert_eq!(graph.matches("fold_windows(").count() - 1, 1, "one fold: {graph}");
     // The padding is the only embedding: the windows' gradient is not one embedding per tap.
@@ -242,12 +249,40 @@ fn the_windows_are_one_primitive_each_way_in_a_traced_gradient() {
 
 #[test]
 fn stride_one_convolutions_and_their_gradients_are_shifted_row_products_without_windows() {
-    // Case 0 has stride 1: the value and the input gradient are one tap_matmul each, the weight
-    // gradient one tap_outer, and no im2col matrix is built either way.
-    let graph = gradient_graph(0);
-    assert_eq!(graph.matches("tap_matmul(").count(), 2, "{graph}");
-    assert_eq!(graph.matches("tap_outer(").count(), 1, "{graph}");
-    assert_eq!(graph.matches("fold_windows(").count(), 0, "{graph}");
+    // The value and the input gradient are one tap_matmul each, the weight gradient one
+    // tap_outer, and no im2col matrix is built either way.
+    let shifted = |graph: &str| {
+        graph.matches("tap_matmul(").count() == 2
+            && graph.matches("tap_outer(").count() == 1
+            && graph.matches("fold_windows(").count() == 0
+    };
+    let graph = gradient_graph(&cases()[0], ConvAlgorithm::ShiftedRows);
+    assert!(shifted(&graph), "{graph}");
+    // Auto: windows for case 0 (3 input channels), shifted rows for a layer with 16 input
+    // channels over 32x32 images (2.5 M multiply-adds per image).
+    let graph = gradient_graph(&cases()[0], ConvAlgorithm::Auto);
+    assert!(!shifted(&graph) && graph.contains("unfold_windows("), "{graph}");
+    let layer = Case {
+        x: [1, 16, 32, 32],
+        w: [16, 16, 3, 3],
+        o: Conv2dOptions {
+            padding: (1, 1),
+            ..Conv2dOptions::default()
+        },
+    };
+    assert!(shifted(&gradient_graph(&layer, ConvAlgorithm::Auto)));
+    // Windows is honoured at stride 1, and shifted rows are refused at other strides.
+    assert!(!shifted(&gradient_graph(&layer, ConvAlgorithm::Windows)));
+    let x = Tensor::zeros(&[1, 1, 5, 5], DType::F32);
+    let w = Tensor::zeros(&[1, 1, 3, 3], DType::F32);
+    let o = Conv2dOptions {
+        stride: (2, 1),
+        algorithm: ConvAlgorithm::ShiftedRows,
+        ..Conv2dOptions::default()
+    };
+    let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nb::conv2d(&x, &w, o))).unwrap_err();
+    let e = e.downcast::<String>().map(|s| *s).unwrap_or_default();
+    assert!(e.contains("ShiftedRows needs stride (1, 1), got (2, 1)"), "{e}");
 }
 
 /// Asserts that `got` and `want` agree elementwise within `tol`.
@@ -261,9 +296,9 @@ fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
 #[test]
 fn convolutions_under_jit_and_vmap_match_the_eager_ones() {
     // Case 1 goes through the windows (strides (2, 3)), case 5 through the shifted rows.
-    for k in [1, 5] {
+    for (k, algorithm) in [(1, ConvAlgorithm::Auto), (5, ConvAlgorithm::ShiftedRows)] {
         let case = &cases()[k];
-        let o = case.o;
+        let o = Conv2dOptions { algorithm, ..case.o };
         let w = Tensor::from_vec(inputs(case.w.iter().product(), 5), &case.w);
         let loss = |p: &Vec<Tensor>| nb::conv2d(&p[0], &p[1], o).tanh().sum(nb::Axes::All, false);
         let step = nb::Jit::new(move |p: &Vec<Tensor>| {
@@ -320,9 +355,8 @@ fn zero_strides_dilations_and_kernels_are_refused_naming_the_window() {
     let x = Tensor::zeros(&[1, 1, 5, 5], DType::F32);
     let opts = |stride, dilation| Conv2dOptions {
         stride,
-        padding: (0, 0),
         dilation,
-        groups: 1,
+        ..Conv2dOptions::default()
     };
     for (w, o) in [
         (Tensor::zeros(&[1, 1, 3, 3], DType::F32), opts((0, 1), (1, 1))),

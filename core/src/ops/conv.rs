@@ -12,8 +12,27 @@ use crate::backend::{TapGrid, Window2d};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
 
+/// How a convolution is computed. Every choice gives the same values up to rounding, on every
+/// device, with the same derivatives of every order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvAlgorithm {
+    /// Chosen from the shapes: [`ConvAlgorithm::ShiftedRows`] for stride-1 convolutions with at
+    /// least 8 input channels per group and at least 2^20 multiply-adds per image and group,
+    /// [`ConvAlgorithm::Windows`] otherwise (small products pay more for their per-image
+    /// calls than the im2col copy costs; see `docs/benchmarks.md`, stop 23).
+    #[default]
+    Auto,
+    /// im2col ("windows": every tap of every window copied out), then one batched matmul; any
+    /// stride. The matrix is kept for the weight gradient.
+    Windows,
+    /// Stride 1 only: the padded images as rows of `Hp * Wp` pixels, each kernel tap a shifted
+    /// run of the row, multiplied without building the im2col matrix (`Wp - OW` extra outputs
+    /// per output row are computed and dropped).
+    ShiftedRows,
+}
+
 /// Stride, zero padding, dilation and groups of a 2-D convolution (PyTorch's `Conv2d`
-/// arguments); pairs are (height, width).
+/// arguments; pairs are (height, width)), and the algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dOptions {
     /// Step of the window.
@@ -24,6 +43,8 @@ pub struct Conv2dOptions {
     pub dilation: (usize, usize),
     /// Channel groups: input and output channels split into this many independent parts.
     pub groups: usize,
+    /// How to compute it ([`ConvAlgorithm::Auto`] unless a benchmark or test says otherwise).
+    pub algorithm: ConvAlgorithm,
 }
 
 impl Default for Conv2dOptions {
@@ -33,6 +54,7 @@ impl Default for Conv2dOptions {
             padding: (0, 0),
             dilation: (1, 1),
             groups: 1,
+            algorithm: ConvAlgorithm::Auto,
         }
     }
 }
@@ -164,7 +186,11 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
         );
     }
     let (oh, ow) = window_out("conv2d", x, (kh, kw), &options);
-    if options.stride == (1, 1) {
+    if shifted_rows(
+        &options,
+        (cg, o / g, kh * kw),
+        (oh, x.shape()[3] + 2 * options.padding.1),
+    ) {
         return conv2d_taps(x, w, options, (oh, ow));
     }
     let (ph, pw) = options.padding;
@@ -179,6 +205,29 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
     // [O, C/G, KH, KW] -> [G, O/G, C/G * KH*KW]
     let wm = w.reshape([g, o / g, cg * kh * kw]);
     wm.matmul(&cols).reshape([n, o, oh, ow])
+}
+
+/// Whether [`conv2d`] takes the shifted rows: `channels` are (inputs per group, outputs per
+/// group, taps), `rows` the output rows and the padded width. Panics when
+/// [`ConvAlgorithm::ShiftedRows`] is asked for a stride above 1.
+fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: (usize, usize)) -> bool {
+    let unit = options.stride == (1, 1);
+    match options.algorithm {
+        ConvAlgorithm::Windows => false,
+        ConvAlgorithm::ShiftedRows if !unit => panic!(
+            "conv2d: ConvAlgorithm::ShiftedRows needs stride (1, 1), got {:?}; use ConvAlgorithm::Auto or Windows",
+            options.stride
+        ),
+        ConvAlgorithm::ShiftedRows => true,
+        ConvAlgorithm::Auto => {
+            let (inputs, outputs, taps) = channels;
+            let work = inputs
+                .saturating_mul(outputs)
+                .saturating_mul(taps)
+                .saturating_mul(rows.0 * rows.1);
+            unit && inputs >= 8 && work >= 1 << 20
+        }
+    }
 }
 
 /// A stride-1 [`conv2d`] without an im2col matrix: the padded images are flattened to rows of
@@ -286,8 +335,7 @@ fn pool_windows(
     let o = Conv2dOptions {
         stride,
         padding,
-        dilation: (1, 1),
-        groups: 1,
+        ..Conv2dOptions::default()
     };
     let out = window_out(op, x, kernel, &o);
     let (ph, pw) = padding;

@@ -17,6 +17,7 @@ pub fn hashed_values(n: usize, seed: u64) -> Vec<f64> {
 }
 
 /// One fixture case.
+#[derive(Clone)]
 pub struct Case {
     pub name: String,
     pub op: String,
@@ -83,6 +84,21 @@ pub fn load_cases() -> Vec<Case> {
             raw: c.clone(),
         }
     })
+    .flat_map(|c| {
+        // The fixtures' convolutions are small, so `Auto` computes them with windows; every
+        // stride-1 one is also run with the shifted rows, under its own name.
+        let unit = c.params.get("stride").is_some_and(|s| pair(s) == (1, 1));
+        let shifted = (unit && c.op.starts_with("conv")).then(|| {
+            let mut params = c.params.clone();
+            params["algorithm"] = Value::from("shifted_rows");
+            Case {
+                name: format!("{} (shifted rows)", c.name),
+                params,
+                ..c.clone()
+            }
+        });
+        std::iter::once(c).chain(shifted)
+    })
     .collect()
 }
 
@@ -98,6 +114,11 @@ fn conv_options(p: &Value) -> nb::Conv2dOptions {
         padding: pair(&p["padding"]),
         dilation: pair(&p["dilation"]),
         groups: p["groups"].as_u64().unwrap() as usize,
+        algorithm: match p.get("algorithm").and_then(Value::as_str) {
+            Some("shifted_rows") => nb::ConvAlgorithm::ShiftedRows,
+            Some("windows") => nb::ConvAlgorithm::Windows,
+            _ => nb::ConvAlgorithm::Auto,
+        },
     }
 }
 
