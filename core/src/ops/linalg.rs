@@ -1,6 +1,6 @@
 //! Matrix products with NumPy semantics: matmul (1-D, 2-D, batched, broadcast), dot, outer.
 
-use super::{aligned_layouts, physical, require_same_device};
+use super::{aligned_layouts, bilinear_jvp, physical, require_same_device};
 use crate::shape::{broadcast_shapes, try_broadcast_shapes};
 use crate::tensor::Tensor;
 use crate::trace::Rule;
@@ -21,12 +21,7 @@ impl Rule for MatmulRule {
         vec![ga, gb]
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        let left = t[0].as_ref().map(|ta| ta.matmul(&inputs[1]));
-        let right = t[1].as_ref().map(|tb| inputs[0].matmul(tb));
-        match (left, right) {
-            (Some(l), Some(r)) => Some(l + r),
-            (l, r) => l.or(r),
-        }
+        bilinear_jvp(inputs, t, |a, b| a.matmul(b))
     }
 }
 

@@ -99,6 +99,21 @@ pub(crate) fn require_float(op: &str, x: &Tensor) {
     }
 }
 
+/// The JVP of a bilinear `f(a, b)` (matmul, the shifted-row products): `f(ta, b) + f(a, tb)`
+/// over the tangents given, `None` without any.
+pub(crate) fn bilinear_jvp(
+    inputs: &[Tensor],
+    tangents: &[Option<Tensor>],
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> Option<Tensor> {
+    let left = tangents[0].as_ref().map(|ta| f(ta, &inputs[1]));
+    let right = tangents[1].as_ref().map(|tb| f(&inputs[0], tb));
+    match (left, right) {
+        (Some(l), Some(r)) => Some(l + r),
+        (l, r) => l.or(r),
+    }
+}
+
 /// Panics unless both tensors are on one device.
 pub(crate) fn require_same_device(op: &str, a: &Tensor, b: &Tensor) {
     if a.device() != b.device() {

@@ -6,7 +6,7 @@
 //! `tap_matmul` and a `tap_transpose`. So derivatives of any order, under vmap and jit, need no
 //! other kernel, and no im2col matrix is kept for the backward pass.
 
-use super::{aligned_layouts, physical};
+use super::{aligned_layouts, bilinear_jvp, physical};
 use crate::backend::{Backend, TapGrid};
 use crate::shape::try_broadcast_shapes;
 use crate::storage::RawTensor;
@@ -153,11 +153,6 @@ impl Rule for TapRule {
         vec![ga, gx]
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        let left = t[0].as_ref().map(|ta| self.apply(ta, &inputs[1]));
-        let right = t[1].as_ref().map(|tx| self.apply(&inputs[0], tx));
-        match (left, right) {
-            (Some(l), Some(r)) => Some(l + r),
-            (l, r) => l.or(r),
-        }
+        bilinear_jvp(inputs, t, |a, x| self.apply(a, x))
     }
 }
