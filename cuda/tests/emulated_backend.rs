@@ -716,3 +716,49 @@ fn the_adam_update_on_the_device_matches_the_cpu() {
         }
     }
 }
+
+#[test]
+fn automatic_convolutions_keep_the_windows_on_the_device() {
+    if !device::available() {
+        println!(
+            "SKIPPED automatic_convolutions_keep_the_windows_on_the_device: no C++ compiler to build the kernel emulator"
+        );
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    // A layer that ConvAlgorithm::Auto computes with the shifted rows on the CPU (16 input
+    // channels, 2.5 M multiply-adds per image).
+    let mut rng = nb::Rng::new(3);
+    let x = rng.normal(&[1, 16, 32, 32], 0.0, 1.0, DType::F32);
+    let w = rng.normal(&[16, 16, 3, 3], 0.0, 0.1, DType::F32);
+    let opts = nb::Conv2dOptions {
+        padding: (1, 1),
+        ..nb::Conv2dOptions::default()
+    };
+    let graph = |xs: &[Tensor]| {
+        nb::trace_graph(
+            |p| vec![nb::conv2d(&p[0], &p[1], opts).square().sum(nb::Axes::All, false)],
+            xs,
+        )
+    };
+    let on_cpu = graph(&[x.clone(), w.clone()]);
+    assert!(
+        on_cpu.contains("tap_matmul(") && !on_cpu.contains("unfold_windows("),
+        "{on_cpu}"
+    );
+    let on_device = graph(&on_gpu(&[x.clone(), w.clone()]));
+    assert!(
+        on_device.contains("unfold_windows(") && !on_device.contains("tap_matmul("),
+        "{on_device}"
+    );
+    // Asked for, the shifted rows run on the device too and give the CPU's values (in f64,
+    // where the two summation orders agree to the comparison's 1e-10).
+    let shifted = nb::Conv2dOptions {
+        algorithm: nb::ConvAlgorithm::ShiftedRows,
+        ..opts
+    };
+    let (x, w) = (x.cast(DType::F64), w.cast(DType::F64));
+    let want = nb::conv2d(&x, &w, shifted);
+    let got = nb::conv2d(&x.to_device(GPU).unwrap(), &w.to_device(GPU).unwrap(), shifted);
+    same("conv2d (shifted rows)", "output", &[got], &[want]).unwrap();
+}

@@ -3,7 +3,9 @@
 //! "col2im", `Backend::fold_windows`); a convolution is one batched matmul of the flattened
 //! kernel with them, and a pooling is a reduction over the window axis. So they run on every
 //! device, and every derivative (of any order, under vmap and jit) follows from the rules of
-//! the two window primitives, padding and matmul.
+//! the two window primitives, padding and matmul. Stride-1 convolutions over enough channels
+//! skip the windows: each kernel tap is a shifted run of the flattened padded image, and the
+//! product reads the runs in place (`ops::taps`; [`ConvAlgorithm`] chooses).
 //! `conv_transpose2d` is the derivative of `conv2d` with respect to its input, applied to `x`.
 
 use super::require_float;
@@ -16,10 +18,12 @@ use crate::trace::Rule;
 /// device, with the same derivatives of every order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgorithm {
-    /// Chosen from the shapes: [`ConvAlgorithm::ShiftedRows`] for stride-1 convolutions with at
-    /// least 8 input channels per group and at least 2^20 multiply-adds per image and group,
-    /// [`ConvAlgorithm::Windows`] otherwise (small products pay more for their per-image
-    /// calls than the im2col copy costs; see `docs/benchmarks.md`, stop 23).
+    /// Chosen from the device and the shapes: on the CPU, [`ConvAlgorithm::ShiftedRows`] for
+    /// stride-1 convolutions with at least 8 input channels per group and at least 2^20
+    /// multiply-adds per image and group, [`ConvAlgorithm::Windows`] otherwise (small products
+    /// pay more for their per-image calls than the im2col copy costs; see
+    /// `docs/benchmarks.md`, stop 23). On a GPU, windows: there the shifted rows are gathered by
+    /// a generic strided copy, and have not been timed against the window kernels yet.
     #[default]
     Auto,
     /// im2col ("windows": every tap of every window copied out), then one batched matmul; any
@@ -190,6 +194,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
         &options,
         (cg, o / g, kh * kw),
         (oh, x.shape()[3] + 2 * options.padding.1),
+        x.device() == crate::device::Device::Cpu,
     ) {
         return conv2d_taps(x, w, options, (oh, ow));
     }
@@ -208,9 +213,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
 }
 
 /// Whether [`conv2d`] takes the shifted rows: `channels` are (inputs per group, outputs per
-/// group, taps), `rows` the output rows and the padded width. Panics when
-/// [`ConvAlgorithm::ShiftedRows`] is asked for a stride above 1.
-fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: (usize, usize)) -> bool {
+/// group, taps), `rows` the output rows and the padded width, `cpu` whether the operands are
+/// on the CPU. Panics when [`ConvAlgorithm::ShiftedRows`] is asked for a stride above 1.
+fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: (usize, usize), cpu: bool) -> bool {
     let unit = options.stride == (1, 1);
     match options.algorithm {
         ConvAlgorithm::Windows => false,
@@ -225,7 +230,7 @@ fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: 
                 .saturating_mul(outputs)
                 .saturating_mul(taps)
                 .saturating_mul(rows.0 * rows.1);
-            unit && inputs >= 8 && work >= 1 << 20
+            cpu && unit && inputs >= 8 && work >= 1 << 20
         }
     }
 }

@@ -5,6 +5,9 @@
 //! `C (m x n, row-major, contiguous) = A (m x k) * B (k x n)`, where `A` and `B` are a pointer to
 //! element `(0, 0)` plus element strides of any sign (zero included). Packing absorbs the strides
 //! of `B`: a transposed view costs an in-register 16 x 16 transpose while packing, not a copy.
+//! `B` may also gather its rows or its columns through an offset table ([`Rhs`], [`sgemm_rhs`]):
+//! the implicit im2col matrix of a stride-1 convolution, whose rows are shifted runs of the
+//! image, is packed straight from the image.
 //! `A` is read in place when one of its strides is 1 (row-major or transposed: the microkernel
 //! broadcasts its elements, so `MR` rows or columns are just `MR` streams), and packed otherwise.
 //!
