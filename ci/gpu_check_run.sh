@@ -35,6 +35,11 @@ if [ -n "${OUT:-}" ]; then
   OUT=$(cd "$OUT" && pwd)
 fi
 cd "$(dirname "$0")"
+# The binaries travel packed (the device tool carries 64 MiB with the working tree; unpacked
+# they were 53 MiB): unpack them beside this script.
+if [ -f bins.tar.gz ]; then
+  tar xzf bins.tar.gz || { echo "gpu-check: FAILED: unpacking bins.tar.gz"; exit 1; }
+fi
 status=0
 logs="$PWD/out"
 rm -rf "$logs"
