@@ -239,3 +239,28 @@ fn full_reductions_read_as_shortly_as_sum_all() {
         assert_eq!(t.shape(), &[] as &[usize]);
     }
 }
+
+/// Reductions over the leading axis of every kind of `[rows, cols]` view the CPU kernel splits
+/// differently (one thread, blocks of rows, strips of columns for a few long rows) agree with
+/// a plain loop, element for element.
+#[test]
+fn leading_axis_reductions_agree_with_a_loop_for_every_split() {
+    for (rows, cols) in [(3, 7), (3, 40_000), (2, 70_000), (600, 300), (5000, 13)] {
+        let data: Vec<f64> = (0..rows * cols).map(|i| ((i * 7919) % 1013) as f64 - 500.0).collect();
+        let x = Tensor::from_vec(data.clone(), &[rows, cols]);
+        let (sum, max) = (x.sum(0, false).to_vec::<f64>(), x.max(0, false).to_vec::<f64>());
+        for c in 0..cols {
+            let column = (0..rows).map(|r| data[r * cols + c]);
+            assert_eq!(
+                sum[c],
+                column.clone().sum::<f64>(),
+                "sum, column {c} of [{rows}, {cols}]"
+            );
+            assert_eq!(
+                max[c],
+                column.fold(f64::MIN, f64::max),
+                "max, column {c} of [{rows}, {cols}]"
+            );
+        }
+    }
+}

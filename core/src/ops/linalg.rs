@@ -17,12 +17,33 @@ impl Rule for MatmulRule {
     fn vjp_wanted(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (a, b) = (&inputs[0], &inputs[1]);
         let ga = wanted[0].then(|| ct.matmul(&b.swap_axes(-1, -2)).sum_to_shape(a.shape()));
-        let gb = wanted[1].then(|| a.swap_axes(-1, -2).matmul(ct).sum_to_shape(b.shape()));
+        let gb = wanted[1].then(|| rhs_gradient(a, b, ct));
         vec![ga, gb]
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
         bilinear_jvp(inputs, t, |a, b| a.matmul(b))
     }
+}
+
+/// The gradient of the right operand of `a @ b` for the cotangent `ct`: `a^T ct` summed over
+/// the batch axes that `b` lacks. When `b` is one matrix shared by a batch of left operands (a
+/// linear layer over `[batch, tokens, d]`), the batch folds into the contraction,
+/// `a [P*m, k]^T x ct [P*m, n]`: one product over the whole batch, where the per-batch products
+/// wrote `P` matrices of `b`'s size and summed them.
+fn rhs_gradient(a: &Tensor, b: &Tensor, ct: &Tensor) -> Tensor {
+    let (ra, rc) = (a.rank(), ct.rank());
+    let shared_b = b.shape()[..b.rank() - 2].iter().all(|&d| d == 1);
+    if ra > 2 && shared_b && a.shape()[..ra - 2] == ct.shape()[..rc - 2] {
+        let k = a.shape()[ra - 1];
+        let n = ct.shape()[rc - 1];
+        let rows = a.numel() / k.max(1);
+        if rows > 0 && k > 0 {
+            let a2 = a.reshape([rows, k]);
+            let ct2 = ct.reshape([rows, n]);
+            return a2.swap_axes(0, 1).matmul(&ct2).reshape(b.shape().to_vec());
+        }
+    }
+    a.swap_axes(-1, -2).matmul(ct).sum_to_shape(b.shape())
 }
 
 /// The primitive: both operands at least 2-D, batch axes broadcast.

@@ -15,6 +15,9 @@ use crate::with_cpu_buffer;
 
 const FOLD_CHUNK: usize = 16384;
 
+/// The columns one thread takes when a reduction over a few leading rows is split by columns.
+const COLUMN_CHUNK: usize = 16384;
+
 /// The view's elements with `axes` moved last, row-major (in place when they already are, as
 /// for trailing axes of a contiguous view), plus the output count and run length.
 fn runs<'a, T: Copy + Send + Sync>(data: &'a [T], layout: &Layout, axes: &[usize]) -> (Cow<'a, [T]>, usize, usize) {
@@ -61,8 +64,9 @@ fn fold_run<T: Copy + Send + Sync, F: Fn(T, T) -> T + Copy + Send + Sync>(run: &
 /// large one is cut into blocks of `rows_per_block` rows, a count that depends on `cols` only,
 /// each accumulated on a rayon thread into its own row, and those rows are then combined in
 /// order: each thread streams whole rows, and the result does not depend on the threads.
-/// (Splitting the columns across threads instead was slower: each then read short strips of
-/// every row.)
+/// (Splitting the columns across threads instead was slower for many rows: each then read
+/// short strips of every row.) A few long rows (at most two blocks) are split by columns in
+/// strips of `COLUMN_CHUNK`, long enough to stream.
 fn reduce_leading_rows<T, F>(data: &[T], rows: usize, cols: usize, init: T, f: F) -> Vec<T>
 where
     T: Copy + Send + Sync,
@@ -80,7 +84,22 @@ where
     let data = &data[..rows * cols];
     let rows_per_block = (PARALLEL_MIN / cols).max(1);
     if rows <= 2 * rows_per_block {
-        return accumulate(data);
+        if rows * cols < 2 * PARALLEL_MIN || cols < 2 * COLUMN_CHUNK {
+            return accumulate(data);
+        }
+        // Few rows, many columns (a batch of a few weight-sized gradients): the threads take
+        // strips of columns, each folding its strip of every row in row order, which is the
+        // order `accumulate` folds each column in, so the result is the same.
+        let mut out = vec![init; cols];
+        out.par_chunks_mut(COLUMN_CHUNK).enumerate().for_each(|(c, strip)| {
+            let (start, len) = (c * COLUMN_CHUNK, strip.len());
+            for row in data.chunks_exact(cols) {
+                for (o, &x) in strip.iter_mut().zip(&row[start..start + len]) {
+                    *o = f(*o, x);
+                }
+            }
+        });
+        return out;
     }
     let partials: Vec<Vec<T>> = data.par_chunks(rows_per_block * cols).map(accumulate).collect();
     let mut blocks = partials.into_iter();
