@@ -1,7 +1,8 @@
 //! The fused softmax and log-softmax rows against a plain f64 loop: every float dtype, short
 //! and long rows on both sides of the size where the CPU splits rows across threads, strided
 //! inputs, masked (`-inf`) entries and non-finite rows, and that each call is one primitive in
-//! a traced program. Derivatives are in the fixture matrix (`derivatives.rs`, `jax_reference.rs`).
+//! a traced program; and their fused backward rows (one primitive, against an f64 loop, with
+//! second derivatives equal to the composition's). Derivatives are in the fixture matrix (`derivatives.rs`, `jax_reference.rs`).
 
 mod common;
 
@@ -243,4 +244,85 @@ fn layer_norm_backward_is_one_primitive_matching_an_f64_loop() {
     );
     assert!(graph.contains("layer_norm_backward(axis=-1, eps=0.00001)"), "{graph}");
     assert!(!graph.contains("rsqrt"), "the composition is not traced: {graph}");
+}
+
+/// The gradient of `sum(w * softmax(x))` (`y (w - sum(y w))`) or of `sum(w * log_softmax(x))`
+/// (`w - exp(y) sum(w)`) of every row, in f64 from the f64 rows.
+fn softmax_backward_reference(x: &[f64], w: &[f64], cols: usize, log: bool) -> Vec<f64> {
+    let y = reference(x, cols, false);
+    let mut out = Vec::with_capacity(x.len());
+    for (yr, wr) in y.chunks(cols).zip(w.chunks(cols)) {
+        if log {
+            let s: f64 = wr.iter().sum();
+            out.extend(yr.iter().zip(wr).map(|(p, g)| g - p * s));
+        } else {
+            let s: f64 = yr.iter().zip(wr).map(|(p, g)| p * g).sum();
+            out.extend(yr.iter().zip(wr).map(|(p, g)| p * (g - s)));
+        }
+    }
+    out
+}
+
+#[test]
+fn softmax_backward_rows_are_one_primitive_matching_an_f64_loop() {
+    let shapes: [&[usize]; 4] = [&[3, 7], &[2, 3, 17], &[5000, 10], &[4, 0]];
+    for log in [false, true] {
+        let rows = |x: &Tensor| if log { x.log_softmax(-1) } else { x.softmax(-1) };
+        for dtype in [DType::F64, DType::F32, DType::F16, DType::BF16] {
+            for shape in shapes {
+                let n: usize = shape.iter().product();
+                let cols = *shape.last().unwrap();
+                let x = Tensor::from_vec(inputs(n, n as u64 + 15), shape).cast(dtype);
+                let w = Tensor::from_vec(inputs(n, n as u64 + 16), shape).cast(dtype);
+                let g = nb::grad(|x: &Tensor| (rows(x) * &w).sum(nb::Axes::All, false))(&x);
+                let (xh, wh) = (x.cast(DType::F64).to_vec::<f64>(), w.cast(DType::F64).to_vec::<f64>());
+                let want = softmax_backward_reference(&xh, &wh, cols.max(1), log);
+                check(&format!("backward of log={log} {shape:?} {dtype}"), dtype, &g, &want);
+            }
+        }
+        // The backward pass is one node, and its own derivative (the Hessian-vector product
+        // through it) agrees with the composition's.
+        let x = Tensor::from_vec(inputs(24, 21), &[4, 6]);
+        let graph = nb::trace_graph(
+            |xs| {
+                vec![nb::grad(|x: &Tensor| rows(x).square().sum(nb::Axes::All, false))(
+                    &xs[0],
+                )]
+            },
+            std::slice::from_ref(&x),
+        );
+        let name = if log {
+            "log_softmax_backward(axis=-1)"
+        } else {
+            "softmax_backward(axis=-1)"
+        };
+        assert!(graph.contains(name), "{graph}");
+        assert!(
+            !graph.contains("sum"),
+            "the composition's row sum is not traced: {graph}"
+        );
+        let second = nb::grad(|x: &Tensor| {
+            nb::grad(|x: &Tensor| rows(x).square().sum(nb::Axes::All, false))(x)
+                .sin()
+                .sum(nb::Axes::All, false)
+        })(&x);
+        let composed = nb::grad(|x: &Tensor| {
+            nb::grad(|x: &Tensor| {
+                let y = if log {
+                    x - x.logsumexp(-1, true)
+                } else {
+                    x.exp() / x.exp().sum(-1, true)
+                };
+                y.square().sum(nb::Axes::All, false)
+            })(x)
+            .sin()
+            .sum(nb::Axes::All, false)
+        })(&x);
+        check(
+            &format!("second derivative, log={log}"),
+            DType::F64,
+            &second,
+            &composed.to_vec::<f64>(),
+        );
+    }
 }

@@ -163,6 +163,12 @@ op_enum! {
         /// `rstd (v - mean(v) - y mean(v y))` of every row, `rstd` from `x` as `LayerNorm` forms
         /// it (the layer norm's Jacobian product; takes `y`, `v` and `eps` arguments)
         LayerNormBackward => "layer_norm_backward",
+        /// `x (v - sum(x v))` of every row, `x` the softmax's output (its Jacobian product,
+        /// symmetric, so the VJP and the JVP; takes a `v` argument)
+        SoftmaxBackward => "softmax_backward",
+        /// `v - exp(x) sum(v)` of every row, `x` the log-softmax's output (its VJP; takes a
+        /// `v` argument)
+        LogSoftmaxBackward => "log_softmax_backward",
     }
 }
 

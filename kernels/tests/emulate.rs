@@ -1497,7 +1497,26 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
         for d in KernelDType::FLOATS {
             for (cols, group, block) in [(7usize, 4u32, 64u32), (7, 32, 64), (300, 256, 256), (300, 8, 64)] {
                 let rows = 5;
-                let x = rows_input(d, rows, cols, cols as u64);
+                // The backward rows read the forward's output: softmax (or log-softmax) rows of
+                // finite noise.
+                let x = match op {
+                    RowOp::SoftmaxBackward | RowOp::LogSoftmaxBackward => {
+                        let log = op == RowOp::LogSoftmaxBackward;
+                        let z: Vec<f64> = noise(rows * cols, cols as u64 + 3)
+                            .iter()
+                            .map(|&u| 8.0 * u - 4.0)
+                            .collect();
+                        z.chunks(cols)
+                            .flat_map(|r| {
+                                let lse = r.iter().map(|v| v.exp()).sum::<f64>().ln();
+                                r.iter()
+                                    .map(move |&v| quantize(d, if log { v - lse } else { (v - lse).exp() }))
+                                    .collect::<Vec<_>>()
+                            })
+                            .collect()
+                    }
+                    _ => rows_input(d, rows, cols, cols as u64),
+                };
                 // The backward's cotangent, and its `y` (the forward's output, as stored).
                 let v: Vec<f64> = noise(rows * cols, 11)
                     .iter()
@@ -1527,6 +1546,16 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                             let mvy = vr.iter().zip(yr).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
                             want.extend(vr.iter().zip(yr).map(|(&a, &b)| quantize(d, rstd * (a - mv - b * mvy))));
                         }
+                        RowOp::SoftmaxBackward => {
+                            let vr = &v[row * cols..(row + 1) * cols];
+                            let s: f64 = r.iter().zip(vr).map(|(a, b)| a * b).sum();
+                            want.extend(r.iter().zip(vr).map(|(&y, &g)| quantize(d, y * (g - s))));
+                        }
+                        RowOp::LogSoftmaxBackward => {
+                            let vr = &v[row * cols..(row + 1) * cols];
+                            let s: f64 = vr.iter().sum();
+                            want.extend(r.iter().zip(vr).map(|(&y, &g)| quantize(d, g - y.exp() * s)));
+                        }
                     }
                 }
                 let spec: KernelSpec = RowSpec::new(op, d).unwrap().into();
@@ -1538,6 +1567,11 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                 ];
                 if op == RowOp::LayerNormBackward {
                     args.push(Arg::Buf(encode_f(d, &y)));
+                }
+                if matches!(
+                    op,
+                    RowOp::LayerNormBackward | RowOp::SoftmaxBackward | RowOp::LogSoftmaxBackward
+                ) {
                     args.push(Arg::Buf(encode_f(d, &v)));
                 }
                 if matches!(op, RowOp::LayerNorm | RowOp::LayerNormBackward) {
@@ -1548,9 +1582,15 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                 let got = Vals::decode(d, out[0].as_ref().unwrap());
                 let what = format!("{} cols {cols} group {group}", spec.entry_name());
                 match (op, &got) {
-                    // Outputs near 0 come from a cancellation (x - mean): compared against
+                    // Outputs near 0 come from a cancellation (x - mean, v - s): compared against
                     // the row's scale (about 1), not their own magnitude.
-                    (RowOp::LayerNorm | RowOp::LayerNormBackward, Vals::F(g)) => {
+                    (
+                        RowOp::LayerNorm
+                        | RowOp::LayerNormBackward
+                        | RowOp::SoftmaxBackward
+                        | RowOp::LogSoftmaxBackward,
+                        Vals::F(g),
+                    ) => {
                         for (k, (a, b)) in g.iter().zip(&want).enumerate() {
                             let ok =
                                 a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol(d) * 8.0 * (1.0 + b.abs());

@@ -298,6 +298,12 @@ pub trait Backend: Send + Sync {
     /// of one shape and float dtype. One pass per row where the composition took thirteen
     /// kernels. Same shape and dtype out, contiguous.
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor;
+    /// The backward rows of [`Backend::softmax_rows`], from its output `y` and a cotangent `v`
+    /// of one shape and float dtype: `y (v - sum(y v))` for softmax (its Jacobian product,
+    /// symmetric, so the VJP and the JVP) and `v - exp(y) sum(v)` for log-softmax (its VJP),
+    /// the row sum accumulated in f32 for halves. One pass per row where the composition took
+    /// four kernels. Same shape and dtype out, contiguous.
+    fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor;
     /// Softmax cross-entropy of every row of the float `x` (the last axis: the classes) against
     /// `labels` (i64, `x`'s shape without the last axis, already checked and wrapped into
     /// `0..classes`): `logsumexp(x_r) - x_r[label_r]`, with the shift and the sum of the

@@ -253,6 +253,13 @@ impl Backend for RecordingBackend {
             self.inner.layer_norm_rows_backward(x, y, v, eps),
         )
     }
+    fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
+        self.log(
+            Call::RowsBackward(op),
+            &[y, v],
+            self.inner.softmax_rows_backward(op, y, v),
+        )
+    }
     fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
         self.log(
             Call::CrossEntropy,

@@ -72,8 +72,13 @@ impl Rule for BinaryRule {
         op_name(self.0).into()
     }
     fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        self.vjp_wanted(inputs, out, ct, &[true, true])
+    }
+    // A constant operand (the scalar of `x * 0.125`, a literal) gets no cotangent: that skips
+    // a product and a reduction to its shape, the size of the other operand each.
+    fn vjp_wanted(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (a, b) = (&inputs[0], &inputs[1]);
-        let (da, db) = self.partials(a, b, out, Some(ct), Some(ct));
+        let (da, db) = self.partials(a, b, out, wanted[0].then_some(ct), wanted[1].then_some(ct));
         vec![
             da.map(|g| g.sum_to_shape(a.shape())),
             db.map(|g| g.sum_to_shape(b.shape())),

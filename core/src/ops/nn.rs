@@ -1,7 +1,7 @@
 //! Neural-network functions: silu and mse composed from primitives (their derivatives follow
 //! by composition; cross-entropy is in `cross_entropy.rs`); gelu (and `gelu_exact`), one elementwise primitive whose
 //! derivative is one primitive too; softmax and log-softmax, one fused row primitive each (a
-//! single pass over every row, on every backend); and softplus, one primitive whose rule is
+//! single pass over every row, on every backend), with fused backward rows; and softplus, one primitive whose rule is
 //! JAX's (the composition's own derivative is wrong at its kink, x = 0).
 
 use super::{Axes, require_float};
@@ -9,6 +9,7 @@ use crate::backend::RowOp;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
 use crate::trace::Rule;
+use crate::transforms::custom::{composition_jvp, composition_vjp};
 
 impl Tensor {
     /// GELU, tanh approximation (JAX's default `approximate=True`):
@@ -70,28 +71,62 @@ impl Rule for RowRule {
         }
     }
     fn vjp(&self, _inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        let g = match self.0 {
-            // The Jacobian `diag(y) - y y^T` is symmetric: the VJP is the JVP's formula.
-            RowOp::Softmax => softmax_product(out, ct),
-            // `J = I - 1 p^T` with `p = exp(y)`: `g^T J = g - p sum(g)`.
-            RowOp::LogSoftmax => ct - out.exp() * ct.sum(-1, true),
-        };
-        vec![Some(g)]
+        // Softmax: the Jacobian `diag(y) - y y^T` is symmetric, so the VJP is the JVP's
+        // formula. Log-softmax: `J = I - 1 p^T` with `p = exp(y)`, so `g^T J = g - p sum(g)`.
+        vec![Some(rows_backward(self.0, out, ct))]
     }
     fn jvp(&self, _inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         let t = tangents[0].as_ref()?;
         Some(match self.0 {
-            RowOp::Softmax => softmax_product(out, t),
+            RowOp::Softmax => rows_backward(RowOp::Softmax, out, t),
             // `J t = t - sum(p t)`.
             RowOp::LogSoftmax => t - (out.exp() * t).sum(-1, true),
         })
     }
 }
 
-/// `(diag(y) - y y^T) v = y v - y sum(y v)` along the last axis.
-fn softmax_product(y: &Tensor, v: &Tensor) -> Tensor {
-    let yv = y * v;
-    &yv - y * yv.sum(-1, true)
+/// The backward rows of `op` (see [`rows_backward_composed`]): one fused primitive when `y`
+/// and `v` are alike (the usual backward pass), else the composition (a vmapped cotangent over
+/// unbatched rows, as jacrev makes).
+fn rows_backward(op: RowOp, y: &Tensor, v: &Tensor) -> Tensor {
+    let alike = v.shape() == y.shape() && v.dtype() == y.dtype() && v.batch() == y.batch() && v.device() == y.device();
+    if alike {
+        let raw = y.backend().softmax_rows_backward(op, y.raw(), v.raw());
+        Tensor::record(raw, &[y, v], || RowsBackwardRule(op))
+    } else {
+        rows_backward_composed(op, y, v)
+    }
+}
+
+/// Softmax: `(diag(y) - y y^T) v = y v - y sum(y v)`; log-softmax: `v - exp(y) sum(v)`; along
+/// the last axis, composed of primitives (so differentiable in `y` and `v`).
+fn rows_backward_composed(op: RowOp, y: &Tensor, v: &Tensor) -> Tensor {
+    match op {
+        RowOp::Softmax => {
+            let yv = y * v;
+            &yv - y * yv.sum(-1, true)
+        }
+        RowOp::LogSoftmax => v - y.exp() * v.sum(-1, true),
+    }
+}
+
+/// The derivatives of the fused backward rows (second and higher derivatives of softmax and
+/// log-softmax): those of the composition, traced again from the node's inputs.
+struct RowsBackwardRule(RowOp);
+
+impl Rule for RowsBackwardRule {
+    fn name(&self) -> String {
+        match self.0 {
+            RowOp::Softmax => "softmax_backward(axis=-1)".into(),
+            RowOp::LogSoftmax => "log_softmax_backward(axis=-1)".into(),
+        }
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        composition_vjp(|t| rows_backward_composed(self.0, &t[0], &t[1]), inputs, ct)
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        composition_jvp(|t| rows_backward_composed(self.0, &t[0], &t[1]), inputs, tangents)
+    }
 }
 
 /// softplus as one primitive, with the derivative of JAX's `logaddexp` rule.

@@ -390,6 +390,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         rows::layer_norm_rows_backward(self, x, y, v, eps)
     }
 
+    fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
+        rows::softmax_rows_backward(self, op, y, v)
+    }
+
     fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
         cross_entropy::cross_entropy_rows(self, x, labels)
     }

@@ -1,4 +1,4 @@
-//! Softmax, log-softmax and layer-norm rows, and the layer norm's backward: the generated fused row kernel
+//! Softmax, log-softmax and layer-norm rows, and their backward rows: the generated fused row kernel
 //! (`nabla_kernels::RowSpec`), one group of threads per row of the last axis, over a dense copy
 //! of the input when it is a view.
 
@@ -37,6 +37,21 @@ pub(super) fn layer_norm_rows_backward<A: DeviceApi>(
         Some((&y, &v)),
         eps,
     )
+}
+
+/// The backward rows of softmax or log-softmax from the output `y` and the cotangent `v`.
+pub(super) fn softmax_rows_backward<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    op: RowOp,
+    y: &RawTensor,
+    v: &RawTensor,
+) -> RawTensor {
+    let (kop, name) = match op {
+        RowOp::Softmax => (k::RowOp::SoftmaxBackward, "softmax backward"),
+        RowOp::LogSoftmax => (k::RowOp::LogSoftmaxBackward, "log_softmax backward"),
+    };
+    let v = be.dense(v);
+    row_kernel(be, kop, name, y, Some((y, &v)), 0.0)
 }
 
 /// The row kernel `kop` over every row of `x` (`y` and `v`, dense, and `eps` bind only where

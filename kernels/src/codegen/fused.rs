@@ -1,4 +1,4 @@
-//! Fused kernels: softmax and log-softmax rows, cross-entropy rows with integer labels, and the
+//! Fused kernels: softmax and log-softmax rows and their backward rows, cross-entropy rows with integer labels, and the
 //! Adam update.
 
 use super::{Gen, grid_stride, group_loop, group_reduce_fn};
@@ -102,6 +102,13 @@ impl RowSpec {
     fn takes_eps(&self) -> bool {
         matches!(self.op, RowOp::LayerNorm | RowOp::LayerNormBackward)
     }
+
+    fn takes_v(&self) -> bool {
+        matches!(
+            self.op,
+            RowOp::LayerNormBackward | RowOp::SoftmaxBackward | RowOp::LogSoftmaxBackward
+        )
+    }
 }
 
 impl Gen for RowSpec {
@@ -118,6 +125,8 @@ impl Gen for RowSpec {
         ];
         if self.op == RowOp::LayerNormBackward {
             p.push(Param::new("y", ArgType::In(self.dtype)));
+        }
+        if self.takes_v() {
             p.push(Param::new("v", ArgType::In(self.dtype)));
         }
         if self.takes_eps() {
@@ -131,6 +140,8 @@ impl Gen for RowSpec {
         match self.op {
             RowOp::LayerNorm => return layer_norm_helpers(entry, self.dtype, false),
             RowOp::LayerNormBackward => return layer_norm_helpers(entry, self.dtype, true),
+            RowOp::SoftmaxBackward => return softmax_backward_helpers(entry, self.dtype, false),
+            RowOp::LogSoftmaxBackward => return softmax_backward_helpers(entry, self.dtype, true),
             RowOp::Softmax | RowOp::LogSoftmax => {}
         }
         let d = self.dtype;
@@ -168,6 +179,7 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
         let eps = match self.op {
             RowOp::LayerNorm => format!("({})eps, ", self.dtype.compute_type()),
             RowOp::LayerNormBackward => format!("y, v, ({})eps, ", self.dtype.compute_type()),
+            RowOp::SoftmaxBackward | RowOp::LogSoftmaxBackward => "v, ".to_string(),
             RowOp::Softmax | RowOp::LogSoftmax => String::new(),
         };
         group_loop(
@@ -246,6 +258,40 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
     const {c} r = {one} / {sqrt}(q / ({c})cols + eps);
 {finish}}}
 "#
+    ));
+    s
+}
+
+/// The row function of the softmax's Jacobian product `x (v - sum(x v))` (`x` the softmax's
+/// output), or, for `log`, of the log-softmax's VJP `v - exp(x) sum(v)` (`x` the log-softmax's
+/// output): one sum over the row, then the result.
+fn softmax_backward_helpers(entry: &str, d: KernelDType, log: bool) -> String {
+    let (t, c) = (d.c_type(), d.compute_type());
+    let (xj, vj) = (d.to_compute("x[base + j]"), d.to_compute("v[base + j]"));
+    let (summand, value) = if log {
+        (
+            vj.clone(),
+            d.from_compute(&format!("{vj} - {}({xj}) * s", d.math("exp"))),
+        )
+    } else {
+        (format!("{xj} * {vj}"), d.from_compute(&format!("{xj} * ({vj} - s)")))
+    };
+    let mut s = row_reducers(entry, d);
+    s.push_str(&format!(
+        r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, const {t}* __restrict__ v, long long t, bool valid, int gl, int gs, int group) {{
+    const long long base = t * cols;
+    {c} s = {zero};
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) s += {summand};
+    }}
+    s = {entry}_group_sum(s, group);
+    if (valid) {{
+        for (long long j = gl; j < cols; j += gs) out[base + j] = {value};
+    }}
+}}
+"#,
+        zero = d.compute_literal(0),
     ));
     s
 }

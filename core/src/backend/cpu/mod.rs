@@ -232,6 +232,10 @@ impl Backend for CpuBackend {
         )
     }
 
+    fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
+        narrow(rows::softmax_rows_backward(op, &widen(y), &widen(v)), y.dtype())
+    }
+
     fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {
         narrow(cross_entropy::cross_entropy_rows(&widen(x), labels), x.dtype())
     }

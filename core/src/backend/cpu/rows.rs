@@ -8,7 +8,7 @@
 use num_traits::Float;
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, fast_math, host, of, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, fast_math, host, of, with_wide_loops, wrap};
 use crate::backend::RowOp;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -35,6 +35,7 @@ const LANES: usize = 8;
 
 /// The sum of `values(j)` for `j < n`, in `LANES` independent partial sums (the tail goes to
 /// the first one).
+#[inline(always)]
 fn lane_sum<T: Float>(n: usize, values: impl Fn(usize) -> T) -> T {
     let mut acc = [T::zero(); LANES];
     let whole = n / LANES * LANES;
@@ -112,6 +113,7 @@ pub(super) fn log_softmax_stats<T: RowFloat>(row: &[T], exps: &mut [T]) -> (T, T
 }
 
 /// Writes `op` of `row` into `out` (one row); the shifted exponentials go to `out` first.
+#[inline(always)]
 fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
     match op {
         RowOp::Softmax => {
@@ -129,6 +131,7 @@ fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
 
 /// The mean of a row and `1 / sqrt(var + eps)`: the mean, then the mean squared deviation
 /// (two passes). The forward and the backward share it, so both see the same `rstd`.
+#[inline(always)]
 fn row_moments<T: Float>(row: &[T], eps: T) -> (T, T) {
     let n = T::from(row.len()).expect("a length converts to a float");
     let mean = lane_sum(row.len(), |j| row[j]) / n;
@@ -140,6 +143,7 @@ fn row_moments<T: Float>(row: &[T], eps: T) -> (T, T) {
 }
 
 /// Layer normalisation of one row: `(x - mean) / sqrt(var + eps)`.
+#[inline(always)]
 fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
     let (mean, r) = row_moments(row, eps);
     for (o, &x) in out.iter_mut().zip(row) {
@@ -149,6 +153,7 @@ fn layer_norm_row<T: Float>(row: &[T], eps: T, out: &mut [T]) {
 
 /// The layer norm's Jacobian product of one row: `rstd (v - mean(v) - y mean(v y))`, with
 /// `rstd` from `x` as [`layer_norm_row`] forms it.
+#[inline(always)]
 fn layer_norm_backward_row<T: Float>(x: &[T], y: &[T], v: &[T], eps: T, out: &mut [T]) {
     let n = T::from(x.len()).expect("a length converts to a float");
     let (_, r) = row_moments(x, eps);
@@ -161,7 +166,7 @@ fn layer_norm_backward_row<T: Float>(x: &[T], y: &[T], v: &[T], eps: T, out: &mu
 
 /// `row` applied to every row of the contiguous `data` with rows of `cols` elements (into a
 /// zeroed output of the same length).
-fn all_rows<T: Float + Send + Sync>(data: &[T], cols: usize, row: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
+fn all_rows<T: RowFloat>(data: &[T], cols: usize, f: &impl RowFn) -> Vec<T> {
     let mut out = vec![T::zero(); data.len()];
     if cols == 0 {
         return out;
@@ -172,14 +177,24 @@ fn all_rows<T: Float + Send + Sync>(data: &[T], cols: usize, row: impl Fn(&[T], 
         out.par_chunks_mut(rows_per_task * cols)
             .zip(data.par_chunks(rows_per_task * cols))
             .for_each(|(o, x)| {
-                for (orow, xrow) in o.chunks_mut(cols).zip(x.chunks(cols)) {
-                    row(xrow, orow);
-                }
+                with_wide_loops(
+                    #[inline(always)]
+                    || {
+                        for (orow, xrow) in o.chunks_mut(cols).zip(x.chunks(cols)) {
+                            f.row(xrow, orow);
+                        }
+                    },
+                )
             });
     } else {
-        for (orow, xrow) in out.chunks_mut(cols).zip(data.chunks(cols)) {
-            row(xrow, orow);
-        }
+        with_wide_loops(
+            #[inline(always)]
+            || {
+                for (orow, xrow) in out.chunks_mut(cols).zip(data.chunks(cols)) {
+                    f.row(xrow, orow);
+                }
+            },
+        )
     }
     out
 }
@@ -191,6 +206,7 @@ trait RowFn: Sync {
 
 /// Softmax or log-softmax rows.
 impl RowFn for RowOp {
+    #[inline(always)]
     fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]) {
         softmax_row(*self, row, out)
     }
@@ -200,6 +216,7 @@ impl RowFn for RowOp {
 struct LayerNorm(f64);
 
 impl RowFn for LayerNorm {
+    #[inline(always)]
     fn row<T: RowFloat>(&self, row: &[T], out: &mut [T]) {
         let eps = of(self.0);
         layer_norm_row(row, eps, out)
@@ -213,8 +230,8 @@ fn map_rows(x: &RawTensor, f: &impl RowFn, what: &str) -> RawTensor {
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
     match host(&x) {
-        CpuBuffer::F32(d) => wrap(all_rows(dense_run(d, &x.layout), cols, |r, o| f.row(r, o)), shape),
-        CpuBuffer::F64(d) => wrap(all_rows(dense_run(d, &x.layout), cols, |r, o| f.row(r, o)), shape),
+        CpuBuffer::F32(d) => wrap(all_rows(dense_run(d, &x.layout), cols, f), shape),
+        CpuBuffer::F64(d) => wrap(all_rows(dense_run(d, &x.layout), cols, f), shape),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("{what} of {} rows: the op layer accepts floats only", other.dtype()),
     }
@@ -241,26 +258,35 @@ pub(super) fn layer_norm_rows_backward(x: &RawTensor, y: &RawTensor, v: &RawTens
     let shape = &x.layout.shape;
     let cols = shape.last().copied().unwrap_or(1);
     match (host(&x), host(&y), host(&v)) {
-        (CpuBuffer::F32(xd), CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => wrap(
-            rows_of_three(
+        (CpuBuffer::F32(xd), CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => {
+            let runs = [
                 dense_run(xd, &x.layout),
                 dense_run(yd, &y.layout),
                 dense_run(vd, &v.layout),
+            ];
+            let eps = of::<f32>(eps);
+            let out = zipped_rows(
+                runs,
                 cols,
-                of(eps),
-            ),
-            shape,
-        ),
-        (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => wrap(
-            rows_of_three(
+                #[inline(always)]
+                |[x, y, v], o| layer_norm_backward_row(x, y, v, eps, o),
+            );
+            wrap(out, shape)
+        }
+        (CpuBuffer::F64(xd), CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => {
+            let runs = [
                 dense_run(xd, &x.layout),
                 dense_run(yd, &y.layout),
                 dense_run(vd, &v.layout),
+            ];
+            let out = zipped_rows(
+                runs,
                 cols,
-                eps,
-            ),
-            shape,
-        ),
+                #[inline(always)]
+                |[x, y, v], o| layer_norm_backward_row(x, y, v, eps, o),
+            );
+            wrap(out, shape)
+        }
         (a, b, c) => unreachable!(
             "layer_norm backward rows of {}, {} and {}: the op layer passes one float dtype (halves widened)",
             a.dtype(),
@@ -270,29 +296,87 @@ pub(super) fn layer_norm_rows_backward(x: &RawTensor, y: &RawTensor, v: &RawTens
     }
 }
 
-/// [`layer_norm_backward_row`] over every row of three runs of one length.
-fn rows_of_three<T: Float + Send + Sync>(x: &[T], y: &[T], v: &[T], cols: usize, eps: T) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+/// The backward rows of softmax (`y (v - sum(y v))`) or log-softmax (`v - exp(y) sum(v)`) from
+/// the forward's output `y` and the cotangent `v` (one shape, f32 or f64; halves arrive
+/// widened), the row sums in `lane_sum`'s order.
+pub(super) fn softmax_rows_backward(op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
+    let (y, v) = (dense(y), dense(v));
+    let shape = &y.layout.shape;
+    let cols = shape.last().copied().unwrap_or(1);
+    match (host(&y), host(&v)) {
+        (CpuBuffer::F32(yd), CpuBuffer::F32(vd)) => wrap(
+            softmax_backward_typed(op, dense_run(yd, &y.layout), dense_run(vd, &v.layout), cols),
+            shape,
+        ),
+        (CpuBuffer::F64(yd), CpuBuffer::F64(vd)) => wrap(
+            softmax_backward_typed(op, dense_run(yd, &y.layout), dense_run(vd, &v.layout), cols),
+            shape,
+        ),
+        (a, b) => unreachable!(
+            "softmax backward rows of {} and {}: the op layer passes one float dtype (halves widened)",
+            a.dtype(),
+            b.dtype()
+        ),
+    }
+}
+
+fn softmax_backward_typed<T: RowFloat>(op: RowOp, y: &[T], v: &[T], cols: usize) -> Vec<T> {
+    match op {
+        RowOp::Softmax => zipped_rows(
+            [y, v],
+            cols,
+            #[inline(always)]
+            |[y, v], o| {
+                let s = lane_sum(y.len(), |j| y[j] * v[j]);
+                for ((o, &yj), &vj) in o.iter_mut().zip(y).zip(v) {
+                    *o = yj * (vj - s);
+                }
+            },
+        ),
+        RowOp::LogSoftmax => zipped_rows(
+            [y, v],
+            cols,
+            #[inline(always)]
+            |[y, v], o| {
+                let s = lane_sum(v.len(), |j| v[j]);
+                for ((o, &yj), &vj) in o.iter_mut().zip(y).zip(v) {
+                    *o = vj - yj.fast_exp() * s;
+                }
+            },
+        ),
+    }
+}
+
+/// `row` of the matching rows of `N` runs of one length (rows of `cols` elements) into a new
+/// run: rows split across threads in tasks of about `PARALLEL_MIN` elements, each task's loop
+/// compiled for AVX-512 where the CPU has it.
+fn zipped_rows<T: Float + Send + Sync, const N: usize>(
+    runs: [&[T]; N],
+    cols: usize,
+    row: impl Fn([&[T]; N], &mut [T]) + Sync,
+) -> Vec<T> {
+    let len = runs.first().map_or(0, |r| r.len());
+    let mut out = vec![T::zero(); len];
     if cols == 0 {
         return out;
     }
-    let rows_per_task = if x.len() >= PARALLEL_MIN {
+    let rows_per_task = if len >= PARALLEL_MIN {
         (PARALLEL_MIN / cols).max(1)
     } else {
-        x.len() / cols
+        len / cols
     };
     let span = rows_per_task.max(1) * cols;
-    out.par_chunks_mut(span)
-        .zip(x.par_chunks(span).zip(y.par_chunks(span).zip(v.par_chunks(span))))
-        .for_each(|(o, (x, (y, v)))| {
-            for (((orow, xrow), yrow), vrow) in o
-                .chunks_mut(cols)
-                .zip(x.chunks(cols))
-                .zip(y.chunks(cols))
-                .zip(v.chunks(cols))
-            {
-                layer_norm_backward_row(xrow, yrow, vrow, eps, orow);
-            }
-        });
+    out.par_chunks_mut(span).enumerate().for_each(|(task, o)| {
+        let start = task * span;
+        with_wide_loops(
+            #[inline(always)]
+            || {
+                for (r, orow) in o.chunks_mut(cols).enumerate() {
+                    let at = start + r * cols;
+                    row(runs.map(|x| &x[at..at + cols]), orow);
+                }
+            },
+        )
+    });
     out
 }
