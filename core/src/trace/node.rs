@@ -17,7 +17,7 @@ pub trait Rule: Send + Sync {
     fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>>;
     /// Like [`Rule::vjp`], computing only the cotangents of inputs with `wanted[i]` (the sweep
     /// passes false for inputs that are constants of the trace). Rules whose unwanted
-    /// cotangents are expensive (matmul) override this.
+    /// cotangents are expensive (matmul, binary ops, where, the tap products) override this.
     fn vjp_wanted(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let _ = wanted;
         self.vjp(inputs, out, ct)

@@ -50,8 +50,9 @@ pub(super) fn softmax_rows_backward<A: DeviceApi>(
         RowOp::Softmax => (k::RowOp::SoftmaxBackward, "softmax backward"),
         RowOp::LogSoftmax => (k::RowOp::LogSoftmaxBackward, "log_softmax backward"),
     };
-    let v = be.dense(v);
-    row_kernel(be, kop, name, y, Some((y, &v)), 0.0)
+    // These kernels read `y` as their `x` and take no `y` parameter.
+    let (y, v) = (be.dense(y), be.dense(v));
+    row_kernel(be, kop, name, &y, Some((&y, &v)), 0.0)
 }
 
 /// The row kernel `kop` over every row of `x` (`y` and `v`, dense, and `eps` bind only where

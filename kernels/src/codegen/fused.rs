@@ -1,4 +1,4 @@
-//! Fused kernels: softmax and log-softmax rows and their backward rows, cross-entropy rows with integer labels, and the
+//! Fused kernels: softmax, log-softmax and layer-norm rows and their backward rows, cross-entropy rows with integer labels, and the
 //! Adam update.
 
 use super::{Gen, grid_stride, group_loop, group_reduce_fn};
@@ -73,9 +73,10 @@ fn row_stats(entry: &str, d: KernelDType, finite_shift: bool) -> String {
     )
 }
 
-/// Softmax, log-softmax or layer normalisation of every row of a contiguous `[rows, cols]` input (the last axis),
-/// into a contiguous output: one task (a group of threads, see [`crate::launch::row_plan`]) per
-/// row, shifted by the row's maximum, accumulated in float (double for f64).
+/// Softmax, log-softmax or layer normalisation of every row of a contiguous `[rows, cols]` input
+/// (the last axis), or one of their backward rows (see [`RowOp`]), into a contiguous output: one
+/// task (a group of threads, see [`crate::launch::row_plan`]) per row, softmax shifted by the
+/// row's maximum, accumulated in float (double for f64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RowSpec {
     op: RowOp,

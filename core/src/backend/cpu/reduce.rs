@@ -64,8 +64,8 @@ fn fold_run<T: Copy + Send + Sync, F: Fn(T, T) -> T + Copy + Send + Sync>(run: &
 /// large one is cut into blocks of `rows_per_block` rows, a count that depends on `cols` only,
 /// each accumulated on a rayon thread into its own row, and those rows are then combined in
 /// order: each thread streams whole rows, and the result does not depend on the threads.
-/// (Splitting the columns across threads instead was slower for many rows: each then read
-/// short strips of every row.) A few long rows (at most two blocks) are split by columns in
+/// (Splitting the columns across threads instead was slower for short rows: each then read
+/// short strips of every row.) Rows of at least two `COLUMN_CHUNK`s are split by columns in
 /// strips of `COLUMN_CHUNK`, long enough to stream.
 fn reduce_leading_rows<T, F>(data: &[T], rows: usize, cols: usize, init: T, f: F) -> Vec<T>
 where
@@ -83,13 +83,10 @@ where
     };
     let data = &data[..rows * cols];
     let rows_per_block = (PARALLEL_MIN / cols).max(1);
-    if rows <= 2 * rows_per_block {
-        if rows * cols < 2 * PARALLEL_MIN || cols < 2 * COLUMN_CHUNK {
-            return accumulate(data);
-        }
-        // Few rows, many columns (a batch of a few weight-sized gradients): the threads take
-        // strips of columns, each folding its strip of every row in row order, which is the
-        // order `accumulate` folds each column in, so the result is the same.
+    if rows > 1 && cols >= 2 * COLUMN_CHUNK {
+        // Long rows (a batch of weight-sized gradients): the threads take strips of columns,
+        // each folding its strip of every row in row order (the order `accumulate` folds each
+        // column in), with no partial rows to allocate and combine.
         let mut out = vec![init; cols];
         out.par_chunks_mut(COLUMN_CHUNK).enumerate().for_each(|(c, strip)| {
             let (start, len) = (c * COLUMN_CHUNK, strip.len());
@@ -100,6 +97,9 @@ where
             }
         });
         return out;
+    }
+    if rows <= 2 * rows_per_block {
+        return accumulate(data);
     }
     let partials: Vec<Vec<T>> = data.par_chunks(rows_per_block * cols).map(accumulate).collect();
     let mut blocks = partials.into_iter();

@@ -1,9 +1,11 @@
 //! Softmax, log-softmax and layer normalisation of every row (the last axis) in one pass per
 //! row: the maximum, the sum of shifted exponentials and the result (or the mean, the mean
 //! squared deviation and the result), where the composition of primitives took five to seven
-//! kernels and as many intermediate tensors; and the layer norm's Jacobian product (its
-//! backward) in one pass per row where its composition took thirteen kernels. Rows are split
-//! across threads for large inputs.
+//! kernels and as many intermediate tensors; the layer norm's Jacobian product (its
+//! backward) in one pass per row where its composition took thirteen kernels; and the
+//! backward rows of softmax and log-softmax (one row sum, then the result) where theirs took
+//! four. Rows are split across threads for large inputs, and each task's loop is compiled
+//! for AVX-512 where the CPU has it.
 
 use num_traits::Float;
 use rayon::prelude::*;
@@ -19,12 +21,14 @@ pub(super) trait RowFloat: Float + Send + Sync + 'static {
 }
 
 impl RowFloat for f32 {
+    #[inline(always)]
     fn fast_exp(self) -> f32 {
         fast_math::exp_f32(self)
     }
 }
 
 impl RowFloat for f64 {
+    #[inline(always)]
     fn fast_exp(self) -> f64 {
         self.exp()
     }
