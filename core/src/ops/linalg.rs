@@ -32,8 +32,10 @@ impl Rule for MatmulRule {
 /// wrote `P` matrices of `b`'s size and summed them.
 fn rhs_gradient(a: &Tensor, b: &Tensor, ct: &Tensor) -> Tensor {
     let (ra, rc) = (a.rank(), ct.rank());
+    // With `b`'s batch axes all 1, the cotangent's batch is `a`'s (after leading 1s), so their
+    // rows line up.
     let shared_b = b.shape()[..b.rank() - 2].iter().all(|&d| d == 1);
-    if ra > 2 && shared_b && a.shape()[..ra - 2] == ct.shape()[..rc - 2] {
+    if rc > 2 && shared_b {
         let k = a.shape()[ra - 1];
         let n = ct.shape()[rc - 1];
         let rows = a.numel() / k.max(1);
