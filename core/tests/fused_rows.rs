@@ -326,3 +326,57 @@ fn softmax_backward_rows_are_one_primitive_matching_an_f64_loop() {
         );
     }
 }
+
+/// Causal attention runs one causal-softmax primitive (no mask tensor, no select): its values
+/// and gradients equal those of the same attention with an explicit lower-triangular mask,
+/// for as many queries as keys, fewer and more, in f64 and f32, under vmap, and its backward
+/// pass is softmax's fused rows.
+#[test]
+fn causal_attention_is_one_softmax_primitive_equal_to_the_masked_one() {
+    let attention = |t: &(Tensor, Tensor, Tensor), causal: bool| {
+        let (lq, lk) = (t.0.shape()[t.0.rank() - 2], t.1.shape()[t.1.rank() - 2]);
+        let rows = Tensor::arange(0.0, lq as f64, 1.0, DType::I64).reshape([lq, 1]);
+        let cols = Tensor::arange(0.0, lk as f64, 1.0, DType::I64).reshape([1, lk]);
+        let mask = cols.le(&rows);
+        if causal {
+            nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, true)
+        } else {
+            nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(&mask), false)
+        }
+    };
+    for dtype in [DType::F64, DType::F32] {
+        for (lq, lk) in [(5usize, 5usize), (3, 7), (7, 3), (1, 1)] {
+            let make = |n: usize, len: usize, seed: u64| {
+                Tensor::from_vec(inputs(2 * 3 * len * n, seed), &[2, 3, len, n]).cast(dtype)
+            };
+            let qkv = (make(4, lq, 31), make(4, lk, 32), make(6, lk, 33));
+            let what = format!("{dtype} lq {lq} lk {lk}");
+            let want = attention(&qkv, false).cast(DType::F64).to_vec::<f64>();
+            check(&format!("values {what}"), dtype, &attention(&qkv, true), &want);
+            let loss =
+                |causal: bool| move |t: &(Tensor, Tensor, Tensor)| attention(t, causal).sin().sum(nb::Axes::All, false);
+            let (gc, gm) = (nb::grad(loss(true))(&qkv), nb::grad(loss(false))(&qkv));
+            for (name, c, m) in [("dq", &gc.0, &gm.0), ("dk", &gc.1, &gm.1), ("dv", &gc.2, &gm.2)] {
+                check(&format!("{name} {what}"), dtype, c, &m.cast(DType::F64).to_vec::<f64>());
+            }
+            // vmap over the leading axis gives each slice's attention.
+            let batched = nb::vmap(|t: &(Tensor, Tensor, Tensor)| attention(t, true))(&qkv);
+            check(&format!("vmap {what}"), dtype, &batched, &want);
+        }
+    }
+    let qkv = (
+        Tensor::from_vec(inputs(24, 41), &[1, 6, 4]),
+        Tensor::from_vec(inputs(24, 42), &[1, 6, 4]),
+        Tensor::from_vec(inputs(24, 43), &[1, 6, 4]),
+    );
+    let graph = nb::trace_graph(
+        |xs| {
+            let t = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+            vec![nb::grad(|t: &(Tensor, Tensor, Tensor)| attention(t, true).square().sum(nb::Axes::All, false))(&t).0]
+        },
+        &[qkv.0, qkv.1, qkv.2],
+    );
+    assert!(graph.contains("causal_softmax(axis=-1)"), "{graph}");
+    assert!(graph.contains("softmax_backward(axis=-1)"), "{graph}");
+    assert!(!graph.contains("where"), "no mask is selected: {graph}");
+}

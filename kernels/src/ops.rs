@@ -158,6 +158,9 @@ op_enum! {
         Softmax => "softmax",
         /// `log_softmax(x)` of every row
         LogSoftmax => "log_softmax",
+        /// softmax of the entries `j <= i` of every row, `i` the row's index modulo `lq` (its
+        /// query), 0 for the others: causal attention's softmax (takes an `lq` argument)
+        CausalSoftmax => "causal_softmax",
         /// `(x - mean) / sqrt(var + eps)` of every row (takes an `eps` argument)
         LayerNorm => "layer_norm",
         /// `rstd (v - mean(v) - y mean(v y))` of every row, `rstd` from `x` as `LayerNorm` forms

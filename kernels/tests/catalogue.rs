@@ -90,7 +90,7 @@ fn catalogue_covers_every_family() {
         ("embed", 8),
         ("index_check", 1),
         ("random_uniform", 4),
-        ("row", 6 * 4),
+        ("row", 7 * 4),
         ("cross_entropy", 4),
         ("adam", 4),
         ("unfold", 8),

@@ -1469,6 +1469,10 @@ fn rows_input(d: KernelDType, rows: usize, cols: usize, seed: u64) -> Vec<f64> {
 /// The layer norm's `eps` in the row-kernel test.
 const EPS: f64 = 1e-5;
 
+/// Queries per matrix in the causal softmax rows of the row-kernel test (rows 0, 1, 2, then
+/// 0, 1 again).
+const CAUSAL_LQ: usize = 3;
+
 /// The mean and `1 / sqrt(var + EPS)` of a row.
 fn row_moments(r: &[f64]) -> (f64, f64) {
     let mean = r.iter().sum::<f64>() / r.len() as f64;
@@ -1533,6 +1537,15 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                             let s: f64 = r.iter().map(|&v| (v - m).exp()).sum();
                             want.extend(r.iter().map(|&v| quantize(d, (v - m).exp() / s)));
                         }
+                        RowOp::CausalSoftmax => {
+                            let keep = (row % CAUSAL_LQ + 1).min(cols);
+                            let m = r[..keep]
+                                .iter()
+                                .fold(f64::NEG_INFINITY, |a, &b| if a.is_nan() || a >= b { a } else { b });
+                            let s: f64 = r[..keep].iter().map(|&v| (v - m).exp()).sum();
+                            want.extend(r[..keep].iter().map(|&v| quantize(d, (v - m).exp() / s)));
+                            want.extend(std::iter::repeat_n(0.0, cols - keep));
+                        }
                         RowOp::LogSoftmax => {
                             let shift = if m.is_finite() { m } else { 0.0 };
                             let lse = r.iter().map(|&v| (v - shift).exp()).sum::<f64>().ln() + shift;
@@ -1576,6 +1589,9 @@ fn softmax_and_layer_norm_rows_match_the_composition() {
                 }
                 if matches!(op, RowOp::LayerNorm | RowOp::LayerNormBackward) {
                     args.push(Arg::f64(EPS));
+                }
+                if op == RowOp::CausalSoftmax {
+                    args.push(Arg::i64(CAUSAL_LQ as i64));
                 }
                 args.push(Arg::i32(group as i32));
                 let out = run(&spec, 2, block, args);

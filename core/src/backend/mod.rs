@@ -147,6 +147,11 @@ pub enum RowOp {
     Softmax,
     /// `x - log(sum(exp(x)))`, shifted by the row's maximum when it is finite
     LogSoftmax,
+    /// Softmax of the entries `j <= i` of every row, `i` the row's index along the
+    /// second-to-last axis (a query's position), and 0 for the others: causal attention's
+    /// masked softmax, top-left aligned, without a mask tensor (the input has at least two
+    /// axes). Its backward rows are softmax's.
+    CausalSoftmax,
 }
 
 /// The constant scalars of Adam (or AdamW) updates, as [`Backend::adam_update`] takes them; the

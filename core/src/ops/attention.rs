@@ -34,21 +34,17 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     // The scale goes on the queries, `[.., Lq, D]`, not on the scores, `[.., Lq, Lk]`: the
     // same product (up to rounding), with a quarter of the elementwise work at D = 64, Lk = 256.
     let scores = (q * (1.0 / (d as f64).sqrt())).matmul(&k.swap_axes(-1, -2));
-    let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
-    let mut keep: Option<Tensor> = mask.cloned();
-    if causal {
-        // Key j is kept for query i when j <= i.
-        let tri = Tensor::diagonal_offsets(lq, lk, q.device()).le_scalar(0.0);
-        keep = Some(match keep {
-            Some(m) => m.logical_and(&tri),
-            None => tri,
-        });
-    }
-    let scores = match keep {
+    let scores = match mask {
         Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
         None => scores,
     };
-    scores.softmax(-1).matmul(v)
+    // Causal: key j is kept for query i when j <= i, inside the softmax's one pass.
+    let weights = if causal {
+        super::nn::causal_softmax(&scores)
+    } else {
+        scores.softmax(-1)
+    };
+    weights.matmul(v)
 }
 
 /// The length up to which a running sum is one product with a triangular matrix of ones;

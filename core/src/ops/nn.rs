@@ -54,6 +54,31 @@ impl Tensor {
     }
 }
 
+/// Causal attention's softmax over the last axis of `x` (`[.., queries, keys]`): query `i`
+/// (its index along the second-to-last axis) keeps keys `j <= i`, top-left aligned as
+/// PyTorch's `is_causal`, and gets 0 for the others. One primitive: no mask tensor, no select,
+/// and the masked exponentials are never formed.
+pub(crate) fn causal_softmax(x: &Tensor) -> Tensor {
+    require_float("causal softmax", x);
+    if x.rank() < 2 {
+        panic!(
+            "causal softmax: needs scores of shape [.., queries, keys], got {:?}",
+            x.shape()
+        );
+    }
+    rows(x, RowOp::CausalSoftmax)
+}
+
+impl RowOp {
+    /// The op whose backward rows are this one's (a causal softmax's are softmax's).
+    fn backward_op(self) -> RowOp {
+        match self {
+            RowOp::CausalSoftmax => RowOp::Softmax,
+            other => other,
+        }
+    }
+}
+
 /// The row primitive `op` over the last axis of `x`.
 fn rows(x: &Tensor, op: RowOp) -> Tensor {
     let raw = x.backend().softmax_rows(op, x.raw());
@@ -68,17 +93,19 @@ impl Rule for RowRule {
         match self.0 {
             RowOp::Softmax => "softmax(axis=-1)".into(),
             RowOp::LogSoftmax => "log_softmax(axis=-1)".into(),
+            RowOp::CausalSoftmax => "causal_softmax(axis=-1)".into(),
         }
     }
     fn vjp(&self, _inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         // Softmax: the Jacobian `diag(y) - y y^T` is symmetric, so the VJP is the JVP's
-        // formula. Log-softmax: `J = I - 1 p^T` with `p = exp(y)`, so `g^T J = g - p sum(g)`.
-        vec![Some(rows_backward(self.0, out, ct))]
+        // formula; a causal row's masked entries (y = 0) get 0 from it. Log-softmax:
+        // `J = I - 1 p^T` with `p = exp(y)`, so `g^T J = g - p sum(g)`.
+        vec![Some(rows_backward(self.0.backward_op(), out, ct))]
     }
     fn jvp(&self, _inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         let t = tangents[0].as_ref()?;
         Some(match self.0 {
-            RowOp::Softmax => rows_backward(RowOp::Softmax, out, t),
+            RowOp::Softmax | RowOp::CausalSoftmax => rows_backward(RowOp::Softmax, out, t),
             // `J t = t - sum(p t)`.
             RowOp::LogSoftmax => t - (out.exp() * t).sum(-1, true),
         })
@@ -102,7 +129,7 @@ fn rows_backward(op: RowOp, y: &Tensor, v: &Tensor) -> Tensor {
 /// the last axis, composed of primitives (so differentiable in `y` and `v`).
 fn rows_backward_composed(op: RowOp, y: &Tensor, v: &Tensor) -> Tensor {
     match op {
-        RowOp::Softmax => {
+        RowOp::Softmax | RowOp::CausalSoftmax => {
             let yv = y * v;
             &yv - y * yv.sum(-1, true)
         }
@@ -117,7 +144,7 @@ struct RowsBackwardRule(RowOp);
 impl Rule for RowsBackwardRule {
     fn name(&self) -> String {
         match self.0 {
-            RowOp::Softmax => "softmax_backward(axis=-1)".into(),
+            RowOp::Softmax | RowOp::CausalSoftmax => "softmax_backward(axis=-1)".into(),
             RowOp::LogSoftmax => "log_softmax_backward(axis=-1)".into(),
         }
     }

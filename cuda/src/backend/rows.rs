@@ -14,6 +14,7 @@ pub(super) fn softmax_rows<A: DeviceApi>(be: &CudaBackend<A>, op: RowOp, x: &Raw
     match op {
         RowOp::Softmax => row_kernel(be, k::RowOp::Softmax, "softmax", x, None, 0.0),
         RowOp::LogSoftmax => row_kernel(be, k::RowOp::LogSoftmax, "log_softmax", x, None, 0.0),
+        RowOp::CausalSoftmax => row_kernel(be, k::RowOp::CausalSoftmax, "causal softmax", x, None, 0.0),
     }
 }
 
@@ -47,7 +48,8 @@ pub(super) fn softmax_rows_backward<A: DeviceApi>(
     v: &RawTensor,
 ) -> RawTensor {
     let (kop, name) = match op {
-        RowOp::Softmax => (k::RowOp::SoftmaxBackward, "softmax backward"),
+        // A causal row's masked entries have y = 0, so softmax's backward gives them 0.
+        RowOp::Softmax | RowOp::CausalSoftmax => (k::RowOp::SoftmaxBackward, "softmax backward"),
         RowOp::LogSoftmax => (k::RowOp::LogSoftmaxBackward, "log_softmax backward"),
     };
     // These kernels read `y` as their `x` and take no `y` parameter.
@@ -73,6 +75,8 @@ fn row_kernel<A: DeviceApi>(
         return out;
     }
     let rows = n / cols;
+    // The causal softmax's queries per matrix (the second-to-last extent).
+    let lq = x.shape().len().checked_sub(2).map_or(1, |a| x.shape()[a]) as i64;
     let (dims, group) = launch::row_plan(rows, cols, be.api.sm_count());
     let s = spec(RowSpec::new(kop, kernel_dtype(x.dtype())), name);
     be.run(&s, dims, |p| {
@@ -84,6 +88,7 @@ fn row_kernel<A: DeviceApi>(
             "rows" => LaunchArg::I64(rows),
             "cols" => LaunchArg::I64(cols),
             "eps" => LaunchArg::F64(eps),
+            "lq" => LaunchArg::I64(lq),
             "group" => LaunchArg::I32(group as i32),
             _ => return None,
         })

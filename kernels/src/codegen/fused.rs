@@ -43,9 +43,10 @@ fn row_reducers(entry: &str, d: KernelDType) -> String {
 }
 
 /// The statements computing a row's maximum `m`, the shift, and `s = sum(exp(x - shift))`, for
-/// row `t` of `x` at `base`, with the group's lanes. `finite_shift` shifts by 0 when the maximum
-/// is not finite (as `logsumexp` does on the CPU).
-fn row_stats(entry: &str, d: KernelDType, finite_shift: bool) -> String {
+/// row `t` of `x` at `base`, over its first `bound` entries (a C expression), with the group's
+/// lanes. `finite_shift` shifts by 0 when the maximum is not finite (as `logsumexp` does on the
+/// CPU).
+fn row_stats(entry: &str, d: KernelDType, finite_shift: bool, bound: &str) -> String {
     let c = d.compute_type();
     let load = d.to_compute("x[base + j]");
     let exp = d.math("exp");
@@ -59,13 +60,13 @@ fn row_stats(entry: &str, d: KernelDType, finite_shift: bool) -> String {
         r#"    const long long base = t * cols;
     {c} m = {ninf};
     if (valid) {{
-        for (long long j = gl; j < cols; j += gs) m = {entry}_max(m, {load});
+        for (long long j = gl; j < {bound}; j += gs) m = {entry}_max(m, {load});
     }}
     m = {entry}_group_max(m, group);
     const {c} shift = {shift};
     {c} s = {zero};
     if (valid) {{
-        for (long long j = gl; j < cols; j += gs) s += {exp}({load} - shift);
+        for (long long j = gl; j < {bound}; j += gs) s += {exp}({load} - shift);
     }}
     s = {entry}_group_sum(s, group);
 "#,
@@ -133,6 +134,9 @@ impl Gen for RowSpec {
         if self.takes_eps() {
             p.push(Param::new("eps", ArgType::F64));
         }
+        if self.op == RowOp::CausalSoftmax {
+            p.push(Param::new("lq", ArgType::I64));
+        }
         p.push(Param::new("group", ArgType::I32));
         p
     }
@@ -143,7 +147,7 @@ impl Gen for RowSpec {
             RowOp::LayerNormBackward => return layer_norm_helpers(entry, self.dtype, true),
             RowOp::SoftmaxBackward => return softmax_backward_helpers(entry, self.dtype, false),
             RowOp::LogSoftmaxBackward => return softmax_backward_helpers(entry, self.dtype, true),
-            RowOp::Softmax | RowOp::LogSoftmax => {}
+            RowOp::Softmax | RowOp::LogSoftmax | RowOp::CausalSoftmax => {}
         }
         let d = self.dtype;
         let (t, c) = (d.c_type(), d.compute_type());
@@ -159,19 +163,32 @@ impl Gen for RowSpec {
         } else {
             String::new()
         };
+        // A causal row keeps its first `n` entries (its query's index + 1) and zeroes the rest.
+        let (lq_param, bound, zero_tail) = if self.op == RowOp::CausalSoftmax {
+            (
+                "long long lq, ",
+                "    const long long n = t % lq + 1 < cols ? t % lq + 1 : cols;\n".to_string(),
+                format!(
+                    "        for (long long j = n + gl; j < cols; j += gs) out[base + j] = {};\n",
+                    d.from_compute(&d.compute_literal(0))
+                ),
+            )
+        } else {
+            ("", "    const long long n = cols;\n".to_string(), String::new())
+        };
         let mut s = row_reducers(entry, d);
         s.push_str(&format!(
             r#"// Row t, by the group's lanes gl, gl + gs, ... (every lane joins the reductions).
-__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, long long t, bool valid, int gl, int gs, int group) {{
-{stats}    if (valid) {{
-{lse}        for (long long j = gl; j < cols; j += gs) {{
+__device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __restrict__ x, long long cols, {lq_param}long long t, bool valid, int gl, int gs, int group) {{
+{bound}{stats}    if (valid) {{
+{lse}        for (long long j = gl; j < n; j += gs) {{
             const {c} v = {load} - shift;
             out[base + j] = {value};
         }}
-    }}
+{zero_tail}    }}
 }}
 "#,
-            stats = row_stats(entry, d, log_softmax),
+            stats = row_stats(entry, d, log_softmax, "n"),
         ));
         s
     }
@@ -181,6 +198,7 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ out, const {t}* __
             RowOp::LayerNorm => format!("({})eps, ", self.dtype.compute_type()),
             RowOp::LayerNormBackward => format!("y, v, ({})eps, ", self.dtype.compute_type()),
             RowOp::SoftmaxBackward | RowOp::LogSoftmaxBackward => "v, ".to_string(),
+            RowOp::CausalSoftmax => "lq, ".to_string(),
             RowOp::Softmax | RowOp::LogSoftmax => String::new(),
         };
         group_loop(
@@ -377,7 +395,7 @@ __device__ __forceinline__ void {entry}_row({t}* __restrict__ loss, {t}* __restr
     }}
 }}
 "#,
-            stats = row_stats(entry, d, true),
+            stats = row_stats(entry, d, true, "cols"),
         ));
         s
     }

@@ -130,7 +130,39 @@ fn softmax_row<T: RowFloat>(op: RowOp, row: &[T], out: &mut [T]) {
                 *o = (x - shift) - ls;
             }
         }
+        RowOp::CausalSoftmax => unreachable!("causal rows know their index: see causal_softmax_rows"),
     }
+}
+
+/// Causal softmax of every row of the contiguous `data` (`cols` per row, `lq` rows per matrix):
+/// row `r` is query `i = r % lq`, whose first `min(i + 1, cols)` entries get the softmax and
+/// the rest stay 0. Rows split across threads as [`all_rows`] splits them.
+fn causal_rows<T: RowFloat>(data: &[T], cols: usize, lq: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); data.len()];
+    if cols == 0 || lq == 0 {
+        return out;
+    }
+    let rows_per_task = if data.len() >= PARALLEL_MIN {
+        (PARALLEL_MIN / cols).max(1)
+    } else {
+        data.len() / cols
+    };
+    let span = rows_per_task.max(1) * cols;
+    out.par_chunks_mut(span).enumerate().for_each(|(task, o)| {
+        let first = task * rows_per_task.max(1);
+        with_wide_loops(
+            #[inline(always)]
+            || {
+                for (r, orow) in o.chunks_mut(cols).enumerate() {
+                    let row = first + r;
+                    let keep = (row % lq + 1).min(cols);
+                    let x = &data[row * cols..row * cols + keep];
+                    softmax_row(RowOp::Softmax, x, &mut orow[..keep]);
+                }
+            },
+        )
+    });
+    out
 }
 
 /// The mean of a row and `1 / sqrt(var + eps)`: the mean, then the mean squared deviation
@@ -246,6 +278,22 @@ pub(super) fn softmax_rows(op: RowOp, x: &RawTensor) -> RawTensor {
     let what = match op {
         RowOp::Softmax => "softmax",
         RowOp::LogSoftmax => "log_softmax",
+        RowOp::CausalSoftmax => {
+            let x = dense(x);
+            let shape = &x.layout.shape;
+            let rank = shape.len();
+            assert!(rank >= 2, "causal softmax rows need [.., queries, keys], got {shape:?}");
+            let (lq, cols) = (shape[rank - 2], shape[rank - 1]);
+            return match host(&x) {
+                CpuBuffer::F32(d) => wrap(causal_rows(dense_run(d, &x.layout), cols, lq), shape),
+                CpuBuffer::F64(d) => wrap(causal_rows(dense_run(d, &x.layout), cols, lq), shape),
+                CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
+                other => unreachable!(
+                    "causal softmax of {} rows: the op layer accepts floats only",
+                    other.dtype()
+                ),
+            };
+        }
     };
     map_rows(x, &op, what)
 }
@@ -326,7 +374,8 @@ pub(super) fn softmax_rows_backward(op: RowOp, y: &RawTensor, v: &RawTensor) -> 
 
 fn softmax_backward_typed<T: RowFloat>(op: RowOp, y: &[T], v: &[T], cols: usize) -> Vec<T> {
     match op {
-        RowOp::Softmax => zipped_rows(
+        // A causal row's masked entries have y = 0, so softmax's formula gives them 0.
+        RowOp::Softmax | RowOp::CausalSoftmax => zipped_rows(
             [y, v],
             cols,
             #[inline(always)]
