@@ -359,6 +359,42 @@ pub trait Backend: Send + Sync {
     fn tap_outer(&self, dy: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
         taps::tap_outer_composed(self, dy, x, taps)
     }
+    /// Fused scaled dot-product attention of every matrix of `q` `[.., Lq, D]`, `k` `[.., Lk,
+    /// D]` and `v` `[.., Lk, Dv]` (float, one dtype, the leading axes already broadcast to one
+    /// shape): `softmax(scale * q k^T) v`, where a causal query `i` keeps keys `0..=i`
+    /// (top-left aligned), packed as `[.., Lq, Dv + 2]` contiguous: the output, then each
+    /// query's softmax statistics over the keys it keeps, the maximum `m` of its raw scores
+    /// `q k^T` and `sum(exp(scale (s - m)))` (what [`Backend::attention_backward`] reads to
+    /// form the probabilities again). No `[.., Lq, Lk]` tensor is formed. `None`, the default, where the backend has
+    /// no fused kernel for these operands: the op layer then composes the attention from
+    /// products and softmax rows.
+    fn attention(
+        &self,
+        _q: &RawTensor,
+        _k: &RawTensor,
+        _v: &RawTensor,
+        _scale: f64,
+        _causal: bool,
+    ) -> Option<RawTensor> {
+        None
+    }
+    /// The VJP of [`Backend::attention`]: from `q`, `k`, `v`, its packed output `packed` and the
+    /// output's cotangent `d_o` `[.., Lq, Dv]` (one leading shape), the gradients of `q`, `k`
+    /// and `v` of every matrix, packed as `[.., Lq * D + Lk * D + Lk * Dv]` contiguous (each
+    /// row-major). `None`, the default, where [`Backend::attention`] gives `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        _q: &RawTensor,
+        _k: &RawTensor,
+        _v: &RawTensor,
+        _packed: &RawTensor,
+        _d_o: &RawTensor,
+        _scale: f64,
+        _causal: bool,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

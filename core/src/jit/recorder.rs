@@ -274,6 +274,23 @@ impl Backend for RecordingBackend {
             self.inner.cross_entropy_rows_backward(x, labels, g),
         )
     }
+    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+        let out = self.inner.attention(q, k, v, scale, causal)?;
+        Some(self.log(Call::Attention { scale, causal }, &[q, k, v], out))
+    }
+    fn attention_backward(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        packed: &RawTensor,
+        d_o: &RawTensor,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        let out = self.inner.attention_backward(q, k, v, packed, d_o, scale, causal)?;
+        Some(self.log(Call::AttentionBackward { scale, causal }, &[q, k, v, packed, d_o], out))
+    }
     fn adam_update(
         &self,
         param: &RawTensor,

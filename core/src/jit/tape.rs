@@ -43,6 +43,14 @@ pub(crate) enum Call {
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
+    Attention {
+        scale: f64,
+        causal: bool,
+    },
+    AttentionBackward {
+        scale: f64,
+        causal: bool,
+    },
     Unfold(Window2d),
     Fold(Window2d),
     Cast(DType),
@@ -77,6 +85,12 @@ impl Call {
             Call::CrossEntropy => backend.cross_entropy_rows(&args[0], &args[1]),
             Call::CrossEntropyBackward => backend.cross_entropy_rows_backward(&args[0], &args[1], &args[2]),
             Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], &args[4], step),
+            Call::Attention { scale, causal } => backend
+                .attention(&args[0], &args[1], &args[2], *scale, *causal)
+                .expect("a recorded fused attention replays on the backend that ran it"),
+            Call::AttentionBackward { scale, causal } => backend
+                .attention_backward(&args[0], &args[1], &args[2], &args[3], &args[4], *scale, *causal)
+                .expect("a recorded fused attention backward replays on the backend that ran it"),
             Call::Unfold(window) => backend.unfold_windows(&args[0], window),
             Call::Fold(window) => backend.fold_windows(&args[0], window),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),

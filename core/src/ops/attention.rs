@@ -31,9 +31,17 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
             v.shape()
         );
     }
+    super::require_same_device("scaled_dot_product_attention", q, k);
+    super::require_same_device("scaled_dot_product_attention", q, v);
+    let scale = 1.0 / (d as f64).sqrt();
+    if mask.is_none()
+        && let Some(o) = super::attention_fused::fused_attention(q, k, v, scale, causal)
+    {
+        return o;
+    }
     // The scale goes on the queries, `[.., Lq, D]`, not on the scores, `[.., Lq, Lk]`: the
     // same product (up to rounding), with a quarter of the elementwise work at D = 64, Lk = 256.
-    let scores = (q * (1.0 / (d as f64).sqrt())).matmul(&k.swap_axes(-1, -2));
+    let scores = (q * scale).matmul(&k.swap_axes(-1, -2));
     let scores = match mask {
         Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
         None => scores,

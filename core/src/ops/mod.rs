@@ -3,6 +3,7 @@
 //! is traced. Rules are written in these same public ops.
 
 pub mod attention;
+mod attention_fused;
 pub mod binary;
 pub mod cast;
 pub mod compare;

@@ -28,7 +28,7 @@ pub(super) fn batch_offsets(layout: &Layout) -> Vec<isize> {
 }
 
 /// Element types with a dense product kernel.
-trait GemmScalar: Copy + Default + Send + Sync + 'static {
+pub(super) trait GemmScalar: Copy + Default + Send + Sync + 'static {
     /// Whether [`GemmScalar::product`] writes every output element even when `k == 0`, so that
     /// the output may start uninitialised.
     fn writes_all() -> bool {
@@ -54,6 +54,69 @@ trait GemmScalar: Copy + Default + Send + Sync + 'static {
         b_rs: isize,
         b_cs: isize,
     );
+
+    /// [`GemmScalar::product`] on the calling thread only, into `dst` with row stride `ldc`
+    /// (which is overwritten; it need not be initialised): for kernels that split their own
+    /// work across threads.
+    ///
+    /// # Safety
+    /// As for [`GemmScalar::product`], with `dst` valid for an `m x n` block of row stride
+    /// `ldc >= n`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn product_on_this_thread(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut Self,
+        ldc: usize,
+        a: *const Self,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const Self,
+        b_rs: isize,
+        b_cs: isize,
+    );
+}
+
+/// The product through the `gemm` crate on the calling thread, overwriting the `m x n` block
+/// of row stride `ldc` at `dst` (read_dst is false, so it is never read).
+///
+/// # Safety
+/// As for [`GemmScalar::product_on_this_thread`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate_serial<T: Copy + 'static>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    ldc: usize,
+    (a, a_rs, a_cs): (*const T, isize, isize),
+    (b, b_rs, b_cs): (*const T, isize, isize),
+    zero: T,
+    one: T,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            ldc as isize,
+            false,
+            a,
+            a_cs,
+            a_rs,
+            b,
+            b_cs,
+            b_rs,
+            zero,
+            one,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 /// The product through the `gemm` crate (all threads from `PARALLEL_WORK`).
@@ -123,6 +186,29 @@ impl GemmScalar for f32 {
             gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0)
         };
     }
+
+    unsafe fn product_on_this_thread(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        ldc: usize,
+        a: *const f32,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const f32,
+        b_rs: isize,
+        b_cs: isize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if m >= SKINNY && n >= SKINNY && super::sgemm_avx512::available() {
+            // SAFETY: AVX-512F and FMA were detected; the rest is the caller's contract.
+            unsafe { super::sgemm_avx512::sgemm_on_this_thread(m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, dst, ldc) };
+            return;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { gemm_crate_serial((m, n, k), dst, ldc, (a, a_rs, a_cs), (b, b_rs, b_cs), 0.0, 1.0) };
+    }
 }
 
 /// Below this many rows or columns f32 products go to the gemm crate.
@@ -143,6 +229,23 @@ impl GemmScalar for f64 {
     ) {
         // SAFETY: the caller's contract.
         unsafe { gemm_crate(m, n, k, dst, a, a_rs, a_cs, b, b_rs, b_cs, 0.0, 1.0) };
+    }
+
+    unsafe fn product_on_this_thread(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f64,
+        ldc: usize,
+        a: *const f64,
+        a_rs: isize,
+        a_cs: isize,
+        b: *const f64,
+        b_rs: isize,
+        b_cs: isize,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe { gemm_crate_serial((m, n, k), dst, ldc, (a, a_rs, a_cs), (b, b_rs, b_cs), 0.0, 1.0) };
     }
 }
 

@@ -2,6 +2,7 @@
 //! gemm crate) for matmul, rayon for large elementwise and reduction kernels.
 
 mod adam;
+mod attention;
 mod cross_entropy;
 mod elementwise;
 mod fast_math;
@@ -267,6 +268,24 @@ impl Backend for CpuBackend {
 
     fn tap_matmul(&self, w: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
         narrow(taps::tap_matmul(self, &widen(w), &widen(x), taps), w.dtype())
+    }
+
+    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+        // Halves compose (their log-sum-exps would round to the half type).
+        attention::attention(q, k, v, scale, causal)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        packed: &RawTensor,
+        d_o: &RawTensor,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        attention::attention_backward(q, k, v, packed, d_o, scale, causal)
     }
 
     fn tap_outer(&self, dy: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {

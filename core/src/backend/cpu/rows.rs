@@ -61,7 +61,7 @@ pub(super) const CHUNK: usize = 256;
 /// The maximum of a row, ignoring NaN (so the loop can be the vectorised `maxps`): a NaN
 /// reaches the sum of exponentials and makes the whole row NaN, as a NaN maximum would.
 #[inline(always)]
-fn lane_max<T: RowFloat>(row: &[T]) -> T {
+pub(super) fn lane_max<T: RowFloat>(row: &[T]) -> T {
     let mut acc = [T::neg_infinity(); LANES];
     let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {

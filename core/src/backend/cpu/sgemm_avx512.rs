@@ -203,6 +203,45 @@ pub(super) unsafe fn sgemm(
     unsafe { sgemm_rhs(m, n, k, a, a_rs, a_cs, b, c) }
 }
 
+/// [`sgemm`] on the calling thread only, into `c` with row stride `ldc`: for callers that
+/// split their work across threads themselves (the fused attention's blocks).
+///
+/// # Safety
+/// As for [`sgemm`], with `c` valid for an `m x n` block of row stride `ldc >= n`.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sgemm_on_this_thread(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let sh = Shared {
+        a: Mat {
+            ptr: a,
+            rs: a_rs,
+            cs: a_cs,
+        },
+        b: Rhs {
+            ptr: b,
+            rows: Axis::Stride(b_rs),
+            cols: Axis::Stride(b_cs),
+        },
+        c,
+    };
+    // SAFETY: the caller's contract.
+    unsafe { sgemm_serial(m, n, k, sh, ldc) }
+}
+
 /// [`sgemm`] with a `B` operand whose rows or columns may be gathered through offset tables
 /// ([`Rhs`]), as the implicit im2col matrix of a convolution.
 ///

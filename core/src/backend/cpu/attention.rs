@@ -1,0 +1,386 @@
+//! Fused scaled dot-product attention on the CPU (f32 and f64): the scores of a block of
+//! queries are formed, normalised and multiplied by the values while they are in cache, so no
+//! `[.., Lq, Lk]` tensor exists, and a causal block stops at its last query's key (the blocks
+//! above the diagonal are never computed). The backward recomputes each block's probabilities
+//! from the saved row statistics (FlashAttention's recomputation) and accumulates the key and
+//! value gradients of one matrix on one thread, so no two threads write one gradient.
+//!
+//! Work splits across threads by (matrix, query block) forward and by matrix backward.
+
+use num_traits::Float;
+use rayon::prelude::*;
+
+use super::matmul::{GemmScalar, batch_offsets};
+use super::rows::{RowFloat, lane_max};
+use super::{host, with_wide_loops, wrap};
+use crate::storage::{CpuBuffer, RawTensor};
+
+/// Queries per block: the scores of a block (`BLOCK_ROWS x Lk`) stay in the L2 cache for the
+/// usual key counts, and a causal product skips all but `BLOCK_ROWS / 2` keys per query of the
+/// upper triangle on average.
+const BLOCK_ROWS: usize = 64;
+
+/// Independent partial sums of the row loops (so they vectorise).
+const LANES: usize = 8;
+
+/// A batched matrix view: the offset of every matrix (row-major over the leading axes) and
+/// the strides of its rows and columns.
+struct Mats {
+    offsets: Vec<isize>,
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+impl Mats {
+    fn of(x: &RawTensor) -> Mats {
+        let l = &x.layout;
+        let r = l.rank();
+        Mats {
+            offsets: batch_offsets(l),
+            rows: l.shape[r - 2],
+            cols: l.shape[r - 1],
+            rs: l.strides[r - 2],
+            cs: l.strides[r - 1],
+        }
+    }
+
+    /// The address of row `row` of matrix `b` in `data`.
+    fn row_ptr<T>(&self, data: &[T], b: usize, row: usize) -> *const T {
+        data.as_ptr().wrapping_offset(self.offsets[b] + row as isize * self.rs)
+    }
+
+    /// Element `(row, col)` of matrix `b`.
+    #[inline(always)]
+    fn at<T: Copy>(&self, data: &[T], b: usize, row: usize, col: usize) -> T {
+        data[(self.offsets[b] + row as isize * self.rs + col as isize * self.cs) as usize]
+    }
+}
+
+/// The keys query `i` sees: `0..=i` (top-left aligned) when causal, else all `lk`.
+#[inline(always)]
+fn keys_seen(causal: bool, i: usize, lk: usize) -> usize {
+    if causal { (i + 1).min(lk) } else { lk }
+}
+
+/// Replaces `row` (raw scores `s`) by `softmax(scale * s)` and returns the statistics that
+/// reproduce it: the row's maximum `m` and `sum(exp(scale * (s - m)))`. The probabilities are
+/// `exp(scale * (s - m)) * (1 / sum)`, which the backward forms again to the bit.
+#[inline(always)]
+fn softmax_scaled<T: RowFloat>(row: &mut [T], scale: T) -> (T, T) {
+    let m = lane_max(row);
+    let mut acc = [T::zero(); LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c.iter_mut()) {
+            *x = ((*x - m) * scale).fast_exp();
+            *a = *a + *x;
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = ((*x - m) * scale).fast_exp();
+        acc[0] = acc[0] + *x;
+    }
+    let sum = acc.iter().fold(T::zero(), |a, &b| a + b);
+    let inv = T::one() / sum;
+    row.iter_mut().for_each(|x| *x = *x * inv);
+    (m, sum)
+}
+
+/// `softmax(scale * q k^T) v` (causal: query `i` keeps keys `0..=i`) of every matrix of the
+/// broadcast views `q` `[.., Lq, D]`, `k` `[.., Lk, D]` and `v` `[.., Lk, Dv]` (one leading
+/// shape), packed as `[.., Lq, Dv + 2]`: the output, then each query's softmax statistics
+/// (see [`softmax_scaled`]; what the backward needs). `None` for dtypes other than f32 and f64 and for
+/// empty extents (the op layer composes those).
+pub(super) fn attention(q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+    let (qm, km, vm) = (Mats::of(q), Mats::of(k), Mats::of(v));
+    if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
+        return None;
+    }
+    let mut shape = q.layout.shape[..q.layout.rank() - 2].to_vec();
+    shape.extend([qm.rows, vm.cols + 2]);
+    match (host(q), host(k), host(v)) {
+        (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => Some(wrap(
+            forward_typed(a, &qm, b, &km, c, &vm, scale as f32, causal),
+            &shape,
+        )),
+        (CpuBuffer::F64(a), CpuBuffer::F64(b), CpuBuffer::F64(c)) => {
+            Some(wrap(forward_typed(a, &qm, b, &km, c, &vm, scale, causal), &shape))
+        }
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_typed<T: RowFloat + GemmScalar>(
+    q: &[T],
+    qm: &Mats,
+    k: &[T],
+    km: &Mats,
+    v: &[T],
+    vm: &Mats,
+    scale: T,
+    causal: bool,
+) -> Vec<T> {
+    let (lq, d, lk, dv) = (qm.rows, qm.cols, km.rows, vm.cols);
+    let width = dv + 2;
+    let mut out = vec![T::zero(); qm.offsets.len() * lq * width];
+    out.par_chunks_mut(lq * width).enumerate().for_each(|(b, ob)| {
+        ob.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(blk, o)| {
+            let i0 = blk * BLOCK_ROWS;
+            let rows = o.len() / width;
+            let kend = keys_seen(causal, i0 + rows - 1, lk);
+            let mut s = vec![T::zero(); rows * kend];
+            // SAFETY: the views address only elements of their buffers (`RawTensor`'s
+            // invariant): rows i0.. of q's matrix b (D columns), rows 0..kend of k's (read
+            // transposed: element (p, j) is k[j, p]); `s` holds rows x kend.
+            unsafe {
+                T::product_on_this_thread(
+                    rows,
+                    kend,
+                    d,
+                    s.as_mut_ptr(),
+                    kend,
+                    qm.row_ptr(q, b, i0),
+                    qm.rs,
+                    qm.cs,
+                    km.row_ptr(k, b, 0),
+                    km.cs,
+                    km.rs,
+                )
+            };
+            with_wide_loops(
+                #[inline(always)]
+                || {
+                    for (r, row) in s.chunks_exact_mut(kend).enumerate() {
+                        let keep = keys_seen(causal, i0 + r, lk);
+                        (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..keep], scale);
+                        row[keep..].fill(T::zero());
+                    }
+                },
+            );
+            // SAFETY: `s` is rows x kend; rows 0..kend of v's matrix b are elements of `v`;
+            // `o` holds `rows` rows of `width > dv` elements, of which the product writes the
+            // first dv of each.
+            unsafe {
+                T::product_on_this_thread(
+                    rows,
+                    dv,
+                    kend,
+                    o.as_mut_ptr(),
+                    width,
+                    s.as_ptr(),
+                    kend as isize,
+                    1,
+                    vm.row_ptr(v, b, 0),
+                    vm.rs,
+                    vm.cs,
+                )
+            };
+        })
+    });
+    out
+}
+
+/// The VJP of [`attention`]: from `q`, `k`, `v`, the packed output `packed` `[.., Lq, Dv + 2]`
+/// and the output's cotangent `d_o` `[.., Lq, Dv]` (all one leading shape), the gradients of
+/// `q`, `k` and `v` of every matrix, packed as `[.., Lq * D + Lk * D + Lk * Dv]` (each
+/// row-major). `None` where [`attention`] gives `None`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_backward(
+    q: &RawTensor,
+    k: &RawTensor,
+    v: &RawTensor,
+    packed: &RawTensor,
+    d_o: &RawTensor,
+    scale: f64,
+    causal: bool,
+) -> Option<RawTensor> {
+    let ms = [q, k, v, packed, d_o].map(Mats::of);
+    let [qm, km, vm, _, _] = &ms;
+    if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
+        return None;
+    }
+    let mut shape = q.layout.shape[..q.layout.rank() - 2].to_vec();
+    shape.push(qm.rows * qm.cols + km.rows * km.cols + vm.rows * vm.cols);
+    match [q, k, v, packed, d_o].map(host) {
+        [
+            CpuBuffer::F32(a),
+            CpuBuffer::F32(b),
+            CpuBuffer::F32(c),
+            CpuBuffer::F32(p),
+            CpuBuffer::F32(g),
+        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale as f32, causal), &shape)),
+        [
+            CpuBuffer::F64(a),
+            CpuBuffer::F64(b),
+            CpuBuffer::F64(c),
+            CpuBuffer::F64(p),
+            CpuBuffer::F64(g),
+        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale, causal), &shape)),
+        _ => None,
+    }
+}
+
+/// `sum(a * b)`, in `LANES` partial sums.
+#[inline(always)]
+fn lane_dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for ((s, &u), &w) in acc.iter_mut().zip(x).zip(y) {
+            *s = *s + u * w;
+        }
+    }
+    for (&u, &w) in ra.iter().zip(rb) {
+        acc[0] = acc[0] + u * w;
+    }
+    acc.iter().fold(T::zero(), |s, &x| s + x)
+}
+
+/// `dst += src`, elementwise.
+#[inline(always)]
+fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = *d + s;
+    }
+}
+
+fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], scale: T, causal: bool) -> Vec<T> {
+    let [q, k, v, packed, d_o] = data;
+    let [qm, km, vm, pm, gm] = ms;
+    let (lq, d, lk, dv) = (qm.rows, qm.cols, km.rows, vm.cols);
+    let per_matrix = lq * d + lk * d + lk * dv;
+    let mut out = vec![T::zero(); qm.offsets.len() * per_matrix];
+    out.par_chunks_mut(per_matrix).enumerate().for_each(|(b, grads)| {
+        let (dq, rest) = grads.split_at_mut(lq * d);
+        let (dk, dvv) = rest.split_at_mut(lk * d);
+        let mut p = vec![T::zero(); BLOCK_ROWS.min(lq) * lk];
+        let mut dp = vec![T::zero(); p.len()];
+        let mut tmp = vec![T::zero(); lk * d.max(dv)];
+        for i0 in (0..lq).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(lq - i0);
+            let kend = keys_seen(causal, i0 + rows - 1, lk);
+            let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
+            // The scores again, as the forward formed them.
+            // SAFETY (this and the products below): every view addresses only elements of
+            // its buffer (`RawTensor`'s invariant) and the blocks read are rows i0..i0 + rows
+            // of q, d_o and the packed output, and rows 0..kend of k and v; destinations are
+            // scratch buffers or this matrix's own gradient slices, of the sizes written.
+            unsafe {
+                T::product_on_this_thread(
+                    rows,
+                    kend,
+                    d,
+                    p.as_mut_ptr(),
+                    kend,
+                    qm.row_ptr(q, b, i0),
+                    qm.rs,
+                    qm.cs,
+                    km.row_ptr(k, b, 0),
+                    km.cs,
+                    km.rs,
+                )
+            };
+            // P as the forward formed it, zero past the keys a query sees.
+            with_wide_loops(
+                #[inline(always)]
+                || {
+                    for (r, row) in p.chunks_exact_mut(kend).enumerate() {
+                        let i = i0 + r;
+                        let keep = keys_seen(causal, i, lk);
+                        let (m, inv) = (pm.at(packed, b, i, dv), T::one() / pm.at(packed, b, i, dv + 1));
+                        for x in &mut row[..keep] {
+                            *x = ((*x - m) * scale).fast_exp() * inv;
+                        }
+                        row[keep..].fill(T::zero());
+                    }
+                },
+            );
+            // dV[..kend] += P^T d_o.
+            unsafe {
+                T::product_on_this_thread(
+                    kend,
+                    dv,
+                    rows,
+                    tmp.as_mut_ptr(),
+                    dv,
+                    p.as_ptr(),
+                    1,
+                    kend as isize,
+                    gm.row_ptr(d_o, b, i0),
+                    gm.rs,
+                    gm.cs,
+                )
+            };
+            add_into(&mut dvv[..kend * dv], &tmp[..kend * dv]);
+            // dP = d_o V[..kend]^T.
+            unsafe {
+                T::product_on_this_thread(
+                    rows,
+                    kend,
+                    dv,
+                    dp.as_mut_ptr(),
+                    kend,
+                    gm.row_ptr(d_o, b, i0),
+                    gm.rs,
+                    gm.cs,
+                    vm.row_ptr(v, b, 0),
+                    vm.cs,
+                    vm.rs,
+                )
+            };
+            // dS = scale P (dP - sum(P dP)): the scores' gradient (softmax's backward row,
+            // its sum from the same P, so a query that sees one key gets exactly 0), with the
+            // scale of `scale * q k^T` folded in. FlashAttention forms the sum as
+            // `sum(d_o * o)` because it sees a block of keys at a time; a block here holds
+            // every key its queries see.
+            with_wide_loops(
+                #[inline(always)]
+                || {
+                    for (prow, grow) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)) {
+                        let dot = lane_dot(prow, grow);
+                        for (g, &pv) in grow.iter_mut().zip(prow) {
+                            *g = scale * pv * (*g - dot);
+                        }
+                    }
+                },
+            );
+            // dQ[i0..] = dS K[..kend]; dK[..kend] += dS^T Q[i0..].
+            unsafe {
+                T::product_on_this_thread(
+                    rows,
+                    d,
+                    kend,
+                    dq.as_mut_ptr().add(i0 * d),
+                    d,
+                    dp.as_ptr(),
+                    kend as isize,
+                    1,
+                    km.row_ptr(k, b, 0),
+                    km.rs,
+                    km.cs,
+                )
+            };
+            unsafe {
+                T::product_on_this_thread(
+                    kend,
+                    d,
+                    rows,
+                    tmp.as_mut_ptr(),
+                    d,
+                    dp.as_ptr(),
+                    1,
+                    kend as isize,
+                    qm.row_ptr(q, b, i0),
+                    qm.rs,
+                    qm.cs,
+                )
+            };
+            add_into(&mut dk[..kend * d], &tmp[..kend * d]);
+        }
+    });
+    out
+}

@@ -1,0 +1,217 @@
+//! The fused attention primitive (`scaled_dot_product_attention` without a mask on a backend
+//! with a fused kernel: the CPU in f32 and f64) against the composed attention (the same call
+//! with a mask of all true, which composes products and softmax rows): values, gradients,
+//! second derivatives, JVPs, vmap and jit, for query and key counts below, at and across the
+//! kernel's 64-query blocks, causal or not, with broadcast and strided operands. The fixture
+//! matrix (`derivatives.rs` against finite differences in f64, `jax_reference.rs` against JAX)
+//! runs its `sdpa` rows through the fused primitive as well.
+
+mod common;
+
+use common::hashed_values as inputs;
+use nabla_core as nb;
+use nb::{DType, Tensor};
+
+type Qkv = (Tensor, Tensor, Tensor);
+
+/// Attention through the fused primitive (`fused`) or the composition (a mask of all true).
+fn attention(t: &Qkv, causal: bool, fused: bool) -> Tensor {
+    if fused {
+        return nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal);
+    }
+    let (lq, lk) = (t.0.shape()[t.0.rank() - 2], t.1.shape()[t.1.rank() - 2]);
+    let all = Tensor::ones(&[lq, lk], DType::F32).gt_scalar(0.0);
+    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(&all), causal)
+}
+
+/// A loss that weighs every output element differently.
+fn loss(causal: bool, fused: bool) -> impl Fn(&Qkv) -> Tensor + Copy {
+    move |t: &Qkv| attention(t, causal, fused).sin().sum(nb::Axes::All, false)
+}
+
+fn close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+    let (rtol, atol) = if got.dtype() == DType::F64 {
+        (1e-11, 1e-12)
+    } else {
+        (2e-5, 2e-6)
+    };
+    common::assert_close("fused attention", what, got, want, rtol, atol);
+}
+
+fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(inputs(n, seed), shape).cast(dtype)
+}
+
+/// Values and gradients of the fused and composed attention agree: to rounding in f64; in
+/// f32, the fused result is as close to the f64 result as the composed one is (within twice
+/// its error), since the two round differently (the scale is applied to the scores, not the
+/// queries) and a peaked softmax amplifies either's rounding.
+fn agree(what: &str, t: &Qkv, causal: bool) {
+    let value = |t: &Qkv, fused| attention(t, causal, fused);
+    let gradients = |t: &Qkv, fused| {
+        let g = nb::grad(loss(causal, fused))(t);
+        vec![g.0, g.1, g.2]
+    };
+    let mut fused = vec![value(t, true)];
+    fused.extend(gradients(t, true));
+    let mut composed = vec![value(t, false)];
+    composed.extend(gradients(t, false));
+    let names = ["values", "dq", "dk", "dv"];
+    if t.0.dtype() == DType::F64 {
+        for ((f, c), name) in fused.iter().zip(&composed).zip(names) {
+            close(&format!("{what} {name}"), f, c);
+        }
+        return;
+    }
+    let wide = (t.0.cast(DType::F64), t.1.cast(DType::F64), t.2.cast(DType::F64));
+    let mut truth = vec![value(&wide, false)];
+    truth.extend(gradients(&wide, false));
+    for (((f, c), w), name) in fused.iter().zip(&composed).zip(&truth).zip(names) {
+        assert_eq!(f.dtype(), t.0.dtype(), "{what} {name}: dtype");
+        let error = |x: &Tensor| {
+            let (x, w) = (x.cast(DType::F64).to_vec::<f64>(), w.to_vec::<f64>());
+            x.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+        };
+        let (ef, ec) = (error(f), error(c));
+        assert!(
+            ef <= 2.0 * ec + 1e-6,
+            "{what} {name}: the fused result is off by {ef:e} from f64, the composed one by {ec:e}"
+        );
+    }
+}
+
+#[test]
+fn fused_attention_equals_the_composition_across_blocks_and_shapes() {
+    for dtype in [DType::F64, DType::F32] {
+        // Below one block, queries fewer and more than keys, one query, and across the
+        // 64-query blocks (a partial last block; causal blocks that stop at the diagonal).
+        for (lq, lk) in [(5, 5), (3, 7), (7, 3), (1, 1), (150, 150), (70, 130), (130, 70)] {
+            for causal in [false, true] {
+                let t = (
+                    tensor(&[2, 3, lq, 8], 1, dtype),
+                    tensor(&[2, 3, lk, 8], 2, dtype),
+                    tensor(&[2, 3, lk, 5], 3, dtype),
+                );
+                agree(&format!("{dtype} lq {lq} lk {lk} causal {causal}"), &t, causal);
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_attention_broadcasts_and_reads_strided_operands() {
+    for causal in [false, true] {
+        // Keys and values shared by the heads (grouped queries), and by everything.
+        let q = tensor(&[2, 4, 9, 6], 11, DType::F64);
+        let shared_heads = (
+            q.clone(),
+            tensor(&[2, 1, 9, 6], 12, DType::F64),
+            tensor(&[2, 1, 9, 3], 13, DType::F64),
+        );
+        agree(
+            &format!("keys shared by the heads, causal {causal}"),
+            &shared_heads,
+            causal,
+        );
+        let shared_all = (
+            q.clone(),
+            tensor(&[9, 6], 14, DType::F64),
+            tensor(&[9, 3], 15, DType::F64),
+        );
+        agree(&format!("keys shared by all, causal {causal}"), &shared_all, causal);
+        // Heads split off a [batch, length, heads, d] projection, as a transformer does:
+        // strided views, and a transposed key matrix.
+        let split = |seed| tensor(&[2, 70, 4, 6], seed, DType::F32).swap_axes(1, 2);
+        let strided = (split(16), split(17), split(18));
+        agree(&format!("strided heads, causal {causal}"), &strided, causal);
+    }
+}
+
+#[test]
+fn second_derivatives_jvps_vmap_and_jit_follow_the_composition() {
+    let t = (
+        tensor(&[2, 70, 4], 21, DType::F64),
+        tensor(&[2, 66, 4], 22, DType::F64),
+        tensor(&[2, 66, 3], 23, DType::F64),
+    );
+    let dirs = (
+        tensor(&[2, 70, 4], 24, DType::F64),
+        tensor(&[2, 66, 4], 25, DType::F64),
+        tensor(&[2, 66, 3], 26, DType::F64),
+    );
+    for causal in [false, true] {
+        // Hessian-vector products: the fused backward's own derivative.
+        let hvp = |fused: bool| {
+            let d = dirs.clone();
+            nb::grad(move |t: &Qkv| {
+                let g = nb::grad(loss(causal, fused))(t);
+                ((&g.0 * &d.0).sum_all() + (&g.1 * &d.1).sum_all()) + (&g.2 * &d.2).sum_all()
+            })(&t)
+        };
+        let (hf, hc) = (hvp(true), hvp(false));
+        for (name, f, c) in [("q", &hf.0, &hc.0), ("k", &hf.1, &hc.1), ("v", &hf.2, &hc.2)] {
+            close(&format!("hvp {name} causal {causal}"), f, c);
+        }
+        // Forward mode, and forward over reverse.
+        let (_, jf) = nb::jvp(|t: &Qkv| attention(t, causal, true), &t, &dirs);
+        let (_, jc) = nb::jvp(|t: &Qkv| attention(t, causal, false), &t, &dirs);
+        close(&format!("jvp causal {causal}"), &jf, &jc);
+        let fwd_rev = |fused: bool| nb::jvp(|t: &Qkv| nb::grad(loss(causal, fused))(t), &t, &dirs).1;
+        let (ff, fc) = (fwd_rev(true), fwd_rev(false));
+        close(&format!("forward over reverse dq causal {causal}"), &ff.0, &fc.0);
+        close(&format!("forward over reverse dk causal {causal}"), &ff.1, &fc.1);
+        // vmap of the queries alone over a new leading axis, and of everything.
+        let (k, v) = (t.1.clone(), t.2.clone());
+        let qs = nb::stack(&[t.0.clone(), dirs.0.clone(), &t.0 - &dirs.0], 0);
+        let mapped = nb::vmap(|q: &Tensor| attention(&(q.clone(), k.clone(), v.clone()), causal, true))(&qs);
+        let looped: Vec<Tensor> = (0..3)
+            .map(|i| attention(&(qs.index_axis(0, i), k.clone(), v.clone()), causal, false))
+            .collect();
+        close(&format!("vmap of q causal {causal}"), &mapped, &nb::stack(&looped, 0));
+        let per_example = nb::vmap(nb::grad(loss(causal, true)))(&t);
+        let per_example_composed = nb::vmap(nb::grad(loss(causal, false)))(&t);
+        close(
+            &format!("vmap of grad causal {causal}"),
+            &per_example.0,
+            &per_example_composed.0,
+        );
+        // jit: recorded once, replayed on new inputs.
+        let step = nb::jit(nb::grad(loss(causal, true)));
+        let first = step(&t);
+        let replay = step(&dirs);
+        close(
+            &format!("jit record causal {causal}"),
+            &first.0,
+            &nb::grad(loss(causal, false))(&t).0,
+        );
+        close(
+            &format!("jit replay causal {causal}"),
+            &replay.1,
+            &nb::grad(loss(causal, false))(&dirs).1,
+        );
+    }
+}
+
+#[test]
+fn the_fused_attention_is_one_primitive_each_way() {
+    let t = [
+        tensor(&[1, 6, 4], 31, DType::F32),
+        tensor(&[1, 6, 4], 32, DType::F32),
+        tensor(&[1, 6, 4], 33, DType::F32),
+    ];
+    let graph = nb::trace_graph(
+        |xs| {
+            let t = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+            vec![nb::grad(loss(true, true))(&t).0]
+        },
+        &t,
+    );
+    assert!(graph.contains("attention(causal=true)"), "{graph}");
+    assert!(graph.contains("attention_backward(causal=true)"), "{graph}");
+    for absent in ["matmul", "softmax", "where"] {
+        assert!(!graph.contains(absent), "no {absent} in the fused attention: {graph}");
+    }
+}
