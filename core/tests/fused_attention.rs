@@ -98,6 +98,50 @@ fn fused_attention_equals_the_composition_across_blocks_and_shapes() {
                 agree(&format!("{dtype} lq {lq} lk {lk} causal {causal}"), &t, causal);
             }
         }
+        // Head widths of a real model (the f32 products take the AVX-512 kernel, writing the
+        // output next to the statistics), at and across block boundaries.
+        for (lq, lk, dv) in [(150, 150, 64), (130, 70, 32), (64, 64, 64), (128, 100, 32)] {
+            for causal in [false, true] {
+                let t = (
+                    tensor(&[2, lq, 64], 4, dtype),
+                    tensor(&[2, lk, 64], 5, dtype),
+                    tensor(&[2, lk, dv], 6, dtype),
+                );
+                agree(&format!("{dtype} lq {lq} lk {lk} dv {dv} causal {causal}"), &t, causal);
+            }
+        }
+        // One matrix: the backward splits its query blocks into groups.
+        for causal in [false, true] {
+            let t = (
+                tensor(&[300, 16], 7, dtype),
+                tensor(&[290, 16], 8, dtype),
+                tensor(&[290, 24], 9, dtype),
+            );
+            agree(&format!("{dtype} one matrix causal {causal}"), &t, causal);
+        }
+    }
+}
+
+#[test]
+fn empty_extents_give_what_the_composition_gives() {
+    for causal in [false, true] {
+        for (b, lq, lk) in [(0, 4, 4), (2, 0, 4), (2, 4, 0)] {
+            let t = (
+                tensor(&[b, lq, 8], 1, DType::F32),
+                tensor(&[b, lk, 8], 2, DType::F32),
+                tensor(&[b, lk, 3], 3, DType::F32),
+            );
+            let (f, c) = (attention(&t, causal, true), attention(&t, causal, false));
+            assert_eq!(f.shape(), &[b, lq, 3], "batch {b} lq {lq} lk {lk}");
+            assert_eq!(f.to_vec::<f32>(), c.to_vec::<f32>(), "batch {b} lq {lq} lk {lk}");
+            let (gf, gc) = (nb::grad(loss(causal, true))(&t), nb::grad(loss(causal, false))(&t));
+            assert_eq!(gf.1.shape(), t.1.shape());
+            assert_eq!(
+                gf.1.to_vec::<f32>(),
+                gc.1.to_vec::<f32>(),
+                "dk, batch {b} lq {lq} lk {lk}"
+            );
+        }
     }
 }
 
@@ -106,16 +150,18 @@ fn fused_attention_broadcasts_and_reads_strided_operands() {
     for causal in [false, true] {
         // Keys and values shared by the heads (grouped queries), and by everything.
         let q = tensor(&[2, 4, 9, 6], 11, DType::F64);
-        let shared_heads = (
-            q.clone(),
-            tensor(&[2, 1, 9, 6], 12, DType::F64),
-            tensor(&[2, 1, 9, 3], 13, DType::F64),
-        );
-        agree(
-            &format!("keys shared by the heads, causal {causal}"),
-            &shared_heads,
-            causal,
-        );
+        for dtype in [DType::F64, DType::F32] {
+            let shared_heads = (
+                tensor(&[2, 4, 70, 16], 11, dtype),
+                tensor(&[2, 1, 90, 16], 12, dtype),
+                tensor(&[2, 1, 90, 16], 13, dtype),
+            );
+            agree(
+                &format!("{dtype} keys shared by the heads, causal {causal}"),
+                &shared_heads,
+                causal,
+            );
+        }
         let shared_all = (
             q.clone(),
             tensor(&[9, 6], 14, DType::F64),
@@ -127,6 +173,16 @@ fn fused_attention_broadcasts_and_reads_strided_operands() {
         let split = |seed| tensor(&[2, 70, 4, 6], seed, DType::F32).swap_axes(1, 2);
         let strided = (split(16), split(17), split(18));
         agree(&format!("strided heads, causal {causal}"), &strided, causal);
+        // Reversed views (negative strides) along both matrix axes.
+        for dtype in [DType::F64, DType::F32] {
+            let flipped = |seed| tensor(&[2, 67, 16], seed, dtype).flip(vec![1isize, 2]);
+            let reversed = (flipped(19), flipped(20), flipped(21));
+            agree(
+                &format!("reversed {dtype} operands, causal {causal}"),
+                &reversed,
+                causal,
+            );
+        }
     }
 }
 
@@ -163,6 +219,7 @@ fn second_derivatives_jvps_vmap_and_jit_follow_the_composition() {
         let (ff, fc) = (fwd_rev(true), fwd_rev(false));
         close(&format!("forward over reverse dq causal {causal}"), &ff.0, &fc.0);
         close(&format!("forward over reverse dk causal {causal}"), &ff.1, &fc.1);
+        close(&format!("forward over reverse dv causal {causal}"), &ff.2, &fc.2);
         // vmap of the queries alone over a new leading axis, and of everything.
         let (k, v) = (t.1.clone(), t.2.clone());
         let qs = nb::stack(&[t.0.clone(), dirs.0.clone(), &t.0 - &dirs.0], 0);
@@ -171,6 +228,37 @@ fn second_derivatives_jvps_vmap_and_jit_follow_the_composition() {
             .map(|i| attention(&(qs.index_axis(0, i), k.clone(), v.clone()), causal, false))
             .collect();
         close(&format!("vmap of q causal {causal}"), &mapped, &nb::stack(&looped, 0));
+        // vmap of the keys and values alone (the queries shared).
+        let q = t.0.clone();
+        let kvs = (
+            nb::stack(&[t.1.clone(), dirs.1.clone()], 0),
+            nb::stack(&[t.2.clone(), dirs.2.clone()], 0),
+        );
+        let kv_mapped =
+            nb::vmap(|kv: &(Tensor, Tensor)| attention(&(q.clone(), kv.0.clone(), kv.1.clone()), causal, true))(&kvs);
+        let kv_looped: Vec<Tensor> = (0..2)
+            .map(|i| {
+                attention(
+                    &(q.clone(), kvs.0.index_axis(0, i), kvs.1.index_axis(0, i)),
+                    causal,
+                    false,
+                )
+            })
+            .collect();
+        close(
+            &format!("vmap of k, v causal {causal}"),
+            &kv_mapped,
+            &nb::stack(&kv_looped, 0),
+        );
+        // jacrev: a vmapped cotangent over unbatched operands.
+        let small_q = t.0.index_axis(0, 0).slice_axis(0, Some(0), Some(5), 1);
+        let jac = |fused: bool| {
+            let (k, v) = (t.1.index_axis(0, 0), t.2.index_axis(0, 0));
+            nb::jacrev(move |q: &Tensor| attention(&(q.clone(), k.clone(), v.clone()), causal, fused).flatten())(
+                &small_q,
+            )
+        };
+        close(&format!("jacrev causal {causal}"), &jac(true), &jac(false));
         let per_example = nb::vmap(nb::grad(loss(causal, true)))(&t);
         let per_example_composed = nb::vmap(nb::grad(loss(causal, false)))(&t);
         close(

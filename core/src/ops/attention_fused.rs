@@ -1,8 +1,8 @@
 //! Scaled dot-product attention as one primitive where the backend has a fused kernel
 //! ([`crate::backend::Backend::attention`]): no `[.., Lq, Lk]` scores tensor is formed
 //! forward or backward. The primitive's output packs the attention output with each query's
-//! log-sum-exp (`[.., Lq, Dv + 1]`, the saved statistics its backward reads); the op hands out
-//! the output part. Its VJP is a second fused primitive; every derivative beyond that (JVPs,
+//! softmax statistics (`[.., Lq, Dv + 2]`: the maximum raw score and the sum of exponentials,
+//! which its backward reads); the op hands out the output part. Its VJP is a second fused primitive; every derivative beyond that (JVPs,
 //! second derivatives) is the derivative of the composition in [`composed_packed`] and
 //! [`composed_backward`], traced again from the node's inputs.
 
@@ -178,6 +178,8 @@ fn composed_probabilities(q: &Tensor, k: &Tensor, scale: f64, causal: bool) -> (
 /// primitives (its JVP is this function's).
 fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Tensor {
     let (_, p) = composed_probabilities(q, k, scale, causal);
+    // The statistics are of the unscaled scores, as the kernel keeps them (a JVP's extra
+    // product; the fused forward never runs this).
     let raw = q.matmul(&k.swap_axes(-1, -2));
     let kept = if causal {
         let (lq, lk) = (raw.shape()[raw.rank() - 2], raw.shape()[raw.rank() - 1]);
@@ -195,8 +197,8 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool)
 }
 
 /// The VJP of attention for the output cotangent `d_o`, packed as the fused backward packs it,
-/// composed of primitives: `dv = p^T d_o`, `ds = p (d_o v^T - sum(p d_o v^T))`, `dq = scale ds
-/// k`, `dk = scale ds^T q`.
+/// composed of primitives: `dv = p^T d_o`, `ds = scale p (d_o v^T - sum(p d_o v^T))` (the
+/// scale of `scale q k^T` folded in), `dq = ds k`, `dk = ds^T q`.
 fn composed_backward(q: &Tensor, k: &Tensor, v: &Tensor, d_o: &Tensor, scale: f64, causal: bool) -> Tensor {
     let (_, p) = composed_probabilities(q, k, scale, causal);
     let dp = d_o.matmul(&v.swap_axes(-1, -2));

@@ -20,6 +20,10 @@ use crate::storage::{CpuBuffer, RawTensor};
 /// upper triangle on average.
 const BLOCK_ROWS: usize = 64;
 
+/// The backward splits a matrix's queries into groups when there are fewer matrices than
+/// this (a shape-only rule, so results do not depend on the thread count).
+const SPLIT_TASKS: usize = 8;
+
 /// Independent partial sums of the row loops (so they vectorise).
 const LANES: usize = 8;
 
@@ -58,6 +62,36 @@ impl Mats {
     }
 }
 
+/// Panics naming `op` unless every operand has at least two axes, all have one leading shape,
+/// and every view lies inside its buffer (the op layer guarantees this; the unsafe products
+/// rely on it).
+fn require_operands(op: &str, xs: &[&RawTensor]) {
+    let lead = |x: &RawTensor| x.layout.shape[..x.layout.rank().max(2) - 2].to_vec();
+    let first = lead(xs[0]);
+    for x in xs {
+        let len = match host(x) {
+            CpuBuffer::F32(b) => b.len(),
+            CpuBuffer::F64(b) => b.len(),
+            _ => continue,
+        };
+        assert!(
+            x.layout.rank() >= 2 && lead(x) == first && x.layout.fits(len),
+            "internal error: {op} of operands {:?} with leading shapes or layouts that do not match",
+            xs.iter().map(|x| x.layout.shape.clone()).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Panics naming `op` unless `q`, `k` and `v` are `[Lq, D]`, `[Lk, D]` and `[Lk, Dv]`, and the
+/// backward's packed output and cotangent, when given, are `[Lq, Dv + 2]` and `[Lq, Dv]`.
+fn require_matrices(op: &str, [qm, km, vm]: &[&Mats; 3], backward: Option<(&Mats, &Mats)>) {
+    let mut ok = km.cols == qm.cols && vm.rows == km.rows;
+    if let Some((pm, gm)) = backward {
+        ok &= (pm.rows, pm.cols, gm.rows, gm.cols) == (qm.rows, vm.cols + 2, qm.rows, vm.cols);
+    }
+    assert!(ok, "internal error: {op} of matrices that do not fit");
+}
+
 /// The keys query `i` sees: `0..=i` (top-left aligned) when causal, else all `lk`.
 #[inline(always)]
 fn keys_seen(causal: bool, i: usize, lk: usize) -> usize {
@@ -94,7 +128,9 @@ fn softmax_scaled<T: RowFloat>(row: &mut [T], scale: T) -> (T, T) {
 /// (see [`softmax_scaled`]; what the backward needs). `None` for dtypes other than f32 and f64 and for
 /// empty extents (the op layer composes those).
 pub(super) fn attention(q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+    require_operands("attention", &[q, k, v]);
     let (qm, km, vm) = (Mats::of(q), Mats::of(k), Mats::of(v));
+    require_matrices("attention", &[&qm, &km, &vm], None);
     if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
         return None;
     }
@@ -197,8 +233,10 @@ pub(super) fn attention_backward(
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
+    require_operands("attention_backward", &[q, k, v, packed, d_o]);
     let ms = [q, k, v, packed, d_o].map(Mats::of);
-    let [qm, km, vm, _, _] = &ms;
+    let [qm, km, vm, pm, gm] = &ms;
+    require_matrices("attention_backward", &[qm, km, vm], Some((pm, gm)));
     if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
         return None;
     }
@@ -248,20 +286,72 @@ fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// The operands of the backward of one batch of matrices.
+struct Backward<'a, T> {
+    data: [&'a [T]; 5],
+    ms: &'a [Mats; 5],
+    scale: T,
+    causal: bool,
+}
+
 fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], scale: T, causal: bool) -> Vec<T> {
-    let [q, k, v, packed, d_o] = data;
-    let [qm, km, vm, pm, gm] = ms;
+    let [qm, km, vm, ..] = ms;
     let (lq, d, lk, dv) = (qm.rows, qm.cols, km.rows, vm.cols);
     let per_matrix = lq * d + lk * d + lk * dv;
-    let mut out = vec![T::zero(); qm.offsets.len() * per_matrix];
+    let matrices = qm.offsets.len();
+    let mut out = vec![T::zero(); matrices * per_matrix];
+    let job = Backward {
+        data,
+        ms,
+        scale,
+        causal,
+    };
+    // Each matrix's key and value gradients are summed over its query blocks. A task takes a
+    // matrix; with fewer than `SPLIT_TASKS` matrices, a matrix's query blocks are split into
+    // groups, each summing its own partial gradients, added up after in group order. The
+    // split depends on the shapes only, so the sums' order does not depend on the threads.
+    let blocks = lq.div_ceil(BLOCK_ROWS);
+    let groups = (SPLIT_TASKS / matrices.max(1)).clamp(1, blocks.max(1));
     out.par_chunks_mut(per_matrix).enumerate().for_each(|(b, grads)| {
         let (dq, rest) = grads.split_at_mut(lq * d);
         let (dk, dvv) = rest.split_at_mut(lk * d);
-        let mut p = vec![T::zero(); BLOCK_ROWS.min(lq) * lk];
+        if groups == 1 {
+            job.blocks(b, 0, dq, dk, dvv);
+            return;
+        }
+        let rows_per_group = blocks.div_ceil(groups) * BLOCK_ROWS;
+        let partials: Vec<(Vec<T>, Vec<T>)> = dq
+            .par_chunks_mut(rows_per_group * d)
+            .enumerate()
+            .map(|(g, dq_rows)| {
+                let (mut dk_part, mut dv_part) = (vec![T::zero(); lk * d], vec![T::zero(); lk * dv]);
+                job.blocks(b, g * rows_per_group, dq_rows, &mut dk_part, &mut dv_part);
+                (dk_part, dv_part)
+            })
+            .collect();
+        for (dk_part, dv_part) in &partials {
+            add_into(dk, dk_part);
+            add_into(dvv, dv_part);
+        }
+    });
+    out
+}
+
+impl<T: RowFloat + GemmScalar> Backward<'_, T> {
+    /// The gradients of matrix `b` from the queries `first..first + dq.len() / D` (whole
+    /// blocks from a block boundary): their query gradient written into `dq`, and their share
+    /// of the key and value gradients added into `dk` and `dvv` (all keys).
+    fn blocks(&self, b: usize, first: usize, dq: &mut [T], dk: &mut [T], dvv: &mut [T]) {
+        let [q, k, v, packed, d_o] = self.data;
+        let [qm, km, vm, pm, gm] = self.ms;
+        let (scale, causal) = (self.scale, self.causal);
+        let (d, lk, dv) = (qm.cols, km.rows, vm.cols);
+        let end = first + dq.len() / d;
+        let mut p = vec![T::zero(); BLOCK_ROWS.min(end - first) * lk];
         let mut dp = vec![T::zero(); p.len()];
         let mut tmp = vec![T::zero(); lk * d.max(dv)];
-        for i0 in (0..lq).step_by(BLOCK_ROWS) {
-            let rows = BLOCK_ROWS.min(lq - i0);
+        for i0 in (first..end).step_by(BLOCK_ROWS) {
+            let rows = BLOCK_ROWS.min(end - i0);
             let kend = keys_seen(causal, i0 + rows - 1, lk);
             let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
             // The scores again, as the forward formed them.
@@ -354,7 +444,7 @@ fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], sca
                     rows,
                     d,
                     kend,
-                    dq.as_mut_ptr().add(i0 * d),
+                    dq.as_mut_ptr().add((i0 - first) * d),
                     d,
                     dp.as_ptr(),
                     kend as isize,
@@ -381,6 +471,5 @@ fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], sca
             };
             add_into(&mut dk[..kend * d], &tmp[..kend * d]);
         }
-    });
-    out
+    }
 }
