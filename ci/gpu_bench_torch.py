@@ -59,6 +59,14 @@ def main():
         x = torch.randn(8192, 8192, device=dev).to(dtype)
         w = torch.randn(8192, 8192, device=dev).to(dtype)
         row(f"matmul_8192_{name}", median_ms(lambda: x @ w, 2, 10))
+    q, k, v = (torch.randn(16, 8, 1024, 64, device=dev).requires_grad_() for _ in range(3))
+
+    def attention_step():
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        loss = (y ** 2).mean()
+        return loss, torch.autograd.grad(loss, (q, k, v))
+
+    row("attention_causal_16x8x1024x64", median_ms(attention_step, 2, 10))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 //! Cases: `mlp_step` (784-512-512-10 tanh/relu/log-softmax MLP, value and gradients) at batch
 //! 128 and 4096, eager and under `nb::jit`; `add_2^28` and `neg_2^28` (f32 elementwise; the
 //! script compares their bandwidth with PyTorch's `clone`, the copy bandwidth); `matmul_8192`
-//! in f32 and bf16.
+//! in f32 and bf16; causal attention `[16, 8, 1024, 64]` f32, value and gradients, through
+//! the fused kernels and composed (products and softmax rows, as a mask makes it), to show
+//! which is faster on this GPU.
 
 mod common;
 
@@ -96,6 +98,30 @@ fn main() {
             &format!("matmul_8192_{dtype}"),
             "nabla-rs",
             median_ms(2, 10, &mut || drop(x.matmul(&w))),
+        );
+    }
+    let qkv: Vec<Tensor> = (4..7)
+        .map(|seed| {
+            Rng::new(seed)
+                .normal(&[16, 8, 1024, 64], 0.0, 1.0, DType::F32)
+                .to_device(gpu)
+                .unwrap()
+        })
+        .collect();
+    let keep = Tensor::ones(&[1024, 1024], DType::F32)
+        .gt_scalar(0.0)
+        .to_device(gpu)
+        .unwrap();
+    for (system, mask) in [("nabla-rs", None), ("nabla-rs composed", Some(&keep))] {
+        let step = nb::value_and_grad(|t: &Vec<Tensor>| {
+            nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], mask, true)
+                .square()
+                .mean_all()
+        });
+        row(
+            "attention_causal_16x8x1024x64",
+            system,
+            median_ms(2, 10, &mut || drop(step(&qkv))),
         );
     }
     eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));

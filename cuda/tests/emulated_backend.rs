@@ -762,3 +762,45 @@ fn automatic_convolutions_keep_the_windows_on_the_device() {
     let got = nb::conv2d(&x.to_device(GPU).unwrap(), &w.to_device(GPU).unwrap(), shifted);
     same("conv2d (shifted rows)", "output", &[got], &[want]).unwrap();
 }
+
+#[test]
+fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let mut rng = nb::Rng::new(12);
+    // Keys in two and three chunks of 32 (the online softmax rescales), head widths over one
+    // lane's slot (40), fewer and more queries than keys, keys shared by the heads.
+    for causal in [false, true] {
+        for (lq, lk, dim, dv) in [(37, 70, 40, 33), (70, 37, 8, 5), (33, 33, 33, 40)] {
+            let q = rng.normal(&[2, 2, lq, dim], 0.0, 1.0, DType::F64);
+            let k = rng.normal(&[2, 1, lk, dim], 0.0, 1.0, DType::F64);
+            let v = rng.normal(&[2, 1, lk, dv], 0.0, 1.0, DType::F64);
+            let name = format!("attention lq {lq} lk {lk} dim {dim} dv {dv} causal {causal}");
+            check_both(&name, &[q, k, v], |x| {
+                let f = |t: &(Tensor, Tensor, Tensor)| {
+                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal)
+                        .sin()
+                        .sum_all()
+                };
+                let t = (x[0].clone(), x[1].clone(), x[2].clone());
+                let g = nb::grad(f)(&t);
+                vec![
+                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal),
+                    g.0,
+                    g.1,
+                    g.2,
+                ]
+            });
+        }
+    }
+    if !device::real_gpu() {
+        let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
+        for pass in ["forward", "backward_queries", "backward_keys"] {
+            let entry = format!("nb_attention_{pass}_f64");
+            assert!(launched.contains(&entry), "{entry} did not run");
+        }
+    }
+}

@@ -41,6 +41,7 @@ mod ops;
 mod params;
 mod spec;
 
+pub use codegen::attention::{AttentionPass, AttentionSpec, MAX_HEAD as ATTENTION_MAX_HEAD};
 pub use codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };

@@ -1,5 +1,6 @@
 //! [`KernelSpec`]: one entry point of any family, and the [`catalogue`] of all of them.
 
+use crate::codegen::attention::{AttentionPass, AttentionSpec};
 use crate::codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };
@@ -84,6 +85,8 @@ pub enum KernelSpec {
     Unfold(UnfoldSpec),
     /// The taps of 2-D windows added back into the image (col2im).
     Fold(FoldSpec),
+    /// One pass of the fused scaled dot-product attention.
+    Attention(AttentionSpec),
 }
 
 macro_rules! from_specs {
@@ -126,6 +129,7 @@ from_specs!(
     Adam(AdamSpec),
     Unfold(UnfoldSpec),
     Fold(FoldSpec),
+    Attention(AttentionSpec),
 );
 
 impl KernelSpec {
@@ -158,7 +162,7 @@ impl KernelSpec {
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
-    /// `cross_entropy`, `adam`, `unfold`, `fold`).
+    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`).
     pub fn family(&self) -> &'static str {
         match self {
             KernelSpec::Unary(_) => "unary",
@@ -182,6 +186,7 @@ impl KernelSpec {
             KernelSpec::Adam(_) => "adam",
             KernelSpec::Unfold(_) => "unfold",
             KernelSpec::Fold(_) => "fold",
+            KernelSpec::Attention(_) => "attention",
         }
     }
 }
@@ -271,6 +276,11 @@ pub fn catalogue() -> Vec<KernelSpec> {
     for d in dtypes {
         push(UnfoldSpec::new(d).map(Into::into));
         push(FoldSpec::new(d).map(Into::into));
+    }
+    for pass in AttentionPass::ALL {
+        for d in dtypes {
+            push(AttentionSpec::new(pass, d).map(Into::into));
+        }
     }
     out
 }

@@ -95,6 +95,8 @@ fn catalogue_covers_every_family() {
         ("adam", 4),
         ("unfold", 8),
         ("fold", 4),
+        // forward, backward over queries, backward over keys; f32 and f64.
+        ("attention", 3 * 2),
     ]
     .into_iter()
     .collect();

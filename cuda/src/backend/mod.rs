@@ -12,6 +12,7 @@
 //! site is kept on the host, and the kernel reports the site's number with the index.
 
 mod adam;
+mod attention;
 mod cross_entropy;
 mod elementwise;
 mod index;
@@ -388,6 +389,23 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
         rows::layer_norm_rows_backward(self, x, y, v, eps)
+    }
+
+    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+        attention::attention(self, q, k, v, scale, causal)
+    }
+
+    fn attention_backward(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        packed: &RawTensor,
+        d_o: &RawTensor,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        attention::attention_backward(self, q, k, v, packed, d_o, scale, causal)
     }
 
     fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {

@@ -75,6 +75,24 @@ T __shfl_xor_sync(unsigned, T v, int o) {
     return r;
 }
 
+// Lane `src` of this thread's warp's `v` (every lane of the warp must call it).
+template <class T>
+T __shfl_sync(unsigned, T v, int src_lane) {
+    static_assert(sizeof(T) <= 8, "shuffles move up to 8 bytes");
+    const unsigned me = threadIdx.x;
+    const unsigned src = (me & ~31u) | ((unsigned)src_lane & 31u);
+    std::memcpy(&nb_slots[me], &v, sizeof(T));
+    nb_current->shuffles++;
+    nb_yield(); // every lane has written
+    if (src >= nb_fibers.size() || nb_fibers[src].shuffles != nb_current->shuffles)
+        nb_fail("thread " + std::to_string(me) + " reads lane " + std::to_string(src) +
+                ", which is not at the same shuffle (a shuffle that is not warp-uniform)");
+    T r;
+    std::memcpy(&r, &nb_slots[src], sizeof(T));
+    nb_yield(); // every lane has read
+    return r;
+}
+
 inline void nb_fiber_main() {
     (*nb_kernel)();
     nb_current->done = true;

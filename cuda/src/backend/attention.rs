@@ -1,0 +1,131 @@
+//! Fused scaled dot-product attention: the generated `nb_attention_*` kernels (one warp per
+//! query forward; one warp per query, then one per key, backward), over dense copies of the
+//! operands, with no `[Lq, Lk]` tensor. f32 and f64 with head widths up to
+//! `nabla_kernels::ATTENTION_MAX_HEAD`; other operands give `None` and the op layer composes.
+
+use nabla_core::DType;
+use nabla_core::storage::RawTensor;
+use nabla_kernels::{ATTENTION_MAX_HEAD, AttentionPass, AttentionSpec, launch};
+
+use super::{CudaBackend, kernel_dtype, spec};
+use crate::api::{DeviceApi, LaunchArg};
+
+/// The extents of an attention call: matrices (the product of the leading axes), queries,
+/// keys, the query/key width and the value width.
+#[derive(Clone, Copy)]
+struct Extents {
+    matrices: usize,
+    lq: usize,
+    lk: usize,
+    dim: usize,
+    dv: usize,
+}
+
+impl Extents {
+    /// The extents of `q`, `k` and `v`, or `None` when the kernels do not take them (a dtype
+    /// other than f32 and f64, an empty extent, or a head wider than the kernels hold).
+    fn of(q: &RawTensor, k: &RawTensor, v: &RawTensor) -> Option<Extents> {
+        if !matches!(q.dtype(), DType::F32 | DType::F64) {
+            return None;
+        }
+        let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
+        let r = qs.len();
+        let e = Extents {
+            matrices: qs[..r - 2].iter().product(),
+            lq: qs[r - 2],
+            lk: ks[r - 2],
+            dim: qs[r - 1],
+            dv: vs[r - 1],
+        };
+        let fits = [e.lq, e.lk, e.dim, e.dv].iter().all(|&n| n > 0) && e.dim.max(e.dv) <= ATTENTION_MAX_HEAD;
+        fits.then_some(e)
+    }
+
+    /// The arguments every pass takes, by name.
+    fn arg<M>(&self, name: &str, scale: f64, causal: bool) -> Option<LaunchArg<'static, M>> {
+        let v = |n: usize| LaunchArg::I64(n as i64);
+        Some(match name {
+            "matrices" => v(self.matrices),
+            "lq" => v(self.lq),
+            "lk" => v(self.lk),
+            "dim" => v(self.dim),
+            "dv" => v(self.dv),
+            "scale" => LaunchArg::F64(scale),
+            "causal" => LaunchArg::I32(causal as i32),
+            _ => return None,
+        })
+    }
+}
+
+pub(super) fn attention<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    q: &RawTensor,
+    k: &RawTensor,
+    v: &RawTensor,
+    scale: f64,
+    causal: bool,
+) -> Option<RawTensor> {
+    let e = Extents::of(q, k, v)?;
+    let (q, k, v) = (be.dense(q), be.dense(k), be.dense(v));
+    let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
+    shape.extend([e.lq, e.dv + 2]);
+    let out = be.empty(&shape, q.dtype());
+    if e.matrices == 0 {
+        return Some(out);
+    }
+    let s = spec(
+        AttentionSpec::new(AttentionPass::Forward, kernel_dtype(q.dtype())),
+        "attention",
+    );
+    let dims = launch::for_tasks((e.matrices * e.lq) as i64, 32, be.api.sm_count());
+    be.run(&s, dims, |p| match p.name {
+        "out" => Some(be.run_ptr(&out)),
+        "q" => Some(be.run_ptr(&q)),
+        "k" => Some(be.run_ptr(&k)),
+        "v" => Some(be.run_ptr(&v)),
+        name => e.arg(name, scale, causal),
+    });
+    Some(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_backward<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    q: &RawTensor,
+    k: &RawTensor,
+    v: &RawTensor,
+    packed: &RawTensor,
+    d_o: &RawTensor,
+    scale: f64,
+    causal: bool,
+) -> Option<RawTensor> {
+    let e = Extents::of(q, k, v)?;
+    let [q, k, v, packed, d_o] = [q, k, v, packed, d_o].map(|x| be.dense(x));
+    let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
+    shape.push(e.lq * e.dim + e.lk * e.dim + e.lk * e.dv);
+    let grads = be.empty(&shape, q.dtype());
+    if e.matrices == 0 {
+        return Some(grads);
+    }
+    // Each query's sum(d_o * o), written by the first pass and read by the second.
+    let row_dots = be.empty(&[e.matrices * e.lq], q.dtype());
+    let dtype = kernel_dtype(q.dtype());
+    for (pass, tasks) in [
+        (AttentionPass::BackwardQueries, e.matrices * e.lq),
+        (AttentionPass::BackwardKeys, e.matrices * e.lk),
+    ] {
+        let s = spec(AttentionSpec::new(pass, dtype), "attention backward");
+        let dims = launch::for_tasks(tasks as i64, 32, be.api.sm_count());
+        be.run(&s, dims, |p| match p.name {
+            "grads" => Some(be.run_ptr(&grads)),
+            "row_dots" => Some(be.run_ptr(&row_dots)),
+            "q" => Some(be.run_ptr(&q)),
+            "k" => Some(be.run_ptr(&k)),
+            "v" => Some(be.run_ptr(&v)),
+            "packed" => Some(be.run_ptr(&packed)),
+            "d_o" => Some(be.run_ptr(&d_o)),
+            name => e.arg(name, scale, causal),
+        });
+    }
+    Some(grads)
+}
