@@ -159,7 +159,9 @@ impl Layout {
     /// Keeps elements `start, start + step, ...` (`len` of them) along `axis`; `step` may be negative.
     pub fn slice_axis(&self, axis: usize, start: usize, step: isize, len: usize) -> Layout {
         let mut out = self.clone();
-        if len > 0 {
+        // An empty view (this axis, or another one, of extent 0) addresses nothing: it keeps
+        // its offset, which may not move past the end of an empty buffer.
+        if len > 0 && !self.shape.contains(&0) {
             out.offset = (self.offset as isize + start as isize * self.strides[axis]) as usize;
         }
         out.shape[axis] = len;
