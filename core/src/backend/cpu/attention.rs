@@ -92,6 +92,35 @@ fn require_matrices(op: &str, [qm, km, vm]: &[&Mats; 3], backward: Option<(&Mats
     assert!(ok, "internal error: {op} of matrices that do not fit");
 }
 
+/// The raw scores `q k^T` of queries `i0..i0 + rows` of matrix `b` against its first `kend`
+/// keys, into `dst` (`rows x kend`, row-major: `kend` is `dst.len() / rows`), on this thread.
+fn scores<T: GemmScalar>(q: &[T], qm: &Mats, k: &[T], km: &Mats, (b, i0, rows): (usize, usize, usize), dst: &mut [T]) {
+    let kend = dst.len().checked_div(rows).unwrap_or(0);
+    assert!(
+        rows * kend == dst.len() && i0 + rows <= qm.rows && kend <= km.rows,
+        "internal error: a score block of {} elements at query {i0}",
+        dst.len()
+    );
+    // SAFETY: the views address only elements of their buffers (`RawTensor`'s invariant, and
+    // `require_operands` checked them): rows i0..i0 + rows of q's matrix b (D columns), rows
+    // 0..kend of k's (read transposed: element (p, j) is k[j, p]); `dst` holds rows x kend.
+    unsafe {
+        T::product_on_this_thread(
+            rows,
+            kend,
+            qm.cols,
+            dst.as_mut_ptr(),
+            kend,
+            qm.row_ptr(q, b, i0),
+            qm.rs,
+            qm.cs,
+            km.row_ptr(k, b, 0),
+            km.cs,
+            km.rs,
+        )
+    };
+}
+
 /// The keys query `i` sees: `0..=i` (top-left aligned) when causal, else all `lk`.
 #[inline(always)]
 fn keys_seen(causal: bool, i: usize, lk: usize) -> usize {
@@ -159,7 +188,7 @@ fn forward_typed<T: RowFloat + GemmScalar>(
     scale: T,
     causal: bool,
 ) -> Vec<T> {
-    let (lq, d, lk, dv) = (qm.rows, qm.cols, km.rows, vm.cols);
+    let (lq, lk, dv) = (qm.rows, km.rows, vm.cols);
     let width = dv + 2;
     let mut out = vec![T::zero(); qm.offsets.len() * lq * width];
     out.par_chunks_mut(lq * width).enumerate().for_each(|(b, ob)| {
@@ -168,24 +197,7 @@ fn forward_typed<T: RowFloat + GemmScalar>(
             let rows = o.len() / width;
             let kend = keys_seen(causal, i0 + rows - 1, lk);
             let mut s = vec![T::zero(); rows * kend];
-            // SAFETY: the views address only elements of their buffers (`RawTensor`'s
-            // invariant): rows i0.. of q's matrix b (D columns), rows 0..kend of k's (read
-            // transposed: element (p, j) is k[j, p]); `s` holds rows x kend.
-            unsafe {
-                T::product_on_this_thread(
-                    rows,
-                    kend,
-                    d,
-                    s.as_mut_ptr(),
-                    kend,
-                    qm.row_ptr(q, b, i0),
-                    qm.rs,
-                    qm.cs,
-                    km.row_ptr(k, b, 0),
-                    km.cs,
-                    km.rs,
-                )
-            };
+            scores(q, qm, k, km, (b, i0, rows), &mut s);
             with_wide_loops(
                 #[inline(always)]
                 || {
@@ -355,25 +367,7 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
             let kend = keys_seen(causal, i0 + rows - 1, lk);
             let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
             // The scores again, as the forward formed them.
-            // SAFETY (this and the products below): every view addresses only elements of
-            // its buffer (`RawTensor`'s invariant) and the blocks read are rows i0..i0 + rows
-            // of q, d_o and the packed output, and rows 0..kend of k and v; destinations are
-            // scratch buffers or this matrix's own gradient slices, of the sizes written.
-            unsafe {
-                T::product_on_this_thread(
-                    rows,
-                    kend,
-                    d,
-                    p.as_mut_ptr(),
-                    kend,
-                    qm.row_ptr(q, b, i0),
-                    qm.rs,
-                    qm.cs,
-                    km.row_ptr(k, b, 0),
-                    km.cs,
-                    km.rs,
-                )
-            };
+            scores(q, qm, k, km, (b, i0, rows), p);
             // P as the forward formed it, zero past the keys a query sees.
             with_wide_loops(
                 #[inline(always)]
@@ -390,6 +384,10 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
                 },
             );
             // dV[..kend] += P^T d_o.
+            // SAFETY (this and the products below): every view addresses only elements of
+            // its buffer (`RawTensor`'s invariant) and the blocks read are rows i0..i0 + rows
+            // of q and d_o, and rows 0..kend of k and v; destinations are scratch buffers or
+            // this matrix's own gradient slices, of the sizes written.
             unsafe {
                 T::product_on_this_thread(
                     kend,
