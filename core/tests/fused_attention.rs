@@ -1,8 +1,9 @@
-//! The fused attention primitive (`scaled_dot_product_attention` without a mask on a backend
-//! with a fused kernel: the CPU in f32 and f64) against the composed attention (the same call
-//! with a mask of all true, which composes products and softmax rows): values, gradients,
-//! second derivatives, JVPs, vmap and jit, for query and key counts below, at and across the
-//! kernel's 64-query blocks, causal or not, with broadcast and strided operands. The fixture
+//! The fused attention primitive (`scaled_dot_product_attention` on a backend with a fused
+//! kernel: the CPU in f32 and f64) against the attention written out from public ops here
+//! (products, a `where` for the masks, softmax): values, gradients, second derivatives, JVPs,
+//! vmap and jit, for query and key counts below, at and across the kernel's 64-query blocks,
+//! causal or not, with boolean masks (key padding, arbitrary, a query that keeps no key), and
+//! with broadcast and strided operands. The fixture
 //! matrix (`derivatives.rs` against finite differences in f64, `jax_reference.rs` against JAX)
 //! runs its `sdpa` rows through the fused primitive as well.
 
@@ -14,14 +15,36 @@ use nb::{DType, Tensor};
 
 type Qkv = (Tensor, Tensor, Tensor);
 
-/// Attention through the fused primitive (`fused`) or the composition (a mask of all true).
+/// Attention through the fused primitive (`fused`), or written out here from public ops (the
+/// reference: scores, the causal mask as a comparison of positions, softmax, product).
 fn attention(t: &Qkv, causal: bool, fused: bool) -> Tensor {
+    masked_attention(t, None, causal, fused)
+}
+
+/// [`attention`] with a boolean mask (broadcastable to `[.., Lq, Lk]`, true keeps a key).
+fn masked_attention(t: &Qkv, mask: Option<&Tensor>, causal: bool, fused: bool) -> Tensor {
     if fused {
-        return nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal);
+        return nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, causal);
     }
-    let (lq, lk) = (t.0.shape()[t.0.rank() - 2], t.1.shape()[t.1.rank() - 2]);
-    let all = Tensor::ones(&[lq, lk], DType::F32).gt_scalar(0.0);
-    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(&all), causal)
+    let (lq, lk, d) = (
+        t.0.shape()[t.0.rank() - 2],
+        t.1.shape()[t.1.rank() - 2],
+        t.0.shape()[t.0.rank() - 1],
+    );
+    let scores = (&t.0 * (1.0 / (d as f64).sqrt())).matmul(&t.1.swap_axes(-1, -2));
+    let dropped = scores.scalar_like(f64::NEG_INFINITY);
+    let scores = match mask {
+        Some(m) => m.where_(&scores, &dropped),
+        None => scores,
+    };
+    let scores = if causal {
+        let rows = Tensor::arange(0.0, lq as f64, 1.0, DType::I64).reshape([lq, 1]);
+        let cols = Tensor::arange(0.0, lk as f64, 1.0, DType::I64).reshape([1, lk]);
+        cols.le(&rows).where_(&scores, &dropped)
+    } else {
+        scores
+    };
+    scores.softmax(-1).matmul(&t.2)
 }
 
 /// A loss that weighs every output element differently.
@@ -50,9 +73,14 @@ fn tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
 /// its error), since the two round differently (the scale is applied to the scores, not the
 /// queries) and a peaked softmax amplifies either's rounding.
 fn agree(what: &str, t: &Qkv, causal: bool) {
-    let value = |t: &Qkv, fused| attention(t, causal, fused);
+    agree_masked(what, t, None, causal);
+}
+
+/// [`agree`] with a mask.
+fn agree_masked(what: &str, t: &Qkv, mask: Option<&Tensor>, causal: bool) {
+    let value = |t: &Qkv, fused| masked_attention(t, mask, causal, fused);
     let gradients = |t: &Qkv, fused| {
-        let g = nb::grad(loss(causal, fused))(t);
+        let g = nb::grad(|t: &Qkv| masked_attention(t, mask, causal, fused).sin().sum(nb::Axes::All, false))(t);
         vec![g.0, g.1, g.2]
     };
     let mut fused = vec![value(t, true)];
@@ -302,4 +330,85 @@ fn the_fused_attention_is_one_primitive_each_way() {
     for absent in ["matmul", "softmax", "where"] {
         assert!(!graph.contains(absent), "no {absent} in the fused attention: {graph}");
     }
+}
+
+#[test]
+fn masks_go_through_the_fused_primitive() {
+    let (lq, lk) = (70, 90);
+    // Key padding ([batch, 1, 1, Lk]: the second sequence keeps its first 50 keys), and an
+    // arbitrary [Lq, Lk] mask that keeps key 0 for every query.
+    let padding: Vec<f64> = (0..2 * lk)
+        .map(|i| if i / lk == 1 && i % lk >= 50 { 0.0 } else { 1.0 })
+        .collect();
+    let padding = Tensor::from_vec(padding, &[2, 1, 1, lk]).gt_scalar(0.5);
+    let arbitrary: Vec<f64> = inputs(lq * lk, 44)
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| if i % lk == 0 || x > -0.3 { 1.0 } else { 0.0 })
+        .collect();
+    let arbitrary = Tensor::from_vec(arbitrary, &[lq, lk]).gt_scalar(0.5);
+    for dtype in [DType::F64, DType::F32] {
+        let t = (
+            tensor(&[2, 3, lq, 16], 41, dtype),
+            tensor(&[2, 3, lk, 16], 42, dtype),
+            tensor(&[2, 3, lk, 8], 43, dtype),
+        );
+        for causal in [false, true] {
+            for (name, mask) in [("padding", &padding), ("arbitrary", &arbitrary)] {
+                agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);
+            }
+        }
+    }
+    // One primitive each way, no select.
+    let t = [
+        tensor(&[1, 6, 4], 45, DType::F32),
+        tensor(&[1, 6, 4], 46, DType::F32),
+        tensor(&[1, 6, 4], 47, DType::F32),
+    ];
+    let keep = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 0.0], &[6]).gt_scalar(0.5);
+    let graph = nb::trace_graph(
+        |xs| {
+            let t = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+            vec![nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), false, true).square().sum_all())(&t).0]
+        },
+        &t,
+    );
+    assert!(graph.contains("attention_backward(causal=false)"), "{graph}");
+    assert!(!graph.contains("where") && !graph.contains("softmax"), "{graph}");
+    // Under jit, a masked step replays with the mask as recorded.
+    let step =
+        nb::jit(|t: &Qkv| nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), true, true).square().sum_all())(t));
+    let a = (t[0].clone(), t[1].clone(), t[2].clone());
+    let b = (t[1].clone(), t[2].clone(), t[0].clone());
+    let reference = |t: &Qkv| nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), true, false).square().sum_all())(t);
+    close("masked jit record", &step(&a).1, &reference(&a).1);
+    close("masked jit replay", &step(&b).0, &reference(&b).0);
+}
+
+#[test]
+fn a_query_that_keeps_no_key_gets_nan_and_the_others_are_unaffected() {
+    let t = (
+        tensor(&[1, 5, 4], 51, DType::F64),
+        tensor(&[1, 6, 4], 52, DType::F64),
+        tensor(&[1, 6, 3], 53, DType::F64),
+    );
+    // Query 2 keeps no key.
+    let keep: Vec<f64> = (0..5 * 6).map(|i| if i / 6 == 2 { 0.0 } else { 1.0 }).collect();
+    let keep = Tensor::from_vec(keep, &[5, 6]).gt_scalar(0.5);
+    let fused = masked_attention(&t, Some(&keep), false, true).to_vec::<f64>();
+    let reference = masked_attention(&t, Some(&keep), false, false).to_vec::<f64>();
+    for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+        if i / 3 == 2 {
+            assert!(f.is_nan() && r.is_nan(), "element {i} of the empty query: {f}, {r}");
+        } else {
+            assert!((f - r).abs() < 1e-12, "element {i}: {f} against {r}");
+        }
+    }
+    // The NaN reaches the gradients, as it does through the composition.
+    let g = nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), false, true).sum_all())(&t);
+    assert!(
+        g.2.to_vec::<f64>().iter().any(|x| x.is_nan()),
+        "dv: {:?}",
+        g.2.to_vec::<f64>()
+    );
 }

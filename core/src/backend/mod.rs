@@ -362,8 +362,9 @@ pub trait Backend: Send + Sync {
     /// Fused scaled dot-product attention of every matrix of `q` `[.., Lq, D]`, `k` `[.., Lk,
     /// D]` and `v` `[.., Lk, Dv]` (float, one dtype, the leading axes already broadcast to one
     /// shape): `softmax(scale * q k^T) v`, where a causal query `i` keeps keys `0..=i`
-    /// (top-left aligned), packed as `[.., Lq, Dv + 2]` contiguous: the output, then each
-    /// query's softmax statistics over the keys it keeps, the maximum `m` of its raw scores
+    /// (top-left aligned) and `mask` (bool `[.., Lq, Lk]`, a view of that leading shape,
+    /// broadcast where it was) keeps the keys where it is true, packed as `[.., Lq, Dv + 2]`
+    /// contiguous: the output, then each query's softmax statistics over the keys it keeps, the maximum `m` of its raw scores
     /// `q k^T` and `sum(exp(scale (s - m)))` (what [`Backend::attention_backward`] reads to
     /// form the probabilities again). No `[.., Lq, Lk]` tensor is formed. `None`, the default, where the backend has
     /// no fused kernel for these operands: the op layer then composes the attention from
@@ -373,12 +374,13 @@ pub trait Backend: Send + Sync {
         _q: &RawTensor,
         _k: &RawTensor,
         _v: &RawTensor,
+        _mask: Option<&RawTensor>,
         _scale: f64,
         _causal: bool,
     ) -> Option<RawTensor> {
         None
     }
-    /// The VJP of [`Backend::attention`]: from `q`, `k`, `v`, its packed output `packed` and the
+    /// The VJP of [`Backend::attention`]: from `q`, `k`, `v`, `mask`, its packed output `packed` and the
     /// output's cotangent `d_o` `[.., Lq, Dv]` (one leading shape), the gradients of `q`, `k`
     /// and `v` of every matrix, packed as `[.., Lq * D + Lk * D + Lk * Dv]` contiguous (each
     /// row-major). `None`, the default, where [`Backend::attention`] gives `None`.
@@ -388,6 +390,7 @@ pub trait Backend: Send + Sync {
         _q: &RawTensor,
         _k: &RawTensor,
         _v: &RawTensor,
+        _mask: Option<&RawTensor>,
         _packed: &RawTensor,
         _d_o: &RawTensor,
         _scale: f64,

@@ -274,22 +274,40 @@ impl Backend for RecordingBackend {
             self.inner.cross_entropy_rows_backward(x, labels, g),
         )
     }
-    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
-        let out = self.inner.attention(q, k, v, scale, causal)?;
-        Some(self.log(Call::Attention { scale, causal }, &[q, k, v], out))
+    fn attention(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        mask: Option<&RawTensor>,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        let out = self.inner.attention(q, k, v, mask, scale, causal)?;
+        let mut args = vec![q, k, v];
+        args.extend(mask);
+        let masked = mask.is_some();
+        Some(self.log(Call::Attention { scale, causal, masked }, &args, out))
     }
     fn attention_backward(
         &self,
         q: &RawTensor,
         k: &RawTensor,
         v: &RawTensor,
+        mask: Option<&RawTensor>,
         packed: &RawTensor,
         d_o: &RawTensor,
         scale: f64,
         causal: bool,
     ) -> Option<RawTensor> {
-        let out = self.inner.attention_backward(q, k, v, packed, d_o, scale, causal)?;
-        Some(self.log(Call::AttentionBackward { scale, causal }, &[q, k, v, packed, d_o], out))
+        let out = self
+            .inner
+            .attention_backward(q, k, v, mask, packed, d_o, scale, causal)?;
+        let mut args = vec![q, k, v];
+        args.extend(mask);
+        args.extend([packed, d_o]);
+        let masked = mask.is_some();
+        Some(self.log(Call::AttentionBackward { scale, causal, masked }, &args, out))
     }
     fn adam_update(
         &self,

@@ -43,13 +43,17 @@ pub(crate) enum Call {
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
+    /// Arguments `q, k, v` and, when `masked`, the mask.
     Attention {
         scale: f64,
         causal: bool,
+        masked: bool,
     },
+    /// Arguments `q, k, v`, the mask when `masked`, then the packed output and its cotangent.
     AttentionBackward {
         scale: f64,
         causal: bool,
+        masked: bool,
     },
     Unfold(Window2d),
     Fold(Window2d),
@@ -85,12 +89,19 @@ impl Call {
             Call::CrossEntropy => backend.cross_entropy_rows(&args[0], &args[1]),
             Call::CrossEntropyBackward => backend.cross_entropy_rows_backward(&args[0], &args[1], &args[2]),
             Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], &args[4], step),
-            Call::Attention { scale, causal } => backend
-                .attention(&args[0], &args[1], &args[2], *scale, *causal)
+            Call::Attention { scale, causal, masked } => backend
+                .attention(&args[0], &args[1], &args[2], masked.then(|| &args[3]), *scale, *causal)
                 .expect("a recorded fused attention replays on the backend that ran it"),
-            Call::AttentionBackward { scale, causal } => backend
-                .attention_backward(&args[0], &args[1], &args[2], &args[3], &args[4], *scale, *causal)
-                .expect("a recorded fused attention backward replays on the backend that ran it"),
+            Call::AttentionBackward { scale, causal, masked } => {
+                let (mask, rest) = if *masked {
+                    (Some(&args[3]), &args[4..])
+                } else {
+                    (None, &args[3..])
+                };
+                backend
+                    .attention_backward(&args[0], &args[1], &args[2], mask, &rest[0], &rest[1], *scale, *causal)
+                    .expect("a recorded fused attention backward replays on the backend that ran it")
+            }
             Call::Unfold(window) => backend.unfold_windows(&args[0], window),
             Call::Fold(window) => backend.fold_windows(&args[0], window),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),

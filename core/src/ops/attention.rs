@@ -1,4 +1,5 @@
-//! Scaled dot-product attention, the cumulative sum and the cumulative product, as
+//! Scaled dot-product attention (one fused primitive where the backend has one, see
+//! `attention_fused.rs`, else composed), the cumulative sum and the cumulative product, as
 //! compositions of primitives (the product through `scan`).
 
 use super::require_float;
@@ -11,6 +12,10 @@ use crate::tensor::Tensor;
 /// it is true, as PyTorch's boolean `attn_mask`; `causal` keeps key `j <= i` for query `i`
 /// (top-left aligned, PyTorch's `is_causal`). A query that keeps no key gets NaN, as in
 /// PyTorch.
+///
+/// On a backend with a fused attention kernel (the CPU in f32 and f64; the GPU without a
+/// mask) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
+/// dtypes and backends compose products and softmax rows.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         require_float("scaled_dot_product_attention", t);
@@ -34,9 +39,7 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     super::require_same_device("scaled_dot_product_attention", q, k);
     super::require_same_device("scaled_dot_product_attention", q, v);
     let scale = 1.0 / (d as f64).sqrt();
-    if mask.is_none()
-        && let Some(o) = super::attention_fused::fused_attention(q, k, v, scale, causal)
-    {
+    if let Some(o) = super::attention_fused::fused_attention(q, k, v, mask, scale, causal) {
         return o;
     }
     // The scale goes on the queries, `[.., Lq, D]`, not on the scores, `[.., Lq, Lk]`: the

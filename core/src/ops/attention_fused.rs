@@ -1,4 +1,5 @@
-//! Scaled dot-product attention as one primitive where the backend has a fused kernel
+//! Scaled dot-product attention (with or without a boolean mask) as one primitive where the
+//! backend has a fused kernel
 //! ([`crate::backend::Backend::attention`]): no `[.., Lq, Lk]` scores tensor is formed
 //! forward or backward. The primitive's output packs the attention output with each query's
 //! softmax statistics (`[.., Lq, Dv + 2]`: the maximum raw score and the sum of exponentials,
@@ -12,15 +13,53 @@ use crate::tensor::Tensor;
 use crate::trace::Rule;
 use crate::transforms::custom::{composition_jvp, composition_vjp};
 
-/// `softmax(scale * q k^T) v` (causal: query `i` keeps keys `0..=i`) through the backend's
+/// The attention's settings, shared by its rules and compositions.
+#[derive(Clone, Copy)]
+struct Settings {
+    scale: f64,
+    causal: bool,
+}
+
+/// `softmax(scale * q k^T) v` (causal: query `i` keeps keys `0..=i`; `mask`, bool and
+/// broadcastable to `[.., Lq, Lk]`, keeps the keys where it is true) through the backend's
 /// fused kernel, or `None` when it has none for these operands (the caller composes). The
 /// operands are checked by the caller; their leading axes broadcast.
-pub(super) fn fused_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Option<Tensor> {
+pub(super) fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Option<Tensor> {
     let dv = v.shape()[v.rank() - 1];
-    let views = broadcast_views(&[q, k, v])?;
-    let raw = q.backend().attention(&views[0], &views[1], &views[2], scale, causal)?;
-    let packed = Tensor::record(raw, &[q, k, v], || AttentionRule { scale, causal });
+    let mask = match mask {
+        Some(m) => Some(full_mask(m, q, k, v)?),
+        None => None,
+    };
+    let mut operands = vec![q, k, v];
+    operands.extend(mask.as_ref());
+    let views = broadcast_views(&operands)?;
+    let raw = q
+        .backend()
+        .attention(&views[0], &views[1], &views[2], views.get(3), scale, causal)?;
+    let settings = Settings { scale, causal };
+    let packed = Tensor::record(raw, &operands, || AttentionRule(settings));
     Some(packed.slice_axis(-1, Some(0), Some(dv as isize), 1))
+}
+
+/// `mask` broadcast to `[lead.., Lq, Lk]` (a view), `lead` the leading axes of `q`, `k`, `v`
+/// and the mask together; `None` when it is not bool or does not broadcast so.
+fn full_mask(mask: &Tensor, q: &Tensor, k: &Tensor, v: &Tensor) -> Option<Tensor> {
+    if mask.dtype() != crate::DType::Bool {
+        return None;
+    }
+    let lead = |t: &Tensor| t.shape()[..t.rank() - 2].to_vec();
+    let qkv = try_broadcast_shapes(&try_broadcast_shapes(&lead(q), &lead(k))?, &lead(v))?;
+    let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
+    let scores: Vec<usize> = qkv.into_iter().chain([lq, lk]).collect();
+    let full = try_broadcast_shapes(&scores, mask.shape())?;
+    (full[full.len() - 2..] == [lq, lk]).then(|| mask.broadcast_to(&full))
 }
 
 /// The physical views of `ts` (each `[.., rows, cols]`) with their vmap and logical leading
@@ -45,16 +84,13 @@ fn broadcast_views(ts: &[&Tensor]) -> Option<Vec<crate::storage::RawTensor>> {
     )
 }
 
-/// The derivatives of the fused attention, whose output packs `[o, max, sum]` along the last
-/// axis.
-struct AttentionRule {
-    scale: f64,
-    causal: bool,
-}
+/// The derivatives of the fused attention (inputs `q, k, v` and the mask when there is one),
+/// whose output packs `[o, max, sum]` along the last axis.
+struct AttentionRule(Settings);
 
 impl Rule for AttentionRule {
     fn name(&self) -> String {
-        format!("attention(causal={})", self.causal)
+        format!("attention(causal={})", self.0.causal)
     }
     fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         // Only the output part of the packed node reaches the user: the statistics are read
@@ -63,15 +99,18 @@ impl Rule for AttentionRule {
         let dv = out.shape()[out.rank() - 1] - 2;
         let d_o = ct.slice_axis(-1, Some(0), Some(dv as isize), 1);
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-        let grads = attention_backward(q, k, v, out, &d_o, self.scale, self.causal);
-        split_gradients(&grads, [q, k, v]).into_iter().map(Some).collect()
+        let mask = inputs.get(3);
+        let grads = attention_backward([q, k, v], mask, out, &d_o, self.0);
+        let mut cts: Vec<Option<Tensor>> = split_gradients(&grads, [q, k, v]).into_iter().map(Some).collect();
+        cts.extend(mask.map(|_| None));
+        cts
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let (scale, causal) = (self.scale, self.causal);
+        let (settings, mask) = (self.0, inputs.get(3).cloned());
         composition_jvp(
-            |t| composed_packed(&t[0], &t[1], &t[2], scale, causal),
-            inputs,
-            tangents,
+            |t| composed_packed(&t[0], &t[1], &t[2], mask.as_ref(), settings),
+            &inputs[..3],
+            &tangents[..3],
         )
     }
 }
@@ -80,21 +119,34 @@ impl Rule for AttentionRule {
 /// Dv]`, see [`crate::backend::Backend::attention_backward`]): through the backend's fused
 /// kernel, or the composition when it has none for these operands.
 fn attention_backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    mask: Option<&Tensor>,
     packed: &Tensor,
     d_o: &Tensor,
-    scale: f64,
-    causal: bool,
+    settings: Settings,
 ) -> Tensor {
-    let fused = broadcast_views(&[q, k, v, packed, d_o]).and_then(|views| {
-        q.backend()
-            .attention_backward(&views[0], &views[1], &views[2], &views[3], &views[4], scale, causal)
+    let mut operands = vec![q, k, v];
+    operands.extend(mask);
+    operands.extend([packed, d_o]);
+    let fused = broadcast_views(&operands).and_then(|views| {
+        let (mask_view, rest) = match mask {
+            Some(_) => (Some(&views[3]), &views[4..]),
+            None => (None, &views[3..]),
+        };
+        q.backend().attention_backward(
+            &views[0],
+            &views[1],
+            &views[2],
+            mask_view,
+            &rest[0],
+            &rest[1],
+            settings.scale,
+            settings.causal,
+        )
     });
     match fused {
-        Some(raw) => Tensor::record(raw, &[q, k, v, packed, d_o], || AttentionBackwardRule { scale, causal }),
-        None => composed_backward(q, k, v, d_o, scale, causal),
+        Some(raw) => Tensor::record(raw, &operands, || AttentionBackwardRule(settings)),
+        None => composed_backward(q, k, v, mask, d_o, settings),
     }
 }
 
@@ -117,79 +169,96 @@ fn split_gradients(grads: &Tensor, operands: [&Tensor; 3]) -> Vec<Tensor> {
 }
 
 /// The derivatives of the fused backward (second derivatives of attention): those of
-/// [`composed_backward`], a function of `q`, `k`, `v` and `d_o`. The packed forward output
-/// is an input only for the statistics it holds, which are functions of `q` and `k`, so its
-/// cotangent is none: the composition already differentiates through them.
-struct AttentionBackwardRule {
-    scale: f64,
-    causal: bool,
-}
+/// [`composed_backward`], a function of `q`, `k`, `v` and `d_o` (the mask, when there is one,
+/// is a constant). The packed forward output is an input only for the statistics it holds,
+/// which are functions of `q` and `k`, so its cotangent is none: the composition already
+/// differentiates through them.
+struct AttentionBackwardRule(Settings);
 
 impl AttentionBackwardRule {
-    /// The inputs the composition reads (all but the packed forward output).
-    fn used(inputs: &[Tensor]) -> Vec<Tensor> {
-        vec![
+    /// The inputs the composition differentiates (`q, k, v, d_o`), and the mask.
+    fn used(inputs: &[Tensor]) -> (Vec<Tensor>, Option<Tensor>) {
+        let n = inputs.len();
+        let mask = (n == 6).then(|| inputs[3].clone());
+        let used = vec![
             inputs[0].clone(),
             inputs[1].clone(),
             inputs[2].clone(),
-            inputs[4].clone(),
-        ]
+            inputs[n - 1].clone(),
+        ];
+        (used, mask)
     }
 }
 
 impl Rule for AttentionBackwardRule {
     fn name(&self) -> String {
-        format!("attention_backward(causal={})", self.causal)
+        format!("attention_backward(causal={})", self.0.causal)
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        let (scale, causal) = (self.scale, self.causal);
-        let mut g = composition_vjp(
-            |t| composed_backward(&t[0], &t[1], &t[2], &t[3], scale, causal),
-            &Self::used(inputs),
+        let settings = self.0;
+        let (used, mask) = Self::used(inputs);
+        let g = composition_vjp(
+            |t| composed_backward(&t[0], &t[1], &t[2], mask.as_ref(), &t[3], settings),
+            &used,
             ct,
         );
-        g.insert(3, None);
-        g
+        // q, k, v, (mask), packed, d_o.
+        let mut out: Vec<Option<Tensor>> = g[..3].to_vec();
+        out.extend(std::iter::repeat_n(None, inputs.len() - 4));
+        out.push(g[3].clone());
+        out
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let (scale, causal) = (self.scale, self.causal);
-        let used_tangents = [&tangents[0], &tangents[1], &tangents[2], &tangents[4]].map(Clone::clone);
+        let settings = self.0;
+        let (used, mask) = Self::used(inputs);
+        let n = inputs.len();
+        let used_tangents = [&tangents[0], &tangents[1], &tangents[2], &tangents[n - 1]].map(Clone::clone);
         composition_jvp(
-            |t| composed_backward(&t[0], &t[1], &t[2], &t[3], scale, causal),
-            &Self::used(inputs),
+            |t| composed_backward(&t[0], &t[1], &t[2], mask.as_ref(), &t[3], settings),
+            &used,
             &used_tangents,
         )
     }
 }
 
-/// The attention probabilities `softmax(scale * q k^T)` (causal: zero past the diagonal),
-/// composed of primitives.
-fn composed_probabilities(q: &Tensor, k: &Tensor, scale: f64, causal: bool) -> (Tensor, Tensor) {
-    let scores = (q * scale).matmul(&k.swap_axes(-1, -2));
-    let p = if causal {
+/// The raw scores `q k^T` (unscaled) with `-inf` where the mask or causality drops a key.
+fn kept_scores(scores: Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
+    let scores = match mask {
+        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
+        None => scores,
+    };
+    if !causal {
+        return scores;
+    }
+    let (lq, lk) = (scores.shape()[scores.rank() - 2], scores.shape()[scores.rank() - 1]);
+    let keep = Tensor::diagonal_offsets(lq, lk, scores.device()).le_scalar(0.0);
+    keep.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY))
+}
+
+/// The attention probabilities `softmax(scale * q k^T)` (zero where the mask or causality
+/// drops a key), composed of primitives.
+fn composed_probabilities(q: &Tensor, k: &Tensor, mask: Option<&Tensor>, s: Settings) -> Tensor {
+    let scores = (q * s.scale).matmul(&k.swap_axes(-1, -2));
+    let scores = match mask {
+        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
+        None => scores,
+    };
+    if s.causal {
         super::nn::causal_softmax(&scores)
     } else {
         scores.softmax(-1)
-    };
-    (scores, p)
+    }
 }
 
 /// What the fused primitive computes, `[o, max, sum]` packed along the last axis, composed of
 /// primitives (its JVP is this function's).
-fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool) -> Tensor {
-    let (_, p) = composed_probabilities(q, k, scale, causal);
+fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s: Settings) -> Tensor {
+    let p = composed_probabilities(q, k, mask, s);
     // The statistics are of the unscaled scores, as the kernel keeps them (a JVP's extra
     // product; the fused forward never runs this).
-    let raw = q.matmul(&k.swap_axes(-1, -2));
-    let kept = if causal {
-        let (lq, lk) = (raw.shape()[raw.rank() - 2], raw.shape()[raw.rank() - 1]);
-        let keep = Tensor::diagonal_offsets(lq, lk, raw.device()).le_scalar(0.0);
-        keep.where_(&raw, &raw.scalar_like(f64::NEG_INFINITY))
-    } else {
-        raw
-    };
+    let kept = kept_scores(q.matmul(&k.swap_axes(-1, -2)), mask, s.causal);
     let max = kept.max(-1, true);
-    let sum = ((&kept - &max) * scale).exp().sum(-1, true);
+    let sum = ((&kept - &max) * s.scale).exp().sum(-1, true);
     let o = p.matmul(v);
     let mut column = o.shape().to_vec();
     *column.last_mut().expect("rank >= 2") = 1;
@@ -199,11 +268,11 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, causal: bool)
 /// The VJP of attention for the output cotangent `d_o`, packed as the fused backward packs it,
 /// composed of primitives: `dv = p^T d_o`, `ds = scale p (d_o v^T - sum(p d_o v^T))` (the
 /// scale of `scale q k^T` folded in), `dq = ds k`, `dk = ds^T q`.
-fn composed_backward(q: &Tensor, k: &Tensor, v: &Tensor, d_o: &Tensor, scale: f64, causal: bool) -> Tensor {
-    let (_, p) = composed_probabilities(q, k, scale, causal);
+fn composed_backward(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, d_o: &Tensor, s: Settings) -> Tensor {
+    let p = composed_probabilities(q, k, mask, s);
     let dp = d_o.matmul(&v.swap_axes(-1, -2));
     let pdp = &p * &dp;
-    let ds = (&pdp - &p * pdp.sum(-1, true)) * scale;
+    let ds = (&pdp - &p * pdp.sum(-1, true)) * s.scale;
     let parts = [
         ds.matmul(k),
         ds.swap_axes(-1, -2).matmul(q),

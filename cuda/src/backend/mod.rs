@@ -391,7 +391,19 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         rows::layer_norm_rows_backward(self, x, y, v, eps)
     }
 
-    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
+    fn attention(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        mask: Option<&RawTensor>,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        // The kernels take no mask: a masked attention composes.
+        if mask.is_some() {
+            return None;
+        }
         attention::attention(self, q, k, v, scale, causal)
     }
 
@@ -400,11 +412,15 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         q: &RawTensor,
         k: &RawTensor,
         v: &RawTensor,
+        mask: Option<&RawTensor>,
         packed: &RawTensor,
         d_o: &RawTensor,
         scale: f64,
         causal: bool,
     ) -> Option<RawTensor> {
+        if mask.is_some() {
+            return None;
+        }
         attention::attention_backward(self, q, k, v, packed, d_o, scale, causal)
     }
 

@@ -72,6 +72,7 @@ fn require_operands(op: &str, xs: &[&RawTensor]) {
         let len = match host(x) {
             CpuBuffer::F32(b) => b.len(),
             CpuBuffer::F64(b) => b.len(),
+            CpuBuffer::Bool(b) => b.len(),
             _ => continue,
         };
         assert!(
@@ -90,6 +91,29 @@ fn require_matrices(op: &str, [qm, km, vm]: &[&Mats; 3], backward: Option<(&Mats
         ok &= (pm.rows, pm.cols, gm.rows, gm.cols) == (qm.rows, vm.cols + 2, qm.rows, vm.cols);
     }
     assert!(ok, "internal error: {op} of matrices that do not fit");
+}
+
+/// The keys each query keeps, from the causal flag and the mask (bool `[.., Lq, Lk]`).
+fn keep<'a>(mask: Option<&'a RawTensor>, qm: &Mats, km: &Mats, causal: bool) -> Keep<'a> {
+    let mask = mask.map(|m| {
+        let CpuBuffer::Bool(data) = host(m) else {
+            panic!("internal error: an attention mask of {}, not bool", m.dtype());
+        };
+        let mm = Mats::of(m);
+        assert!(
+            (mm.rows, mm.cols) == (qm.rows, km.rows),
+            "internal error: an attention mask {:?} for {} queries and {} keys",
+            m.shape(),
+            qm.rows,
+            km.rows
+        );
+        (data.as_slice(), mm)
+    });
+    Keep {
+        causal,
+        lk: km.rows,
+        mask,
+    }
 }
 
 /// The raw scores `q k^T` of queries `i0..i0 + rows` of matrix `b` against its first `kend`
@@ -121,10 +145,32 @@ fn scores<T: GemmScalar>(q: &[T], qm: &Mats, k: &[T], km: &Mats, (b, i0, rows): 
     };
 }
 
-/// The keys query `i` sees: `0..=i` (top-left aligned) when causal, else all `lk`.
-#[inline(always)]
-fn keys_seen(causal: bool, i: usize, lk: usize) -> usize {
-    if causal { (i + 1).min(lk) } else { lk }
+/// Which keys each query keeps: a prefix (all `lk` keys, or `0..=i` when causal, top-left
+/// aligned), and within it those where the mask, when there is one, is true.
+struct Keep<'a> {
+    causal: bool,
+    lk: usize,
+    mask: Option<(&'a [bool], Mats)>,
+}
+
+impl Keep<'_> {
+    /// The prefix of keys query `i` sees.
+    #[inline(always)]
+    fn seen(&self, i: usize) -> usize {
+        if self.causal { (i + 1).min(self.lk) } else { self.lk }
+    }
+
+    /// `f(j)` for every key `j` in the prefix of query `i` of matrix `b` that the mask drops.
+    #[inline(always)]
+    fn for_dropped(&self, b: usize, i: usize, mut f: impl FnMut(usize)) {
+        if let Some((data, m)) = &self.mask {
+            for j in 0..self.seen(i) {
+                if !m.at(data, b, i, j) {
+                    f(j);
+                }
+            }
+        }
+    }
 }
 
 /// Replaces `row` (raw scores `s`) by `softmax(scale * s)` and returns the statistics that
@@ -156,22 +202,31 @@ fn softmax_scaled<T: RowFloat>(row: &mut [T], scale: T) -> (T, T) {
 /// shape), packed as `[.., Lq, Dv + 2]`: the output, then each query's softmax statistics
 /// (see [`softmax_scaled`]; what the backward needs). `None` for dtypes other than f32 and f64 and for
 /// empty extents (the op layer composes those).
-pub(super) fn attention(q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
-    require_operands("attention", &[q, k, v]);
+pub(super) fn attention(
+    q: &RawTensor,
+    k: &RawTensor,
+    v: &RawTensor,
+    mask: Option<&RawTensor>,
+    scale: f64,
+    causal: bool,
+) -> Option<RawTensor> {
+    let mut operands = vec![q, k, v];
+    operands.extend(mask);
+    require_operands("attention", &operands);
     let (qm, km, vm) = (Mats::of(q), Mats::of(k), Mats::of(v));
     require_matrices("attention", &[&qm, &km, &vm], None);
+    let keep = keep(mask, &qm, &km, causal);
     if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
         return None;
     }
     let mut shape = q.layout.shape[..q.layout.rank() - 2].to_vec();
     shape.extend([qm.rows, vm.cols + 2]);
     match (host(q), host(k), host(v)) {
-        (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => Some(wrap(
-            forward_typed(a, &qm, b, &km, c, &vm, scale as f32, causal),
-            &shape,
-        )),
+        (CpuBuffer::F32(a), CpuBuffer::F32(b), CpuBuffer::F32(c)) => {
+            Some(wrap(forward_typed(a, &qm, b, &km, c, &vm, scale as f32, &keep), &shape))
+        }
         (CpuBuffer::F64(a), CpuBuffer::F64(b), CpuBuffer::F64(c)) => {
-            Some(wrap(forward_typed(a, &qm, b, &km, c, &vm, scale, causal), &shape))
+            Some(wrap(forward_typed(a, &qm, b, &km, c, &vm, scale, &keep), &shape))
         }
         _ => None,
     }
@@ -186,25 +241,26 @@ fn forward_typed<T: RowFloat + GemmScalar>(
     v: &[T],
     vm: &Mats,
     scale: T,
-    causal: bool,
+    keep: &Keep,
 ) -> Vec<T> {
-    let (lq, lk, dv) = (qm.rows, km.rows, vm.cols);
+    let (lq, dv) = (qm.rows, vm.cols);
     let width = dv + 2;
     let mut out = vec![T::zero(); qm.offsets.len() * lq * width];
     out.par_chunks_mut(lq * width).enumerate().for_each(|(b, ob)| {
         ob.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(blk, o)| {
             let i0 = blk * BLOCK_ROWS;
             let rows = o.len() / width;
-            let kend = keys_seen(causal, i0 + rows - 1, lk);
+            let kend = keep.seen(i0 + rows - 1);
             let mut s = vec![T::zero(); rows * kend];
             scores(q, qm, k, km, (b, i0, rows), &mut s);
             with_wide_loops(
                 #[inline(always)]
                 || {
                     for (r, row) in s.chunks_exact_mut(kend).enumerate() {
-                        let keep = keys_seen(causal, i0 + r, lk);
-                        (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..keep], scale);
-                        row[keep..].fill(T::zero());
+                        let seen = keep.seen(i0 + r);
+                        keep.for_dropped(b, i0 + r, |j| row[j] = T::neg_infinity());
+                        (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..seen], scale);
+                        row[seen..].fill(T::zero());
                     }
                 },
             );
@@ -240,15 +296,19 @@ pub(super) fn attention_backward(
     q: &RawTensor,
     k: &RawTensor,
     v: &RawTensor,
+    mask: Option<&RawTensor>,
     packed: &RawTensor,
     d_o: &RawTensor,
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
-    require_operands("attention_backward", &[q, k, v, packed, d_o]);
+    let mut operands = vec![q, k, v, packed, d_o];
+    operands.extend(mask);
+    require_operands("attention_backward", &operands);
     let ms = [q, k, v, packed, d_o].map(Mats::of);
     let [qm, km, vm, pm, gm] = &ms;
     require_matrices("attention_backward", &[qm, km, vm], Some((pm, gm)));
+    let keep = keep(mask, qm, km, causal);
     if [qm.rows, qm.cols, km.rows, vm.cols].contains(&0) {
         return None;
     }
@@ -261,14 +321,14 @@ pub(super) fn attention_backward(
             CpuBuffer::F32(c),
             CpuBuffer::F32(p),
             CpuBuffer::F32(g),
-        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale as f32, causal), &shape)),
+        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale as f32, keep), &shape)),
         [
             CpuBuffer::F64(a),
             CpuBuffer::F64(b),
             CpuBuffer::F64(c),
             CpuBuffer::F64(p),
             CpuBuffer::F64(g),
-        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale, causal), &shape)),
+        ] => Some(wrap(backward_typed([a, b, c, p, g], &ms, scale, keep), &shape)),
         _ => None,
     }
 }
@@ -303,21 +363,16 @@ struct Backward<'a, T> {
     data: [&'a [T]; 5],
     ms: &'a [Mats; 5],
     scale: T,
-    causal: bool,
+    keep: Keep<'a>,
 }
 
-fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], scale: T, causal: bool) -> Vec<T> {
+fn backward_typed<T: RowFloat + GemmScalar>(data: [&[T]; 5], ms: &[Mats; 5], scale: T, keep: Keep) -> Vec<T> {
     let [qm, km, vm, ..] = ms;
     let (lq, d, lk, dv) = (qm.rows, qm.cols, km.rows, vm.cols);
     let per_matrix = lq * d + lk * d + lk * dv;
     let matrices = qm.offsets.len();
     let mut out = vec![T::zero(); matrices * per_matrix];
-    let job = Backward {
-        data,
-        ms,
-        scale,
-        causal,
-    };
+    let job = Backward { data, ms, scale, keep };
     // Each matrix's key and value gradients are summed over its query blocks. A task takes a
     // matrix; with fewer than `SPLIT_TASKS` matrices, a matrix's query blocks are split into
     // groups, each summing its own partial gradients, added up after in group order. The
@@ -356,7 +411,7 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
     fn blocks(&self, b: usize, first: usize, dq: &mut [T], dk: &mut [T], dvv: &mut [T]) {
         let [q, k, v, packed, d_o] = self.data;
         let [qm, km, vm, pm, gm] = self.ms;
-        let (scale, causal) = (self.scale, self.causal);
+        let (scale, keep) = (self.scale, &self.keep);
         let (d, lk, dv) = (qm.cols, km.rows, vm.cols);
         let end = first + dq.len() / d;
         let mut p = vec![T::zero(); BLOCK_ROWS.min(end - first) * lk];
@@ -364,22 +419,25 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
         let mut tmp = vec![T::zero(); lk * d.max(dv)];
         for i0 in (first..end).step_by(BLOCK_ROWS) {
             let rows = BLOCK_ROWS.min(end - i0);
-            let kend = keys_seen(causal, i0 + rows - 1, lk);
+            let kend = keep.seen(i0 + rows - 1);
             let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
             // The scores again, as the forward formed them.
             scores(q, qm, k, km, (b, i0, rows), p);
-            // P as the forward formed it, zero past the keys a query sees.
+            // P as the forward formed it, zero past the keys a query sees and where the mask
+            // drops a key (`0 * inv`: NaN for a query that kept no key, whose statistics are
+            // NaN, so its NaN reaches the gradients as it does through the composition).
             with_wide_loops(
                 #[inline(always)]
                 || {
                     for (r, row) in p.chunks_exact_mut(kend).enumerate() {
                         let i = i0 + r;
-                        let keep = keys_seen(causal, i, lk);
+                        let seen = keep.seen(i);
                         let (m, inv) = (pm.at(packed, b, i, dv), T::one() / pm.at(packed, b, i, dv + 1));
-                        for x in &mut row[..keep] {
+                        for x in &mut row[..seen] {
                             *x = ((*x - m) * scale).fast_exp() * inv;
                         }
-                        row[keep..].fill(T::zero());
+                        keep.for_dropped(b, i, |j| row[j] = T::zero() * inv);
+                        row[seen..].fill(T::zero());
                     }
                 },
             );

@@ -270,9 +270,17 @@ impl Backend for CpuBackend {
         narrow(taps::tap_matmul(self, &widen(w), &widen(x), taps), w.dtype())
     }
 
-    fn attention(&self, q: &RawTensor, k: &RawTensor, v: &RawTensor, scale: f64, causal: bool) -> Option<RawTensor> {
-        // Halves compose (their log-sum-exps would round to the half type).
-        attention::attention(q, k, v, scale, causal)
+    fn attention(
+        &self,
+        q: &RawTensor,
+        k: &RawTensor,
+        v: &RawTensor,
+        mask: Option<&RawTensor>,
+        scale: f64,
+        causal: bool,
+    ) -> Option<RawTensor> {
+        // Halves compose (their statistics would round to the half type).
+        attention::attention(q, k, v, mask, scale, causal)
     }
 
     fn attention_backward(
@@ -280,12 +288,13 @@ impl Backend for CpuBackend {
         q: &RawTensor,
         k: &RawTensor,
         v: &RawTensor,
+        mask: Option<&RawTensor>,
         packed: &RawTensor,
         d_o: &RawTensor,
         scale: f64,
         causal: bool,
     ) -> Option<RawTensor> {
-        attention::attention_backward(q, k, v, packed, d_o, scale, causal)
+        attention::attention_backward(q, k, v, mask, packed, d_o, scale, causal)
     }
 
     fn tap_outer(&self, dy: &RawTensor, x: &RawTensor, taps: &TapGrid) -> RawTensor {
