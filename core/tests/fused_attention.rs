@@ -347,6 +347,11 @@ fn masks_go_through_the_fused_primitive() {
         .map(|(i, &x)| if i % lk == 0 || x > -0.3 { 1.0 } else { 0.0 })
         .collect();
     let arbitrary = Tensor::from_vec(arbitrary, &[lq, lk]).gt_scalar(0.5);
+    // The same mask read through a transposed view (strided rows), and a mask broadcast along
+    // the keys (one value per query row).
+    let columns = arbitrary.swap_axes(0, 1).logical_not().logical_not();
+    let transposed = columns.swap_axes(0, 1);
+    let per_query = Tensor::ones(&[lq, 1], DType::F32).gt_scalar(0.5);
     for dtype in [DType::F64, DType::F32] {
         let t = (
             tensor(&[2, 3, lq, 16], 41, dtype),
@@ -354,7 +359,13 @@ fn masks_go_through_the_fused_primitive() {
             tensor(&[2, 3, lk, 8], 43, dtype),
         );
         for causal in [false, true] {
-            for (name, mask) in [("padding", &padding), ("arbitrary", &arbitrary)] {
+            let masks = [
+                ("padding", &padding),
+                ("arbitrary", &arbitrary),
+                ("transposed", &transposed),
+                ("per-query", &per_query),
+            ];
+            for (name, mask) in masks {
                 agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);
             }
         }

@@ -160,13 +160,32 @@ impl Keep<'_> {
         if self.causal { (i + 1).min(self.lk) } else { self.lk }
     }
 
-    /// `f(j)` for every key `j` in the prefix of query `i` of matrix `b` that the mask drops.
+    /// Sets `row` (the keys in the prefix of query `i` of matrix `b`) to `value` wherever the
+    /// mask drops a key. A mask row that is contiguous (or one value, broadcast) is read as a
+    /// slice, so the loop vectorises.
     #[inline(always)]
-    fn for_dropped(&self, b: usize, i: usize, mut f: impl FnMut(usize)) {
-        if let Some((data, m)) = &self.mask {
-            for j in 0..self.seen(i) {
-                if !m.at(data, b, i, j) {
-                    f(j);
+    fn drop_masked<T: Copy>(&self, b: usize, i: usize, row: &mut [T], value: T) {
+        let Some((data, m)) = &self.mask else { return };
+        let start = m.offsets[b] + i as isize * m.rs;
+        match m.cs {
+            1 => {
+                let (start, n) = (start as usize, row.len());
+                for (x, &kept) in row.iter_mut().zip(&data[start..start + n]) {
+                    if !kept {
+                        *x = value;
+                    }
+                }
+            }
+            0 => {
+                if !data[start as usize] {
+                    row.fill(value);
+                }
+            }
+            cs => {
+                for (j, x) in row.iter_mut().enumerate() {
+                    if !data[(start + j as isize * cs) as usize] {
+                        *x = value;
+                    }
                 }
             }
         }
@@ -258,7 +277,7 @@ fn forward_typed<T: RowFloat + GemmScalar>(
                 || {
                     for (r, row) in s.chunks_exact_mut(kend).enumerate() {
                         let seen = keep.seen(i0 + r);
-                        keep.for_dropped(b, i0 + r, |j| row[j] = T::neg_infinity());
+                        keep.drop_masked(b, i0 + r, &mut row[..seen], T::neg_infinity());
                         (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..seen], scale);
                         row[seen..].fill(T::zero());
                     }
@@ -436,7 +455,7 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
                         for x in &mut row[..seen] {
                             *x = ((*x - m) * scale).fast_exp() * inv;
                         }
-                        keep.for_dropped(b, i, |j| row[j] = T::zero() * inv);
+                        keep.drop_masked(b, i, &mut row[..seen], T::zero() * inv);
                         row[seen..].fill(T::zero());
                     }
                 },
