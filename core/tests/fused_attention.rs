@@ -334,39 +334,41 @@ fn the_fused_attention_is_one_primitive_each_way() {
 
 #[test]
 fn masks_go_through_the_fused_primitive() {
-    let (lq, lk) = (70, 90);
-    // Key padding ([batch, 1, 1, Lk]: the second sequence keeps its first 50 keys), and an
-    // arbitrary [Lq, Lk] mask that keeps key 0 for every query.
-    let padding: Vec<f64> = (0..2 * lk)
-        .map(|i| if i / lk == 1 && i % lk >= 50 { 0.0 } else { 1.0 })
-        .collect();
-    let padding = Tensor::from_vec(padding, &[2, 1, 1, lk]).gt_scalar(0.5);
-    let arbitrary: Vec<f64> = inputs(lq * lk, 44)
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| if i % lk == 0 || x > -0.3 { 1.0 } else { 0.0 })
-        .collect();
-    let arbitrary = Tensor::from_vec(arbitrary, &[lq, lk]).gt_scalar(0.5);
-    // The same mask read through a transposed view (strided rows), and a mask broadcast along
-    // the keys (one value per query row).
-    let columns = arbitrary.swap_axes(0, 1).logical_not().logical_not();
-    let transposed = columns.swap_axes(0, 1);
-    let per_query = Tensor::ones(&[lq, 1], DType::F32).gt_scalar(0.5);
-    for dtype in [DType::F64, DType::F32] {
-        let t = (
-            tensor(&[2, 3, lq, 16], 41, dtype),
-            tensor(&[2, 3, lk, 16], 42, dtype),
-            tensor(&[2, 3, lk, 8], 43, dtype),
-        );
-        for causal in [false, true] {
-            let masks = [
-                ("padding", &padding),
-                ("arbitrary", &arbitrary),
-                ("transposed", &transposed),
-                ("per-query", &per_query),
-            ];
-            for (name, mask) in masks {
-                agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);
+    // Fewer queries than keys, and more (a last block of 2 queries).
+    for (lq, lk) in [(70, 90), (130, 50)] {
+        // Key padding ([batch, 1, 1, Lk]: the second sequence keeps its first 40 keys), and an
+        // arbitrary [Lq, Lk] mask that keeps key 0 for every query.
+        let padding: Vec<f64> = (0..2 * lk)
+            .map(|i| if i / lk == 1 && i % lk >= 40 { 0.0 } else { 1.0 })
+            .collect();
+        let padding = Tensor::from_vec(padding, &[2, 1, 1, lk]).gt_scalar(0.5);
+        let arbitrary: Vec<f64> = inputs(lq * lk, 44)
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| if i % lk == 0 || x > -0.3 { 1.0 } else { 0.0 })
+            .collect();
+        let arbitrary = Tensor::from_vec(arbitrary, &[lq, lk]).gt_scalar(0.5);
+        // The same mask read through a transposed view (strided rows), and a mask broadcast along
+        // the keys (one value per query row).
+        let columns = arbitrary.swap_axes(0, 1).logical_not().logical_not();
+        let transposed = columns.swap_axes(0, 1);
+        let per_query = Tensor::ones(&[lq, 1], DType::F32).gt_scalar(0.5);
+        for dtype in [DType::F64, DType::F32] {
+            let t = (
+                tensor(&[2, 3, lq, 16], 41, dtype),
+                tensor(&[2, 3, lk, 16], 42, dtype),
+                tensor(&[2, 3, lk, 8], 43, dtype),
+            );
+            for causal in [false, true] {
+                let masks = [
+                    ("padding", &padding),
+                    ("arbitrary", &arbitrary),
+                    ("transposed", &transposed),
+                    ("per-query", &per_query),
+                ];
+                for (name, mask) in masks {
+                    agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);
+                }
             }
         }
     }
@@ -398,28 +400,88 @@ fn masks_go_through_the_fused_primitive() {
 
 #[test]
 fn a_query_that_keeps_no_key_gets_nan_and_the_others_are_unaffected() {
+    let (lq, lk) = (5, 6);
     let t = (
-        tensor(&[1, 5, 4], 51, DType::F64),
-        tensor(&[1, 6, 4], 52, DType::F64),
-        tensor(&[1, 6, 3], 53, DType::F64),
+        tensor(&[1, lq, 4], 51, DType::F64),
+        tensor(&[1, lk, 4], 52, DType::F64),
+        tensor(&[1, lk, 3], 53, DType::F64),
     );
-    // Query 2 keeps no key.
-    let keep: Vec<f64> = (0..5 * 6).map(|i| if i / 6 == 2 { 0.0 } else { 1.0 }).collect();
-    let keep = Tensor::from_vec(keep, &[5, 6]).gt_scalar(0.5);
-    let fused = masked_attention(&t, Some(&keep), false, true).to_vec::<f64>();
-    let reference = masked_attention(&t, Some(&keep), false, false).to_vec::<f64>();
-    for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
-        if i / 3 == 2 {
-            assert!(f.is_nan() && r.is_nan(), "element {i} of the empty query: {f}, {r}");
-        } else {
-            assert!((f - r).abs() < 1e-12, "element {i}: {f} against {r}");
+    // Query 2 keeps no key: through a full [Lq, Lk] mask (its row false); through a mask of
+    // one value per query, broadcast along the keys; and causally, with the mask dropping the
+    // keys 0..=2 it sees (keys past 2 are kept by the mask, dropped by causality).
+    let mask = |keeps: &dyn Fn(usize, usize) -> bool, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let cols = shape[1];
+        let values = (0..n)
+            .map(|e| if keeps(e / cols, e % cols) { 1.0 } else { 0.0 })
+            .collect();
+        Tensor::from_vec(values, shape).gt_scalar(0.5)
+    };
+    let cases = [
+        ("full row", mask(&|i, _| i != 2, &[lq, lk]), false),
+        ("per query", mask(&|i, _| i != 2, &[lq, 1]), false),
+        ("causal", mask(&|i, j| i != 2 || j > 2, &[lq, lk]), true),
+    ];
+    for (name, keep, causal) in &cases {
+        let value = |fused| masked_attention(&t, Some(keep), *causal, fused);
+        let grads = |fused| nb::grad(|t: &Qkv| masked_attention(t, Some(keep), *causal, fused).sum_all())(&t);
+        let (f, r) = (value(true).to_vec::<f64>(), value(false).to_vec::<f64>());
+        for (e, (f, r)) in f.iter().zip(&r).enumerate() {
+            if e / 3 == 2 {
+                assert!(
+                    f.is_nan() && r.is_nan(),
+                    "{name}: element {e} of the empty query: {f}, {r}"
+                );
+            } else {
+                assert!((f - r).abs() < 1e-12, "{name}: element {e}: {f} against {r}");
+            }
         }
+        // As through the composition's `where`: the empty query's scores get no gradient, so
+        // its query gradient is 0 and the key gradients are finite; its NaN probabilities
+        // reach the value gradients (`dv = p^T d_o`): every key's in the composition, those of
+        // the keys it sees (0..=2 when causal) in the fused kernel, which never forms a causal
+        // query's probabilities past its prefix.
+        let (gf, gr) = (grads(true), grads(false));
+        let dq = gf.0.to_vec::<f64>();
+        assert!(
+            dq[8..12].iter().all(|&x| x == 0.0),
+            "{name}: dq of the empty query: {dq:?}"
+        );
+        for (part, f, r) in [("dq", &gf.0, &gr.0), ("dk", &gf.1, &gr.1)] {
+            assert!(f.to_vec::<f64>().iter().all(|x| x.is_finite()), "{name}: {part}: {f}");
+            close(&format!("{name} {part}"), f, r);
+        }
+        let (dvf, dvr) = (gf.2.to_vec::<f64>(), gr.2.to_vec::<f64>());
+        let seen = if *causal { 3 } else { lk };
+        assert!(
+            dvr.iter().all(|r| r.is_nan()) && dvf[..seen * 3].iter().all(|f| f.is_nan()),
+            "{name}: dv {dvf:?} against {dvr:?}"
+        );
     }
-    // The NaN reaches the gradients, as it does through the composition.
-    let g = nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), false, true).sum_all())(&t);
+}
+
+#[test]
+fn bad_operands_get_messages_that_name_the_op_and_what_to_do() {
+    let q = tensor(&[2, 5, 4], 61, DType::F32);
+    let k = tensor(&[2, 6, 4], 62, DType::F32);
+    let v = tensor(&[2, 6, 3], 63, DType::F32);
+    let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>| {
+        common::panic_message(|| {
+            nb::scaled_dot_product_attention(q, k, v, mask, false);
+        })
+    };
+    let msg = sdpa(&q, &k.cast(DType::F64), &v, None);
     assert!(
-        g.2.to_vec::<f64>().iter().any(|x| x.is_nan()),
-        "dv: {:?}",
-        g.2.to_vec::<f64>()
+        msg.contains("scaled_dot_product_attention: dtypes differ") && msg.contains("f64") && msg.contains("cast one"),
+        "{msg}"
     );
+    let msg = sdpa(&q, &k, &v, Some(&Tensor::ones(&[5, 6], DType::F32)));
+    assert!(msg.contains("the mask must be bool") && msg.contains("[5, 6]"), "{msg}");
+    let msg = sdpa(&q, &k, &v, Some(&Tensor::ones(&[6, 5], DType::F32).gt_scalar(0.5)));
+    assert!(
+        msg.contains("a mask of shape [6, 5] does not broadcast to the scores [.., 5, 6]"),
+        "{msg}"
+    );
+    let msg = sdpa(&q, &tensor(&[2, 6, 3], 64, DType::F32), &v, None);
+    assert!(msg.contains("do not fit"), "{msg}");
 }

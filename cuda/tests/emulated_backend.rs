@@ -796,11 +796,53 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
             });
         }
     }
+    // f32 (the GPU's kernels against the CPU's fused kernel, which sum in other orders), with
+    // and without a key padding mask (the kernels take none: a masked attention composes on
+    // the GPU).
+    let padding: Vec<f64> = (0..2 * 70).map(|i| if i >= 70 + 50 { 0.0 } else { 1.0 }).collect();
+    let padding = Tensor::from_vec(padding, &[2, 1, 1, 70]).gt_scalar(0.5);
+    for mask in [None, Some(&padding)] {
+        let q = rng.normal(&[2, 2, 37, 40], 0.0, 1.0, DType::F32);
+        let k = rng.normal(&[2, 2, 70, 40], 0.0, 1.0, DType::F32);
+        let v = rng.normal(&[2, 2, 70, 33], 0.0, 1.0, DType::F32);
+        let f = |x: &[Tensor], mask: Option<&Tensor>| {
+            let t = (x[0].clone(), x[1].clone(), x[2].clone());
+            let loss = |t: &(Tensor, Tensor, Tensor)| {
+                nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, true)
+                    .sin()
+                    .sum_all()
+            };
+            let g = nb::grad(loss)(&t);
+            vec![
+                nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, true),
+                g.0,
+                g.1,
+                g.2,
+            ]
+        };
+        let inputs = [q, k, v];
+        let want = f(&inputs, mask);
+        let gpu_mask = mask.map(|m| m.to_device(GPU).unwrap());
+        let got = f(&on_gpu(&inputs), gpu_mask.as_ref());
+        for (what, (g, w)) in ["values", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
+            assert_eq!((g.device(), g.dtype()), (GPU, DType::F32), "f32 attention {what}");
+            let (g, w) = (g.to_device(Device::Cpu).unwrap().to_vec::<f64>(), w.to_vec::<f64>());
+            for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 + 1e-5 * b.abs(),
+                    "f32 attention (mask {}) {what}: element {i}: got {a}, want {b}",
+                    mask.is_some()
+                );
+            }
+        }
+    }
     if !device::real_gpu() {
         let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
         for pass in ["forward", "backward_queries", "backward_keys"] {
-            let entry = format!("nb_attention_{pass}_f64");
-            assert!(launched.contains(&entry), "{entry} did not run");
+            for dtype in ["f32", "f64"] {
+                let entry = format!("nb_attention_{pass}_{dtype}");
+                assert!(launched.contains(&entry), "{entry} did not run");
+            }
         }
     }
 }

@@ -36,8 +36,39 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
             v.shape()
         );
     }
-    super::require_same_device("scaled_dot_product_attention", q, k);
-    super::require_same_device("scaled_dot_product_attention", q, v);
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != q.dtype() {
+            panic!(
+                "scaled_dot_product_attention: dtypes differ: q {:?} ({}) and {name} {:?} ({}); cast one operand",
+                q.shape(),
+                q.dtype(),
+                t.shape(),
+                t.dtype()
+            );
+        }
+        super::require_same_device("scaled_dot_product_attention", q, t);
+    }
+    if let Some(m) = mask {
+        if m.dtype() != crate::DType::Bool {
+            panic!(
+                "scaled_dot_product_attention: the mask must be bool (true keeps a key), got {:?} ({}); \
+                 compare a float mask with .gt_scalar(0.5), or add it to the scores yourself",
+                m.shape(),
+                m.dtype()
+            );
+        }
+        super::require_same_device("scaled_dot_product_attention", q, m);
+        let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
+        let fits = |got: Option<&usize>, want: usize| got.is_none_or(|&n| n == 1 || n == want);
+        let tail = |back: usize| m.shape().len().checked_sub(back).map(|i| &m.shape()[i]);
+        if !fits(tail(2), lq) || !fits(tail(1), lk) {
+            panic!(
+                "scaled_dot_product_attention: a mask of shape {:?} does not broadcast to the scores \
+                 [.., {lq}, {lk}] (queries, keys); a key padding mask is [batch, 1, 1, {lk}]",
+                m.shape()
+            );
+        }
+    }
     let scale = 1.0 / (d as f64).sqrt();
     if let Some(o) = super::attention_fused::fused_attention(q, k, v, mask, scale, causal) {
         return o;

@@ -18,6 +18,15 @@ use crate::transforms::custom::{composition_jvp, composition_vjp};
 struct Settings {
     scale: f64,
     causal: bool,
+    /// Whether a boolean mask is an input (after `q`, `k` and `v`).
+    masked: bool,
+}
+
+impl Settings {
+    /// The mask among the inputs `q, k, v, [mask], ..` of a node with these settings.
+    fn mask(self, inputs: &[Tensor]) -> Option<&Tensor> {
+        self.masked.then(|| &inputs[3])
+    }
 }
 
 /// `softmax(scale * q k^T) v` (causal: query `i` keeps keys `0..=i`; `mask`, bool and
@@ -43,7 +52,11 @@ pub(super) fn fused_attention(
     let raw = q
         .backend()
         .attention(&views[0], &views[1], &views[2], views.get(3), scale, causal)?;
-    let settings = Settings { scale, causal };
+    let settings = Settings {
+        scale,
+        causal,
+        masked: mask.is_some(),
+    };
     let packed = Tensor::record(raw, &operands, || AttentionRule(settings));
     Some(packed.slice_axis(-1, Some(0), Some(dv as isize), 1))
 }
@@ -99,14 +112,14 @@ impl Rule for AttentionRule {
         let dv = out.shape()[out.rank() - 1] - 2;
         let d_o = ct.slice_axis(-1, Some(0), Some(dv as isize), 1);
         let (q, k, v) = (&inputs[0], &inputs[1], &inputs[2]);
-        let mask = inputs.get(3);
+        let mask = self.0.mask(inputs);
         let grads = attention_backward([q, k, v], mask, out, &d_o, self.0);
         let mut cts: Vec<Option<Tensor>> = split_gradients(&grads, [q, k, v]).into_iter().map(Some).collect();
         cts.extend(mask.map(|_| None));
         cts
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
-        let (settings, mask) = (self.0, inputs.get(3).cloned());
+        let (settings, mask) = (self.0, self.0.mask(inputs).cloned());
         composition_jvp(
             |t| composed_packed(&t[0], &t[1], &t[2], mask.as_ref(), settings),
             &inputs[..3],
@@ -177,9 +190,15 @@ struct AttentionBackwardRule(Settings);
 
 impl AttentionBackwardRule {
     /// The inputs the composition differentiates (`q, k, v, d_o`), and the mask.
-    fn used(inputs: &[Tensor]) -> (Vec<Tensor>, Option<Tensor>) {
+    fn used(&self, inputs: &[Tensor]) -> (Vec<Tensor>, Option<Tensor>) {
         let n = inputs.len();
-        let mask = (n == 6).then(|| inputs[3].clone());
+        assert_eq!(
+            n,
+            5 + usize::from(self.0.masked),
+            "internal error: attention_backward(masked={}) recorded with {n} inputs",
+            self.0.masked
+        );
+        let mask = self.0.mask(inputs).cloned();
         let used = vec![
             inputs[0].clone(),
             inputs[1].clone(),
@@ -196,7 +215,7 @@ impl Rule for AttentionBackwardRule {
     }
     fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         let settings = self.0;
-        let (used, mask) = Self::used(inputs);
+        let (used, mask) = self.used(inputs);
         let g = composition_vjp(
             |t| composed_backward(&t[0], &t[1], &t[2], mask.as_ref(), &t[3], settings),
             &used,
@@ -210,7 +229,7 @@ impl Rule for AttentionBackwardRule {
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         let settings = self.0;
-        let (used, mask) = Self::used(inputs);
+        let (used, mask) = self.used(inputs);
         let n = inputs.len();
         let used_tangents = [&tangents[0], &tangents[1], &tangents[2], &tangents[n - 1]].map(Clone::clone);
         composition_jvp(
@@ -221,18 +240,19 @@ impl Rule for AttentionBackwardRule {
     }
 }
 
-/// The raw scores `q k^T` (unscaled) with `-inf` where the mask or causality drops a key.
-fn kept_scores(scores: Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
-    let scores = match mask {
-        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
-        None => scores,
+/// `x` (`[.., Lq, Lk]`, e.g. scores or their gradient) with `fill` where the mask or causality
+/// drops a key.
+fn kept_or(x: Tensor, mask: Option<&Tensor>, causal: bool, fill: f64) -> Tensor {
+    let x = match mask {
+        Some(m) => m.where_(&x, &x.scalar_like(fill)),
+        None => x,
     };
     if !causal {
-        return scores;
+        return x;
     }
-    let (lq, lk) = (scores.shape()[scores.rank() - 2], scores.shape()[scores.rank() - 1]);
-    let keep = Tensor::diagonal_offsets(lq, lk, scores.device()).le_scalar(0.0);
-    keep.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY))
+    let (lq, lk) = (x.shape()[x.rank() - 2], x.shape()[x.rank() - 1]);
+    let keep = Tensor::diagonal_offsets(lq, lk, x.device()).le_scalar(0.0);
+    keep.where_(&x, &x.scalar_like(fill))
 }
 
 /// The attention probabilities `softmax(scale * q k^T)` (zero where the mask or causality
@@ -256,7 +276,7 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s:
     let p = composed_probabilities(q, k, mask, s);
     // The statistics are of the unscaled scores, as the kernel keeps them (a JVP's extra
     // product; the fused forward never runs this).
-    let kept = kept_scores(q.matmul(&k.swap_axes(-1, -2)), mask, s.causal);
+    let kept = kept_or(q.matmul(&k.swap_axes(-1, -2)), mask, s.causal, f64::NEG_INFINITY);
     let max = kept.max(-1, true);
     let sum = ((&kept - &max) * s.scale).exp().sum(-1, true);
     let o = p.matmul(v);
@@ -267,12 +287,20 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s:
 
 /// The VJP of attention for the output cotangent `d_o`, packed as the fused backward packs it,
 /// composed of primitives: `dv = p^T d_o`, `ds = scale p (d_o v^T - sum(p d_o v^T))` (the
-/// scale of `scale q k^T` folded in), `dq = ds k`, `dk = ds^T q`.
+/// scale of `scale q k^T` folded in; 0 where a key is dropped), `dq = ds k`, `dk = ds^T q`.
 fn composed_backward(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, d_o: &Tensor, s: Settings) -> Tensor {
     let p = composed_probabilities(q, k, mask, s);
     let dp = d_o.matmul(&v.swap_axes(-1, -2));
     let pdp = &p * &dp;
     let ds = (&pdp - &p * pdp.sum(-1, true)) * s.scale;
+    // A dropped key's score gets no gradient, as through the `where` of the composition (this
+    // matters only in a query that kept no key, whose NaN row must not reach `dq` and `dk`;
+    // without a mask every query keeps a key).
+    let ds = if mask.is_some() {
+        kept_or(ds, mask, s.causal, 0.0)
+    } else {
+        ds
+    };
     let parts = [
         ds.matmul(k),
         ds.swap_axes(-1, -2).matmul(q),

@@ -23,9 +23,12 @@ struct Extents {
 
 impl Extents {
     /// The extents of `q`, `k` and `v`, or `None` when the kernels do not take them (a dtype
-    /// other than f32 and f64, an empty extent, or a head wider than the kernels hold).
-    fn of(q: &RawTensor, k: &RawTensor, v: &RawTensor) -> Option<Extents> {
-        if !matches!(q.dtype(), DType::F32 | DType::F64) {
+    /// other than f32 and f64, operands of different dtypes, among them the backward's `rest`,
+    /// an empty extent, or a head wider than the kernels hold).
+    fn of(q: &RawTensor, k: &RawTensor, v: &RawTensor, rest: &[&RawTensor]) -> Option<Extents> {
+        let dtype = q.dtype();
+        let same = [k, v].iter().chain(rest).all(|x| x.dtype() == dtype);
+        if !same || !matches!(dtype, DType::F32 | DType::F64) {
             return None;
         }
         let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
@@ -65,7 +68,7 @@ pub(super) fn attention<A: DeviceApi>(
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
-    let e = Extents::of(q, k, v)?;
+    let e = Extents::of(q, k, v, &[])?;
     let (q, k, v) = (be.dense(q), be.dense(k), be.dense(v));
     let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
     shape.extend([e.lq, e.dv + 2]);
@@ -99,7 +102,7 @@ pub(super) fn attention_backward<A: DeviceApi>(
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
-    let e = Extents::of(q, k, v)?;
+    let e = Extents::of(q, k, v, &[packed, d_o])?;
     let [q, k, v, packed, d_o] = [q, k, v, packed, d_o].map(|x| be.dense(x));
     let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
     shape.push(e.lq * e.dim + e.lk * e.dim + e.lk * e.dv);

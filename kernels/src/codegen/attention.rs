@@ -164,7 +164,9 @@ impl Gen for AttentionSpec {
             }}
             const {c} m_new = {entry}_max(m, {entry}_warp_max(s));
             const {c} alpha = m == {ninf} ? {zero} : {exp}((m - m_new) * sc);
-            const {c} pj = j < keys ? {exp}((s - m_new) * sc) : {zero};
+            // A score of -inf (an infinite operand) weighs nothing, even while every score
+            // so far is -inf (m_new = -inf would make the difference NaN).
+            const {c} pj = (j < keys && s != {ninf}) ? {exp}((s - m_new) * sc) : {zero};
             l = l * alpha + {entry}_warp_sum(pj);
             for (int r = 0; r < 8; ++r) acc[r] *= alpha;
             const int n = keys - j0 < 32 ? (int)(keys - j0) : 32;

@@ -501,15 +501,22 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
             // its sum from the same P, so a query that sees one key gets exactly 0), with the
             // scale of `scale * q k^T` folded in. FlashAttention forms the sum as
             // `sum(d_o * o)` because it sees a block of keys at a time; a block here holds
-            // every key its queries see.
+            // every key its queries see. A dropped key's score gets no gradient (0, as a
+            // `where` gives it in the composition), also in a query that kept no key, whose
+            // P row is NaN: its query gradient is 0 and it adds nothing to the keys'.
             with_wide_loops(
                 #[inline(always)]
                 || {
-                    for (prow, grow) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)) {
-                        let dot = lane_dot(prow, grow);
-                        for (g, &pv) in grow.iter_mut().zip(prow) {
+                    for (r, (prow, grow)) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)).enumerate() {
+                        let i = i0 + r;
+                        let seen = keep.seen(i);
+                        let (prow, (kept, past)) = (&prow[..seen], grow.split_at_mut(seen));
+                        let dot = lane_dot(prow, kept);
+                        for (g, &pv) in kept.iter_mut().zip(prow) {
                             *g = scale * pv * (*g - dot);
                         }
+                        keep.drop_masked(b, i, kept, T::zero());
+                        past.fill(T::zero());
                     }
                 },
             );
