@@ -186,7 +186,8 @@ def gen_attention():
         r = g.rng_for(name)
         inputs = [g.uniform(r, qs, -1.0, 1.0), g.uniform(r, ks, -1.0, 1.0), g.uniform(r, vs, -1.0, 1.0)]
         if masked:
-            # Every query keeps at least key 0 (a fully masked row would be NaN).
+            # Every query keeps at least key 0 (for a fully masked row this reference gives NaN,
+            # nabla-rs 0, as PyTorch does).
             m = r.uniform(size=[qs[-2], ks[-2]]) < 0.7
             m[:, 0] = True
             inputs.append(m)

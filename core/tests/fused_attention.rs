@@ -2,7 +2,7 @@
 //! kernel: the CPU in f32 and f64) against the attention written out from public ops here
 //! (products, a `where` for the masks, softmax): values, gradients, second derivatives, JVPs,
 //! vmap and jit, for query and key counts below, at and across the kernel's 64-query blocks,
-//! causal or not, with boolean masks (key padding, arbitrary, a query that keeps no key), and
+//! causal or not, with boolean masks (key padding, arbitrary, a query that keeps no key: 0), and
 //! with broadcast and strided operands. The fixture
 //! matrix (`derivatives.rs` against finite differences in f64, `jax_reference.rs` against JAX)
 //! runs its `sdpa` rows through the fused primitive as well.
@@ -44,7 +44,13 @@ fn masked_attention(t: &Qkv, mask: Option<&Tensor>, causal: bool, fused: bool) -
     } else {
         scores
     };
-    scores.softmax(-1).matmul(&t.2)
+    // A query that keeps no key attends to nothing (PyTorch's safe softmax): weights 0.
+    let weights = scores.softmax(-1);
+    if mask.is_none() || lk == 0 {
+        return weights.matmul(&t.2);
+    }
+    let attends = scores.max(-1, true).gt_scalar(f64::NEG_INFINITY);
+    attends.where_(&weights, &weights.zeros_like()).matmul(&t.2)
 }
 
 /// A loss that weighs every output element differently.
@@ -162,6 +168,17 @@ fn empty_extents_give_what_the_composition_gives() {
             let (f, c) = (attention(&t, causal, true), attention(&t, causal, false));
             assert_eq!(f.shape(), &[b, lq, 3], "batch {b} lq {lq} lk {lk}");
             assert_eq!(f.to_vec::<f32>(), c.to_vec::<f32>(), "batch {b} lq {lq} lk {lk}");
+            let keep = Tensor::ones(&[lq, lk], DType::F32).gt_scalar(0.5);
+            let (f, c) = (
+                masked_attention(&t, Some(&keep), causal, true),
+                masked_attention(&t, Some(&keep), causal, false),
+            );
+            assert_eq!(f.shape(), &[b, lq, 3], "masked, batch {b} lq {lq} lk {lk}");
+            assert_eq!(
+                f.to_vec::<f32>(),
+                c.to_vec::<f32>(),
+                "masked, batch {b} lq {lq} lk {lk}"
+            );
             let (gf, gc) = (nb::grad(loss(causal, true))(&t), nb::grad(loss(causal, false))(&t));
             assert_eq!(gf.1.shape(), t.1.shape());
             assert_eq!(
@@ -399,16 +416,12 @@ fn masks_go_through_the_fused_primitive() {
 }
 
 #[test]
-fn a_query_that_keeps_no_key_gets_nan_and_the_others_are_unaffected() {
+fn a_query_that_keeps_no_key_attends_to_nothing_and_passes_no_gradient() {
     let (lq, lk) = (5, 6);
-    let t = (
-        tensor(&[1, lq, 4], 51, DType::F64),
-        tensor(&[1, lk, 4], 52, DType::F64),
-        tensor(&[1, lk, 3], 53, DType::F64),
-    );
     // Query 2 keeps no key: through a full [Lq, Lk] mask (its row false); through a mask of
     // one value per query, broadcast along the keys; and causally, with the mask dropping the
-    // keys 0..=2 it sees (keys past 2 are kept by the mask, dropped by causality).
+    // keys 0..=2 it sees (keys past 2 are kept by the mask, dropped by causality). Queries
+    // across a block boundary as well (query 70 of 130 keeps no key).
     let mask = |keeps: &dyn Fn(usize, usize) -> bool, shape: &[usize]| {
         let n: usize = shape.iter().product();
         let cols = shape[1];
@@ -418,45 +431,29 @@ fn a_query_that_keeps_no_key_gets_nan_and_the_others_are_unaffected() {
         Tensor::from_vec(values, shape).gt_scalar(0.5)
     };
     let cases = [
-        ("full row", mask(&|i, _| i != 2, &[lq, lk]), false),
-        ("per query", mask(&|i, _| i != 2, &[lq, 1]), false),
-        ("causal", mask(&|i, j| i != 2 || j > 2, &[lq, lk]), true),
+        ("full row", lq, mask(&|i, _| i != 2, &[lq, lk]), false, 2),
+        ("per query", lq, mask(&|i, _| i != 2, &[lq, 1]), false, 2),
+        ("causal", lq, mask(&|i, j| i != 2 || j > 2, &[lq, lk]), true, 2),
+        ("second block", 130, mask(&|i, _| i != 70, &[130, 1]), true, 70),
     ];
-    for (name, keep, causal) in &cases {
-        let value = |fused| masked_attention(&t, Some(keep), *causal, fused);
-        let grads = |fused| nb::grad(|t: &Qkv| masked_attention(t, Some(keep), *causal, fused).sum_all())(&t);
-        let (f, r) = (value(true).to_vec::<f64>(), value(false).to_vec::<f64>());
-        for (e, (f, r)) in f.iter().zip(&r).enumerate() {
-            if e / 3 == 2 {
-                assert!(
-                    f.is_nan() && r.is_nan(),
-                    "{name}: element {e} of the empty query: {f}, {r}"
-                );
-            } else {
-                assert!((f - r).abs() < 1e-12, "{name}: element {e}: {f} against {r}");
-            }
-        }
-        // As through the composition's `where`: the empty query's scores get no gradient, so
-        // its query gradient is 0 and the key gradients are finite; its NaN probabilities
-        // reach the value gradients (`dv = p^T d_o`): every key's in the composition, those of
-        // the keys it sees (0..=2 when causal) in the fused kernel, which never forms a causal
-        // query's probabilities past its prefix.
-        let (gf, gr) = (grads(true), grads(false));
-        let dq = gf.0.to_vec::<f64>();
-        assert!(
-            dq[8..12].iter().all(|&x| x == 0.0),
-            "{name}: dq of the empty query: {dq:?}"
+    for (name, lq, keep, causal, empty) in &cases {
+        let t = (
+            tensor(&[2, *lq, 4], 51, DType::F64),
+            tensor(&[2, lk, 4], 52, DType::F64),
+            tensor(&[2, lk, 3], 53, DType::F64),
         );
-        for (part, f, r) in [("dq", &gf.0, &gr.0), ("dk", &gf.1, &gr.1)] {
-            assert!(f.to_vec::<f64>().iter().all(|x| x.is_finite()), "{name}: {part}: {f}");
-            close(&format!("{name} {part}"), f, r);
+        agree_masked(name, &t, Some(keep), *causal);
+        let out = masked_attention(&t, Some(keep), *causal, true).to_vec::<f64>();
+        let row = |x: &[f64], b: usize, width: usize| x[(b * lq + empty) * width..][..width].to_vec();
+        for b in 0..2 {
+            assert_eq!(row(&out, b, 3), [0.0; 3], "{name}: the empty query's output");
         }
-        let (dvf, dvr) = (gf.2.to_vec::<f64>(), gr.2.to_vec::<f64>());
-        let seen = if *causal { 3 } else { lk };
-        assert!(
-            dvr.iter().all(|r| r.is_nan()) && dvf[..seen * 3].iter().all(|f| f.is_nan()),
-            "{name}: dv {dvf:?} against {dvr:?}"
-        );
+        let g = nb::grad(|t: &Qkv| masked_attention(t, Some(keep), *causal, true).sin().sum_all())(&t);
+        let dq = g.0.to_vec::<f64>();
+        assert_eq!(row(&dq, 1, 4), [0.0; 4], "{name}: the empty query's gradient");
+        for (part, x) in [("dq", &g.0), ("dk", &g.1), ("dv", &g.2)] {
+            assert!(x.to_vec::<f64>().iter().all(|x| x.is_finite()), "{name}: {part}: {x}");
+        }
     }
 }
 

@@ -10,8 +10,9 @@ use crate::tensor::Tensor;
 /// `[..., Lk, D]`, `v` `[..., Lk, Dv]`, giving `[..., Lq, Dv]` (leading axes broadcast, e.g.
 /// batch and heads). `mask` (bool, broadcastable to `[..., Lq, Lk]`) keeps the positions where
 /// it is true, as PyTorch's boolean `attn_mask`; `causal` keeps key `j <= i` for query `i`
-/// (top-left aligned, PyTorch's `is_causal`). A query that keeps no key gets NaN, as in
-/// PyTorch.
+/// (top-left aligned, PyTorch's `is_causal`). A query that keeps no key attends to nothing:
+/// its output row is 0 and it passes no gradient (as PyTorch 2.15 gives; not the NaN
+/// of a plain softmax over `-inf` scores).
 ///
 /// On a backend with a fused attention kernel (the CPU in f32 and f64; the GPU without a
 /// mask) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
@@ -73,20 +74,7 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
     if let Some(o) = super::attention_fused::fused_attention(q, k, v, mask, scale, causal) {
         return o;
     }
-    // The scale goes on the queries, `[.., Lq, D]`, not on the scores, `[.., Lq, Lk]`: the
-    // same product (up to rounding), with a quarter of the elementwise work at D = 64, Lk = 256.
-    let scores = (q * scale).matmul(&k.swap_axes(-1, -2));
-    let scores = match mask {
-        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
-        None => scores,
-    };
-    // Causal: key j is kept for query i when j <= i, inside the softmax's one pass.
-    let weights = if causal {
-        super::nn::causal_softmax(&scores)
-    } else {
-        scores.softmax(-1)
-    };
-    weights.matmul(v)
+    super::attention_fused::composed_probabilities(q, k, mask, scale, causal).matmul(v)
 }
 
 /// The length up to which a running sum is one product with a triangular matrix of ones;

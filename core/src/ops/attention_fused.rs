@@ -256,24 +256,42 @@ fn kept_or(x: Tensor, mask: Option<&Tensor>, causal: bool, fill: f64) -> Tensor 
 }
 
 /// The attention probabilities `softmax(scale * q k^T)` (zero where the mask or causality
-/// drops a key), composed of primitives.
-fn composed_probabilities(q: &Tensor, k: &Tensor, mask: Option<&Tensor>, s: Settings) -> Tensor {
-    let scores = (q * s.scale).matmul(&k.swap_axes(-1, -2));
-    let scores = match mask {
-        Some(m) => m.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
-        None => scores,
+/// drops a key, and in every row of a query that keeps no key), composed of primitives:
+/// the op's composed path, and the function the fused primitive's derivatives differentiate.
+pub(super) fn composed_probabilities(
+    q: &Tensor,
+    k: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+    causal: bool,
+) -> Tensor {
+    // The scale goes on the queries, `[.., Lq, D]`, not on the scores, `[.., Lq, Lk]`: the
+    // same product (up to rounding), with a quarter of the elementwise work at D = 64, Lk = 256.
+    let scores = (q * scale).matmul(&k.swap_axes(-1, -2));
+    let Some(mask) = mask else {
+        // Causal: key j is kept for query i when j <= i, inside the softmax's one pass; every
+        // query keeps key 0.
+        return if causal {
+            super::nn::causal_softmax(&scores)
+        } else {
+            scores.softmax(-1)
+        };
     };
-    if s.causal {
-        super::nn::causal_softmax(&scores)
-    } else {
-        scores.softmax(-1)
+    let kept = kept_or(scores, Some(mask), causal, f64::NEG_INFINITY);
+    let p = kept.softmax(-1);
+    if kept.shape().last() == Some(&0) {
+        return p;
     }
+    // A query that keeps no key attends to nothing (its softmax row is NaN): 0, as PyTorch's
+    // safe softmax gives. The `where` passes such a row no gradient.
+    let attends = kept.max(-1, true).gt_scalar(f64::NEG_INFINITY);
+    attends.where_(&p, &p.scalar_like(0.0))
 }
 
 /// What the fused primitive computes, `[o, max, sum]` packed along the last axis, composed of
 /// primitives (its JVP is this function's).
 fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s: Settings) -> Tensor {
-    let p = composed_probabilities(q, k, mask, s);
+    let p = composed_probabilities(q, k, mask, s.scale, s.causal);
     // The statistics are of the unscaled scores, as the kernel keeps them (a JVP's extra
     // product; the fused forward never runs this).
     let kept = kept_or(q.matmul(&k.swap_axes(-1, -2)), mask, s.causal, f64::NEG_INFINITY);
@@ -287,20 +305,12 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s:
 
 /// The VJP of attention for the output cotangent `d_o`, packed as the fused backward packs it,
 /// composed of primitives: `dv = p^T d_o`, `ds = scale p (d_o v^T - sum(p d_o v^T))` (the
-/// scale of `scale q k^T` folded in; 0 where a key is dropped), `dq = ds k`, `dk = ds^T q`.
+/// scale of `scale q k^T` folded in; 0 where `p` is), `dq = ds k`, `dk = ds^T q`.
 fn composed_backward(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, d_o: &Tensor, s: Settings) -> Tensor {
-    let p = composed_probabilities(q, k, mask, s);
+    let p = composed_probabilities(q, k, mask, s.scale, s.causal);
     let dp = d_o.matmul(&v.swap_axes(-1, -2));
     let pdp = &p * &dp;
     let ds = (&pdp - &p * pdp.sum(-1, true)) * s.scale;
-    // A dropped key's score gets no gradient, as through the `where` of the composition (this
-    // matters only in a query that kept no key, whose NaN row must not reach `dq` and `dk`;
-    // without a mask every query keeps a key).
-    let ds = if mask.is_some() {
-        kept_or(ds, mask, s.causal, 0.0)
-    } else {
-        ds
-    };
     let parts = [
         ds.matmul(k),
         ds.swap_axes(-1, -2).matmul(q),

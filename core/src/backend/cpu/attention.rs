@@ -194,10 +194,16 @@ impl Keep<'_> {
 
 /// Replaces `row` (raw scores `s`) by `softmax(scale * s)` and returns the statistics that
 /// reproduce it: the row's maximum `m` and `sum(exp(scale * (s - m)))`. The probabilities are
-/// `exp(scale * (s - m)) * (1 / sum)`, which the backward forms again to the bit.
+/// `exp(scale * (s - m)) * (1 / sum)`, which the backward forms again to the bit. A row of
+/// dropped keys only (every score `-inf`: a query that keeps no key) attends to nothing: its
+/// probabilities are 0 and its sum is 0.
 #[inline(always)]
 fn softmax_scaled<T: RowFloat>(row: &mut [T], scale: T) -> (T, T) {
     let m = lane_max(row);
+    if m == T::neg_infinity() {
+        row.fill(T::zero());
+        return (m, T::zero());
+    }
     let mut acc = [T::zero(); LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -443,19 +449,23 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
             // The scores again, as the forward formed them.
             scores(q, qm, k, km, (b, i0, rows), p);
             // P as the forward formed it, zero past the keys a query sees and where the mask
-            // drops a key (`0 * inv`: NaN for a query that kept no key, whose statistics are
-            // NaN, so its NaN reaches the gradients as it does through the composition).
+            // drops a key, and all zero for a query that kept no key (its sum is 0).
             with_wide_loops(
                 #[inline(always)]
                 || {
                     for (r, row) in p.chunks_exact_mut(kend).enumerate() {
                         let i = i0 + r;
                         let seen = keep.seen(i);
-                        let (m, inv) = (pm.at(packed, b, i, dv), T::one() / pm.at(packed, b, i, dv + 1));
+                        let (m, sum) = (pm.at(packed, b, i, dv), pm.at(packed, b, i, dv + 1));
+                        if sum == T::zero() {
+                            row.fill(T::zero());
+                            continue;
+                        }
+                        let inv = T::one() / sum;
                         for x in &mut row[..seen] {
                             *x = ((*x - m) * scale).fast_exp() * inv;
                         }
-                        keep.drop_masked(b, i, &mut row[..seen], T::zero() * inv);
+                        keep.drop_masked(b, i, &mut row[..seen], T::zero());
                         row[seen..].fill(T::zero());
                     }
                 },
@@ -501,22 +511,16 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
             // its sum from the same P, so a query that sees one key gets exactly 0), with the
             // scale of `scale * q k^T` folded in. FlashAttention forms the sum as
             // `sum(d_o * o)` because it sees a block of keys at a time; a block here holds
-            // every key its queries see. A dropped key's score gets no gradient (0, as a
-            // `where` gives it in the composition), also in a query that kept no key, whose
-            // P row is NaN: its query gradient is 0 and it adds nothing to the keys'.
+            // every key its queries see. A dropped key (P = 0) gets no gradient, nor does any
+            // key of a query that kept none.
             with_wide_loops(
                 #[inline(always)]
                 || {
-                    for (r, (prow, grow)) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)).enumerate() {
-                        let i = i0 + r;
-                        let seen = keep.seen(i);
-                        let (prow, (kept, past)) = (&prow[..seen], grow.split_at_mut(seen));
-                        let dot = lane_dot(prow, kept);
-                        for (g, &pv) in kept.iter_mut().zip(prow) {
+                    for (prow, grow) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)) {
+                        let dot = lane_dot(prow, grow);
+                        for (g, &pv) in grow.iter_mut().zip(prow) {
                             *g = scale * pv * (*g - dot);
                         }
-                        keep.drop_masked(b, i, kept, T::zero());
-                        past.fill(T::zero());
                     }
                 },
             );
