@@ -196,13 +196,14 @@ print("|---|---|---|---|---|")
 for case in ["mlp_step_b128", "mlp_step_b4096", "add_2^28", "neg_2^28", "copy_2^28", "matmul_8192_f32", "matmul_8192_bf16",
              "attention_causal_16x8x1024x64"]:
     r = rows.get(case, {})
-    ours = [v for k, v in r.items() if k.startswith("nabla") and k != "nabla-rs composed"]
+    ours = [v for k, v in r.items() if k in ("nabla-rs", "nabla-rs jit")]
     t = r.get("torch eager")
     ratio = f"{min(ours) / t:.2f}" if ours and t else "-"
     print(f"| {case} | {cell(r.get('nabla-rs'))} | {cell(r.get('nabla-rs jit'))} | {cell(t)} | {ratio} |")
 att = rows.get("attention_causal_16x8x1024x64", {})
 if att.get("nabla-rs") and att.get("nabla-rs composed"):
-    print(f"attention: fused {att['nabla-rs']:.3f} ms, composed {att['nabla-rs composed']:.3f} ms (fused / composed {att['nabla-rs'] / att['nabla-rs composed']:.2f})")
+    print(f"attention: fused {att['nabla-rs']:.3f} ms, fused with a key padding mask {cell(att.get('nabla-rs masked'))} ms, "
+          f"composed {att['nabla-rs composed']:.3f} ms (fused / composed {att['nabla-rs'] / att['nabla-rs composed']:.2f})")
 n = 1 << 28
 copy = rows.get("copy_2^28", {}).get("torch eager")
 add = rows.get("add_2^28", {}).get("nabla-rs")

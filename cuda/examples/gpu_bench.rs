@@ -108,16 +108,30 @@ fn main() {
                 .unwrap()
         })
         .collect();
-    let keep = Tensor::ones(&[1024, 1024], DType::F32)
+    // The fused kernels; the masked ones with a key padding mask that keeps every key; and
+    // attention written out from public ops (products, a causal `where`, softmax), which
+    // forms the [16, 8, 1024, 1024] scores.
+    let padding = Tensor::ones(&[16, 1, 1, 1024], DType::F32)
         .gt_scalar(0.0)
         .to_device(gpu)
         .unwrap();
-    for (system, mask) in [("nabla-rs", None), ("nabla-rs composed", Some(&keep))] {
-        let step = nb::value_and_grad(|t: &Vec<Tensor>| {
-            nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], mask, true)
-                .square()
-                .mean_all()
-        });
+    let positions = Tensor::arange(0.0, 1024.0, 1.0, DType::I64).to_device(gpu).unwrap();
+    let causal = positions.reshape([1, 1024]).le(&positions.reshape([1024, 1]));
+    let composed = |t: &Vec<Tensor>| {
+        let scores = (&t[0] * 0.125).matmul(&t[1].swap_axes(-1, -2));
+        let scores = causal.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY));
+        scores.softmax(-1).matmul(&t[2])
+    };
+    let fused = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true);
+    let masked = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], Some(&padding), true);
+    type Attention<'a> = &'a dyn Fn(&Vec<Tensor>) -> Tensor;
+    let systems: [(&str, Attention); 3] = [
+        ("nabla-rs", &fused),
+        ("nabla-rs masked", &masked),
+        ("nabla-rs composed", &composed),
+    ];
+    for (system, attention) in systems {
+        let step = nb::value_and_grad(|t: &Vec<Tensor>| attention(t).square().mean_all());
         row(
             "attention_causal_16x8x1024x64",
             system,

@@ -796,11 +796,51 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
             });
         }
     }
+    // Masks, read in place by the masked kernels: key padding broadcast over heads and
+    // queries, an arbitrary [Lq, Lk] mask and its transposed view (strided rows), and one
+    // value per query with an empty query (it attends to nothing), causal and not.
+    let (lq, lk) = (37, 70);
+    let bools = |values: Vec<f64>, shape: &[usize]| Tensor::from_vec(values, shape).gt_scalar(0.5);
+    let padding = bools(
+        (0..2 * lk).map(|i| if i >= lk + 45 { 0.0 } else { 1.0 }).collect(),
+        &[2, 1, 1, lk],
+    );
+    let keep = rng.uniform(&[lq, lk], 0.0, 1.0, DType::F64).gt_scalar(0.3);
+    // Its columns, a contiguous [Lk, Lq] tensor, read back through a transposed view.
+    let columns = keep.swap_axes(0, 1).logical_not().logical_not();
+    let per_query = bools((0..lq).map(|i| if i == 5 { 0.0 } else { 1.0 }).collect(), &[lq, 1]);
+    let masks = [
+        ("padding", &padding, false),
+        ("arbitrary", &keep, false),
+        ("transposed", &columns, true),
+        ("per query", &per_query, false),
+    ];
+    for causal in [false, true] {
+        for (mask_name, mask, transposed) in masks {
+            let q = rng.normal(&[2, 2, lq, 40], 0.0, 1.0, DType::F64);
+            let k = rng.normal(&[2, 1, lk, 40], 0.0, 1.0, DType::F64);
+            let v = rng.normal(&[2, 1, lk, 33], 0.0, 1.0, DType::F64);
+            let name = format!("attention with a {mask_name} mask, causal {causal}");
+            check_both(&name, &[q, k, v, mask.clone()], |x| {
+                let mask = &if transposed { x[3].swap_axes(0, 1) } else { x[3].clone() };
+                let f = |t: &(Tensor, Tensor, Tensor)| {
+                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(mask), causal)
+                        .sin()
+                        .sum_all()
+                };
+                let t = (x[0].clone(), x[1].clone(), x[2].clone());
+                let g = nb::grad(f)(&t);
+                vec![
+                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(mask), causal),
+                    g.0,
+                    g.1,
+                    g.2,
+                ]
+            });
+        }
+    }
     // f32 (the GPU's kernels against the CPU's fused kernel, which sum in other orders), with
-    // and without a key padding mask (the kernels take none: a masked attention composes on
-    // the GPU).
-    let padding: Vec<f64> = (0..2 * 70).map(|i| if i >= 70 + 50 { 0.0 } else { 1.0 }).collect();
-    let padding = Tensor::from_vec(padding, &[2, 1, 1, 70]).gt_scalar(0.5);
+    // and without a key padding mask.
     for mask in [None, Some(&padding)] {
         let q = rng.normal(&[2, 2, 37, 40], 0.0, 1.0, DType::F32);
         let k = rng.normal(&[2, 2, 70, 40], 0.0, 1.0, DType::F32);
@@ -839,9 +879,11 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
     if !device::real_gpu() {
         let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
         for pass in ["forward", "backward_queries", "backward_keys"] {
-            for dtype in ["f32", "f64"] {
-                let entry = format!("nb_attention_{pass}_{dtype}");
-                assert!(launched.contains(&entry), "{entry} did not run");
+            for variant in ["", "_masked"] {
+                for dtype in ["f32", "f64"] {
+                    let entry = format!("nb_attention_{pass}{variant}_{dtype}");
+                    assert!(launched.contains(&entry), "{entry} did not run");
+                }
             }
         }
     }

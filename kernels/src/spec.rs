@@ -279,7 +279,9 @@ pub fn catalogue() -> Vec<KernelSpec> {
     }
     for pass in AttentionPass::ALL {
         for d in dtypes {
-            push(AttentionSpec::new(pass, d).map(Into::into));
+            for masked in [false, true] {
+                push(AttentionSpec::new(pass, d, masked).map(Into::into));
+            }
         }
     }
     out

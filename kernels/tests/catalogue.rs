@@ -96,7 +96,7 @@ fn catalogue_covers_every_family() {
         ("unfold", 8),
         ("fold", 4),
         // forward, backward over queries, backward over keys; f32 and f64.
-        ("attention", 3 * 2),
+        ("attention", 3 * 2 * 2),
     ]
     .into_iter()
     .collect();

@@ -366,7 +366,8 @@ pub trait Backend: Send + Sync {
     /// broadcast where it was) keeps the keys where it is true, packed as `[.., Lq, Dv + 2]`
     /// contiguous: the output, then each query's softmax statistics over the keys it keeps, the maximum `m` of its raw scores
     /// `q k^T` and `sum(exp(scale (s - m)))` (what [`Backend::attention_backward`] reads to
-    /// form the probabilities again). No `[.., Lq, Lk]` tensor is formed. `None`, the default, where the backend has
+    /// form the probabilities again; a query that keeps no key gets output 0 and statistics
+    /// `(-inf, 0)`). No `[.., Lq, Lk]` tensor is formed. `None`, the default, where the backend has
     /// no fused kernel for these operands: the op layer then composes the attention from
     /// products and softmax rows.
     fn attention(

@@ -14,8 +14,8 @@ use crate::tensor::Tensor;
 /// its output row is 0 and it passes no gradient (as PyTorch 2.15 gives; not the NaN
 /// of a plain softmax over `-inf` scores).
 ///
-/// On a backend with a fused attention kernel (the CPU in f32 and f64; the GPU without a
-/// mask) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
+/// On a backend with a fused attention kernel (the CPU and the GPU, in f32 and f64, with or
+/// without a mask) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
 /// dtypes and backends compose products and softmax rows.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
     for (name, t) in [("q", q), ("k", k), ("v", v)] {

@@ -1,11 +1,13 @@
 //! Fused scaled dot-product attention: the generated `nb_attention_*` kernels (one warp per
 //! query forward; one warp per query, then one per key, backward), over dense copies of the
-//! operands, with no `[Lq, Lk]` tensor. f32 and f64 with head widths up to
-//! `nabla_kernels::ATTENTION_MAX_HEAD`; other operands give `None` and the op layer composes.
+//! operands, with no `[Lq, Lk]` tensor. A boolean mask is read in place as a strided view (a
+//! key padding mask broadcast over heads and queries is never expanded). f32 and f64 with
+//! head widths up to `nabla_kernels::ATTENTION_MAX_HEAD`; other operands give `None` and the
+//! op layer composes.
 
 use nabla_core::DType;
 use nabla_core::storage::RawTensor;
-use nabla_kernels::{ATTENTION_MAX_HEAD, AttentionPass, AttentionSpec, launch};
+use nabla_kernels::{ATTENTION_MAX_HEAD, AttentionPass, AttentionSpec, KernelLayout, launch};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
@@ -60,15 +62,64 @@ impl Extents {
     }
 }
 
+/// A boolean mask `[lead.., Lq, Lk]` (a broadcast view, with `q`'s leading shape) as the
+/// masked kernels read it: its buffer from the start, its layout (which locates each matrix),
+/// and its query and key strides.
+struct MaskView<'a> {
+    raw: &'a RawTensor,
+    layout: KernelLayout,
+    rs: i64,
+    cs: i64,
+}
+
+impl<'a> MaskView<'a> {
+    /// The view of `mask` for queries and keys of extents `e`, or `None` when the kernels
+    /// cannot read it (not bool, another shape, or a layout of too many axes).
+    fn of<A: DeviceApi>(mask: &'a RawTensor, q: &RawTensor, e: &Extents) -> Option<MaskView<'a>> {
+        let (shape, strides) = (mask.shape(), mask.layout().strides());
+        let r = shape.len();
+        let lead = &q.shape()[..q.shape().len() - 2];
+        if mask.dtype() != DType::Bool || r < 2 || &shape[..r - 2] != lead || shape[r - 2..] != [e.lq, e.lk] {
+            return None;
+        }
+        Some(MaskView {
+            raw: mask,
+            layout: CudaBackend::<A>::layout_of(mask)?,
+            rs: strides[r - 2] as i64,
+            cs: strides[r - 1] as i64,
+        })
+    }
+}
+
+/// The arguments of the masked passes, by name (`None` for other names).
+fn mask_arg<'m, A: DeviceApi>(
+    be: &'m CudaBackend<A>,
+    mask: &MaskView<'m>,
+    name: &str,
+) -> Option<LaunchArg<'m, A::Mem>> {
+    Some(match name {
+        "mask" => LaunchArg::Ptr(&be.buf(mask.raw).mem, 0),
+        "mask_layout" => LaunchArg::Layout(mask.layout),
+        "mask_rs" => LaunchArg::I64(mask.rs),
+        "mask_cs" => LaunchArg::I64(mask.cs),
+        _ => return None,
+    })
+}
+
 pub(super) fn attention<A: DeviceApi>(
     be: &CudaBackend<A>,
     q: &RawTensor,
     k: &RawTensor,
     v: &RawTensor,
+    mask: Option<&RawTensor>,
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
     let e = Extents::of(q, k, v, &[])?;
+    let mask = match mask {
+        Some(m) => Some(MaskView::of::<A>(m, q, &e)?),
+        None => None,
+    };
     let (q, k, v) = (be.dense(q), be.dense(k), be.dense(v));
     let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
     shape.extend([e.lq, e.dv + 2]);
@@ -77,7 +128,7 @@ pub(super) fn attention<A: DeviceApi>(
         return Some(out);
     }
     let s = spec(
-        AttentionSpec::new(AttentionPass::Forward, kernel_dtype(q.dtype())),
+        AttentionSpec::new(AttentionPass::Forward, kernel_dtype(q.dtype()), mask.is_some()),
         "attention",
     );
     let dims = launch::for_tasks((e.matrices * e.lq) as i64, 32, be.api.sm_count());
@@ -86,7 +137,9 @@ pub(super) fn attention<A: DeviceApi>(
         "q" => Some(be.run_ptr(&q)),
         "k" => Some(be.run_ptr(&k)),
         "v" => Some(be.run_ptr(&v)),
-        name => e.arg(name, scale, causal),
+        name => e
+            .arg(name, scale, causal)
+            .or_else(|| mask_arg(be, mask.as_ref()?, name)),
     });
     Some(out)
 }
@@ -97,12 +150,17 @@ pub(super) fn attention_backward<A: DeviceApi>(
     q: &RawTensor,
     k: &RawTensor,
     v: &RawTensor,
+    mask: Option<&RawTensor>,
     packed: &RawTensor,
     d_o: &RawTensor,
     scale: f64,
     causal: bool,
 ) -> Option<RawTensor> {
     let e = Extents::of(q, k, v, &[packed, d_o])?;
+    let mask = match mask {
+        Some(m) => Some(MaskView::of::<A>(m, q, &e)?),
+        None => None,
+    };
     let [q, k, v, packed, d_o] = [q, k, v, packed, d_o].map(|x| be.dense(x));
     let mut shape = q.shape()[..q.shape().len() - 2].to_vec();
     shape.push(e.lq * e.dim + e.lk * e.dim + e.lk * e.dv);
@@ -117,7 +175,7 @@ pub(super) fn attention_backward<A: DeviceApi>(
         (AttentionPass::BackwardQueries, e.matrices * e.lq),
         (AttentionPass::BackwardKeys, e.matrices * e.lk),
     ] {
-        let s = spec(AttentionSpec::new(pass, dtype), "attention backward");
+        let s = spec(AttentionSpec::new(pass, dtype, mask.is_some()), "attention backward");
         let dims = launch::for_tasks(tasks as i64, 32, be.api.sm_count());
         be.run(&s, dims, |p| match p.name {
             "grads" => Some(be.run_ptr(&grads)),
@@ -127,7 +185,9 @@ pub(super) fn attention_backward<A: DeviceApi>(
             "v" => Some(be.run_ptr(&v)),
             "packed" => Some(be.run_ptr(&packed)),
             "d_o" => Some(be.run_ptr(&d_o)),
-            name => e.arg(name, scale, causal),
+            name => e
+                .arg(name, scale, causal)
+                .or_else(|| mask_arg(be, mask.as_ref()?, name)),
         });
     }
     Some(grads)

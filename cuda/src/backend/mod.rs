@@ -400,11 +400,7 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         scale: f64,
         causal: bool,
     ) -> Option<RawTensor> {
-        // The kernels take no mask: a masked attention composes.
-        if mask.is_some() {
-            return None;
-        }
-        attention::attention(self, q, k, v, scale, causal)
+        attention::attention(self, q, k, v, mask, scale, causal)
     }
 
     fn attention_backward(
@@ -418,10 +414,7 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         scale: f64,
         causal: bool,
     ) -> Option<RawTensor> {
-        if mask.is_some() {
-            return None;
-        }
-        attention::attention_backward(self, q, k, v, packed, d_o, scale, causal)
+        attention::attention_backward(self, q, k, v, mask, packed, d_o, scale, causal)
     }
 
     fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {

@@ -7,6 +7,12 @@
 //! gradients over the queries that see it. Both recompute the probabilities from the forward's
 //! statistics (FlashAttention's recomputation). A causal query `i` sees keys `0..=i`.
 //!
+//! A masked variant takes a boolean mask, a strided view of `[matrices, Lq, Lk]` (a key
+//! padding mask broadcast over heads and queries is read in place, never expanded): its
+//! layout locates each matrix, and its row and column strides the queries and keys within. A
+//! query that keeps no key attends to nothing: output 0, statistics `(-inf, 0)`, and no
+//! gradient.
+//!
 //! Floats of 32 and 64 bits only (the statistics would round in a half type), with `D` and
 //! `Dv` up to [`MAX_HEAD`] (each lane holds up to eight of a row's elements).
 
@@ -48,16 +54,17 @@ impl AttentionPass {
     }
 }
 
-/// One pass of the fused attention for `dtype` operands.
+/// One pass of the fused attention for `dtype` operands, with or without a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AttentionSpec {
     pass: AttentionPass,
     dtype: KernelDType,
+    masked: bool,
 }
 
 impl AttentionSpec {
-    /// The pass `pass` for `dtype` (f32 or f64).
-    pub fn new(pass: AttentionPass, dtype: KernelDType) -> Result<AttentionSpec, KernelError> {
+    /// The pass `pass` for `dtype` (f32 or f64), taking a boolean mask when `masked`.
+    pub fn new(pass: AttentionPass, dtype: KernelDType, masked: bool) -> Result<AttentionSpec, KernelError> {
         if !matches!(dtype, KernelDType::F32 | KernelDType::F64) {
             return Err(KernelError::Unsupported {
                 kernel: format!("attention {}", pass.name()),
@@ -65,7 +72,7 @@ impl AttentionSpec {
                 accepted: "f32 or f64",
             });
         }
-        Ok(AttentionSpec { pass, dtype })
+        Ok(AttentionSpec { pass, dtype, masked })
     }
 
     /// The pass.
@@ -77,11 +84,17 @@ impl AttentionSpec {
     pub fn dtype(&self) -> KernelDType {
         self.dtype
     }
+
+    /// Whether the pass takes a mask.
+    pub fn masked(&self) -> bool {
+        self.masked
+    }
 }
 
 impl Gen for AttentionSpec {
     fn entry_name(&self) -> String {
-        format!("nb_attention_{}_{}", self.pass.name(), self.dtype)
+        let masked = if self.masked { "_masked" } else { "" };
+        format!("nb_attention_{}{masked}_{}", self.pass.name(), self.dtype)
     }
 
     fn params(&self) -> Vec<Param> {
@@ -100,6 +113,11 @@ impl Gen for AttentionSpec {
         p.extend(["q", "k", "v"].map(|n| Param::new(n, ArgType::In(d))));
         if self.pass != AttentionPass::Forward {
             p.extend(["packed", "d_o"].map(|n| Param::new(n, ArgType::In(d))));
+        }
+        if self.masked {
+            p.push(Param::new("mask", ArgType::In(KernelDType::Bool)));
+            p.push(Param::new("mask_layout", ArgType::Layout));
+            p.extend(["mask_rs", "mask_cs"].map(|n| Param::new(n, ArgType::I64)));
         }
         p.extend(["matrices", "lq", "lk", "dim", "dv"].map(|n| Param::new(n, ArgType::I64)));
         p.push(Param::new("scale", ArgType::F64));
@@ -141,6 +159,19 @@ impl Gen for AttentionSpec {
         } else {
             head + "    const long long per_matrix = lq * dim + lk * dim + lk * dv;\n"
         };
+        // The mask: query i's row `mrow` (forward and query pass) or key j's column `mcol`
+        // (key pass) in matrix b, and whether it keeps the pair.
+        let (mrow, kept_j, mcol, kept_i) = if self.masked {
+            let base = "mask + nb_offset(mask_layout, b * lq * lk)";
+            (
+                format!("        const bool* mrow = {base} + i * mask_rs;\n"),
+                "mrow[j * mask_cs]",
+                format!("        const bool* mcol = {base} + j * mask_cs;\n"),
+                "mcol[i * mask_rs]",
+            )
+        } else {
+            (String::new(), "true", String::new(), "true")
+        };
         let loop_body = match self.pass {
             AttentionPass::Forward => format!(
                 r#"    for (long long t = first_task; t < matrices * lq; t += warps) {{
@@ -150,21 +181,21 @@ impl Gen for AttentionSpec {
         const auto* qi = q + t * dim;
         const auto* kb = k + b * lk * dim;
         const auto* vb = v + b * lk * dv;
-        {c} m = {ninf};
+{mrow}        {c} m = {ninf};
         {c} l = {zero};
         {c} acc[8];
         for (int r = 0; r < 8; ++r) acc[r] = {zero};
         for (long long j0 = 0; j0 < keys; j0 += 32) {{
             const long long j = j0 + lane;
             {c} s = {ninf};
-            if (j < keys) {{
+            if (j < keys && {kept_j}) {{
                 {c} dot = {zero};
                 for (long long p = 0; p < dim; ++p) dot += ({c})qi[p] * ({c})kb[j * dim + p];
                 s = dot;
             }}
             const {c} m_new = {entry}_max(m, {entry}_warp_max(s));
             const {c} alpha = m == {ninf} ? {zero} : {exp}((m - m_new) * sc);
-            // A score of -inf (an infinite operand) weighs nothing, even while every score
+            // A score of -inf (a dropped key, or an infinite operand) weighs nothing, even while every score
             // so far is -inf (m_new = -inf would make the difference NaN).
             const {c} pj = (j < keys && s != {ninf}) ? {exp}((s - m_new) * sc) : {zero};
             l = l * alpha + {entry}_warp_sum(pj);
@@ -181,7 +212,8 @@ impl Gen for AttentionSpec {
             m = m_new;
         }}
         auto* o = out + t * width;
-        const {c} inv = {one} / l;
+        // l = 0: the query kept no key and attends to nothing.
+        const {c} inv = l > {zero} ? {one} / l : {zero};
         for (int r = 0; r < 8; ++r) {{
             const long long col = lane + 32 * r;
             if (col < dv) o[col] = acc[r] * inv;
@@ -203,18 +235,20 @@ impl Gen for AttentionSpec {
         const auto* vb = v + b * lk * dv;
         const auto* doi = d_o + t * dv;
         const auto* pk = packed + t * width;
-        // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
+{mrow}        // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
         {c} dd = {zero};
         for (long long col = lane; col < dv; col += 32) dd += ({c})doi[col] * ({c})pk[col];
         dd = {entry}_warp_sum(dd);
         const {c} m = pk[dv];
-        const {c} inv = {one} / ({c})pk[dv + 1];
+        // A sum of 0: the query kept no key, and has no gradient.
+        const bool empty = ({c})pk[dv + 1] == {zero};
+        const {c} inv = empty ? {zero} : {one} / ({c})pk[dv + 1];
         {c} dq[8];
         for (int r = 0; r < 8; ++r) dq[r] = {zero};
         for (long long j0 = 0; j0 < keys; j0 += 32) {{
             const long long j = j0 + lane;
             {c} ds = {zero};
-            if (j < keys) {{
+            if (j < keys && !empty && {kept_j}) {{
                 {c} s = {zero};
                 for (long long p = 0; p < dim; ++p) s += ({c})qi[p] * ({c})kb[j * dim + p];
                 const {c} pj = {exp}((s - m) * sc) * inv;
@@ -248,7 +282,7 @@ impl Gen for AttentionSpec {
         const auto* kj = k + t * dim;
         const auto* vj = v + t * dv;
         const long long row0 = b * lq;
-        {c} dk[8];
+{mcol}        {c} dk[8];
         {c} dvv[8];
         for (int r = 0; r < 8; ++r) {{
             dk[r] = {zero};
@@ -259,9 +293,9 @@ impl Gen for AttentionSpec {
             const long long i = i0 + lane;
             {c} pi = {zero};
             {c} ds = {zero};
-            if (i < lq) {{
+            const auto* pk = packed + (row0 + i) * width;
+            if (i < lq && ({c})pk[dv + 1] != {zero} && {kept_i}) {{
                 const auto* qi = q + (row0 + i) * dim;
-                const auto* pk = packed + (row0 + i) * width;
                 const auto* doi = d_o + (row0 + i) * dv;
                 {c} s = {zero};
                 for (long long p = 0; p < dim; ++p) s += ({c})qi[p] * ({c})kj[p];
