@@ -144,6 +144,18 @@ fn fused_attention_equals_the_composition_across_blocks_and_shapes() {
                 agree(&format!("{dtype} lq {lq} lk {lk} dv {dv} causal {causal}"), &t, causal);
             }
         }
+        // Many keys (score blocks past the L2 cache), across blocks and their groups, causal
+        // blocks stopping at the diagonal.
+        for (lq, lk) in [(60, 2100), (2100, 2100), (20, 9000)] {
+            for causal in [false, true] {
+                let t = (
+                    tensor(&[lq, 4], 10, dtype),
+                    tensor(&[lk, 4], 11, dtype),
+                    tensor(&[lk, 3], 12, dtype),
+                );
+                agree(&format!("{dtype} lq {lq} lk {lk} causal {causal}"), &t, causal);
+            }
+        }
         // One matrix: the backward splits its query blocks into groups.
         for causal in [false, true] {
             let t = (

@@ -172,16 +172,21 @@ impl Gen for AttentionSpec {
         } else {
             (String::new(), "true", String::new(), "true")
         };
-        let loop_body = match self.pass {
-            AttentionPass::Forward => format!(
-                r#"    for (long long t = first_task; t < matrices * lq; t += warps) {{
+        // A warp per query `i` of matrix `b` (task `t`), which sees `keys` keys: its row of q,
+        // the matrix's keys and values, and its mask row.
+        let query_task = format!(
+            r#"    for (long long t = first_task; t < matrices * lq; t += warps) {{
         const long long b = t / lq;
         const long long i = t - b * lq;
         const long long keys = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
         const auto* qi = q + t * dim;
         const auto* kb = k + b * lk * dim;
         const auto* vb = v + b * lk * dv;
-{mrow}        {c} m = {ninf};
+{mrow}"#
+        );
+        let loop_body = match self.pass {
+            AttentionPass::Forward => format!(
+                r#"{query_task}        {c} m = {ninf};
         {c} l = {zero};
         {c} acc[8];
         for (int r = 0; r < 8; ++r) acc[r] = {zero};
@@ -226,16 +231,9 @@ impl Gen for AttentionSpec {
 "#
             ),
             AttentionPass::BackwardQueries => format!(
-                r#"    for (long long t = first_task; t < matrices * lq; t += warps) {{
-        const long long b = t / lq;
-        const long long i = t - b * lq;
-        const long long keys = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
-        const auto* qi = q + t * dim;
-        const auto* kb = k + b * lk * dim;
-        const auto* vb = v + b * lk * dv;
-        const auto* doi = d_o + t * dv;
+                r#"{query_task}        const auto* doi = d_o + t * dv;
         const auto* pk = packed + t * width;
-{mrow}        // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
+        // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
         {c} dd = {zero};
         for (long long col = lane; col < dv; col += 32) dd += ({c})doi[col] * ({c})pk[col];
         dd = {entry}_warp_sum(dd);
