@@ -216,8 +216,16 @@ impl TransformerBlock {
     /// The block on `x: [batch, length, d]`; `key` (training) drives both dropouts, which get
     /// keys of their own folded from it.
     pub fn forward(&self, x: &Tensor, causal: bool, key: Option<&Tensor>) -> Tensor {
+        self.forward_masked(x, causal, None, key)
+    }
+
+    /// [`TransformerBlock::forward`] with an attention mask (bool, broadcastable to `[batch,
+    /// heads, length, length]`, true keeps a key): for a padded batch, a key padding mask
+    /// `[batch, 1, 1, length]`, and-ed with a query padding mask `[batch, 1, length, 1]` if
+    /// padded queries should attend to nothing (their attention output is then 0).
+    pub fn forward_masked(&self, x: &Tensor, causal: bool, mask: Option<&Tensor>, key: Option<&Tensor>) -> Tensor {
         let keys = key.map(|k| (fold_in(k, 1), fold_in(k, 2)));
-        let a = self.attention.forward(&self.norm1.forward(x), causal, None);
+        let a = self.attention.forward(&self.norm1.forward(x), causal, mask);
         let h = x + self.dropout.forward(&a, keys.as_ref().map(|k| &k.0));
         let m = self
             .down
