@@ -494,3 +494,40 @@ fn bad_operands_get_messages_that_name_the_op_and_what_to_do() {
     let msg = sdpa(&q, &tensor(&[2, 6, 3], 64, DType::F32), &v, None);
     assert!(msg.contains("do not fit"), "{msg}");
 }
+
+#[test]
+fn half_attention_computes_in_f32_through_the_fused_primitive() {
+    let keep = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0], &[8]).gt_scalar(0.5);
+    for half in [DType::BF16, DType::F16] {
+        let t = [
+            tensor(&[2, 70, 16], 71, half),
+            tensor(&[2, 8, 16], 72, half),
+            tensor(&[2, 8, 16], 73, half),
+        ];
+        let (q, k, v) = (&t[0], &t[1], &t[2]);
+        let wide = |x: &Tensor| x.cast(DType::F32);
+        for mask in [None, Some(&keep)] {
+            let got = nb::scaled_dot_product_attention(q, k, v, mask, true);
+            assert_eq!(got.dtype(), half);
+            // The f32 attention of the same values, rounded once.
+            let want = nb::scaled_dot_product_attention(&wide(q), &wide(k), &wide(v), mask, true).cast(half);
+            assert_eq!(
+                got.to_vec::<f64>(),
+                want.to_vec::<f64>(),
+                "{half} mask {}",
+                mask.is_some()
+            );
+        }
+        let graph = nb::trace_graph(
+            |xs| {
+                let t = (xs[0].clone(), xs[1].clone(), xs[2].clone());
+                let g = nb::grad(|t: &Qkv| masked_attention(t, Some(&keep), true, true).cast(DType::F32).sum_all())(&t);
+                assert_eq!((g.0.dtype(), g.1.dtype(), g.2.dtype()), (half, half, half));
+                vec![g.0, g.1, g.2]
+            },
+            &t,
+        );
+        assert!(graph.contains("attention_backward(causal=true)"), "{graph}");
+        assert!(!graph.contains("softmax"), "{graph}");
+    }
+}

@@ -15,7 +15,7 @@ use crate::tensor::Tensor;
 /// of a plain softmax over `-inf` scores).
 ///
 /// On a backend with a fused attention kernel (the CPU and the GPU, in f32 and f64, with or
-/// without a mask) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
+/// without a mask; bf16 and f16 compute in f32 through it) this is one primitive each way, which never forms the `[..., Lq, Lk]` scores; other
 /// dtypes and backends compose products and softmax rows.
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, causal: bool) -> Tensor {
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
@@ -69,6 +69,12 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
                 m.shape()
             );
         }
+    }
+    if matches!(q.dtype(), crate::DType::BF16 | crate::DType::F16) {
+        // Halves compute in f32 (as PyTorch's and cuDNN's attention accumulate), through the
+        // fused kernels, and round the output once; the casts carry the gradients back.
+        let wide = |t: &Tensor| t.cast(crate::DType::F32);
+        return scaled_dot_product_attention(&wide(q), &wide(k), &wide(v), mask, causal).cast(q.dtype());
     }
     let scale = 1.0 / (d as f64).sqrt();
     if let Some(o) = super::attention_fused::fused_attention(q, k, v, mask, scale, causal) {
