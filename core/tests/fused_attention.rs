@@ -488,11 +488,21 @@ fn bad_operands_get_messages_that_name_the_op_and_what_to_do() {
     assert!(msg.contains("the mask must be bool") && msg.contains("[5, 6]"), "{msg}");
     let msg = sdpa(&q, &k, &v, Some(&Tensor::ones(&[6, 5], DType::F32).gt_scalar(0.5)));
     assert!(
-        msg.contains("a mask of shape [6, 5] does not broadcast to the scores [.., 5, 6]"),
+        msg.contains("a mask of shape [6, 5] does not broadcast to the scores [2, 5, 6]"),
+        "{msg}"
+    );
+    let msg = sdpa(&q, &k, &v, Some(&Tensor::ones(&[3, 5, 6], DType::F32).gt_scalar(0.5)));
+    assert!(
+        msg.contains("a mask of shape [3, 5, 6] does not broadcast to the scores [2, 5, 6]"),
         "{msg}"
     );
     let msg = sdpa(&q, &tensor(&[2, 6, 3], 64, DType::F32), &v, None);
     assert!(msg.contains("do not fit"), "{msg}");
+    let msg = sdpa(&q, &tensor(&[3, 6, 4], 65, DType::F32), &v, None);
+    assert!(
+        msg.contains("leading (batch) axes of q [2, 5, 4], k [3, 6, 4]"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -806,23 +806,31 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
         &[2, 1, 1, lk],
     );
     let keep = rng.uniform(&[lq, lk], 0.0, 1.0, DType::F64).gt_scalar(0.3);
-    // Its columns, a contiguous [Lk, Lq] tensor, read back through a transposed view.
+    // Its columns, a contiguous [Lk, Lq] tensor, read back through a transposed view; and its
+    // rows reversed, read back through a flipped view (a negative key stride).
     let columns = keep.swap_axes(0, 1).logical_not().logical_not();
+    let reversed = keep.flip(-1).logical_not().logical_not();
     let per_query = bools((0..lq).map(|i| if i == 5 { 0.0 } else { 1.0 }).collect(), &[lq, 1]);
+    let view = |name: &str, m: &Tensor| match name {
+        "transposed" => m.swap_axes(0, 1),
+        "flipped" => m.flip(-1),
+        _ => m.clone(),
+    };
     let masks = [
-        ("padding", &padding, false),
-        ("arbitrary", &keep, false),
-        ("transposed", &columns, true),
-        ("per query", &per_query, false),
+        ("padding", &padding),
+        ("arbitrary", &keep),
+        ("transposed", &columns),
+        ("flipped", &reversed),
+        ("per query", &per_query),
     ];
     for causal in [false, true] {
-        for (mask_name, mask, transposed) in masks {
+        for (mask_name, mask) in masks {
             let q = rng.normal(&[2, 2, lq, 40], 0.0, 1.0, DType::F64);
             let k = rng.normal(&[2, 1, lk, 40], 0.0, 1.0, DType::F64);
             let v = rng.normal(&[2, 1, lk, 33], 0.0, 1.0, DType::F64);
             let name = format!("attention with a {mask_name} mask, causal {causal}");
             check_both(&name, &[q, k, v, mask.clone()], |x| {
-                let mask = &if transposed { x[3].swap_axes(0, 1) } else { x[3].clone() };
+                let mask = &view(mask_name, &x[3]);
                 let f = |t: &(Tensor, Tensor, Tensor)| {
                     nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(mask), causal)
                         .sin()

@@ -3,7 +3,7 @@
 //! compositions of primitives (the product through `scan`).
 
 use super::require_float;
-use crate::shape::normalize_axis;
+use crate::shape::{normalize_axis, try_broadcast_shapes};
 use crate::tensor::Tensor;
 
 /// `softmax(q k^T / sqrt(d) + mask) v` over the last two axes: `q` `[..., Lq, D]`, `k`
@@ -37,6 +37,15 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
             v.shape()
         );
     }
+    let lead = |t: &Tensor| t.shape()[..t.rank() - 2].to_vec();
+    let Some(batch) = try_broadcast_shapes(&lead(q), &lead(k)).and_then(|b| try_broadcast_shapes(&b, &lead(v))) else {
+        panic!(
+            "scaled_dot_product_attention: the leading (batch) axes of q {:?}, k {:?} and v {:?} do not broadcast",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        );
+    };
     for (name, t) in [("k", k), ("v", v)] {
         if t.dtype() != q.dtype() {
             panic!(
@@ -60,12 +69,12 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Op
         }
         super::require_same_device("scaled_dot_product_attention", q, m);
         let (lq, lk) = (q.shape()[q.rank() - 2], k.shape()[k.rank() - 2]);
-        let fits = |got: Option<&usize>, want: usize| got.is_none_or(|&n| n == 1 || n == want);
-        let tail = |back: usize| m.shape().len().checked_sub(back).map(|i| &m.shape()[i]);
-        if !fits(tail(2), lq) || !fits(tail(1), lk) {
+        let scores: Vec<usize> = batch.iter().copied().chain([lq, lk]).collect();
+        let full = try_broadcast_shapes(&scores, m.shape());
+        if full.is_none_or(|f| f[f.len() - 2..] != [lq, lk]) {
             panic!(
-                "scaled_dot_product_attention: a mask of shape {:?} does not broadcast to the scores \
-                 [.., {lq}, {lk}] (queries, keys); a key padding mask is [batch, 1, 1, {lk}]",
+                "scaled_dot_product_attention: a mask of shape {:?} does not broadcast to the scores {scores:?} \
+                 (batch.., queries, keys); a key padding mask is [batch, 1, 1, {lk}]",
                 m.shape()
             );
         }

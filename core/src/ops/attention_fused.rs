@@ -296,7 +296,9 @@ fn composed_packed(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, s:
     // product; the fused forward never runs this).
     let kept = kept_or(q.matmul(&k.swap_axes(-1, -2)), mask, s.causal, f64::NEG_INFINITY);
     let max = kept.max(-1, true);
+    // A query that keeps no key: (-inf, 0), as the kernels store it.
     let sum = ((&kept - &max) * s.scale).exp().sum(-1, true);
+    let sum = max.gt_scalar(f64::NEG_INFINITY).where_(&sum, &sum.scalar_like(0.0));
     let o = p.matmul(v);
     let mut column = o.shape().to_vec();
     *column.last_mut().expect("rank >= 2") = 1;
