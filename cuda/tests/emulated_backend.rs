@@ -763,6 +763,24 @@ fn automatic_convolutions_keep_the_windows_on_the_device() {
     same("conv2d (shifted rows)", "output", &[got], &[want]).unwrap();
 }
 
+/// Attention of `x = [q, k, v, ..]` and the gradients of `sum(sin(attention))` with respect
+/// to `q`, `k` and `v`.
+fn attention_and_gradients(x: &[Tensor], mask: Option<&Tensor>, causal: bool) -> Vec<Tensor> {
+    let t = (x[0].clone(), x[1].clone(), x[2].clone());
+    let loss = |t: &(Tensor, Tensor, Tensor)| {
+        nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, causal)
+            .sin()
+            .sum_all()
+    };
+    let g = nb::grad(loss)(&t);
+    vec![
+        nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, causal),
+        g.0,
+        g.1,
+        g.2,
+    ]
+}
+
 #[test]
 fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots() {
     if !device::available() {
@@ -779,21 +797,7 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
             let k = rng.normal(&[2, 1, lk, dim], 0.0, 1.0, DType::F64);
             let v = rng.normal(&[2, 1, lk, dv], 0.0, 1.0, DType::F64);
             let name = format!("attention lq {lq} lk {lk} dim {dim} dv {dv} causal {causal}");
-            check_both(&name, &[q, k, v], |x| {
-                let f = |t: &(Tensor, Tensor, Tensor)| {
-                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal)
-                        .sin()
-                        .sum_all()
-                };
-                let t = (x[0].clone(), x[1].clone(), x[2].clone());
-                let g = nb::grad(f)(&t);
-                vec![
-                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, None, causal),
-                    g.0,
-                    g.1,
-                    g.2,
-                ]
-            });
+            check_both(&name, &[q, k, v], |x| attention_and_gradients(x, None, causal));
         }
     }
     // Masks, read in place by the masked kernels: key padding broadcast over heads and
@@ -830,20 +834,7 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
             let v = rng.normal(&[2, 1, lk, 33], 0.0, 1.0, DType::F64);
             let name = format!("attention with a {mask_name} mask, causal {causal}");
             check_both(&name, &[q, k, v, mask.clone()], |x| {
-                let mask = &view(mask_name, &x[3]);
-                let f = |t: &(Tensor, Tensor, Tensor)| {
-                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(mask), causal)
-                        .sin()
-                        .sum_all()
-                };
-                let t = (x[0].clone(), x[1].clone(), x[2].clone());
-                let g = nb::grad(f)(&t);
-                vec![
-                    nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, Some(mask), causal),
-                    g.0,
-                    g.1,
-                    g.2,
-                ]
+                attention_and_gradients(x, Some(&view(mask_name, &x[3])), causal)
             });
         }
     }
@@ -853,25 +844,10 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
         let q = rng.normal(&[2, 2, 37, 40], 0.0, 1.0, DType::F32);
         let k = rng.normal(&[2, 2, 70, 40], 0.0, 1.0, DType::F32);
         let v = rng.normal(&[2, 2, 70, 33], 0.0, 1.0, DType::F32);
-        let f = |x: &[Tensor], mask: Option<&Tensor>| {
-            let t = (x[0].clone(), x[1].clone(), x[2].clone());
-            let loss = |t: &(Tensor, Tensor, Tensor)| {
-                nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, true)
-                    .sin()
-                    .sum_all()
-            };
-            let g = nb::grad(loss)(&t);
-            vec![
-                nb::scaled_dot_product_attention(&t.0, &t.1, &t.2, mask, true),
-                g.0,
-                g.1,
-                g.2,
-            ]
-        };
         let inputs = [q, k, v];
-        let want = f(&inputs, mask);
+        let want = attention_and_gradients(&inputs, mask, true);
         let gpu_mask = mask.map(|m| m.to_device(GPU).unwrap());
-        let got = f(&on_gpu(&inputs), gpu_mask.as_ref());
+        let got = attention_and_gradients(&on_gpu(&inputs), gpu_mask.as_ref(), true);
         for (what, (g, w)) in ["values", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
             assert_eq!((g.device(), g.dtype()), (GPU, DType::F32), "f32 attention {what}");
             let (g, w) = (g.to_device(Device::Cpu).unwrap().to_vec::<f64>(), w.to_vec::<f64>());

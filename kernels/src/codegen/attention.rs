@@ -84,11 +84,6 @@ impl AttentionSpec {
     pub fn dtype(&self) -> KernelDType {
         self.dtype
     }
-
-    /// Whether the pass takes a mask.
-    pub fn masked(&self) -> bool {
-        self.masked
-    }
 }
 
 impl Gen for AttentionSpec {
@@ -200,8 +195,8 @@ impl Gen for AttentionSpec {
             }}
             const {c} m_new = {entry}_max(m, {entry}_warp_max(s));
             const {c} alpha = m == {ninf} ? {zero} : {exp}((m - m_new) * sc);
-            // A score of -inf (a dropped key, or an infinite operand) weighs nothing, even while every score
-            // so far is -inf (m_new = -inf would make the difference NaN).
+            // A score of -inf (a dropped key, or an infinite operand) weighs nothing, even
+            // while every score so far is -inf (m_new = -inf would make the difference NaN).
             const {c} pj = (j < keys && s != {ninf}) ? {exp}((s - m_new) * sc) : {zero};
             l = l * alpha + {entry}_warp_sum(pj);
             for (int r = 0; r < 8; ++r) acc[r] *= alpha;
