@@ -1,6 +1,8 @@
 """JAX jit and PyTorch eager (when installed) timings of examples/bench_layers.rs's cases:
 conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
-56x56, 3x3, padding 1), and one pre-norm transformer block step, value and gradients (batch 16,
+56x56, 3x3, padding 1) and with stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB
+224x224 images, attention [16, 8, 256, 64] forward and backward (causal, and with a key
+padding mask), and one pre-norm transformer block step, value and gradients (batch 16,
 sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
 of 2^24 elements, and the value and gradient of the mean cross-entropy of [2048, 32000] logits
 against integer labels (a language model's head). float32, CPU. Writes
@@ -29,6 +31,28 @@ def jax_rows(runs):
     bwd = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
     rows = [("conv2d_fwd", "jax.jit", "ms", median_ms(lambda: fwd(x, w).block_until_ready(), 1, runs)),
             ("conv2d_fwd_bwd", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(bwd(x, w)), 1, runs))]
+
+    def conv_s(x, w, pad):
+        return jax.lax.conv_general_dilated(x, w, (2, 2), [(pad, pad), (pad, pad)], dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+    w2 = jnp.asarray(rng.standard_normal((128, 64, 3, 3), dtype=np.float32) * 0.05)
+    fwd2 = jax.jit(lambda x, w: conv_s(x, w, 1))
+    bwd2 = jax.jit(jax.grad(lambda x, w: jnp.sum(conv_s(x, w, 1) ** 2), argnums=(0, 1)))
+    images, stem_w = stem_inputs(rng)
+    stem = jax.jit(lambda x, w: conv_s(x, w, 3))
+    images, stem_w = jnp.asarray(images), jnp.asarray(stem_w)
+    rows += [("conv2d_s2_fwd", "jax.jit", "ms", median_ms(lambda: fwd2(x, w2).block_until_ready(), 1, runs)),
+             ("conv2d_s2_fwd_bwd", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(bwd2(x, w2)), 1, runs)),
+             ("conv2d_stem_fwd", "jax.jit", "ms", median_ms(lambda: stem(images, stem_w).block_until_ready(), 1, runs))]
+
+    q, k, v = (jnp.asarray(t) for t in attention_inputs(rng))
+    padding = jnp.asarray(key_padding())
+    for case, causal, mask in (("attention_causal_fwd_bwd", True, None), ("attention_padded_fwd_bwd", False, padding)):
+        def loss(q, k, v, causal=causal, mask=mask):
+            return jnp.sum(jax.nn.dot_product_attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
+                                                        v.transpose(0, 2, 1, 3), mask=mask, is_causal=causal) ** 2)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        rows.append((case, "jax.jit", "ms", median_ms(lambda g=g: jax.block_until_ready(g(q, k, v)), 1, runs)))
 
     b, l, d, h = 16, 256, 512, 8
     def lin(i, o):
@@ -77,6 +101,22 @@ def jax_rows(runs):
     return rows
 
 
+def stem_inputs(rng):
+    """8 RGB 224x224 images and 64 filters 7x7, as bench_layers' stride-2 stem."""
+    return (rng.standard_normal((8, 3, 224, 224), dtype=np.float32),
+            rng.standard_normal((64, 3, 7, 7), dtype=np.float32) * 0.05)
+
+
+def attention_inputs(rng):
+    """q, k and v [16, 8, 256, 64] (batch, heads, sequence, head width), standard normal."""
+    return [rng.standard_normal((16, 8, 256, 64), dtype=np.float32) for _ in range(3)]
+
+
+def key_padding():
+    """The bool key padding mask [16, 1, 1, 256]: sequence b keeps its first 256 - 8 b keys."""
+    return (np.arange(256)[None, :] < (256 - 8 * np.arange(16))[:, None]).reshape(16, 1, 1, 256)
+
+
 def ce_inputs(rng):
     """Logits [2048, 32000] (standard normal) and labels (i * 7 mod 32000), as bench_layers."""
     rows, classes = 2048, 32000
@@ -101,6 +141,26 @@ def torch_rows(runs):
         return torch.autograd.grad((y ** 2).sum(), (xg, w))
 
     rows.append(("conv2d_fwd_bwd", "torch eager", "ms", median_ms(fb, 1, runs)))
+    w2 = (torch.randn(128, 64, 3, 3) * 0.05).requires_grad_()
+    rows.append(("conv2d_s2_fwd", "torch eager", "ms",
+                 median_ms(lambda: torch.nn.functional.conv2d(x, w2.detach(), stride=2, padding=1), 1, runs)))
+
+    def fb2():
+        y = torch.nn.functional.conv2d(xg, w2, stride=2, padding=1)
+        return torch.autograd.grad((y ** 2).sum(), (xg, w2))
+
+    rows.append(("conv2d_s2_fwd_bwd", "torch eager", "ms", median_ms(fb2, 1, runs)))
+    images, stem_w = (torch.from_numpy(t) for t in stem_inputs(np.random.default_rng(0)))
+    rows.append(("conv2d_stem_fwd", "torch eager", "ms",
+                 median_ms(lambda: torch.nn.functional.conv2d(images, stem_w, stride=2, padding=3), 1, runs)))
+    qkv = [torch.from_numpy(t).requires_grad_() for t in attention_inputs(np.random.default_rng(0))]
+    padding = torch.from_numpy(key_padding())
+    for case, causal, mask in (("attention_causal_fwd_bwd", True, None), ("attention_padded_fwd_bwd", False, padding)):
+        def attn(causal=causal, mask=mask):
+            o = torch.nn.functional.scaled_dot_product_attention(*qkv, attn_mask=mask, is_causal=causal)
+            return torch.autograd.grad((o ** 2).sum(), qkv)
+
+        rows.append((case, "torch eager", "ms", median_ms(attn, 1, runs)))
     layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     xs = torch.randn(16, 256, 512)
     mask = torch.nn.Transformer.generate_square_subsequent_mask(256)

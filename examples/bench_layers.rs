@@ -1,5 +1,7 @@
 //! The CNN and transformer benchmark (issue 12): conv2d forward and forward+backward at a
-//! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1) and one pre-norm
+//! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1), the same with
+//! stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB 224x224 images, attention
+//! `[16, 8, 256, 64]` forward and backward (causal, and with a key padding mask), one pre-norm
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
 //! causal), one Adam update of a 16M-element parameter, and the value and gradient of the mean
 //! cross-entropy of `[2048, 32000]` logits against integer labels (a language model's head);
@@ -58,6 +60,55 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(fb(&xw))),
     ));
+    // A ResNet downsampling layer (stride 2, 64 -> 128 channels) and a 7x7 stem (stride 2).
+    let w2 = rng.normal(&[128, 64, 3, 3], 0.0, 0.05, DType::F32);
+    let s2 = Conv2dOptions { stride: (2, 2), ..opts };
+    rows.push((
+        "conv2d_s2_fwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(nb::conv2d(&x, &w2, s2))),
+    ));
+    let fb2 = nb::grad(|a: &(Tensor, Tensor)| nb::conv2d(&a.0, &a.1, s2).square().sum_all());
+    let xw2 = (x.clone(), w2.clone());
+    rows.push((
+        "conv2d_s2_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(fb2(&xw2))),
+    ));
+    let images = rng.normal(&[8, 3, 224, 224], 0.0, 1.0, DType::F32);
+    let stem_w = rng.normal(&[64, 3, 7, 7], 0.0, 0.05, DType::F32);
+    let stem = Conv2dOptions {
+        stride: (2, 2),
+        padding: (3, 3),
+        ..Conv2dOptions::default()
+    };
+    rows.push((
+        "conv2d_stem_fwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(nb::conv2d(&images, &stem_w, stem))),
+    ));
+    // Attention [16, 8, 256, 64], the gradient of sum(o^2) with respect to q, k and v: causal,
+    // and not causal with a key padding mask (sequence b keeps 256 - 8 b keys).
+    let qkv: Vec<Tensor> = (0..3)
+        .map(|_| rng.normal(&[16, 8, 256, 64], 0.0, 1.0, DType::F32))
+        .collect();
+    let kept: Vec<bool> = (0..16 * 256).map(|i| i % 256 < 256 - 8 * (i / 256)).collect();
+    let padding = Tensor::from_vec(kept, &[16, 1, 1, 256]);
+    for (case, mask, causal) in [
+        ("attention_causal_fwd_bwd", None, true),
+        ("attention_padded_fwd_bwd", Some(&padding), false),
+    ] {
+        let g = nb::grad(|t: &Vec<Tensor>| {
+            nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], mask, causal)
+                .square()
+                .sum_all()
+        });
+        rows.push((
+            case.into(),
+            "nabla-rs".into(),
+            median_ms(1, args.runs, || drop(g(&qkv))),
+        ));
+    }
     let block = TransformerBlock::new(512, 8, 0.0, &mut rng, DType::F32);
     let xs = rng.normal(&[16, 256, 512], 0.0, 1.0, DType::F32);
     let step = nb::value_and_grad(|b: &TransformerBlock| b.forward(&xs, true, None).square().mean_all());
@@ -134,6 +185,11 @@ fn main() {
     for case in [
         "conv2d_fwd",
         "conv2d_fwd_bwd",
+        "conv2d_s2_fwd",
+        "conv2d_s2_fwd_bwd",
+        "conv2d_stem_fwd",
+        "attention_causal_fwd_bwd",
+        "attention_padded_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",
         "cross_entropy_32k",

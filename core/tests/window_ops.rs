@@ -149,6 +149,35 @@ fn cases() -> Vec<Case> {
             w: [16, 4, 3, 3],
             o: opts((1, 1), (2, 2), (2, 2), 2),
         },
+        // Strides above 1 without dilation take the shifted rows over the phase images: a
+        // ResNet-like downsampling (Auto picks it), a 7x7 stem at stride 2 with a kernel that is
+        // not a multiple of the stride, strides above the kernel, a 1x1 kernel, padding past
+        // the rows any output reads (cropped), and groups.
+        Case {
+            x: [2, 16, 32, 31],
+            w: [64, 16, 3, 3],
+            o: opts((2, 2), (1, 1), (1, 1), 1),
+        },
+        Case {
+            x: [1, 3, 13, 12],
+            w: [4, 3, 7, 7],
+            o: opts((2, 2), (3, 3), (1, 1), 1),
+        },
+        Case {
+            x: [2, 2, 11, 10],
+            w: [3, 2, 2, 3],
+            o: opts((3, 4), (1, 0), (1, 1), 1),
+        },
+        Case {
+            x: [1, 4, 9, 7],
+            w: [5, 4, 1, 1],
+            o: opts((2, 3), (0, 0), (1, 1), 1),
+        },
+        Case {
+            x: [1, 2, 12, 9],
+            w: [4, 1, 3, 2],
+            o: opts((3, 2), (1, 3), (1, 1), 2),
+        },
     ]
 }
 
@@ -183,7 +212,7 @@ fn conv2d_and_its_gradients_match_a_direct_loop_in_every_float_dtype() {
             case.x[0] * case.out()[2] * case.out()[3],
         ];
         let mut algorithms = vec![ConvAlgorithm::Auto, ConvAlgorithm::Windows];
-        if case.o.stride == (1, 1) {
+        if case.o.stride == (1, 1) || case.o.dilation == (1, 1) {
             algorithms.push(ConvAlgorithm::ShiftedRows);
         }
         for (algorithm, dtype) in algorithms
@@ -271,18 +300,88 @@ fn stride_one_convolutions_and_their_gradients_are_shifted_row_products_without_
         },
     };
     assert!(shifted(&gradient_graph(&layer, ConvAlgorithm::Auto)));
-    // Windows is honoured at stride 1, and shifted rows are refused at other strides.
+    // Windows is honoured at stride 1, and shifted rows are refused where strided and dilated.
     assert!(!shifted(&gradient_graph(&layer, ConvAlgorithm::Windows)));
     let x = Tensor::zeros(&[1, 1, 5, 5], DType::F32);
     let w = Tensor::zeros(&[1, 1, 3, 3], DType::F32);
     let o = Conv2dOptions {
         stride: (2, 1),
+        dilation: (1, 2),
         algorithm: ConvAlgorithm::ShiftedRows,
         ..Conv2dOptions::default()
     };
     let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nb::conv2d(&x, &w, o))).unwrap_err();
     let e = e.downcast::<String>().map(|s| *s).unwrap_or_default();
-    assert!(e.contains("ShiftedRows needs stride (1, 1), got (2, 1)"), "{e}");
+    assert!(
+        e.contains("ShiftedRows needs stride (1, 1) or dilation (1, 1)")
+            && e.contains("got stride (2, 1), dilation (1, 2)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn strided_convolutions_are_shifted_row_products_over_phase_images() {
+    // Case 9, a 3x3 stride-2 downsampling of 16 channels: Auto takes the shifted rows over the
+    // 4 phase images, the value and the weight gradient one product each over every tap, the
+    // input gradient one product per phase image over its own taps (4, 2, 2 and 1 of them).
+    // A 1x1 kernel at stride 2 (it reads one phase image of 4) and a dilated one keep the
+    // windows.
+    let shifted = |graph: &str| {
+        graph.matches("tap_matmul(").count() == 5
+            && graph.matches("tap_outer(").count() == 1
+            && !graph.contains("unfold_windows(")
+    };
+    let graph = gradient_graph(&cases()[9], ConvAlgorithm::Auto);
+    assert!(shifted(&graph), "{graph}");
+    for taps in ["taps=(2, 2)", "taps=(2, 1)", "taps=(1, 2)", "taps=(1, 1)"] {
+        assert!(
+            graph.contains(&format!("tap_matmul({taps}, steps=(-17, -1)")),
+            "{taps}: {graph}"
+        );
+    }
+    assert!(graph.contains("phases=(2, 2), plane=306"), "{graph}");
+    let pointwise = Case {
+        x: [2, 16, 16, 16],
+        w: [32, 16, 1, 1],
+        o: Conv2dOptions {
+            stride: (2, 2),
+            ..Conv2dOptions::default()
+        },
+    };
+    assert!(gradient_graph(&pointwise, ConvAlgorithm::Auto).contains("unfold_windows("));
+    let forced = gradient_graph(&pointwise, ConvAlgorithm::ShiftedRows);
+    assert!(
+        !forced.contains("unfold_windows(") && forced.contains("phases=(2, 2)"),
+        "{forced}"
+    );
+    assert!(gradient_graph(&cases()[4], ConvAlgorithm::Auto).contains("unfold_windows("));
+    // A 3-channel 7x7 stem at stride 2: the windows where the image's gradient may be asked
+    // for (a product per phase image would have 3 rows), the shifted rows where the image is a
+    // constant, as a network's input is.
+    let stem = Case {
+        x: [1, 3, 40, 40],
+        w: [16, 3, 7, 7],
+        o: Conv2dOptions {
+            stride: (2, 2),
+            padding: (3, 3),
+            ..Conv2dOptions::default()
+        },
+    };
+    assert!(gradient_graph(&stem, ConvAlgorithm::Auto).contains("unfold_windows("));
+    let x = Tensor::from_vec(inputs(stem.x.iter().product(), 1), &stem.x);
+    let w = Tensor::from_vec(inputs(stem.w.iter().product(), 2), &stem.w);
+    let graph = nb::trace_graph(
+        |ws| {
+            vec![nb::grad(|w: &Tensor| {
+                nb::conv2d(&x, w, stem.o).square().sum(nb::Axes::All, false)
+            })(&ws[0])]
+        },
+        &[w],
+    );
+    assert!(
+        graph.contains("phases=(2, 2)") && graph.contains("tap_outer(") && !graph.contains("unfold_windows("),
+        "{graph}"
+    );
 }
 
 /// Asserts that `got` and `want` agree elementwise within `tol`.

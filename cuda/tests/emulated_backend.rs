@@ -761,6 +761,20 @@ fn automatic_convolutions_keep_the_windows_on_the_device() {
     let want = nb::conv2d(&x, &w, shifted);
     let got = nb::conv2d(&x.to_device(GPU).unwrap(), &w.to_device(GPU).unwrap(), shifted);
     same("conv2d (shifted rows)", "output", &[got], &[want]).unwrap();
+    // Strided, over phase images (the device gathers every tap's run and joins them), with
+    // both gradients.
+    let strided = nb::Conv2dOptions {
+        stride: (2, 2),
+        ..shifted
+    };
+    let value_and_grads = |x: &Tensor, w: &Tensor| {
+        let loss = |p: &(Tensor, Tensor)| nb::conv2d(&p.0, &p.1, strided).sin().sum_all();
+        let (v, g) = nb::value_and_grad(loss)(&(x.clone(), w.clone()));
+        vec![v, g.0, g.1]
+    };
+    let want = value_and_grads(&x, &w);
+    let got = value_and_grads(&x.to_device(GPU).unwrap(), &w.to_device(GPU).unwrap());
+    same("conv2d (shifted rows, stride 2)", "value and gradients", &got, &want).unwrap();
 }
 
 /// Attention of `x = [q, k, v, ..]` and the gradients of `sum(sin(attention))` with respect

@@ -3,9 +3,10 @@
 //! "col2im", `Backend::fold_windows`); a convolution is one batched matmul of the flattened
 //! kernel with them, and a pooling is a reduction over the window axis. So they run on every
 //! device, and every derivative (of any order, under vmap and jit) follows from the rules of
-//! the two window primitives, padding and matmul. Stride-1 convolutions over enough channels
-//! skip the windows: each kernel tap is a shifted run of the flattened padded image, and the
-//! product reads the runs in place (`ops::taps`; [`ConvAlgorithm`] chooses).
+//! the two window primitives, padding and matmul. Convolutions over enough channels skip the
+//! windows: each kernel tap is a shifted run of the flattened padded image (of its phase
+//! images when strided), and the product reads the runs in place (`ops::taps`;
+//! [`ConvAlgorithm`] chooses).
 //! `conv_transpose2d` is the derivative of `conv2d` with respect to its input, applied to `x`.
 
 use super::require_float;
@@ -18,20 +19,27 @@ use crate::trace::Rule;
 /// device, with the same derivatives of every order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgorithm {
-    /// Chosen from the device and the shapes: on the CPU, [`ConvAlgorithm::ShiftedRows`] for
-    /// stride-1 convolutions with at least 8 input channels per group and at least 2^20
-    /// multiply-adds per image and group, [`ConvAlgorithm::Windows`] otherwise (small products
-    /// pay more for their per-image calls than the im2col copy costs; see
-    /// `docs/benchmarks.md`, stop 23). On a GPU, windows: there the shifted rows are gathered by
-    /// a generic strided copy, and have not been timed against the window kernels yet.
+    /// Chosen from the device and the shapes. On the CPU, [`ConvAlgorithm::ShiftedRows`] for
+    /// products of at least 2^20 multiply-adds per image and group that are deep enough:
+    /// stride-1 convolutions with at least 8 input channels per group; strided undilated ones
+    /// with at least 64 multiply-adds per output (input channels times taps), a kernel at least
+    /// as large as the stride, and at least 16 input channels per group unless the input is
+    /// not traced (a network's input images, whose gradient nobody asks for). Otherwise
+    /// [`ConvAlgorithm::Windows`]: small products pay more for their per-image calls than the
+    /// im2col copy costs (`docs/benchmarks.md`, stops 23 and 27). On a GPU, windows: there the
+    /// shifted rows are gathered by generic strided copies, and have not been timed against
+    /// the window kernels yet.
     #[default]
     Auto,
     /// im2col ("windows": every tap of every window copied out), then one batched matmul; any
-    /// stride. The matrix is kept for the weight gradient.
+    /// stride and dilation. The matrix is kept for the weight gradient.
     Windows,
-    /// Stride 1 only: the padded images as rows of `Hp * Wp` pixels, each kernel tap a shifted
-    /// run of the row, multiplied without building the im2col matrix (`Wp - OW` extra outputs
-    /// per output row are computed and dropped).
+    /// The padded images as rows of `Hp * Wp` pixels, each kernel tap a shifted run of the row,
+    /// multiplied without building the im2col matrix (`Wp - OW` extra outputs per output row
+    /// are computed and dropped). At a stride above 1 the padded image is first split into its
+    /// `sh * sw` phase images (`x[a::sh, b::sw]`, one copy) and each tap reads its own; the
+    /// input gradient is then one product per phase image. Any stride, or any dilation, not
+    /// both.
     ShiftedRows,
 }
 
@@ -190,13 +198,19 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
         );
     }
     let (oh, ow) = window_out("conv2d", x, (kh, kw), &options);
-    if shifted_rows(
-        &options,
-        (cg, o / g, kh * kw),
-        (oh, x.shape()[3] + 2 * options.padding.1),
-        x.device() == crate::device::Device::Cpu,
-    ) {
-        return conv2d_taps(x, w, options, (oh, ow));
+    let cpu = x.device() == crate::device::Device::Cpu;
+    let shape = Extents {
+        channels: (cg, o / g),
+        kernel: (kh, kw),
+        image: (x.shape()[2], x.shape()[3]),
+        out: (oh, ow),
+    };
+    if shifted_rows(&options, &shape, cpu, x.is_traced()) {
+        return if options.stride == (1, 1) {
+            conv2d_taps(x, w, options, (oh, ow))
+        } else {
+            conv2d_phases(x, w, options, (oh, ow))
+        };
     }
     let (ph, pw) = options.padding;
     let padded = if ph + pw > 0 {
@@ -212,26 +226,139 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
     wm.matmul(&cols).reshape([n, o, oh, ow])
 }
 
-/// Whether [`conv2d`] takes the shifted rows: `channels` are (inputs per group, outputs per
-/// group, taps), `rows` the output rows and the padded width, `cpu` whether the operands are
-/// on the CPU. Panics when [`ConvAlgorithm::ShiftedRows`] is asked for a stride above 1.
-fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: (usize, usize), cpu: bool) -> bool {
+/// The extents of a convolution that choose its algorithm.
+struct Extents {
+    /// Input and output channels per group.
+    channels: (usize, usize),
+    /// The kernel's taps along each axis.
+    kernel: (usize, usize),
+    /// The input image, before padding.
+    image: (usize, usize),
+    /// The output image.
+    out: (usize, usize),
+}
+
+/// Whether [`conv2d`] with `options` over `shape` takes the shifted rows; `cpu` says whether
+/// the operands are on the CPU, `input_traced` whether the input is traced (so its gradient
+/// may be asked for). Panics when [`ConvAlgorithm::ShiftedRows`] is asked for what it cannot
+/// do: a stride above 1 with a dilation above 1.
+fn shifted_rows(options: &Conv2dOptions, shape: &Extents, cpu: bool, input_traced: bool) -> bool {
     let unit = options.stride == (1, 1);
+    let (kernel, out) = (shape.kernel, shape.out);
+    let phases = (!unit)
+        .then(|| Phases::new(options, kernel, shape.image, out))
+        .flatten();
     match options.algorithm {
         ConvAlgorithm::Windows => false,
-        ConvAlgorithm::ShiftedRows if !unit => panic!(
-            "conv2d: ConvAlgorithm::ShiftedRows needs stride (1, 1), got {:?}; use ConvAlgorithm::Auto or Windows",
-            options.stride
+        ConvAlgorithm::ShiftedRows if !unit && phases.is_none() => panic!(
+            "conv2d: ConvAlgorithm::ShiftedRows needs stride (1, 1) or dilation (1, 1) and padding smaller than the \
+             padded image, got stride {:?}, dilation {:?}, padding {:?}; use ConvAlgorithm::Auto or Windows",
+            options.stride, options.dilation, options.padding
         ),
         ConvAlgorithm::ShiftedRows => true,
         ConvAlgorithm::Auto => {
-            let (inputs, outputs, taps) = channels;
-            let work = inputs
-                .saturating_mul(outputs)
-                .saturating_mul(taps)
-                .saturating_mul(rows.0 * rows.1);
-            cpu && unit && inputs >= 8 && work >= 1 << 20
+            let (inputs, outputs) = shape.channels;
+            // The product the shifted rows compute: per output row, every position of a padded
+            // row (of a phase image when strided), over inputs and taps.
+            let row = match &phases {
+                None if unit => shape.image.1 + 2 * options.padding.1,
+                None => return false,
+                Some(p) => p.image.1,
+            };
+            let depth = inputs * kernel.0 * kernel.1;
+            let work = depth.saturating_mul(outputs).saturating_mul(out.0 * row);
+            // Strided: deep enough for the products; a kernel that reads every phase image (a
+            // 1x1 kernel at stride 2 reads a quarter of the split image, and its windows are a
+            // subsampling copy); and, where the input's gradient may be asked for, 16 inputs,
+            // the rows of its products per phase image (a 3-channel stem's would be 3).
+            let deep = if unit {
+                inputs >= 8
+            } else {
+                depth >= 64
+                    && kernel.0 >= options.stride.0
+                    && kernel.1 >= options.stride.1
+                    && (inputs >= 16 || !input_traced)
+            };
+            cpu && deep && work >= 1 << 20
         }
+    }
+}
+
+/// A strided convolution's padded image split into its phase images ("space to depth"): with
+/// stride `(sh, sw)`, image `(a, b)` is `x[a::sh, b::sw]`, and kernel tap `(i, j)` reads image
+/// `(i % sh, j % sw)` at the stride-1 shift of tap `(i / sh, j / sw)`, so output `(oh, ow)` is
+/// a stride-1 sum of shifted rows ([`TapGrid`] with phases).
+struct Phases {
+    /// The stride.
+    stride: (usize, usize),
+    /// Extent of each phase image: the output, the spread of the taps of phase `(0, 0)` (the
+    /// most taps) and, where the last tap reads past a row, one more row of zeros (as
+    /// [`conv2d_taps`]).
+    image: (usize, usize),
+}
+
+impl Phases {
+    /// The phases of a strided convolution, or `None` when dilated or padded so far that the
+    /// phase images would start past the padding (then the windows serve).
+    fn new(
+        options: &Conv2dOptions,
+        kernel: (usize, usize),
+        image: (usize, usize),
+        out: (usize, usize),
+    ) -> Option<Self> {
+        let (sh, sw) = options.stride;
+        let taps = (kernel.0.div_ceil(sh), kernel.1.div_ceil(sw));
+        let tail = usize::from(taps.1 > 1);
+        let phases = Phases {
+            stride: (sh, sw),
+            image: (out.0 + taps.0 - 1 + tail, out.1 + taps.1 - 1),
+        };
+        let (ph, pw) = options.padding;
+        let inside = phases.image.0 * sh > ph && phases.image.1 * sw > pw && image.0 > 0 && image.1 > 0;
+        (options.dilation == (1, 1) && inside).then_some(phases)
+    }
+}
+
+/// A strided [`conv2d`] as one shifted-row product over its phase images ([`Phases`]): the
+/// padded image is cropped or padded to `image * stride` pixels each way (rows no output reads
+/// are dropped) and split into `[N, C, sh * sw * image]` rows by one copy; the kernel is used as
+/// it is, each tap reading its phase image. No im2col matrix and no zero taps.
+fn conv2d_phases(x: &Tensor, w: &Tensor, options: Conv2dOptions, (oh, ow): (usize, usize)) -> Tensor {
+    let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let p = Phases::new(&options, (kh, kw), (h, wd), (oh, ow))
+        .expect("internal error: conv2d_phases is taken only where the phases exist");
+    let ((sh, sw), (hq, wq)) = (p.stride, p.image);
+    let (ph, pw) = options.padding;
+    // Rows and columns of x inside the `hq * sh` by `wq * sw` padded image.
+    let (keep_h, keep_w) = (h.min(hq * sh - ph), wd.min(wq * sw - pw));
+    let cropped = if (keep_h, keep_w) == (h, wd) {
+        x.clone()
+    } else {
+        x.slice_axis(2, Some(0), Some(keep_h as isize), 1)
+            .slice_axis(3, Some(0), Some(keep_w as isize), 1)
+    };
+    let padded = cropped.pad(&[(0, 0), (0, 0), (ph, hq * sh - ph - keep_h), (pw, wq * sw - pw - keep_w)]);
+    let g = options.groups;
+    let rows = padded
+        .reshape([n, c, hq, sh, wq, sw])
+        .permute(&[0, 1, 3, 5, 2, 4])
+        .reshape([n, g, cg, sh * sw * hq * wq]);
+    let taps = TapGrid {
+        phases: (sh, sw),
+        plane: (hq * wq) as isize,
+        ..TapGrid::shifts(0, (kh, kw), (wq as isize, 1), oh * wq)
+    };
+    let wm = w.reshape([g, o / g, cg * kh * kw]);
+    crop_columns(tap_matmul(&wm, &rows, taps).reshape([n, o, oh, wq]), ow)
+}
+
+/// `y` `[N, O, OH, W]` cut to its first `ow` columns.
+fn crop_columns(y: Tensor, ow: usize) -> Tensor {
+    if y.shape()[3] == ow {
+        y
+    } else {
+        y.slice_axis(3, Some(0), Some(ow as isize), 1)
     }
 }
 
@@ -240,33 +367,34 @@ fn shifted_rows(options: &Conv2dOptions, channels: (usize, usize, usize), rows: 
 /// dilation.1`, and the output is computed at positions `oh * Wp + ow` for every `ow < Wp`
 /// (`Wp - OW` of them per row are dropped after: 3.5 % extra work for a 3x3 kernel over 56x56
 /// images). Where the last tap would read past the row, one more row of zeros is padded below.
-fn conv2d_taps(x: &Tensor, w: &Tensor, options: Conv2dOptions, (oh, ow): (usize, usize)) -> Tensor {
-    let (n, h, wd) = (x.shape()[0], x.shape()[2], x.shape()[3]);
-    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
-    let g = options.groups;
+fn conv2d_taps(x: &Tensor, w: &Tensor, options: Conv2dOptions, out: (usize, usize)) -> Tensor {
+    let kw = w.shape()[3];
     let (ph, pw) = options.padding;
-    let (dh, dw) = options.dilation;
     let tail = usize::from(kw > 1);
-    let (hp, wp) = (h + 2 * ph + tail, wd + 2 * pw);
     let padded = if ph + pw + tail > 0 {
         x.pad(&[(0, 0), (0, 0), (ph, ph + tail), (pw, pw)])
     } else {
         x.clone()
     };
-    let taps = TapGrid {
-        base: 0,
-        counts: (kh, kw),
-        steps: ((dh * wp) as isize, dw as isize),
-        len: oh * wp,
-    };
+    taps_over_padded(&padded, w, options.groups, options.dilation, out)
+}
+
+/// The shifted-row product of padded images `[N, C, Hp, Wp]` with `w` `[O, C / groups, KH,
+/// KW]` at stride 1, cropped to `(oh, ow)`; the rows must hold every tap's run of `oh * Wp`
+/// positions (the callers pad them).
+fn taps_over_padded(
+    padded: &Tensor,
+    w: &Tensor,
+    g: usize,
+    (dh, dw): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Tensor {
+    let (n, hp, wp) = (padded.shape()[0], padded.shape()[2], padded.shape()[3]);
+    let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
+    let taps = TapGrid::shifts(0, (kh, kw), ((dh * wp) as isize, dw as isize), oh * wp);
     let rows = padded.reshape([n, g, cg, hp * wp]);
     let wm = w.reshape([g, o / g, cg * kh * kw]);
-    let out = tap_matmul(&wm, &rows, taps).reshape([n, o, oh, wp]);
-    if ow == wp {
-        out
-    } else {
-        out.slice_axis(3, Some(0), Some(ow as isize), 1)
-    }
+    crop_columns(tap_matmul(&wm, &rows, taps).reshape([n, o, oh, wp]), ow)
 }
 
 /// Transposed 2-D convolution (PyTorch's `conv_transpose2d`): `x` `[N, C, H, W]`, `w`

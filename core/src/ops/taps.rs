@@ -29,7 +29,25 @@ pub(crate) fn tap_outer(dy: &Tensor, x: &Tensor, taps: TapGrid) -> Tensor {
 /// + t] * dy[.., o, q - start(t)]`, `[.., C, row]`: a `tap_matmul` of `w` with its output and
 /// input axes swapped and `dy` padded by the taps' spread, over the taps reversed.
 pub(crate) fn tap_transpose(w: &Tensor, dy: &Tensor, taps: TapGrid, row: usize) -> Tensor {
+    if taps.phase_count() > 1 {
+        return phase_transpose(w, dy, taps, row);
+    }
     let (lo, hi) = taps.start_range().expect("a convolution has taps");
+    let padded = pad_last(dy, hi as usize, row - lo as usize - taps.len);
+    reversed_product(w, &padded, taps, hi, row)
+}
+
+/// `t` with `before` and `after` zeros added along its last axis.
+fn pad_last(t: &Tensor, before: usize, after: usize) -> Tensor {
+    let mut widths = vec![(0, 0); t.rank()];
+    widths[t.rank() - 1] = (before, after);
+    t.pad(&widths)
+}
+
+/// The product of [`tap_transpose`] over a row of `row` elements: `w` with its output and
+/// input axes swapped, times the taps (without phases) reversed over `padded`, the cotangent
+/// with `hi` (at least the greatest start) zeros in front and enough behind.
+fn reversed_product(w: &Tensor, padded: &Tensor, taps: TapGrid, hi: isize, row: usize) -> Tensor {
     let (o, k) = last_two(w);
     let t = taps.taps();
     let lead = &w.shape()[..w.rank() - 2];
@@ -38,15 +56,63 @@ pub(crate) fn tap_transpose(w: &Tensor, dy: &Tensor, taps: TapGrid, row: usize) 
     let mut flat = lead.to_vec();
     flat.extend([k / t, o * t]);
     let wt = w.reshape(split).swap_axes(-3, -2).reshape(flat);
-    let mut widths = vec![(0, 0); dy.rank()];
-    widths[dy.rank() - 1] = (hi as usize, row - lo as usize - taps.len);
-    let reversed = TapGrid {
-        base: (hi - taps.base as isize) as usize,
-        counts: taps.counts,
-        steps: (-taps.steps.0, -taps.steps.1),
-        len: row,
-    };
-    tap_matmul(&wt, &dy.pad(&widths), reversed)
+    let reversed = TapGrid::shifts(
+        (hi - taps.base as isize) as usize,
+        taps.counts,
+        (-taps.steps.0, -taps.steps.1),
+        row,
+    );
+    tap_matmul(&wt, padded, reversed)
+}
+
+/// [`tap_transpose`] over phase images: each image's gradient is the transpose over its own
+/// taps alone (a position of one image is read by no tap of another, so one product over every
+/// tap would multiply mostly zeros), and the images' gradients are stacked into the row. The
+/// cotangent is padded once, by the spread of image `(0, 0)`, whose taps reach farthest. Needs
+/// steps of at least 0 and `row = phase_count * plane`; an image without taps gets zeros.
+fn phase_transpose(w: &Tensor, dy: &Tensor, taps: TapGrid, row: usize) -> Tensor {
+    let (sh, sw) = taps.phases;
+    let plane = usize::try_from(taps.plane).unwrap_or(0);
+    let (_, hi) = taps.phase(0, 0).start_range().expect("a convolution has taps");
+    if plane == 0
+        || row != taps.phase_count() * plane
+        || taps.steps.0 < 0
+        || taps.steps.1 < 0
+        || taps.base + taps.len > plane
+    {
+        panic!("internal error: the transpose of taps {taps:?} over a row of {row} elements, not whole phase images");
+    }
+    let padded = pad_last(dy, hi as usize, plane - taps.base - taps.len);
+    let (o, k) = last_two(w);
+    let c = k / taps.taps();
+    let lead = &w.shape()[..w.rank() - 2];
+    let mut grid = lead.to_vec();
+    grid.extend([o, c, taps.counts.0, taps.counts.1]);
+    let w = w.reshape(grid);
+    let images: Vec<Option<Tensor>> = (0..sh * sw)
+        .map(|phase| {
+            let (a, b) = (phase / sw, phase % sw);
+            let sub = taps.phase(a, b);
+            (sub.taps() > 0).then(|| {
+                let mut flat = lead.to_vec();
+                flat.extend([o, c * sub.taps()]);
+                let wp = w
+                    .slice_axis(-2, Some(a as isize), None, sh as isize)
+                    .slice_axis(-1, Some(b as isize), None, sw as isize)
+                    .reshape(flat);
+                reversed_product(&wp, &padded, sub, hi, plane)
+            })
+        })
+        .collect();
+    let zeros = images[0]
+        .as_ref()
+        .expect("internal error: phase image (0, 0) holds tap (0, 0)")
+        .zeros_like();
+    let images: Vec<Tensor> = images.into_iter().map(|g| g.unwrap_or_else(|| zeros.clone())).collect();
+    let stacked = crate::ops::shape::stack(&images, -2);
+    let mut shape = stacked.shape()[..stacked.rank() - 3].to_vec();
+    shape.extend([c, row]);
+    stacked.reshape(shape)
 }
 
 /// The last two logical extents of `t` (rank 2 or more).
@@ -119,8 +185,13 @@ impl TapRule {
 impl Rule for TapRule {
     fn name(&self) -> String {
         let t = &self.taps;
+        let phases = if t.phase_count() > 1 {
+            format!(", phases={:?}, plane={}", t.phases, t.plane)
+        } else {
+            String::new()
+        };
         format!(
-            "{}(taps={:?}, steps={:?}, base={}, len={})",
+            "{}(taps={:?}, steps={:?}, base={}, len={}{phases})",
             if self.outer { "tap_outer" } else { "tap_matmul" },
             t.counts,
             t.steps,

@@ -86,9 +86,10 @@ pub fn load_cases() -> Vec<Case> {
     })
     .flat_map(|c| {
         // The fixtures' convolutions are small, so `Auto` computes them with windows; every
-        // stride-1 one is also run with the shifted rows, under its own name.
-        let unit = c.params.get("stride").is_some_and(|s| pair(s) == (1, 1));
-        let shifted = (unit && c.op.starts_with("conv")).then(|| {
+        // one that the shifted rows can compute (stride 1, or any stride without dilation, over
+        // phase images) is also run with them, under its own name.
+        let unit = |key: &str| c.params.get(key).is_some_and(|s| pair(s) == (1, 1));
+        let shifted = ((unit("stride") || unit("dilation")) && c.op.starts_with("conv")).then(|| {
             let mut params = c.params.clone();
             params["algorithm"] = Value::from("shifted_rows");
             Case {
