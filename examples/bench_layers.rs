@@ -9,7 +9,8 @@
 //! eager (when installed) measured in the same invocation by `ci/jax_layers_baseline.py`.
 //! float32 on the CPU.
 //!
-//! Run: `cargo run --release --example bench_layers -- [--python .venv-jax/bin/python]`.
+//! Run: `cargo run --release --example bench_layers -- [--python .venv-jax/bin/python]
+//! [--ours-only] [--windows]` (`--windows`: every convolution through im2col, to compare).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use clap::Parser;
 mod timing;
 use nabla as nb;
 use nb::nn::TransformerBlock;
-use nb::{Conv2dOptions, DType, Rng, Tensor};
+use nb::{Conv2dOptions, ConvAlgorithm, DType, Rng, Tensor};
 use timing::median_ms;
 
 /// Benchmark the layer ops against JAX and PyTorch.
@@ -36,6 +37,9 @@ struct Args {
     /// Only our own cases.
     #[arg(long)]
     ours_only: bool,
+    /// Compute the convolutions with im2col (`ConvAlgorithm::Windows`) instead of choosing.
+    #[arg(long)]
+    windows: bool,
 }
 
 fn main() {
@@ -44,8 +48,14 @@ fn main() {
     let mut rng = Rng::new(0);
     let x = rng.normal(&[32, 64, 56, 56], 0.0, 1.0, DType::F32);
     let w = rng.normal(&[64, 64, 3, 3], 0.0, 0.05, DType::F32);
+    let algorithm = if args.windows {
+        ConvAlgorithm::Windows
+    } else {
+        ConvAlgorithm::Auto
+    };
     let opts = Conv2dOptions {
         padding: (1, 1),
+        algorithm,
         ..Conv2dOptions::default()
     };
     rows.push((
@@ -80,6 +90,7 @@ fn main() {
     let stem = Conv2dOptions {
         stride: (2, 2),
         padding: (3, 3),
+        algorithm,
         ..Conv2dOptions::default()
     };
     rows.push((

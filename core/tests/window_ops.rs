@@ -150,7 +150,7 @@ fn cases() -> Vec<Case> {
             o: opts((1, 1), (2, 2), (2, 2), 2),
         },
         // Strides above 1 without dilation take the shifted rows over the phase images: a
-        // ResNet-like downsampling (Auto picks it), a 7x7 stem at stride 2 with a kernel that is
+        // ResNet-like downsampling (Auto picks it for a constant input), a 7x7 stem at stride 2 with a kernel that is
         // not a multiple of the stride, strides above the kernel, a 1x1 kernel, padding past
         // the rows any output reads (cropped), and groups.
         Case {
@@ -321,17 +321,15 @@ fn stride_one_convolutions_and_their_gradients_are_shifted_row_products_without_
 
 #[test]
 fn strided_convolutions_are_shifted_row_products_over_phase_images() {
-    // Case 9, a 3x3 stride-2 downsampling of 16 channels: Auto takes the shifted rows over the
-    // 4 phase images, the value and the weight gradient one product each over every tap, the
-    // input gradient one product per phase image over its own taps (4, 2, 2 and 1 of them).
-    // A 1x1 kernel at stride 2 (it reads one phase image of 4) and a dilated one keep the
-    // windows.
+    // Case 9, a 3x3 stride-2 downsampling: over its 4 phase images the value and the weight
+    // gradient are one product each over every tap, the input gradient one product per phase
+    // image over its own taps (4, 2, 2 and 1 of them).
     let shifted = |graph: &str| {
         graph.matches("tap_matmul(").count() == 5
             && graph.matches("tap_outer(").count() == 1
             && !graph.contains("unfold_windows(")
     };
-    let graph = gradient_graph(&cases()[9], ConvAlgorithm::Auto);
+    let graph = gradient_graph(&cases()[9], ConvAlgorithm::ShiftedRows);
     assert!(shifted(&graph), "{graph}");
     for taps in ["taps=(2, 2)", "taps=(2, 1)", "taps=(1, 2)", "taps=(1, 1)"] {
         assert!(
@@ -340,6 +338,11 @@ fn strided_convolutions_are_shifted_row_products_over_phase_images() {
         );
     }
     assert!(graph.contains("phases=(2, 2), plane=306"), "{graph}");
+    // Auto keeps the windows where the input is traced (its gradient may be asked for) and
+    // takes the phase images where it is not, as for a network's input; a 1x1 kernel at
+    // stride 2 (it reads one phase image of 4) and a dilated one keep the windows.
+    assert!(gradient_graph(&cases()[9], ConvAlgorithm::Auto).contains("unfold_windows("));
+    assert!(weight_gradient_graph(&cases()[9]).contains("phases=(2, 2), plane=306"));
     let pointwise = Case {
         x: [2, 16, 16, 16],
         w: [32, 16, 1, 1],
@@ -355,9 +358,7 @@ fn strided_convolutions_are_shifted_row_products_over_phase_images() {
         "{forced}"
     );
     assert!(gradient_graph(&cases()[4], ConvAlgorithm::Auto).contains("unfold_windows("));
-    // A 3-channel 7x7 stem at stride 2: the windows where the image's gradient may be asked
-    // for (a product per phase image would have 3 rows), the shifted rows where the image is a
-    // constant, as a network's input is.
+    // A 3-channel 7x7 stem at stride 2, whose images are constants.
     let stem = Case {
         x: [1, 3, 40, 40],
         w: [16, 3, 7, 7],
@@ -367,21 +368,27 @@ fn strided_convolutions_are_shifted_row_products_over_phase_images() {
             ..Conv2dOptions::default()
         },
     };
-    assert!(gradient_graph(&stem, ConvAlgorithm::Auto).contains("unfold_windows("));
-    let x = Tensor::from_vec(inputs(stem.x.iter().product(), 1), &stem.x);
-    let w = Tensor::from_vec(inputs(stem.w.iter().product(), 2), &stem.w);
-    let graph = nb::trace_graph(
-        |ws| {
-            vec![nb::grad(|w: &Tensor| {
-                nb::conv2d(&x, w, stem.o).square().sum(nb::Axes::All, false)
-            })(&ws[0])]
-        },
-        &[w],
-    );
+    let graph = weight_gradient_graph(&stem);
     assert!(
         graph.contains("phases=(2, 2)") && graph.contains("tap_outer(") && !graph.contains("unfold_windows("),
         "{graph}"
     );
+}
+
+/// The trace of the gradient of `case`'s squared convolution (with `Auto`) with respect to
+/// the weights alone, the input a constant.
+fn weight_gradient_graph(case: &Case) -> String {
+    let x = Tensor::from_vec(inputs(case.x.iter().product(), 1), &case.x);
+    let w = Tensor::from_vec(inputs(case.w.iter().product(), 2), &case.w);
+    let o = case.o;
+    nb::trace_graph(
+        |ws| {
+            vec![nb::grad(|w: &Tensor| {
+                nb::conv2d(&x, w, o).square().sum(nb::Axes::All, false)
+            })(&ws[0])]
+        },
+        &[w],
+    )
 }
 
 /// Asserts that `got` and `want` agree elementwise within `tol`.

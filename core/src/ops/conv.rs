@@ -22,9 +22,10 @@ pub enum ConvAlgorithm {
     /// Chosen from the device and the shapes. On the CPU, [`ConvAlgorithm::ShiftedRows`] for
     /// products of at least 2^20 multiply-adds per image and group that are deep enough:
     /// stride-1 convolutions with at least 8 input channels per group; strided undilated ones
-    /// with at least 64 multiply-adds per output (input channels times taps), a kernel at least
-    /// as large as the stride, and at least 16 input channels per group unless the input is
-    /// not traced (a network's input images, whose gradient nobody asks for). Otherwise
+    /// of an input that is not traced (a network's input images, or inference: nobody can ask
+    /// for the input gradient, whose products per phase image are slower than col2im) with at
+    /// least 64 multiply-adds per output (input channels times taps) and a kernel at least as
+    /// large as the stride. Otherwise
     /// [`ConvAlgorithm::Windows`]: small products pay more for their per-image calls than the
     /// im2col copy costs (`docs/benchmarks.md`, stops 23 and 27). On a GPU, windows: there the
     /// shifted rows are gathered by generic strided copies, and have not been timed against
@@ -267,17 +268,14 @@ fn shifted_rows(options: &Conv2dOptions, shape: &Extents, cpu: bool, input_trace
             };
             let depth = inputs * kernel.0 * kernel.1;
             let work = depth.saturating_mul(outputs).saturating_mul(out.0 * row);
-            // Strided: deep enough for the products; a kernel that reads every phase image (a
-            // 1x1 kernel at stride 2 reads a quarter of the split image, and its windows are a
-            // subsampling copy); and, where the input's gradient may be asked for, 16 inputs,
-            // the rows of its products per phase image (a 3-channel stem's would be 3).
+            // Strided: an input whose gradient nobody can ask for (its gradient, one product
+            // per phase image, lost to the windows' col2im: docs/benchmarks.md, stop 27), deep
+            // enough products, and a kernel that reads every phase image (a 1x1 kernel at
+            // stride 2 reads a quarter of the split image; its windows are a subsampling copy).
             let deep = if unit {
                 inputs >= 8
             } else {
-                depth >= 64
-                    && kernel.0 >= options.stride.0
-                    && kernel.1 >= options.stride.1
-                    && (inputs >= 16 || !input_traced)
+                !input_traced && depth >= 64 && kernel.0 >= options.stride.0 && kernel.1 >= options.stride.1
             };
             cpu && deep && work >= 1 << 20
         }
