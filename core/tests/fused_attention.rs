@@ -382,6 +382,15 @@ fn masks_go_through_the_fused_primitive() {
         let columns = arbitrary.swap_axes(0, 1).logical_not().logical_not();
         let transposed = columns.swap_axes(0, 1);
         let per_query = Tensor::ones(&[lq, 1], DType::F32).gt_scalar(0.5);
+        // Trailing keys dropped per query (query i keeps keys 0..10 + i % 7), so each block of
+        // queries reads only up to its last kept key; and a padded batch whose second sequence
+        // keeps no key at all (every block of it reads one key, dropped).
+        let trailing: Vec<f64> = (0..lq * lk)
+            .map(|e| if e % lk < 10 + (e / lk) % 7 { 1.0 } else { 0.0 })
+            .collect();
+        let trailing = Tensor::from_vec(trailing, &[lq, lk]).gt_scalar(0.5);
+        let empty: Vec<f64> = (0..2 * lk).map(|i| if i < lk { 1.0 } else { 0.0 }).collect();
+        let empty = Tensor::from_vec(empty, &[2, 1, 1, lk]).gt_scalar(0.5);
         for dtype in [DType::F64, DType::F32] {
             let t = (
                 tensor(&[2, 3, lq, 16], 41, dtype),
@@ -394,6 +403,8 @@ fn masks_go_through_the_fused_primitive() {
                     ("arbitrary", &arbitrary),
                     ("transposed", &transposed),
                     ("per-query", &per_query),
+                    ("trailing", &trailing),
+                    ("empty sequence", &empty),
                 ];
                 for (name, mask) in masks {
                     agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);

@@ -1,7 +1,8 @@
 //! Fused scaled dot-product attention on the CPU (f32 and f64): the scores of a block of
 //! queries are formed, normalised and multiplied by the values while they are in cache, so no
 //! `[.., Lq, Lk]` tensor exists, and a causal block stops at its last query's key (the blocks
-//! above the diagonal are never computed). The backward recomputes each block's probabilities
+//! above the diagonal are never computed); a masked block stops after the last key any of its
+//! queries keeps (a padded batch's padding keys are never multiplied). The backward recomputes each block's probabilities
 //! from the saved row statistics (FlashAttention's recomputation) and accumulates the key and
 //! value gradients of one matrix on one thread, so no two threads write one gradient.
 //!
@@ -160,6 +161,31 @@ impl Keep<'_> {
         if self.causal { (i + 1).min(self.lk) } else { self.lk }
     }
 
+    /// The keys a block of queries `i0..i0 + rows` of matrix `b` reads: its last query's
+    /// prefix, cut after the last key that any query of the block keeps (a padded batch's
+    /// trailing padding keys are never multiplied), but never to nothing where the prefix has
+    /// keys (a block of queries that keep no key reads one key, masked).
+    fn block_end(&self, b: usize, i0: usize, rows: usize) -> usize {
+        let kend = self.seen(i0 + rows - 1);
+        let Some((data, m)) = &self.mask else { return kend };
+        let mut end = kend.min(1);
+        // A mask broadcast over the queries (a key padding mask) has one row to look at, over
+        // the longest prefix.
+        let (distinct, last) = if m.rs == 0 { (1, rows - 1) } else { (rows, 0) };
+        for r in 0..distinct {
+            let start = m.offsets[b] + (i0 + r) as isize * m.rs;
+            let mut j = self.seen(i0 + r.max(last));
+            while j > end && !data[(start + (j as isize - 1) * m.cs) as usize] {
+                j -= 1;
+            }
+            end = end.max(j);
+            if end == kend {
+                break;
+            }
+        }
+        end
+    }
+
     /// Sets `row` (the keys in the prefix of query `i` of matrix `b`) to `value` wherever the
     /// mask drops a key. A mask row that is contiguous (or one value, broadcast) is read as a
     /// slice, so the loop vectorises.
@@ -275,14 +301,14 @@ fn forward_typed<T: RowFloat + GemmScalar>(
         ob.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(blk, o)| {
             let i0 = blk * BLOCK_ROWS;
             let rows = o.len() / width;
-            let kend = keep.seen(i0 + rows - 1);
+            let kend = keep.block_end(b, i0, rows);
             let mut s = vec![T::zero(); rows * kend];
             scores(q, qm, k, km, (b, i0, rows), &mut s);
             with_wide_loops(
                 #[inline(always)]
                 || {
                     for (r, row) in s.chunks_exact_mut(kend).enumerate() {
-                        let seen = keep.seen(i0 + r);
+                        let seen = keep.seen(i0 + r).min(kend);
                         keep.drop_masked(b, i0 + r, &mut row[..seen], T::neg_infinity());
                         (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..seen], scale);
                         row[seen..].fill(T::zero());
@@ -444,7 +470,7 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
         let mut tmp = vec![T::zero(); lk * d.max(dv)];
         for i0 in (first..end).step_by(BLOCK_ROWS) {
             let rows = BLOCK_ROWS.min(end - i0);
-            let kend = keep.seen(i0 + rows - 1);
+            let kend = keep.block_end(b, i0, rows);
             let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
             // The scores again, as the forward formed them.
             scores(q, qm, k, km, (b, i0, rows), p);
@@ -455,7 +481,7 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
                 || {
                     for (r, row) in p.chunks_exact_mut(kend).enumerate() {
                         let i = i0 + r;
-                        let seen = keep.seen(i);
+                        let seen = keep.seen(i).min(kend);
                         let (m, sum) = (pm.at(packed, b, i, dv), pm.at(packed, b, i, dv + 1));
                         if sum == T::zero() {
                             row.fill(T::zero());
