@@ -58,33 +58,26 @@ fn main() {
         algorithm,
         ..Conv2dOptions::default()
     };
-    rows.push((
-        "conv2d_fwd".into(),
-        "nabla-rs".into(),
-        median_ms(1, args.runs, || drop(nb::conv2d(&x, &w, opts))),
-    ));
-    let fb = nb::grad(|a: &(Tensor, Tensor)| nb::conv2d(&a.0, &a.1, opts).square().sum_all());
-    let xw = (x.clone(), w.clone());
-    rows.push((
-        "conv2d_fwd_bwd".into(),
-        "nabla-rs".into(),
-        median_ms(1, args.runs, || drop(fb(&xw))),
-    ));
+    // The convolution cases: the forward, and with `backward` the gradients of x and w too.
+    let mut conv = |case: &str, x: &Tensor, w: &Tensor, o: Conv2dOptions, backward: bool| {
+        let ours = |case: String, ms| (case, "nabla-rs".to_string(), ms);
+        rows.push(ours(
+            format!("{case}_fwd"),
+            median_ms(1, args.runs, || drop(nb::conv2d(x, w, o))),
+        ));
+        if backward {
+            let fb = nb::grad(|a: &(Tensor, Tensor)| nb::conv2d(&a.0, &a.1, o).square().sum_all());
+            let xw = (x.clone(), w.clone());
+            rows.push(ours(
+                format!("{case}_fwd_bwd"),
+                median_ms(1, args.runs, || drop(fb(&xw))),
+            ));
+        }
+    };
+    conv("conv2d", &x, &w, opts, true);
     // A ResNet downsampling layer (stride 2, 64 -> 128 channels) and a 7x7 stem (stride 2).
     let w2 = rng.normal(&[128, 64, 3, 3], 0.0, 0.05, DType::F32);
-    let s2 = Conv2dOptions { stride: (2, 2), ..opts };
-    rows.push((
-        "conv2d_s2_fwd".into(),
-        "nabla-rs".into(),
-        median_ms(1, args.runs, || drop(nb::conv2d(&x, &w2, s2))),
-    ));
-    let fb2 = nb::grad(|a: &(Tensor, Tensor)| nb::conv2d(&a.0, &a.1, s2).square().sum_all());
-    let xw2 = (x.clone(), w2.clone());
-    rows.push((
-        "conv2d_s2_fwd_bwd".into(),
-        "nabla-rs".into(),
-        median_ms(1, args.runs, || drop(fb2(&xw2))),
-    ));
+    conv("conv2d_s2", &x, &w2, Conv2dOptions { stride: (2, 2), ..opts }, true);
     let images = rng.normal(&[8, 3, 224, 224], 0.0, 1.0, DType::F32);
     let stem_w = rng.normal(&[64, 3, 7, 7], 0.0, 0.05, DType::F32);
     let stem = Conv2dOptions {
@@ -93,11 +86,7 @@ fn main() {
         algorithm,
         ..Conv2dOptions::default()
     };
-    rows.push((
-        "conv2d_stem_fwd".into(),
-        "nabla-rs".into(),
-        median_ms(1, args.runs, || drop(nb::conv2d(&images, &stem_w, stem))),
-    ));
+    conv("conv2d_stem", &images, &stem_w, stem, false);
     // Attention [16, 8, 256, 64], the gradient of sum(o^2) with respect to q, k and v: causal,
     // and not causal with a key padding mask (sequence b keeps 256 - 8 b keys).
     let qkv: Vec<Tensor> = (0..3)

@@ -25,11 +25,10 @@ pub enum ConvAlgorithm {
     /// of an input that is not traced (a network's input images, or inference: nobody can ask
     /// for the input gradient, whose products per phase image are slower than col2im) with at
     /// least 64 multiply-adds per output (input channels times taps) and a kernel at least as
-    /// large as the stride. Otherwise
-    /// [`ConvAlgorithm::Windows`]: small products pay more for their per-image calls than the
-    /// im2col copy costs (`docs/benchmarks.md`, stops 23 and 27). On a GPU, windows: there the
-    /// shifted rows are gathered by generic strided copies, and have not been timed against
-    /// the window kernels yet.
+    /// large as the stride. Otherwise [`ConvAlgorithm::Windows`]: small products pay more for
+    /// their per-image calls than the im2col copy costs (`docs/benchmarks.md`, stops 23 and
+    /// 27). On a GPU, windows: there the shifted rows are gathered by generic strided copies,
+    /// and have not been timed against the window kernels yet.
     #[default]
     Auto,
     /// im2col ("windows": every tap of every window copied out), then one batched matmul; any
