@@ -401,8 +401,15 @@ fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) {
 
 #[test]
 fn convolutions_under_jit_and_vmap_match_the_eager_ones() {
-    // Case 1 goes through the windows (strides (2, 3)), case 5 through the shifted rows.
-    for (k, algorithm) in [(1, ConvAlgorithm::Auto), (5, ConvAlgorithm::ShiftedRows)] {
+    // Case 1 goes through the windows (strides (2, 3)), case 5 through the shifted rows, cases
+    // 10 and 13 through the shifted rows over phase images (a 7x7 kernel at stride 2; groups
+    // and a cropped image at strides (3, 2)).
+    for (k, algorithm) in [
+        (1, ConvAlgorithm::Auto),
+        (5, ConvAlgorithm::ShiftedRows),
+        (10, ConvAlgorithm::ShiftedRows),
+        (13, ConvAlgorithm::ShiftedRows),
+    ] {
         let case = &cases()[k];
         let o = Conv2dOptions { algorithm, ..case.o };
         let w = Tensor::from_vec(inputs(case.w.iter().product(), 5), &case.w);
