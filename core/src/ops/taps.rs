@@ -69,7 +69,8 @@ fn reversed_product(w: &Tensor, padded: &Tensor, taps: TapGrid, hi: isize, row: 
 /// taps alone (a position of one image is read by no tap of another, so one product over every
 /// tap would multiply mostly zeros), and the images' gradients are stacked into the row. The
 /// cotangent is padded once, by the spread of image `(0, 0)`, whose taps reach farthest. Needs
-/// steps of at least 0 and `row = phase_count * plane`; an image without taps gets zeros.
+/// steps of at least 0, `row = phase_count * plane` and every tap's run inside its own image;
+/// an image without taps gets zeros.
 fn phase_transpose(w: &Tensor, dy: &Tensor, taps: TapGrid, row: usize) -> Tensor {
     let (sh, sw) = taps.phases;
     let plane = usize::try_from(taps.plane).unwrap_or(0);
@@ -78,7 +79,7 @@ fn phase_transpose(w: &Tensor, dy: &Tensor, taps: TapGrid, row: usize) -> Tensor
         || row != taps.phase_count() * plane
         || taps.steps.0 < 0
         || taps.steps.1 < 0
-        || taps.base + taps.len > plane
+        || hi as usize + taps.len > plane
     {
         panic!("internal error: the transpose of taps {taps:?} over a row of {row} elements, not whole phase images");
     }
