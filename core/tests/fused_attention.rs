@@ -391,6 +391,23 @@ fn masks_go_through_the_fused_primitive() {
         let trailing = Tensor::from_vec(trailing, &[lq, lk]).gt_scalar(0.5);
         let empty: Vec<f64> = (0..2 * lk).map(|i| if i < lk { 1.0 } else { 0.0 }).collect();
         let empty = Tensor::from_vec(empty, &[2, 1, 1, lk]).gt_scalar(0.5);
+        // Leading keys dropped: a left-padded batch (the second sequence drops its first 30
+        // keys; causal, its first 30 queries keep none), and a window per query (query i keeps
+        // keys 5 + i % 7 .. lk - 3), so each block reads only from its first kept key.
+        let left: Vec<f64> = (0..2 * lk)
+            .map(|i| if i / lk == 1 && i % lk < 30 { 0.0 } else { 1.0 })
+            .collect();
+        let left = Tensor::from_vec(left, &[2, 1, 1, lk]).gt_scalar(0.5);
+        let window: Vec<f64> = (0..lq * lk)
+            .map(|e| {
+                if e % lk >= 5 + (e / lk) % 7 && e % lk < lk - 3 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let window = Tensor::from_vec(window, &[lq, lk]).gt_scalar(0.5);
         for dtype in [DType::F64, DType::F32] {
             let t = (
                 tensor(&[2, 3, lq, 16], 41, dtype),
@@ -405,6 +422,8 @@ fn masks_go_through_the_fused_primitive() {
                     ("per-query", &per_query),
                     ("trailing", &trailing),
                     ("empty sequence", &empty),
+                    ("left padding", &left),
+                    ("window", &window),
                 ];
                 for (name, mask) in masks {
                     agree_masked(&format!("{dtype} {name} mask causal {causal}"), &t, Some(mask), causal);

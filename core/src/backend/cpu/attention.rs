@@ -1,8 +1,8 @@
 //! Fused scaled dot-product attention on the CPU (f32 and f64): the scores of a block of
 //! queries are formed, normalised and multiplied by the values while they are in cache, so no
 //! `[.., Lq, Lk]` tensor exists, and a causal block stops at its last query's key (the blocks
-//! above the diagonal are never computed); a masked block stops after the last key any of its
-//! queries keeps (a padded batch's padding keys are never multiplied). The backward recomputes each block's probabilities
+//! above the diagonal are never computed); a masked block reads only the keys from the first to
+//! the last that any of its queries keeps (a padded batch's padding keys are never multiplied). The backward recomputes each block's probabilities
 //! from the saved row statistics (FlashAttention's recomputation) and accumulates the key and
 //! value gradients of one matrix on one thread, so no two threads write one gradient.
 //!
@@ -117,29 +117,40 @@ fn keep<'a>(mask: Option<&'a RawTensor>, qm: &Mats, km: &Mats, causal: bool) -> 
     }
 }
 
-/// The raw scores `q k^T` of queries `i0..i0 + rows` of matrix `b` against its first `kend`
-/// keys, into `dst` (`rows x kend`, row-major: `kend` is `dst.len() / rows`), on this thread.
-fn scores<T: GemmScalar>(q: &[T], qm: &Mats, k: &[T], km: &Mats, (b, i0, rows): (usize, usize, usize), dst: &mut [T]) {
-    let kend = dst.len().checked_div(rows).unwrap_or(0);
+/// The raw scores `q k^T` of queries `i0..i0 + rows` of matrix `b` against its keys `k0..k0 +
+/// width`, into `dst` (`rows x width`, row-major: `width` is `dst.len() / rows`), on this
+/// thread.
+#[allow(clippy::too_many_arguments)]
+fn scores<T: GemmScalar>(
+    q: &[T],
+    qm: &Mats,
+    k: &[T],
+    km: &Mats,
+    (b, i0, rows): (usize, usize, usize),
+    k0: usize,
+    dst: &mut [T],
+) {
+    let width = dst.len().checked_div(rows).unwrap_or(0);
     assert!(
-        rows * kend == dst.len() && i0 + rows <= qm.rows && kend <= km.rows,
-        "internal error: a score block of {} elements at query {i0}",
+        rows * width == dst.len() && i0 + rows <= qm.rows && k0 + width <= km.rows,
+        "internal error: a score block of {} elements at query {i0} and key {k0}",
         dst.len()
     );
     // SAFETY: the views address only elements of their buffers (`RawTensor`'s invariant, and
     // `require_operands` checked them): rows i0..i0 + rows of q's matrix b (D columns), rows
-    // 0..kend of k's (read transposed: element (p, j) is k[j, p]); `dst` holds rows x kend.
+    // k0..k0 + width of k's (read transposed: element (p, j) is k[k0 + j, p]); `dst` holds
+    // rows x width.
     unsafe {
         T::product_on_this_thread(
             rows,
-            kend,
+            width,
             qm.cols,
             dst.as_mut_ptr(),
-            kend,
+            width,
             qm.row_ptr(q, b, i0),
             qm.rs,
             qm.cs,
-            km.row_ptr(k, b, 0),
+            km.row_ptr(k, b, k0),
             km.cs,
             km.rs,
         )
@@ -161,38 +172,47 @@ impl Keep<'_> {
         if self.causal { (i + 1).min(self.lk) } else { self.lk }
     }
 
-    /// The keys a block of queries `i0..i0 + rows` of matrix `b` reads: its last query's
-    /// prefix, cut after the last key that any query of the block keeps (a padded batch's
-    /// trailing padding keys are never multiplied), but never to nothing where the prefix has
-    /// keys (a block of queries that keep no key reads one key, masked).
-    fn block_end(&self, b: usize, i0: usize, rows: usize) -> usize {
+    /// The keys `k0..kend` a block of queries `i0..i0 + rows` of matrix `b` reads: its last
+    /// query's prefix, from the first to just past the last key that any query of the block
+    /// keeps (a padded batch's padding keys, leading or trailing, are never multiplied), and
+    /// one key (masked) for a block whose queries keep none.
+    fn block_keys(&self, b: usize, i0: usize, rows: usize) -> (usize, usize) {
         let kend = self.seen(i0 + rows - 1);
-        let Some((data, m)) = &self.mask else { return kend };
-        let mut end = kend.min(1);
+        let Some((data, m)) = &self.mask else { return (0, kend) };
+        let (mut first, mut end) = (kend, 0);
         // A mask broadcast over the queries (a key padding mask) has one row to look at, over
         // the longest prefix.
         let (distinct, last) = if m.rs == 0 { (1, rows - 1) } else { (rows, 0) };
+        let kept = |start: isize, j: usize| data[(start + j as isize * m.cs) as usize];
         for r in 0..distinct {
             let start = m.offsets[b] + (i0 + r) as isize * m.rs;
-            let mut j = self.seen(i0 + r.max(last));
-            while j > end && !data[(start + (j as isize - 1) * m.cs) as usize] {
+            let seen = self.seen(i0 + r.max(last));
+            let mut j = 0;
+            while j < first.min(seen) && !kept(start, j) {
+                j += 1;
+            }
+            if j < seen && kept(start, j) {
+                first = first.min(j);
+            }
+            let mut j = seen;
+            while j > end && !kept(start, j - 1) {
                 j -= 1;
             }
             end = end.max(j);
-            if end == kend {
+            if first == 0 && end == kend {
                 break;
             }
         }
-        end
+        if end == 0 { (0, kend.min(1)) } else { (first, end) }
     }
 
-    /// Sets `row` (the keys in the prefix of query `i` of matrix `b`) to `value` wherever the
-    /// mask drops a key. A mask row that is contiguous (or one value, broadcast) is read as a
-    /// slice, so the loop vectorises.
+    /// Sets `row` (keys `k0..k0 + row.len()` of query `i` of matrix `b`) to `value` wherever
+    /// the mask drops a key. A mask row that is contiguous (or one value, broadcast) is read as
+    /// a slice, so the loop vectorises.
     #[inline(always)]
-    fn drop_masked<T: Copy>(&self, b: usize, i: usize, row: &mut [T], value: T) {
+    fn drop_masked<T: Copy>(&self, b: usize, i: usize, k0: usize, row: &mut [T], value: T) {
         let Some((data, m)) = &self.mask else { return };
-        let start = m.offsets[b] + i as isize * m.rs;
+        let start = m.offsets[b] + i as isize * m.rs + k0 as isize * m.cs;
         match m.cs {
             1 => {
                 let (start, n) = (start as usize, row.len());
@@ -301,34 +321,37 @@ fn forward_typed<T: RowFloat + GemmScalar>(
         ob.par_chunks_mut(BLOCK_ROWS * width).enumerate().for_each(|(blk, o)| {
             let i0 = blk * BLOCK_ROWS;
             let rows = o.len() / width;
-            let kend = keep.block_end(b, i0, rows);
-            let mut s = vec![T::zero(); rows * kend];
-            scores(q, qm, k, km, (b, i0, rows), &mut s);
+            let (k0, kend) = keep.block_keys(b, i0, rows);
+            let keys = kend - k0;
+            let mut s = vec![T::zero(); rows * keys];
+            scores(q, qm, k, km, (b, i0, rows), k0, &mut s);
             with_wide_loops(
                 #[inline(always)]
                 || {
-                    for (r, row) in s.chunks_exact_mut(kend).enumerate() {
-                        let seen = keep.seen(i0 + r).min(kend);
-                        keep.drop_masked(b, i0 + r, &mut row[..seen], T::neg_infinity());
+                    for (r, row) in s.chunks_exact_mut(keys).enumerate() {
+                        // Keys k0..seen of this query's prefix (none for a query whose prefix
+                        // ends before k0: it keeps no key).
+                        let seen = keep.seen(i0 + r).min(kend).saturating_sub(k0);
+                        keep.drop_masked(b, i0 + r, k0, &mut row[..seen], T::neg_infinity());
                         (o[r * width + dv], o[r * width + dv + 1]) = softmax_scaled(&mut row[..seen], scale);
                         row[seen..].fill(T::zero());
                     }
                 },
             );
-            // SAFETY: `s` is rows x kend; rows 0..kend of v's matrix b are elements of `v`;
+            // SAFETY: `s` is rows x keys; rows k0..kend of v's matrix b are elements of `v`;
             // `o` holds `rows` rows of `width > dv` elements, of which the product writes the
             // first dv of each.
             unsafe {
                 T::product_on_this_thread(
                     rows,
                     dv,
-                    kend,
+                    keys,
                     o.as_mut_ptr(),
                     width,
                     s.as_ptr(),
-                    kend as isize,
+                    keys as isize,
                     1,
-                    vm.row_ptr(v, b, 0),
+                    vm.row_ptr(v, b, k0),
                     vm.rs,
                     vm.cs,
                 )
@@ -470,18 +493,19 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
         let mut tmp = vec![T::zero(); lk * d.max(dv)];
         for i0 in (first..end).step_by(BLOCK_ROWS) {
             let rows = BLOCK_ROWS.min(end - i0);
-            let kend = keep.block_end(b, i0, rows);
-            let (p, dp) = (&mut p[..rows * kend], &mut dp[..rows * kend]);
+            let (k0, kend) = keep.block_keys(b, i0, rows);
+            let keys = kend - k0;
+            let (p, dp) = (&mut p[..rows * keys], &mut dp[..rows * keys]);
             // The scores again, as the forward formed them.
-            scores(q, qm, k, km, (b, i0, rows), p);
+            scores(q, qm, k, km, (b, i0, rows), k0, p);
             // P as the forward formed it, zero past the keys a query sees and where the mask
             // drops a key, and all zero for a query that kept no key (its sum is 0).
             with_wide_loops(
                 #[inline(always)]
                 || {
-                    for (r, row) in p.chunks_exact_mut(kend).enumerate() {
+                    for (r, row) in p.chunks_exact_mut(keys).enumerate() {
                         let i = i0 + r;
-                        let seen = keep.seen(i).min(kend);
+                        let seen = keep.seen(i).min(kend).saturating_sub(k0);
                         let (m, sum) = (pm.at(packed, b, i, dv), pm.at(packed, b, i, dv + 1));
                         if sum == T::zero() {
                             row.fill(T::zero());
@@ -491,44 +515,44 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
                         for x in &mut row[..seen] {
                             *x = ((*x - m) * scale).fast_exp() * inv;
                         }
-                        keep.drop_masked(b, i, &mut row[..seen], T::zero());
+                        keep.drop_masked(b, i, k0, &mut row[..seen], T::zero());
                         row[seen..].fill(T::zero());
                     }
                 },
             );
-            // dV[..kend] += P^T d_o.
+            // dV[k0..kend] += P^T d_o.
             // SAFETY (this and the products below): every view addresses only elements of
             // its buffer (`RawTensor`'s invariant) and the blocks read are rows i0..i0 + rows
-            // of q and d_o, and rows 0..kend of k and v; destinations are scratch buffers or
+            // of q and d_o, and rows k0..kend of k and v; destinations are scratch buffers or
             // this matrix's own gradient slices, of the sizes written.
             unsafe {
                 T::product_on_this_thread(
-                    kend,
+                    keys,
                     dv,
                     rows,
                     tmp.as_mut_ptr(),
                     dv,
                     p.as_ptr(),
                     1,
-                    kend as isize,
+                    keys as isize,
                     gm.row_ptr(d_o, b, i0),
                     gm.rs,
                     gm.cs,
                 )
             };
-            add_into(&mut dvv[..kend * dv], &tmp[..kend * dv]);
-            // dP = d_o V[..kend]^T.
+            add_into(&mut dvv[k0 * dv..kend * dv], &tmp[..keys * dv]);
+            // dP = d_o V[k0..kend]^T.
             unsafe {
                 T::product_on_this_thread(
                     rows,
-                    kend,
+                    keys,
                     dv,
                     dp.as_mut_ptr(),
-                    kend,
+                    keys,
                     gm.row_ptr(d_o, b, i0),
                     gm.rs,
                     gm.cs,
-                    vm.row_ptr(v, b, 0),
+                    vm.row_ptr(v, b, k0),
                     vm.cs,
                     vm.rs,
                 )
@@ -537,12 +561,12 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
             // its sum from the same P, so a query that sees one key gets exactly 0), with the
             // scale of `scale * q k^T` folded in. FlashAttention forms the sum as
             // `sum(d_o * o)` because it sees a block of keys at a time; a block here holds
-            // every key its queries see. A dropped key (P = 0) gets no gradient, nor does any
+            // every key its queries keep. A dropped key (P = 0) gets no gradient, nor does any
             // key of a query that kept none.
             with_wide_loops(
                 #[inline(always)]
                 || {
-                    for (prow, grow) in p.chunks_exact(kend).zip(dp.chunks_exact_mut(kend)) {
+                    for (prow, grow) in p.chunks_exact(keys).zip(dp.chunks_exact_mut(keys)) {
                         let dot = lane_dot(prow, grow);
                         for (g, &pv) in grow.iter_mut().zip(prow) {
                             *g = scale * pv * (*g - dot);
@@ -550,38 +574,38 @@ impl<T: RowFloat + GemmScalar> Backward<'_, T> {
                     }
                 },
             );
-            // dQ[i0..] = dS K[..kend]; dK[..kend] += dS^T Q[i0..].
+            // dQ[i0..] = dS K[k0..kend]; dK[k0..kend] += dS^T Q[i0..].
             unsafe {
                 T::product_on_this_thread(
                     rows,
                     d,
-                    kend,
+                    keys,
                     dq.as_mut_ptr().add((i0 - first) * d),
                     d,
                     dp.as_ptr(),
-                    kend as isize,
+                    keys as isize,
                     1,
-                    km.row_ptr(k, b, 0),
+                    km.row_ptr(k, b, k0),
                     km.rs,
                     km.cs,
                 )
             };
             unsafe {
                 T::product_on_this_thread(
-                    kend,
+                    keys,
                     d,
                     rows,
                     tmp.as_mut_ptr(),
                     d,
                     dp.as_ptr(),
                     1,
-                    kend as isize,
+                    keys as isize,
                     qm.row_ptr(q, b, i0),
                     qm.rs,
                     qm.cs,
                 )
             };
-            add_into(&mut dk[..kend * d], &tmp[..kend * d]);
+            add_into(&mut dk[k0 * d..kend * d], &tmp[..keys * d]);
         }
     }
 }
