@@ -205,12 +205,10 @@ pub fn conv2d(x: &Tensor, w: &Tensor, options: Conv2dOptions) -> Tensor {
         image: (x.shape()[2], x.shape()[3]),
         out: (oh, ow),
     };
-    if shifted_rows(&options, &shape, cpu, x.is_traced()) {
-        return if options.stride == (1, 1) {
-            conv2d_taps(x, w, options, (oh, ow))
-        } else {
-            conv2d_phases(x, w, options, (oh, ow))
-        };
+    match plan(&options, &shape, cpu, x.is_traced()) {
+        Plan::ShiftedRows => return conv2d_taps(x, w, options, (oh, ow)),
+        Plan::Phases(phases) => return conv2d_phases(x, w, options, &phases, (oh, ow)),
+        Plan::Windows => {}
     }
     let (ph, pw) = options.padding;
     let padded = if ph + pw > 0 {
@@ -238,16 +236,44 @@ struct Extents {
     out: (usize, usize),
 }
 
-/// Whether [`conv2d`] with `options` over `shape` takes the shifted rows; `cpu` says whether
-/// the operands are on the CPU, `input_traced` whether the input is traced (so its gradient
-/// may be asked for). Panics when [`ConvAlgorithm::ShiftedRows`] is asked for what it cannot
-/// do: a stride above 1 with a dilation above 1.
-fn shifted_rows(options: &Conv2dOptions, shape: &Extents, cpu: bool, input_traced: bool) -> bool {
+/// How [`conv2d`] computes a convolution.
+enum Plan {
+    /// im2col and one batched matmul.
+    Windows,
+    /// Stride 1: the shifted rows of the padded image ([`conv2d_taps`]).
+    ShiftedRows,
+    /// Strided: the shifted rows of its phase images ([`conv2d_phases`]).
+    Phases(Phases),
+}
+
+/// How [`conv2d`] with `options` over `shape` is computed; `cpu` says whether the operands are
+/// on the CPU, `input_traced` whether the input is traced (so its gradient may be asked for).
+/// Panics when [`ConvAlgorithm::ShiftedRows`] is asked for what it cannot do: a stride above 1
+/// with a dilation above 1.
+fn plan(options: &Conv2dOptions, shape: &Extents, cpu: bool, input_traced: bool) -> Plan {
+    let unit = options.stride == (1, 1);
+    let phases = (!unit)
+        .then(|| Phases::new(options, shape.kernel, shape.image, shape.out))
+        .flatten();
+    // Strided shifted rows are taken only where the phases exist.
+    match (shifted_rows(options, shape, cpu, input_traced, phases.as_ref()), phases) {
+        (false, _) => Plan::Windows,
+        (true, None) => Plan::ShiftedRows,
+        (true, Some(p)) => Plan::Phases(p),
+    }
+}
+
+/// Whether [`plan`] takes the shifted rows (`phases`: the phase images of a strided
+/// convolution, where they exist).
+fn shifted_rows(
+    options: &Conv2dOptions,
+    shape: &Extents,
+    cpu: bool,
+    input_traced: bool,
+    phases: Option<&Phases>,
+) -> bool {
     let unit = options.stride == (1, 1);
     let (kernel, out) = (shape.kernel, shape.out);
-    let phases = (!unit)
-        .then(|| Phases::new(options, kernel, shape.image, out))
-        .flatten();
     match options.algorithm {
         ConvAlgorithm::Windows => false,
         ConvAlgorithm::ShiftedRows if !unit && phases.is_none() => panic!(
@@ -260,7 +286,7 @@ fn shifted_rows(options: &Conv2dOptions, shape: &Extents, cpu: bool, input_trace
             let (inputs, outputs) = shape.channels;
             // The product the shifted rows compute: per output row, every position of a padded
             // row (of a phase image when strided), over inputs and taps.
-            let row = match &phases {
+            let row = match phases {
                 None if unit => shape.image.1 + 2 * options.padding.1,
                 None => return false,
                 Some(p) => p.image.1,
@@ -320,11 +346,9 @@ impl Phases {
 /// padded image is cropped or padded to `image * stride` pixels each way (rows no output reads
 /// are dropped) and split into `[N, C, sh * sw * image]` rows by one copy; the kernel is used as
 /// it is, each tap reading its phase image. No im2col matrix and no zero taps.
-fn conv2d_phases(x: &Tensor, w: &Tensor, options: Conv2dOptions, (oh, ow): (usize, usize)) -> Tensor {
+fn conv2d_phases(x: &Tensor, w: &Tensor, options: Conv2dOptions, p: &Phases, (oh, ow): (usize, usize)) -> Tensor {
     let (n, c, h, wd) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
     let (o, cg, kh, kw) = (w.shape()[0], w.shape()[1], w.shape()[2], w.shape()[3]);
-    let p = Phases::new(&options, (kh, kw), (h, wd), (oh, ow))
-        .expect("internal error: conv2d_phases is taken only where the phases exist");
     let ((sh, sw), (hq, wq)) = (p.stride, p.image);
     let (ph, pw) = options.padding;
     // Rows and columns of x inside the `hq * sh` by `wq * sw` padded image.
