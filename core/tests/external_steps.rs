@@ -103,3 +103,105 @@ fn a_step_on_a_captured_constant_is_never_folded_into_the_recording() {
     assert_eq!(calls.load(Ordering::Relaxed), 3, "the step ran once per call");
     assert_eq!(jitted.cache_info().replays, 2);
 }
+
+/// The map of a linear step in these tests: prefix sums along the last axis, which is not its
+/// own transpose (the transpose sums suffixes), so a rule that swapped them would be caught.
+/// It counts its calls, and acts on every row alike, so it may see a vmapped value whole.
+fn prefix_sums(calls: &Arc<AtomicUsize>) -> nb::ops::external::LinearStepFn {
+    let calls = calls.clone();
+    Arc::new(move |t: &Tensor| {
+        assert!(!t.is_traced() && !t.is_batched(), "the map gets plain values");
+        calls.fetch_add(1, Ordering::Relaxed);
+        t.cumsum(-1)
+    })
+}
+
+fn suffix_sums() -> nb::ops::external::LinearStepFn {
+    Arc::new(|t: &Tensor| t.flip(-1).cumsum(-1).flip(-1))
+}
+
+fn linear_step(x: &Tensor, calls: &Arc<AtomicUsize>) -> Tensor {
+    x.apply_linear_step("prefix_sums", prefix_sums(calls), suffix_sums())
+}
+
+/// The matrix of prefix sums over `n` values: `M[i][j] = 1` for `j <= i`.
+fn prefix_matrix(n: usize) -> Tensor {
+    Tensor::ones(&[n, n], nb::DType::F64).tril(0)
+}
+
+fn close(a: &Tensor, b: &Tensor) -> bool {
+    a.shape() == b.shape()
+        && a.to_vec::<f64>()
+            .iter()
+            .zip(b.to_vec::<f64>())
+            .all(|(x, y)| (x - y).abs() < 1e-12)
+}
+
+#[test]
+fn a_linear_step_is_differentiated_with_its_map_and_its_transpose() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], &[4]);
+    let m = prefix_matrix(4);
+    let y = linear_step(&x, &calls);
+    assert!(close(&y, &m.matmul(&x)), "value {:?}", y.to_vec::<f64>());
+    // Reverse mode: the gradient of w . M x is M^T w.
+    let w = Tensor::from_vec(vec![1.0f64, -2.0, 0.5, 3.0], &[4]);
+    let g = nb::grad(|x: &Tensor| (linear_step(x, &calls) * &w).sum_all())(&x);
+    assert!(close(&g, &m.transpose().matmul(&w)), "grad {:?}", g.to_vec::<f64>());
+    // Forward mode: the tangent is M t.
+    let t = Tensor::from_vec(vec![1.0f64, 0.0, -1.0, 2.0], &[4]);
+    let (_, tangent) = nb::jvp(|x: &Tensor| linear_step(x, &calls), &x, &t);
+    assert!(close(&tangent, &m.matmul(&t)), "jvp {:?}", tangent.to_vec::<f64>());
+    // Both Jacobians are M.
+    let jf = nb::jacfwd(|x: &Tensor| linear_step(x, &calls))(&x);
+    let jr = nb::jacrev(|x: &Tensor| linear_step(x, &calls))(&x);
+    assert!(close(&jf, &m) && close(&jr, &m), "jacfwd {jf:?} jacrev {jr:?}");
+    // Second order, both ways: the Hessian of |M x|^2 is 2 M^T M.
+    let f = |x: &Tensor| linear_step(x, &calls).square().sum_all();
+    let want = m.transpose().matmul(&m) * 2.0;
+    assert!(close(&nb::hessian(f)(&x), &want), "hessian");
+    assert!(close(&nb::jacrev(nb::grad(f))(&x), &want), "jacrev of grad");
+}
+
+#[test]
+fn a_linear_step_under_vmap_maps_every_row_and_under_jit_runs_on_every_replay() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let xs = Tensor::from_vec((0..12).map(|v| v as f64 * 0.5 - 2.0).collect(), &[3, 4]);
+    let w = Tensor::from_vec(vec![1.0f64, -2.0, 0.5, 3.0], &[4]);
+    let per_row = nb::vmap(nb::grad(|x: &Tensor| (linear_step(x, &calls) * &w).sum_all()))(&xs);
+    let want = m_t_w(&w).broadcast_to(&[3, 4]);
+    assert!(close(&per_row, &want), "vmap of grad {:?}", per_row.to_vec::<f64>());
+    let ys = nb::vmap(|x: &Tensor| linear_step(x, &calls))(&xs);
+    assert!(close(&ys, &xs.cumsum(-1)), "vmap {:?}", ys.to_vec::<f64>());
+
+    let before = calls.load(Ordering::Relaxed);
+    let step = Jit::new(|x: &Tensor| nb::grad(|x: &Tensor| linear_step(x, &calls).square().sum_all())(x));
+    let m = prefix_matrix(4);
+    for k in 0..3 {
+        let x = Tensor::from_vec(vec![k as f64, 1.0, -0.5, 2.0], &[4]);
+        let want = m.transpose().matmul(&m.matmul(&x)) * 2.0;
+        assert!(close(&step.call(&x), &want), "call {k}");
+    }
+    assert_eq!(step.cache_info().replays, 2);
+    assert_eq!(
+        calls.load(Ordering::Relaxed) - before,
+        1,
+        "recorded once, then replayed as kernels"
+    );
+}
+
+fn m_t_w(w: &Tensor) -> Tensor {
+    prefix_matrix(4).transpose().matmul(w)
+}
+
+#[test]
+fn a_linear_step_that_changes_the_shape_is_refused_by_name() {
+    let x = Tensor::from_vec(vec![1.0f64, 2.0], &[2]);
+    let msg = panic_message(|| {
+        x.apply_linear_step("shrink", Arc::new(|t: &Tensor| t.sum_all()), suffix_sums());
+    });
+    assert!(
+        msg.contains("shrink") && msg.contains("[]") && msg.contains("[2]"),
+        "{msg}"
+    );
+}

@@ -71,13 +71,13 @@ fn device_reduce(group: &ProcessGroup, packed: &Tensor, weight: f64) -> Result<T
 
 /// [`device_reduce`] as a step that `nb::jit` records and replays. A failed collective ends
 /// the job, as in [`reduce_step`].
-fn device_reduce_step(group: ProcessGroup, weight: f64) -> DeviceStepFn {
+pub(crate) fn device_reduce_step(group: ProcessGroup, weight: f64) -> DeviceStepFn {
     Arc::new(move |packed: Tensor| device_reduce(&group, &packed, weight).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// The all-reduce as a step over host values. A failed collective ends the job (the panic
 /// hook of `init` aborts every rank), since the ranks can no longer agree.
-fn reduce_step(group: ProcessGroup) -> ExternalFn {
+pub(crate) fn reduce_step(group: ProcessGroup) -> ExternalFn {
     Arc::new(move |buf: CpuBuffer| {
         let fail = |e: DistError| -> ! { panic!("{e}") };
         match buf {

@@ -13,6 +13,8 @@
 //! - [`DataParallel`] all-reduces gradients inside `backward`, bucket by bucket while the
 //!   sweep goes on (PyTorch's DDP); [`all_reduce_mean`] / [`all_reduce_weighted`] and
 //!   [`value_and_grad`] do the same for the functional API, and replay under `nb::jit`.
+//! - [`psum`] sums a tensor over the ranks inside a traced function, differentiably (the
+//!   statistics of synchronised batch normalisation).
 //! - [`Shard`] splits a global batch and weights uneven shards exactly.
 
 mod bucket;
@@ -30,6 +32,7 @@ mod mpi_comm;
 #[cfg(feature = "nccl")]
 mod nccl;
 mod pack;
+mod psum;
 mod queue;
 mod shard;
 mod single;
@@ -55,6 +58,7 @@ pub use mpi;
 pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
 pub use nccl::{NcclCommunicator, with_nccl};
+pub use psum::psum;
 pub use shard::Shard;
 pub use single::SingleProcess;
 pub use tcp::{TcpCommunicator, TcpOptions};

@@ -3,6 +3,10 @@
 //! ([`Tensor::apply_device_step`], for a transport such as NCCL that works on device memory).
 //! Under `jit` such a step is recorded in the tape as one step and runs again, in order, on
 //! every replay, so a replayed program never reuses the first call's result as a constant.
+//!
+//! A step that is a linear map with a known transpose, such as a sum across processes, can
+//! also be differentiated: [`Tensor::apply_linear_step`] records it as an op whose rules apply
+//! the map to tangents and its transpose to cotangents.
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use crate::backend::Backend;
 use crate::jit::{HostFn, host_step, paused};
 use crate::storage::{CpuBuffer, RawTensor};
 use crate::tensor::Tensor;
+use crate::trace::Rule;
 
 /// A function from a tensor's values (in row-major order) to new values of the same dtype and
 /// length.
@@ -18,6 +23,36 @@ pub type ExternalFn = Arc<dyn Fn(CpuBuffer) -> CpuBuffer + Send + Sync>;
 /// A function from a tensor to a tensor of the same shape, dtype and device, run where the
 /// tensor lives (see [`Tensor::apply_device_step`]).
 pub type DeviceStepFn = Arc<dyn Fn(Tensor) -> Tensor + Send + Sync>;
+
+/// A linear map from a plain (untraced, unbatched) tensor to a tensor of the same shape, dtype
+/// and device (see [`Tensor::apply_linear_step`]).
+pub type LinearStepFn = Arc<dyn Fn(&Tensor) -> Tensor + Send + Sync>;
+
+/// The derivative rules of a linear step: its tangent is the map of the tangent, and its
+/// cotangent the transpose of the cotangent.
+struct LinearStepRule {
+    what: Arc<str>,
+    map: LinearStepFn,
+    transpose: LinearStepFn,
+}
+
+impl Rule for LinearStepRule {
+    fn name(&self) -> String {
+        self.what.to_string()
+    }
+    fn vjp(&self, _inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        let what = format!("{} (transpose)", self.what);
+        vec![Some(ct.apply_linear_step(
+            &what,
+            self.transpose.clone(),
+            self.map.clone(),
+        ))]
+    }
+    fn jvp(&self, _inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        let t = tangents[0].as_ref()?;
+        Some(t.apply_linear_step(&self.what, self.map.clone(), self.transpose.clone()))
+    }
+}
 
 impl Tensor {
     /// A tensor of this shape, dtype and device holding `f` applied to this tensor's values.
@@ -85,6 +120,38 @@ impl Tensor {
         });
         let raw = host_step(self.device(), self.raw(), step, true);
         Tensor::untraced(raw, &[self])
+    }
+
+    /// `map` applied to this tensor, differentiated as the linear map it is: the tangent of the
+    /// result is `map` of the tangent, and the cotangent of this tensor is `transpose` of the
+    /// result's cotangent, in every transform and at every order (JAX differentiates `psum`
+    /// this way; `nb::dist::psum`, the differentiable sum across processes, is built on it).
+    ///
+    /// `map` and `transpose` get a plain tensor (untraced) and must return one of the same
+    /// shape, dtype and device; they usually run the step through
+    /// [`Tensor::apply_external`] or [`Tensor::apply_device_step`], so that `jit` replays it.
+    /// Under `vmap` they get the whole batched value (mapped axes first), so `map` must act on
+    /// every mapped slice alike, as an elementwise sum across processes does. Panics, naming
+    /// `what`, when `map` returns another shape, dtype or device. Nothing checks that `map` is
+    /// linear or that `transpose` is its transpose: derivatives are only as right as they are.
+    pub fn apply_linear_step(&self, what: &str, map: LinearStepFn, transpose: LinearStepFn) -> Tensor {
+        let plain = Tensor::from_raw(self.raw().clone());
+        let out = map(&plain);
+        if out.shape() != plain.shape() || out.dtype() != plain.dtype() || out.device() != plain.device() {
+            panic!(
+                "{what}: the linear step returned shape {:?} ({}, {}) for an input of shape {:?} ({}, {})",
+                out.shape(),
+                out.dtype(),
+                out.device(),
+                plain.shape(),
+                plain.dtype(),
+                plain.device()
+            );
+        }
+        let what: Arc<str> = what.into();
+        Tensor::record_batched(out.raw().clone(), self.batch().to_vec(), &[self], move || {
+            LinearStepRule { what, map, transpose }
+        })
     }
 
     /// Refuses, naming `what`, a tensor that a step without a derivative rule cannot take.
