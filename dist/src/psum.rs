@@ -22,8 +22,14 @@ use crate::group::ProcessGroup;
 /// Half-precision values are summed in f32 and rounded once. Every rank must call it with a
 /// tensor of the same shape and dtype. At world size 1 it is the identity.
 ///
-/// Under `DataParallel`, give it a group of its own (`group.duplicate("psum")`): its backward
-/// collectives run inside the sweep, while the gradient buckets travel on the wrapper's group.
+/// Its derivative is right for the sum of every rank's loss. So differentiate, on each rank,
+/// that rank's share of the global loss and sum the gradients over the ranks; or weight every
+/// rank alike: with equal shards, the mean loss of each shard and `DataParallel`'s mean over
+/// the ranks (PyTorch's `SyncBatchNorm` under DDP). With uneven shards, `DataParallel`'s
+/// per-shard weights ([`crate::DataParallel::set_shard_sizes`]) would weight the cross-rank
+/// terms wrongly. Under `DataParallel`, psum's backward collectives run inside the sweep on
+/// the group given here, while the gradient buckets travel on the wrapper's own duplicate of
+/// its group, so the two never mix.
 ///
 /// # Panics
 /// On a non-float tensor, and when the collective fails: the ranks can no longer agree, so the

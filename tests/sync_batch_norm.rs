@@ -1,0 +1,122 @@
+//! Synchronised batch normalisation (`BatchNorm::forward_train_synced` with `nb::dist::psum`)
+//! over ranks that are threads: every rank's output, input gradient and running statistics are
+//! those of one process holding the whole batch, and the parameter gradients summed (or, with
+//! equal shards, averaged by `DataParallel` inside `backward`) are the whole batch's.
+
+use std::time::Duration;
+
+use nabla::dist::{DataParallel, ProcessGroup, ThreadComm, psum};
+use nabla::nn::{BatchNorm, BatchStats};
+use nabla::{DType, Rng, Tensor, Tree};
+
+/// Runs `f` on `n` ranks (threads), each with its own group; returns their results by rank.
+fn on_ranks<T: Send>(n: usize, f: impl Fn(ProcessGroup) -> T + Sync) -> Vec<T> {
+    let comms = ThreadComm::world(n);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || f(ProcessGroup::new(Box::new(c), Duration::from_secs(60), "world")))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread panicked"))
+            .collect()
+    })
+}
+
+fn rows(t: &Tensor, r: std::ops::Range<usize>) -> Tensor {
+    t.slice_axis(0, Some(r.start as isize), Some(r.end as isize), 1)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    (a - b).abs().max_all().item::<f64>()
+}
+
+/// A layer with a non-trivial scale and shift, its fresh statistics, images [10, 3, 4, 4] and
+/// loss weights of their shape.
+fn setup() -> (BatchNorm, BatchStats, Tensor, Tensor) {
+    let (mut layer, stats) = BatchNorm::new(3, DType::F64);
+    layer.gamma = Tensor::from_vec(vec![1.2, 0.8, -0.5], &[3]);
+    layer.beta = Tensor::from_vec(vec![0.1, -0.3, 0.0], &[3]);
+    let x = Rng::new(11).normal(&[10, 3, 4, 4], 0.5, 2.0, DType::F64);
+    let w = Rng::new(12).normal(&[10, 3, 4, 4], 0.0, 1.0, DType::F64);
+    (layer, stats, x, w)
+}
+
+/// The share of `sum(tanh(y) w) / n` that `x`'s rows carry.
+fn share(y: &Tensor, w: &Tensor, n: usize) -> Tensor {
+    (y.tanh() * w).sum_all() / n as f64
+}
+
+#[test]
+fn uneven_shards_normalise_with_the_global_batch_and_sum_to_its_gradients() {
+    let (layer, stats, x, w) = setup();
+    let n = 10;
+    let (y_all, stats_all) = layer.forward_train(&x, &stats);
+    let (gx_all, gl_all) = nabla::grad(|(x, l): &(Tensor, BatchNorm)| share(&l.forward_train(x, &stats).0, &w, n))(&(
+        x.clone(),
+        layer.clone(),
+    ));
+    let bounds = [0, 2, 5, 10];
+    let results = on_ranks(3, |group| {
+        let r = group.rank();
+        let (xs, ws) = (rows(&x, bounds[r]..bounds[r + 1]), rows(&w, bounds[r]..bounds[r + 1]));
+        let sum = |t: &Tensor| psum(&group, t);
+        let (y, new) = layer.forward_train_synced(&xs, &stats, &sum);
+        // Each rank differentiates its share of the global loss; the shares' gradients sum.
+        let (gx, gl) =
+            nabla::grad(|(x, l): &(Tensor, BatchNorm)| share(&l.forward_train_synced(x, &stats, &sum).0, &ws, n))(&(
+                xs.clone(),
+                layer.clone(),
+            ));
+        let gl = nabla::dist::all_reduce_weighted(&group, &gl, 1.0).unwrap();
+        (y, new, gx, gl)
+    });
+    for (r, (y, new, gx, gl)) in results.iter().enumerate() {
+        let range = bounds[r]..bounds[r + 1];
+        assert!(max_diff(y, &rows(&y_all, range.clone())) < 1e-12, "rank {r}: output");
+        assert!(max_diff(gx, &rows(&gx_all, range)) < 1e-12, "rank {r}: input gradient");
+        assert!(max_diff(&new.mean, &stats_all.mean) < 1e-12, "rank {r}: running mean");
+        assert!(
+            max_diff(&new.var, &stats_all.var) < 1e-12,
+            "rank {r}: running var (unbiased over 160 values)"
+        );
+        assert!(max_diff(&gl.gamma, &gl_all.gamma) < 1e-12, "rank {r}: gamma gradient");
+        assert!(max_diff(&gl.beta, &gl_all.beta) < 1e-12, "rank {r}: beta gradient");
+    }
+    // Unsynced, a rank normalises its shard alone: another output.
+    let (alone, _) = layer.forward_train(&rows(&x, 0..2), &stats);
+    assert!(max_diff(&alone, &rows(&y_all, 0..2)) > 1e-2);
+}
+
+#[test]
+fn under_data_parallel_backward_equal_shards_average_to_the_whole_batch_gradient() {
+    // PyTorch's SyncBatchNorm under DDP: each rank's loss is the mean over its shard, and
+    // DataParallel averages the gradients; psum's backward runs inside the sweep on the group
+    // while the gradient buckets travel on the wrapper's duplicate of it.
+    let (layer, stats, x, w) = setup();
+    let gl_all = nabla::grad(|l: &BatchNorm| share(&l.forward_train(&x, &stats).0, &w, 10))(&layer);
+    let results = on_ranks(2, |group| {
+        let r = group.rank();
+        let (dp, layer) = DataParallel::new(&group, &layer).unwrap();
+        let tracked = dp.track(&layer);
+        let (xs, ws) = (rows(&x, 5 * r..5 * r + 5), rows(&w, 5 * r..5 * r + 5));
+        let (y, new) = tracked.forward_train_synced(&xs, &stats, &|t| psum(&group, t));
+        share(&y, &ws, 5).backward();
+        (dp.grads(&tracked), new)
+    });
+    for (r, (g, new)) in results.iter().enumerate() {
+        assert!(max_diff(&g.gamma, &gl_all.gamma) < 1e-12, "rank {r}: gamma");
+        assert!(max_diff(&g.beta, &gl_all.beta) < 1e-12, "rank {r}: beta");
+        assert_eq!(
+            new.mean.to_vec::<f64>(),
+            results[0].1.mean.to_vec::<f64>(),
+            "rank {r}: same statistics"
+        );
+        assert_eq!(g.leaves().len(), 2);
+    }
+}
