@@ -461,6 +461,58 @@ fn data_parallel_buckets_of_device_leaves_are_packed_on_the_device_and_copied_on
 }
 
 #[test]
+fn synchronised_batch_norm_of_device_tensors_gives_the_cpu_values_and_gradients() {
+    use nabla_dist::{ProcessGroup, ThreadComm, psum};
+    use nabla_nn::BatchNorm;
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let mut rng = nb::Rng::new(13);
+    let x = rng.normal(&[6, 3, 2, 2], 0.5, 1.5, DType::F64);
+    let w = rng.normal(&[6, 3, 2, 2], 0.0, 1.0, DType::F64);
+    let (mut layer, stats) = BatchNorm::new(3, DType::F64);
+    layer.gamma = Tensor::from_vec(vec![1.5, 0.5, -1.0], &[3]);
+    // Two ranks as threads with shards of 2 and 4 images; each returns its output, its input's
+    // gradient, the layer's gradient (its share: summed over the ranks later) and the new
+    // running statistics.
+    let run = |device: Device| -> Vec<Vec<Tensor>> {
+        let on = |t: &Tensor| t.to_device(device).unwrap();
+        let comms = ThreadComm::world(2);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let (x, w, layer, stats) = (&x, &w, &layer, &stats);
+                    s.spawn(move || {
+                        let group = ProcessGroup::new(Box::new(c), std::time::Duration::from_secs(120), "world");
+                        let (a, b) = if group.rank() == 0 { (0, 2) } else { (2, 6) };
+                        let xs = on(&x.slice_axis(0, Some(a), Some(b), 1));
+                        let ws = on(&w.slice_axis(0, Some(a), Some(b), 1));
+                        let layer = nb::Tree::map_leaves(layer, on);
+                        let stats = nb::Tree::map_leaves(stats, on);
+                        let sum = |t: &Tensor| psum(&group, t);
+                        let f = |(x, l): &(Tensor, BatchNorm)| {
+                            let (y, new) = l.forward_train_synced(x, &stats, &sum);
+                            ((&y * &ws).tanh().sum_all() / 6.0, (y, new))
+                        };
+                        let ((_, (y, new)), (gx, gl)) = nb::value_and_grad_with_aux(f)(&(xs, layer));
+                        vec![y, gx, gl.gamma, gl.beta, new.mean, new.var]
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let want = run(Device::Cpu);
+    let got = run(GPU);
+    for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
+        same(&format!("rank {rank}"), "synchronised batch norm", g, w).unwrap();
+    }
+}
+
+#[test]
 fn init_opens_one_gpu_per_process() {
     if !device::real_gpu() {
         println!("SKIPPED init_opens_one_gpu_per_process: needs a GPU (NABLA_GPU_CHECK=1, as ci/gpu-check runs it)");
