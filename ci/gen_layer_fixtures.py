@@ -5,7 +5,8 @@ matrix, the bf16/f16 rows and the emulated GPU.
 
 Cases: erf; floor, ceil, round and trunc (with round's ties at .5, which go to even, and their
 zero derivatives); exact gelu; remainder (NumPy's and JAX's mod) with negative operands; triu
-and tril for several diagonals; layer_norm and rms_norm over the last axis or the last two;
+and tril for several diagonals; layer_norm and rms_norm over the last axis, the last two, or
+every axis but axis 1 (batch normalisation's);
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
@@ -92,7 +93,9 @@ def gen_norms():
         return x / jnp.sqrt(jnp.mean(x * x, axis=axes, keepdims=True) + eps)
 
     for op, fn in (("layer_norm", layer_norm), ("rms_norm", rms_norm)):
-        for s, axes in [([4, 5], [-1]), ([2, 3, 4], [-1]), ([2, 3, 4], [-2, -1]), ([6], [-1])]:
+        # The last two: batch normalisation's axes (every axis but the channels, axis 1).
+        for s, axes in [([4, 5], [-1]), ([2, 3, 4], [-1]), ([2, 3, 4], [-2, -1]), ([6], [-1]),
+                        ([3, 2, 2, 2], [0, 2, 3]), ([4, 3, 5], [0, 2])]:
             name = f"{op}/{g.shape_str(s)}_ax{'_'.join(str(a) for a in axes)}"
             eps = 1e-5
             g.add_case(name, op, {"axes": axes, "eps": eps}, [g.uniform(g.rng_for(name), s, -2.0, 2.0)],

@@ -2,7 +2,8 @@
 conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
 56x56, 3x3, padding 1) and with stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB
 224x224 images, attention [16, 8, 256, 64] forward and backward (causal, and with a key
-padding mask), and one pre-norm transformer block step, value and gradients (batch 16,
+padding mask), batch norm in training mode over the conv2d input (forward and the gradients of
+x, scale and shift), and one pre-norm transformer block step, value and gradients (batch 16,
 sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
 of 2^24 elements, and the value and gradient of the mean cross-entropy of [2048, 32000] logits
 against integer labels (a language model's head). float32, CPU. Writes
@@ -53,6 +54,16 @@ def jax_rows(runs):
                                                         v.transpose(0, 2, 1, 3), mask=mask, is_causal=causal) ** 2)
         g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
         rows.append((case, "jax.jit", "ms", median_ms(lambda g=g: jax.block_until_ready(g(q, k, v)), 1, runs)))
+
+    def bn(x, g, b):
+        mean = jnp.mean(x, axis=(0, 2, 3), keepdims=True)
+        var = jnp.mean((x - mean) ** 2, axis=(0, 2, 3), keepdims=True)
+        return (x - mean) / jnp.sqrt(var + 1e-5) * g[None, :, None, None] + b[None, :, None, None]
+
+    bn_grad = jax.jit(jax.grad(lambda x, g, b: jnp.sum(bn(x, g, b) ** 2), argnums=(0, 1, 2)))
+    gamma, beta = jnp.ones((64,), jnp.float32), jnp.zeros((64,), jnp.float32)
+    rows.append(("batch_norm_fwd_bwd", "jax.jit", "ms",
+                 median_ms(lambda: jax.block_until_ready(bn_grad(x, gamma, beta)), 1, runs)))
 
     b, l, d, h = 16, 256, 512, 8
     def lin(i, o):
@@ -161,6 +172,14 @@ def torch_rows(runs):
             return torch.autograd.grad((o ** 2).sum(), qkv)
 
         rows.append((case, "torch eager", "ms", median_ms(attn, 1, runs)))
+    bn_w, bn_b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
+    running_mean, running_var = torch.zeros(64), torch.ones(64)
+
+    def bn():
+        y = torch.nn.functional.batch_norm(xg, running_mean, running_var, bn_w, bn_b, training=True)
+        return torch.autograd.grad((y ** 2).sum(), (xg, bn_w, bn_b))
+
+    rows.append(("batch_norm_fwd_bwd", "torch eager", "ms", median_ms(bn, 1, runs)))
     layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     xs = torch.randn(16, 256, 512)
     mask = torch.nn.Transformer.generate_square_subsequent_mask(256)

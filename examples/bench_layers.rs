@@ -109,6 +109,16 @@ fn main() {
             median_ms(1, args.runs, || drop(g(&qkv))),
         ));
     }
+    // Batch norm in training mode over the conv2d case's activations: the gradient of
+    // sum(y^2) with respect to x, the scale and the shift.
+    let (bn, bn_stats) = nb::nn::BatchNorm::new(64, DType::F32);
+    let bn_grad = nb::grad(|a: &(Tensor, nb::nn::BatchNorm)| a.1.forward_train(&a.0, &bn_stats).0.square().sum_all());
+    let bn_args = (x.clone(), bn);
+    rows.push((
+        "batch_norm_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(bn_grad(&bn_args))),
+    ));
     let block = TransformerBlock::new(512, 8, 0.0, &mut rng, DType::F32);
     let xs = rng.normal(&[16, 256, 512], 0.0, 1.0, DType::F32);
     let step = nb::value_and_grad(|b: &TransformerBlock| b.forward(&xs, true, None).square().mean_all());
@@ -190,6 +200,7 @@ fn main() {
         "conv2d_stem_fwd",
         "attention_causal_fwd_bwd",
         "attention_padded_fwd_bwd",
+        "batch_norm_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",
         "cross_entropy_32k",

@@ -105,7 +105,8 @@ impl BatchNorm {
         self.scale_and_shift(&(xc - mean), &rstd, &shape).cast(x.dtype())
     }
 
-    /// The shared training pass: statistics summed locally (`None`) or with `sum`.
+    /// The shared training pass: statistics of this process's batch (`None`: one fused
+    /// primitive on the CPU, `normalize_channels`) or summed over the ranks with `sum`.
     fn train(&self, x: &Tensor, stats: &BatchStats, sum: Option<&dyn Fn(&Tensor) -> Tensor>) -> (Tensor, BatchStats) {
         let what = if sum.is_some() {
             "forward_train_synced"
@@ -117,9 +118,10 @@ impl BatchNorm {
         let xc = x.cast(dtype);
         let shape = self.channel_shape(x);
         let channels = shape[0];
-        let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
         let local_count = x.numel() / channels.max(1);
-        let (mean, centred, var, count) = match sum {
+        // The standardised input, the batch's mean and biased variance ([C], not traced), and
+        // the unbiased variance's factor n / (n - 1).
+        let (standardised, mean, var, unbias) = match sum {
             None => {
                 if local_count < 2 {
                     panic!(
@@ -128,13 +130,13 @@ impl BatchNorm {
                         x.shape()
                     );
                 }
-                let mean = xc.mean(axes.clone(), true);
-                let centred = &xc - &mean;
-                let var = centred.square().mean(axes, true);
-                let count = Tensor::full_on(&[1], local_count as f64, dtype, x.device());
-                (mean, centred, var, count)
+                let (standardised, mean, var) = xc.normalize_channels(1, self.eps);
+                let n = local_count as f64;
+                let unbias = Tensor::full_on(&[], n / (n - 1.0), dtype, x.device());
+                (standardised, mean, var, unbias)
             }
             Some(sum) => {
+                let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
                 // The channel sums and this rank's example count travel in one collective.
                 let count = Tensor::full_on(&[1], local_count as f64, dtype, x.device());
                 let totals = sum(&concatenate(&[xc.sum(axes.clone(), false), count], 0));
@@ -142,22 +144,24 @@ impl BatchNorm {
                 let total = totals.slice_axis(0, Some(0), Some(channels as isize), 1);
                 let mean = (total / &count).reshape(shape.clone());
                 let centred = &xc - &mean;
-                let squares = sum(&centred.square().sum(axes, false));
-                (mean, centred, (squares / &count).reshape(shape.clone()), count)
+                let var = (sum(&centred.square().sum(axes, false)) / &count).reshape(shape.clone());
+                let standardised = centred * (&var + self.eps).rsqrt();
+                let count = count.stop_gradient();
+                let unbias = &count / (&count - 1.0);
+                let flat = |t: &Tensor| t.stop_gradient().reshape([channels]);
+                (standardised, flat(&mean), flat(&var), unbias)
             }
         };
-        let rstd = (&var + self.eps).rsqrt();
-        let y = self.scale_and_shift(&centred, &rstd, &shape).cast(x.dtype());
-        let count = count.stop_gradient();
-        let unbiased = var.stop_gradient().reshape([channels]) * (&count / (&count - 1.0));
+        let gamma = self.gamma.cast(dtype).reshape(shape.clone());
+        let y = (standardised * gamma + self.beta.cast(dtype).reshape(shape)).cast(x.dtype());
         let m = self.momentum;
         let update = |running: &Tensor, batch: Tensor| {
             let running = running.stop_gradient();
             (running.cast(dtype) * (1.0 - m) + batch * m).cast(running.dtype())
         };
         let new = BatchStats {
-            mean: update(&stats.mean, mean.stop_gradient().reshape([channels])),
-            var: update(&stats.var, unbiased),
+            mean: update(&stats.mean, mean),
+            var: update(&stats.var, var * unbias),
         };
         (y, new)
     }

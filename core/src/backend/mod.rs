@@ -399,6 +399,22 @@ pub trait Backend: Send + Sync {
     ) -> Option<RawTensor> {
         None
     }
+    /// The mean and biased variance of every channel `c` of `x` `[A, C, B]` (float) over its
+    /// `A * B` values (batch normalisation's statistics), as `[2, C]` contiguous in `x`'s
+    /// dtype: the means, then the variances (computed from the deviations, in f32 for
+    /// halves). `None`, the default, where the backend has no fused kernel: the op layer then
+    /// composes them from reductions.
+    fn channel_moments(&self, _x: &RawTensor) -> Option<RawTensor> {
+        None
+    }
+    /// The Jacobian product of the per-channel standardisation `y = (x - mean) rstd` of a
+    /// `[A, C, B]` tensor at `v` (its VJP and JVP: the Jacobian is symmetric): `rstd (v -
+    /// mean(v) - y mean(v y))` per channel, from the output `y`, `v` (one shape and float
+    /// dtype) and the channels' `rstd` `[C]` (that dtype); contiguous out. `None`, the default,
+    /// where [`Backend::channel_moments`] gives `None`.
+    fn channel_norm_backward(&self, _y: &RawTensor, _v: &RawTensor, _rstd: &RawTensor) -> Option<RawTensor> {
+        None
+    }
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

@@ -253,6 +253,14 @@ impl Backend for RecordingBackend {
             self.inner.layer_norm_rows_backward(x, y, v, eps),
         )
     }
+    fn channel_moments(&self, x: &RawTensor) -> Option<RawTensor> {
+        let out = self.inner.channel_moments(x)?;
+        Some(self.log(Call::ChannelMoments, &[x], out))
+    }
+    fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
+        let out = self.inner.channel_norm_backward(y, v, rstd)?;
+        Some(self.log(Call::ChannelNormBackward, &[y, v, rstd], out))
+    }
     fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
         self.log(
             Call::RowsBackward(op),

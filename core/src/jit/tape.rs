@@ -40,6 +40,8 @@ pub(crate) enum Call {
     LayerNorm(f64),
     LayerNormBackward(f64),
     RowsBackward(RowOp),
+    ChannelMoments,
+    ChannelNormBackward,
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
@@ -86,6 +88,12 @@ impl Call {
             Call::LayerNorm(eps) => backend.layer_norm_rows(&args[0], *eps),
             Call::LayerNormBackward(eps) => backend.layer_norm_rows_backward(&args[0], &args[1], &args[2], *eps),
             Call::RowsBackward(op) => backend.softmax_rows_backward(*op, &args[0], &args[1]),
+            Call::ChannelMoments => backend
+                .channel_moments(&args[0])
+                .expect("recorded channel moments replay on the backend that ran them"),
+            Call::ChannelNormBackward => backend
+                .channel_norm_backward(&args[0], &args[1], &args[2])
+                .expect("a recorded channel norm backward replays on the backend that ran it"),
             Call::CrossEntropy => backend.cross_entropy_rows(&args[0], &args[1]),
             Call::CrossEntropyBackward => backend.cross_entropy_rows_backward(&args[0], &args[1], &args[2]),
             Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], &args[4], step),

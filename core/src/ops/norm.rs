@@ -99,9 +99,66 @@ impl Tensor {
         if let Some(a) = single {
             return self.along_last(a, |x| layer_norm_last(x, eps));
         }
+        if let Axes::List(list) = &axes {
+            let mut listed: Vec<usize> = list
+                .iter()
+                .map(|&a| normalize_axis("layer_norm", a, self.rank()))
+                .collect();
+            listed.sort_unstable();
+            listed.dedup();
+            if self.rank() >= 2 && listed.len() == self.rank() - 1 {
+                // Every axis but one: batch normalisation's standardisation.
+                let kept = (0..self.rank())
+                    .find(|a| !listed.contains(a))
+                    .expect("one axis is left");
+                return self.normalize_channels(kept as isize, eps).0;
+            }
+        }
         let centred = self - self.mean(axes.clone(), true);
         let var = centred.square().mean(axes, true);
         centred * (var + eps).rsqrt()
+    }
+
+    /// Batch normalisation's training pass without its scale and shift: this tensor
+    /// standardised per index of `axis` (the channels: 1 for `[N, C, H, W]`) over every other
+    /// axis, `(x - mean) / sqrt(var + eps)` with the biased variance (what `layer_norm` over
+    /// every axis but `axis` computes), with the channels' means and biased variances, `[C]`
+    /// each and not traced (what running averages are made of).
+    ///
+    /// On a backend with the fused kernels (the CPU) it is one primitive: the statistics in
+    /// two passes, and a backward pass `rstd (v - mean(v) - y mean(v y))` in two more, where
+    /// the composition took about a dozen kernels; elsewhere, and under `vmap`, it is composed.
+    /// Derivatives of every order either way.
+    pub fn normalize_channels(&self, axis: isize, eps: f64) -> (Tensor, Tensor, Tensor) {
+        require_float("normalize_channels", self);
+        let a = normalize_axis("normalize_channels", axis, self.rank());
+        let shape = self.shape().to_vec();
+        let channels = shape[a];
+        let grouped = [shape[..a].iter().product(), channels, shape[a + 1..].iter().product()];
+        if !self.is_batched() {
+            let x = self.reshape(grouped);
+            if let Some(moments) = x.backend().channel_moments(x.raw()) {
+                let moments = Tensor::untraced(moments, &[&x]);
+                let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
+                let rstd = (var.reshape([1, channels, 1]) + eps).rsqrt();
+                let value = (x.stop_gradient() - mean.reshape([1, channels, 1])) * &rstd;
+                let y = Tensor::record(value.raw().clone(), &[&x], || ChannelNormRule {
+                    eps,
+                    rstd: rstd.reshape([channels]),
+                });
+                return (y.reshape(shape), mean, var);
+            }
+        }
+        let axes: Vec<isize> = (0..self.rank() as isize).filter(|&k| k != a as isize).collect();
+        let mean = self.mean(axes.clone(), true);
+        let centred = self - &mean;
+        let var = centred.square().mean(axes, true);
+        let y = centred * (&var + eps).rsqrt();
+        (
+            y,
+            mean.stop_gradient().reshape([channels]),
+            var.stop_gradient().reshape([channels]),
+        )
     }
 
     /// `x / sqrt(mean(x^2) + eps)` over `axes` (RMSNorm without its scale).
@@ -161,5 +218,75 @@ impl Tensor {
         let (m, n) = (self.shape()[rank - 2], self.shape()[rank - 1]);
         let mask = keep(&Tensor::diagonal_offsets(m, n, self.device()));
         mask.where_(self, &self.scalar_like(0.0))
+    }
+}
+
+/// The derivative rule of the fused per-channel standardisation of `x` `[A, C, B]` (channels on
+/// axis 1), from the input, the output `y` and the forward's `rstd` (untraced, `[C]`: the
+/// fused backward reads it; the composition recomputes it from `x`, so that higher
+/// derivatives see its dependence on `x`).
+struct ChannelNormRule {
+    eps: f64,
+    rstd: Tensor,
+}
+
+impl ChannelNormRule {
+    /// `J v = rstd (v - mean(v) - y mean(v y))` per channel: one fused primitive when `x`, `y`
+    /// and `v` are alike (the usual backward pass), else the composition.
+    fn product(&self, x: &Tensor, y: &Tensor, v: &Tensor) -> Tensor {
+        let alike = |t: &Tensor| {
+            t.shape() == x.shape() && t.dtype() == x.dtype() && !t.is_batched() && t.device() == x.device()
+        };
+        if alike(y)
+            && alike(v)
+            && !x.is_batched()
+            && let Some(raw) = x.backend().channel_norm_backward(y.raw(), v.raw(), self.rstd.raw())
+        {
+            return Tensor::record(raw, &[x, y, v], || ChannelNormBackwardRule { eps: self.eps });
+        }
+        channel_norm_product(x, y, v, self.eps)
+    }
+}
+
+impl Rule for ChannelNormRule {
+    fn name(&self) -> String {
+        format!("normalize_channels(axis=1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![Some(self.product(&inputs[0], out, ct))]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        Some(self.product(&inputs[0], out, tangents[0].as_ref()?))
+    }
+}
+
+/// The per-channel standardisation's Jacobian product over `[A, C, B]`, composed of
+/// primitives, with `rstd` recomputed from `x` (differentiable in `x`, `y` and `v`).
+fn channel_norm_product(x: &Tensor, y: &Tensor, v: &Tensor, eps: f64) -> Tensor {
+    let axes = [0isize, 2];
+    let centred = x - x.mean(&axes[..], true);
+    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
+    rstd * (v - v.mean(&axes[..], true) - y * (v * y).mean(&axes[..], true))
+}
+
+/// The derivatives of the fused Jacobian product (second and higher derivatives of a batch
+/// norm): those of its composition.
+struct ChannelNormBackwardRule {
+    eps: f64,
+}
+
+impl Rule for ChannelNormBackwardRule {
+    fn name(&self) -> String {
+        format!("normalize_channels_backward(axis=1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        composition_vjp(|t| channel_norm_product(&t[0], &t[1], &t[2], self.eps), inputs, ct)
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        composition_jvp(
+            |t| channel_norm_product(&t[0], &t[1], &t[2], self.eps),
+            inputs,
+            tangents,
+        )
     }
 }

@@ -3,6 +3,7 @@
 
 mod adam;
 mod attention;
+mod channels;
 mod cross_entropy;
 mod elementwise;
 mod fast_math;
@@ -235,6 +236,17 @@ impl Backend for CpuBackend {
 
     fn softmax_rows_backward(&self, op: RowOp, y: &RawTensor, v: &RawTensor) -> RawTensor {
         narrow(rows::softmax_rows_backward(op, &widen(y), &widen(v)), y.dtype())
+    }
+
+    fn channel_moments(&self, x: &RawTensor) -> Option<RawTensor> {
+        Some(narrow(channels::channel_moments(&widen(x)), x.dtype()))
+    }
+
+    fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
+        Some(narrow(
+            channels::channel_norm_backward(&widen(y), &widen(v), &widen(rstd)),
+            y.dtype(),
+        ))
     }
 
     fn cross_entropy_rows(&self, x: &RawTensor, labels: &RawTensor) -> RawTensor {

@@ -112,6 +112,43 @@ where
     out
 }
 
+/// A reduction over every axis but one middle axis of a contiguous view (a bias's or a batch
+/// norm's gradient: `[N, C, H, W]` over `N, H, W`), read in place: seen as `[A, C, B]`, output
+/// `c` folds its `A` runs of `B` elements in order, channels split across threads, where the
+/// general path copied the view with the axes moved last first. `None` for other reductions.
+fn reduce_around_one_axis<T, F>(data: &[T], layout: &Layout, axes: &[usize], init: T, f: F) -> Option<Vec<T>>
+where
+    T: Copy + Send + Sync,
+    F: Fn(T, T) -> T + Copy + Send + Sync,
+{
+    let rank = layout.rank();
+    if !layout.is_contiguous() || rank < 3 || axes.len() + 1 != rank {
+        return None;
+    }
+    let kept = (0..rank).find(|a| !axes.contains(a))?;
+    let shape = &layout.shape;
+    let (a, c, b) = (
+        shape[..kept].iter().product::<usize>(),
+        shape[kept],
+        shape[kept + 1..].iter().product::<usize>(),
+    );
+    if a < 2 || b < 2 {
+        return None;
+    }
+    let elements = dense_run(data, layout);
+    let channel = |ch: usize| {
+        (0..a).fold(init, |acc, i| {
+            let start = (i * c + ch) * b;
+            f(acc, fold_run(&elements[start..start + b], init, f))
+        })
+    };
+    Some(if elements.len() >= PARALLEL_MIN && c > 1 {
+        (0..c).into_par_iter().map(channel).collect()
+    } else {
+        (0..c).map(channel).collect()
+    })
+}
+
 fn reduce_typed<T, F>(data: &[T], layout: &Layout, axes: &[usize], init: T, f: F) -> Vec<T>
 where
     T: Copy + Send + Sync,
@@ -130,6 +167,9 @@ where
         if !axes.is_empty() && rows > 0 && cols > 1 {
             return reduce_leading_rows(elements, rows, cols, init, f);
         }
+    }
+    if let Some(out) = reduce_around_one_axis(data, layout, axes, init, f) {
+        return out;
     }
     let (elements, outputs, run) = runs(data, layout, axes);
     if run == 0 {

@@ -1,0 +1,152 @@
+//! Batch normalisation's kernels over `x` `[A, C, B]` (contiguous; channel `c` is the `A`
+//! runs of `B` values at `(a * C + c) * B`): the mean and biased variance of every channel
+//! (two passes, the second over the deviations, so no cancellation), and the Jacobian product
+//! of the standardisation, `rstd (v - mean(v) - y mean(v y))` per channel from the forward's
+//! `rstd` (one pass for the sums, one to write), where the composition of primitives took a
+//! kernel per term.
+//!
+//! Channels are split across threads for the sums; the result is written in parallel over the
+//! `A` blocks. Sums run in `LANES` partial sums per run, accumulated in f64 across runs.
+
+use rayon::prelude::*;
+
+use super::rows::RowFloat;
+use super::{PARALLEL_MIN, dense, dense_run, host, of, with_wide_loops, wrap};
+use crate::storage::{CpuBuffer, RawTensor};
+
+/// Lanes of the partial sums of a run.
+const LANES: usize = 8;
+
+/// The sum of `f(a[j], b[j])` over two runs of one length, in `LANES` partial sums, as f64.
+#[inline(always)]
+fn pair_sum<T: RowFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> f64 {
+    let mut acc = [T::zero(); LANES];
+    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..LANES {
+            acc[k] = acc[k] + f(x[k], y[k]);
+        }
+    }
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        acc[0] = acc[0] + f(x, y);
+    }
+    acc.iter().fold(0.0, |s, &v| s + v.to_f64().unwrap_or(f64::NAN))
+}
+
+/// The dimensions `(A, C, B)` of a `[A, C, B]` tensor.
+fn dims(x: &RawTensor) -> (usize, usize, usize) {
+    match x.layout.shape[..] {
+        [a, c, b] => (a, c, b),
+        ref s => unreachable!("internal error: channel kernels take [A, C, B], got {s:?}"),
+    }
+}
+
+/// `f(c)` for every channel, in parallel when the tensor is large.
+fn per_channel<R: Send>(c: usize, numel: usize, f: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    if numel >= PARALLEL_MIN {
+        (0..c).into_par_iter().map(|ch| with_wide_loops(|| f(ch))).collect()
+    } else {
+        (0..c).map(f).collect()
+    }
+}
+
+/// The mean and biased variance of every channel of `x` (f32 or f64).
+fn moments_typed<T: RowFloat>(x: &[T], (a, c, b): (usize, usize, usize)) -> Vec<T> {
+    let n = (a * b) as f64;
+    let stats = per_channel(c, x.len(), |ch| {
+        let run = |i: usize| &x[(i * c + ch) * b..(i * c + ch + 1) * b];
+        let mean = (0..a).map(|i| pair_sum(run(i), run(i), |x, _| x)).sum::<f64>() / n;
+        let m = of::<T>(mean);
+        let var = (0..a)
+            .map(|i| pair_sum(run(i), run(i), |x, _| (x - m) * (x - m)))
+            .sum::<f64>()
+            / n;
+        (m, of::<T>(var))
+    });
+    stats.iter().map(|s| s.0).chain(stats.iter().map(|s| s.1)).collect()
+}
+
+/// The mean and biased variance of every channel of `x` `[A, C, B]` (f32 or f64; halves
+/// arrive widened), as `[2, C]`: the means, then the variances.
+pub(super) fn channel_moments(x: &RawTensor) -> RawTensor {
+    let x = dense(x);
+    let d = dims(&x);
+    match host(&x) {
+        CpuBuffer::F32(v) => wrap(moments_typed(dense_run(v, &x.layout), d), &[2, d.1]),
+        CpuBuffer::F64(v) => wrap(moments_typed(dense_run(v, &x.layout), d), &[2, d.1]),
+        other => unreachable!(
+            "channel moments of {}: the op layer passes floats (halves widened)",
+            other.dtype()
+        ),
+    }
+}
+
+/// `rstd (v - mean(v) - y mean(v y))` per channel, with `rstd` given per channel.
+fn backward_typed<T: RowFloat>(y: &[T], v: &[T], rstd: &[T], (a, c, b): (usize, usize, usize)) -> Vec<T> {
+    let n = (a * b) as f64;
+    let factors = per_channel(c, y.len(), |ch| {
+        let (mut sv, mut svy) = (0.0, 0.0);
+        for i in 0..a {
+            let at = (i * c + ch) * b;
+            let (yr, vr) = (&y[at..at + b], &v[at..at + b]);
+            sv += pair_sum(vr, vr, |p, _| p);
+            svy += pair_sum(vr, yr, |p, q| p * q);
+        }
+        (rstd[ch], of::<T>(sv / n), of::<T>(svy / n))
+    });
+    let mut out = vec![T::zero(); y.len()];
+    let write = |(i, block): (usize, &mut [T])| {
+        for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
+            let (rstd, mv, mvy) = factors[ch];
+            let at = (i * c + ch) * b;
+            let (yr, vr) = (&y[at..at + o.len()], &v[at..at + o.len()]);
+            for ((o, &yv), &vv) in o.iter_mut().zip(yr).zip(vr) {
+                *o = rstd * (vv - mv - yv * mvy);
+            }
+        }
+    };
+    let block = (c * b).max(1);
+    if y.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|job| with_wide_loops(|| write(job)));
+    } else {
+        out.chunks_mut(block).enumerate().for_each(write);
+    }
+    out
+}
+
+/// The Jacobian product of the per-channel standardisation of a `[A, C, B]` tensor at `v`,
+/// from its output `y` and the channels' `rstd` `[C]` (one float dtype; halves arrive
+/// widened).
+pub(super) fn channel_norm_backward(y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> RawTensor {
+    let (y, v, rstd) = (dense(y), dense(v), dense(rstd));
+    let d = dims(&y);
+    let shape = &y.layout.shape;
+    match (host(&y), host(&v), host(&rstd)) {
+        (CpuBuffer::F32(yd), CpuBuffer::F32(vd), CpuBuffer::F32(rd)) => wrap(
+            backward_typed(
+                dense_run(yd, &y.layout),
+                dense_run(vd, &v.layout),
+                dense_run(rd, &rstd.layout),
+                d,
+            ),
+            shape,
+        ),
+        (CpuBuffer::F64(yd), CpuBuffer::F64(vd), CpuBuffer::F64(rd)) => wrap(
+            backward_typed(
+                dense_run(yd, &y.layout),
+                dense_run(vd, &v.layout),
+                dense_run(rd, &rstd.layout),
+                d,
+            ),
+            shape,
+        ),
+        (p, q, r) => unreachable!(
+            "channel norm backward of {}, {} and {}: the op layer passes one float dtype (halves widened)",
+            p.dtype(),
+            q.dtype(),
+            r.dtype()
+        ),
+    }
+}
