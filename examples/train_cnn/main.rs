@@ -63,9 +63,10 @@ struct Cnn {
 /// How the batch norms normalise.
 #[derive(Clone, Copy)]
 enum Norm<'a> {
-    /// With the global batch's statistics (`sum` adds a tensor over the ranks); the new running
+    /// With the global batch's statistics (`Some(sum)` adds a tensor over the ranks; `None`,
+    /// one process, normalises with its own batch through the fused primitive); the new running
     /// statistics come back from `forward`.
-    Train(&'a [BatchStats], &'a dyn Fn(&Tensor) -> Tensor),
+    Train(&'a [BatchStats], Option<&'a dyn Fn(&Tensor) -> Tensor>),
     /// With the running statistics.
     Eval(&'a [BatchStats]),
 }
@@ -105,7 +106,10 @@ impl Cnn {
             if let Some(bn) = self.norms.get(i) {
                 h = match norm {
                     Norm::Train(stats, sum) => {
-                        let (y, new) = bn.forward_train_synced(&h, &stats[i], sum);
+                        let (y, new) = match sum {
+                            Some(sum) => bn.forward_train_synced(&h, &stats[i], sum),
+                            None => bn.forward_train(&h, &stats[i]),
+                        };
                         new_stats.push(new);
                         y
                     }
@@ -172,9 +176,10 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<()
     // rank's cotangents back to every rank). `weight` is an input so that a replay takes each
     // batch's own.
     let sum_over_ranks = |t: &Tensor| nb::dist::psum(group, t);
+    let sum: Option<&dyn Fn(&Tensor) -> Tensor> = (world > 1).then_some(&sum_over_ranks);
     let vg = |(m, stats, x, y, weight): &(Cnn, Vec<BatchStats>, Tensor, Tensor, Tensor)| {
         nb::value_and_grad_with_aux(|m: &Cnn| {
-            let (logits, new_stats) = m.forward(x, Norm::Train(stats, &sum_over_ranks));
+            let (logits, new_stats) = m.forward(x, Norm::Train(stats, sum));
             (nb::cross_entropy(&logits, y) * weight, new_stats)
         })(m)
     };
