@@ -3,38 +3,13 @@
 //! those of one process holding the whole batch, and the parameter gradients summed (or, with
 //! equal shards, averaged by `DataParallel` inside `backward`) are the whole batch's.
 
-use std::time::Duration;
+#[path = "../dist/tests/common/mod.rs"]
+mod common;
 
-use nabla::dist::{DataParallel, ProcessGroup, ThreadComm, psum};
+use common::{max_diff, on_ranks, rows};
+use nabla::dist::{DataParallel, psum};
 use nabla::nn::{BatchNorm, BatchStats};
 use nabla::{DType, Rng, Tensor, Tree};
-
-/// Runs `f` on `n` ranks (threads), each with its own group; returns their results by rank.
-fn on_ranks<T: Send>(n: usize, f: impl Fn(ProcessGroup) -> T + Sync) -> Vec<T> {
-    let comms = ThreadComm::world(n);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = comms
-            .into_iter()
-            .map(|c| {
-                let f = &f;
-                s.spawn(move || f(ProcessGroup::new(Box::new(c), Duration::from_secs(60), "world")))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread panicked"))
-            .collect()
-    })
-}
-
-fn rows(t: &Tensor, r: std::ops::Range<usize>) -> Tensor {
-    t.slice_axis(0, Some(r.start as isize), Some(r.end as isize), 1)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.shape(), b.shape());
-    (a - b).abs().max_all().item::<f64>()
-}
 
 /// A layer with a non-trivial scale and shift, its fresh statistics, images [10, 3, 4, 4] and
 /// loss weights of their shape.

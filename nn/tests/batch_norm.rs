@@ -4,6 +4,10 @@
 //! Hessian-vector product against finite differences, half precision, jit replays, and the
 //! messages for inputs that do not fit.
 
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
+use common::panic_message;
 use nabla_core::{self as nb, DType, Jit, Rng, Tensor};
 use nabla_nn::{BatchNorm, BatchStats};
 use serde_json::Value;
@@ -170,14 +174,6 @@ fn a_jitted_training_step_updates_the_statistics_on_every_replay() {
     assert_eq!(jitted.cache_info().replays, 3);
     // Four batches with means 0..3 moved the running mean off zero.
     assert!(eager_stats.mean.max_all().item::<f64>() > 0.5);
-}
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
-    err.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
 }
 
 #[test]

@@ -2,6 +2,10 @@
 //! `min(1, max / (norm + 1e-6))`, leaves under the limit unchanged, dtypes kept, under jit, and
 //! the messages for a bad limit or integer leaves.
 
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+
+use common::panic_message;
 use nabla_core::{DType, Jit, Tensor};
 use nabla_nn::clip_by_global_norm;
 
@@ -54,14 +58,6 @@ fn clipping_in_a_jitted_step_follows_each_call_s_gradients() {
         }
     }
     assert_eq!(step.cache_info().replays, 2);
-}
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
-    err.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
 }
 
 #[test]
