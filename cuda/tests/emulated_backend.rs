@@ -461,7 +461,7 @@ fn data_parallel_buckets_of_device_leaves_are_packed_on_the_device_and_copied_on
 }
 
 #[test]
-fn synchronised_batch_norm_of_device_tensors_gives_the_cpu_values_and_gradients() {
+fn batch_norm_of_device_tensors_local_and_synchronised_gives_the_cpu_values_and_gradients() {
     use nabla_dist::{ProcessGroup, ThreadComm, psum};
     use nabla_nn::BatchNorm;
     if !device::available() {
@@ -497,8 +497,18 @@ fn synchronised_batch_norm_of_device_tensors_gives_the_cpu_values_and_gradients(
                             let (y, new) = l.forward_train_synced(x, &stats, &sum);
                             ((&y * &ws).tanh().sum_all() / 6.0, (y, new))
                         };
-                        let ((_, (y, new)), (gx, gl)) = nb::value_and_grad_with_aux(f)(&(xs, layer));
-                        vec![y, gx, gl.gamma, gl.beta, new.mean, new.var]
+                        let ((_, (y, new)), (gx, gl)) = nb::value_and_grad_with_aux(f)(&(xs.clone(), layer.clone()));
+                        // The same layer over this rank's shard alone (fused on the CPU, composed
+                        // on the GPU).
+                        let local = |(x, l): &(Tensor, BatchNorm)| {
+                            let (y, new) = l.forward_train(x, &stats);
+                            ((&y * &ws).tanh().sum_all(), (y, new))
+                        };
+                        let ((_, (yl, newl)), (gxl, gll)) = nb::value_and_grad_with_aux(local)(&(xs, layer));
+                        vec![
+                            y, gx, gl.gamma, gl.beta, new.mean, new.var, yl, gxl, gll.gamma, gll.beta, newl.mean,
+                            newl.var,
+                        ]
                     })
                 })
                 .collect();

@@ -28,8 +28,10 @@ use crate::group::ProcessGroup;
 /// the ranks (PyTorch's `SyncBatchNorm` under DDP). With uneven shards, `DataParallel`'s
 /// per-shard weights ([`crate::DataParallel::set_shard_sizes`]) would weight the cross-rank
 /// terms wrongly. Under `DataParallel`, psum's backward collectives run inside the sweep on
-/// the group given here, while the gradient buckets travel on the wrapper's own duplicate of
-/// its group, so the two never mix.
+/// the group given here, while host gradient buckets travel on the wrapper's own duplicate of
+/// its group (its worker thread). A device transport (NCCL) is shared by the duplicates; its
+/// buckets and psum's collectives are both issued from the sweep's thread, in sweep order,
+/// which is what keeps them apart: keep it that way.
 ///
 /// # Panics
 /// On a non-float tensor, and when the collective fails: the ranks can no longer agree, so the

@@ -82,7 +82,10 @@ impl BatchNorm {
     /// With the identity for `sum_over_ranks` it is [`BatchNorm::forward_train`]. The
     /// gradients are those of the global batch when every rank differentiates its share of
     /// the global loss and the gradients are summed, or with equal shards each shard's mean
-    /// loss averaged by `DataParallel` (see `nb::dist::psum`).
+    /// loss averaged by `DataParallel` (see `nb::dist::psum`). The global example count
+    /// travels in the input's float dtype (exact up to 2^24 values per channel in f32) and is
+    /// not checked on the host (that would stop a jitted step): a global batch of one value per
+    /// channel gives an infinite running variance.
     pub fn forward_train_synced(
         &self,
         x: &Tensor,
@@ -106,7 +109,7 @@ impl BatchNorm {
     }
 
     /// The shared training pass: statistics of this process's batch (`None`: one fused
-    /// primitive on the CPU, `normalize_channels`) or summed over the ranks with `sum`.
+    /// primitive on the CPU, `Tensor::batch_norm`) or summed over the ranks with `sum`.
     fn train(&self, x: &Tensor, stats: &BatchStats, sum: Option<&dyn Fn(&Tensor) -> Tensor>) -> (Tensor, BatchStats) {
         let what = if sum.is_some() {
             "forward_train_synced"
@@ -119,9 +122,10 @@ impl BatchNorm {
         let shape = self.channel_shape(x);
         let channels = shape[0];
         let local_count = x.numel() / channels.max(1);
-        // The standardised input, the batch's mean and biased variance ([C], not traced), and
-        // the unbiased variance's factor n / (n - 1).
-        let (standardised, mean, var, unbias) = match sum {
+        let (gamma, beta) = (self.gamma.cast(dtype), self.beta.cast(dtype));
+        // The output, the batch's mean and biased variance ([C], not traced), and the unbiased
+        // variance's factor n / (n - 1).
+        let (y, mean, var, unbias) = match sum {
             None => {
                 if local_count < 2 {
                     panic!(
@@ -130,10 +134,10 @@ impl BatchNorm {
                         x.shape()
                     );
                 }
-                let (standardised, mean, var) = xc.normalize_channels(1, self.eps);
+                let (y, mean, var) = xc.batch_norm(&gamma, &beta, 1, self.eps);
                 let n = local_count as f64;
                 let unbias = Tensor::full_on(&[], n / (n - 1.0), dtype, x.device());
-                (standardised, mean, var, unbias)
+                (y, mean, var, unbias)
             }
             Some(sum) => {
                 let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
@@ -145,15 +149,15 @@ impl BatchNorm {
                 let mean = (total / &count).reshape(shape.clone());
                 let centred = &xc - &mean;
                 let var = (sum(&centred.square().sum(axes, false)) / &count).reshape(shape.clone());
-                let standardised = centred * (&var + self.eps).rsqrt();
+                let y =
+                    centred * (&var + self.eps).rsqrt() * gamma.reshape(shape.clone()) + beta.reshape(shape.clone());
                 let count = count.stop_gradient();
                 let unbias = &count / (&count - 1.0);
                 let flat = |t: &Tensor| t.stop_gradient().reshape([channels]);
-                (standardised, flat(&mean), flat(&var), unbias)
+                (y, flat(&mean), flat(&var), unbias)
             }
         };
-        let gamma = self.gamma.cast(dtype).reshape(shape.clone());
-        let y = (standardised * gamma + self.beta.cast(dtype).reshape(shape)).cast(x.dtype());
+        let y = y.cast(x.dtype());
         let m = self.momentum;
         let update = |running: &Tensor, batch: Tensor| {
             let running = running.stop_gradient();

@@ -11,8 +11,9 @@ use nabla_core::{DType, Tensor, Tree};
 /// under the limit come back unchanged. The norm is computed in f64 when a leaf is f64 and in
 /// f32 otherwise (half-precision leaves included), and everything stays on the leaves'
 /// device with no read back to the host, so it runs inside `jit` and costs no
-/// synchronisation. A norm that is not finite makes the clipped gradients NaN (PyTorch's
-/// default); check the returned norm to skip such a step.
+/// synchronisation. A NaN norm makes every clipped gradient NaN and an infinite one makes the
+/// finite entries 0 and the infinite ones NaN (PyTorch's default behaviour); check the
+/// returned norm to skip such a step. The leaves must be on one device.
 ///
 /// # Panics
 /// When `max_norm` is not finite and above 0, or a leaf is not a float.

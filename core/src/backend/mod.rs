@@ -415,6 +415,22 @@ pub trait Backend: Send + Sync {
     fn channel_norm_backward(&self, _y: &RawTensor, _v: &RawTensor, _rstd: &RawTensor) -> Option<RawTensor> {
         None
     }
+    /// Batch normalisation's backward pass over `x` `[A, C, B]` with the output's cotangent `g`
+    /// (one shape and float dtype), the channels' `mean`, `rstd` and scale `gamma` (`[C]`,
+    /// that dtype), for `y = (x - mean) rstd gamma + beta`: with `x_hat = (x - mean) rstd`,
+    /// `s1 = sum(g)` and `s2 = sum(g x_hat)` per channel, packed as `[A * C * B + 2 C]`
+    /// contiguous: `dx = gamma rstd (g - s1 / n - x_hat s2 / n)`, then `dgamma = s2`, then
+    /// `dbeta = s1`. `None`, the default, where the backend has no fused kernel.
+    fn batch_norm_backward(
+        &self,
+        _x: &RawTensor,
+        _g: &RawTensor,
+        _mean: &RawTensor,
+        _rstd: &RawTensor,
+        _gamma: &RawTensor,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

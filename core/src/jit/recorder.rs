@@ -257,6 +257,17 @@ impl Backend for RecordingBackend {
         let out = self.inner.channel_moments(x)?;
         Some(self.log(Call::ChannelMoments, &[x], out))
     }
+    fn batch_norm_backward(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+    ) -> Option<RawTensor> {
+        let out = self.inner.batch_norm_backward(x, g, mean, rstd, gamma)?;
+        Some(self.log(Call::BatchNormBackward, &[x, g, mean, rstd, gamma], out))
+    }
     fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
         let out = self.inner.channel_norm_backward(y, v, rstd)?;
         Some(self.log(Call::ChannelNormBackward, &[y, v, rstd], out))

@@ -42,6 +42,7 @@ pub(crate) enum Call {
     RowsBackward(RowOp),
     ChannelMoments,
     ChannelNormBackward,
+    BatchNormBackward,
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
@@ -91,6 +92,9 @@ impl Call {
             Call::ChannelMoments => backend
                 .channel_moments(&args[0])
                 .expect("recorded channel moments replay on the backend that ran them"),
+            Call::BatchNormBackward => backend
+                .batch_norm_backward(&args[0], &args[1], &args[2], &args[3], &args[4])
+                .expect("a recorded batch norm backward replays on the backend that ran it"),
             Call::ChannelNormBackward => backend
                 .channel_norm_backward(&args[0], &args[1], &args[2])
                 .expect("a recorded channel norm backward replays on the backend that ran it"),

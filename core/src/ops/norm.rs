@@ -4,6 +4,7 @@
 //! they run on every device and their derivatives (of any order, under vmap and jit) follow by
 //! composition.
 
+use super::shape::concatenate;
 use super::{Axes, require_float};
 use crate::dtype::DType;
 use crate::shape::normalize_axis;
@@ -105,8 +106,8 @@ impl Tensor {
                 .map(|&a| normalize_axis("layer_norm", a, self.rank()))
                 .collect();
             listed.sort_unstable();
-            listed.dedup();
-            if self.rank() >= 2 && listed.len() == self.rank() - 1 {
+            let distinct = listed.windows(2).all(|w| w[0] != w[1]);
+            if distinct && self.rank() >= 2 && listed.len() == self.rank() - 1 {
                 // Every axis but one: batch normalisation's standardisation.
                 let kept = (0..self.rank())
                     .find(|a| !listed.contains(a))
@@ -159,6 +160,61 @@ impl Tensor {
             mean.stop_gradient().reshape([channels]),
             var.stop_gradient().reshape([channels]),
         )
+    }
+
+    /// Batch normalisation in training mode: `normalize_channels(axis, eps) * gamma + beta`
+    /// per channel (`gamma` and `beta` `[C]`, this tensor's dtype), with the channels' means
+    /// and biased variances (`[C]`, not traced).
+    ///
+    /// On a backend with the fused kernels (the CPU) it is one primitive of `x`, `gamma` and
+    /// `beta`: the statistics in two passes and the output in one; its backward gives all three
+    /// gradients from two passes (`s1 = sum(g)`, `s2 = sum(g x_hat)`, then `dx = gamma rstd (g -
+    /// s1 / n - x_hat s2 / n)`, `dgamma = s2`, `dbeta = s1`). Elsewhere, under `vmap`, and for
+    /// higher derivatives it is the composition.
+    pub fn batch_norm(&self, gamma: &Tensor, beta: &Tensor, axis: isize, eps: f64) -> (Tensor, Tensor, Tensor) {
+        require_float("batch_norm", self);
+        let a = normalize_axis("batch_norm", axis, self.rank());
+        let shape = self.shape().to_vec();
+        let channels = shape[a];
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            if t.shape() != [channels] || t.dtype() != self.dtype() || t.device() != self.device() {
+                panic!(
+                    "batch_norm: {name} must be [{channels}] {} on {} (one value per channel of axis {a} of {:?}), \
+                     got {:?} {} on {}",
+                    self.dtype(),
+                    self.device(),
+                    shape,
+                    t.shape(),
+                    t.dtype(),
+                    t.device()
+                );
+            }
+        }
+        let grouped = [shape[..a].iter().product(), channels, shape[a + 1..].iter().product()];
+        let plain = !self.is_batched() && !gamma.is_batched() && !beta.is_batched();
+        if plain {
+            let x = self.reshape(grouped);
+            if let Some(moments) = x.backend().channel_moments(x.raw()) {
+                let moments = Tensor::untraced(moments, &[&x]);
+                let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
+                let rstd = (&var + eps).rsqrt();
+                let scale = &rstd * gamma.stop_gradient();
+                let shift = beta.stop_gradient() - &mean * &scale;
+                let value = x.stop_gradient() * scale.reshape([1, channels, 1]) + shift.reshape([1, channels, 1]);
+                let rule = BatchNormRule {
+                    eps,
+                    mean: mean.clone(),
+                    rstd,
+                };
+                let y = Tensor::record(value.raw().clone(), &[&x, gamma, beta], || rule);
+                return (y.reshape(shape), mean, var);
+            }
+        }
+        let (standardised, mean, var) = self.normalize_channels(axis, eps);
+        let mut per_channel = vec![1; self.rank()];
+        per_channel[a] = channels;
+        let y = standardised * gamma.reshape(per_channel.clone()) + beta.reshape(per_channel);
+        (y, mean, var)
     }
 
     /// `x / sqrt(mean(x^2) + eps)` over `axes` (RMSNorm without its scale).
@@ -285,6 +341,99 @@ impl Rule for ChannelNormBackwardRule {
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         composition_jvp(
             |t| channel_norm_product(&t[0], &t[1], &t[2], self.eps),
+            inputs,
+            tangents,
+        )
+    }
+}
+
+/// Batch normalisation of `x` `[A, C, B]` composed of primitives (what the fused primitive
+/// computes, for its derivatives).
+fn batch_norm_composed(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Tensor {
+    let c = gamma.shape()[0];
+    let axes = [0isize, 2];
+    let centred = x - x.mean(&axes[..], true);
+    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
+    centred * rstd * gamma.reshape([1, c, 1]) + beta.reshape([1, c, 1])
+}
+
+/// The backward pass of [`batch_norm_composed`] at the cotangent `g`, packed as the fused
+/// kernel packs it: `dx` flattened, then `dgamma`, then `dbeta`.
+fn batch_norm_backward_composed(x: &Tensor, g: &Tensor, gamma: &Tensor, eps: f64) -> Tensor {
+    let c = gamma.shape()[0];
+    let axes = [0isize, 2];
+    let n = (x.numel() / c.max(1)) as f64;
+    let centred = x - x.mean(&axes[..], true);
+    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
+    let x_hat = centred * &rstd;
+    let s1 = g.sum(&axes[..], true);
+    let s2 = (g * &x_hat).sum(&axes[..], true);
+    let dx = gamma.reshape([1, c, 1]) * rstd * (g - &s1 / n - x_hat * (&s2 / n));
+    concatenate(&[dx.reshape([x.numel()]), s2.reshape([c]), s1.reshape([c])], 0)
+}
+
+/// The derivative rule of the fused batch norm of `x` `[A, C, B]`, `gamma` and `beta`, with the
+/// forward's statistics (untraced, `[C]`) for the fused backward.
+struct BatchNormRule {
+    eps: f64,
+    mean: Tensor,
+    rstd: Tensor,
+}
+
+impl Rule for BatchNormRule {
+    fn name(&self) -> String {
+        format!("batch_norm(axis=1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        self.vjp_wanted(inputs, out, ct, &[true, true, true])
+    }
+    fn vjp_wanted(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
+        let (x, gamma) = (&inputs[0], &inputs[1]);
+        let alike = ct.shape() == x.shape() && ct.dtype() == x.dtype() && !ct.is_batched() && ct.device() == x.device();
+        let fused = alike
+            .then(|| {
+                x.backend()
+                    .batch_norm_backward(x.raw(), ct.raw(), self.mean.raw(), self.rstd.raw(), gamma.raw())
+            })
+            .flatten();
+        let packed = match fused {
+            Some(raw) => Tensor::record(raw, &[x, ct, gamma], || BatchNormBackwardRule { eps: self.eps }),
+            None => return composition_vjp(|t| batch_norm_composed(&t[0], &t[1], &t[2], self.eps), inputs, ct),
+        };
+        let (n, c) = (x.numel(), gamma.numel());
+        let part =
+            |start: usize, len: usize| packed.slice_axis(0, Some(start as isize), Some((start + len) as isize), 1);
+        vec![
+            wanted[0].then(|| part(0, n).reshape(x.shape().to_vec())),
+            wanted[1].then(|| part(n, c)),
+            wanted[2].then(|| part(n + c, c)),
+        ]
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        composition_jvp(|t| batch_norm_composed(&t[0], &t[1], &t[2], self.eps), inputs, tangents)
+    }
+}
+
+/// The derivatives of the fused batch norm backward (second and higher derivatives): those of
+/// its composition.
+struct BatchNormBackwardRule {
+    eps: f64,
+}
+
+impl Rule for BatchNormBackwardRule {
+    fn name(&self) -> String {
+        format!("batch_norm_backward(axis=1, eps={})", self.eps)
+    }
+    fn vjp(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        composition_vjp(
+            |t| batch_norm_backward_composed(&t[0], &t[1], &t[2], self.eps),
+            inputs,
+            ct,
+        )
+    }
+    fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
+        composition_jvp(
+            |t| batch_norm_backward_composed(&t[0], &t[1], &t[2], self.eps),
             inputs,
             tangents,
         )

@@ -6,7 +6,7 @@
 //! kernel per term.
 //!
 //! Channels are split across threads for the sums; the result is written in parallel over the
-//! `A` blocks. Sums run in `LANES` partial sums per run, accumulated in f64 across runs.
+//! `A` blocks. Sums run in `LANES` partial sums per block of a run, accumulated in f64.
 
 use rayon::prelude::*;
 
@@ -17,20 +17,28 @@ use crate::storage::{CpuBuffer, RawTensor};
 /// Lanes of the partial sums of a run.
 const LANES: usize = 8;
 
-/// The sum of `f(a[j], b[j])` over two runs of one length, in `LANES` partial sums, as f64.
+/// Elements summed in `T` before the partial sums move to f64 (long runs keep their precision).
+const BLOCK: usize = 2048;
+
+/// The sum of `f(a[j], b[j])` over two runs of one length: `LANES` partial sums in `T` per
+/// block of `BLOCK` elements, the blocks added in f64.
 #[inline(always)]
 fn pair_sum<T: RowFloat>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> f64 {
-    let mut acc = [T::zero(); LANES];
-    let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for k in 0..LANES {
-            acc[k] = acc[k] + f(x[k], y[k]);
+    let mut total = 0.0;
+    for (a, b) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let mut acc = [T::zero(); LANES];
+        let (mut ca, mut cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        for (x, y) in (&mut ca).zip(&mut cb) {
+            for k in 0..LANES {
+                acc[k] = acc[k] + f(x[k], y[k]);
+            }
         }
+        for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+            acc[0] = acc[0] + f(x, y);
+        }
+        total += acc.iter().fold(0.0, |s, &v| s + v.to_f64().unwrap_or(f64::NAN));
     }
-    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        acc[0] = acc[0] + f(x, y);
-    }
-    acc.iter().fold(0.0, |s, &v| s + v.to_f64().unwrap_or(f64::NAN))
+    total
 }
 
 /// The dimensions `(A, C, B)` of a `[A, C, B]` tensor.
@@ -149,4 +157,102 @@ pub(super) fn channel_norm_backward(y: &RawTensor, v: &RawTensor, rstd: &RawTens
             r.dtype()
         ),
     }
+}
+
+/// Batch normalisation's backward pass per channel (see `Backend::batch_norm_backward`):
+/// `[dx, dgamma, dbeta]` packed.
+fn batch_norm_backward_typed<T: RowFloat>(
+    x: &[T],
+    g: &[T],
+    (mean, rstd, gamma): (&[T], &[T], &[T]),
+    (a, c, b): (usize, usize, usize),
+) -> Vec<T> {
+    let n = (a * b) as f64;
+    let sums = per_channel(c, x.len(), |ch| {
+        let m = mean[ch];
+        let (mut s1, mut s2) = (0.0, 0.0);
+        for i in 0..a {
+            let at = (i * c + ch) * b;
+            let (xr, gr) = (&x[at..at + b], &g[at..at + b]);
+            s1 += pair_sum(gr, gr, |p, _| p);
+            s2 += pair_sum(gr, xr, |p, q| p * (q - m));
+        }
+        // s2 is sum(g (x - mean)); times rstd it is sum(g x_hat).
+        (of::<T>(s1), of::<T>(s2) * rstd[ch])
+    });
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, tail) = out.split_at_mut(x.len());
+    for (ch, &(s1, s2)) in sums.iter().enumerate() {
+        tail[ch] = s2;
+        tail[c + ch] = s1;
+    }
+    let nt = of::<T>(n);
+    let write = |(i, block): (usize, &mut [T])| {
+        for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
+            let (s1, s2) = sums[ch];
+            let (m, r) = (mean[ch], rstd[ch]);
+            let (k, mg, mgx) = (gamma[ch] * r, s1 / nt, s2 / nt);
+            let at = (i * c + ch) * b;
+            let (xr, gr) = (&x[at..at + o.len()], &g[at..at + o.len()]);
+            for ((o, &xv), &gv) in o.iter_mut().zip(xr).zip(gr) {
+                *o = k * (gv - mg - (xv - m) * r * mgx);
+            }
+        }
+    };
+    let block = (c * b).max(1);
+    if x.len() >= PARALLEL_MIN {
+        dx.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|job| with_wide_loops(|| write(job)));
+    } else {
+        dx.chunks_mut(block).enumerate().for_each(write);
+    }
+    out
+}
+
+/// Batch normalisation's backward pass over `x` `[A, C, B]` (see `Backend::batch_norm_backward`;
+/// one float dtype, halves arrive widened).
+pub(super) fn batch_norm_backward(
+    x: &RawTensor,
+    g: &RawTensor,
+    mean: &RawTensor,
+    rstd: &RawTensor,
+    gamma: &RawTensor,
+) -> RawTensor {
+    let (x, g, mean, rstd, gamma) = (dense(x), dense(g), dense(mean), dense(rstd), dense(gamma));
+    let d = dims(&x);
+    let len = x.layout.numel() + 2 * d.1;
+    macro_rules! typed {
+        ($variant:ident) => {
+            match (host(&x), host(&g), host(&mean), host(&rstd), host(&gamma)) {
+                (
+                    CpuBuffer::$variant(xd),
+                    CpuBuffer::$variant(gd),
+                    CpuBuffer::$variant(md),
+                    CpuBuffer::$variant(rd),
+                    CpuBuffer::$variant(wd),
+                ) => Some(wrap(
+                    batch_norm_backward_typed(
+                        dense_run(xd, &x.layout),
+                        dense_run(gd, &g.layout),
+                        (
+                            dense_run(md, &mean.layout),
+                            dense_run(rd, &rstd.layout),
+                            dense_run(wd, &gamma.layout),
+                        ),
+                        d,
+                    ),
+                    &[len],
+                )),
+                _ => None,
+            }
+        };
+    }
+    typed!(F32).or_else(|| typed!(F64)).unwrap_or_else(|| {
+        unreachable!(
+            "batch norm backward of {} and {}: the op layer passes one float dtype (halves widened)",
+            x.dtype(),
+            g.dtype()
+        )
+    })
 }

@@ -242,6 +242,20 @@ impl Backend for CpuBackend {
         Some(narrow(channels::channel_moments(&widen(x)), x.dtype()))
     }
 
+    fn batch_norm_backward(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+    ) -> Option<RawTensor> {
+        Some(narrow(
+            channels::batch_norm_backward(&widen(x), &widen(g), &widen(mean), &widen(rstd), &widen(gamma)),
+            x.dtype(),
+        ))
+    }
+
     fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
         Some(narrow(
             channels::channel_norm_backward(&widen(y), &widen(v), &widen(rstd)),

@@ -132,7 +132,9 @@ where
         shape[kept],
         shape[kept + 1..].iter().product::<usize>(),
     );
-    if a < 2 || b < 2 {
+    // Short runs (many small partial results added in order) and few channels (too little to
+    // split across threads) go the general way, which folds one long run per output.
+    if a < 2 || b < 64 || c < rayon::current_num_threads() {
         return None;
     }
     let elements = dense_run(data, layout);
