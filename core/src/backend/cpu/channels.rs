@@ -58,6 +58,18 @@ fn per_channel<R: Send>(c: usize, numel: usize, f: impl Fn(usize) -> R + Sync + 
     }
 }
 
+/// `write` on every `block`-long chunk of `out` (one `a` of `[A, C, B]`) with its index, in
+/// parallel when `out` is large.
+fn for_each_block<T: Send>(out: &mut [T], block: usize, write: impl Fn((usize, &mut [T])) + Sync + Send) {
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|job| with_wide_loops(|| write(job)));
+    } else {
+        out.chunks_mut(block).enumerate().for_each(write);
+    }
+}
+
 /// The mean and biased variance of every channel of `x` (f32 or f64).
 fn moments_typed<T: RowFloat>(x: &[T], (a, c, b): (usize, usize, usize)) -> Vec<T> {
     let n = (a * b) as f64;
@@ -113,14 +125,7 @@ fn backward_typed<T: RowFloat>(y: &[T], v: &[T], rstd: &[T], (a, c, b): (usize, 
             }
         }
     };
-    let block = (c * b).max(1);
-    if y.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|job| with_wide_loops(|| write(job)));
-    } else {
-        out.chunks_mut(block).enumerate().for_each(write);
-    }
+    for_each_block(&mut out, (c * b).max(1), write);
     out
 }
 
@@ -199,14 +204,7 @@ fn batch_norm_backward_typed<T: RowFloat>(
             }
         }
     };
-    let block = (c * b).max(1);
-    if x.len() >= PARALLEL_MIN {
-        dx.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|job| with_wide_loops(|| write(job)));
-    } else {
-        dx.chunks_mut(block).enumerate().for_each(write);
-    }
+    for_each_block(dx, (c * b).max(1), write);
     out
 }
 
