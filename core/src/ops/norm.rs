@@ -135,20 +135,16 @@ impl Tensor {
         let a = normalize_axis("normalize_channels", axis, self.rank());
         let shape = self.shape().to_vec();
         let channels = shape[a];
-        let grouped = [shape[..a].iter().product(), channels, shape[a + 1..].iter().product()];
-        if !self.is_batched() {
-            let x = self.reshape(grouped);
-            if let Some(moments) = x.backend().channel_moments(x.raw()) {
-                let moments = Tensor::untraced(moments, &[&x]);
-                let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
-                let rstd = (var.reshape([1, channels, 1]) + eps).rsqrt();
-                let value = (x.stop_gradient() - mean.reshape([1, channels, 1])) * &rstd;
-                let y = Tensor::record(value.raw().clone(), &[&x], || ChannelNormRule {
-                    eps,
-                    rstd: rstd.reshape([channels]),
-                });
-                return (y.reshape(shape), mean, var);
-            }
+        if !self.is_batched()
+            && let Some((x, mean, var)) = self.fused_moments(a)
+        {
+            let rstd = (var.reshape([1, channels, 1]) + eps).rsqrt();
+            let value = (x.stop_gradient() - mean.reshape([1, channels, 1])) * &rstd;
+            let y = Tensor::record(value.raw().clone(), &[&x], || ChannelNormRule {
+                eps,
+                rstd: rstd.reshape([channels]),
+            });
+            return (y.reshape(shape), mean, var);
         }
         let axes: Vec<isize> = (0..self.rank() as isize).filter(|&k| k != a as isize).collect();
         let mean = self.mean(axes.clone(), true);
@@ -190,31 +186,41 @@ impl Tensor {
                 );
             }
         }
-        let grouped = [shape[..a].iter().product(), channels, shape[a + 1..].iter().product()];
         let plain = !self.is_batched() && !gamma.is_batched() && !beta.is_batched();
-        if plain {
-            let x = self.reshape(grouped);
-            if let Some(moments) = x.backend().channel_moments(x.raw()) {
-                let moments = Tensor::untraced(moments, &[&x]);
-                let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
-                let rstd = (&var + eps).rsqrt();
-                let scale = &rstd * gamma.stop_gradient();
-                let shift = beta.stop_gradient() - &mean * &scale;
-                let value = x.stop_gradient() * scale.reshape([1, channels, 1]) + shift.reshape([1, channels, 1]);
-                let rule = BatchNormRule {
-                    eps,
-                    mean: mean.clone(),
-                    rstd,
-                };
-                let y = Tensor::record(value.raw().clone(), &[&x, gamma, beta], || rule);
-                return (y.reshape(shape), mean, var);
-            }
+        if plain && let Some((x, mean, var)) = self.fused_moments(a) {
+            let rstd = (&var + eps).rsqrt();
+            let scale = &rstd * gamma.stop_gradient();
+            let shift = beta.stop_gradient() - &mean * &scale;
+            let value = x.stop_gradient() * scale.reshape([1, channels, 1]) + shift.reshape([1, channels, 1]);
+            let rule = BatchNormRule {
+                eps,
+                mean: mean.clone(),
+                rstd,
+            };
+            let y = Tensor::record(value.raw().clone(), &[&x, gamma, beta], || rule);
+            return (y.reshape(shape), mean, var);
         }
         let (standardised, mean, var) = self.normalize_channels(axis, eps);
         let mut per_channel = vec![1; self.rank()];
         per_channel[a] = channels;
         let y = standardised * gamma.reshape(per_channel.clone()) + beta.reshape(per_channel);
         (y, mean, var)
+    }
+
+    /// This tensor seen as `[A, C, B]` around `axis` (`C` its extent), with the channels' means
+    /// and biased variances (`[C]`, untraced) from the backend's fused kernel; `None` where the
+    /// backend has none.
+    fn fused_moments(&self, axis: usize) -> Option<(Tensor, Tensor, Tensor)> {
+        let shape = self.shape();
+        let grouped = [
+            shape[..axis].iter().product(),
+            shape[axis],
+            shape[axis + 1..].iter().product(),
+        ];
+        let x = self.reshape(grouped);
+        let moments = Tensor::untraced(x.backend().channel_moments(x.raw())?, &[&x]);
+        let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
+        Some((x, mean, var))
     }
 
     /// `x / sqrt(mean(x^2) + eps)` over `axes` (RMSNorm without its scale).
@@ -316,13 +322,23 @@ impl Rule for ChannelNormRule {
     }
 }
 
+/// The axes of `[A, C, B]` that a channel's statistics run over.
+const AROUND_CHANNELS: [isize; 2] = [0, 2];
+
+/// `x - mean` and `1 / sqrt(var + eps)` per channel of `x` `[A, C, B]`, composed of primitives
+/// (differentiable in `x`, for the rules' compositions).
+fn centred_and_rstd(x: &Tensor, eps: f64) -> (Tensor, Tensor) {
+    let centred = x - x.mean(&AROUND_CHANNELS[..], true);
+    let rstd = (centred.square().mean(&AROUND_CHANNELS[..], true) + eps).rsqrt();
+    (centred, rstd)
+}
+
 /// The per-channel standardisation's Jacobian product over `[A, C, B]`, composed of
 /// primitives, with `rstd` recomputed from `x` (differentiable in `x`, `y` and `v`).
 fn channel_norm_product(x: &Tensor, y: &Tensor, v: &Tensor, eps: f64) -> Tensor {
-    let axes = [0isize, 2];
-    let centred = x - x.mean(&axes[..], true);
-    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
-    rstd * (v - v.mean(&axes[..], true) - y * (v * y).mean(&axes[..], true))
+    let axes = &AROUND_CHANNELS[..];
+    let (_, rstd) = centred_and_rstd(x, eps);
+    rstd * (v - v.mean(axes, true) - y * (v * y).mean(axes, true))
 }
 
 /// The derivatives of the fused Jacobian product (second and higher derivatives of a batch
@@ -351,9 +367,7 @@ impl Rule for ChannelNormBackwardRule {
 /// computes, for its derivatives).
 fn batch_norm_composed(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Tensor {
     let c = gamma.shape()[0];
-    let axes = [0isize, 2];
-    let centred = x - x.mean(&axes[..], true);
-    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
+    let (centred, rstd) = centred_and_rstd(x, eps);
     centred * rstd * gamma.reshape([1, c, 1]) + beta.reshape([1, c, 1])
 }
 
@@ -361,13 +375,12 @@ fn batch_norm_composed(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> T
 /// kernel packs it: `dx` flattened, then `dgamma`, then `dbeta`.
 fn batch_norm_backward_composed(x: &Tensor, g: &Tensor, gamma: &Tensor, eps: f64) -> Tensor {
     let c = gamma.shape()[0];
-    let axes = [0isize, 2];
+    let axes = &AROUND_CHANNELS[..];
     let n = (x.numel() / c.max(1)) as f64;
-    let centred = x - x.mean(&axes[..], true);
-    let rstd = (centred.square().mean(&axes[..], true) + eps).rsqrt();
+    let (centred, rstd) = centred_and_rstd(x, eps);
     let x_hat = centred * &rstd;
-    let s1 = g.sum(&axes[..], true);
-    let s2 = (g * &x_hat).sum(&axes[..], true);
+    let s1 = g.sum(axes, true);
+    let s2 = (g * &x_hat).sum(axes, true);
     let dx = gamma.reshape([1, c, 1]) * rstd * (g - &s1 / n - x_hat * (&s2 / n));
     concatenate(&[dx.reshape([x.numel()]), s2.reshape([c]), s1.reshape([c])], 0)
 }
