@@ -67,6 +67,17 @@ def main():
         return loss, torch.autograd.grad(loss, (q, k, v))
 
     row("attention_causal_16x8x1024x64", median_ms(attention_step, 2, 10))
+    x = torch.randn(32, 64, 56, 56, device=dev).requires_grad_()
+    gamma = (1.0 + torch.randn(64, device=dev)).requires_grad_()
+    beta = torch.randn(64, device=dev).requires_grad_()
+    w = torch.randn(32, 64, 56, 56, device=dev)
+
+    def batch_norm_step():
+        y = torch.nn.functional.batch_norm(x, None, None, gamma, beta, training=True, eps=1e-5)
+        loss = (y * w).sum()
+        return loss, torch.autograd.grad(loss, (x, gamma, beta))
+
+    row("batch_norm_32x64x56x56", median_ms(batch_norm_step, 3, 20))
 
 
 if __name__ == "__main__":

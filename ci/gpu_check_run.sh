@@ -194,7 +194,7 @@ def cell(v):
 print(f"| case | nabla-rs ms | nabla-rs jit ms | torch eager ms | best ours / torch |")
 print("|---|---|---|---|---|")
 for case in ["mlp_step_b128", "mlp_step_b4096", "add_2^28", "neg_2^28", "copy_2^28", "matmul_8192_f32", "matmul_8192_bf16",
-             "attention_causal_16x8x1024x64"]:
+             "attention_causal_16x8x1024x64", "batch_norm_32x64x56x56"]:
     r = rows.get(case, {})
     ours = [v for k, v in r.items() if k in ("nabla-rs", "nabla-rs jit")]
     t = r.get("torch eager")
@@ -204,6 +204,10 @@ att = rows.get("attention_causal_16x8x1024x64", {})
 if att.get("nabla-rs") and att.get("nabla-rs composed"):
     print(f"attention: fused {att['nabla-rs']:.3f} ms, fused with a key padding mask {cell(att.get('nabla-rs masked'))} ms, "
           f"composed {att['nabla-rs composed']:.3f} ms (fused / composed {att['nabla-rs'] / att['nabla-rs composed']:.2f})")
+bn = rows.get("batch_norm_32x64x56x56", {})
+if bn.get("nabla-rs") and bn.get("nabla-rs composed"):
+    print(f"batch norm: fused {bn['nabla-rs']:.3f} ms, composed {bn['nabla-rs composed']:.3f} ms "
+          f"(fused / composed {bn['nabla-rs'] / bn['nabla-rs composed']:.2f})")
 n = 1 << 28
 copy = rows.get("copy_2^28", {}).get("torch eager")
 add = rows.get("add_2^28", {}).get("nabla-rs")

@@ -5,7 +5,8 @@
 //! script compares their bandwidth with PyTorch's `clone`, the copy bandwidth); `matmul_8192`
 //! in f32 and bf16; causal attention `[16, 8, 1024, 64]` f32, value and gradients, through
 //! the fused kernels and composed (products and softmax rows, as a mask makes it), to show
-//! which is faster on this GPU.
+//! which is faster on this GPU; batch norm of `[32, 64, 56, 56]` f32 in training mode, value
+//! and the gradients of the input, scale and shift, through the fused kernels and composed.
 
 mod common;
 
@@ -136,6 +137,37 @@ fn main() {
             "attention_causal_16x8x1024x64",
             system,
             median_ms(2, 10, &mut || drop(step(&qkv))),
+        );
+    }
+    let bn: Vec<Tensor> = [
+        (7, &[32usize, 64, 56, 56][..], 0.0),
+        (8, &[64], 1.0),
+        (9, &[64], 0.0),
+        (10, &[32, 64, 56, 56], 0.0),
+    ]
+    .iter()
+    .map(|&(seed, shape, mean)| {
+        Rng::new(seed)
+            .normal(shape, mean, 1.0, DType::F32)
+            .to_device(gpu)
+            .unwrap()
+    })
+    .collect();
+    // Batch norm as one primitive (the fused kernels), and written out from public ops.
+    let bn_fused = |t: &Vec<Tensor>| t[0].batch_norm(&t[1], &t[2], 1, 1e-5).0;
+    let bn_composed = |t: &Vec<Tensor>| {
+        let (mean, var) = (t[0].mean([0, 2, 3], true), t[0].var([0, 2, 3], true));
+        (&t[0] - mean) * (var + 1e-5).rsqrt() * t[1].reshape([1, 64, 1, 1]) + t[2].reshape([1, 64, 1, 1])
+    };
+    let systems: [(&str, Attention); 2] = [("nabla-rs", &bn_fused), ("nabla-rs composed", &bn_composed)];
+    for (system, norm) in systems {
+        // The gradients of the input, scale and shift (not of the weights t[3]).
+        let step = nb::value_and_grad(|t: &Vec<Tensor>| (norm(t) * &bn[3]).sum_all());
+        let inputs = bn[..3].to_vec();
+        row(
+            "batch_norm_32x64x56x56",
+            system,
+            median_ms(3, 20, &mut || drop(step(&inputs))),
         );
     }
     eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));

@@ -948,3 +948,71 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
         }
     }
 }
+
+#[test]
+fn batch_norm_and_channel_standardisation_run_the_fused_kernels_on_the_device() {
+    if !device::available() {
+        println!("SKIPPED: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let launched = || (!device::real_gpu()).then(|| device::emulated_backend().api().launches.lock().unwrap().clone());
+    let mut rng = nb::Rng::new(29);
+    // [N, C, H, W]; channels of 4200 values (split in two chunks on the emulated GPU); and
+    // [N, C] (runs of one value).
+    for shape in [vec![6usize, 3, 2, 2], vec![2, 3, 2100], vec![5, 4]] {
+        let c = shape[1];
+        for dtype in [DType::F64, DType::F32, DType::BF16] {
+            let name = format!("{shape:?} {dtype}");
+            let x = (rng.normal(&shape, 3.0, 1.5, DType::F64)).cast(dtype);
+            let w = rng.normal(&shape, 0.0, 1.0, DType::F64).cast(dtype);
+            let t = rng.normal(&shape, 0.0, 1.0, DType::F64).cast(dtype);
+            let gamma = rng.normal(&[c], 1.0, 0.5, DType::F64).cast(dtype);
+            let beta = rng.normal(&[c], 0.0, 0.5, DType::F64).cast(dtype);
+            // Values, statistics, the three gradients of a weighted sum, and the
+            // standardisation's value, gradient and tangent.
+            let results = |xs: &[Tensor]| -> Vec<Tensor> {
+                let (x, w, t, gamma, beta) = (&xs[0], &xs[1], &xs[2], &xs[3], &xs[4]);
+                let (y, mean, var) = x.batch_norm(gamma, beta, 1, 1e-5);
+                let loss = |p: &(Tensor, Tensor, Tensor)| (p.0.batch_norm(&p.1, &p.2, 1, 1e-5).0 * w).sum_all();
+                let (gx, gg, gb) = nb::grad(loss)(&(x.clone(), gamma.clone(), beta.clone()));
+                let (z, ..) = x.normalize_channels(1, 1e-5);
+                let gz = nb::grad(|x: &Tensor| (x.normalize_channels(1, 1e-5).0 * w).sum_all())(x);
+                let (_, tz) = nb::jvp(|x: &Tensor| x.normalize_channels(1, 1e-5).0, x, t);
+                vec![y, mean, var, gx, gg, gb, z, gz, tz]
+            };
+            let want = results(&[x.clone(), w.clone(), t.clone(), gamma.clone(), beta.clone()]);
+            let before = launched();
+            let got = results(&on_gpu(&[x, w, t, gamma, beta]));
+            if let (Some(before), Some(after)) = (before, launched()) {
+                let new = &after[before.len()..];
+                for kernel in [
+                    format!("nb_channel_moments_{dtype}_partial"),
+                    format!("nb_channel_batch_norm_backward_{dtype}_apply"),
+                    format!("nb_channel_norm_backward_{dtype}_apply"),
+                ] {
+                    assert!(new.contains(&kernel), "{name}: {kernel} was not launched: {new:?}");
+                }
+            }
+            let tol = match dtype {
+                DType::F64 => 1e-10,
+                DType::F32 => 2e-4,
+                _ => 5e-2,
+            };
+            let labels = ["y", "mean", "var", "dx", "dgamma", "dbeta", "z", "dz", "jvp z"];
+            for ((g, w), label) in got.iter().zip(&want).zip(labels) {
+                assert_eq!(g.device(), GPU, "{name}: {label}");
+                assert_eq!((g.shape(), g.dtype()), (w.shape(), w.dtype()), "{name}: {label}");
+                let gv = g.to_device(Device::Cpu).unwrap().to_vec::<f64>();
+                let wv = w.to_vec::<f64>();
+                let scale = wv.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                for (i, (a, b)) in gv.iter().zip(&wv).enumerate() {
+                    assert!(
+                        (a - b).abs() <= tol * scale.max(1.0),
+                        "{name}: {label}[{i}]: got {a}, want {b}"
+                    );
+                }
+            }
+        }
+    }
+}

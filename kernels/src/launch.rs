@@ -115,6 +115,32 @@ pub fn row_plan(rows: i64, cols: i64, sm_count: u32) -> (LaunchDims, u32) {
     (for_tasks(rows, group, sm_count), group)
 }
 
+/// How batch normalisation's channel kernels ([`crate::ChannelSpec`]) run over `channels`
+/// channels of `count` values each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelPlan {
+    /// Chunks per channel in the `Partial` pass (its workspace holds `channels * splits *`
+    /// [`crate::ChannelSpec::partial_width`] accumulators).
+    pub splits: i64,
+    /// The `Partial` launch: a block of [`BLOCK`] threads per chunk.
+    pub partial: LaunchDims,
+    /// The `Finish` launch: a thread per channel.
+    pub finish: LaunchDims,
+}
+
+/// Cuts each channel into chunks of at least 2048 values, enough for about 8 blocks per SM
+/// over all channels (at most 1024 chunks a channel).
+pub fn channel_plan(channels: i64, count: i64, sm_count: u32) -> ChannelPlan {
+    let channels = channels.max(1);
+    let want = (sm_count.max(1) as u64 * 8).div_ceil(channels as u64) as i64;
+    let splits = want.min(count.max(0) / 2048).clamp(1, 1024);
+    ChannelPlan {
+        splits,
+        partial: for_tasks(channels * splits, BLOCK, sm_count),
+        finish: elementwise(channels, sm_count),
+    }
+}
+
 /// The launch of an arg-max/min over `n_out` outputs of `n_red` elements each, and its `group`
 /// (a block per output for long axes, else up to a warp; never split).
 pub fn arg_reduce_plan(n_out: i64, n_red: i64, sm_count: u32) -> (LaunchDims, u32) {
@@ -176,5 +202,26 @@ mod tests {
         assert!(!group_is_valid(3, 256));
         assert!(!group_is_valid(64, 256));
         assert!(group_is_valid(256, 256));
+    }
+
+    #[test]
+    fn channel_plans_fill_the_gpu_with_chunks_of_2048_or_more() {
+        // Batch norm of [32, 64, 56, 56]: 64 channels of 100352 values, 17 chunks each.
+        let p = channel_plan(64, 32 * 56 * 56, SMS);
+        assert_eq!(p.splits, 17);
+        assert_eq!(
+            p.partial,
+            LaunchDims {
+                grid: 64 * 17,
+                block: BLOCK
+            }
+        );
+        assert_eq!(p.finish.grid, 1);
+        // Few values, or many channels: one chunk.
+        assert_eq!(channel_plan(3, 100, SMS).splits, 1);
+        assert_eq!(channel_plan(2048, 1 << 20, SMS).splits, 1);
+        // One channel of 2^28 values: capped at 1024 chunks.
+        assert_eq!(channel_plan(1, 1 << 28, SMS).splits, 1024);
+        assert_eq!(channel_plan(1, 0, SMS).splits, 1);
     }
 }

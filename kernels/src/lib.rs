@@ -42,6 +42,7 @@ mod params;
 mod spec;
 
 pub use codegen::attention::{AttentionPass, AttentionSpec, MAX_HEAD as ATTENTION_MAX_HEAD};
+pub use codegen::channels::{ChannelPass, ChannelSpec};
 pub use codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };
@@ -53,6 +54,6 @@ pub use codegen::window::{FoldSpec, UnfoldSpec};
 pub use dtype::KernelDType;
 pub use error::{DeviceError, DeviceErrorKind, ERROR_RECORD_WORDS, KernelError};
 pub use layout::{ConcatSlot, KernelLayout, MAX_DIMS, ReduceLayouts, contiguous_strides};
-pub use ops::{ArgOp, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+pub use ops::{ArgOp, BinaryOp, ChannelOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 pub use params::{AccType, ArgType, Param};
 pub use spec::{KernelSpec, Variant, catalogue};

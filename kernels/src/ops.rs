@@ -175,6 +175,21 @@ op_enum! {
     }
 }
 
+op_enum! {
+    /// Batch normalisation's fused kernels over a contiguous `[A, C, B]` (`C` the channels), in
+    /// passes ([`crate::ChannelPass`]).
+    ChannelOp {
+        /// the mean and biased variance of every channel over its `A * B` values, as `[2, C]`
+        Moments => "moments",
+        /// `rstd (v - mean(v) - y mean(v y))` per channel: the per-channel standardisation's
+        /// Jacobian product from its output `y`, `v` and the channels' `rstd`
+        NormBackward => "norm_backward",
+        /// batch normalisation's backward pass from `x`, the cotangent `g`, the channels'
+        /// `mean`, `rstd` and `gamma`: `dx`, then `dgamma`, then `dbeta`, packed
+        BatchNormBackward => "batch_norm_backward",
+    }
+}
+
 impl CmpOp {
     /// The C operator.
     pub(crate) fn c_operator(self) -> &'static str {

@@ -1,6 +1,7 @@
 //! [`KernelSpec`]: one entry point of any family, and the [`catalogue`] of all of them.
 
 use crate::codegen::attention::{AttentionPass, AttentionSpec};
+use crate::codegen::channels::{ChannelPass, ChannelSpec};
 use crate::codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };
@@ -11,7 +12,7 @@ use crate::codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 use crate::codegen::window::{FoldSpec, UnfoldSpec};
 use crate::codegen::{self, Gen};
 use crate::dtype::KernelDType;
-use crate::ops::{ArgOp, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp};
+use crate::ops::{ArgOp, BinaryOp, ChannelOp, CmpOp, ReduceOp, RowOp, UnaryOp};
 use crate::params::Param;
 
 /// How an elementwise kernel addresses its operands.
@@ -87,6 +88,8 @@ pub enum KernelSpec {
     Fold(FoldSpec),
     /// One pass of the fused scaled dot-product attention.
     Attention(AttentionSpec),
+    /// One pass of batch normalisation's per-channel kernels.
+    Channel(ChannelSpec),
 }
 
 macro_rules! from_specs {
@@ -130,6 +133,7 @@ from_specs!(
     Unfold(UnfoldSpec),
     Fold(FoldSpec),
     Attention(AttentionSpec),
+    Channel(ChannelSpec),
 );
 
 impl KernelSpec {
@@ -162,7 +166,7 @@ impl KernelSpec {
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
-    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`).
+    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`, `channel`).
     pub fn family(&self) -> &'static str {
         match self {
             KernelSpec::Unary(_) => "unary",
@@ -187,6 +191,7 @@ impl KernelSpec {
             KernelSpec::Unfold(_) => "unfold",
             KernelSpec::Fold(_) => "fold",
             KernelSpec::Attention(_) => "attention",
+            KernelSpec::Channel(_) => "channel",
         }
     }
 }
@@ -281,6 +286,13 @@ pub fn catalogue() -> Vec<KernelSpec> {
         for d in dtypes {
             for masked in [false, true] {
                 push(AttentionSpec::new(pass, d, masked).map(Into::into));
+            }
+        }
+    }
+    for &op in ChannelOp::ALL {
+        for d in dtypes {
+            for pass in ChannelPass::ALL {
+                push(ChannelSpec::new(op, d, pass).map(Into::into));
             }
         }
     }

@@ -97,6 +97,8 @@ fn catalogue_covers_every_family() {
         ("fold", 4),
         // forward, backward over queries, backward over keys; f32 and f64.
         ("attention", 3 * 2 * 2),
+        // moments: partial and finish; the two backward passes: partial, finish and apply.
+        ("channel", (2 + 2 * 3) * 4),
     ]
     .into_iter()
     .collect();

@@ -2029,3 +2029,168 @@ fn unfold_copies_every_tap_and_fold_adds_them_back() {
         }
     }
 }
+
+/// The mean and biased variance of channel `ch` of `x` `[a, c, b]`, in f64.
+fn channel_moments_ref(x: &[f64], (a, c, b): (usize, usize, usize), ch: usize) -> (f64, f64) {
+    let vals: Vec<f64> = (0..a)
+        .flat_map(|i| x[(i * c + ch) * b..(i * c + ch + 1) * b].iter().copied())
+        .collect();
+    let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+    let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+    (mean, var)
+}
+
+/// Runs the partial and finishing passes of `op` over `[a, c, b]` in `splits` chunks with
+/// blocks of `block` threads, with the partial pass's inputs `inputs` and
+/// the finish's extra arguments `finish_extra` (after `partial`, before `c`): the finish's
+/// outputs (every argument's bytes).
+fn channel_passes(
+    op: ChannelOp,
+    d: KernelDType,
+    (a, c, b, splits, block): (usize, usize, usize, usize, u32),
+    inputs: Vec<Arg>,
+    finish_outputs: Vec<Arg>,
+    finish_extra: Vec<Arg>,
+) -> Vec<Option<Vec<u8>>> {
+    let partial: KernelSpec = ChannelSpec::new(op, d, ChannelPass::Partial).unwrap().into();
+    let KernelSpec::Channel(ps) = partial else {
+        unreachable!()
+    };
+    let width = ps.partial_width() * ps.acc_type().size_in_bytes();
+    let mut args = vec![Arg::zeros(c * splits * width)];
+    args.extend(inputs);
+    args.extend([a, c, b, splits].map(|v| Arg::i64(v as i64)));
+    // Two blocks, so that a block takes several tasks in turn.
+    let out = run(&partial, 2, block, args);
+    let finish: KernelSpec = ChannelSpec::new(op, d, ChannelPass::Finish).unwrap().into();
+    let mut args = finish_outputs;
+    args.push(Arg::Buf(out[0].clone().unwrap()));
+    args.extend(finish_extra);
+    args.extend([c, a * b, splits].map(|v| Arg::i64(v as i64)));
+    run(&finish, 1, 64, args)
+}
+
+#[test]
+fn channel_kernels_give_batch_norm_statistics_and_gradients() {
+    if !available() {
+        return;
+    }
+    // Chunks that start inside a run (21 values in 4 chunks of 6), blocks of 64 and 256.
+    for case in [
+        (2usize, 3usize, 5usize, 1usize, 64u32),
+        (3, 2, 7, 4, 64),
+        (4, 3, 33, 2, 256),
+    ] {
+        let (a, c, b, splits, block) = case;
+        for d in KernelDType::FLOATS {
+            let n = a * c * b;
+            let shape = (a, c, b);
+            // Far from zero, so that E[x^2] - E[x]^2 would cancel.
+            let x: Vec<f64> = noise(n, n as u64)
+                .iter()
+                .map(|&u| quantize(d, 100.0 + 4.0 * u))
+                .collect();
+            let g: Vec<f64> = noise(n, 7).iter().map(|&u| quantize(d, 2.0 * u - 1.0)).collect();
+            let what = format!("{d} [{a}, {c}, {b}] in {splits} chunks, blocks of {block}");
+            let rel = tol(d) * 8.0;
+            let near = |got: f64, want: f64, scale: f64, k: &str| {
+                assert!(
+                    (got - want).abs() <= rel * (scale + want.abs()),
+                    "{what}: {k}: got {got:e}, want {want:e}"
+                );
+            };
+
+            let out = channel_passes(
+                ChannelOp::Moments,
+                d,
+                case,
+                vec![Arg::Buf(encode_f(d, &x))],
+                vec![Arg::zeros(2 * c * d.size_in_bytes())],
+                vec![],
+            );
+            let moments = decode_f(d, out[0].as_ref().unwrap());
+            let stats: Vec<(f64, f64)> = (0..c).map(|ch| channel_moments_ref(&x, shape, ch)).collect();
+            for (ch, &(mean, var)) in stats.iter().enumerate() {
+                near(moments[ch], mean, 0.0, &format!("mean {ch}"));
+                // The variance (about 1.3) is compared against the values' scale (100) in f32.
+                near(
+                    moments[c + ch],
+                    var,
+                    if d == F64 { 0.0 } else { 1.0 },
+                    &format!("var {ch}"),
+                );
+            }
+
+            // Stored statistics, as the op layer passes them.
+            let mean: Vec<f64> = stats.iter().map(|s| quantize(d, s.0)).collect();
+            let rstd: Vec<f64> = stats.iter().map(|s| quantize(d, 1.0 / (s.1 + 1e-5).sqrt())).collect();
+            let gamma: Vec<f64> = (0..c).map(|ch| quantize(d, 0.5 + ch as f64)).collect();
+            let channel = |i: usize| (i / b) % c;
+            let x_hat: Vec<f64> = (0..n).map(|i| (x[i] - mean[channel(i)]) * rstd[channel(i)]).collect();
+            let y: Vec<f64> = x_hat.iter().map(|&v| quantize(d, v)).collect();
+            let sums = |f: &dyn Fn(usize) -> f64, ch: usize| -> f64 {
+                (0..n).filter(|&i| channel(i) == ch).map(f).sum::<f64>()
+            };
+            let count = (a * b) as f64;
+            let acc = if d == F64 { 8 } else { 4 };
+
+            // The standardisation's Jacobian product.
+            let out = channel_passes(
+                ChannelOp::NormBackward,
+                d,
+                case,
+                vec![Arg::Buf(encode_f(d, &y)), Arg::Buf(encode_f(d, &g))],
+                vec![Arg::zeros(2 * c * acc)],
+                vec![],
+            );
+            let apply: KernelSpec = ChannelSpec::new(ChannelOp::NormBackward, d, ChannelPass::Apply)
+                .unwrap()
+                .into();
+            let mut args = vec![Arg::zeros(n * d.size_in_bytes())];
+            args.extend([&y, &g, &rstd].map(|v| Arg::Buf(encode_f(d, v))));
+            args.push(Arg::Buf(out[0].clone().unwrap()));
+            args.extend([c, b, n].map(|v| Arg::i64(v as i64)));
+            let got = decode_f(d, run(&apply, 2, 64, args)[0].as_ref().unwrap());
+            let mv: Vec<f64> = (0..c).map(|ch| sums(&|i| g[i], ch) / count).collect();
+            let mvy: Vec<f64> = (0..c).map(|ch| sums(&|i| g[i] * y[i], ch) / count).collect();
+            for i in 0..n {
+                let ch = channel(i);
+                let want = rstd[ch] * (g[i] - mv[ch] - y[i] * mvy[ch]);
+                near(got[i], want, rstd[ch], &format!("norm backward {i}"));
+            }
+
+            // Batch norm's backward: dx, then dgamma, then dbeta.
+            let out = channel_passes(
+                ChannelOp::BatchNormBackward,
+                d,
+                case,
+                vec![
+                    Arg::Buf(encode_f(d, &x)),
+                    Arg::Buf(encode_f(d, &g)),
+                    Arg::Buf(encode_f(d, &mean)),
+                ],
+                vec![Arg::zeros((n + 2 * c) * d.size_in_bytes()), Arg::zeros(2 * c * acc)],
+                vec![Arg::Buf(encode_f(d, &rstd))],
+            );
+            let apply: KernelSpec = ChannelSpec::new(ChannelOp::BatchNormBackward, d, ChannelPass::Apply)
+                .unwrap()
+                .into();
+            let mut args = vec![Arg::Buf(out[0].clone().unwrap())];
+            args.extend([&x, &g, &mean, &rstd, &gamma].map(|v| Arg::Buf(encode_f(d, v))));
+            args.push(Arg::Buf(out[1].clone().unwrap()));
+            args.extend([c, b, n].map(|v| Arg::i64(v as i64)));
+            let packed = decode_f(d, run(&apply, 2, 64, args)[0].as_ref().unwrap());
+            let s1: Vec<f64> = (0..c).map(|ch| sums(&|i| g[i], ch)).collect();
+            let s2: Vec<f64> = (0..c).map(|ch| sums(&|i| g[i] * x_hat[i], ch)).collect();
+            for ch in 0..c {
+                near(packed[n + ch], s2[ch], count.sqrt(), &format!("dgamma {ch}"));
+                near(packed[n + c + ch], s1[ch], count.sqrt(), &format!("dbeta {ch}"));
+            }
+            for i in 0..n {
+                let ch = channel(i);
+                let want = gamma[ch] * rstd[ch] * (g[i] - s1[ch] / count - x_hat[i] * s2[ch] / count);
+                near(packed[i], want, gamma[ch] * rstd[ch], &format!("dx {i}"));
+            }
+        }
+    }
+}

@@ -126,9 +126,10 @@ impl Tensor {
     /// every axis but `axis` computes), with the channels' means and biased variances, `[C]`
     /// each and not traced (what running averages are made of).
     ///
-    /// On a backend with the fused kernels (the CPU) it is one primitive: the statistics in
-    /// two passes, and a backward pass `rstd (v - mean(v) - y mean(v y))` in two more, where
-    /// the composition took about a dozen kernels; elsewhere, and under `vmap`, it is composed.
+    /// On a backend with the fused kernels (the CPU and CUDA) it is one primitive: the
+    /// statistics in two passes (one on the GPU), and a backward pass `rstd (v - mean(v) - y
+    /// mean(v y))` in two more, where the composition took about a dozen kernels; elsewhere,
+    /// and under `vmap`, it is composed.
     /// Derivatives of every order either way.
     pub fn normalize_channels(&self, axis: isize, eps: f64) -> (Tensor, Tensor, Tensor) {
         require_float("normalize_channels", self);
@@ -162,8 +163,8 @@ impl Tensor {
     /// per channel (`gamma` and `beta` `[C]`, this tensor's dtype), with the channels' means
     /// and biased variances (`[C]`, not traced).
     ///
-    /// On a backend with the fused kernels (the CPU) it is one primitive of `x`, `gamma` and
-    /// `beta`: the statistics in two passes and the output in one; its backward gives all three
+    /// On a backend with the fused kernels (the CPU and CUDA) it is one primitive of `x`,
+    /// `gamma` and `beta`: the statistics in two passes and the output in one; its backward gives all three
     /// gradients from two passes (`s1 = sum(g)`, `s2 = sum(g x_hat)`, then `dx = gamma rstd (g -
     /// s1 / n - x_hat s2 / n)`, `dgamma = s2`, `dbeta = s1`). Elsewhere, under `vmap`, and for
     /// higher derivatives it is the composition.

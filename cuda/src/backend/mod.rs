@@ -13,6 +13,7 @@
 
 mod adam;
 mod attention;
+mod channels;
 mod cross_entropy;
 mod elementwise;
 mod index;
@@ -389,6 +390,25 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn layer_norm_rows_backward(&self, x: &RawTensor, y: &RawTensor, v: &RawTensor, eps: f64) -> RawTensor {
         rows::layer_norm_rows_backward(self, x, y, v, eps)
+    }
+
+    fn channel_moments(&self, x: &RawTensor) -> Option<RawTensor> {
+        Some(channels::channel_moments(self, x))
+    }
+
+    fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
+        Some(channels::channel_norm_backward(self, y, v, rstd))
+    }
+
+    fn batch_norm_backward(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+    ) -> Option<RawTensor> {
+        Some(channels::batch_norm_backward(self, x, g, mean, rstd, gamma))
     }
 
     fn attention(

@@ -1,6 +1,7 @@
 //! Source generation: the pieces every family uses, and the assembly of one translation unit.
 
 pub(crate) mod attention;
+pub(crate) mod channels;
 pub(crate) mod elementwise;
 pub(crate) mod fused;
 pub(crate) mod index;
