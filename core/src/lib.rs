@@ -36,6 +36,7 @@ pub use ops::index::one_hot;
 pub use ops::nn::mse;
 pub use ops::optim::adam_update;
 pub use ops::shape::{Sl, concatenate, stack};
+pub use ops::sync_norm::CrossRankSum;
 pub use random::Rng;
 pub use tensor::Tensor;
 pub use transforms::api::{

@@ -462,7 +462,7 @@ fn data_parallel_buckets_of_device_leaves_are_packed_on_the_device_and_copied_on
 
 #[test]
 fn batch_norm_of_device_tensors_local_and_synchronised_gives_the_cpu_values_and_gradients() {
-    use nabla_dist::{ProcessGroup, ThreadComm, psum};
+    use nabla_dist::{ProcessGroup, ThreadComm, cross_rank_sum};
     use nabla_nn::BatchNorm;
     if !device::available() {
         println!("SKIPPED: no C++ compiler to build the kernel emulator");
@@ -492,7 +492,7 @@ fn batch_norm_of_device_tensors_local_and_synchronised_gives_the_cpu_values_and_
                         let ws = on(&w.slice_axis(0, Some(a), Some(b), 1));
                         let layer = nb::Tree::map_leaves(layer, on);
                         let stats = nb::Tree::map_leaves(stats, on);
-                        let sum = |t: &Tensor| psum(&group, t);
+                        let sum = cross_rank_sum(&group);
                         let f = |(x, l): &(Tensor, BatchNorm)| {
                             let (y, new) = l.forward_train_synced(x, &stats, &sum);
                             ((&y * &ws).tanh().sum_all() / 6.0, (y, new))
@@ -516,7 +516,19 @@ fn batch_norm_of_device_tensors_local_and_synchronised_gives_the_cpu_values_and_
         })
     };
     let want = run(Device::Cpu);
+    let launched = || (!device::real_gpu()).then(|| device::emulated_backend().api().launches.lock().unwrap().clone());
+    let before = launched();
     let got = run(GPU);
+    if let (Some(before), Some(after)) = (before, launched()) {
+        // The synchronised form's fused backward: this rank's sums, then the input gradient.
+        let new = &after[before.len()..];
+        for kernel in [
+            "nb_channel_batch_norm_backward_f64_sums",
+            "nb_channel_batch_norm_backward_f64_apply",
+        ] {
+            assert!(new.iter().any(|k| k == kernel), "{kernel} was not launched: {new:?}");
+        }
+    }
     for (rank, (g, w)) in got.iter().zip(&want).enumerate() {
         same(&format!("rank {rank}"), "synchronised batch norm", g, w).unwrap();
     }

@@ -13,8 +13,9 @@
 //! - [`DataParallel`] all-reduces gradients inside `backward`, bucket by bucket while the
 //!   sweep goes on (PyTorch's DDP); [`all_reduce_mean`] / [`all_reduce_weighted`] and
 //!   [`value_and_grad`] do the same for the functional API, and replay under `nb::jit`.
-//! - [`psum`] sums a tensor over the ranks inside a traced function, differentiably (the
-//!   statistics of synchronised batch normalisation).
+//! - [`psum`] sums a tensor over the ranks inside a traced function, differentiably;
+//!   [`cross_rank_sum`] binds it to a group for the ops that sum again backward (synchronised
+//!   batch normalisation).
 //! - [`Shard`] splits a global batch and weights uneven shards exactly.
 
 mod bucket;
@@ -58,7 +59,7 @@ pub use mpi;
 pub use mpi_comm::MpiCommunicator;
 #[cfg(feature = "nccl")]
 pub use nccl::{NcclCommunicator, with_nccl};
-pub use psum::psum;
+pub use psum::{cross_rank_sum, psum};
 pub use shard::Shard;
 pub use single::SingleProcess;
 pub use tcp::{TcpCommunicator, TcpOptions};

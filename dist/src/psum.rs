@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use nabla_core::ops::external::LinearStepFn;
-use nabla_core::{DType, Tensor};
+use nabla_core::{CrossRankSum, DType, Tensor};
 
 use crate::functional::{device_reduce_step, reduce_step};
 use crate::group::ProcessGroup;
@@ -49,6 +49,14 @@ pub fn psum(group: &ProcessGroup, x: &Tensor) -> Tensor {
     }
     let step = sum_step(group.clone());
     x.apply_linear_step("psum", step.clone(), step)
+}
+
+/// [`psum`] over `group` as a [`CrossRankSum`]: for the ops that sum again in their backward
+/// pass (`BatchNorm::forward_train_synced`, `Tensor::batch_norm_synced`). The group is cloned
+/// into it.
+pub fn cross_rank_sum(group: &ProcessGroup) -> CrossRankSum {
+    let group = group.clone();
+    CrossRankSum::new(move |t| psum(&group, t))
 }
 
 /// The sum over the ranks of a plain tensor, as a step `jit` records: through the group's

@@ -64,9 +64,9 @@ struct Cnn {
 #[derive(Clone, Copy)]
 enum Norm<'a> {
     /// With the global batch's statistics (`Some(sum)` adds a tensor over the ranks; `None`,
-    /// one process, normalises with its own batch through the fused primitive); the new running
-    /// statistics come back from `forward`.
-    Train(&'a [BatchStats], Option<&'a dyn Fn(&Tensor) -> Tensor>),
+    /// one process, normalises with its own batch); the new running statistics come back from
+    /// `forward`.
+    Train(&'a [BatchStats], Option<&'a nb::CrossRankSum>),
     /// With the running statistics.
     Eval(&'a [BatchStats]),
 }
@@ -175,8 +175,8 @@ fn run(args: &Args, group: &nb::dist::ProcessGroup, device: Device) -> Result<()
     // derivative that synchronised batch statistics need (their sum over ranks sends every
     // rank's cotangents back to every rank). `weight` is an input so that a replay takes each
     // batch's own.
-    let sum_over_ranks = |t: &Tensor| nb::dist::psum(group, t);
-    let sum: Option<&dyn Fn(&Tensor) -> Tensor> = (world > 1).then_some(&sum_over_ranks);
+    let sum_over_ranks = nb::dist::cross_rank_sum(group);
+    let sum = (world > 1).then_some(&sum_over_ranks);
     let vg = |(m, stats, x, y, weight): &(Cnn, Vec<BatchStats>, Tensor, Tensor, Tensor)| {
         nb::value_and_grad_with_aux(|m: &Cnn| {
             let (logits, new_stats) = m.forward(x, Norm::Train(stats, sum));

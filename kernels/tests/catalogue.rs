@@ -97,8 +97,9 @@ fn catalogue_covers_every_family() {
         ("fold", 4),
         // forward, backward over queries, backward over keys; f32 and f64.
         ("attention", 3 * 2 * 2),
-        // moments: partial and finish; the two backward passes: partial, finish and apply.
-        ("channel", (2 + 2 * 3) * 4),
+        // moments: partial and finish; the standardisation's backward: partial, finish and apply;
+        // batch norm's backward: those and its sums.
+        ("channel", (2 + 3 + 4) * 4),
     ]
     .into_iter()
     .collect();

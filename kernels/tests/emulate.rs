@@ -2040,17 +2040,16 @@ fn channel_moments_ref(x: &[f64], (a, c, b): (usize, usize, usize), ch: usize) -
     (mean, var)
 }
 
-/// Runs the partial and finishing passes of `op` over `[a, c, b]` in `splits` chunks with
-/// blocks of `block` threads, with the partial pass's inputs `inputs` and
-/// the finish's extra arguments `finish_extra` (after `partial`, before `c`): the finish's
-/// outputs (every argument's bytes).
+/// Runs the partial pass of `op` over `[a, c, b]` in `splits` chunks with blocks of `block`
+/// threads on `inputs`, then `last` (`Finish` or `Sums`) with its outputs `outputs` and its
+/// extra arguments `extra` (after `partial`, before `c`): every argument of `last` after it ran.
 fn channel_passes(
-    op: ChannelOp,
+    (op, last): (ChannelOp, ChannelPass),
     d: KernelDType,
     (a, c, b, splits, block): (usize, usize, usize, usize, u32),
     inputs: Vec<Arg>,
-    finish_outputs: Vec<Arg>,
-    finish_extra: Vec<Arg>,
+    outputs: Vec<Arg>,
+    extra: Vec<Arg>,
 ) -> Vec<Option<Vec<u8>>> {
     let partial: KernelSpec = ChannelSpec::new(op, d, ChannelPass::Partial).unwrap().into();
     let KernelSpec::Channel(ps) = partial else {
@@ -2062,11 +2061,16 @@ fn channel_passes(
     args.extend([a, c, b, splits].map(|v| Arg::i64(v as i64)));
     // Two blocks, so that a block takes several tasks in turn.
     let out = run(&partial, 2, block, args);
-    let finish: KernelSpec = ChannelSpec::new(op, d, ChannelPass::Finish).unwrap().into();
-    let mut args = finish_outputs;
+    let finish: KernelSpec = ChannelSpec::new(op, d, last).unwrap().into();
+    let mut args = outputs;
     args.push(Arg::Buf(out[0].clone().unwrap()));
-    args.extend(finish_extra);
-    args.extend([c, a * b, splits].map(|v| Arg::i64(v as i64)));
+    args.extend(extra);
+    let counts = if last == ChannelPass::Sums {
+        vec![c, splits]
+    } else {
+        vec![c, a * b, splits]
+    };
+    args.extend(counts.into_iter().map(|v| Arg::i64(v as i64)));
     run(&finish, 1, 64, args)
 }
 
@@ -2101,7 +2105,7 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
             };
 
             let out = channel_passes(
-                ChannelOp::Moments,
+                (ChannelOp::Moments, ChannelPass::Finish),
                 d,
                 case,
                 vec![Arg::Buf(encode_f(d, &x))],
@@ -2136,7 +2140,7 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
 
             // The standardisation's Jacobian product.
             let out = channel_passes(
-                ChannelOp::NormBackward,
+                (ChannelOp::NormBackward, ChannelPass::Finish),
                 d,
                 case,
                 vec![Arg::Buf(encode_f(d, &y)), Arg::Buf(encode_f(d, &g))],
@@ -2161,7 +2165,7 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
 
             // Batch norm's backward: dx, then dgamma, then dbeta.
             let out = channel_passes(
-                ChannelOp::BatchNormBackward,
+                (ChannelOp::BatchNormBackward, ChannelPass::Finish),
                 d,
                 case,
                 vec![
@@ -2190,6 +2194,26 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
                 let ch = channel(i);
                 let want = gamma[ch] * rstd[ch] * (g[i] - s1[ch] / count - x_hat[i] * s2[ch] / count);
                 near(packed[i], want, gamma[ch] * rstd[ch], &format!("dx {i}"));
+            }
+
+            // This process's sums alone (synchronised batch norm adds them over the ranks).
+            let out = channel_passes(
+                (ChannelOp::BatchNormBackward, ChannelPass::Sums),
+                d,
+                case,
+                vec![
+                    Arg::Buf(encode_f(d, &x)),
+                    Arg::Buf(encode_f(d, &g)),
+                    Arg::Buf(encode_f(d, &mean)),
+                ],
+                vec![Arg::zeros(2 * c * acc)],
+                vec![Arg::Buf(encode_f(d, &rstd))],
+            );
+            let acc_dtype = if d == F64 { F64 } else { F32 };
+            let sums = decode_f(acc_dtype, out[0].as_ref().unwrap());
+            for ch in 0..c {
+                near(sums[ch], s2[ch], count.sqrt(), &format!("sum(g x_hat) {ch}"));
+                near(sums[c + ch], s1[ch], count.sqrt(), &format!("sum(g) {ch}"));
             }
         }
     }

@@ -6,9 +6,10 @@
 //! the running averages are state ([`BatchStats`], a separate pytree that a training step takes
 //! and returns, as Flax's `batch_stats` collection), so an optimizer never decays or moves them.
 //! With data parallelism the statistics can be those of the global batch
-//! ([`BatchNorm::forward_train_synced`] with `nb::dist::psum`: PyTorch's `SyncBatchNorm`).
+//! ([`BatchNorm::forward_train_synced`] with `nb::dist::cross_rank_sum`: PyTorch's
+//! `SyncBatchNorm`).
 
-use nabla_core::{DType, Tensor, concatenate};
+use nabla_core::{CrossRankSum, DType, Tensor};
 use nabla_derive::Tree;
 
 /// The learned part of a batch norm over `C` channels: `y = (x - mean) / sqrt(var + eps) *
@@ -74,23 +75,23 @@ impl BatchNorm {
     }
 
     /// Training mode with the statistics of the global batch: `sum_over_ranks` sums a tensor
-    /// over the data-parallel ranks, differentiably (`|t| nb::dist::psum(&group, t)`), so that
-    /// every rank normalises with the mean and variance of all ranks' examples and gets its
-    /// share of their gradient (PyTorch's `SyncBatchNorm`). Two sums run forward (the sums with
-    /// the example count, then the squared deviations) and two backward, per layer. Ranks may
-    /// hold different numbers of examples; the running statistics come out equal on every rank.
-    /// With the identity for `sum_over_ranks` it is [`BatchNorm::forward_train`]. The
-    /// gradients are those of the global batch when every rank differentiates its share of
-    /// the global loss and the gradients are summed, or with equal shards each shard's mean
-    /// loss averaged by `DataParallel` (see `nb::dist::psum`). The global example count
-    /// travels in the input's float dtype (exact up to 2^24 values per channel in f32) and is
-    /// not checked on the host (that would stop a jitted step): a global batch of one value per
-    /// channel gives an infinite running variance.
+    /// over the data-parallel ranks, differentiably (`nb::dist::cross_rank_sum(&group)`), so
+    /// that every rank normalises with the mean and variance of all ranks' examples and gets
+    /// its share of their gradient (PyTorch's `SyncBatchNorm`; `Tensor::batch_norm_synced`).
+    /// One collective runs forward and one backward per layer where the backend has batch
+    /// norm's kernels (the CPU and CUDA), two each way otherwise. Ranks may hold different
+    /// numbers of examples; the running statistics come out equal on every rank. With
+    /// `CrossRankSum::identity()` it is [`BatchNorm::forward_train`]. The gradients are those
+    /// of the global batch when every rank differentiates its share of the global loss and the
+    /// gradients are summed, or with equal shards each shard's mean loss averaged by
+    /// `DataParallel` (see `nb::dist::psum`). The global example count is not checked on the
+    /// host (that would stop a jitted step): a global batch of one value per channel gives an
+    /// infinite running variance.
     pub fn forward_train_synced(
         &self,
         x: &Tensor,
         stats: &BatchStats,
-        sum_over_ranks: &dyn Fn(&Tensor) -> Tensor,
+        sum_over_ranks: &CrossRankSum,
     ) -> (Tensor, BatchStats) {
         self.train(x, stats, Some(sum_over_ranks))
     }
@@ -108,9 +109,9 @@ impl BatchNorm {
         self.scale_and_shift(&(xc - mean), &rstd, &shape).cast(x.dtype())
     }
 
-    /// The shared training pass: statistics of this process's batch (`None`: one fused
-    /// primitive on the CPU, `Tensor::batch_norm`) or summed over the ranks with `sum`.
-    fn train(&self, x: &Tensor, stats: &BatchStats, sum: Option<&dyn Fn(&Tensor) -> Tensor>) -> (Tensor, BatchStats) {
+    /// The shared training pass: statistics of this process's batch (`None`) or of every
+    /// rank's, summed with `sum`.
+    fn train(&self, x: &Tensor, stats: &BatchStats, sum: Option<&CrossRankSum>) -> (Tensor, BatchStats) {
         let what = if sum.is_some() {
             "forward_train_synced"
         } else {
@@ -119,14 +120,12 @@ impl BatchNorm {
         self.check(what, x, stats);
         let dtype = stats_dtype(x.dtype());
         let xc = x.cast(dtype);
-        let shape = self.channel_shape(x);
-        let channels = shape[0];
-        let local_count = x.numel() / channels.max(1);
         let (gamma, beta) = (self.gamma.cast(dtype), self.beta.cast(dtype));
         // The output, the batch's mean and biased variance ([C], not traced), and the unbiased
         // variance's factor n / (n - 1).
         let (y, mean, var, unbias) = match sum {
             None => {
+                let local_count = x.numel() / self.gamma.numel().max(1);
                 if local_count < 2 {
                     panic!(
                         "BatchNorm::forward_train: an input of shape {:?} has {local_count} value per channel; \
@@ -140,21 +139,9 @@ impl BatchNorm {
                 (y, mean, var, unbias)
             }
             Some(sum) => {
-                let axes: Vec<isize> = (0..x.rank() as isize).filter(|&a| a != 1).collect();
-                // The channel sums and this rank's example count travel in one collective.
-                let count = Tensor::full_on(&[1], local_count as f64, dtype, x.device());
-                let totals = sum(&concatenate(&[xc.sum(axes.clone(), false), count], 0));
-                let count = totals.slice_axis(0, Some(channels as isize), None, 1);
-                let total = totals.slice_axis(0, Some(0), Some(channels as isize), 1);
-                let mean = (total / &count).reshape(shape.clone());
-                let centred = &xc - &mean;
-                let var = (sum(&centred.square().sum(axes, false)) / &count).reshape(shape.clone());
-                let y =
-                    centred * (&var + self.eps).rsqrt() * gamma.reshape(shape.clone()) + beta.reshape(shape.clone());
-                let count = count.stop_gradient();
+                let (y, mean, var, count) = xc.batch_norm_synced(&gamma, &beta, 1, self.eps, sum);
                 let unbias = &count / (&count - 1.0);
-                let flat = |t: &Tensor| t.stop_gradient().reshape([channels]);
-                (y, flat(&mean), flat(&var), unbias)
+                (y, mean, var, unbias)
             }
         };
         let y = y.cast(x.dtype());

@@ -87,7 +87,7 @@ fn training_and_evaluation_match_pytorch() {
         let y_eval = layer.forward_eval(&tensor(&i["x_eval"]), &new);
         assert!(max_diff(&y_eval, &tensor(&o["y_eval"])) < 1e-12, "{name}: eval");
         // The synced form with the identity as the sum over ranks is the same computation.
-        let (ys, news) = layer.forward_train_synced(&x, &stats, &|t| t.clone());
+        let (ys, news) = layer.forward_train_synced(&x, &stats, &nabla_core::CrossRankSum::identity());
         assert!(
             max_diff(&ys, &y) < 1e-12 && max_diff(&news.var, &new.var) < 1e-12,
             "{name}: synced"

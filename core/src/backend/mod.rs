@@ -431,6 +431,38 @@ pub trait Backend: Send + Sync {
     ) -> Option<RawTensor> {
         None
     }
+    /// Batch normalisation's per-channel sums over this process's `x` `[A, C, B]` with the
+    /// output's cotangent `g` (one shape and float dtype) and the channels' `mean` and `rstd`
+    /// (`[C]`, that dtype): `sum(g x_hat)` then `sum(g)` per channel, with `x_hat = (x - mean)
+    /// rstd`, as `[2, C]` contiguous in f32 (f64 for f64 inputs), so that ranks can add them
+    /// before [`Backend::batch_norm_backward_input`] (synchronised batch norm). `None`, the
+    /// default, where the backend has no fused kernel.
+    fn batch_norm_backward_sums(
+        &self,
+        _x: &RawTensor,
+        _g: &RawTensor,
+        _mean: &RawTensor,
+        _rstd: &RawTensor,
+    ) -> Option<RawTensor> {
+        None
+    }
+    /// Batch normalisation's input gradient over `x` `[A, C, B]` with the cotangent `g`, the
+    /// channels' `mean`, `rstd` and `gamma` (as for [`Backend::batch_norm_backward`]) and
+    /// per-channel `means` `[2, C]` (f32, f64 for f64 inputs: `mean(g x_hat)` then `mean(g)` over the batch the
+    /// statistics came from, which may span ranks): `dx = gamma rstd (g - means[1] - x_hat
+    /// means[0])`, contiguous in `x`'s dtype. `None`, the default, where the backend has no
+    /// fused kernel.
+    fn batch_norm_backward_input(
+        &self,
+        _x: &RawTensor,
+        _g: &RawTensor,
+        _mean: &RawTensor,
+        _rstd: &RawTensor,
+        _gamma: &RawTensor,
+        _means: &RawTensor,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// Converts elements to `dtype`.
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor;
     /// A contiguous copy.

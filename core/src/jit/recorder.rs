@@ -268,6 +268,28 @@ impl Backend for RecordingBackend {
         let out = self.inner.batch_norm_backward(x, g, mean, rstd, gamma)?;
         Some(self.log(Call::BatchNormBackward, &[x, g, mean, rstd, gamma], out))
     }
+    fn batch_norm_backward_sums(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+    ) -> Option<RawTensor> {
+        let out = self.inner.batch_norm_backward_sums(x, g, mean, rstd)?;
+        Some(self.log(Call::BatchNormSums, &[x, g, mean, rstd], out))
+    }
+    fn batch_norm_backward_input(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+        means: &RawTensor,
+    ) -> Option<RawTensor> {
+        let out = self.inner.batch_norm_backward_input(x, g, mean, rstd, gamma, means)?;
+        Some(self.log(Call::BatchNormInput, &[x, g, mean, rstd, gamma, means], out))
+    }
     fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
         let out = self.inner.channel_norm_backward(y, v, rstd)?;
         Some(self.log(Call::ChannelNormBackward, &[y, v, rstd], out))

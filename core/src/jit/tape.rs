@@ -43,6 +43,8 @@ pub(crate) enum Call {
     ChannelMoments,
     ChannelNormBackward,
     BatchNormBackward,
+    BatchNormSums,
+    BatchNormInput,
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
@@ -95,6 +97,12 @@ impl Call {
             Call::BatchNormBackward => backend
                 .batch_norm_backward(&args[0], &args[1], &args[2], &args[3], &args[4])
                 .expect("a recorded batch norm backward replays on the backend that ran it"),
+            Call::BatchNormSums => backend
+                .batch_norm_backward_sums(&args[0], &args[1], &args[2], &args[3])
+                .expect("recorded batch norm sums replay on the backend that ran them"),
+            Call::BatchNormInput => backend
+                .batch_norm_backward_input(&args[0], &args[1], &args[2], &args[3], &args[4], &args[5])
+                .expect("a recorded batch norm input gradient replays on the backend that ran it"),
             Call::ChannelNormBackward => backend
                 .channel_norm_backward(&args[0], &args[1], &args[2])
                 .expect("a recorded channel norm backward replays on the backend that ran it"),

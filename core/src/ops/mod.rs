@@ -20,6 +20,7 @@ pub mod overload;
 pub mod reduce;
 pub mod reduce_all;
 pub mod shape;
+pub mod sync_norm;
 pub(crate) mod taps;
 pub mod unary;
 

@@ -173,20 +173,7 @@ impl Tensor {
         let a = normalize_axis("batch_norm", axis, self.rank());
         let shape = self.shape().to_vec();
         let channels = shape[a];
-        for (name, t) in [("gamma", gamma), ("beta", beta)] {
-            if t.shape() != [channels] || t.dtype() != self.dtype() || t.device() != self.device() {
-                panic!(
-                    "batch_norm: {name} must be [{channels}] {} on {} (one value per channel of axis {a} of {:?}), \
-                     got {:?} {} on {}",
-                    self.dtype(),
-                    self.device(),
-                    shape,
-                    t.shape(),
-                    t.dtype(),
-                    t.device()
-                );
-            }
-        }
+        self.check_scale_and_shift("batch_norm", gamma, beta, a);
         let plain = !self.is_batched() && !gamma.is_batched() && !beta.is_batched();
         if plain && let Some((x, mean, var)) = self.fused_moments(a) {
             let rstd = (&var + eps).rsqrt();
@@ -211,17 +198,41 @@ impl Tensor {
     /// This tensor seen as `[A, C, B]` around `axis` (`C` its extent), with the channels' means
     /// and biased variances (`[C]`, untraced) from the backend's fused kernel; `None` where the
     /// backend has none.
-    fn fused_moments(&self, axis: usize) -> Option<(Tensor, Tensor, Tensor)> {
-        let shape = self.shape();
-        let grouped = [
-            shape[..axis].iter().product(),
-            shape[axis],
-            shape[axis + 1..].iter().product(),
-        ];
-        let x = self.reshape(grouped);
+    pub(super) fn fused_moments(&self, axis: usize) -> Option<(Tensor, Tensor, Tensor)> {
+        let x = self.grouped_around(axis);
         let moments = Tensor::untraced(x.backend().channel_moments(x.raw())?, &[&x]);
         let (mean, var) = (moments.index_axis(0, 0), moments.index_axis(0, 1));
         Some((x, mean, var))
+    }
+
+    /// This tensor seen as `[A, C, B]` around `axis` (`C` its extent).
+    pub(super) fn grouped_around(&self, axis: usize) -> Tensor {
+        let shape = self.shape();
+        self.reshape([
+            shape[..axis].iter().product(),
+            shape[axis],
+            shape[axis + 1..].iter().product(),
+        ])
+    }
+
+    /// Refuses, naming `op`, a `gamma` or `beta` that is not one value per channel of `axis`
+    /// in this tensor's dtype and device.
+    pub(super) fn check_scale_and_shift(&self, op: &str, gamma: &Tensor, beta: &Tensor, axis: usize) {
+        let channels = self.shape()[axis];
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            if t.shape() != [channels] || t.dtype() != self.dtype() || t.device() != self.device() {
+                panic!(
+                    "{op}: {name} must be [{channels}] {} on {} (one value per channel of axis {axis} of {:?}), \
+                     got {:?} {} on {}",
+                    self.dtype(),
+                    self.device(),
+                    self.shape(),
+                    t.shape(),
+                    t.dtype(),
+                    t.device()
+                );
+            }
+        }
     }
 
     /// `x / sqrt(mean(x^2) + eps)` over `axes` (RMSNorm without its scale).
@@ -324,7 +335,7 @@ impl Rule for ChannelNormRule {
 }
 
 /// The axes of `[A, C, B]` that a channel's statistics run over.
-const AROUND_CHANNELS: [isize; 2] = [0, 2];
+pub(super) const AROUND_CHANNELS: [isize; 2] = [0, 2];
 
 /// `x - mean` and `1 / sqrt(var + eps)` per channel of `x` `[A, C, B]`, composed of primitives
 /// (differentiable in `x`, for the rules' compositions).

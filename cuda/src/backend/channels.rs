@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 
+use nabla_core::DType;
 use nabla_core::backend::Backend;
 use nabla_core::storage::RawTensor;
 use nabla_kernels::{ChannelOp, ChannelPass, ChannelSpec, launch};
@@ -40,7 +41,7 @@ fn channel_spec(op: ChannelOp, x: &RawTensor, pass: ChannelPass, name: &str) -> 
 /// factors the finish wrote, when `factors` is asked for (`[C, 2]` float or double).
 fn partial_and_finish<'m, A: DeviceApi>(
     be: &'m CudaBackend<A>,
-    op: ChannelOp,
+    (op, last): (ChannelOp, ChannelPass),
     name: &str,
     inputs: &[(&'static str, &'m RawTensor)],
     finish_bind: impl Fn(&str) -> Option<LaunchArg<'m, A::Mem>>,
@@ -61,7 +62,7 @@ fn partial_and_finish<'m, A: DeviceApi>(
             other => be.run_ptr(inputs.iter().find(|(n, _)| *n == other)?.1),
         })
     });
-    let finish = spec(ChannelSpec::new(op, kernel_dtype(x.dtype()), ChannelPass::Finish), name);
+    let finish = spec(ChannelSpec::new(op, kernel_dtype(x.dtype()), last), name);
     be.run(&finish, plan.finish, |p| {
         Some(match p.name {
             "partial" => LaunchArg::Ptr(&partial, 0),
@@ -73,7 +74,7 @@ fn partial_and_finish<'m, A: DeviceApi>(
     });
 }
 
-/// A workspace of `[C, 2]` factors for `op`'s finishing pass to write.
+/// A workspace of `[2, C]` factors for `op`'s finishing pass to write.
 fn factors_workspace<A: DeviceApi>(be: &CudaBackend<A>, op: ChannelOp, x: &RawTensor, c: i64, name: &str) -> A::Mem {
     let s = channel_spec(op, x, ChannelPass::Finish, name);
     let bytes = (c as usize * 2 * s.acc_type().size_in_bytes()).max(1);
@@ -81,14 +82,14 @@ fn factors_workspace<A: DeviceApi>(be: &CudaBackend<A>, op: ChannelOp, x: &RawTe
 }
 
 /// The apply pass of `op` writing `out` (its first `A * C * B` elements) from `inputs` and the
-/// channels' `factors`.
+/// channels' factors (`[2, C]` float or double at a byte offset of a buffer).
 fn apply<'m, A: DeviceApi>(
     be: &'m CudaBackend<A>,
     op: ChannelOp,
     name: &str,
     out: &'m RawTensor,
     inputs: &[(&'static str, &'m RawTensor)],
-    factors: &'m A::Mem,
+    (factors, offset): (&'m A::Mem, usize),
     (a, c, b): (i64, i64, i64),
 ) {
     let n = a * c * b;
@@ -99,7 +100,7 @@ fn apply<'m, A: DeviceApi>(
     be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| {
         Some(match p.name {
             "out" => be.run_ptr(out),
-            "factors" => LaunchArg::Ptr(factors, 0),
+            "factors" => LaunchArg::Ptr(factors, offset),
             "c" => LaunchArg::I64(c),
             "b" => LaunchArg::I64(b),
             "n" => LaunchArg::I64(n),
@@ -118,7 +119,14 @@ pub(super) fn channel_moments<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor) 
         return out;
     }
     let finish_bind = |p: &str| (p == "out").then(|| be.run_ptr(&out));
-    partial_and_finish(be, ChannelOp::Moments, name, &[("x", &*x)], finish_bind, d);
+    partial_and_finish(
+        be,
+        (ChannelOp::Moments, ChannelPass::Finish),
+        name,
+        &[("x", &*x)],
+        finish_bind,
+        d,
+    );
     out
 }
 
@@ -139,14 +147,21 @@ pub(super) fn channel_norm_backward<A: DeviceApi>(
     let op = ChannelOp::NormBackward;
     let factors = factors_workspace(be, op, &y, d.1, name);
     let finish_bind = |p: &str| (p == "factors").then_some(LaunchArg::Ptr(&factors, 0));
-    partial_and_finish(be, op, name, &[("y", &*y), ("v", &*v)], finish_bind, d);
+    partial_and_finish(
+        be,
+        (op, ChannelPass::Finish),
+        name,
+        &[("y", &*y), ("v", &*v)],
+        finish_bind,
+        d,
+    );
     apply(
         be,
         op,
         name,
         &out,
         &[("y", &*y), ("v", &*v), ("rstd", &*rstd)],
-        &factors,
+        (&factors, 0),
         d,
     );
     out
@@ -183,7 +198,7 @@ pub(super) fn batch_norm_backward<A: DeviceApi>(
     };
     partial_and_finish(
         be,
-        op,
+        (op, ChannelPass::Finish),
         name,
         &[("x", &*x), ("g", &*g), ("mean", &*mean)],
         finish_bind,
@@ -197,7 +212,74 @@ pub(super) fn batch_norm_backward<A: DeviceApi>(
             ("rstd", &*rstd),
             ("gamma", &*gamma),
         ];
-        apply(be, op, name, &out, &inputs, &factors, d);
+        apply(be, op, name, &out, &inputs, (&factors, 0), d);
+    }
+    out
+}
+
+/// `sum(g x_hat)` then `sum(g)` per channel of `x` `[A, C, B]`, as `[2, C]` f32 (f64 for f64).
+pub(super) fn batch_norm_backward_sums<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    g: &RawTensor,
+    mean: &RawTensor,
+    rstd: &RawTensor,
+) -> RawTensor {
+    let name = "batch_norm backward sums";
+    let (x, g, mean, rstd) = (packed(be, x), packed(be, g), packed(be, mean), packed(be, rstd));
+    let d = dims(&x, name);
+    let acc = if x.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let sums = be.empty(&[2, d.1 as usize], acc);
+    if d.1 == 0 {
+        return sums;
+    }
+    let finish_bind = |p: &str| {
+        Some(match p {
+            "sums" => be.run_ptr(&sums),
+            "rstd" => be.run_ptr(&rstd),
+            _ => return None,
+        })
+    };
+    let inputs = [("x", &*x), ("g", &*g), ("mean", &*mean)];
+    partial_and_finish(
+        be,
+        (ChannelOp::BatchNormBackward, ChannelPass::Sums),
+        name,
+        &inputs,
+        finish_bind,
+        d,
+    );
+    sums
+}
+
+/// Batch normalisation's input gradient over `x` `[A, C, B]` from the channels' `means` `[2,
+/// C]` (f32, f64 for f64).
+pub(super) fn batch_norm_backward_input<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    (x, g): (&RawTensor, &RawTensor),
+    (mean, rstd, gamma): (&RawTensor, &RawTensor, &RawTensor),
+    means: &RawTensor,
+) -> RawTensor {
+    let name = "batch_norm backward input";
+    let (x, g, means) = (packed(be, x), packed(be, g), packed(be, means));
+    let (mean, rstd, gamma) = (packed(be, mean), packed(be, rstd), packed(be, gamma));
+    let d = dims(&x, name);
+    let out = be.empty(x.shape(), x.dtype());
+    if d.0 * d.1 * d.2 > 0 {
+        let inputs = [
+            ("x", &*x),
+            ("g", &*g),
+            ("mean", &*mean),
+            ("rstd", &*rstd),
+            ("gamma", &*gamma),
+        ];
+        let op = ChannelOp::BatchNormBackward;
+        let bytes = means.layout().offset() * means.dtype().size_in_bytes();
+        apply(be, op, name, &out, &inputs, (&be.buf(&means).mem, bytes), d);
     }
     out
 }

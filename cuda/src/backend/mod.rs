@@ -411,6 +411,33 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         Some(channels::batch_norm_backward(self, x, g, mean, rstd, gamma))
     }
 
+    fn batch_norm_backward_sums(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+    ) -> Option<RawTensor> {
+        Some(channels::batch_norm_backward_sums(self, x, g, mean, rstd))
+    }
+
+    fn batch_norm_backward_input(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+        means: &RawTensor,
+    ) -> Option<RawTensor> {
+        Some(channels::batch_norm_backward_input(
+            self,
+            (x, g),
+            (mean, rstd, gamma),
+            means,
+        ))
+    }
+
     fn attention(
         &self,
         q: &RawTensor,

@@ -24,22 +24,34 @@ pub enum ChannelPass {
     /// `partial[t * width ..]` ([`ChannelSpec::partial_width`] accumulators).
     Partial,
     /// One thread per channel combines its `splits` partials: into the moments `[2, C]`, or
-    /// into the two per-channel factors of the `Apply` pass (`factors[ch * 2 ..]`), and for
+    /// into the two per-channel factors of the `Apply` pass (`factors` `[2, C]`), and for
     /// batch norm also the gradients of the scale and shift.
     Finish,
-    /// Every element of the backward pass from its channel's factors (not for the moments).
+    /// Every element of the backward pass from its channel's factors (not for the moments):
+    /// `factors` `[2, C]`, the means of the product sum then of the plain sum (`mean(v y)`,
+    /// `mean(v)`; for batch norm `mean(g x_hat)`, `mean(g)`), from the `Finish` pass or, for
+    /// synchronised batch norm, from the sums of every rank.
     Apply,
+    /// Batch norm only: one thread per channel combines its partials into `sums` `[2, C]`,
+    /// `sum(g x_hat)` then `sum(g)` (this process's sums, for the ranks to add).
+    Sums,
 }
 
 impl ChannelPass {
     /// Every pass, in catalogue order.
-    pub const ALL: [ChannelPass; 3] = [ChannelPass::Partial, ChannelPass::Finish, ChannelPass::Apply];
+    pub const ALL: [ChannelPass; 4] = [
+        ChannelPass::Partial,
+        ChannelPass::Finish,
+        ChannelPass::Apply,
+        ChannelPass::Sums,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             ChannelPass::Partial => "partial",
             ChannelPass::Finish => "finish",
             ChannelPass::Apply => "apply",
+            ChannelPass::Sums => "sums",
         }
     }
 }
@@ -54,14 +66,22 @@ pub struct ChannelSpec {
 }
 
 impl ChannelSpec {
-    /// Pass `pass` of `op` on `dtype` (floats; the moments have no `Apply` pass).
+    /// Pass `pass` of `op` on `dtype` (floats; the moments have no `Apply` pass, and only
+    /// batch norm's backward has a `Sums` pass).
     pub fn new(op: ChannelOp, dtype: KernelDType, pass: ChannelPass) -> Result<ChannelSpec, KernelError> {
         floats_only(op.name(), dtype)?;
-        if op == ChannelOp::Moments && pass == ChannelPass::Apply {
+        let refused = match pass {
+            ChannelPass::Apply => (op == ChannelOp::Moments).then_some("the moments have no apply pass"),
+            ChannelPass::Sums => {
+                (op != ChannelOp::BatchNormBackward).then_some("only batch norm's backward has a sums pass")
+            }
+            ChannelPass::Partial | ChannelPass::Finish => None,
+        };
+        if let Some(why) = refused {
             return Err(KernelError::Unsupported {
                 kernel: format!("{} {}", op.name(), pass.name()),
                 dtype,
-                accepted: "no dtype: the moments have partial and finish passes only",
+                accepted: why,
             });
         }
         Ok(ChannelSpec { op, dtype, pass })
@@ -145,6 +165,12 @@ impl Gen for ChannelSpec {
                 p.push(Param::new("factors", ArgType::AccIn(acc)));
                 p.extend(i64s(&["c", "b", "n"]));
             }
+            ChannelPass::Sums => {
+                p.push(Param::new("sums", ArgType::AccOut(acc)));
+                p.push(Param::new("partial", ArgType::AccIn(acc)));
+                p.push(input("rstd"));
+                p.extend(i64s(&["c", "splits"]));
+            }
         }
         p
     }
@@ -194,7 +220,7 @@ __device__ __forceinline__ void {entry}_block_merge({a}& n, {a}& m, {a}& q) {{
                 merge = merge_fn(entry),
             ),
             ChannelPass::Finish if self.op == ChannelOp::Moments => merge_fn(entry),
-            ChannelPass::Finish => String::new(),
+            ChannelPass::Finish | ChannelPass::Sums => String::new(),
             ChannelPass::Apply => format!(
                 r#"// Channel of element i of [A, C, B].
 __device__ __forceinline__ long long {entry}_channel(long long i, long long c, long long b) {{
@@ -211,6 +237,7 @@ __device__ __forceinline__ long long {entry}_channel(long long i, long long c, l
             ChannelPass::Partial => self.partial_body(entry),
             ChannelPass::Finish => self.finish_body(entry),
             ChannelPass::Apply => self.apply_body(entry),
+            ChannelPass::Sums => self.sums_body(),
         }
     }
 }
@@ -310,13 +337,31 @@ impl ChannelSpec {
             s1 += (double)partial[(ch * splits + s) * 2];
             s2 += (double)partial[(ch * splits + s) * 2 + 1];
         }}
-{scale}        factors[ch * 2] = ({a})(s1 / (double)count);
-        factors[ch * 2 + 1] = ({a})(s2 / (double)count);
+{scale}        factors[ch] = ({a})(s2 / (double)count);
+        factors[c + ch] = ({a})(s1 / (double)count);
 "#
                 )
             }
         };
         format!("    for (long long ch = nb_first(); ch < c; ch += nb_step()) {{\n{per_channel}    }}\n")
+    }
+
+    /// One thread per channel: this process's sums `sum(g x_hat)`, `sum(g)` from the partials.
+    fn sums_body(&self) -> String {
+        let a = self.acc_type().c_type();
+        format!(
+            r#"    for (long long ch = nb_first(); ch < c; ch += nb_step()) {{
+        double s1 = 0, s2 = 0;
+        for (long long s = 0; s < splits; ++s) {{
+            s1 += (double)partial[(ch * splits + s) * 2];
+            s2 += (double)partial[(ch * splits + s) * 2 + 1];
+        }}
+        sums[ch] = ({a})(s2 * (double){rstd});
+        sums[c + ch] = ({a})s1;
+    }}
+"#,
+            rstd = self.dtype.to_compute("rstd[ch]"),
+        )
     }
 
     /// Every element from its channel's `rstd` and factors (the means of the two sums).
@@ -344,8 +389,8 @@ impl ChannelSpec {
             r#"    for (long long i = nb_first(); i < n; i += nb_step()) {{
         const long long ch = {entry}_channel(i, c, b);
         const {c} r = {rstd};
-        const {c} f0 = ({c})factors[ch * 2];
-        const {c} f1 = ({c})factors[ch * 2 + 1];
+        const {c} f1 = ({c})factors[ch];
+        const {c} f0 = ({c})factors[c + ch];
         {value}
     }}
 "#,

@@ -164,16 +164,14 @@ pub(super) fn channel_norm_backward(y: &RawTensor, v: &RawTensor, rstd: &RawTens
     }
 }
 
-/// Batch normalisation's backward pass per channel (see `Backend::batch_norm_backward`):
-/// `[dx, dgamma, dbeta]` packed.
-fn batch_norm_backward_typed<T: RowFloat>(
+/// `(sum(g x_hat), sum(g))` of every channel (see `Backend::batch_norm_backward_sums`).
+fn batch_norm_sums_typed<T: RowFloat>(
     x: &[T],
     g: &[T],
-    (mean, rstd, gamma): (&[T], &[T], &[T]),
+    (mean, rstd): (&[T], &[T]),
     (a, c, b): (usize, usize, usize),
-) -> Vec<T> {
-    let n = (a * b) as f64;
-    let sums = per_channel(c, x.len(), |ch| {
+) -> Vec<(T, T)> {
+    per_channel(c, x.len(), |ch| {
         let m = mean[ch];
         let (mut s1, mut s2) = (0.0, 0.0);
         for i in 0..a {
@@ -183,20 +181,24 @@ fn batch_norm_backward_typed<T: RowFloat>(
             s2 += pair_sum(gr, xr, |p, q| p * (q - m));
         }
         // s2 is sum(g (x - mean)); times rstd it is sum(g x_hat).
-        (of::<T>(s1), of::<T>(s2) * rstd[ch])
-    });
-    let mut out = vec![T::zero(); x.len() + 2 * c];
-    let (dx, tail) = out.split_at_mut(x.len());
-    for (ch, &(s1, s2)) in sums.iter().enumerate() {
-        tail[ch] = s2;
-        tail[c + ch] = s1;
-    }
-    let nt = of::<T>(n);
+        (of::<T>(s2) * rstd[ch], of::<T>(s1))
+    })
+}
+
+/// `dx = gamma rstd (g - mean(g) - x_hat mean(g x_hat))` into `dx`, with the channels'
+/// `(mean(g x_hat), mean(g))` in `means`.
+fn batch_norm_input_typed<T: RowFloat>(
+    dx: &mut [T],
+    (x, g): (&[T], &[T]),
+    (mean, rstd, gamma): (&[T], &[T], &[T]),
+    means: &[(T, T)],
+    (c, b): (usize, usize),
+) {
     let write = |(i, block): (usize, &mut [T])| {
         for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
-            let (s1, s2) = sums[ch];
+            let (mgx, mg) = means[ch];
             let (m, r) = (mean[ch], rstd[ch]);
-            let (k, mg, mgx) = (gamma[ch] * r, s1 / nt, s2 / nt);
+            let k = gamma[ch] * r;
             let at = (i * c + ch) * b;
             let (xr, gr) = (&x[at..at + o.len()], &g[at..at + o.len()]);
             for ((o, &xv), &gv) in o.iter_mut().zip(xr).zip(gr) {
@@ -205,6 +207,26 @@ fn batch_norm_backward_typed<T: RowFloat>(
         }
     };
     for_each_block(dx, (c * b).max(1), write);
+}
+
+/// Batch normalisation's backward pass per channel (see `Backend::batch_norm_backward`):
+/// `[dx, dgamma, dbeta]` packed.
+fn batch_norm_backward_typed<T: RowFloat>(
+    x: &[T],
+    g: &[T],
+    (mean, rstd, gamma): (&[T], &[T], &[T]),
+    (a, c, b): (usize, usize, usize),
+) -> Vec<T> {
+    let sums = batch_norm_sums_typed(x, g, (mean, rstd), (a, c, b));
+    let mut out = vec![T::zero(); x.len() + 2 * c];
+    let (dx, tail) = out.split_at_mut(x.len());
+    for (ch, &(s2, s1)) in sums.iter().enumerate() {
+        tail[ch] = s2;
+        tail[c + ch] = s1;
+    }
+    let n = of::<T>((a * b) as f64);
+    let means: Vec<(T, T)> = sums.iter().map(|&(s2, s1)| (s2 / n, s1 / n)).collect();
+    batch_norm_input_typed(dx, (x, g), (mean, rstd, gamma), &means, (c, b));
     out
 }
 
@@ -251,6 +273,99 @@ pub(super) fn batch_norm_backward(
             "batch norm backward of {} and {}: the op layer passes one float dtype (halves widened)",
             x.dtype(),
             g.dtype()
+        )
+    })
+}
+
+/// `(sum(g x_hat), sum(g))` of every channel of `x` `[A, C, B]` as `[2, C]` (see
+/// `Backend::batch_norm_backward_sums`; one float dtype, halves arrive widened).
+pub(super) fn batch_norm_backward_sums(x: &RawTensor, g: &RawTensor, mean: &RawTensor, rstd: &RawTensor) -> RawTensor {
+    let (x, g, mean, rstd) = (dense(x), dense(g), dense(mean), dense(rstd));
+    let d = dims(&x);
+    fn rows<T: Clone>(sums: Vec<(T, T)>) -> Vec<T> {
+        let (gx, g): (Vec<T>, Vec<T>) = sums.into_iter().unzip();
+        [gx, g].concat()
+    }
+    match (host(&x), host(&g), host(&mean), host(&rstd)) {
+        (CpuBuffer::F32(xd), CpuBuffer::F32(gd), CpuBuffer::F32(md), CpuBuffer::F32(rd)) => wrap(
+            rows(batch_norm_sums_typed(
+                dense_run(xd, &x.layout),
+                dense_run(gd, &g.layout),
+                (dense_run(md, &mean.layout), dense_run(rd, &rstd.layout)),
+                d,
+            )),
+            &[2, d.1],
+        ),
+        (CpuBuffer::F64(xd), CpuBuffer::F64(gd), CpuBuffer::F64(md), CpuBuffer::F64(rd)) => wrap(
+            rows(batch_norm_sums_typed(
+                dense_run(xd, &x.layout),
+                dense_run(gd, &g.layout),
+                (dense_run(md, &mean.layout), dense_run(rd, &rstd.layout)),
+                d,
+            )),
+            &[2, d.1],
+        ),
+        (p, ..) => unreachable!(
+            "batch norm sums of {}: the op layer passes one float dtype (halves widened)",
+            p.dtype()
+        ),
+    }
+}
+
+/// Batch normalisation's input gradient over `x` `[A, C, B]` from the channels' `means` `[2,
+/// C]` (see `Backend::batch_norm_backward_input`; one float dtype, halves arrive widened).
+pub(super) fn batch_norm_backward_input(
+    x: &RawTensor,
+    g: &RawTensor,
+    (mean, rstd, gamma): (&RawTensor, &RawTensor, &RawTensor),
+    means: &RawTensor,
+) -> RawTensor {
+    let (x, g, means) = (dense(x), dense(g), dense(means));
+    let (mean, rstd, gamma) = (dense(mean), dense(rstd), dense(gamma));
+    let (_, c, b) = dims(&x);
+    macro_rules! typed {
+        ($variant:ident) => {
+            match (
+                host(&x),
+                host(&g),
+                host(&mean),
+                host(&rstd),
+                host(&gamma),
+                host(&means),
+            ) {
+                (
+                    CpuBuffer::$variant(xd),
+                    CpuBuffer::$variant(gd),
+                    CpuBuffer::$variant(md),
+                    CpuBuffer::$variant(rd),
+                    CpuBuffer::$variant(wd),
+                    CpuBuffer::$variant(sd),
+                ) => {
+                    let sd = dense_run(sd, &means.layout);
+                    let pairs: Vec<_> = (0..c).map(|ch| (sd[ch], sd[c + ch])).collect();
+                    let mut dx = vec![Default::default(); x.layout.numel()];
+                    batch_norm_input_typed(
+                        &mut dx,
+                        (dense_run(xd, &x.layout), dense_run(gd, &g.layout)),
+                        (
+                            dense_run(md, &mean.layout),
+                            dense_run(rd, &rstd.layout),
+                            dense_run(wd, &gamma.layout),
+                        ),
+                        &pairs,
+                        (c, b),
+                    );
+                    Some(wrap(dx, &x.layout.shape))
+                }
+                _ => None,
+            }
+        };
+    }
+    typed!(F32).or_else(|| typed!(F64)).unwrap_or_else(|| {
+        unreachable!(
+            "batch norm input gradient of {} with means of {}: the op layer passes one float dtype (halves widened)",
+            x.dtype(),
+            means.dtype()
         )
     })
 }

@@ -256,6 +256,38 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn batch_norm_backward_sums(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+    ) -> Option<RawTensor> {
+        // Kept wide (f32 for halves), as the ranks add them.
+        Some(channels::batch_norm_backward_sums(
+            &widen(x),
+            &widen(g),
+            &widen(mean),
+            &widen(rstd),
+        ))
+    }
+
+    fn batch_norm_backward_input(
+        &self,
+        x: &RawTensor,
+        g: &RawTensor,
+        mean: &RawTensor,
+        rstd: &RawTensor,
+        gamma: &RawTensor,
+        means: &RawTensor,
+    ) -> Option<RawTensor> {
+        let (mean, rstd, gamma) = (widen(mean), widen(rstd), widen(gamma));
+        Some(narrow(
+            channels::batch_norm_backward_input(&widen(x), &widen(g), (&mean, &rstd, &gamma), means),
+            x.dtype(),
+        ))
+    }
+
     fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
         Some(narrow(
             channels::channel_norm_backward(&widen(y), &widen(v), &widen(rstd)),
