@@ -3,8 +3,9 @@
 //! stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB 224x224 images, attention
 //! `[16, 8, 256, 64]` forward and backward (causal, and with a key padding mask), one pre-norm
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
-//! causal), one Adam update of a 16M-element parameter, and the value and gradient of the mean
-//! cross-entropy of `[2048, 32000]` logits against integer labels (a language model's head);
+//! causal), one Adam update of a 16M-element parameter, the value and gradient of the mean
+//! cross-entropy of `[2048, 32000]` logits against integer labels (a language model's head),
+//! and batch norm over the conv2d input (also synchronised, at one rank: ours only);
 //! ours next to JAX jit and PyTorch
 //! eager (when installed) measured in the same invocation by `ci/jax_layers_baseline.py`.
 //! float32 on the CPU.
@@ -119,6 +120,21 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(bn_grad(&bn_args))),
     ));
+    // The synchronised form at one rank (its collectives are the identity): the fused
+    // primitive with the cross-rank sums between its kernels (no JAX or PyTorch row: theirs
+    // at one rank are the plain batch norm above).
+    let one_rank = nb::CrossRankSum::identity();
+    let bn_synced_grad = nb::grad(|a: &(Tensor, nb::nn::BatchNorm)| {
+        a.1.forward_train_synced(&a.0, &bn_stats, &one_rank)
+            .0
+            .square()
+            .sum_all()
+    });
+    rows.push((
+        "batch_norm_synced_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(bn_synced_grad(&bn_args))),
+    ));
     let block = TransformerBlock::new(512, 8, 0.0, &mut rng, DType::F32);
     let xs = rng.normal(&[16, 256, 512], 0.0, 1.0, DType::F32);
     let step = nb::value_and_grad(|b: &TransformerBlock| b.forward(&xs, true, None).square().mean_all());
@@ -201,6 +217,7 @@ fn main() {
         "attention_causal_fwd_bwd",
         "attention_padded_fwd_bwd",
         "batch_norm_fwd_bwd",
+        "batch_norm_synced_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",
         "cross_entropy_32k",
