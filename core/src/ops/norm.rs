@@ -397,6 +397,29 @@ fn batch_norm_backward_composed(x: &Tensor, g: &Tensor, gamma: &Tensor, eps: f64
     concatenate(&[dx.reshape([x.numel()]), s2.reshape([c]), s1.reshape([c])], 0)
 }
 
+/// True when the cotangent `ct` is laid out as `x` (the usual backward pass, which the fused
+/// kernels take): same shape, dtype and device, not batched.
+pub(super) fn cotangent_alike(x: &Tensor, ct: &Tensor) -> bool {
+    ct.shape() == x.shape() && ct.dtype() == x.dtype() && !ct.is_batched() && ct.device() == x.device()
+}
+
+/// The wanted gradients of `x`, `gamma` and `beta` from a fused batch norm backward's `packed`
+/// `[dx flattened, dgamma, dbeta]`.
+pub(super) fn unpack_batch_norm_grads(
+    packed: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    wanted: &[bool],
+) -> Vec<Option<Tensor>> {
+    let (n, c) = (x.numel(), gamma.numel());
+    let part = |start: usize, len: usize| packed.slice_axis(0, Some(start as isize), Some((start + len) as isize), 1);
+    vec![
+        wanted[0].then(|| part(0, n).reshape(x.shape().to_vec())),
+        wanted[1].then(|| part(n, c)),
+        wanted[2].then(|| part(n + c, c)),
+    ]
+}
+
 /// The derivative rule of the fused batch norm of `x` `[A, C, B]`, `gamma` and `beta`, with the
 /// forward's statistics (untraced, `[C]`) for the fused backward.
 struct BatchNormRule {
@@ -414,8 +437,7 @@ impl Rule for BatchNormRule {
     }
     fn vjp_wanted(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (x, gamma) = (&inputs[0], &inputs[1]);
-        let alike = ct.shape() == x.shape() && ct.dtype() == x.dtype() && !ct.is_batched() && ct.device() == x.device();
-        let fused = alike
+        let fused = cotangent_alike(x, ct)
             .then(|| {
                 x.backend()
                     .batch_norm_backward(x.raw(), ct.raw(), self.mean.raw(), self.rstd.raw(), gamma.raw())
@@ -425,14 +447,7 @@ impl Rule for BatchNormRule {
             Some(raw) => Tensor::record(raw, &[x, ct, gamma], || BatchNormBackwardRule { eps: self.eps }),
             None => return composition_vjp(|t| batch_norm_composed(&t[0], &t[1], &t[2], self.eps), inputs, ct),
         };
-        let (n, c) = (x.numel(), gamma.numel());
-        let part =
-            |start: usize, len: usize| packed.slice_axis(0, Some(start as isize), Some((start + len) as isize), 1);
-        vec![
-            wanted[0].then(|| part(0, n).reshape(x.shape().to_vec())),
-            wanted[1].then(|| part(n, c)),
-            wanted[2].then(|| part(n + c, c)),
-        ]
+        unpack_batch_norm_grads(&packed, x, gamma, wanted)
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         composition_jvp(|t| batch_norm_composed(&t[0], &t[1], &t[2], self.eps), inputs, tangents)

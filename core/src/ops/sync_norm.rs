@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::norm::AROUND_CHANNELS;
+use super::norm::{AROUND_CHANNELS, cotangent_alike, unpack_batch_norm_grads};
 use super::require_float;
 use super::shape::concatenate;
 use crate::dtype::DType;
@@ -240,18 +240,13 @@ impl Rule for SyncedBatchNormRule {
     }
     fn vjp_wanted(&self, inputs: &[Tensor], _out: &Tensor, ct: &Tensor, wanted: &[bool]) -> Vec<Option<Tensor>> {
         let (x, gamma) = (&inputs[0], &inputs[1]);
-        let alike = ct.shape() == x.shape() && ct.dtype() == x.dtype() && !ct.is_batched() && ct.device() == x.device();
-        let Some(packed) = alike.then(|| self.fused_backward(x, ct, gamma)).flatten() else {
-            return composition_vjp(|t| self.composed(t), inputs, ct);
-        };
-        let (n, c) = (x.numel(), gamma.numel());
-        let part =
-            |start: usize, len: usize| packed.slice_axis(0, Some(start as isize), Some((start + len) as isize), 1);
-        vec![
-            wanted[0].then(|| part(0, n).reshape(x.shape().to_vec())),
-            wanted[1].then(|| part(n, c)),
-            wanted[2].then(|| part(n + c, c)),
-        ]
+        match cotangent_alike(x, ct)
+            .then(|| self.fused_backward(x, ct, gamma))
+            .flatten()
+        {
+            Some(packed) => unpack_batch_norm_grads(&packed, x, gamma, wanted),
+            None => composition_vjp(|t| self.composed(t), inputs, ct),
+        }
     }
     fn jvp(&self, inputs: &[Tensor], _out: &Tensor, tangents: &[Option<Tensor>]) -> Option<Tensor> {
         composition_jvp(|t| self.composed(t), inputs, tangents)

@@ -109,6 +109,20 @@ fn apply<'m, A: DeviceApi>(
     });
 }
 
+/// Batch norm's input gradient into `out` from `x`, `g`, `mean`, `rstd`, `gamma` and the
+/// channels' factors (`[2, C]`: `mean(g x_hat)`, `mean(g)`).
+fn batch_norm_apply<'m, A: DeviceApi>(
+    be: &'m CudaBackend<A>,
+    name: &str,
+    out: &'m RawTensor,
+    [x, g, mean, rstd, gamma]: [&'m RawTensor; 5],
+    factors: (&'m A::Mem, usize),
+    d: (i64, i64, i64),
+) {
+    let inputs = [("x", x), ("g", g), ("mean", mean), ("rstd", rstd), ("gamma", gamma)];
+    apply(be, ChannelOp::BatchNormBackward, name, out, &inputs, factors, d);
+}
+
 /// The mean and biased variance of every channel of `x` `[A, C, B]`, as `[2, C]` in its dtype.
 pub(super) fn channel_moments<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor) -> RawTensor {
     let name = "batch norm statistics";
@@ -205,14 +219,7 @@ pub(super) fn batch_norm_backward<A: DeviceApi>(
         d,
     );
     if n > 0 {
-        let inputs = [
-            ("x", &*x),
-            ("g", &*g),
-            ("mean", &*mean),
-            ("rstd", &*rstd),
-            ("gamma", &*gamma),
-        ];
-        apply(be, op, name, &out, &inputs, (&factors, 0), d);
+        batch_norm_apply(be, name, &out, [&*x, &*g, &*mean, &*rstd, &*gamma], (&factors, 0), d);
     }
     out
 }
@@ -270,16 +277,9 @@ pub(super) fn batch_norm_backward_input<A: DeviceApi>(
     let d = dims(&x, name);
     let out = be.empty(x.shape(), x.dtype());
     if d.0 * d.1 * d.2 > 0 {
-        let inputs = [
-            ("x", &*x),
-            ("g", &*g),
-            ("mean", &*mean),
-            ("rstd", &*rstd),
-            ("gamma", &*gamma),
-        ];
-        let op = ChannelOp::BatchNormBackward;
         let bytes = means.layout().offset() * means.dtype().size_in_bytes();
-        apply(be, op, name, &out, &inputs, (&be.buf(&means).mem, bytes), d);
+        let factors = (&be.buf(&means).mem, bytes);
+        batch_norm_apply(be, name, &out, [&*x, &*g, &*mean, &*rstd, &*gamma], factors, d);
     }
     out
 }
