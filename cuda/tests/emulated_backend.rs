@@ -1000,6 +1000,7 @@ fn batch_norm_and_channel_standardisation_run_the_fused_kernels_on_the_device() 
                 let new = &after[before.len()..];
                 for kernel in [
                     format!("nb_channel_moments_{dtype}_partial"),
+                    format!("nb_channel_scale_shift_{dtype}_apply"),
                     format!("nb_channel_batch_norm_backward_{dtype}_apply"),
                     format!("nb_channel_norm_backward_{dtype}_apply"),
                 ] {

@@ -187,6 +187,8 @@ op_enum! {
         /// batch normalisation's backward pass from `x`, the cotangent `g`, the channels'
         /// `mean`, `rstd` and `gamma`: `dx`, then `dgamma`, then `dbeta`, packed
         BatchNormBackward => "batch_norm_backward",
+        /// `(x - mean) scale + shift` per channel (batch norm's output; an apply pass only)
+        ScaleShift => "scale_shift",
     }
 }
 

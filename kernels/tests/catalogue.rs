@@ -98,8 +98,8 @@ fn catalogue_covers_every_family() {
         // forward, backward over queries, backward over keys; f32 and f64.
         ("attention", 3 * 2 * 2),
         // moments: partial and finish; the standardisation's backward: partial, finish and apply;
-        // batch norm's backward: those and its sums.
-        ("channel", (2 + 3 + 4) * 4),
+        // batch norm's backward: those and its sums; the scale and shift: apply.
+        ("channel", (2 + 3 + 4 + 1) * 4),
     ]
     .into_iter()
     .collect();

@@ -2215,6 +2215,21 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
                 near(sums[ch], s2[ch], count.sqrt(), &format!("sum(g x_hat) {ch}"));
                 near(sums[c + ch], s1[ch], count.sqrt(), &format!("sum(g) {ch}"));
             }
+
+            // The output pass: (x - mean) scale + shift.
+            let shift: Vec<f64> = (0..c).map(|ch| quantize(d, 0.25 - ch as f64)).collect();
+            let spec: KernelSpec = ChannelSpec::new(ChannelOp::ScaleShift, d, ChannelPass::Apply)
+                .unwrap()
+                .into();
+            let mut args = vec![Arg::zeros(n * d.size_in_bytes())];
+            args.extend([&x, &mean, &gamma, &shift].map(|v| Arg::Buf(encode_f(d, v))));
+            args.extend([c, b, n].map(|v| Arg::i64(v as i64)));
+            let y = decode_f(d, run(&spec, 2, 64, args)[0].as_ref().unwrap());
+            for i in 0..n {
+                let ch = channel(i);
+                let want = (x[i] - mean[ch]) * gamma[ch] + shift[ch];
+                near(y[i], want, gamma[ch].abs(), &format!("scale and shift {i}"));
+            }
         }
     }
 }

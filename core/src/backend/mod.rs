@@ -407,6 +407,19 @@ pub trait Backend: Send + Sync {
     fn channel_moments(&self, _x: &RawTensor) -> Option<RawTensor> {
         None
     }
+    /// `(x - mean) scale + shift` per channel of `x` `[A, C, B]` (float), with `mean`, `scale`
+    /// and `shift` `[C]` in its dtype (batch normalisation's output, one pass where the
+    /// broadcast ops took two or three); contiguous out. `None`, the default, where the backend
+    /// has no fused kernel.
+    fn channel_scale_shift(
+        &self,
+        _x: &RawTensor,
+        _mean: &RawTensor,
+        _scale: &RawTensor,
+        _shift: &RawTensor,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// The Jacobian product of the per-channel standardisation `y = (x - mean) rstd` of a
     /// `[A, C, B]` tensor at `v` (its VJP and JVP: the Jacobian is symmetric): `rstd (v -
     /// mean(v) - y mean(v y))` per channel, from the output `y`, `v` (one shape and float

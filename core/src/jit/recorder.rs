@@ -268,6 +268,16 @@ impl Backend for RecordingBackend {
         let out = self.inner.batch_norm_backward(x, g, mean, rstd, gamma)?;
         Some(self.log(Call::BatchNormBackward, &[x, g, mean, rstd, gamma], out))
     }
+    fn channel_scale_shift(
+        &self,
+        x: &RawTensor,
+        mean: &RawTensor,
+        scale: &RawTensor,
+        shift: &RawTensor,
+    ) -> Option<RawTensor> {
+        let out = self.inner.channel_scale_shift(x, mean, scale, shift)?;
+        Some(self.log(Call::ChannelScaleShift, &[x, mean, scale, shift], out))
+    }
     fn batch_norm_backward_sums(
         &self,
         x: &RawTensor,

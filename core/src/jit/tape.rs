@@ -41,6 +41,7 @@ pub(crate) enum Call {
     LayerNormBackward(f64),
     RowsBackward(RowOp),
     ChannelMoments,
+    ChannelScaleShift,
     ChannelNormBackward,
     BatchNormBackward,
     BatchNormSums,
@@ -97,6 +98,9 @@ impl Call {
             Call::BatchNormBackward => backend
                 .batch_norm_backward(&args[0], &args[1], &args[2], &args[3], &args[4])
                 .expect("a recorded batch norm backward replays on the backend that ran it"),
+            Call::ChannelScaleShift => backend
+                .channel_scale_shift(&args[0], &args[1], &args[2], &args[3])
+                .expect("a recorded channel scale and shift replays on the backend that ran it"),
             Call::BatchNormSums => backend
                 .batch_norm_backward_sums(&args[0], &args[1], &args[2], &args[3])
                 .expect("recorded batch norm sums replay on the backend that ran them"),

@@ -139,12 +139,9 @@ impl Tensor {
         if !self.is_batched()
             && let Some((x, mean, var)) = self.fused_moments(a)
         {
-            let rstd = (var.reshape([1, channels, 1]) + eps).rsqrt();
-            let value = (x.stop_gradient() - mean.reshape([1, channels, 1])) * &rstd;
-            let y = Tensor::record(value.raw().clone(), &[&x], || ChannelNormRule {
-                eps,
-                rstd: rstd.reshape([channels]),
-            });
+            let rstd = (&var + eps).rsqrt();
+            let value = scale_and_shift_value(&x, &mean, &rstd, &rstd.zeros_like());
+            let y = Tensor::record(value.raw().clone(), &[&x], || ChannelNormRule { eps, rstd });
             return (y.reshape(shape), mean, var);
         }
         let axes: Vec<isize> = (0..self.rank() as isize).filter(|&k| k != a as isize).collect();
@@ -177,9 +174,7 @@ impl Tensor {
         let plain = !self.is_batched() && !gamma.is_batched() && !beta.is_batched();
         if plain && let Some((x, mean, var)) = self.fused_moments(a) {
             let rstd = (&var + eps).rsqrt();
-            let scale = &rstd * gamma.stop_gradient();
-            let shift = beta.stop_gradient() - &mean * &scale;
-            let value = x.stop_gradient() * scale.reshape([1, channels, 1]) + shift.reshape([1, channels, 1]);
+            let value = scale_and_shift_value(&x, &mean, &(&rstd * gamma.stop_gradient()), &beta.stop_gradient());
             let rule = BatchNormRule {
                 eps,
                 mean: mean.clone(),
@@ -395,6 +390,23 @@ fn batch_norm_backward_composed(x: &Tensor, g: &Tensor, gamma: &Tensor, eps: f64
     let s2 = (g * &x_hat).sum(axes, true);
     let dx = gamma.reshape([1, c, 1]) * rstd * (g - &s1 / n - x_hat * (&s2 / n));
     concatenate(&[dx.reshape([x.numel()]), s2.reshape([c]), s1.reshape([c])], 0)
+}
+
+/// The value `(x - mean) scale + shift` per channel of `x` `[A, C, B]` (not traced: the
+/// callers record it under their own rule), `mean`, `scale` and `shift` `[C]`: one pass where
+/// the backend has the kernel.
+pub(super) fn scale_and_shift_value(x: &Tensor, mean: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let c = mean.numel();
+    let raw = x
+        .backend()
+        .channel_scale_shift(x.raw(), mean.raw(), scale.raw(), shift.raw());
+    match raw {
+        Some(raw) => Tensor::untraced(raw, &[x]),
+        None => {
+            let per_channel = |t: &Tensor| t.stop_gradient().reshape([1, c, 1]);
+            (x.stop_gradient() - per_channel(mean)) * per_channel(scale) + per_channel(shift)
+        }
+    }
 }
 
 /// True when the cotangent `ct` is laid out as `x` (the usual backward pass, which the fused

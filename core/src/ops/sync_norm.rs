@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::norm::{AROUND_CHANNELS, cotangent_alike, unpack_batch_norm_grads};
+use super::norm::{AROUND_CHANNELS, cotangent_alike, scale_and_shift_value, unpack_batch_norm_grads};
 use super::require_float;
 use super::shape::concatenate;
 use crate::dtype::DType;
@@ -121,9 +121,7 @@ fn fused_synced_forward(
     let var = (part(c, c) / &count - mean.square()).maximum_scalar(0.0);
     let (mean, var) = (mean.cast(dtype), var.cast(dtype));
     let rstd = (&var + eps).rsqrt();
-    let scale = &rstd * gamma.stop_gradient();
-    let shift = beta.stop_gradient() - &mean * &scale;
-    let value = x.stop_gradient() * scale.reshape([1, c, 1]) + shift.reshape([1, c, 1]);
+    let value = scale_and_shift_value(x, &mean, &(&rstd * gamma.stop_gradient()), &beta.stop_gradient());
     let rule = SyncedBatchNormRule {
         eps,
         mean: mean.clone(),

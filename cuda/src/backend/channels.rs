@@ -283,3 +283,37 @@ pub(super) fn batch_norm_backward_input<A: DeviceApi>(
     }
     out
 }
+
+/// `(x - mean) scale + shift` per channel of `x` `[A, C, B]`, in its dtype.
+pub(super) fn channel_scale_shift<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    [mean, scale, shift]: [&RawTensor; 3],
+) -> RawTensor {
+    let name = "batch norm output";
+    let x = packed(be, x);
+    let (mean, scale, shift) = (packed(be, mean), packed(be, scale), packed(be, shift));
+    let (a, c, b) = dims(&x, name);
+    let out = be.empty(x.shape(), x.dtype());
+    let n = a * c * b;
+    if n > 0 {
+        let s = spec(
+            ChannelSpec::new(ChannelOp::ScaleShift, kernel_dtype(x.dtype()), ChannelPass::Apply),
+            name,
+        );
+        be.run(&s, launch::elementwise(n, be.api.sm_count()), |p| {
+            Some(match p.name {
+                "out" => be.run_ptr(&out),
+                "x" => be.run_ptr(&x),
+                "mean" => be.run_ptr(&mean),
+                "scale" => be.run_ptr(&scale),
+                "shift" => be.run_ptr(&shift),
+                "c" => LaunchArg::I64(c),
+                "b" => LaunchArg::I64(b),
+                "n" => LaunchArg::I64(n),
+                _ => return None,
+            })
+        });
+    }
+    out
+}

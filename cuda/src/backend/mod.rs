@@ -396,6 +396,16 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         Some(channels::channel_moments(self, x))
     }
 
+    fn channel_scale_shift(
+        &self,
+        x: &RawTensor,
+        mean: &RawTensor,
+        scale: &RawTensor,
+        shift: &RawTensor,
+    ) -> Option<RawTensor> {
+        Some(channels::channel_scale_shift(self, x, [mean, scale, shift]))
+    }
+
     fn channel_norm_backward(&self, y: &RawTensor, v: &RawTensor, rstd: &RawTensor) -> Option<RawTensor> {
         Some(channels::channel_norm_backward(self, y, v, rstd))
     }

@@ -66,11 +66,14 @@ pub struct ChannelSpec {
 }
 
 impl ChannelSpec {
-    /// Pass `pass` of `op` on `dtype` (floats; the moments have no `Apply` pass, and only
-    /// batch norm's backward has a `Sums` pass).
+    /// Pass `pass` of `op` on `dtype` (floats; the moments have no `Apply` pass, only batch
+    /// norm's backward has a `Sums` pass, and the scale and shift is only an `Apply` pass).
     pub fn new(op: ChannelOp, dtype: KernelDType, pass: ChannelPass) -> Result<ChannelSpec, KernelError> {
         floats_only(op.name(), dtype)?;
         let refused = match pass {
+            _ if op == ChannelOp::ScaleShift && pass != ChannelPass::Apply => {
+                Some("the scale and shift is an apply pass only")
+            }
             ChannelPass::Apply => (op == ChannelOp::Moments).then_some("the moments have no apply pass"),
             ChannelPass::Sums => {
                 (op != ChannelOp::BatchNormBackward).then_some("only batch norm's backward has a sums pass")
@@ -119,6 +122,7 @@ impl ChannelSpec {
             ChannelOp::Moments => (&["x"], &[]),
             ChannelOp::NormBackward => (&["y", "v"], &[]),
             ChannelOp::BatchNormBackward => (&["x", "g"], &["mean"]),
+            ChannelOp::ScaleShift => unreachable!("the scale and shift has no partial pass"),
         }
     }
 }
@@ -148,6 +152,7 @@ impl Gen for ChannelSpec {
                         p.push(Param::new("out", ArgType::Out(d)));
                         p.push(Param::new("factors", ArgType::AccOut(acc)));
                     }
+                    ChannelOp::ScaleShift => unreachable!("the scale and shift has no finishing pass"),
                 }
                 p.push(Param::new("partial", ArgType::AccIn(acc)));
                 if self.op == ChannelOp::BatchNormBackward {
@@ -159,10 +164,13 @@ impl Gen for ChannelSpec {
                 p.push(Param::new("out", ArgType::Out(d)));
                 let inputs: &[&'static str] = match self.op {
                     ChannelOp::BatchNormBackward => &["x", "g", "mean", "rstd", "gamma"],
+                    ChannelOp::ScaleShift => &["x", "mean", "scale", "shift"],
                     _ => &["y", "v", "rstd"],
                 };
                 p.extend(inputs.iter().map(|&n| input(n)));
-                p.push(Param::new("factors", ArgType::AccIn(acc)));
+                if self.op != ChannelOp::ScaleShift {
+                    p.push(Param::new("factors", ArgType::AccIn(acc)));
+                }
                 p.extend(i64s(&["c", "b", "n"]));
             }
             ChannelPass::Sums => {
@@ -250,6 +258,7 @@ impl ChannelSpec {
         let a = self.acc_type().c_type();
         let load = |name: &str, at: &str| format!("({a}){}", d.to_compute(&format!("{name}[{at}]")));
         let (setup, step, reduce, width) = match self.op {
+            ChannelOp::ScaleShift => unreachable!("the scale and shift has no partial pass"),
             ChannelOp::Moments => (
                 format!("{a} n = 0, m = 0, q = 0;"),
                 format!(
@@ -305,6 +314,7 @@ impl ChannelSpec {
         let d = self.dtype;
         let a = self.acc_type().c_type();
         let per_channel = match self.op {
+            ChannelOp::ScaleShift => unreachable!("the scale and shift has no finishing pass"),
             ChannelOp::Moments => format!(
                 r#"        double n = 0, m = 0, q = 0;
         for (long long s = 0; s < splits; ++s) {{
@@ -369,6 +379,22 @@ impl ChannelSpec {
         let d = self.dtype;
         let c = d.compute_type();
         let load = |name: &str, at: &str| d.to_compute(&format!("{name}[{at}]"));
+        if self.op == ChannelOp::ScaleShift {
+            let value = d.from_compute(&format!(
+                "({} - {}) * {} + {}",
+                load("x", "i"),
+                load("mean", "ch"),
+                load("scale", "ch"),
+                load("shift", "ch")
+            ));
+            return format!(
+                r#"    for (long long i = nb_first(); i < n; i += nb_step()) {{
+        const long long ch = {entry}_channel(i, c, b);
+        out[i] = {value};
+    }}
+"#
+            );
+        }
         let value = match self.op {
             ChannelOp::BatchNormBackward => format!(
                 "const {c} x_hat = ({} - {}) * r;\n        out[i] = {};",

@@ -3,10 +3,13 @@
 //! (two passes, the second over the deviations, so no cancellation), and the Jacobian product
 //! of the standardisation, `rstd (v - mean(v) - y mean(v y))` per channel from the forward's
 //! `rstd` (one pass for the sums, one to write), where the composition of primitives took a
-//! kernel per term.
+//! kernel per term; batch norm's backward (its sums, and the input gradient from them); and
+//! the output pass `(x - mean) scale + shift`.
 //!
 //! Channels are split across threads for the sums; the result is written in parallel over the
 //! `A` blocks. Sums run in `LANES` partial sums per block of a run, accumulated in f64.
+
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -70,6 +73,22 @@ fn for_each_block<T: Send>(out: &mut [T], block: usize, write: impl Fn((usize, &
     }
 }
 
+/// A buffer of `len` elements whose `block`-long chunks `write` fills (each with its index,
+/// in parallel when large), not zeroed first (a zeroing pass was a fifth of these kernels'
+/// memory traffic). `write` must write every element of its chunk.
+fn written_blocks<T: Send>(
+    len: usize,
+    block: usize,
+    write: impl Fn((usize, &mut [MaybeUninit<T>])) + Sync + Send,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    for_each_block(&mut out.spare_capacity_mut()[..len], block, write);
+    // SAFETY: the chunks cover the buffer and `write` wrote each whole (the callers zip every
+    // run of a chunk with an input run of its length).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// The mean and biased variance of every channel of `x` (f32 or f64).
 fn moments_typed<T: RowFloat>(x: &[T], (a, c, b): (usize, usize, usize)) -> Vec<T> {
     let n = (a * b) as f64;
@@ -114,19 +133,17 @@ fn backward_typed<T: RowFloat>(y: &[T], v: &[T], rstd: &[T], (a, c, b): (usize, 
         }
         (rstd[ch], of::<T>(sv / n), of::<T>(svy / n))
     });
-    let mut out = vec![T::zero(); y.len()];
-    let write = |(i, block): (usize, &mut [T])| {
+    let write = |(i, block): (usize, &mut [MaybeUninit<T>])| {
         for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
             let (rstd, mv, mvy) = factors[ch];
             let at = (i * c + ch) * b;
             let (yr, vr) = (&y[at..at + o.len()], &v[at..at + o.len()]);
             for ((o, &yv), &vv) in o.iter_mut().zip(yr).zip(vr) {
-                *o = rstd * (vv - mv - yv * mvy);
+                o.write(rstd * (vv - mv - yv * mvy));
             }
         }
     };
-    for_each_block(&mut out, (c * b).max(1), write);
-    out
+    written_blocks(y.len(), (c * b).max(1), write)
 }
 
 /// The Jacobian product of the per-channel standardisation of a `[A, C, B]` tensor at `v`,
@@ -188,13 +205,13 @@ fn batch_norm_sums_typed<T: RowFloat>(
 /// `dx = gamma rstd (g - mean(g) - x_hat mean(g x_hat))` into `dx`, with the channels'
 /// `(mean(g x_hat), mean(g))` in `means`.
 fn batch_norm_input_typed<T: RowFloat>(
-    dx: &mut [T],
+    dx: &mut [MaybeUninit<T>],
     (x, g): (&[T], &[T]),
     (mean, rstd, gamma): (&[T], &[T], &[T]),
     means: &[(T, T)],
     (c, b): (usize, usize),
 ) {
-    let write = |(i, block): (usize, &mut [T])| {
+    let write = |(i, block): (usize, &mut [MaybeUninit<T>])| {
         for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
             let (mgx, mg) = means[ch];
             let (m, r) = (mean[ch], rstd[ch]);
@@ -202,7 +219,7 @@ fn batch_norm_input_typed<T: RowFloat>(
             let at = (i * c + ch) * b;
             let (xr, gr) = (&x[at..at + o.len()], &g[at..at + o.len()]);
             for ((o, &xv), &gv) in o.iter_mut().zip(xr).zip(gr) {
-                *o = k * (gv - mg - (xv - m) * r * mgx);
+                o.write(k * (gv - mg - (xv - m) * r * mgx));
             }
         }
     };
@@ -218,15 +235,18 @@ fn batch_norm_backward_typed<T: RowFloat>(
     (a, c, b): (usize, usize, usize),
 ) -> Vec<T> {
     let sums = batch_norm_sums_typed(x, g, (mean, rstd), (a, c, b));
-    let mut out = vec![T::zero(); x.len() + 2 * c];
-    let (dx, tail) = out.split_at_mut(x.len());
+    let len = x.len() + 2 * c;
+    let mut out = Vec::with_capacity(len);
+    let (dx, tail) = out.spare_capacity_mut()[..len].split_at_mut(x.len());
     for (ch, &(s2, s1)) in sums.iter().enumerate() {
-        tail[ch] = s2;
-        tail[c + ch] = s1;
+        tail[ch].write(s2);
+        tail[c + ch].write(s1);
     }
     let n = of::<T>((a * b) as f64);
     let means: Vec<(T, T)> = sums.iter().map(|&(s2, s1)| (s2 / n, s1 / n)).collect();
     batch_norm_input_typed(dx, (x, g), (mean, rstd, gamma), &means, (c, b));
+    // SAFETY: the tail's 2 C elements were written above and `dx` whole by the input pass.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -343,9 +363,10 @@ pub(super) fn batch_norm_backward_input(
                 ) => {
                     let sd = dense_run(sd, &means.layout);
                     let pairs: Vec<_> = (0..c).map(|ch| (sd[ch], sd[c + ch])).collect();
-                    let mut dx = vec![Default::default(); x.layout.numel()];
+                    let len = x.layout.numel();
+                    let mut dx = Vec::with_capacity(len);
                     batch_norm_input_typed(
-                        &mut dx,
+                        &mut dx.spare_capacity_mut()[..len],
                         (dense_run(xd, &x.layout), dense_run(gd, &g.layout)),
                         (
                             dense_run(md, &mean.layout),
@@ -355,6 +376,8 @@ pub(super) fn batch_norm_backward_input(
                         &pairs,
                         (c, b),
                     );
+                    // SAFETY: the input pass wrote every element of `dx`.
+                    unsafe { dx.set_len(len) };
                     Some(wrap(dx, &x.layout.shape))
                 }
                 _ => None,
@@ -366,6 +389,57 @@ pub(super) fn batch_norm_backward_input(
             "batch norm input gradient of {} with means of {}: the op layer passes one float dtype (halves widened)",
             x.dtype(),
             means.dtype()
+        )
+    })
+}
+
+/// `(x - mean) scale + shift` per channel into a new buffer.
+fn scale_shift_typed<T: RowFloat>(x: &[T], (mean, scale, shift): (&[T], &[T], &[T]), (c, b): (usize, usize)) -> Vec<T> {
+    let write = |(i, block): (usize, &mut [MaybeUninit<T>])| {
+        for (ch, o) in block.chunks_mut(b.max(1)).enumerate() {
+            let (m, s, t) = (mean[ch], scale[ch], shift[ch]);
+            let at = (i * c + ch) * b;
+            for (o, &xv) in o.iter_mut().zip(&x[at..at + b]) {
+                o.write((xv - m) * s + t);
+            }
+        }
+    };
+    written_blocks(x.len(), (c * b).max(1), write)
+}
+
+/// `(x - mean) scale + shift` per channel of `x` `[A, C, B]` (see
+/// `Backend::channel_scale_shift`; one float dtype, halves arrive widened).
+pub(super) fn channel_scale_shift(x: &RawTensor, mean: &RawTensor, scale: &RawTensor, shift: &RawTensor) -> RawTensor {
+    let (x, mean, scale, shift) = (dense(x), dense(mean), dense(scale), dense(shift));
+    let (_, c, b) = dims(&x);
+    let shape = &x.layout.shape;
+    macro_rules! typed {
+        ($variant:ident) => {
+            match (host(&x), host(&mean), host(&scale), host(&shift)) {
+                (
+                    CpuBuffer::$variant(xd),
+                    CpuBuffer::$variant(md),
+                    CpuBuffer::$variant(sd),
+                    CpuBuffer::$variant(td),
+                ) => {
+                    let per_channel = (
+                        dense_run(md, &mean.layout),
+                        dense_run(sd, &scale.layout),
+                        dense_run(td, &shift.layout),
+                    );
+                    Some(wrap(
+                        scale_shift_typed(dense_run(xd, &x.layout), per_channel, (c, b)),
+                        shape,
+                    ))
+                }
+                _ => None,
+            }
+        };
+    }
+    typed!(F32).or_else(|| typed!(F64)).unwrap_or_else(|| {
+        unreachable!(
+            "channel scale and shift of {}: the op layer passes one float dtype (halves widened)",
+            x.dtype()
         )
     })
 }

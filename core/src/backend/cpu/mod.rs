@@ -242,6 +242,17 @@ impl Backend for CpuBackend {
         Some(narrow(channels::channel_moments(&widen(x)), x.dtype()))
     }
 
+    fn channel_scale_shift(
+        &self,
+        x: &RawTensor,
+        mean: &RawTensor,
+        scale: &RawTensor,
+        shift: &RawTensor,
+    ) -> Option<RawTensor> {
+        let out = channels::channel_scale_shift(&widen(x), &widen(mean), &widen(scale), &widen(shift));
+        Some(narrow(out, x.dtype()))
+    }
+
     fn batch_norm_backward(
         &self,
         x: &RawTensor,
