@@ -115,7 +115,7 @@ fn fused_synced_forward(
     );
     let totals = sum.sum(&local).stop_gradient();
     let part = |k: usize, len: usize| totals.slice_axis(0, Some(k as isize), Some((k + len) as isize), 1);
-    let count = part(2 * c, 1);
+    let count = part(2 * c, 1).reshape(Vec::<usize>::new());
     let mean = part(0, c) / &count;
     // In f64 the difference of the two sums loses about (mean / std)^2 ulps of the variance.
     let var = (part(c, c) / &count - mean.square()).maximum_scalar(0.0);
@@ -126,11 +126,11 @@ fn fused_synced_forward(
         eps,
         mean: mean.clone(),
         rstd,
-        count: count.reshape(Vec::<usize>::new()),
+        count: count.clone(),
         sum: sum.clone(),
     };
     let y = Tensor::record(value.raw().clone(), &[x, gamma, beta], || rule);
-    let count = count.reshape(Vec::<usize>::new()).cast(dtype);
+    let count = count.cast(dtype);
     (y, mean, var, count)
 }
 

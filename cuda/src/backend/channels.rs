@@ -3,24 +3,12 @@
 //! a finishing pass of a thread per channel, and for the backward passes one elementwise pass
 //! from the channels' factors. Halves are read and written natively and computed in float.
 
-use std::borrow::Cow;
-
 use nabla_core::DType;
-use nabla_core::backend::Backend;
 use nabla_core::storage::RawTensor;
 use nabla_kernels::{ChannelOp, ChannelPass, ChannelSpec, launch};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
-
-/// `x` itself when it is contiguous (a pointer advanced to its offset reads it), else a copy.
-fn packed<'a, A: DeviceApi>(be: &CudaBackend<A>, x: &'a RawTensor) -> Cow<'a, RawTensor> {
-    if x.layout().is_contiguous() {
-        Cow::Borrowed(x)
-    } else {
-        Cow::Owned(be.contiguous(x))
-    }
-}
 
 /// The dimensions `(A, C, B)` of a `[A, C, B]` tensor.
 fn dims(x: &RawTensor, op: &str) -> (i64, i64, i64) {
@@ -126,7 +114,7 @@ fn batch_norm_apply<'m, A: DeviceApi>(
 /// The mean and biased variance of every channel of `x` `[A, C, B]`, as `[2, C]` in its dtype.
 pub(super) fn channel_moments<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor) -> RawTensor {
     let name = "batch norm statistics";
-    let x = packed(be, x);
+    let x = be.contiguous_view(x);
     let d = dims(&x, name);
     let out = be.empty(&[2, d.1 as usize], x.dtype());
     if d.1 == 0 {
@@ -152,7 +140,7 @@ pub(super) fn channel_norm_backward<A: DeviceApi>(
     rstd: &RawTensor,
 ) -> RawTensor {
     let name = "batch norm standardisation backward";
-    let (y, v, rstd) = (packed(be, y), packed(be, v), packed(be, rstd));
+    let (y, v, rstd) = (be.contiguous_view(y), be.contiguous_view(v), be.contiguous_view(rstd));
     let d = dims(&y, name);
     let out = be.empty(y.shape(), y.dtype());
     if d.0 * d.1 * d.2 == 0 {
@@ -192,8 +180,12 @@ pub(super) fn batch_norm_backward<A: DeviceApi>(
     gamma: &RawTensor,
 ) -> RawTensor {
     let name = "batch_norm backward";
-    let (x, g) = (packed(be, x), packed(be, g));
-    let (mean, rstd, gamma) = (packed(be, mean), packed(be, rstd), packed(be, gamma));
+    let (x, g) = (be.contiguous_view(x), be.contiguous_view(g));
+    let (mean, rstd, gamma) = (
+        be.contiguous_view(mean),
+        be.contiguous_view(rstd),
+        be.contiguous_view(gamma),
+    );
     let d = dims(&x, name);
     let n = (d.0 * d.1 * d.2) as usize;
     let out = be.empty(&[n + 2 * d.1 as usize], x.dtype());
@@ -233,7 +225,12 @@ pub(super) fn batch_norm_backward_sums<A: DeviceApi>(
     rstd: &RawTensor,
 ) -> RawTensor {
     let name = "batch_norm backward sums";
-    let (x, g, mean, rstd) = (packed(be, x), packed(be, g), packed(be, mean), packed(be, rstd));
+    let (x, g, mean, rstd) = (
+        be.contiguous_view(x),
+        be.contiguous_view(g),
+        be.contiguous_view(mean),
+        be.contiguous_view(rstd),
+    );
     let d = dims(&x, name);
     let acc = if x.dtype() == DType::F64 {
         DType::F64
@@ -272,8 +269,12 @@ pub(super) fn batch_norm_backward_input<A: DeviceApi>(
     means: &RawTensor,
 ) -> RawTensor {
     let name = "batch_norm backward input";
-    let (x, g, means) = (packed(be, x), packed(be, g), packed(be, means));
-    let (mean, rstd, gamma) = (packed(be, mean), packed(be, rstd), packed(be, gamma));
+    let (x, g, means) = (be.contiguous_view(x), be.contiguous_view(g), be.contiguous_view(means));
+    let (mean, rstd, gamma) = (
+        be.contiguous_view(mean),
+        be.contiguous_view(rstd),
+        be.contiguous_view(gamma),
+    );
     let d = dims(&x, name);
     let out = be.empty(x.shape(), x.dtype());
     if d.0 * d.1 * d.2 > 0 {
@@ -291,8 +292,12 @@ pub(super) fn channel_scale_shift<A: DeviceApi>(
     [mean, scale, shift]: [&RawTensor; 3],
 ) -> RawTensor {
     let name = "batch norm output";
-    let x = packed(be, x);
-    let (mean, scale, shift) = (packed(be, mean), packed(be, scale), packed(be, shift));
+    let x = be.contiguous_view(x);
+    let (mean, scale, shift) = (
+        be.contiguous_view(mean),
+        be.contiguous_view(scale),
+        be.contiguous_view(shift),
+    );
     let (a, c, b) = dims(&x, name);
     let out = be.empty(x.shape(), x.dtype());
     let n = a * c * b;

@@ -216,6 +216,16 @@ impl<A: DeviceApi> CudaBackend<A> {
         Cow::Owned(self.from_host(host, x.shape(), self.device))
     }
 
+    /// `x` itself when it is contiguous (a pointer advanced to its offset reads it, as
+    /// [`CudaBackend::run_ptr`] gives), else a contiguous copy.
+    pub(crate) fn contiguous_view<'a>(&self, x: &'a RawTensor) -> Cow<'a, RawTensor> {
+        if x.layout().is_contiguous() {
+            Cow::Borrowed(x)
+        } else {
+            Cow::Owned(self.contiguous(x))
+        }
+    }
+
     /// `x` as a contiguous tensor starting at its buffer's start (a copy when it is not).
     pub(crate) fn dense<'a>(&self, x: &'a RawTensor) -> Cow<'a, RawTensor> {
         if x.layout().is_contiguous() && x.layout().offset() == 0 {
@@ -600,11 +610,7 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
     fn to_host(&self, x: &RawTensor) -> CpuBuffer {
         // A contiguous view (a row of a stacked result, say) is copied from its offset; only
         // other views take a copy kernel first.
-        let x = if x.layout().is_contiguous() {
-            Cow::Borrowed(x)
-        } else {
-            Cow::Owned(self.contiguous(x))
-        };
+        let x = self.contiguous_view(x);
         let dtype = x.dtype();
         let bytes = x.layout().numel() * dtype.size_in_bytes();
         let offset = x.layout().offset() * dtype.size_in_bytes();

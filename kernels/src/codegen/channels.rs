@@ -342,14 +342,10 @@ impl ChannelSpec {
                     String::new()
                 };
                 format!(
-                    r#"        double s1 = 0, s2 = 0;
-        for (long long s = 0; s < splits; ++s) {{
-            s1 += (double)partial[(ch * splits + s) * 2];
-            s2 += (double)partial[(ch * splits + s) * 2 + 1];
-        }}
-{scale}        factors[ch] = ({a})(s2 / (double)count);
+                    r#"{sums}{scale}        factors[ch] = ({a})(s2 / (double)count);
         factors[c + ch] = ({a})(s1 / (double)count);
-"#
+"#,
+                    sums = PARTIAL_SUMS,
                 )
             }
         };
@@ -361,16 +357,12 @@ impl ChannelSpec {
         let a = self.acc_type().c_type();
         format!(
             r#"    for (long long ch = nb_first(); ch < c; ch += nb_step()) {{
-        double s1 = 0, s2 = 0;
-        for (long long s = 0; s < splits; ++s) {{
-            s1 += (double)partial[(ch * splits + s) * 2];
-            s2 += (double)partial[(ch * splits + s) * 2 + 1];
-        }}
-        sums[ch] = ({a})(s2 * (double){rstd});
+{sums}        sums[ch] = ({a})(s2 * (double){rstd});
         sums[c + ch] = ({a})s1;
     }}
 "#,
             rstd = self.dtype.to_compute("rstd[ch]"),
+            sums = PARTIAL_SUMS,
         )
     }
 
@@ -424,6 +416,15 @@ impl ChannelSpec {
         )
     }
 }
+
+/// The statements summing channel `ch`'s `splits` pairs of partials into `s1` and `s2`
+/// (double), for the finishing and sums passes.
+const PARTIAL_SUMS: &str = "        double s1 = 0, s2 = 0;
+        for (long long s = 0; s < splits; ++s) {
+            s1 += (double)partial[(ch * splits + s) * 2];
+            s2 += (double)partial[(ch * splits + s) * 2 + 1];
+        }
+";
 
 /// `{entry}_merge(n, m, q, n2, m2, q2)`: the (count, mean, sum of squared deviations) of a set
 /// merged with another's (Chan et al.), for float or double.
