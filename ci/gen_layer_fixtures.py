@@ -6,7 +6,8 @@ matrix, the bf16/f16 rows and the emulated GPU.
 Cases: erf; floor, ceil, round and trunc (with round's ties at .5, which go to even, and their
 zero derivatives); exact gelu; remainder (NumPy's and JAX's mod) with negative operands; triu
 and tril for several diagonals; layer_norm and rms_norm over the last axis, the last two, or
-every axis but axis 1 (batch normalisation's);
+every axis but axis 1 (batch normalisation's); batch_norm and batch_norm_synced (one rank) with
+their scale and shift over several channel axes;
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
@@ -100,6 +101,30 @@ def gen_norms():
             eps = 1e-5
             g.add_case(name, op, {"axes": axes, "eps": eps}, [g.uniform(g.rng_for(name), s, -2.0, 2.0)],
                        lambda x, fn=fn, axes=tuple(axes), eps=eps: fn(x, axes, eps))
+
+
+def gen_batch_norm():
+    # Batch normalisation's training output with its scale and shift (Tensor::batch_norm), and
+    # the synchronised form, which over one rank (the identity as the cross-rank sum) is the
+    # same function: both ops get every row of the matrix (finite differences, JAX, the
+    # compositions, bf16/f16, the emulated GPU).
+    def batch_norm(x, gamma, beta, axis, eps):
+        axes = tuple(a for a in range(x.ndim) if a != axis)
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean((x - mean) ** 2, axis=axes, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+    for op in ("batch_norm", "batch_norm_synced"):
+        for s, axis, eps in [([5, 3], 1, 1e-5), ([3, 2, 2, 2], 1, 1e-5), ([4, 3, 5], 1, 1e-3),
+                             ([2, 3, 4], 2, 1e-5), ([4, 3], 0, 1e-5)]:
+            name = f"{op}/{g.shape_str(s)}_axis{axis}"
+            r = g.rng_for(name)
+            c = s[axis]
+            g.add_case(name, op, {"axis": axis, "eps": eps},
+                       [g.uniform(r, s, -2.0, 2.0), g.uniform(r, [c], 0.5, 1.5), g.uniform(r, [c], -0.5, 0.5)],
+                       lambda x, gm, bt, a=axis, e=eps: batch_norm(x, gm, bt, a, e))
 
 
 def conv_ref(x, w, stride, padding, dilation, groups):
@@ -210,7 +235,7 @@ def gen_attention():
 
 
 def main():
-    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_conv, gen_pool, gen_attention):
+    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_batch_norm, gen_conv, gen_pool, gen_attention):
         gen()
     lines = [json.dumps(c, separators=(",", ":"), allow_nan=False) for c in g.CASES]
     with open(OUT_PATH, "w") as f:

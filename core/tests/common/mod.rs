@@ -195,6 +195,19 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "cumsum" => one(x[0].cumsum(p["axis"].as_i64().unwrap() as isize)),
         "cumprod" => one(x[0].cumprod(p["axis"].as_i64().unwrap() as isize)),
         "layer_norm" => one(x[0].layer_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
+        "batch_norm" => one(x[0]
+            .batch_norm(&x[1], &x[2], int(&p["axis"]), p["eps"].as_f64().unwrap())
+            .0),
+        // One rank: the identity as the sum over ranks.
+        "batch_norm_synced" => one(x[0]
+            .batch_norm_synced(
+                &x[1],
+                &x[2],
+                int(&p["axis"]),
+                p["eps"].as_f64().unwrap(),
+                &nb::CrossRankSum::identity(),
+            )
+            .0),
         "rms_norm" => one(x[0].rms_norm(axes(&p["axes"]), p["eps"].as_f64().unwrap())),
         "silu" => one(x[0].silu()),
         "softplus" => one(x[0].softplus()),
