@@ -7,7 +7,8 @@ Cases: erf; floor, ceil, round and trunc (with round's ties at .5, which go to e
 zero derivatives); exact gelu; remainder (NumPy's and JAX's mod) with negative operands; triu
 and tril for several diagonals; layer_norm and rms_norm over the last axis, the last two, or
 every axis but axis 1 (batch normalisation's); batch_norm and batch_norm_synced (one rank) with
-their scale and shift over several channel axes;
+their scale and shift over several channel axes; batch_norm_eval (given statistics, differentiated
+in all five inputs);
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
@@ -127,6 +128,24 @@ def gen_batch_norm():
                        lambda x, gm, bt, a=axis, e=eps: batch_norm(x, gm, bt, a, e))
 
 
+def gen_batch_norm_eval():
+    # Batch normalisation with given statistics (evaluation), differentiated in all five.
+    def batch_norm_eval(x, mean, var, gamma, beta, axis, eps):
+        shape = [1] * x.ndim
+        shape[axis] = x.shape[axis]
+        c = lambda t: t.reshape(shape)
+        return (x - c(mean)) / jnp.sqrt(c(var) + eps) * c(gamma) + c(beta)
+
+    for s, axis, eps in [([5, 3], 1, 1e-5), ([3, 2, 2, 2], 1, 1e-5), ([2, 3, 4], 2, 1e-3), ([4, 3], 0, 1e-5)]:
+        name = f"batch_norm_eval/{g.shape_str(s)}_axis{axis}"
+        r = g.rng_for(name)
+        c = s[axis]
+        g.add_case(name, "batch_norm_eval", {"axis": axis, "eps": eps},
+                   [g.uniform(r, s, -2.0, 2.0), g.uniform(r, [c], -0.5, 0.5), g.uniform(r, [c], 0.5, 2.0),
+                    g.uniform(r, [c], 0.5, 1.5), g.uniform(r, [c], -0.5, 0.5)],
+                   lambda x, m, v, gm, bt, a=axis, e=eps: batch_norm_eval(x, m, v, gm, bt, a, e))
+
+
 def conv_ref(x, w, stride, padding, dilation, groups):
     return jax.lax.conv_general_dilated(
         x, w, window_strides=stride, padding=[(padding[0], padding[0]), (padding[1], padding[1])],
@@ -235,7 +254,7 @@ def gen_attention():
 
 
 def main():
-    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_batch_norm, gen_conv, gen_pool, gen_attention):
+    for gen in (gen_elementwise, gen_remainder, gen_triangles, gen_norms, gen_batch_norm, gen_batch_norm_eval, gen_conv, gen_pool, gen_attention):
         gen()
     lines = [json.dumps(c, separators=(",", ":"), allow_nan=False) for c in g.CASES]
     with open(OUT_PATH, "w") as f:

@@ -3,7 +3,7 @@ conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 
 56x56, 3x3, padding 1) and with stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB
 224x224 images, attention [16, 8, 256, 64] forward and backward (causal, and with a key
 padding mask), batch norm in training mode over the conv2d input (forward and the gradients of
-x, scale and shift), and one pre-norm transformer block step, value and gradients (batch 16,
+x, scale and shift) and at evaluation (forward alone), and one pre-norm transformer block step, value and gradients (batch 16,
 sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
 of 2^24 elements, and the value and gradient of the mean cross-entropy of [2048, 32000] logits
 against integer labels (a language model's head). float32, CPU. Writes
@@ -64,6 +64,12 @@ def jax_rows(runs):
     gamma, beta = jnp.ones((64,), jnp.float32), jnp.zeros((64,), jnp.float32)
     rows.append(("batch_norm_fwd_bwd", "jax.jit", "ms",
                  median_ms(lambda: jax.block_until_ready(bn_grad(x, gamma, beta)), 1, runs)))
+
+    bn_eval = jax.jit(lambda x, m, v, g, b: (x - m[None, :, None, None]) / jnp.sqrt(v[None, :, None, None] + 1e-5)
+                      * g[None, :, None, None] + b[None, :, None, None])
+    run_mean, run_var = jnp.zeros((64,), jnp.float32), jnp.ones((64,), jnp.float32)
+    rows.append(("batch_norm_eval_fwd", "jax.jit", "ms",
+                 median_ms(lambda: jax.block_until_ready(bn_eval(x, run_mean, run_var, gamma, beta)), 1, runs)))
 
     b, l, d, h = 16, 256, 512, 8
     def lin(i, o):
@@ -180,6 +186,12 @@ def torch_rows(runs):
         return torch.autograd.grad((y ** 2).sum(), (xg, bn_w, bn_b))
 
     rows.append(("batch_norm_fwd_bwd", "torch eager", "ms", median_ms(bn, 1, runs)))
+
+    def bn_eval():
+        with torch.no_grad():
+            return torch.nn.functional.batch_norm(xg, running_mean, running_var, bn_w, bn_b, training=False)
+
+    rows.append(("batch_norm_eval_fwd", "torch eager", "ms", median_ms(bn_eval, 1, runs)))
     layer = torch.nn.TransformerEncoderLayer(512, 8, 2048, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     xs = torch.randn(16, 256, 512)
     mask = torch.nn.Transformer.generate_square_subsequent_mask(256)

@@ -5,7 +5,8 @@
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
 //! causal), one Adam update of a 16M-element parameter, the value and gradient of the mean
 //! cross-entropy of `[2048, 32000]` logits against integer labels (a language model's head),
-//! and batch norm over the conv2d input (also synchronised, at one rank: ours only);
+//! and batch norm over the conv2d input (training, forward and backward; evaluation, forward
+//! alone; synchronised, at one rank: ours only);
 //! ours next to JAX jit and PyTorch
 //! eager (when installed) measured in the same invocation by `ci/jax_layers_baseline.py`.
 //! float32 on the CPU.
@@ -120,6 +121,17 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(bn_grad(&bn_args))),
     ));
+    // Batch norm at evaluation (running statistics): the forward pass alone, as in inference.
+    let mut stats_rng = Rng::new(7);
+    let bn_eval_stats = nb::nn::BatchStats {
+        mean: stats_rng.normal(&[64], 0.0, 0.1, DType::F32),
+        var: stats_rng.uniform(&[64], 0.5, 1.5, DType::F32),
+    };
+    rows.push((
+        "batch_norm_eval_fwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(bn_args.1.forward_eval(&x, &bn_eval_stats))),
+    ));
     // The synchronised form at one rank (its collectives are the identity): the fused
     // primitive with the cross-rank sums between its kernels (no JAX or PyTorch row: theirs
     // at one rank are the plain batch norm above).
@@ -217,6 +229,7 @@ fn main() {
         "attention_causal_fwd_bwd",
         "attention_padded_fwd_bwd",
         "batch_norm_fwd_bwd",
+        "batch_norm_eval_fwd",
         "batch_norm_synced_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",

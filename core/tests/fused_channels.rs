@@ -2,7 +2,8 @@
 //! but one) against a plain f64 loop: every float dtype, the statistics it returns, shapes with
 //! one run per channel, one value per run, and large ones split across threads; its fused
 //! backward (one primitive, against an f64 loop) and second derivatives equal to the
-//! composition's; vmap; and reductions over every axis but one read in place.
+//! composition's; vmap; reductions over every axis but one read in place; and batch norm with
+//! given statistics (`batch_norm_eval`) as one pass.
 
 mod common;
 
@@ -293,6 +294,93 @@ fn batch_norm_with_scale_and_shift_is_one_primitive_each_way_and_matches_the_com
             &format!("batch norm vmap {k}"),
             &mapped.index_axis(0, k),
             &batch_norm_composed(&one, &gamma, &beta).to_vec::<f64>(),
+            1e-12,
+        );
+    }
+}
+
+/// Batch norm with given statistics, composed of broadcast ops (the reference).
+fn batch_norm_eval_composed(x: &Tensor, stats: &[Tensor], axis: usize) -> Tensor {
+    let mut shape = vec![1; x.rank()];
+    shape[axis] = x.shape()[axis];
+    let c = |t: &Tensor| t.reshape(shape.clone());
+    (x - c(&stats[0])) * (c(&stats[1]) + 1e-5).rsqrt() * c(&stats[2]) + c(&stats[3])
+}
+
+#[test]
+fn batch_norm_eval_is_one_pass_and_matches_the_composition_in_value_and_gradients() {
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5), (DType::BF16, 3e-2)] {
+        for (shape, axis) in [(vec![5usize, 3, 4], 1usize), (vec![8, 16, 4096], 1), (vec![6, 7], 0)] {
+            let n: usize = shape.iter().product();
+            let c = shape[axis];
+            let x = Tensor::from_vec(inputs(n, 30), &shape).cast(dtype);
+            let w = Tensor::from_vec(inputs(n, 31), &shape).cast(dtype);
+            // mean, var (positive), gamma, beta.
+            let stats: Vec<Tensor> = (0..4)
+                .map(|k| {
+                    let v = Tensor::from_vec(inputs(c, 32 + k as u64), &[c]);
+                    if k == 1 { v.abs() + 0.5 } else { v }.cast(dtype)
+                })
+                .collect();
+            let name = format!("{shape:?} axis {axis} {dtype}");
+            let fused = |x: &Tensor, s: &[Tensor]| x.batch_norm_eval(&s[0], &s[1], &s[2], &s[3], axis as isize, 1e-5);
+            let want = batch_norm_eval_composed(
+                &x.cast(DType::F64),
+                &stats.iter().map(|s| s.cast(DType::F64)).collect::<Vec<_>>(),
+                axis,
+            );
+            close(&format!("{name}: y"), &fused(&x, &stats), &want.to_vec::<f64>(), tol);
+            if dtype == DType::BF16 {
+                continue;
+            }
+            let mut args = vec![x.clone()];
+            args.extend(stats.iter().cloned());
+            let g = nb::grad(|a: &Vec<Tensor>| (fused(&a[0], &a[1..]) * &w).sum_all())(&args);
+            let h = nb::grad(|a: &Vec<Tensor>| (batch_norm_eval_composed(&a[0], &a[1..], axis) * &w).sum_all())(&args);
+            for (k, (a, b)) in g.iter().zip(&h).enumerate() {
+                let scale = 1.0 + b.abs().max_all().cast(DType::F64).item::<f64>();
+                close(
+                    &format!("{name}: gradient {k}"),
+                    a,
+                    &b.cast(DType::F64).to_vec::<f64>(),
+                    tol * scale,
+                );
+            }
+        }
+    }
+    // One primitive forward, and its input gradient one broadcast product: no rsqrt of the
+    // input's size and no subtraction of the means in the traced graph.
+    let x = Tensor::from_vec(inputs(60, 36), &[5, 3, 4]);
+    let s: Vec<Tensor> = [
+        vec![0.1, -0.2, 0.3],
+        vec![1.0, 2.0, 0.5],
+        vec![1.5, -0.5, 2.0],
+        vec![0.1, 0.2, 0.3],
+    ]
+    .into_iter()
+    .map(|v| Tensor::from_vec(v, &[3]))
+    .collect();
+    let graph = nb::trace_graph(
+        |xs| {
+            vec![nb::grad(|x: &Tensor| {
+                x.batch_norm_eval(&s[0], &s[1], &s[2], &s[3], 1, 1e-5)
+                    .square()
+                    .sum_all()
+            })(&xs[0])]
+        },
+        std::slice::from_ref(&x),
+    );
+    assert!(graph.contains("channel_affine(axis=1)"), "{graph}");
+    assert!(!graph.contains(" sub"), "the composition is not traced: {graph}");
+    // Under vmap (composed) each example alike.
+    let xs = Tensor::from_vec(inputs(120, 37), &[2, 5, 3, 4]);
+    let mapped = nb::vmap(|x: &Tensor| x.batch_norm_eval(&s[0], &s[1], &s[2], &s[3], 1, 1e-5))(&xs);
+    for k in 0..2 {
+        let one = xs.index_axis(0, k);
+        close(
+            &format!("batch_norm_eval vmap {k}"),
+            &mapped.index_axis(0, k),
+            &batch_norm_eval_composed(&one, &s, 1).to_vec::<f64>(),
             1e-12,
         );
     }

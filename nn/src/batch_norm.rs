@@ -100,13 +100,11 @@ impl BatchNorm {
     pub fn forward_eval(&self, x: &Tensor, stats: &BatchStats) -> Tensor {
         self.check("forward_eval", x, stats);
         let dtype = stats_dtype(x.dtype());
-        let xc = x.cast(dtype);
-        let shape = self.channel_shape(x);
-        let mean = stats.mean.stop_gradient().cast(dtype).reshape(shape.clone());
-        let rstd = (stats.var.stop_gradient().cast(dtype) + self.eps)
-            .rsqrt()
-            .reshape(shape.clone());
-        self.scale_and_shift(&(xc - mean), &rstd, &shape).cast(x.dtype())
+        let (mean, var) = (stats.mean.stop_gradient(), stats.var.stop_gradient());
+        let (gamma, beta) = (self.gamma.cast(dtype), self.beta.cast(dtype));
+        x.cast(dtype)
+            .batch_norm_eval(&mean.cast(dtype), &var.cast(dtype), &gamma, &beta, 1, self.eps)
+            .cast(x.dtype())
     }
 
     /// The shared training pass: statistics of this process's batch (`None`) or of every
@@ -155,20 +153,6 @@ impl BatchNorm {
             var: update(&stats.var, var * unbias),
         };
         (y, new)
-    }
-
-    /// `centred * rstd * gamma + beta`, with the per-channel factors multiplied first.
-    fn scale_and_shift(&self, centred: &Tensor, rstd: &Tensor, shape: &[usize]) -> Tensor {
-        let dtype = centred.dtype();
-        let factor = rstd * self.gamma.cast(dtype).reshape(shape.to_vec());
-        centred * factor + self.beta.cast(dtype).reshape(shape.to_vec())
-    }
-
-    /// `[C, 1, ...]`: a per-channel vector's shape against `x`.
-    fn channel_shape(&self, x: &Tensor) -> Vec<usize> {
-        let mut shape = vec![1; x.rank() - 1];
-        shape[0] = x.shape()[1];
-        shape
     }
 
     /// Refuses, naming the call, inputs without channels on axis 1 that match the layer's.

@@ -340,6 +340,15 @@ pub trait Backend: Send + Sync {
     /// im2col: every tap of every window of `x` `[.., H, W]` (`H, W` = `window.image`), as
     /// `[.., KH * KW, OH, OW]` contiguous; any dtype.
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor;
+    /// Max pooling's choice: the position in `x` `[.., H, W]` (float; counted in the order of
+    /// its elements, row-major) of the first maximum of every window over `x` padded by
+    /// `padding` on each side (`window.image` is the padded extents, dilation 1, padding below
+    /// the kernel so that every window holds a pixel; padding is never chosen; the first NaN
+    /// of a window is its maximum), `[.., OH * OW]` i64 contiguous. `None`, the default, where the backend has no kernel: the op then
+    /// takes the maximum over the window tensor (im2col).
+    fn pool_argmax(&self, _x: &RawTensor, _window: &Window2d, _padding: (usize, usize)) -> Option<RawTensor> {
+        None
+    }
     /// col2im, the transpose of [`Backend::unfold_windows`]: `cols` `[.., KH * KW, OH, OW]`
     /// (float) added back into `[.., H, W]` contiguous, every pixel the sum of the taps that read
     /// it, added from zero in tap order (row-major `(i, j)`) in f32 for halves.

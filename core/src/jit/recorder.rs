@@ -372,6 +372,10 @@ impl Backend for RecordingBackend {
         let out = self.inner.adam_update(param, grad, m, v, count, step);
         self.log(Call::Adam(*step), &[param, grad, m, v, count], out)
     }
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+        let out = self.inner.pool_argmax(x, window, padding)?;
+        Some(self.log(Call::PoolArgmax(*window, padding), &[x], out))
+    }
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
         self.log(Call::Unfold(*window), &[x], self.inner.unfold_windows(x, window))
     }

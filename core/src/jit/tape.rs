@@ -63,6 +63,7 @@ pub(crate) enum Call {
     },
     Unfold(Window2d),
     Fold(Window2d),
+    PoolArgmax(Window2d, (usize, usize)),
     Cast(DType),
     Contiguous,
     Gather,
@@ -128,6 +129,9 @@ impl Call {
             }
             Call::Unfold(window) => backend.unfold_windows(&args[0], window),
             Call::Fold(window) => backend.fold_windows(&args[0], window),
+            Call::PoolArgmax(window, padding) => backend
+                .pool_argmax(&args[0], window, *padding)
+                .expect("a recorded pooling choice replays on the backend that ran it"),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),

@@ -507,9 +507,49 @@ fn pool_windows(
 /// gradient goes to the first maximum of the window in row-major order, as JAX's
 /// `reduce_window` max and PyTorch's `max_pool2d`.
 pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Tensor {
+    if let Some(pooled) = max_pool_in_place(x, kernel, stride, padding) {
+        return pooled;
+    }
     let windows = pool_windows("max_pool2d", x, kernel, stride, padding, f64::NEG_INFINITY);
     let first_max = windows.argmax(Some(2), true);
     windows.take_along_axis(&first_max, 2).squeeze([2])
+}
+
+/// Max pooling where the backend finds the windows' maxima in place (`Backend::pool_argmax`:
+/// the CPU): the values taken from the flattened `x` at the chosen positions, so the gradient is one scatter of the cotangent to them, and no padded
+/// copy or window tensor is built. `None` under vmap, for padding not below the kernel (a
+/// window could hold padding alone), and where the backend has no kernel.
+fn max_pool_in_place(
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> Option<Tensor> {
+    require_nchw("max_pool2d", x);
+    if x.is_batched() || padding.0 >= kernel.0 || padding.1 >= kernel.1 {
+        return None;
+    }
+    let o = Conv2dOptions {
+        stride,
+        padding,
+        ..Conv2dOptions::default()
+    };
+    let out = window_out("max_pool2d", x, kernel, &o);
+    let &[n, c, h, w] = x.shape() else {
+        unreachable!("require_nchw checked the rank")
+    };
+    let window = Window2d {
+        image: (h + 2 * padding.0, w + 2 * padding.1),
+        kernel,
+        stride,
+        dilation: (1, 1),
+        out,
+    };
+    let positions = Tensor::untraced(x.backend().pool_argmax(x.raw(), &window, padding)?, &[x]);
+    let values = x
+        .reshape([n * c * h * w])
+        .take_in_range(&positions.reshape([n * c * out.0 * out.1]), 0);
+    Some(values.reshape([n, c, out.0, out.1]))
 }
 
 /// Average pooling over `kernel` windows of NCHW `x`; padding counts as zeros in the average

@@ -123,8 +123,36 @@ fn checked_indices(
     host_step(device, &raw, check, false)
 }
 
+/// The indices of `take` or `scatter_add` as a contiguous `[batches, count]` i64 raw tensor:
+/// checked against the extent `n` with negatives wrapped (the message names `op` and, from
+/// `x`, the shape and axis) when `checked`, else as they are (a kernel's, known in range).
+fn index_rows(
+    op: &'static str,
+    idx: &Tensor,
+    layout: &Layout,
+    batch: &[usize],
+    n: usize,
+    (x_shape, axis): (&[usize], usize),
+    checked: bool,
+) -> RawTensor {
+    if checked {
+        let range = IndexRange { n, wrap_negative: true };
+        return checked_indices(op, idx, layout, batch, range, x_shape, axis);
+    }
+    assert_eq!(
+        idx.dtype(),
+        DType::I64,
+        "internal error: {op} of {} indices",
+        idx.dtype()
+    );
+    contiguous_as(idx, layout, batch, &[numel(batch), idx.numel()])
+}
+
+/// The rule of `take` (`checked`: the indices were checked; `false` for indices a kernel
+/// produced in range, whose derivatives skip the check too).
 struct TakeRule {
     axis: usize,
+    checked: bool,
 }
 impl Rule for TakeRule {
     fn name(&self) -> String {
@@ -132,27 +160,36 @@ impl Rule for TakeRule {
     }
     fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         let (x, idx) = (&inputs[0], &inputs[1]);
-        vec![Some(x.zeros_like().scatter_add(idx, ct, self.axis as isize)), None]
+        vec![
+            Some(x.zeros_like().scatter_add_with(idx, ct, self.axis, self.checked)),
+            None,
+        ]
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
-        Some(t[0].as_ref()?.take(&inputs[1], self.axis as isize))
+        Some(t[0].as_ref()?.take_with(&inputs[1], self.axis, self.checked))
     }
 }
 
+/// The rule of `scatter_add` (`checked` as [`TakeRule`]'s).
 struct ScatterAddRule {
     axis: usize,
+    checked: bool,
 }
 impl Rule for ScatterAddRule {
     fn name(&self) -> String {
         format!("scatter_add(axis={})", self.axis)
     }
     fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
-        vec![Some(ct.clone()), None, Some(ct.take(&inputs[1], self.axis as isize))]
+        vec![
+            Some(ct.clone()),
+            None,
+            Some(ct.take_with(&inputs[1], self.axis, self.checked)),
+        ]
     }
     fn jvp(&self, inputs: &[Tensor], _o: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
         let tx = t[0].clone().unwrap_or_else(|| inputs[0].zeros_like());
         let tu = t[2].clone().unwrap_or_else(|| inputs[2].zeros_like());
-        Some(tx.scatter_add(&inputs[1], &tu, self.axis as isize))
+        Some(tx.scatter_add_with(&inputs[1], &tu, self.axis, self.checked))
     }
 }
 
@@ -163,19 +200,30 @@ impl Tensor {
     pub fn take(&self, idx: &Tensor, axis: isize) -> Tensor {
         require_same_device("take", self, idx);
         let a = normalize_axis("take", axis, self.rank());
+        self.take_with(idx, a, true)
+    }
+
+    /// [`Tensor::take`] of indices that a kernel produced, known to lie in `0..n` along
+    /// `axis` (max pooling's chosen positions): no check, and no check in its derivatives.
+    pub(crate) fn take_in_range(&self, idx: &Tensor, axis: usize) -> Tensor {
+        self.take_with(idx, axis, false)
+    }
+
+    /// [`Tensor::take`] along the normalised `axis`, the indices checked (and negatives
+    /// wrapped) when `checked`.
+    fn take_with(&self, idx: &Tensor, a: usize, checked: bool) -> Tensor {
         let (pre, n, post) = around_axis(self.shape(), a);
         let (layouts, levels) = aligned_layouts(&[self, idx], None);
         let bt = common_batch(&layouts, levels.len());
         let x4 = contiguous_as(self, &layouts[0], &bt, &[numel(&bt), pre, n, post]);
-        let range = IndexRange { n, wrap_negative: true };
-        let flat = checked_indices("take", idx, &layouts[1], &bt, range, self.shape(), a);
+        let flat = index_rows("take", idx, &layouts[1], &bt, n, (self.shape(), a), checked);
         let raw = self.backend().gather(&x4, &flat);
         let mut shape = self.shape()[..a].to_vec();
         shape.extend_from_slice(idx.shape());
         shape.extend_from_slice(&self.shape()[a + 1..]);
         let raw = raw.with_layout(Layout::contiguous(&physical(&bt, &shape)));
         if self.dtype().is_float() {
-            Tensor::record(raw, &[self, idx], || TakeRule { axis: a })
+            Tensor::record(raw, &[self, idx], || TakeRule { axis: a, checked })
         } else {
             Tensor::untraced(raw, &[self, idx])
         }
@@ -187,6 +235,12 @@ impl Tensor {
     pub fn scatter_add(&self, idx: &Tensor, updates: &Tensor, axis: isize) -> Tensor {
         require_same_device("scatter_add", self, updates);
         let a = normalize_axis("scatter_add", axis, self.rank());
+        self.scatter_add_with(idx, updates, a, true)
+    }
+
+    /// [`Tensor::scatter_add`] along the normalised `axis`, the indices checked (and
+    /// negatives wrapped) when `checked`.
+    fn scatter_add_with(&self, idx: &Tensor, updates: &Tensor, a: usize, checked: bool) -> Tensor {
         let mut expected = self.shape()[..a].to_vec();
         expected.extend_from_slice(idx.shape());
         expected.extend_from_slice(&self.shape()[a + 1..]);
@@ -209,13 +263,12 @@ impl Tensor {
         let bt = common_batch(&layouts, levels.len());
         let batches = numel(&bt);
         let x4 = contiguous_as(self, &layouts[0], &bt, &[batches, pre, n, post]);
-        let range = IndexRange { n, wrap_negative: true };
-        let flat = checked_indices("scatter_add", idx, &layouts[1], &bt, range, self.shape(), a);
+        let flat = index_rows("scatter_add", idx, &layouts[1], &bt, n, (self.shape(), a), checked);
         let u4 = contiguous_as(&updates, &layouts[2], &bt, &[batches, pre, idx.numel(), post]);
         let raw = self.backend().scatter_add(&x4, &flat, &u4);
         let raw = raw.with_layout(Layout::contiguous(&physical(&bt, self.shape())));
         if self.dtype().is_float() {
-            Tensor::record(raw, &[self, idx, &updates], || ScatterAddRule { axis: a })
+            Tensor::record(raw, &[self, idx, &updates], || ScatterAddRule { axis: a, checked })
         } else {
             Tensor::untraced(raw, &[self, idx, &updates])
         }

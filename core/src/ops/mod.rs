@@ -15,6 +15,7 @@ pub mod index;
 pub mod linalg;
 pub mod nn;
 pub mod norm;
+mod norm_eval;
 pub mod optim;
 pub mod overload;
 pub mod reduce;

@@ -213,8 +213,14 @@ impl Tensor {
     /// Refuses, naming `op`, a `gamma` or `beta` that is not one value per channel of `axis`
     /// in this tensor's dtype and device.
     pub(super) fn check_scale_and_shift(&self, op: &str, gamma: &Tensor, beta: &Tensor, axis: usize) {
+        self.check_per_channel(op, &[("gamma", gamma), ("beta", beta)], axis);
+    }
+
+    /// Refuses, naming `op` and the tensor, any of `named` that is not one value per channel
+    /// of `axis` in this tensor's dtype and device.
+    pub(super) fn check_per_channel(&self, op: &str, named: &[(&str, &Tensor)], axis: usize) {
         let channels = self.shape()[axis];
-        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        for &(name, t) in named {
             if t.shape() != [channels] || t.dtype() != self.dtype() || t.device() != self.device() {
                 panic!(
                     "{op}: {name} must be [{channels}] {} on {} (one value per channel of axis {axis} of {:?}), \

@@ -198,6 +198,9 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
         "batch_norm" => one(x[0]
             .batch_norm(&x[1], &x[2], int(&p["axis"]), p["eps"].as_f64().unwrap())
             .0),
+        "batch_norm_eval" => {
+            one(x[0].batch_norm_eval(&x[1], &x[2], &x[3], &x[4], int(&p["axis"]), p["eps"].as_f64().unwrap()))
+        }
         // One rank: the identity as the sum over ranks.
         "batch_norm_synced" => one(x[0]
             .batch_norm_synced(

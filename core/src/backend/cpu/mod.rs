@@ -11,6 +11,7 @@ mod gelu;
 mod index;
 mod matmul;
 pub mod memory;
+mod pool;
 mod reduce;
 mod rows;
 mod taps;
@@ -331,6 +332,9 @@ impl Backend for CpuBackend {
         narrow(out, param.dtype())
     }
 
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+        Some(pool::pool_argmax(&widen(x), window, padding))
+    }
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
         windows::unfold_windows(x, window)
     }
