@@ -493,7 +493,9 @@ fn pool_windows(
     };
     let out = window_out(op, x, kernel, &o);
     let (ph, pw) = padding;
-    let padded = if ph + pw > 0 {
+    let padded = if ph + pw > 0 && fill == 0.0 {
+        x.pad(&[(0, 0), (0, 0), (ph, ph), (pw, pw)])
+    } else if ph + pw > 0 {
         let widths = [(0, 0), (0, 0), (ph, ph), (pw, pw)];
         let inside = x.ones_like().pad(&widths).gt_scalar(0.5);
         inside.where_(&x.pad(&widths), &x.scalar_like(fill))
