@@ -1,13 +1,13 @@
-"""JAX jit and PyTorch eager (when installed) timings of examples/bench_layers.rs's cases:
-conv2d forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels,
-56x56, 3x3, padding 1) and with stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB
-224x224 images, attention [16, 8, 256, 64] forward and backward (causal, and with a key
-padding mask), batch norm in training mode over the conv2d input (forward and the gradients of
-x, scale and shift) and at evaluation (forward alone), and one pre-norm transformer block step, value and gradients (batch 16,
-sequence 256, width 512, 8 heads, causal, exact GELU MLP of width 2048), and one Adam update
-of 2^24 elements, and the value and gradient of the mean cross-entropy of [2048, 32000] logits
-against integer labels (a language model's head). float32, CPU. Writes
-rows {case, system, unit, value} as JSON to --json.
+"""JAX jit and PyTorch eager (when installed) timings of examples/bench_layers.rs's cases: conv2d
+forward and forward+backward at a ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3,
+padding 1) and with stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB 224x224 images, the
+max pooling after it (value and gradient), attention [16, 8, 256, 64] forward and backward
+(causal, and with a key padding mask), batch norm in training mode over the conv2d input (forward
+and the gradients of x, scale and shift) and at evaluation (forward alone), and one pre-norm
+transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads, causal,
+exact GELU MLP of width 2048), and one Adam update of 2^24 elements, and the value and gradient of
+the mean cross-entropy of [2048, 32000] logits against integer labels (a language model's head).
+float32, CPU. Writes rows {case, system, unit, value} as JSON to --json.
 """
 import argparse
 import json
@@ -45,6 +45,11 @@ def jax_rows(runs):
     rows += [("conv2d_s2_fwd", "jax.jit", "ms", median_ms(lambda: fwd2(x, w2).block_until_ready(), 1, runs)),
              ("conv2d_s2_fwd_bwd", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(bwd2(x, w2)), 1, runs)),
              ("conv2d_stem_fwd", "jax.jit", "ms", median_ms(lambda: stem(images, stem_w).block_until_ready(), 1, runs))]
+    pool_in = jnp.asarray(pool_input())
+    pool_grad = jax.jit(jax.grad(lambda x: jnp.sum(jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))))))
+    rows.append(("max_pool_fwd_bwd", "jax.jit", "ms",
+                 median_ms(lambda: pool_grad(pool_in).block_until_ready(), 1, runs)))
 
     q, k, v = (jnp.asarray(t) for t in attention_inputs(rng))
     padding = jnp.asarray(key_padding())
@@ -118,6 +123,11 @@ def jax_rows(runs):
     return rows
 
 
+def pool_input():
+    """The stem's output shape [8, 64, 112, 112], as bench_layers' max pooling."""
+    return np.random.default_rng(11).standard_normal((8, 64, 112, 112), dtype=np.float32)
+
+
 def stem_inputs(rng):
     """8 RGB 224x224 images and 64 filters 7x7, as bench_layers' stride-2 stem."""
     return (rng.standard_normal((8, 3, 224, 224), dtype=np.float32),
@@ -170,6 +180,9 @@ def torch_rows(runs):
     images, stem_w = (torch.from_numpy(t) for t in stem_inputs(np.random.default_rng(0)))
     rows.append(("conv2d_stem_fwd", "torch eager", "ms",
                  median_ms(lambda: torch.nn.functional.conv2d(images, stem_w, stride=2, padding=3), 1, runs)))
+    pool_in = torch.from_numpy(pool_input()).requires_grad_()
+    rows.append(("max_pool_fwd_bwd", "torch eager", "ms", median_ms(
+        lambda: torch.autograd.grad(torch.nn.functional.max_pool2d(pool_in, 3, 2, 1).sum(), pool_in), 1, runs)))
     qkv = [torch.from_numpy(t).requires_grad_() for t in attention_inputs(np.random.default_rng(0))]
     padding = torch.from_numpy(key_padding())
     for case, causal, mask in (("attention_causal_fwd_bwd", True, None), ("attention_padded_fwd_bwd", False, padding)):

@@ -1,6 +1,7 @@
 //! The CNN and transformer benchmark (issue 12): conv2d forward and forward+backward at a
 //! ResNet layer shape (batch 32, 64 -> 64 channels, 56x56, 3x3, padding 1), the same with
-//! stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB 224x224 images, attention
+//! stride 2 and 128 filters, a 7x7 stride-2 stem over 8 RGB 224x224 images, the max pooling
+//! after it (value and gradient, 3x3 stride 2 over `[8, 64, 112, 112]`), attention
 //! `[16, 8, 256, 64]` forward and backward (causal, and with a key padding mask), one pre-norm
 //! transformer block step, value and gradients (batch 16, sequence 256, width 512, 8 heads,
 //! causal), one Adam update of a 16M-element parameter, the value and gradient of the mean
@@ -89,6 +90,15 @@ fn main() {
         ..Conv2dOptions::default()
     };
     conv("conv2d_stem", &images, &stem_w, stem, false);
+    // The max pooling after the stem (3x3, stride 2, padding 1) over the stem's output shape:
+    // the value and the gradient of sum(y).
+    let pool_in = Rng::new(11).normal(&[8, 64, 112, 112], 0.0, 1.0, DType::F32);
+    let pool_grad = nb::grad(|x: &Tensor| nb::max_pool2d(x, (3, 3), (2, 2), (1, 1)).sum_all());
+    rows.push((
+        "max_pool_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(pool_grad(&pool_in))),
+    ));
     // Attention [16, 8, 256, 64], the gradient of sum(o^2) with respect to q, k and v: causal,
     // and not causal with a key padding mask (sequence b keeps 256 - 8 b keys).
     let qkv: Vec<Tensor> = (0..3)
@@ -226,6 +236,7 @@ fn main() {
         "conv2d_s2_fwd",
         "conv2d_s2_fwd_bwd",
         "conv2d_stem_fwd",
+        "max_pool_fwd_bwd",
         "attention_causal_fwd_bwd",
         "attention_padded_fwd_bwd",
         "batch_norm_fwd_bwd",
