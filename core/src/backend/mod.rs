@@ -340,12 +340,12 @@ pub trait Backend: Send + Sync {
     /// im2col: every tap of every window of `x` `[.., H, W]` (`H, W` = `window.image`), as
     /// `[.., KH * KW, OH, OW]` contiguous; any dtype.
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor;
-    /// Max pooling's choice: the position in `x` `[.., H, W]` (float; counted in the order of
-    /// its elements, row-major) of the first maximum of every window over `x` padded by
-    /// `padding` on each side (`window.image` is the padded extents, dilation 1, padding below
-    /// the kernel so that every window holds a pixel; padding is never chosen; the first NaN
-    /// of a window is its maximum), `[.., OH * OW]` i64 contiguous. `None`, the default, where the backend has no kernel: the op then
-    /// takes the maximum over the window tensor (im2col).
+    /// Max pooling's choice: the position in `x` `[.., H, W]` (float; counted in the order of its
+    /// elements, row-major) of the first maximum of every window over `x` padded by `padding` on
+    /// each side (`window.image` is the padded extents, dilation 1, padding below the kernel so
+    /// that every window holds a pixel; padding is never chosen; the first NaN of a window is its
+    /// maximum), `[.., OH * OW]` i64 contiguous. `None`, the default, where the backend has no
+    /// kernel: the op then takes the maximum over the window tensor (im2col).
     fn pool_argmax(&self, _x: &RawTensor, _window: &Window2d, _padding: (usize, usize)) -> Option<RawTensor> {
         None
     }
@@ -470,9 +470,9 @@ pub trait Backend: Send + Sync {
     }
     /// Batch normalisation's input gradient over `x` `[A, C, B]` with the cotangent `g`, the
     /// channels' `mean`, `rstd` and `gamma` (as for [`Backend::batch_norm_backward`]) and
-    /// per-channel `means` `[2, C]` (f32, f64 for f64 inputs: `mean(g x_hat)` then `mean(g)` over the batch the
-    /// statistics came from, which may span ranks): `dx = gamma rstd (g - means[1] - x_hat
-    /// means[0])`, contiguous in `x`'s dtype. `None`, the default, where the backend has no
+    /// per-channel `means` `[2, C]` (f32, f64 for f64 inputs: `mean(g x_hat)` then `mean(g)` over
+    /// the batch the statistics came from, which may span ranks): `dx = gamma rstd (g - means[1] -
+    /// x_hat means[0])`, contiguous in `x`'s dtype. `None`, the default, where the backend has no
     /// fused kernel.
     fn batch_norm_backward_input(
         &self,

@@ -476,6 +476,23 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, options: Conv2dOptions, output_p
     pullback(x)
 }
 
+/// The windows along each axis of a pooling of NCHW `x` (checked, naming `op`).
+fn pool_out(
+    op: &str,
+    x: &Tensor,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+) -> (usize, usize) {
+    require_nchw(op, x);
+    let o = Conv2dOptions {
+        stride,
+        padding,
+        ..Conv2dOptions::default()
+    };
+    window_out(op, x, kernel, &o)
+}
+
 /// The padded windows of a pooling, `[N, C, KH * KW, OH, OW]`, padding filled with `fill`.
 fn pool_windows(
     op: &str,
@@ -485,13 +502,7 @@ fn pool_windows(
     padding: (usize, usize),
     fill: f64,
 ) -> Tensor {
-    require_nchw(op, x);
-    let o = Conv2dOptions {
-        stride,
-        padding,
-        ..Conv2dOptions::default()
-    };
-    let out = window_out(op, x, kernel, &o);
+    let out = pool_out(op, x, kernel, stride, padding);
     let (ph, pw) = padding;
     let padded = if ph + pw > 0 && fill == 0.0 {
         x.pad(&[(0, 0), (0, 0), (ph, ph), (pw, pw)])
@@ -517,26 +528,21 @@ pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), pa
     windows.take_along_axis(&first_max, 2).squeeze([2])
 }
 
-/// Max pooling where the backend finds the windows' maxima in place (`Backend::pool_argmax`:
-/// the CPU): the values taken from the flattened `x` at the chosen positions, so the gradient is one scatter of the cotangent to them, and no padded
-/// copy or window tensor is built. `None` under vmap, for padding not below the kernel (a
-/// window could hold padding alone), and where the backend has no kernel.
+/// Max pooling where the backend finds the windows' maxima in place (`Backend::pool_argmax`: the
+/// CPU): the values taken from the flattened `x` at the chosen positions, so the gradient is one
+/// scatter of the cotangent to them, and no padded copy or window tensor is built. `None` under
+/// vmap, for padding not below the kernel (a window could hold padding alone), and where the
+/// backend has no kernel.
 fn max_pool_in_place(
     x: &Tensor,
     kernel: (usize, usize),
     stride: (usize, usize),
     padding: (usize, usize),
 ) -> Option<Tensor> {
-    require_nchw("max_pool2d", x);
+    let out = pool_out("max_pool2d", x, kernel, stride, padding);
     if x.is_batched() || padding.0 >= kernel.0 || padding.1 >= kernel.1 {
         return None;
     }
-    let o = Conv2dOptions {
-        stride,
-        padding,
-        ..Conv2dOptions::default()
-    };
-    let out = window_out("max_pool2d", x, kernel, &o);
     let &[n, c, h, w] = x.shape() else {
         unreachable!("require_nchw checked the rank")
     };

@@ -2,6 +2,7 @@
 //! pass where the backend has batch norm's output kernel (`Backend::channel_scale_shift`, the
 //! CPU and CUDA), where the broadcast composition took three or four.
 
+use super::norm::scale_and_shift_value;
 use super::require_float;
 use crate::shape::normalize_axis;
 use crate::tensor::Tensor;
@@ -13,11 +14,12 @@ impl Tensor {
     /// sqrt(var + eps) * gamma + beta` per index of `axis` (the channels: 1 for `[N, C, H, W]`),
     /// with `mean`, `var`, `gamma` and `beta` `[C]` in this tensor's dtype and on its device.
     ///
-    /// Differentiable in all five, to any order, under `vmap` and `jit`. Where the backend has
-    /// batch norm's output kernel (the CPU and CUDA) and nothing is vmapped, the value is one
-    /// pass over `x` (the scale `gamma / sqrt(var + eps)` is computed first, `[C]`); the input
-    /// gradient is one more, and the statistics' and the scale's gradients are per-channel sums.
-    /// Otherwise it is the broadcast composition.
+    /// Differentiable in all five, to any order, under `vmap` and `jit`. Unless something is
+    /// vmapped it is one node (the scale `gamma / sqrt(var + eps)` is computed first, `[C]`),
+    /// whose value is one pass over `x` where the backend has batch norm's output kernel (the
+    /// CPU and CUDA; elsewhere the broadcast ops compute it); the input gradient is one more
+    /// pass, and the statistics' and the scale's gradients are per-channel sums. Under `vmap`
+    /// it is the broadcast composition.
     ///
     /// # Panics
     /// When this tensor is not a float tensor, `axis` is out of range, or one of the statistics
@@ -42,13 +44,9 @@ impl Tensor {
         let plain = [self, mean, &scale, beta].iter().all(|t| !t.is_batched());
         if plain {
             let x = self.grouped_around(a);
-            let fused = x
-                .backend()
-                .channel_scale_shift(x.raw(), mean.raw(), scale.raw(), beta.raw());
-            if let Some(raw) = fused {
-                let y = Tensor::record(raw, &[&x, mean, &scale, beta], || ChannelAffineRule);
-                return y.reshape(self.shape().to_vec());
-            }
+            let value = scale_and_shift_value(&x, mean, &scale, beta);
+            let y = Tensor::record(value.raw().clone(), &[&x, mean, &scale, beta], || ChannelAffineRule);
+            return y.reshape(self.shape().to_vec());
         }
         let mut per_channel = vec![1; self.rank()];
         per_channel[a] = self.shape()[a];
