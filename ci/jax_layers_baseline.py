@@ -50,6 +50,10 @@ def jax_rows(runs):
         x, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))))))
     rows.append(("max_pool_fwd_bwd", "jax.jit", "ms",
                  median_ms(lambda: pool_grad(pool_in).block_until_ready(), 1, runs)))
+    avg_grad = jax.jit(jax.grad(lambda x: jnp.sum((jax.lax.reduce_window(
+        x, 0.0, jax.lax.add, (1, 1, 3, 3), (1, 1, 2, 2), ((0, 0), (0, 0), (1, 1), (1, 1))) / 9.0) ** 2)))
+    rows.append(("avg_pool_fwd_bwd", "jax.jit", "ms",
+                 median_ms(lambda: avg_grad(pool_in).block_until_ready(), 1, runs)))
 
     q, k, v = (jnp.asarray(t) for t in attention_inputs(rng))
     padding = jnp.asarray(key_padding())
@@ -183,6 +187,8 @@ def torch_rows(runs):
     pool_in = torch.from_numpy(pool_input()).requires_grad_()
     rows.append(("max_pool_fwd_bwd", "torch eager", "ms", median_ms(
         lambda: torch.autograd.grad(torch.nn.functional.max_pool2d(pool_in, 3, 2, 1).sum(), pool_in), 1, runs)))
+    rows.append(("avg_pool_fwd_bwd", "torch eager", "ms", median_ms(
+        lambda: torch.autograd.grad((torch.nn.functional.avg_pool2d(pool_in, 3, 2, 1) ** 2).sum(), pool_in), 1, runs)))
     qkv = [torch.from_numpy(t).requires_grad_() for t in attention_inputs(np.random.default_rng(0))]
     padding = torch.from_numpy(key_padding())
     for case, causal, mask in (("attention_causal_fwd_bwd", True, None), ("attention_padded_fwd_bwd", False, padding)):

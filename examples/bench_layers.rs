@@ -99,6 +99,14 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(pool_grad(&pool_in))),
     ));
+    // Average pooling of the same shape: the gradient of sum(y^2) (of sum(y) it would be a
+    // constant that a compiler may fold).
+    let avg_grad = nb::grad(|x: &Tensor| nb::avg_pool2d(x, (3, 3), (2, 2), (1, 1)).square().sum_all());
+    rows.push((
+        "avg_pool_fwd_bwd".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(avg_grad(&pool_in))),
+    ));
     // Attention [16, 8, 256, 64], the gradient of sum(o^2) with respect to q, k and v: causal,
     // and not causal with a key padding mask (sequence b keeps 256 - 8 b keys).
     let qkv: Vec<Tensor> = (0..3)
@@ -237,6 +245,7 @@ fn main() {
         "conv2d_s2_fwd_bwd",
         "conv2d_stem_fwd",
         "max_pool_fwd_bwd",
+        "avg_pool_fwd_bwd",
         "attention_causal_fwd_bwd",
         "attention_padded_fwd_bwd",
         "batch_norm_fwd_bwd",

@@ -1029,3 +1029,52 @@ fn batch_norm_and_channel_standardisation_run_the_fused_kernels_on_the_device() 
         }
     }
 }
+
+#[test]
+fn pooling_reads_the_windows_in_place_on_the_device_in_every_float_dtype() {
+    if device::real_gpu() || !device::available() {
+        println!(
+            "SKIPPED pooling_reads_the_windows_in_place_on_the_device_in_every_float_dtype: counts \
+             the emulator's launches (and needs a C++ compiler for it)"
+        );
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    let launched = || device::emulated_backend().api().launches.lock().unwrap().clone();
+    let shape = [2usize, 3, 7, 9];
+    let values: Vec<f64> = (0..shape.iter().product::<usize>())
+        .map(|i| ((i * 37 + 11) % 29) as f64 / 7.0 - 2.0)
+        .collect();
+    for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+        let x = Tensor::from_vec(values.clone(), &shape).cast(dtype);
+        let loss = |x: &Tensor| {
+            let a = nb::avg_pool2d(x, (3, 3), (2, 2), (1, 1));
+            let m = nb::max_pool2d(x, (3, 2), (1, 2), (1, 1));
+            (a.square().sum_all() + m.square().sum_all()).cast(DType::F64)
+        };
+        let (want_v, want_g) = nb::value_and_grad(loss)(&x);
+        let before = launched().len();
+        let (v, g) = nb::value_and_grad(loss)(&x.to_device(GPU).unwrap());
+        let names: Vec<String> = launched()[before..].to_vec();
+        for kernel in ["nb_pool_sum_", "nb_pool_sum_transpose_", "nb_pool_argmax_"] {
+            assert!(
+                names.iter().any(|n| n.starts_with(kernel)),
+                "{dtype}: no {kernel}* launch in {names:?}"
+            );
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("nb_unfold_")),
+            "{dtype}: no window tensor: {names:?}"
+        );
+        let tol = if dtype.is_half() { 1e-2 } else { 1e-6 };
+        let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap().cast(DType::F64).to_vec::<f64>();
+        let (gv, wv) = (cpu(&v)[0], want_v.to_vec::<f64>()[0]);
+        assert!((gv - wv).abs() <= tol * wv.abs(), "{dtype}: loss {gv} vs {wv}");
+        for (i, (a, b)) in cpu(&g).iter().zip(cpu(&want_g)).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{dtype}: gradient {i}: {a} vs {b}"
+            );
+        }
+    }
+}

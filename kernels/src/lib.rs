@@ -48,6 +48,7 @@ pub use codegen::elementwise::{
 };
 pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 pub use codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
+pub use codegen::pool::{PoolOp, PoolSpec};
 pub use codegen::random::RandomUniformSpec;
 pub use codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 pub use codegen::window::{FoldSpec, UnfoldSpec};

@@ -7,6 +7,7 @@ use crate::codegen::elementwise::{
 };
 use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
 use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
+use crate::codegen::pool::{PoolOp, PoolSpec};
 use crate::codegen::random::RandomUniformSpec;
 use crate::codegen::reduce::{ArgReduceSpec, ReduceSpec, ReduceStage};
 use crate::codegen::window::{FoldSpec, UnfoldSpec};
@@ -90,6 +91,8 @@ pub enum KernelSpec {
     Attention(AttentionSpec),
     /// One pass of batch normalisation's per-channel kernels.
     Channel(ChannelSpec),
+    /// A pooling kernel reading the padded windows in place.
+    Pool(PoolSpec),
 }
 
 macro_rules! from_specs {
@@ -134,6 +137,7 @@ from_specs!(
     Fold(FoldSpec),
     Attention(AttentionSpec),
     Channel(ChannelSpec),
+    Pool(PoolSpec),
 );
 
 impl KernelSpec {
@@ -166,7 +170,7 @@ impl KernelSpec {
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
-    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`, `channel`).
+    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`, `channel`, `pool`).
     pub fn family(&self) -> &'static str {
         match self {
             KernelSpec::Unary(_) => "unary",
@@ -192,6 +196,7 @@ impl KernelSpec {
             KernelSpec::Fold(_) => "fold",
             KernelSpec::Attention(_) => "attention",
             KernelSpec::Channel(_) => "channel",
+            KernelSpec::Pool(_) => "pool",
         }
     }
 }
@@ -294,6 +299,11 @@ pub fn catalogue() -> Vec<KernelSpec> {
             for pass in ChannelPass::ALL {
                 push(ChannelSpec::new(op, d, pass).map(Into::into));
             }
+        }
+    }
+    for op in PoolOp::ALL {
+        for d in dtypes {
+            push(PoolSpec::new(op, d).map(Into::into));
         }
     }
     out

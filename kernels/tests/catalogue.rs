@@ -100,6 +100,8 @@ fn catalogue_covers_every_family() {
         // moments: partial and finish; the standardisation's backward: partial, finish and apply;
         // batch norm's backward: those and its sums; the scale and shift: apply.
         ("channel", (2 + 3 + 4 + 1) * 4),
+        // the window sum, its transpose and the argmax.
+        ("pool", 3 * 4),
     ]
     .into_iter()
     .collect();

@@ -2233,3 +2233,161 @@ fn channel_kernels_give_batch_norm_statistics_and_gradients() {
         }
     }
 }
+
+// ---- pooling read in place -------------------------------------------------------------
+
+/// A pooling geometry: (batches, height, width), kernel, stride, padding.
+struct Pool {
+    image: (usize, usize, usize),
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    padding: (usize, usize),
+}
+
+impl Pool {
+    fn out(&self) -> (usize, usize) {
+        let ext = |n: usize, k: usize, s: usize, p: usize| (n + 2 * p - k) / s + 1;
+        (
+            ext(self.image.1, self.kernel.0, self.stride.0, self.padding.0),
+            ext(self.image.2, self.kernel.1, self.stride.1, self.padding.1),
+        )
+    }
+    /// For every window in order, the flat pixels (batch included) it covers inside the
+    /// image, in row-major tap order.
+    fn windows(&self) -> Vec<Vec<usize>> {
+        let (b, h, w) = self.image;
+        let (oh, ow) = self.out();
+        let mut out = Vec::new();
+        for bi in 0..b {
+            for y in 0..oh {
+                for x in 0..ow {
+                    let mut taps = Vec::new();
+                    for i in 0..self.kernel.0 {
+                        for j in 0..self.kernel.1 {
+                            let r = (y * self.stride.0 + i) as i64 - self.padding.0 as i64;
+                            let c = (x * self.stride.1 + j) as i64 - self.padding.1 as i64;
+                            if (0..h as i64).contains(&r) && (0..w as i64).contains(&c) {
+                                taps.push((bi * h + r as usize) * w + c as usize);
+                            }
+                        }
+                    }
+                    out.push(taps);
+                }
+            }
+        }
+        out
+    }
+    fn args(&self, scale: Option<f64>) -> Vec<Arg> {
+        let (oh, ow) = self.out();
+        let mut a: Vec<Arg> = [
+            self.image.0,
+            self.image.1,
+            self.image.2,
+            self.kernel.0,
+            self.kernel.1,
+            self.stride.0,
+            self.stride.1,
+            self.padding.0,
+            self.padding.1,
+            oh,
+            ow,
+        ]
+        .into_iter()
+        .map(|v| Arg::i64(v as i64))
+        .collect();
+        a.extend(scale.map(Arg::f64));
+        a
+    }
+}
+
+#[test]
+fn pool_kernels_sum_spread_and_choose_the_first_maximum() {
+    if !available() {
+        return;
+    }
+    let pools = [
+        // The stem's pooling: 3x3, stride 2, padding 1, on an odd image.
+        Pool {
+            image: (2, 7, 9),
+            kernel: (3, 3),
+            stride: (2, 2),
+            padding: (1, 1),
+        },
+        // Overlapping windows, uneven kernel and stride, no padding.
+        Pool {
+            image: (3, 6, 5),
+            kernel: (2, 3),
+            stride: (1, 2),
+            padding: (0, 1),
+        },
+        // Windows wider than the stride and padding as wide as the kernel allows.
+        Pool {
+            image: (1, 4, 4),
+            kernel: (4, 2),
+            stride: (3, 1),
+            padding: (2, 1),
+        },
+    ];
+    for pool in &pools {
+        let (b, h, w) = pool.image;
+        let windows = pool.windows();
+        let scale = 1.0 / (pool.kernel.0 * pool.kernel.1) as f64;
+        for d in [F32, F64, F16, BF16] {
+            // The sum: every window's pixels, scaled.
+            let x: Vec<f64> = noise(b * h * w, 11)
+                .into_iter()
+                .map(|u| quantize(d, 2.0 * u - 1.0))
+                .collect();
+            let spec: KernelSpec = PoolSpec::new(PoolOp::Sum, d).unwrap().into();
+            let mut args = vec![Arg::zeros(windows.len() * d.size_in_bytes()), Arg::Buf(encode_f(d, &x))];
+            args.extend(pool.args(Some(scale)));
+            let got = decode_f(d, launch_1d(&spec, args)[0].as_ref().unwrap());
+            for (k, taps) in windows.iter().enumerate() {
+                let want = scale * taps.iter().map(|&p| x[p]).sum::<f64>();
+                assert!(
+                    (got[k] - want).abs() <= 4.0 * tol(d),
+                    "{}: window {k}: got {}, want {want}",
+                    spec.entry_name(),
+                    got[k]
+                );
+            }
+            // The transpose: every pixel the scaled sum of the windows covering it.
+            let v: Vec<f64> = noise(windows.len(), 12)
+                .into_iter()
+                .map(|u| quantize(d, 2.0 * u - 1.0))
+                .collect();
+            let mut want = vec![0.0; b * h * w];
+            for (k, taps) in windows.iter().enumerate() {
+                for &p in taps {
+                    want[p] += scale * v[k];
+                }
+            }
+            let spec: KernelSpec = PoolSpec::new(PoolOp::SumTranspose, d).unwrap().into();
+            let mut args = vec![Arg::zeros(b * h * w * d.size_in_bytes()), Arg::Buf(encode_f(d, &v))];
+            args.extend(pool.args(Some(scale)));
+            let got = decode_f(d, launch_1d(&spec, args)[0].as_ref().unwrap());
+            for (k, (&g, &wv)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - wv).abs() <= 4.0 * tol(d),
+                    "{}: pixel {k}: got {g}, want {wv}",
+                    spec.entry_name()
+                );
+            }
+            // The argmax: values from a small set (ties), and a NaN in the first image.
+            let mut x: Vec<f64> = noise(b * h * w, 13).into_iter().map(|u| (u * 4.0).floor()).collect();
+            x[w + 1] = f64::NAN;
+            let spec: KernelSpec = PoolSpec::new(PoolOp::Argmax, d).unwrap().into();
+            let mut args = vec![Arg::zeros(windows.len() * 8), Arg::Buf(encode_f(d, &x))];
+            args.extend(pool.args(None));
+            let got = decode_i(I64, launch_1d(&spec, args)[0].as_ref().unwrap());
+            for (k, taps) in windows.iter().enumerate() {
+                let want = taps.iter().copied().find(|&p| x[p].is_nan()).unwrap_or_else(|| {
+                    let top = taps.iter().map(|&p| x[p]).fold(f64::NEG_INFINITY, f64::max);
+                    *taps.iter().find(|&&p| x[p] == top).unwrap()
+                });
+                assert_eq!(got[k], want as i64, "{}: window {k}", spec.entry_name());
+            }
+        }
+        assert!(PoolSpec::new(PoolOp::Sum, I64).is_err());
+    }
+}

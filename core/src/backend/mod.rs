@@ -349,6 +349,24 @@ pub trait Backend: Send + Sync {
     fn pool_argmax(&self, _x: &RawTensor, _window: &Window2d, _padding: (usize, usize)) -> Option<RawTensor> {
         None
     }
+    /// Average pooling's window sums read in place: `scale` times the sum of every window of `x`
+    /// `[.., H, W]` (float) padded by `padding` zeros on each side (`window.image` is the
+    /// padded extents, dilation 1), `[.., OH, OW]` contiguous, taps added in row-major order from
+    /// zero (in f32 for halves); with `transpose`, the transpose of that map, from `x` `[.., OH,
+    /// OW]` to `[.., H, W]`: every pixel `scale` times the sum of the windows covering it, in
+    /// tap order. The two are each other's gradient. `None`, the default, where the backend has
+    /// no kernel (a backend implements both or neither): the op then averages the window tensor
+    /// (im2col).
+    fn pool_sum(
+        &self,
+        _x: &RawTensor,
+        _window: &Window2d,
+        _padding: (usize, usize),
+        _scale: f64,
+        _transpose: bool,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// col2im, the transpose of [`Backend::unfold_windows`]: `cols` `[.., KH * KW, OH, OW]`
     /// (float) added back into `[.., H, W]` contiguous, every pixel the sum of the taps that read
     /// it, added from zero in tap order (row-major `(i, j)`) in f32 for halves.

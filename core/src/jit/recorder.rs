@@ -376,6 +376,23 @@ impl Backend for RecordingBackend {
         let out = self.inner.pool_argmax(x, window, padding)?;
         Some(self.log(Call::PoolArgmax(*window, padding), &[x], out))
     }
+    fn pool_sum(
+        &self,
+        x: &RawTensor,
+        window: &Window2d,
+        padding: (usize, usize),
+        scale: f64,
+        transpose: bool,
+    ) -> Option<RawTensor> {
+        let out = self.inner.pool_sum(x, window, padding, scale, transpose)?;
+        let call = Call::PoolSum {
+            window: *window,
+            padding,
+            scale,
+            transpose,
+        };
+        Some(self.log(call, &[x], out))
+    }
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
         self.log(Call::Unfold(*window), &[x], self.inner.unfold_windows(x, window))
     }

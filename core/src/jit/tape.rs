@@ -64,6 +64,12 @@ pub(crate) enum Call {
     Unfold(Window2d),
     Fold(Window2d),
     PoolArgmax(Window2d, (usize, usize)),
+    PoolSum {
+        window: Window2d,
+        padding: (usize, usize),
+        scale: f64,
+        transpose: bool,
+    },
     Cast(DType),
     Contiguous,
     Gather,
@@ -132,6 +138,14 @@ impl Call {
             Call::PoolArgmax(window, padding) => backend
                 .pool_argmax(&args[0], window, *padding)
                 .expect("a recorded pooling choice replays on the backend that ran it"),
+            Call::PoolSum {
+                window,
+                padding,
+                scale,
+                transpose,
+            } => backend
+                .pool_sum(&args[0], window, *padding, *scale, *transpose)
+                .expect("a recorded window sum replays on the backend that ran it"),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),

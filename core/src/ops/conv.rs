@@ -84,7 +84,7 @@ fn out_extent(input: usize, pad: usize, kernel: usize, stride: usize, dilation: 
         .map(|r| r / stride + 1)
 }
 
-fn require_nchw(op: &str, x: &Tensor) {
+pub(super) fn require_nchw(op: &str, x: &Tensor) {
     require_float(op, x);
     if x.rank() != 4 {
         panic!(
@@ -97,7 +97,7 @@ fn require_nchw(op: &str, x: &Tensor) {
 /// The windows of `x` (`[N, C, H, W]`, already padded) as `[N, C, KH * KW, OH, OW]`, taps in
 /// row-major order (`kh` major): one primitive (im2col), whose derivative is its transpose
 /// [`fold`] (col2im).
-fn patches(
+pub(super) fn patches(
     x: &Tensor,
     kernel: (usize, usize),
     stride: (usize, usize),
@@ -166,7 +166,7 @@ impl Rule for WindowRule {
 }
 
 /// The output size of a window op, or a panic that names the op and the sizes.
-fn window_out(op: &str, x: &Tensor, kernel: (usize, usize), o: &Conv2dOptions) -> (usize, usize) {
+pub(super) fn window_out(op: &str, x: &Tensor, kernel: (usize, usize), o: &Conv2dOptions) -> (usize, usize) {
     let (h, w) = (x.shape()[2], x.shape()[3]);
     let oh = out_extent(h, o.padding.0, kernel.0, o.stride.0, o.dilation.0);
     let ow = out_extent(w, o.padding.1, kernel.1, o.stride.1, o.dilation.1);
@@ -474,94 +474,4 @@ pub fn conv_transpose2d(x: &Tensor, w: &Tensor, options: Conv2dOptions, output_p
     let input = Tensor::full_on(&[n, og * g, oh, ow], 0.0, w.dtype(), x.device());
     let (_, pullback) = crate::transforms::api::vjp(|inp: &Tensor| conv2d(inp, w, options), &input);
     pullback(x)
-}
-
-/// The windows along each axis of a pooling of NCHW `x` (checked, naming `op`).
-fn pool_out(
-    op: &str,
-    x: &Tensor,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    padding: (usize, usize),
-) -> (usize, usize) {
-    require_nchw(op, x);
-    let o = Conv2dOptions {
-        stride,
-        padding,
-        ..Conv2dOptions::default()
-    };
-    window_out(op, x, kernel, &o)
-}
-
-/// The padded windows of a pooling, `[N, C, KH * KW, OH, OW]`, padding filled with `fill`.
-fn pool_windows(
-    op: &str,
-    x: &Tensor,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    padding: (usize, usize),
-    fill: f64,
-) -> Tensor {
-    let out = pool_out(op, x, kernel, stride, padding);
-    let (ph, pw) = padding;
-    let padded = if ph + pw > 0 && fill == 0.0 {
-        x.pad(&[(0, 0), (0, 0), (ph, ph), (pw, pw)])
-    } else if ph + pw > 0 {
-        let widths = [(0, 0), (0, 0), (ph, ph), (pw, pw)];
-        let inside = x.ones_like().pad(&widths).gt_scalar(0.5);
-        inside.where_(&x.pad(&widths), &x.scalar_like(fill))
-    } else {
-        x.clone()
-    };
-    patches(&padded, kernel, stride, (1, 1), out)
-}
-
-/// Max pooling over `kernel` windows of NCHW `x` (padding counts as `-inf`). At ties the
-/// gradient goes to the first maximum of the window in row-major order, as JAX's
-/// `reduce_window` max and PyTorch's `max_pool2d`.
-pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Tensor {
-    if let Some(pooled) = max_pool_in_place(x, kernel, stride, padding) {
-        return pooled;
-    }
-    let windows = pool_windows("max_pool2d", x, kernel, stride, padding, f64::NEG_INFINITY);
-    let first_max = windows.argmax(Some(2), true);
-    windows.take_along_axis(&first_max, 2).squeeze([2])
-}
-
-/// Max pooling where the backend finds the windows' maxima in place (`Backend::pool_argmax`: the
-/// CPU): the values taken from the flattened `x` at the chosen positions, so the gradient is one
-/// scatter of the cotangent to them, and no padded copy or window tensor is built. `None` under
-/// vmap, for padding not below the kernel (a window could hold padding alone), and where the
-/// backend has no kernel.
-fn max_pool_in_place(
-    x: &Tensor,
-    kernel: (usize, usize),
-    stride: (usize, usize),
-    padding: (usize, usize),
-) -> Option<Tensor> {
-    let out = pool_out("max_pool2d", x, kernel, stride, padding);
-    if x.is_batched() || padding.0 >= kernel.0 || padding.1 >= kernel.1 {
-        return None;
-    }
-    let &[n, c, h, w] = x.shape() else {
-        unreachable!("require_nchw checked the rank")
-    };
-    let window = Window2d {
-        image: (h + 2 * padding.0, w + 2 * padding.1),
-        kernel,
-        stride,
-        dilation: (1, 1),
-        out,
-    };
-    let positions = Tensor::untraced(x.backend().pool_argmax(x.raw(), &window, padding)?, &[x]);
-    let values = x
-        .reshape([n * c * h * w])
-        .take_in_range(&positions.reshape([n * c * out.0 * out.1]), 0);
-    Some(values.reshape([n, c, out.0, out.1]))
-}
-
-/// Average pooling over `kernel` windows of NCHW `x`; padding counts as zeros in the average
-/// (PyTorch's default `count_include_pad=True`, Flax's `avg_pool`).
-pub fn avg_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), padding: (usize, usize)) -> Tensor {
-    pool_windows("avg_pool2d", x, kernel, stride, padding, 0.0).mean(2, false)
 }

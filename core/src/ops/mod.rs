@@ -18,6 +18,7 @@ pub mod norm;
 mod norm_eval;
 pub mod optim;
 pub mod overload;
+pub mod pool;
 pub mod reduce;
 pub mod reduce_all;
 pub mod shape;

@@ -516,6 +516,21 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         windows::fold_windows(self, cols, window)
     }
 
+    fn pool_sum(
+        &self,
+        x: &RawTensor,
+        window: &Window2d,
+        padding: (usize, usize),
+        scale: f64,
+        transpose: bool,
+    ) -> Option<RawTensor> {
+        Some(windows::pool_sum(self, x, window, padding, scale, transpose))
+    }
+
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+        Some(windows::pool_argmax(self, x, window, padding))
+    }
+
     fn cast(&self, x: &RawTensor, dtype: DType) -> RawTensor {
         elementwise::cast(self, x, dtype)
     }

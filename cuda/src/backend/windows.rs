@@ -1,10 +1,12 @@
 //! Sliding 2-D windows: the generated `nb_unfold_*` (im2col, one thread per column element)
 //! and `nb_fold_*` (col2im, one thread per pixel adding its taps in order, no atomics) kernels,
-//! one launch each over a dense copy of the input when it is a view.
+//! and pooling read in place (`nb_pool_sum_*`, `nb_pool_sum_transpose_*`, `nb_pool_argmax_*`:
+//! no padded copy), one launch each over a dense copy of the input when it is a view.
 
+use nabla_core::DType;
 use nabla_core::backend::Window2d;
 use nabla_core::storage::RawTensor;
-use nabla_kernels::{FoldSpec, KernelError, KernelSpec, UnfoldSpec, launch};
+use nabla_kernels::{FoldSpec, KernelError, KernelSpec, PoolOp, PoolSpec, UnfoldSpec, launch};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
@@ -15,7 +17,8 @@ pub(super) fn unfold_windows<A: DeviceApi>(be: &CudaBackend<A>, x: &RawTensor, w
     let images = shape.iter().product();
     shape.extend([win.taps(), win.out.0, win.out.1]);
     let s = UnfoldSpec::new(kernel_dtype(x.dtype())).map(KernelSpec::from);
-    window_kernel(be, s, "unfold_windows", x, (&shape, images), win)
+    let out = be.empty(&shape, x.dtype());
+    window_kernel(be, s, "unfold_windows", x, (out, images), win, Pooling::None)
 }
 
 pub(super) fn fold_windows<A: DeviceApi>(be: &CudaBackend<A>, cols: &RawTensor, win: &Window2d) -> RawTensor {
@@ -24,21 +27,97 @@ pub(super) fn fold_windows<A: DeviceApi>(be: &CudaBackend<A>, cols: &RawTensor, 
     let images = shape.iter().product();
     shape.extend([win.image.0, win.image.1]);
     let s = FoldSpec::new(kernel_dtype(cols.dtype())).map(KernelSpec::from);
-    window_kernel(be, s, "fold_windows", cols, (&shape, images), win)
+    let out = be.empty(&shape, cols.dtype());
+    window_kernel(be, s, "fold_windows", cols, (out, images), win, Pooling::None)
 }
 
-/// Launches the window kernel `s` from `x` into a new tensor of `shape` holding `images`
-/// images (the product of the leading axes), one thread per output element.
+/// The image's extents without its padding (`win.image` is the padded extents).
+fn unpadded(win: &Window2d, padding: (usize, usize)) -> (usize, usize) {
+    (
+        win.image.0.saturating_sub(2 * padding.0),
+        win.image.1.saturating_sub(2 * padding.1),
+    )
+}
+
+/// Average pooling's scaled window sums of `x` `[.., H, W]` padded by `padding` zeros, or
+/// (`transpose`) their transpose from `[.., OH, OW]` to `[.., H, W]` (see
+/// `Backend::pool_sum`).
+pub(super) fn pool_sum<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    win: &Window2d,
+    padding: (usize, usize),
+    scale: f64,
+    transpose: bool,
+) -> RawTensor {
+    let image = unpadded(win, padding);
+    let (from, to) = if transpose {
+        ([win.out.0, win.out.1], [image.0, image.1])
+    } else {
+        ([image.0, image.1], [win.out.0, win.out.1])
+    };
+    win.require("pool_sum", x.shape(), &from);
+    let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
+    let images = shape.iter().product();
+    shape.extend(to);
+    let op = if transpose { PoolOp::SumTranspose } else { PoolOp::Sum };
+    let s = PoolSpec::new(op, kernel_dtype(x.dtype())).map(KernelSpec::from);
+    let out = be.empty(&shape, x.dtype());
+    window_kernel(be, s, op.name(), x, (out, images), win, Pooling::Sum(padding, scale))
+}
+
+/// Max pooling's choice: the flat position in `x` `[.., H, W]` of the first maximum of every
+/// window over `x` padded by `padding` (see `Backend::pool_argmax`), `[.., OH * OW]` i64.
+pub(super) fn pool_argmax<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    x: &RawTensor,
+    win: &Window2d,
+    padding: (usize, usize),
+) -> RawTensor {
+    let image = unpadded(win, padding);
+    win.require("pool_argmax", x.shape(), &[image.0, image.1]);
+    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 {
+        panic!(
+            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}",
+            win.kernel
+        );
+    }
+    let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
+    let images = shape.iter().product();
+    shape.push(win.out.0 * win.out.1);
+    let s = PoolSpec::new(PoolOp::Argmax, kernel_dtype(x.dtype())).map(KernelSpec::from);
+    let out = be.empty(&shape, DType::I64);
+    window_kernel(be, s, "pool_argmax", x, (out, images), win, Pooling::Argmax(padding))
+}
+
+/// The pooling arguments of a window kernel: none (im2col, col2im), or the padding read in
+/// place and, for the sums, their factor.
+#[derive(Clone, Copy)]
+enum Pooling {
+    None,
+    Sum((usize, usize), f64),
+    Argmax((usize, usize)),
+}
+
+/// Launches the window kernel `s` from `x` into `out` holding `images` images (the product of
+/// the leading axes), one thread per output element. Pooling kernels take the unpadded
+/// image's extents as `height` and `width`.
 fn window_kernel<A: DeviceApi>(
     be: &CudaBackend<A>,
     s: Result<KernelSpec, KernelError>,
     name: &str,
     x: &RawTensor,
-    (shape, images): (&[usize], usize),
+    (out, images): (RawTensor, usize),
     win: &Window2d,
+    pooling: Pooling,
 ) -> RawTensor {
     let x = be.dense(x);
-    let out = be.empty(shape, x.dtype());
+    let (padding, scale) = match pooling {
+        Pooling::None => ((0, 0), 1.0),
+        Pooling::Sum(padding, scale) => (padding, scale),
+        Pooling::Argmax(padding) => (padding, 1.0),
+    };
+    let image = unpadded(win, padding);
     let n = out.layout().numel() as i64;
     if n == 0 {
         return out;
@@ -48,10 +127,10 @@ fn window_kernel<A: DeviceApi>(
         let v = |v: usize| LaunchArg::I64(v as i64);
         Some(match p.name {
             "out" => be.run_ptr(&out),
-            "x" | "cols" => be.run_ptr(&x),
+            "x" | "cols" | "v" => be.run_ptr(&x),
             "batches" => v(images),
-            "height" => v(win.image.0),
-            "width" => v(win.image.1),
+            "height" => v(image.0),
+            "width" => v(image.1),
             "kernel_h" => v(win.kernel.0),
             "kernel_w" => v(win.kernel.1),
             "stride_h" => v(win.stride.0),
@@ -60,6 +139,9 @@ fn window_kernel<A: DeviceApi>(
             "dilation_w" => v(win.dilation.1),
             "out_h" => v(win.out.0),
             "out_w" => v(win.out.1),
+            "pad_h" => v(padding.0),
+            "pad_w" => v(padding.1),
+            "scale" => LaunchArg::F64(scale),
             _ => return None,
         })
     });

@@ -5,6 +5,7 @@ pub(crate) mod channels;
 pub(crate) mod elementwise;
 pub(crate) mod fused;
 pub(crate) mod index;
+pub(crate) mod pool;
 pub(crate) mod prelude;
 pub(crate) mod random;
 pub(crate) mod reduce;

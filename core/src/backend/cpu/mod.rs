@@ -374,6 +374,21 @@ impl Backend for CpuBackend {
         narrow(taps::tap_outer(self, &widen(dy), &widen(x), taps), dy.dtype())
     }
 
+    fn pool_sum(
+        &self,
+        x: &RawTensor,
+        window: &Window2d,
+        padding: (usize, usize),
+        scale: f64,
+        transpose: bool,
+    ) -> Option<RawTensor> {
+        // Halves add in f32 and round once.
+        Some(narrow(
+            pool::pool_sum(&widen(x), window, padding, scale, transpose),
+            x.dtype(),
+        ))
+    }
+
     fn fold_windows(&self, cols: &RawTensor, window: &Window2d) -> RawTensor {
         // Halves add in f32 and round once.
         narrow(windows::fold_windows(&widen(cols), window), cols.dtype())

@@ -1,7 +1,10 @@
-//! Max pooling's window maxima found in place: the position of the first maximum of every
-//! window, reading the image where it lies (no padded copy, no im2col matrix), images split
-//! across threads. The op layer gathers the values at these positions, so the gradient is a
-//! scatter of the cotangent to them.
+//! Pooling read in place, without a padded copy or an im2col matrix, images split across
+//! threads:
+//! - max pooling's choice: the position of the first maximum of every window (the op layer
+//!   gathers the values at these positions, so the gradient is a scatter of the cotangent to
+//!   them);
+//! - average pooling's scaled window sums, and their transpose (the gradient), taps added in
+//!   row-major order from zero in both (the CUDA kernels' order, so the same sums).
 
 use rayon::prelude::*;
 
@@ -73,35 +76,34 @@ fn argmax_image<T: PartialOrd + Copy>(
     }
 }
 
-/// [`argmax_image`] over every image of `data` (`images` planes of `plane` values).
-fn argmax_all<T: PartialOrd + Copy + Send + Sync>(
+/// `each(image, base, out)` over every image of `data` (`plane` values each, the image at
+/// flat position `base`), each writing its `per` outputs into a fresh buffer of `fill`s.
+fn per_image<T: Sync, U: Copy + Send>(
     data: &[T],
-    plane: usize,
-    per: usize,
-    win: &Window2d,
-    padding: (usize, usize),
-    is_nan: impl Fn(T) -> bool + Copy + Send + Sync,
-) -> Vec<i64> {
+    (plane, per): (usize, usize),
+    fill: U,
+    each: impl Fn(&[T], usize, &mut [U]) + Sync,
+) -> Vec<U> {
     let images = data.len() / plane.max(1);
-    let mut out = vec![0i64; images * per];
-    if per == 0 {
+    let mut out = vec![fill; images * per];
+    if per == 0 || plane == 0 {
         return out;
     }
     // Images `first..` of `d` into `o`.
-    let each = |first: usize, o: &mut [i64], d: &[T]| {
+    let run = |first: usize, o: &mut [U], d: &[T]| {
         o.chunks_mut(per)
             .zip(d.chunks(plane))
             .enumerate()
-            .for_each(|(k, (o, d))| argmax_image(d, (first + k) * plane, o, win, padding, is_nan));
+            .for_each(|(k, (o, d))| each(d, (first + k) * plane, o));
     };
     if data.len() >= PARALLEL_MIN && images > 1 {
         let task = (PARALLEL_MIN / plane.max(1)).max(1);
         out.par_chunks_mut(per * task)
             .zip(data.par_chunks(plane * task))
             .enumerate()
-            .for_each(|(t, (o, d))| each(t * task, o, d));
+            .for_each(|(t, (o, d))| run(t * task, o, d));
     } else {
-        each(0, &mut out, data);
+        run(0, &mut out, data);
     }
     out
 }
@@ -130,10 +132,156 @@ pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: (usize, usize)
     let len = shape.iter().product::<usize>();
     let start = x.layout.offset;
     let positions = match host(&x) {
-        CpuBuffer::F32(d) => argmax_all(&d[start..start + len], plane, per, win, padding, f32::is_nan),
-        CpuBuffer::F64(d) => argmax_all(&d[start..start + len], plane, per, win, padding, f64::is_nan),
+        CpuBuffer::F32(d) => per_image(&d[start..start + len], (plane, per), 0i64, |img, base, o| {
+            argmax_image(img, base, o, win, padding, f32::is_nan)
+        }),
+        CpuBuffer::F64(d) => per_image(&d[start..start + len], (plane, per), 0i64, |img, base, o| {
+            argmax_image(img, base, o, win, padding, f64::is_nan)
+        }),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
         other => unreachable!("pool_argmax of {}: the op layer accepts floats only", other.dtype()),
     };
     wrap(positions, &out_shape)
+}
+
+/// The image columns `c0 + k * step` (for `k` in `0..len`) that windows `lo..lo + len` read
+/// at tap column `j`: the windows whose tap lies inside a row of `width` pixels, with `pad`
+/// padding before it (`None` when there are none).
+fn tap_columns(j: usize, pad: usize, step: usize, width: usize, windows: usize) -> Option<(usize, usize, usize)> {
+    // Window `x` reads column `x * step + j - pad`: inside for `lo <= x < hi`.
+    let lo = pad.saturating_sub(j).div_ceil(step);
+    let hi = ((width + pad).checked_sub(j + 1)? / step + 1).min(windows);
+    (lo < hi).then(|| (lo, lo * step + j - pad, hi - lo))
+}
+
+/// The image row that window row `y` reads at tap row `i` (`None` in the padding).
+fn tap_row(y: usize, i: usize, win: &Window2d, pad: usize, height: usize) -> Option<usize> {
+    (y * win.stride.0 + i).checked_sub(pad).filter(|&r| r < height)
+}
+
+/// The scaled sums of the windows of one image `src` (`[H, W]`) into `dst` (`[OH, OW]`):
+/// every window's taps added in row-major order from zero, then scaled.
+fn sum_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (usize, usize), scale: T)
+where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let (h, w) = (win.image.0 - 2 * padding.0, win.image.1 - 2 * padding.1);
+    let step = win.stride.1;
+    for (y, acc) in dst.chunks_exact_mut(win.out.1).enumerate() {
+        acc.fill(T::default());
+        for i in 0..win.kernel.0 {
+            let Some(r) = tap_row(y, i, win, padding.0, h) else {
+                continue;
+            };
+            let row = &src[r * w..(r + 1) * w];
+            for j in 0..win.kernel.1 {
+                let Some((lo, c0, len)) = tap_columns(j, padding.1, step, w, win.out.1) else {
+                    continue;
+                };
+                let acc = &mut acc[lo..lo + len];
+                if step == 1 {
+                    for (a, &v) in acc.iter_mut().zip(&row[c0..c0 + len]) {
+                        *a = *a + v;
+                    }
+                } else {
+                    for (a, &v) in acc.iter_mut().zip(row[c0..].iter().step_by(step)) {
+                        *a = *a + v;
+                    }
+                }
+            }
+        }
+        for a in acc {
+            *a = *a * scale;
+        }
+    }
+}
+
+/// The transpose of [`sum_image`]: every pixel of `dst` (`[H, W]`) the scaled sum of `src`
+/// (`[OH, OW]`) over the windows covering it. The window rows are visited last to first, so
+/// that every pixel receives its windows' values in row-major tap order, from zero (the CUDA
+/// kernel's order).
+fn sum_transpose_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (usize, usize), scale: T)
+where
+    T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let (h, w) = (win.image.0 - 2 * padding.0, win.image.1 - 2 * padding.1);
+    let step = win.stride.1;
+    dst.fill(T::default());
+    for (y, vals) in src.chunks_exact(win.out.1).enumerate().rev() {
+        for i in 0..win.kernel.0 {
+            let Some(r) = tap_row(y, i, win, padding.0, h) else {
+                continue;
+            };
+            let row = &mut dst[r * w..(r + 1) * w];
+            for j in 0..win.kernel.1 {
+                let Some((lo, c0, len)) = tap_columns(j, padding.1, step, w, win.out.1) else {
+                    continue;
+                };
+                let vals = &vals[lo..lo + len];
+                if step == 1 {
+                    for (o, &v) in row[c0..c0 + len].iter_mut().zip(vals) {
+                        *o = *o + v;
+                    }
+                } else {
+                    for (o, &v) in row[c0..].iter_mut().step_by(step).zip(vals) {
+                        *o = *o + v;
+                    }
+                }
+            }
+        }
+    }
+    for o in dst {
+        *o = *o * scale;
+    }
+}
+
+/// Average pooling's scaled window sums of `x` `[.., H, W]` padded by `padding` with zeros
+/// (`win.image` the padded extents), `[.., OH, OW]`; or, with `transpose`, their transpose
+/// from `x` `[.., OH, OW]` to `[.., H, W]` (f32 or f64; halves arrive widened).
+pub(super) fn pool_sum(
+    x: &RawTensor,
+    win: &Window2d,
+    padding: (usize, usize),
+    scale: f64,
+    transpose: bool,
+) -> RawTensor {
+    let image = (
+        win.image.0.saturating_sub(2 * padding.0),
+        win.image.1.saturating_sub(2 * padding.1),
+    );
+    let (from, to) = if transpose {
+        ([win.out.0, win.out.1], [image.0, image.1])
+    } else {
+        ([image.0, image.1], [win.out.0, win.out.1])
+    };
+    win.require("pool_sum", &x.layout.shape, &from);
+    if 2 * padding.0 > win.image.0 || 2 * padding.1 > win.image.1 || win.dilation != (1, 1) {
+        panic!("internal error: pool_sum with padding {padding:?} of the window {win:?}");
+    }
+    let x = dense(x);
+    let shape = &x.layout.shape;
+    let mut out_shape = shape[..shape.len() - 2].to_vec();
+    out_shape.extend(to);
+    let sizes = (from[0] * from[1], to[0] * to[1]);
+    let len = shape.iter().product::<usize>();
+    let start = x.layout.offset;
+    match host(&x) {
+        CpuBuffer::F32(d) => {
+            let scale = scale as f32;
+            let out = per_image(&d[start..start + len], sizes, 0f32, |img, _, o| match transpose {
+                false => sum_image(img, o, win, padding, scale),
+                true => sum_transpose_image(img, o, win, padding, scale),
+            });
+            wrap(out, &out_shape)
+        }
+        CpuBuffer::F64(d) => {
+            let out = per_image(&d[start..start + len], sizes, 0f64, |img, _, o| match transpose {
+                false => sum_image(img, o, win, padding, scale),
+                true => sum_transpose_image(img, o, win, padding, scale),
+            });
+            wrap(out, &out_shape)
+        }
+        CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
+        other => unreachable!("pool_sum of {}: the op layer accepts floats only", other.dtype()),
+    }
 }
