@@ -78,6 +78,12 @@ def main():
         return loss, torch.autograd.grad(loss, (x, gamma, beta))
 
     row("batch_norm_32x64x56x56", median_ms(batch_norm_step, 3, 20))
+    pool_in = torch.randn(32, 64, 112, 112, device=dev).requires_grad_()
+    F = torch.nn.functional
+    row("max_pool_32x64x112x112", median_ms(
+        lambda: torch.autograd.grad(F.max_pool2d(pool_in, 3, 2, 1).sum(), pool_in), 3, 20))
+    row("avg_pool_32x64x112x112", median_ms(
+        lambda: torch.autograd.grad((F.avg_pool2d(pool_in, 3, 2, 1) ** 2).sum(), pool_in), 3, 20))
 
 
 if __name__ == "__main__":

@@ -194,7 +194,8 @@ def cell(v):
 print(f"| case | nabla-rs ms | nabla-rs jit ms | torch eager ms | best ours / torch |")
 print("|---|---|---|---|---|")
 for case in ["mlp_step_b128", "mlp_step_b4096", "add_2^28", "neg_2^28", "copy_2^28", "matmul_8192_f32", "matmul_8192_bf16",
-             "attention_causal_16x8x1024x64", "batch_norm_32x64x56x56"]:
+             "attention_causal_16x8x1024x64", "batch_norm_32x64x56x56", "max_pool_32x64x112x112",
+             "avg_pool_32x64x112x112"]:
     r = rows.get(case, {})
     ours = [v for k, v in r.items() if k in ("nabla-rs", "nabla-rs jit")]
     t = r.get("torch eager")

@@ -170,6 +170,24 @@ fn main() {
             median_ms(3, 20, &mut || drop(step(&inputs))),
         );
     }
+    // Pooling read in place (the stem's 3x3, stride 2, padding 1): max pooling's value and
+    // the gradient of sum(y), average pooling's gradient of sum(y^2).
+    let pool_in = Rng::new(11)
+        .normal(&[32, 64, 112, 112], 0.0, 1.0, DType::F32)
+        .to_device(gpu)
+        .unwrap();
+    let max_grad = nb::grad(|x: &Tensor| nb::max_pool2d(x, (3, 3), (2, 2), (1, 1)).sum_all());
+    row(
+        "max_pool_32x64x112x112",
+        "nabla-rs",
+        median_ms(3, 20, &mut || drop(max_grad(&pool_in))),
+    );
+    let avg_grad = nb::grad(|x: &Tensor| nb::avg_pool2d(x, (3, 3), (2, 2), (1, 1)).square().sum_all());
+    row(
+        "avg_pool_32x64x112x112",
+        "nabla-rs",
+        median_ms(3, 20, &mut || drop(avg_grad(&pool_in))),
+    );
     eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));
     eprintln!("gpu_bench: memory: {}", backend.api().allocator_info());
 }

@@ -512,6 +512,14 @@ pub trait Backend: Send + Sync {
     fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor;
     /// `base` plus `upd[b, p, i, q]` added at `[b, p, idx[b, i], q]`; shapes as in `gather`.
     fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor;
+    /// [`Backend::scatter_add`] into zeros of `[B, P, n, Q]` (`upd` `[B, P, I, Q]`): the
+    /// gradient of a take, which needs no base tensor to copy. The default fills the zeros
+    /// and scatters into them.
+    fn scatter_add_to_zeros(&self, n: usize, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        let s = upd.shape();
+        let zeros = self.full(&[s[0], s[1], n, s[3]], upd.dtype(), 0.0, upd.device());
+        self.scatter_add(&zeros, idx, upd)
+    }
     /// Joins tensors of equal shapes except along `axis`.
     fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor;
     /// Zeros of `shape` with `x` written at `starts[a] + steps[a] * i` along every axis `a`

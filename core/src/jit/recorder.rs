@@ -408,6 +408,10 @@ impl Backend for RecordingBackend {
     fn gather(&self, x: &RawTensor, idx: &RawTensor) -> RawTensor {
         self.log(Call::Gather, &[x, idx], self.inner.gather(x, idx))
     }
+    fn scatter_add_to_zeros(&self, n: usize, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        let out = self.inner.scatter_add_to_zeros(n, idx, upd);
+        self.log(Call::ScatterAddToZeros(n), &[idx, upd], out)
+    }
     fn scatter_add(&self, base: &RawTensor, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
         self.log(
             Call::ScatterAdd,

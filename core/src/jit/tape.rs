@@ -74,6 +74,7 @@ pub(crate) enum Call {
     Contiguous,
     Gather,
     ScatterAdd,
+    ScatterAddToZeros(usize),
     Concat(usize),
     Embed {
         shape: Vec<usize>,
@@ -150,6 +151,7 @@ impl Call {
             Call::Contiguous => backend.contiguous(&args[0]),
             Call::Gather => backend.gather(&args[0], &args[1]),
             Call::ScatterAdd => backend.scatter_add(&args[0], &args[1], &args[2]),
+            Call::ScatterAddToZeros(n) => backend.scatter_add_to_zeros(*n, &args[0], &args[1]),
             Call::Concat(axis) => {
                 let refs: Vec<&RawTensor> = args.iter().collect();
                 backend.concat(&refs, *axis)

@@ -160,8 +160,9 @@ impl Rule for TakeRule {
     }
     fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
         let (x, idx) = (&inputs[0], &inputs[1]);
+        let zeros = (x.shape(), x.dtype());
         vec![
-            Some(x.zeros_like().scatter_add_with(idx, ct, self.axis, self.checked)),
+            Some(scatter_add_to_zeros(zeros, idx, ct, self.axis, self.checked)),
             None,
         ]
     }
@@ -190,6 +191,86 @@ impl Rule for ScatterAddRule {
         let tx = t[0].clone().unwrap_or_else(|| inputs[0].zeros_like());
         let tu = t[2].clone().unwrap_or_else(|| inputs[2].zeros_like());
         Some(tx.scatter_add_with(&inputs[1], &tu, self.axis, self.checked))
+    }
+}
+
+/// `updates` checked against the shape that `take` along `a` by `idx` gives from a tensor of
+/// `shape`, in `dtype`.
+fn scatter_updates(shape: &[usize], dtype: DType, idx: &Tensor, updates: &Tensor, a: usize) -> Tensor {
+    let mut expected = shape[..a].to_vec();
+    expected.extend_from_slice(idx.shape());
+    expected.extend_from_slice(&shape[a + 1..]);
+    if updates.shape() != expected.as_slice() {
+        panic!(
+            "scatter_add: updates have shape {:?}, expected {:?} (x {:?}, indices {:?}, axis {a})",
+            updates.shape(),
+            expected,
+            shape,
+            idx.shape()
+        );
+    }
+    if updates.dtype() == dtype {
+        updates.clone()
+    } else {
+        updates.cast(dtype)
+    }
+}
+
+/// Zeros of `shape` and `dtype` with `updates` added at `idx` along `a`, without a base to
+/// copy (the gradient of a take; `Backend::scatter_add_to_zeros`). Differentiable in
+/// `updates`.
+fn scatter_add_to_zeros(
+    (shape, dtype): (&[usize], DType),
+    idx: &Tensor,
+    updates: &Tensor,
+    a: usize,
+    checked: bool,
+) -> Tensor {
+    let updates = scatter_updates(shape, dtype, idx, updates, a);
+    let (pre, n, post) = around_axis(shape, a);
+    let (layouts, levels) = aligned_layouts(&[idx, &updates], None);
+    let bt = common_batch(&layouts, levels.len());
+    let flat = index_rows("scatter_add", idx, &layouts[0], &bt, n, (shape, a), checked);
+    let u4 = contiguous_as(&updates, &layouts[1], &bt, &[numel(&bt), pre, idx.numel(), post]);
+    let raw = updates.backend().scatter_add_to_zeros(n, &flat, &u4);
+    let raw = raw.with_layout(Layout::contiguous(&physical(&bt, shape)));
+    let shape = shape.to_vec();
+    if dtype.is_float() {
+        Tensor::record(raw, &[idx, &updates], || ScatterToZerosRule {
+            axis: a,
+            checked,
+            shape,
+        })
+    } else {
+        Tensor::untraced(raw, &[idx, &updates])
+    }
+}
+
+/// The rule of [`scatter_add_to_zeros`] (inputs: the indices, the updates): linear in the
+/// updates, whose VJP is the take of the cotangent.
+struct ScatterToZerosRule {
+    axis: usize,
+    checked: bool,
+    /// The shape of the zeros.
+    shape: Vec<usize>,
+}
+
+impl Rule for ScatterToZerosRule {
+    fn name(&self) -> String {
+        format!("scatter_add_to_zeros(axis={})", self.axis)
+    }
+    fn vjp(&self, inputs: &[Tensor], _o: &Tensor, ct: &Tensor) -> Vec<Option<Tensor>> {
+        vec![None, Some(ct.take_with(&inputs[0], self.axis, self.checked))]
+    }
+    fn jvp(&self, inputs: &[Tensor], out: &Tensor, t: &[Option<Tensor>]) -> Option<Tensor> {
+        let zeros = (self.shape.as_slice(), out.dtype());
+        Some(scatter_add_to_zeros(
+            zeros,
+            &inputs[0],
+            t[1].as_ref()?,
+            self.axis,
+            self.checked,
+        ))
     }
 }
 
@@ -241,23 +322,7 @@ impl Tensor {
     /// [`Tensor::scatter_add`] along the normalised `axis`, the indices checked (and
     /// negatives wrapped) when `checked`.
     fn scatter_add_with(&self, idx: &Tensor, updates: &Tensor, a: usize, checked: bool) -> Tensor {
-        let mut expected = self.shape()[..a].to_vec();
-        expected.extend_from_slice(idx.shape());
-        expected.extend_from_slice(&self.shape()[a + 1..]);
-        if updates.shape() != expected.as_slice() {
-            panic!(
-                "scatter_add: updates have shape {:?}, expected {:?} (x {:?}, indices {:?}, axis {a})",
-                updates.shape(),
-                expected,
-                self.shape(),
-                idx.shape()
-            );
-        }
-        let updates = if updates.dtype() == self.dtype() {
-            updates.clone()
-        } else {
-            updates.cast(self.dtype())
-        };
+        let updates = scatter_updates(self.shape(), self.dtype(), idx, updates, a);
         let (pre, n, post) = around_axis(self.shape(), a);
         let (layouts, levels) = aligned_layouts(&[self, idx, &updates], None);
         let bt = common_batch(&layouts, levels.len());

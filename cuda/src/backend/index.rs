@@ -73,6 +73,23 @@ pub(super) fn scatter_add<A: DeviceApi>(
     out
 }
 
+/// [`scatter_add`] into fresh zeros of `[B, P, n, Q]` (the gradient of a take): one fill and
+/// the scatter, no copy of a base.
+pub(super) fn scatter_add_to_zeros<A: DeviceApi>(
+    be: &CudaBackend<A>,
+    n: usize,
+    idx: &RawTensor,
+    upd: &RawTensor,
+) -> RawTensor {
+    let s = upd.shape();
+    // A fresh buffer: `full` shares one-element constants, which must not be written.
+    let out = super::elementwise::fill(be, &[s[0], s[1], n, s[3]], upd.dtype(), 0.0);
+    let (idx, upd) = (be.dense(idx), be.dense(upd));
+    let s = spec(ScatterAddSpec::new(kernel_dtype(out.dtype())), "scatter_add");
+    launch_bpnq(be, &s, &out, ("upd", &upd), &idx, dims4(&out));
+    out
+}
+
 pub(super) fn concat<A: DeviceApi>(be: &CudaBackend<A>, xs: &[&RawTensor], axis: usize) -> RawTensor {
     let mut shape = xs[0].shape().to_vec();
     let total: usize = xs.iter().map(|x| x.shape()[axis]).sum();

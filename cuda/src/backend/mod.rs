@@ -547,6 +547,10 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         index::scatter_add(self, base, idx, upd)
     }
 
+    fn scatter_add_to_zeros(&self, n: usize, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        index::scatter_add_to_zeros(self, n, idx, upd)
+    }
+
     fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
         index::concat(self, xs, axis)
     }

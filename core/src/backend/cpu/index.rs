@@ -1,11 +1,13 @@
 //! Indexing kernels: gather, scatter-add, concatenation and strided embedding.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use ndarray::{Axis, IxDyn, Slice};
 
 use super::elementwise::copy_view;
-use super::{host, view, wrap};
+use super::{dense_run, host, view, wrap};
+use crate::layout::Layout;
 use crate::storage::{CpuBuffer, IntoCpuBuffer, RawTensor};
 use crate::with_cpu_buffer;
 
@@ -13,10 +15,20 @@ use crate::with_cpu_buffer;
 /// worth the hand-off).
 const PARALLEL_FROM: usize = 1 << 16;
 
-fn indices(idx: &RawTensor) -> Vec<i64> {
+fn indices(idx: &RawTensor) -> Cow<'_, [i64]> {
     match host(idx) {
-        CpuBuffer::I64(d) => copy_view(d, &idx.layout),
+        CpuBuffer::I64(d) => in_order(d, &idx.layout),
         _ => unreachable!("indices are i64: checked by the op layer"),
+    }
+}
+
+/// The elements of the view `layout` of `data` in row-major order: borrowed where the view is
+/// contiguous (an embedding table is not copied to gather a few rows), copied otherwise.
+fn in_order<'a, T: Copy + Send + Sync>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    if layout.is_contiguous() {
+        Cow::Borrowed(dense_run(data, layout))
+    } else {
+        Cow::Owned(copy_view(data, layout))
     }
 }
 
@@ -24,11 +36,16 @@ fn gather_typed<T: Copy>(x: &[T], dims: [usize; 4], idx: &[i64], i_len: usize) -
     let [bn, p, n, q] = dims;
     let mut out = Vec::with_capacity(bn * p * i_len * q);
     for b in 0..bn {
+        let rows = &idx[b * i_len..(b + 1) * i_len];
         for pp in 0..p {
             let base = (b * p + pp) * n;
-            for i in 0..i_len {
-                let row = idx[b * i_len + i] as usize;
-                let start = (base + row) * q;
+            if q == 1 {
+                // Single elements (max pooling's values, take_along_axis): no slice per index.
+                out.extend(rows.iter().map(|&row| x[base + row as usize]));
+                continue;
+            }
+            for &row in rows {
+                let start = (base + row as usize) * q;
                 out.extend_from_slice(&x[start..start + q]);
             }
         }
@@ -47,7 +64,7 @@ pub(super) fn gather(x: &RawTensor, idx: &RawTensor) -> RawTensor {
     let ids = indices(idx);
     let i_len = idx.shape()[1];
     let shape = [dims[0], dims[1], i_len, dims[3]];
-    with_cpu_buffer!(host(x), d => wrap(gather_typed(&copy_view(d, &x.layout), dims, &ids, i_len), &shape))
+    with_cpu_buffer!(host(x), d => wrap(gather_typed(&in_order(d, &x.layout), dims, &ids, i_len), &shape))
 }
 
 fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
@@ -59,13 +76,20 @@ fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
 ) {
     let [bn, p, n, q] = dims;
     for b in 0..bn {
+        let rows = &idx[b * i_len..(b + 1) * i_len];
         for pp in 0..p {
-            for i in 0..i_len {
-                let row = idx[b * i_len + i] as usize;
-                let dst = ((b * p + pp) * n + row) * q;
-                let src = ((b * p + pp) * i_len + i) * q;
-                for j in 0..q {
-                    base[dst + j] = base[dst + j] + upd[src + j];
+            let dst = &mut base[(b * p + pp) * n * q..(b * p + pp + 1) * n * q];
+            let src = &upd[(b * p + pp) * i_len * q..(b * p + pp + 1) * i_len * q];
+            if q == 1 {
+                for (&row, &u) in rows.iter().zip(src) {
+                    let at = &mut dst[row as usize];
+                    *at = *at + u;
+                }
+                continue;
+            }
+            for (&row, u) in rows.iter().zip(src.chunks_exact(q)) {
+                for (d, &u) in dst[row as usize * q..(row as usize + 1) * q].iter_mut().zip(u) {
+                    *d = *d + u;
                 }
             }
         }
@@ -81,18 +105,45 @@ pub(super) fn scatter_add(base: &RawTensor, idx: &RawTensor, upd: &RawTensor) ->
     match (host(base), host(upd)) {
         (CpuBuffer::F32(b), CpuBuffer::F32(u)) => {
             let mut out = copy_view(b, &base.layout);
-            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
             wrap(out, &shape)
         }
         (CpuBuffer::F64(b), CpuBuffer::F64(u)) => {
             let mut out = copy_view(b, &base.layout);
-            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
             wrap(out, &shape)
         }
         (CpuBuffer::I64(b), CpuBuffer::I64(u)) => {
             let mut out = copy_view(b, &base.layout);
-            scatter_typed(&mut out, dims, &ids, &copy_view(u, &upd.layout), i_len);
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
             wrap(out, &shape)
+        }
+        _ => unreachable!("scatter_add dtypes are checked by the op layer; halves arrive widened to f32"),
+    }
+}
+
+/// `upd[b, p, i, q]` added at `[b, p, idx[b, i], q]` of zeros `[B, P, n, Q]`: the zeros are a
+/// fresh zeroed allocation (pages the kernel hands out zeroed), not a copy of a base.
+pub(super) fn scatter_add_to_zeros(n: usize, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+    let [b, p, _, q] = dims4(upd);
+    let dims = [b, p, n, q];
+    let ids = indices(idx);
+    let i_len = idx.shape()[1];
+    match host(upd) {
+        CpuBuffer::F32(u) => {
+            let mut out = vec![0f32; b * p * n * q];
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
+            wrap(out, &dims)
+        }
+        CpuBuffer::F64(u) => {
+            let mut out = vec![0f64; b * p * n * q];
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
+            wrap(out, &dims)
+        }
+        CpuBuffer::I64(u) => {
+            let mut out = vec![0i64; b * p * n * q];
+            scatter_typed(&mut out, dims, &ids, &in_order(u, &upd.layout), i_len);
+            wrap(out, &dims)
         }
         _ => unreachable!("scatter_add dtypes are checked by the op layer; halves arrive widened to f32"),
     }

@@ -410,6 +410,10 @@ impl Backend for CpuBackend {
         narrow(index::scatter_add(&widen(base), idx, &widen(upd)), base.dtype())
     }
 
+    fn scatter_add_to_zeros(&self, n: usize, idx: &RawTensor, upd: &RawTensor) -> RawTensor {
+        narrow(index::scatter_add_to_zeros(n, idx, &widen(upd)), upd.dtype())
+    }
+
     fn concat(&self, xs: &[&RawTensor], axis: usize) -> RawTensor {
         index::concat(xs, axis)
     }
