@@ -119,6 +119,16 @@ def jax_rows(runs):
 
     rows.append(("adam_update_16M", "jax.jit", "ms", median_ms(lambda: jax.block_until_ready(adam(p, g, m, v)), 1, runs)))
 
+    # SGD with Nesterov momentum 0.9 and weight decay 5e-4 (optax.sgd's formula with an L2 term).
+    @jax.jit
+    def sgd(p, g, v):
+        g = g + 5e-4 * p
+        v1 = 0.9 * v + g
+        return p - 0.1 * (g + 0.9 * v1), v1
+
+    rows.append(("sgd_nesterov_update_16M", "jax.jit", "ms",
+                 median_ms(lambda: jax.block_until_ready(sgd(p, g, m)), 1, runs)))
+
     logits, labels = ce_inputs(rng)
     ce = jax.jit(jax.value_and_grad(
         lambda z, y: -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z, -1), y[:, None], -1))))
@@ -224,6 +234,9 @@ def torch_rows(runs):
     p.grad = torch.randn(1 << 24)
     opt = torch.optim.Adam([p], lr=1e-3)
     rows.append(("adam_update_16M", "torch eager", "ms", median_ms(opt.step, 1, runs)))
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sgd.step()  # the first step creates the momentum buffer
+    rows.append(("sgd_nesterov_update_16M", "torch eager", "ms", median_ms(sgd.step, 1, runs)))
     logits, labels = ce_inputs(np.random.default_rng(0))
     z, y = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(labels)
 

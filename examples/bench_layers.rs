@@ -190,6 +190,18 @@ fn main() {
         "nabla-rs".into(),
         median_ms(1, args.runs, || drop(adam.update(&param, &grads, &state, 1e-3))),
     ));
+    // One SGD update with Nesterov momentum and weight decay of the same parameter.
+    let sgd = nb::nn::Optimizer::Sgd(nb::nn::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+    });
+    let sgd_state = sgd.init(&param);
+    rows.push((
+        "sgd_nesterov_update_16M".into(),
+        "nabla-rs".into(),
+        median_ms(1, args.runs, || drop(sgd.update(&param, &grads, &sgd_state, 0.1))),
+    ));
     // Cross-entropy of a language model's logits (batch x sequence 2048, vocabulary 32000).
     let (rows_ce, classes) = (2048usize, 32000usize);
     let logits = rng.normal(&[rows_ce, classes], 0.0, 1.0, DType::F32);
@@ -253,6 +265,7 @@ fn main() {
         "batch_norm_synced_fwd_bwd",
         "transformer_block_step",
         "adam_update_16M",
+        "sgd_nesterov_update_16M",
         "cross_entropy_32k",
     ] {
         let r = &table[case];

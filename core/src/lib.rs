@@ -21,7 +21,7 @@ pub mod trace;
 pub mod transforms;
 pub mod tree;
 
-pub use backend::{AdamStep, Backend, register_backend, synchronize};
+pub use backend::{AdamStep, Backend, SgdStep, register_backend, synchronize};
 pub use device::Device;
 pub use dtype::{DType, Element, bf16, f16};
 pub use error::{Error, Result};
@@ -34,7 +34,7 @@ pub use ops::create::{TensorLiteral, tensor, tensor_of};
 pub use ops::cross_entropy::{CrossEntropyOptions, Reduction, cross_entropy, cross_entropy_with};
 pub use ops::index::one_hot;
 pub use ops::nn::mse;
-pub use ops::optim::adam_update;
+pub use ops::optim::{adam_update, sgd_update};
 pub use ops::pool::{avg_pool2d, max_pool2d};
 pub use ops::shape::{Sl, concatenate, stack};
 pub use ops::sync_norm::CrossRankSum;

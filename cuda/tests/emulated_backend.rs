@@ -1078,3 +1078,66 @@ fn pooling_reads_the_windows_in_place_on_the_device_in_every_float_dtype() {
         }
     }
 }
+
+#[test]
+fn the_sgd_update_on_the_device_matches_the_cpu() {
+    if !device::available() {
+        println!("SKIPPED the_sgd_update_on_the_device_matches_the_cpu: no C++ compiler to build the kernel emulator");
+        return;
+    }
+    let _one_at_a_time = device::setup();
+    for dtype in [DType::F32, DType::F64, DType::BF16] {
+        for (momentum, nesterov, weight_decay) in [
+            (0.0, false, 0.0),
+            (0.0, false, 1e-3),
+            (0.9, false, 5e-4),
+            (0.9, true, 5e-4),
+        ] {
+            let s = nb::SgdStep {
+                lr: 0.05,
+                momentum,
+                nesterov,
+                weight_decay,
+            };
+            let n = 37;
+            let t = |k: usize| {
+                let v: Vec<f64> = (0..n).map(|i| ((i * 7 + k * 13) % 23) as f64 / 11.0 - 1.0).collect();
+                Tensor::from_vec(v, &[n]).cast(dtype)
+            };
+            // A strided gradient on the CPU (moved to the device as its values).
+            let long =
+                Tensor::from_vec((0..2 * n).map(|i| (i % 9) as f64 - 4.0).collect::<Vec<_>>(), &[2 * n]).cast(dtype);
+            let (p, g, v) = (t(0), long.slice_axis(0, None, None, 2), t(2));
+            let v = (momentum != 0.0).then_some(v);
+            let (q, v1) = nb::sgd_update(&p, &g, v.as_ref(), &s);
+            let on = on_gpu(&[p, g]);
+            let on_v = v.as_ref().map(|v| v.to_device(GPU).unwrap());
+            let launched =
+                || (!device::real_gpu()).then(|| device::emulated_backend().api().launches.lock().unwrap().clone());
+            let before = launched();
+            let (gq, gv) = nb::sgd_update(&on[0], &on[1], on_v.as_ref(), &s);
+            let name = format!("sgd_update {dtype} momentum {momentum} nesterov {nesterov} wd {weight_decay}");
+            if let (Some(before), Some(after)) = (before, launched()) {
+                // One launch reads the operands and writes the results.
+                let kinds: Vec<&str> = after[before.len()..]
+                    .iter()
+                    .map(|k| k.split('_').nth(1).unwrap())
+                    .collect();
+                assert_eq!(kinds, ["sgd"], "{name}: {:?}", &after[before.len()..]);
+            }
+            let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec::<f64>();
+            let tol = if dtype == DType::BF16 { 8e-3 } else { 1e-6 };
+            let mut pairs = vec![(&gq, &q)];
+            if let (Some(a), Some(b)) = (&gv, &v1) {
+                pairs.push((a, b));
+            }
+            assert_eq!(gv.is_some(), v1.is_some(), "{name}");
+            for (got, want) in pairs {
+                assert_eq!(got.device(), GPU, "{name}");
+                for (a, b) in cpu(got).iter().zip(want.to_vec::<f64>()) {
+                    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{name}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

@@ -46,7 +46,7 @@ pub use codegen::channels::{ChannelPass, ChannelSpec};
 pub use codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };
-pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
+pub use codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec, SgdSpec};
 pub use codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 pub use codegen::pool::{PoolOp, PoolSpec};
 pub use codegen::random::RandomUniformSpec;

@@ -5,7 +5,7 @@ use crate::codegen::channels::{ChannelPass, ChannelSpec};
 use crate::codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
 };
-use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec};
+use crate::codegen::fused::{AdamSpec, CrossEntropySpec, RowSpec, SgdSpec};
 use crate::codegen::index::{ConcatSpec, EmbedSpec, GatherSpec, IndexCheckSpec, ScatterAddSpec};
 use crate::codegen::pool::{PoolOp, PoolSpec};
 use crate::codegen::random::RandomUniformSpec;
@@ -83,6 +83,8 @@ pub enum KernelSpec {
     CrossEntropy(CrossEntropySpec),
     /// The Adam update in place.
     Adam(AdamSpec),
+    /// The SGD update (with or without a velocity).
+    Sgd(SgdSpec),
     /// Every tap of every 2-D window copied out (im2col).
     Unfold(UnfoldSpec),
     /// The taps of 2-D windows added back into the image (col2im).
@@ -133,6 +135,7 @@ from_specs!(
     Row(RowSpec),
     CrossEntropy(CrossEntropySpec),
     Adam(AdamSpec),
+    Sgd(SgdSpec),
     Unfold(UnfoldSpec),
     Fold(FoldSpec),
     Attention(AttentionSpec),
@@ -170,7 +173,7 @@ impl KernelSpec {
 
     /// The family name (`unary`, `binary`, `compare`, `select`, `cast`, `fill`, `arange`, `copy`,
     /// `reduce`, `arg_reduce`, `gather`, `scatter_add`, `concat`, `embed`, `index_check`, `random_uniform`, `row`,
-    /// `cross_entropy`, `adam`, `unfold`, `fold`, `attention`, `channel`, `pool`).
+    /// `cross_entropy`, `adam`, `sgd`, `unfold`, `fold`, `attention`, `channel`, `pool`).
     pub fn family(&self) -> &'static str {
         match self {
             KernelSpec::Unary(_) => "unary",
@@ -192,6 +195,7 @@ impl KernelSpec {
             KernelSpec::Row(_) => "row",
             KernelSpec::CrossEntropy(_) => "cross_entropy",
             KernelSpec::Adam(_) => "adam",
+            KernelSpec::Sgd(_) => "sgd",
             KernelSpec::Unfold(_) => "unfold",
             KernelSpec::Fold(_) => "fold",
             KernelSpec::Attention(_) => "attention",
@@ -282,6 +286,9 @@ pub fn catalogue() -> Vec<KernelSpec> {
     for d in dtypes {
         push(CrossEntropySpec::new(d).map(Into::into));
         push(AdamSpec::new(d).map(Into::into));
+        for momentum in [false, true] {
+            push(SgdSpec::new(d, momentum).map(Into::into));
+        }
     }
     for d in dtypes {
         push(UnfoldSpec::new(d).map(Into::into));

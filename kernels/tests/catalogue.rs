@@ -93,6 +93,8 @@ fn catalogue_covers_every_family() {
         ("row", 7 * 4),
         ("cross_entropy", 4),
         ("adam", 4),
+        // without and with a velocity.
+        ("sgd", 4 * 2),
         ("unfold", 8),
         ("fold", 4),
         // forward, backward over queries, backward over keys; f32 and f64.

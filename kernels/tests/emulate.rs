@@ -2391,3 +2391,60 @@ fn pool_kernels_sum_spread_and_choose_the_first_maximum() {
         assert!(PoolSpec::new(PoolOp::Sum, I64).is_err());
     }
 }
+
+#[test]
+fn sgd_updates_the_parameter_and_the_velocity_in_one_launch() {
+    if !available() {
+        return;
+    }
+    let n = 37;
+    let (lr, mu, wd) = (0.05, 0.9, 5e-4);
+    for d in [F32, F64, F16, BF16] {
+        let vals = |seed: u64| -> Vec<f64> { noise(n, seed).into_iter().map(|u| quantize(d, 4.0 * u - 2.0)).collect() };
+        let (p, g, v) = (vals(1), vals(2), vals(3));
+        for (momentum, nesterov) in [(false, false), (true, false), (true, true)] {
+            // The formula in f64 (the kernel computes in float for halves and f32: compare
+            // within the dtype's precision).
+            let mut want_p = Vec::new();
+            let mut want_v = Vec::new();
+            for i in 0..n {
+                let gi = g[i] + p[i] * wd;
+                if momentum {
+                    let v1 = v[i] * mu + gi;
+                    let step = if nesterov { gi + v1 * mu } else { v1 };
+                    want_p.push(quantize(d, p[i] - step * lr));
+                    want_v.push(quantize(d, v1));
+                } else {
+                    want_p.push(quantize(d, p[i] - gi * lr));
+                }
+            }
+            let spec: KernelSpec = SgdSpec::new(d, momentum).unwrap().into();
+            let k = if momentum { 2 } else { 1 };
+            let mut args = vec![
+                Arg::zeros(k * n * d.size_in_bytes()),
+                Arg::Buf(encode_f(d, &p)),
+                Arg::Buf(encode_f(d, &g)),
+            ];
+            if momentum {
+                args.push(Arg::Buf(encode_f(d, &v)));
+            }
+            args.extend([
+                Arg::i64(n as i64),
+                Arg::f64(lr),
+                Arg::f64(if momentum { mu } else { 0.0 }),
+                Arg::f64(wd),
+                Arg::i32(nesterov as i32),
+            ]);
+            let out = launch_1d(&spec, args);
+            let what = format!("{} nesterov {nesterov}", spec.entry_name());
+            let all = out[0].as_ref().unwrap();
+            let row = all.len() / k;
+            let rel = tol(d) * 16.0;
+            assert_vals(&what, &Vals::decode(d, &all[..row]), &Vals::F(want_p), rel);
+            if momentum {
+                assert_vals(&what, &Vals::decode(d, &all[row..]), &Vals::F(want_v), rel);
+            }
+        }
+    }
+    assert!(SgdSpec::new(I64, true).is_err());
+}

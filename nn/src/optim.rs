@@ -4,7 +4,7 @@
 //! (gradient and update) replays with the current count. The learning rate is a Rust number:
 //! a replay repeats the one the step was traced with (as a captured Python float in JAX).
 
-use nabla_core::{AdamStep, DType, Tensor, Tree};
+use nabla_core::{AdamStep, DType, SgdStep, Tensor, Tree};
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay
 /// (PyTorch's conventions: `v = mu v + g`, step along `v` or `g + mu v`).
@@ -108,46 +108,24 @@ impl Optimizer {
         let (p, g) = (params.leaves(), grads.leaves());
         match (self, state) {
             (Optimizer::Sgd(s), OptState::Sgd { velocity }) => {
-                let g: Vec<Tensor> = p
-                    .iter()
-                    .zip(&g)
-                    .map(|(p, g)| {
-                        if s.weight_decay != 0.0 {
-                            g + p * s.weight_decay
-                        } else {
-                            g.clone()
-                        }
-                    })
-                    .collect();
-                match velocity {
-                    None => {
-                        let new: Vec<Tensor> = p.iter().zip(&g).map(|(p, g)| p - g * lr).collect();
-                        (params.rebuild(new), OptState::Sgd { velocity: None })
-                    }
-                    Some(vel) => {
-                        let v = vel.leaves();
-                        zip3(&p, &g, &v, "sgd");
-                        let v_new: Vec<Tensor> = v.iter().zip(&g).map(|(v, g)| v * s.momentum + g).collect();
-                        let new: Vec<Tensor> = p
-                            .iter()
-                            .zip(&g)
-                            .zip(&v_new)
-                            .map(|((p, g), v)| {
-                                if s.nesterov {
-                                    p - (g + v * s.momentum) * lr
-                                } else {
-                                    p - v * lr
-                                }
-                            })
-                            .collect();
-                        (
-                            params.rebuild(new),
-                            OptState::Sgd {
-                                velocity: Some(vel.rebuild(v_new)),
-                            },
-                        )
-                    }
+                let step = SgdStep {
+                    lr,
+                    momentum: s.momentum,
+                    nesterov: s.nesterov,
+                    weight_decay: s.weight_decay,
+                };
+                // One fused kernel per parameter (the same formula in ops when traced).
+                let v = velocity.as_ref().map(|vel| vel.leaves());
+                zip3(&p, &g, v.as_deref().unwrap_or(&g), "sgd");
+                let mut new_p = Vec::with_capacity(p.len());
+                let mut new_v = Vec::with_capacity(p.len());
+                for i in 0..p.len() {
+                    let (q, v1) = nabla_core::sgd_update(&p[i], &g[i], v.as_ref().map(|v| &v[i]), &step);
+                    new_p.push(q);
+                    new_v.extend(v1);
                 }
+                let velocity = velocity.as_ref().map(|vel| vel.rebuild(new_v));
+                (params.rebuild(new_p), OptState::Sgd { velocity })
             }
             (Optimizer::Adam(a), OptState::Adam { m, v, count }) => {
                 let (ml, vl) = (m.leaves(), v.leaves());

@@ -174,6 +174,21 @@ pub struct AdamStep {
     pub decoupled: bool,
 }
 
+/// The scalars of one SGD update (PyTorch's `torch.optim.SGD` without dampening): the gradient
+/// `g + weight_decay * p`, the velocity `momentum * v + g`, and the step along the velocity,
+/// or along `g + momentum * v'` with Nesterov momentum (along `g` without momentum).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0 for none: no velocity).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 penalty added to the gradient (0 for none).
+    pub weight_decay: f64,
+}
+
 /// The geometry of a 2-D sliding window over the last two axes of an image (`im2col` and
 /// `col2im`): tap `(i, j)` of window `(oh, ow)` reads pixel `(i * dilation.0 + oh * stride.0,
 /// j * dilation.1 + ow * stride.1)`; taps are numbered `i * kernel.1 + j`. Pairs are (height,
@@ -337,6 +352,20 @@ pub trait Backend: Send + Sync {
         count: &RawTensor,
         step: &AdamStep,
     ) -> RawTensor;
+    /// One SGD update of a parameter in one pass: `[p']` without `velocity`, `[p', v']` with it,
+    /// stacked as `[k, ..shape]` contiguous (the formula on [`SgdStep`]), each operation rounded
+    /// in the element type in that order (f32 for halves). `param`, `grad` and `velocity` are
+    /// one shape and float dtype. `None`, the default, where the backend has no kernel: the op
+    /// then composes elementwise ops.
+    fn sgd_update(
+        &self,
+        _param: &RawTensor,
+        _grad: &RawTensor,
+        _velocity: Option<&RawTensor>,
+        _step: &SgdStep,
+    ) -> Option<RawTensor> {
+        None
+    }
     /// im2col: every tap of every window of `x` `[.., H, W]` (`H, W` = `window.image`), as
     /// `[.., KH * KW, OH, OW]` contiguous; any dtype.
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor;

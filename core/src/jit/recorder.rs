@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use super::tape::{Call, HostFn, Ref, Step, Tape};
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -359,6 +359,22 @@ impl Backend for RecordingBackend {
         args.extend([packed, d_o]);
         let masked = mask.is_some();
         Some(self.log(Call::AttentionBackward { scale, causal, masked }, &args, out))
+    }
+    fn sgd_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        velocity: Option<&RawTensor>,
+        step: &SgdStep,
+    ) -> Option<RawTensor> {
+        let out = self.inner.sgd_update(param, grad, velocity, step)?;
+        let mut args = vec![param, grad];
+        args.extend(velocity);
+        let call = Call::Sgd {
+            step: *step,
+            velocity: velocity.is_some(),
+        };
+        Some(self.log(call, &args, out))
     }
     fn adam_update(
         &self,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, UnaryOp, Window2d};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::storage::{RawTensor, Storage};
@@ -49,6 +49,11 @@ pub(crate) enum Call {
     CrossEntropy,
     CrossEntropyBackward,
     Adam(AdamStep),
+    /// Arguments `param, grad`, then the velocity when `velocity`.
+    Sgd {
+        step: SgdStep,
+        velocity: bool,
+    },
     /// Arguments `q, k, v` and, when `masked`, the mask.
     Attention {
         scale: f64,
@@ -121,6 +126,9 @@ impl Call {
             Call::CrossEntropy => backend.cross_entropy_rows(&args[0], &args[1]),
             Call::CrossEntropyBackward => backend.cross_entropy_rows_backward(&args[0], &args[1], &args[2]),
             Call::Adam(step) => backend.adam_update(&args[0], &args[1], &args[2], &args[3], &args[4], step),
+            Call::Sgd { step, velocity } => backend
+                .sgd_update(&args[0], &args[1], velocity.then(|| &args[2]), step)
+                .expect("a recorded SGD update replays on the backend that ran it"),
             Call::Attention { scale, causal, masked } => backend
                 .attention(&args[0], &args[1], &args[2], masked.then(|| &args[3]), *scale, *causal)
                 .expect("a recorded fused attention replays on the backend that ran it"),

@@ -85,3 +85,73 @@ fn composed(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, count: &Tensor, s: &
     }
     (q, m1, v1)
 }
+
+/// One SGD update (PyTorch's `torch.optim.SGD` without dampening; the formula on
+/// [`crate::SgdStep`]): `(param', velocity')` from the parameter, its gradient and, with
+/// momentum, the velocity (all of one shape and float dtype on one device; pass `None` when
+/// `step.momentum` is 0, and zeros for the first step with momentum, as PyTorch's first
+/// velocity is the gradient). Plain values take one fused kernel where the backend has one;
+/// traced or batched ones take the composition of ops, which gives the same values (bit for
+/// bit in f32 and f64) and has derivatives.
+pub fn sgd_update(
+    param: &Tensor,
+    grad: &Tensor,
+    velocity: Option<&Tensor>,
+    step: &crate::SgdStep,
+) -> (Tensor, Option<Tensor>) {
+    let mut operands = vec![("param", param), ("grad", grad)];
+    operands.extend(velocity.map(|v| ("velocity", v)));
+    for &(name, t) in &operands {
+        if !t.dtype().is_float() || t.dtype() != param.dtype() || t.shape() != param.shape() {
+            panic!(
+                "sgd_update: {name} is {:?} {} but the parameter is {:?} {}; the gradient and the \
+                 velocity must have the parameter's shape and float dtype (make the velocity with \
+                 zeros_like(param))",
+                t.shape(),
+                t.dtype(),
+                param.shape(),
+                param.dtype()
+            );
+        }
+        require_same_device("sgd_update", param, t);
+    }
+    if velocity.is_some() == (step.momentum == 0.0) {
+        panic!(
+            "sgd_update: momentum {} {} a velocity; pass Some(velocity) exactly when the momentum is not 0",
+            step.momentum,
+            if velocity.is_some() { "does not use" } else { "needs" }
+        );
+    }
+    let plain = operands.iter().all(|(_, t)| !t.is_traced() && !t.is_batched());
+    let fused = plain
+        .then(|| {
+            param
+                .backend()
+                .sgd_update(param.raw(), grad.raw(), velocity.map(|v| v.raw()), step)
+        })
+        .flatten();
+    match fused {
+        Some(raw) => {
+            let stacked = Tensor::from_raw(raw);
+            (stacked.i(0), velocity.map(|_| stacked.i(1)))
+        }
+        None => sgd_composed(param, grad, velocity, step),
+    }
+}
+
+/// The SGD update in public ops, rounded after every op in the fused kernel's order.
+fn sgd_composed(p: &Tensor, g: &Tensor, v: Option<&Tensor>, s: &crate::SgdStep) -> (Tensor, Option<Tensor>) {
+    let g = if s.weight_decay != 0.0 {
+        g + p * s.weight_decay
+    } else {
+        g.clone()
+    };
+    match v {
+        None => (p - &g * s.lr, None),
+        Some(v) => {
+            let v1 = v * s.momentum + &g;
+            let d = if s.nesterov { &g + &v1 * s.momentum } else { v1.clone() };
+            (p - d * s.lr, Some(v1))
+        }
+    }
+}

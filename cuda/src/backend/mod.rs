@@ -20,13 +20,16 @@ mod index;
 mod matmul;
 mod reduce;
 mod rows;
+mod sgd;
 mod windows;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use nabla_core::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, UnaryOp, Window2d};
+use nabla_core::backend::{
+    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d,
+};
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
 use nabla_core::{DType, Device};
@@ -494,6 +497,16 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
 
     fn cross_entropy_rows_backward(&self, x: &RawTensor, labels: &RawTensor, g: &RawTensor) -> RawTensor {
         cross_entropy::cross_entropy_rows_backward(self, x, labels, g)
+    }
+
+    fn sgd_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        velocity: Option<&RawTensor>,
+        step: &SgdStep,
+    ) -> Option<RawTensor> {
+        Some(sgd::sgd_update(self, param, grad, velocity, step))
     }
 
     fn adam_update(

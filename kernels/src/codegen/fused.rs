@@ -502,3 +502,97 @@ out[2 * n + i] = {sv};
         )
     }
 }
+
+/// The SGD update of one parameter (PyTorch's `torch.optim.SGD` without dampening): with
+/// `g' = g + weight_decay * p`, the velocity `v' = momentum * v + g'` and the step along `v'`,
+/// or along `g' + momentum * v'` with `nesterov` (along `g'` without momentum), `p' = p - lr *
+/// step`. Writes `out[i] = p'` and, with momentum, `out[n + i] = v'`: one launch reads each
+/// operand once. Scalars are rounded once from double; the arithmetic is in float (double for
+/// f64) in the CPU's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SgdSpec {
+    dtype: KernelDType,
+    momentum: bool,
+}
+
+impl SgdSpec {
+    /// The SGD step for `dtype` parameters (floats), with a velocity when `momentum`.
+    pub fn new(dtype: KernelDType, momentum: bool) -> Result<SgdSpec, KernelError> {
+        floats_only("sgd", dtype)?;
+        Ok(SgdSpec { dtype, momentum })
+    }
+
+    /// The dtype of the parameter, the gradient and the velocity.
+    pub fn dtype(&self) -> KernelDType {
+        self.dtype
+    }
+
+    /// Whether the kernel reads and writes a velocity.
+    pub fn momentum(&self) -> bool {
+        self.momentum
+    }
+}
+
+impl Gen for SgdSpec {
+    fn entry_name(&self) -> String {
+        let kind = if self.momentum { "sgd_momentum" } else { "sgd" };
+        format!("nb_{kind}_{}", self.dtype)
+    }
+
+    fn params(&self) -> Vec<Param> {
+        let d = self.dtype;
+        let mut p = vec![
+            Param::new("out", ArgType::Out(d)),
+            Param::new("param", ArgType::In(d)),
+            Param::new("grad", ArgType::In(d)),
+        ];
+        if self.momentum {
+            p.push(Param::new("velocity", ArgType::In(d)));
+        }
+        p.extend([
+            Param::new("n", ArgType::I64),
+            Param::new("lr", ArgType::F64),
+            Param::new("momentum", ArgType::F64),
+            Param::new("weight_decay", ArgType::F64),
+            Param::new("nesterov", ArgType::I32),
+        ]);
+        p
+    }
+
+    fn body(&self, _entry: &str) -> String {
+        let d = self.dtype;
+        let c = d.compute_type();
+        let update = if self.momentum {
+            format!(
+                r#"const {c} v1 = {v} * mu + g;
+const {c} step = nesterov ? g + v1 * mu : v1;
+out[i] = {sq};
+out[n + i] = {sv};
+"#,
+                v = d.to_compute("velocity[i]"),
+                sq = d.from_compute("p - step * lr_c"),
+                sv = d.from_compute("v1"),
+            )
+        } else {
+            format!("out[i] = {};\n", d.from_compute("p - g * lr_c"))
+        };
+        let stmts = format!(
+            r#"const {c} p = {p};
+{c} g = {g};
+if (decay) g = g + p * wd;
+{update}"#,
+            p = d.to_compute("param[i]"),
+            g = d.to_compute("grad[i]"),
+        );
+        format!(
+            r#"    // Scalars are formed in double, as the CPU optimiser forms them, then rounded once.
+    const {c} lr_c = ({c})lr;
+    const {c} mu = ({c})momentum;
+    const {c} wd = ({c})weight_decay;
+    const bool decay = weight_decay != 0.0;
+    (void)mu;
+{}"#,
+            grid_stride(&stmts)
+        )
+    }
+}

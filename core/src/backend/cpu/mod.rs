@@ -14,6 +14,7 @@ pub mod memory;
 mod pool;
 mod reduce;
 mod rows;
+mod sgd;
 mod taps;
 mod walk;
 mod windows;
@@ -25,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, TapGrid, UnaryOp, Window2d};
+use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, TapGrid, UnaryOp, Window2d};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -316,6 +317,18 @@ impl Backend for CpuBackend {
             cross_entropy::cross_entropy_rows_backward(&widen(x), labels, &widen(g)),
             x.dtype(),
         )
+    }
+
+    fn sgd_update(
+        &self,
+        param: &RawTensor,
+        grad: &RawTensor,
+        velocity: Option<&RawTensor>,
+        step: &SgdStep,
+    ) -> Option<RawTensor> {
+        let v = velocity.map(widen);
+        let out = sgd::sgd_update(&widen(param), &widen(grad), v.as_deref(), step);
+        Some(narrow(out, param.dtype()))
     }
 
     fn adam_update(
