@@ -245,6 +245,23 @@ impl Window2d {
         }
     }
 
+    /// The extents of the image inside `padding` on each side, where `image` is the padded
+    /// extents (pooling's windows, read in place, see [`Backend::pool_sum`]).
+    pub fn unpadded(&self, padding: (usize, usize)) -> (usize, usize) {
+        (
+            self.image.0.saturating_sub(2 * padding.0),
+            self.image.1.saturating_sub(2 * padding.1),
+        )
+    }
+
+    /// The trailing extents of the input and of the output of [`Backend::pool_sum`] (the image
+    /// inside `padding`, and the windows; swapped with `transpose`).
+    pub fn pool_sum_extents(&self, padding: (usize, usize), transpose: bool) -> ([usize; 2], [usize; 2]) {
+        let (h, w) = self.unpadded(padding);
+        let (image, windows) = ([h, w], [self.out.0, self.out.1]);
+        if transpose { (windows, image) } else { (image, windows) }
+    }
+
     /// The pixel `(row, column)` that tap `(i, j)` of window `(oh, ow)` reads.
     pub fn pixel(&self, (i, j): (usize, usize), (oh, ow): (usize, usize)) -> (usize, usize) {
         (

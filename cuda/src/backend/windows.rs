@@ -31,14 +31,6 @@ pub(super) fn fold_windows<A: DeviceApi>(be: &CudaBackend<A>, cols: &RawTensor, 
     window_kernel(be, s, "fold_windows", cols, (out, images), win, Pooling::None)
 }
 
-/// The image's extents without its padding (`win.image` is the padded extents).
-fn unpadded(win: &Window2d, padding: (usize, usize)) -> (usize, usize) {
-    (
-        win.image.0.saturating_sub(2 * padding.0),
-        win.image.1.saturating_sub(2 * padding.1),
-    )
-}
-
 /// Average pooling's scaled window sums of `x` `[.., H, W]` padded by `padding` zeros, or
 /// (`transpose`) their transpose from `[.., OH, OW]` to `[.., H, W]` (see
 /// `Backend::pool_sum`).
@@ -50,12 +42,7 @@ pub(super) fn pool_sum<A: DeviceApi>(
     scale: f64,
     transpose: bool,
 ) -> RawTensor {
-    let image = unpadded(win, padding);
-    let (from, to) = if transpose {
-        ([win.out.0, win.out.1], [image.0, image.1])
-    } else {
-        ([image.0, image.1], [win.out.0, win.out.1])
-    };
+    let (from, to) = win.pool_sum_extents(padding, transpose);
     win.require("pool_sum", x.shape(), &from);
     let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
     let images = shape.iter().product();
@@ -74,7 +61,7 @@ pub(super) fn pool_argmax<A: DeviceApi>(
     win: &Window2d,
     padding: (usize, usize),
 ) -> RawTensor {
-    let image = unpadded(win, padding);
+    let image = win.unpadded(padding);
     win.require("pool_argmax", x.shape(), &[image.0, image.1]);
     if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 {
         panic!(
@@ -117,7 +104,7 @@ fn window_kernel<A: DeviceApi>(
         Pooling::Sum(padding, scale) => (padding, scale),
         Pooling::Argmax(padding) => (padding, 1.0),
     };
-    let image = unpadded(win, padding);
+    let image = win.unpadded(padding);
     let n = out.layout().numel() as i64;
     if n == 0 {
         return out;

@@ -30,7 +30,7 @@ fn argmax_image<T: PartialOrd + Copy>(
     padding: (usize, usize),
     is_nan: impl Fn(T) -> bool + Copy,
 ) {
-    let (h, w) = (win.image.0 - 2 * padding.0, win.image.1 - 2 * padding.1);
+    let (h, w) = win.unpadded(padding);
     // The image's rows or columns that a window starting at padded `start` covers.
     let inside = |start: usize, pad: usize, kernel: usize, extent: usize| {
         let lo = start.saturating_sub(pad);
@@ -112,10 +112,7 @@ fn per_image<T: Sync, U: Copy + Send>(
 /// the first maximum of every window over `x` padded by `padding` (`win.image` the padded
 /// extents), `[.., OH * OW]` i64.
 pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: (usize, usize)) -> RawTensor {
-    let image = (
-        win.image.0.saturating_sub(2 * padding.0),
-        win.image.1.saturating_sub(2 * padding.1),
-    );
+    let image = win.unpadded(padding);
     win.require("pool_argmax", &x.layout.shape, &[image.0, image.1]);
     if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 {
         panic!(
@@ -165,7 +162,7 @@ fn sum_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (usize, usize
 where
     T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
 {
-    let (h, w) = (win.image.0 - 2 * padding.0, win.image.1 - 2 * padding.1);
+    let (h, w) = win.unpadded(padding);
     let step = win.stride.1;
     for (y, acc) in dst.chunks_exact_mut(win.out.1).enumerate() {
         acc.fill(T::default());
@@ -204,7 +201,7 @@ fn sum_transpose_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (us
 where
     T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
 {
-    let (h, w) = (win.image.0 - 2 * padding.0, win.image.1 - 2 * padding.1);
+    let (h, w) = win.unpadded(padding);
     let step = win.stride.1;
     dst.fill(T::default());
     for (y, vals) in src.chunks_exact(win.out.1).enumerate().rev() {
@@ -245,15 +242,7 @@ pub(super) fn pool_sum(
     scale: f64,
     transpose: bool,
 ) -> RawTensor {
-    let image = (
-        win.image.0.saturating_sub(2 * padding.0),
-        win.image.1.saturating_sub(2 * padding.1),
-    );
-    let (from, to) = if transpose {
-        ([win.out.0, win.out.1], [image.0, image.1])
-    } else {
-        ([image.0, image.1], [win.out.0, win.out.1])
-    };
+    let (from, to) = win.pool_sum_extents(padding, transpose);
     win.require("pool_sum", &x.layout.shape, &from);
     if 2 * padding.0 > win.image.0 || 2 * padding.1 > win.image.1 || win.dilation != (1, 1) {
         panic!("internal error: pool_sum with padding {padding:?} of the window {win:?}");
