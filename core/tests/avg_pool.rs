@@ -196,3 +196,22 @@ fn the_gradient_is_the_transposed_window_sum_and_jit_replays_it_exactly() {
         );
     }
 }
+
+#[test]
+fn images_without_pixels_pool_to_zeros_and_minus_infinity() {
+    // Zero rows: every window is padding. Average pooling counts it as zeros; max pooling (the
+    // window tensor's path) gives -inf, as padding counts as -inf.
+    let x = Tensor::zeros(&[1, 2, 0, 4], DType::F32);
+    let y = nb::avg_pool2d(&x, (2, 2), (1, 1), (1, 1));
+    assert_eq!(y.shape(), &[1, 2, 1, 5]);
+    assert!(y.to_vec::<f32>().iter().all(|&v| v == 0.0), "{:?}", y.to_vec::<f32>());
+    let g = nb::grad(|x: &Tensor| nb::avg_pool2d(x, (2, 2), (1, 1), (1, 1)).sum_all())(&x);
+    assert_eq!(g.shape(), &[1, 2, 0, 4]);
+    let m = nb::max_pool2d(&x, (2, 2), (1, 1), (1, 1));
+    assert_eq!(m.shape(), &[1, 2, 1, 5]);
+    assert!(
+        m.to_vec::<f32>().iter().all(|&v| v == f32::NEG_INFINITY),
+        "{:?}",
+        m.to_vec::<f32>()
+    );
+}

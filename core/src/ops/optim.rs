@@ -92,16 +92,23 @@ fn composed(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, count: &Tensor, s: &
 /// `step.momentum` is 0, and zeros for the first step with momentum, as PyTorch's first
 /// velocity is the gradient). Plain values take one fused kernel where the backend has one;
 /// traced or batched ones take the composition of ops, which gives the same values (bit for
-/// bit in f32 and f64) and has derivatives.
+/// bit in f32 and f64: both kernels round every operation on its own) and has derivatives.
 pub fn sgd_update(
     param: &Tensor,
     grad: &Tensor,
     velocity: Option<&Tensor>,
     step: &crate::SgdStep,
 ) -> (Tensor, Option<Tensor>) {
+    if !param.dtype().is_float() {
+        panic!(
+            "sgd_update: the parameter is {:?} {}; SGD updates float parameters (f32, f64, bf16 or f16)",
+            param.shape(),
+            param.dtype()
+        );
+    }
     let mut operands = vec![("param", param), ("grad", grad)];
     operands.extend(velocity.map(|v| ("velocity", v)));
-    for &(name, t) in &operands {
+    for &(name, t) in &operands[1..] {
         if !t.dtype().is_float() || t.dtype() != param.dtype() || t.shape() != param.shape() {
             panic!(
                 "sgd_update: {name} is {:?} {} but the parameter is {:?} {}; the gradient and the \

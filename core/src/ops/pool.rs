@@ -65,10 +65,10 @@ pub fn max_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), pa
 }
 
 /// Max pooling where the backend finds the windows' maxima in place (`Backend::pool_argmax`: the
-/// CPU): the values taken from the flattened `x` at the chosen positions, so the gradient is one
-/// scatter of the cotangent to them, and no padded copy or window tensor is built. `None` under
-/// vmap, for padding not below the kernel (a window could hold padding alone), and where the
-/// backend has no kernel.
+/// CPU and CUDA): the values taken from the flattened `x` at the chosen positions, so the
+/// gradient is one scatter of the cotangent to them, and no padded copy or window tensor is
+/// built. `None` under vmap, for padding not below the kernel (a window could hold padding
+/// alone), for an image without pixels, and where the backend has no kernel.
 fn max_pool_in_place(
     x: &Tensor,
     kernel: (usize, usize),
@@ -76,12 +76,12 @@ fn max_pool_in_place(
     padding: (usize, usize),
 ) -> Option<Tensor> {
     let out = pool_out("max_pool2d", x, kernel, stride, padding);
-    if x.is_batched() || padding.0 >= kernel.0 || padding.1 >= kernel.1 {
-        return None;
-    }
     let &[n, c, h, w] = x.shape() else {
         unreachable!("require_nchw checked the rank")
     };
+    if x.is_batched() || padding.0 >= kernel.0 || padding.1 >= kernel.1 || h == 0 || w == 0 {
+        return None;
+    }
     let window = Window2d {
         image: (h + 2 * padding.0, w + 2 * padding.1),
         kernel,

@@ -44,6 +44,9 @@ pub(super) fn pool_sum<A: DeviceApi>(
 ) -> RawTensor {
     let (from, to) = win.pool_sum_extents(padding, transpose);
     win.require("pool_sum", x.shape(), &from);
+    if 2 * padding.0 > win.image.0 || 2 * padding.1 > win.image.1 || win.dilation != (1, 1) {
+        panic!("internal error: pool_sum with padding {padding:?} of the window {win:?}");
+    }
     let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
     let images = shape.iter().product();
     shape.extend(to);
@@ -63,9 +66,10 @@ pub(super) fn pool_argmax<A: DeviceApi>(
 ) -> RawTensor {
     let image = win.unpadded(padding);
     win.require("pool_argmax", x.shape(), &[image.0, image.1]);
-    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 {
+    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 || image.0 == 0 || image.1 == 0 {
         panic!(
-            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}",
+            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}, or of an empty \
+             {image:?} image",
             win.kernel
         );
     }

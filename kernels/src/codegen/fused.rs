@@ -508,7 +508,8 @@ out[2 * n + i] = {sv};
 /// or along `g' + momentum * v'` with `nesterov` (along `g'` without momentum), `p' = p - lr *
 /// step`. Writes `out[i] = p'` and, with momentum, `out[n + i] = v'`: one launch reads each
 /// operand once. Scalars are rounded once from double; the arithmetic is in float (double for
-/// f64) in the CPU's order.
+/// f64) in the CPU's order, each operation rounded on its own (no FMA), so f32 and f64 results
+/// are the composition's bit for bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SgdSpec {
     dtype: KernelDType,
@@ -562,24 +563,31 @@ impl Gen for SgdSpec {
     fn body(&self, _entry: &str) -> String {
         let d = self.dtype;
         let c = d.compute_type();
+        // Every operation rounded on its own (`*_rn` intrinsics: NVRTC would otherwise contract
+        // a multiply and an add into one FMA), so f32 and f64 results equal the composition's.
+        let (mul, add, sub) = if c == "double" {
+            ("__dmul_rn", "__dadd_rn", "__dsub_rn")
+        } else {
+            ("__fmul_rn", "__fadd_rn", "__fsub_rn")
+        };
         let update = if self.momentum {
             format!(
-                r#"const {c} v1 = {v} * mu + g;
-const {c} step = nesterov ? g + v1 * mu : v1;
+                r#"const {c} v1 = {add}({mul}({v}, mu), g);
+const {c} step = nesterov ? {add}(g, {mul}(v1, mu)) : v1;
 out[i] = {sq};
 out[n + i] = {sv};
 "#,
                 v = d.to_compute("velocity[i]"),
-                sq = d.from_compute("p - step * lr_c"),
+                sq = d.from_compute(&format!("{sub}(p, {mul}(step, lr_c))")),
                 sv = d.from_compute("v1"),
             )
         } else {
-            format!("out[i] = {};\n", d.from_compute("p - g * lr_c"))
+            format!("out[i] = {};\n", d.from_compute(&format!("{sub}(p, {mul}(g, lr_c))")))
         };
         let stmts = format!(
             r#"const {c} p = {p};
 {c} g = {g};
-if (decay) g = g + p * wd;
+if (decay) g = {add}(g, {mul}(p, wd));
 {update}"#,
             p = d.to_compute("param[i]"),
             g = d.to_compute("grad[i]"),

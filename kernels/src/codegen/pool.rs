@@ -11,8 +11,8 @@
 //!   no atomics: deterministic). It is the sum's gradient, and the sum is its gradient.
 //! - [`PoolOp::Argmax`]: max pooling's choice, the flat position `b * H * W + h * W + w` (i64)
 //!   of the first maximum of every window in row-major tap order; the first NaN of a window
-//!   is its maximum (PyTorch's rule). The padding must be below the kernel, so that every
-//!   window holds a pixel.
+//!   is its maximum (PyTorch's rule). The padding must be below the kernel and the image not
+//!   empty, so that every window holds a pixel.
 
 use super::Gen;
 use super::fused::floats_only;

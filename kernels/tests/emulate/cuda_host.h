@@ -182,6 +182,10 @@ inline __half __float2half_rn(float f) { return __half{nb_emu_round(f, 10, 5)}; 
 // Double arithmetic rounded once per operation (the host compiler does not fuse these).
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 inline __half __double2half(double d) { return __half{nb_emu_round(d, 10, 5)}; }
 inline float __bfloat162float(__nv_bfloat16 h) { return (float)nb_emu_decode(h.bits, 7, 8); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{nb_emu_round(f, 7, 8)}; }

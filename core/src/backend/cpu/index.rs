@@ -80,6 +80,9 @@ fn scatter_typed<T: Copy + std::ops::Add<Output = T>>(
         for pp in 0..p {
             let dst = &mut base[(b * p + pp) * n * q..(b * p + pp + 1) * n * q];
             let src = &upd[(b * p + pp) * i_len * q..(b * p + pp + 1) * i_len * q];
+            if q == 0 {
+                continue;
+            }
             if q == 1 {
                 for (&row, &u) in rows.iter().zip(src) {
                     let at = &mut dst[row as usize];

@@ -8,7 +8,7 @@
 
 use rayon::prelude::*;
 
-use super::{HALVES_WIDENED, PARALLEL_MIN, dense, host, wrap};
+use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, host, wrap};
 use crate::backend::Window2d;
 use crate::storage::{CpuBuffer, RawTensor};
 
@@ -76,15 +76,15 @@ fn argmax_image<T: PartialOrd + Copy>(
     }
 }
 
-/// `each(image, base, out)` over every image of `data` (`plane` values each, the image at
-/// flat position `base`), each writing its `per` outputs into a fresh buffer of `fill`s.
+/// `each(image, base, out)` over the `images` images of `data` (`plane` values each, the image
+/// at flat position `base`), each writing its `per` outputs into a fresh buffer of `fill`s.
+/// Images without pixels leave their outputs `fill`.
 fn per_image<T: Sync, U: Copy + Send>(
     data: &[T],
-    (plane, per): (usize, usize),
+    (images, plane, per): (usize, usize, usize),
     fill: U,
     each: impl Fn(&[T], usize, &mut [U]) + Sync,
 ) -> Vec<U> {
-    let images = data.len() / plane.max(1);
     let mut out = vec![fill; images * per];
     if per == 0 || plane == 0 {
         return out;
@@ -114,9 +114,10 @@ fn per_image<T: Sync, U: Copy + Send>(
 pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: (usize, usize)) -> RawTensor {
     let image = win.unpadded(padding);
     win.require("pool_argmax", &x.layout.shape, &[image.0, image.1]);
-    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 {
+    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 || image.0 == 0 || image.1 == 0 {
         panic!(
-            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}",
+            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}, or of an empty \
+             {image:?} image",
             win.kernel
         );
     }
@@ -125,14 +126,12 @@ pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: (usize, usize)
     let mut out_shape = shape[..shape.len() - 2].to_vec();
     let per = win.out.0 * win.out.1;
     out_shape.push(per);
-    let plane = image.0 * image.1;
-    let len = shape.iter().product::<usize>();
-    let start = x.layout.offset;
+    let sizes = (shape[..shape.len() - 2].iter().product(), image.0 * image.1, per);
     let positions = match host(&x) {
-        CpuBuffer::F32(d) => per_image(&d[start..start + len], (plane, per), 0i64, |img, base, o| {
+        CpuBuffer::F32(d) => per_image(dense_run(d, &x.layout), sizes, 0i64, |img, base, o| {
             argmax_image(img, base, o, win, padding, f32::is_nan)
         }),
-        CpuBuffer::F64(d) => per_image(&d[start..start + len], (plane, per), 0i64, |img, base, o| {
+        CpuBuffer::F64(d) => per_image(dense_run(d, &x.layout), sizes, 0i64, |img, base, o| {
             argmax_image(img, base, o, win, padding, f64::is_nan)
         }),
         CpuBuffer::F16(_) | CpuBuffer::BF16(_) => unreachable!("{HALVES_WIDENED}"),
@@ -251,20 +250,22 @@ pub(super) fn pool_sum(
     let shape = &x.layout.shape;
     let mut out_shape = shape[..shape.len() - 2].to_vec();
     out_shape.extend(to);
-    let sizes = (from[0] * from[1], to[0] * to[1]);
-    let len = shape.iter().product::<usize>();
-    let start = x.layout.offset;
+    let sizes = (
+        shape[..shape.len() - 2].iter().product(),
+        from[0] * from[1],
+        to[0] * to[1],
+    );
     match host(&x) {
         CpuBuffer::F32(d) => {
             let scale = scale as f32;
-            let out = per_image(&d[start..start + len], sizes, 0f32, |img, _, o| match transpose {
+            let out = per_image(dense_run(d, &x.layout), sizes, 0f32, |img, _, o| match transpose {
                 false => sum_image(img, o, win, padding, scale),
                 true => sum_transpose_image(img, o, win, padding, scale),
             });
             wrap(out, &out_shape)
         }
         CpuBuffer::F64(d) => {
-            let out = per_image(&d[start..start + len], sizes, 0f64, |img, _, o| match transpose {
+            let out = per_image(dense_run(d, &x.layout), sizes, 0f64, |img, _, o| match transpose {
                 false => sum_image(img, o, win, padding, scale),
                 true => sum_transpose_image(img, o, win, padding, scale),
             });
