@@ -116,7 +116,12 @@ impl Layout {
     }
 
     /// True when the view is row-major with no gaps (axes of extent 1 may have any stride).
+    /// An empty view (an axis of extent 0) addresses nothing and is contiguous whatever its
+    /// strides, as [`Layout::contiguous`] of an empty shape is.
     pub fn is_contiguous(&self) -> bool {
+        if self.shape.contains(&0) {
+            return true;
+        }
         let mut expected = 1isize;
         for i in (0..self.shape.len()).rev() {
             if self.shape[i] == 1 {
