@@ -11,7 +11,8 @@ their scale and shift over several channel axes; batch_norm_eval (given statisti
 in all five inputs);
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
-ties, where JAX gives the cotangent to the first maximum of each window); scaled dot-product
+ties, where JAX gives the cotangent to the first maximum of each window, and cases of PyTorch's
+ceil_mode and count_include_pad=False, checked against torch where it is installed); scaled dot-product
 attention with and without a boolean mask and the causal mask; cumsum and cumprod (with a
 zero inside).
 
@@ -193,6 +194,35 @@ def gen_conv():
         g.add_case(name, "conv_transpose2d", opts, [g.uniform(r, xs, -1.0, 1.0), g.uniform(r, ws, -1.0, 1.0)], tconv)
 
 
+def pool_extent(n, pad, k, stride, ceil):
+    """Windows along one axis and the padding after the image (PyTorch's pooling_output_shape:
+    with ceil_mode a last window that would start past the image and its padding is dropped)."""
+    room = n + 2 * pad - k
+    out = (-(-room // stride) if ceil else room // stride) + 1
+    if ceil and (out - 1) * stride >= n + pad:
+        out -= 1
+    return out, max(pad, (out - 1) * stride + k - n - pad)
+
+
+def check_against_torch(op, x, k, s, p, ceil, include, want):
+    """Asserts that torch.nn.functional's pooling agrees with the JAX reference (skipped, with a
+    line saying so, where torch is not installed)."""
+    try:
+        import torch
+    except ImportError:
+        print(f"{op}: torch not installed, the cross-check of the ceil_mode/count_include_pad reference is skipped")
+        return
+    t = torch.from_numpy(np.asarray(x))
+    if op == "max_pool2d":
+        got = torch.nn.functional.max_pool2d(t, k, s, p, ceil_mode=ceil)
+    else:
+        got = torch.nn.functional.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=include)
+    got = got.numpy()
+    assert got.shape == np.shape(want), (op, got.shape, np.shape(want))
+    err = float(np.max(np.abs(got - np.asarray(want))))
+    assert err < 1e-12, (op, k, s, p, ceil, include, err)
+
+
 def gen_pool():
     for xs, k, s, p in [([1, 1, 4, 4], (2, 2), (2, 2), (0, 0)), ([2, 3, 5, 6], (3, 2), (2, 1), (1, 0)),
                         ([1, 2, 5, 5], (3, 3), (1, 1), (1, 1))]:
@@ -205,6 +235,43 @@ def gen_pool():
         name = f"avg_pool2d/{tag}"
         g.add_case(name, "avg_pool2d", params, [g.uniform(g.rng_for(name), xs)],
                    lambda x, k=k, s=s, pads=pads: jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1) + k, (1, 1) + s, pads) / (k[0] * k[1]))
+    # PyTorch's ceil_mode and count_include_pad=False: reduce_window over asymmetric padding
+    # (the ceil_mode windows run into extra padding after the image), averages divided by the
+    # window sums of the counted ones; cross-checked against torch.nn.functional where torch is
+    # installed.
+    for xs, k, s, p, ceil, include in [([1, 2, 5, 5], (2, 2), (2, 2), (0, 0), True, True),
+                                       ([2, 1, 6, 7], (3, 3), (2, 2), (1, 1), True, True),
+                                       ([1, 1, 5, 5], (2, 2), (2, 2), (1, 1), True, True),
+                                       ([1, 2, 5, 6], (3, 2), (2, 1), (1, 1), False, False),
+                                       ([2, 1, 6, 5], (3, 3), (2, 2), (1, 0), True, False)]:
+        after = [pool_extent(n, pi, ki, si, ceil)[1] for n, pi, ki, si in zip(xs[2:], p, k, s)]
+        pads = [(0, 0), (0, 0), (p[0], after[0]), (p[1], after[1])]
+        params = {"kernel": list(k), "stride": list(s), "padding": list(p), "ceil_mode": ceil,
+                  "count_include_pad": include}
+        tag = (f"{g.shape_str(xs)}_k{k[0]}{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}"
+               f"{'_ceil' if ceil else ''}{'' if include else '_exclude_pad'}")
+
+        def max_ref(x, k=k, s=s, pads=pads):
+            return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1) + k, (1, 1) + s, pads)
+
+        def avg_ref(x, k=k, s=s, p=p, pads=pads, include=include):
+            sums = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1) + k, (1, 1) + s, pads)
+            h, w = x.shape[2:]
+            if include:
+                ones = jnp.ones((1, 1, h + 2 * p[0], w + 2 * p[1]), x.dtype)
+                ones_pads = [(0, 0), (0, 0), (0, pads[2][1] - p[0]), (0, pads[3][1] - p[1])]
+            else:
+                ones, ones_pads = jnp.ones((1, 1, h, w), x.dtype), pads
+            count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, (1, 1) + k, (1, 1) + s, ones_pads)
+            return sums / count
+
+        for op, ref, draw in (("max_pool2d", max_ref, g.distinct), ("avg_pool2d", avg_ref, g.uniform)):
+            if op == "max_pool2d" and not include:
+                continue  # max pooling ignores count_include_pad
+            name = f"{op}/{tag}"
+            x = draw(g.rng_for(name), xs)
+            check_against_torch(op, x, k, s, p, ceil, include, ref(jnp.asarray(x)))
+            g.add_case(name, op, params, [x], ref)
     # Ties: equal values in a window; JAX gives the whole cotangent to the first maximum.
     x = np.array([[[[1.0, 1.0, 0.5, 2.0], [1.0, 0.0, 2.0, 2.0], [3.0, 3.0, -1.0, -1.0], [3.0, 3.0, -1.0, -1.0]]]])
     g.add_case("max_pool2d/ties", "max_pool2d", {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0], "kink": True}, [x],

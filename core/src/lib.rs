@@ -35,7 +35,7 @@ pub use ops::cross_entropy::{CrossEntropyOptions, Reduction, cross_entropy, cros
 pub use ops::index::one_hot;
 pub use ops::nn::mse;
 pub use ops::optim::{adam_update, sgd_update};
-pub use ops::pool::{avg_pool2d, max_pool2d};
+pub use ops::pool::{Pool2dOptions, avg_pool2d, avg_pool2d_with, max_pool2d, max_pool2d_with};
 pub use ops::shape::{Sl, concatenate, stack};
 pub use ops::sync_norm::CrossRankSum;
 pub use random::Rng;

@@ -245,21 +245,68 @@ impl Window2d {
         }
     }
 
-    /// The extents of the image inside `padding` on each side, where `image` is the padded
-    /// extents (pooling's windows, read in place, see [`Backend::pool_sum`]).
-    pub fn unpadded(&self, padding: (usize, usize)) -> (usize, usize) {
+    /// The extents of the image inside `padding`, where `image` is the padded extents
+    /// (pooling's windows, read in place, see [`Backend::pool_sum`]).
+    pub fn unpadded(&self, padding: &Padding2d) -> (usize, usize) {
         (
-            self.image.0.saturating_sub(2 * padding.0),
-            self.image.1.saturating_sub(2 * padding.1),
+            self.image.0.saturating_sub(padding.before.0 + padding.after.0),
+            self.image.1.saturating_sub(padding.before.1 + padding.after.1),
         )
     }
 
     /// The trailing extents of the input and of the output of [`Backend::pool_sum`] (the image
     /// inside `padding`, and the windows; swapped with `transpose`).
-    pub fn pool_sum_extents(&self, padding: (usize, usize), transpose: bool) -> ([usize; 2], [usize; 2]) {
+    pub fn pool_sum_extents(&self, padding: &Padding2d, transpose: bool) -> ([usize; 2], [usize; 2]) {
         let (h, w) = self.unpadded(padding);
         let (image, windows) = ([h, w], [self.out.0, self.out.1]);
         if transpose { (windows, image) } else { (image, windows) }
+    }
+
+    /// Whether every window holds at least one pixel of the image inside `padding` (and the
+    /// image has pixels): what max pooling read in place needs, since padding is never chosen.
+    pub fn every_window_holds_a_pixel(&self, padding: &Padding2d) -> bool {
+        let (h, w) = self.unpadded(padding);
+        // Window `o` covers padded rows `o * stride..o * stride + kernel`; the image is rows
+        // `before..before + extent`. The first window reaches past the padding before, the
+        // last starts inside the image.
+        let axis = |extent: usize, before: usize, kernel: usize, stride: usize, out: usize| {
+            extent > 0
+                && kernel > before
+                && out
+                    .checked_sub(1)
+                    .and_then(|last| last.checked_mul(stride))
+                    .is_some_and(|start| start < before + extent)
+        };
+        axis(h, padding.before.0, self.kernel.0, self.stride.0, self.out.0)
+            && axis(w, padding.before.1, self.kernel.1, self.stride.1, self.out.1)
+    }
+
+    /// Panics unless `shape` and `padding` fit [`Backend::pool_sum`] of this window (`transpose`
+    /// as there): for backends, whose op layer checks this first. Returns the trailing extents
+    /// of the input and the output.
+    pub fn require_pool_sum(&self, shape: &[usize], padding: &Padding2d, transpose: bool) -> ([usize; 2], [usize; 2]) {
+        let (from, to) = self.pool_sum_extents(padding, transpose);
+        self.require("pool_sum", shape, &from);
+        let (before, after) = (padding.before, padding.after);
+        if before.0 + after.0 > self.image.0 || before.1 + after.1 > self.image.1 || self.dilation != (1, 1) {
+            panic!("internal error: pool_sum with padding {padding:?} of the window {self:?}");
+        }
+        (from, to)
+    }
+
+    /// Panics unless `shape` and `padding` fit [`Backend::pool_argmax`] of this window (every
+    /// window holds a pixel): for backends, whose op layer checks this first. Returns the
+    /// image's extents inside the padding.
+    pub fn require_pool_argmax(&self, shape: &[usize], padding: &Padding2d) -> (usize, usize) {
+        let image = self.unpadded(padding);
+        self.require("pool_argmax", shape, &[image.0, image.1]);
+        if !self.every_window_holds_a_pixel(padding) || self.dilation != (1, 1) {
+            panic!(
+                "internal error: pool_argmax with padding {padding:?} of the window {self:?}: a window holds \
+                 padding alone"
+            );
+        }
+        image
     }
 
     /// The pixel `(row, column)` that tap `(i, j)` of window `(oh, ow)` reads.
@@ -268,6 +315,27 @@ impl Window2d {
             i * self.dilation.0 + oh * self.stride.0,
             j * self.dilation.1 + ow * self.stride.1,
         )
+    }
+}
+
+/// Zero (or never chosen) padding around the last two axes of an image, `(height, width)` on
+/// each side: before (top, left) and after (bottom, right). Pooling with PyTorch's `ceil_mode`
+/// pads more after than before, so that the last window fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Padding2d {
+    /// Rows above and columns left of the image.
+    pub before: (usize, usize),
+    /// Rows below and columns right of the image.
+    pub after: (usize, usize),
+}
+
+impl Padding2d {
+    /// The same padding on both sides.
+    pub fn symmetric(padding: (usize, usize)) -> Padding2d {
+        Padding2d {
+            before: padding,
+            after: padding,
+        }
     }
 }
 
@@ -387,17 +455,17 @@ pub trait Backend: Send + Sync {
     /// `[.., KH * KW, OH, OW]` contiguous; any dtype.
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor;
     /// Max pooling's choice: the position in `x` `[.., H, W]` (float; counted in the order of its
-    /// elements, row-major) of the first maximum of every window over `x` padded by `padding` on
-    /// each side (`window.image` is the padded extents, dilation 1, padding below the kernel so
-    /// that every window holds a pixel; padding is never chosen; the first NaN of a window is its
-    /// maximum), `[.., OH * OW]` i64 contiguous. `None`, the default, where the backend has no
-    /// kernel: the op then takes the maximum over the window tensor (im2col).
-    fn pool_argmax(&self, _x: &RawTensor, _window: &Window2d, _padding: (usize, usize)) -> Option<RawTensor> {
+    /// elements, row-major) of the first maximum of every window over `x` inside `padding`
+    /// (`window.image` is the padded extents, dilation 1, and every window holds a pixel, see
+    /// [`Window2d::every_window_holds_a_pixel`]; padding is never chosen; the first NaN of a
+    /// window is its maximum), `[.., OH * OW]` i64 contiguous. `None`, the default, where the
+    /// backend has no kernel: the op then takes the maximum over the window tensor (im2col).
+    fn pool_argmax(&self, _x: &RawTensor, _window: &Window2d, _padding: &Padding2d) -> Option<RawTensor> {
         None
     }
     /// Average pooling's window sums read in place: `scale` times the sum of every window of `x`
-    /// `[.., H, W]` (float) padded by `padding` zeros on each side (`window.image` is the
-    /// padded extents, dilation 1), `[.., OH, OW]` contiguous, taps added in row-major order from
+    /// `[.., H, W]` (float) inside `padding` zeros (`window.image` is the padded extents,
+    /// dilation 1), `[.., OH, OW]` contiguous, taps added in row-major order from
     /// zero (in f32 for halves); with `transpose`, the transpose of that map, from `x` `[.., OH,
     /// OW]` to `[.., H, W]`: every pixel `scale` times the sum of the windows covering it, in
     /// tap order. The two are each other's gradient. `None`, the default, where the backend has
@@ -407,7 +475,7 @@ pub trait Backend: Send + Sync {
         &self,
         _x: &RawTensor,
         _window: &Window2d,
-        _padding: (usize, usize),
+        _padding: &Padding2d,
         _scale: f64,
         _transpose: bool,
     ) -> Option<RawTensor> {

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use smallvec::SmallVec;
 
 use super::tape::{Call, HostFn, Ref, Step, Tape};
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d};
+use crate::backend::{
+    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, Padding2d, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d,
+};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -388,22 +390,22 @@ impl Backend for RecordingBackend {
         let out = self.inner.adam_update(param, grad, m, v, count, step);
         self.log(Call::Adam(*step), &[param, grad, m, v, count], out)
     }
-    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: &Padding2d) -> Option<RawTensor> {
         let out = self.inner.pool_argmax(x, window, padding)?;
-        Some(self.log(Call::PoolArgmax(*window, padding), &[x], out))
+        Some(self.log(Call::PoolArgmax(*window, *padding), &[x], out))
     }
     fn pool_sum(
         &self,
         x: &RawTensor,
         window: &Window2d,
-        padding: (usize, usize),
+        padding: &Padding2d,
         scale: f64,
         transpose: bool,
     ) -> Option<RawTensor> {
         let out = self.inner.pool_sum(x, window, padding, scale, transpose)?;
         let call = Call::PoolSum {
             window: *window,
-            padding,
+            padding: *padding,
             scale,
             transpose,
         };

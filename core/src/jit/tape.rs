@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d};
+use crate::backend::{
+    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, Padding2d, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d,
+};
 use crate::dtype::DType;
 use crate::layout::Layout;
 use crate::storage::{RawTensor, Storage};
@@ -68,10 +70,10 @@ pub(crate) enum Call {
     },
     Unfold(Window2d),
     Fold(Window2d),
-    PoolArgmax(Window2d, (usize, usize)),
+    PoolArgmax(Window2d, Padding2d),
     PoolSum {
         window: Window2d,
-        padding: (usize, usize),
+        padding: Padding2d,
         scale: f64,
         transpose: bool,
     },
@@ -145,7 +147,7 @@ impl Call {
             Call::Unfold(window) => backend.unfold_windows(&args[0], window),
             Call::Fold(window) => backend.fold_windows(&args[0], window),
             Call::PoolArgmax(window, padding) => backend
-                .pool_argmax(&args[0], window, *padding)
+                .pool_argmax(&args[0], window, padding)
                 .expect("a recorded pooling choice replays on the backend that ran it"),
             Call::PoolSum {
                 window,
@@ -153,7 +155,7 @@ impl Call {
                 scale,
                 transpose,
             } => backend
-                .pool_sum(&args[0], window, *padding, *scale, *transpose)
+                .pool_sum(&args[0], window, padding, *scale, *transpose)
                 .expect("a recorded window sum replays on the backend that ran it"),
             Call::Cast(dtype) => backend.cast(&args[0], *dtype),
             Call::Contiguous => backend.contiguous(&args[0]),

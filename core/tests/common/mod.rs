@@ -123,6 +123,14 @@ fn conv_options(p: &Value) -> nb::Conv2dOptions {
     }
 }
 
+/// The pooling options of a fixture case: stride and padding, and PyTorch's `ceil_mode` and
+/// `count_include_pad` where the case names them (their defaults otherwise).
+fn pool_options(p: &Value) -> nb::Pool2dOptions {
+    nb::Pool2dOptions::new(pair(&p["stride"]), pair(&p["padding"]))
+        .ceil_mode(p.get("ceil_mode").and_then(Value::as_bool).unwrap_or(false))
+        .count_include_pad(p.get("count_include_pad").and_then(Value::as_bool).unwrap_or(true))
+}
+
 fn axes(v: &Value) -> Axes {
     match v.as_array() {
         None => Axes::All,
@@ -173,18 +181,8 @@ pub fn apply(op: &str, p: &Value, x: &[Tensor]) -> Vec<Tensor> {
             conv_options(p),
             pair(&p["output_padding"]),
         )),
-        "max_pool2d" => one(nb::max_pool2d(
-            &x[0],
-            pair(&p["kernel"]),
-            pair(&p["stride"]),
-            pair(&p["padding"]),
-        )),
-        "avg_pool2d" => one(nb::avg_pool2d(
-            &x[0],
-            pair(&p["kernel"]),
-            pair(&p["stride"]),
-            pair(&p["padding"]),
-        )),
+        "max_pool2d" => one(nb::max_pool2d_with(&x[0], pair(&p["kernel"]), pool_options(p))),
+        "avg_pool2d" => one(nb::avg_pool2d_with(&x[0], pair(&p["kernel"]), pool_options(p))),
         "sdpa" => one(nb::scaled_dot_product_attention(
             &x[0],
             &x[1],

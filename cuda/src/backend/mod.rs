@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use nabla_core::backend::{
-    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d,
+    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, IndexCheck, Padding2d, ReduceOp, RowOp, SgdStep, UnaryOp, Window2d,
 };
 use nabla_core::layout::Layout;
 use nabla_core::storage::{CpuBuffer, RawTensor, Storage};
@@ -533,14 +533,14 @@ impl<A: DeviceApi> Backend for CudaBackend<A> {
         &self,
         x: &RawTensor,
         window: &Window2d,
-        padding: (usize, usize),
+        padding: &Padding2d,
         scale: f64,
         transpose: bool,
     ) -> Option<RawTensor> {
         Some(windows::pool_sum(self, x, window, padding, scale, transpose))
     }
 
-    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: &Padding2d) -> Option<RawTensor> {
         Some(windows::pool_argmax(self, x, window, padding))
     }
 

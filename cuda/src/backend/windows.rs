@@ -4,7 +4,7 @@
 //! no padded copy), one launch each over a dense copy of the input when it is a view.
 
 use nabla_core::DType;
-use nabla_core::backend::Window2d;
+use nabla_core::backend::{Padding2d, Window2d};
 use nabla_core::storage::RawTensor;
 use nabla_kernels::{FoldSpec, KernelError, KernelSpec, PoolOp, PoolSpec, UnfoldSpec, launch};
 
@@ -31,54 +31,42 @@ pub(super) fn fold_windows<A: DeviceApi>(be: &CudaBackend<A>, cols: &RawTensor, 
     window_kernel(be, s, "fold_windows", cols, (out, images), win, Pooling::None)
 }
 
-/// Average pooling's scaled window sums of `x` `[.., H, W]` padded by `padding` zeros, or
+/// Average pooling's scaled window sums of `x` `[.., H, W]` inside `padding` zeros, or
 /// (`transpose`) their transpose from `[.., OH, OW]` to `[.., H, W]` (see
 /// `Backend::pool_sum`).
 pub(super) fn pool_sum<A: DeviceApi>(
     be: &CudaBackend<A>,
     x: &RawTensor,
     win: &Window2d,
-    padding: (usize, usize),
+    padding: &Padding2d,
     scale: f64,
     transpose: bool,
 ) -> RawTensor {
-    let (from, to) = win.pool_sum_extents(padding, transpose);
-    win.require("pool_sum", x.shape(), &from);
-    if 2 * padding.0 > win.image.0 || 2 * padding.1 > win.image.1 || win.dilation != (1, 1) {
-        panic!("internal error: pool_sum with padding {padding:?} of the window {win:?}");
-    }
+    let (_, to) = win.require_pool_sum(x.shape(), padding, transpose);
     let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
     let images = shape.iter().product();
     shape.extend(to);
     let op = if transpose { PoolOp::SumTranspose } else { PoolOp::Sum };
     let s = PoolSpec::new(op, kernel_dtype(x.dtype())).map(KernelSpec::from);
     let out = be.empty(&shape, x.dtype());
-    window_kernel(be, s, op.name(), x, (out, images), win, Pooling::Sum(padding, scale))
+    window_kernel(be, s, op.name(), x, (out, images), win, Pooling::Sum(*padding, scale))
 }
 
 /// Max pooling's choice: the flat position in `x` `[.., H, W]` of the first maximum of every
-/// window over `x` padded by `padding` (see `Backend::pool_argmax`), `[.., OH * OW]` i64.
+/// window over `x` inside `padding` (see `Backend::pool_argmax`), `[.., OH * OW]` i64.
 pub(super) fn pool_argmax<A: DeviceApi>(
     be: &CudaBackend<A>,
     x: &RawTensor,
     win: &Window2d,
-    padding: (usize, usize),
+    padding: &Padding2d,
 ) -> RawTensor {
-    let image = win.unpadded(padding);
-    win.require("pool_argmax", x.shape(), &[image.0, image.1]);
-    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 || image.0 == 0 || image.1 == 0 {
-        panic!(
-            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}, or of an empty \
-             {image:?} image",
-            win.kernel
-        );
-    }
+    win.require_pool_argmax(x.shape(), padding);
     let mut shape = x.shape()[..x.shape().len() - 2].to_vec();
     let images = shape.iter().product();
     shape.push(win.out.0 * win.out.1);
     let s = PoolSpec::new(PoolOp::Argmax, kernel_dtype(x.dtype())).map(KernelSpec::from);
     let out = be.empty(&shape, DType::I64);
-    window_kernel(be, s, "pool_argmax", x, (out, images), win, Pooling::Argmax(padding))
+    window_kernel(be, s, "pool_argmax", x, (out, images), win, Pooling::Argmax(*padding))
 }
 
 /// The pooling arguments of a window kernel: none (im2col, col2im), or the padding read in
@@ -86,13 +74,14 @@ pub(super) fn pool_argmax<A: DeviceApi>(
 #[derive(Clone, Copy)]
 enum Pooling {
     None,
-    Sum((usize, usize), f64),
-    Argmax((usize, usize)),
+    Sum(Padding2d, f64),
+    Argmax(Padding2d),
 }
 
 /// Launches the window kernel `s` from `x` into `out` holding `images` images (the product of
 /// the leading axes), one thread per output element. Pooling kernels take the unpadded
-/// image's extents as `height` and `width`.
+/// image's extents as `height` and `width` and the padding before it as `pad_h` and `pad_w`
+/// (they bound-check every tap, so the padding after the image needs no argument).
 fn window_kernel<A: DeviceApi>(
     be: &CudaBackend<A>,
     s: Result<KernelSpec, KernelError>,
@@ -104,11 +93,11 @@ fn window_kernel<A: DeviceApi>(
 ) -> RawTensor {
     let x = be.dense(x);
     let (padding, scale) = match pooling {
-        Pooling::None => ((0, 0), 1.0),
+        Pooling::None => (Padding2d::symmetric((0, 0)), 1.0),
         Pooling::Sum(padding, scale) => (padding, scale),
         Pooling::Argmax(padding) => (padding, 1.0),
     };
-    let image = win.unpadded(padding);
+    let image = win.unpadded(&padding);
     let n = out.layout().numel() as i64;
     if n == 0 {
         return out;
@@ -130,8 +119,8 @@ fn window_kernel<A: DeviceApi>(
             "dilation_w" => v(win.dilation.1),
             "out_h" => v(win.out.0),
             "out_w" => v(win.out.1),
-            "pad_h" => v(padding.0),
-            "pad_w" => v(padding.1),
+            "pad_h" => v(padding.before.0),
+            "pad_w" => v(padding.before.1),
             "scale" => LaunchArg::F64(scale),
             _ => return None,
         })

@@ -26,7 +26,9 @@ use std::sync::{Arc, OnceLock};
 
 use ndarray::{ArrayViewD, Axis, IxDyn, ShapeBuilder};
 
-use crate::backend::{AdamStep, ArgOp, Backend, BinaryOp, CmpOp, ReduceOp, RowOp, SgdStep, TapGrid, UnaryOp, Window2d};
+use crate::backend::{
+    AdamStep, ArgOp, Backend, BinaryOp, CmpOp, Padding2d, ReduceOp, RowOp, SgdStep, TapGrid, UnaryOp, Window2d,
+};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::layout::Layout;
@@ -342,7 +344,7 @@ impl Backend for CpuBackend {
         narrow(out, param.dtype())
     }
 
-    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: (usize, usize)) -> Option<RawTensor> {
+    fn pool_argmax(&self, x: &RawTensor, window: &Window2d, padding: &Padding2d) -> Option<RawTensor> {
         Some(pool::pool_argmax(&widen(x), window, padding))
     }
     fn unfold_windows(&self, x: &RawTensor, window: &Window2d) -> RawTensor {
@@ -388,7 +390,7 @@ impl Backend for CpuBackend {
         &self,
         x: &RawTensor,
         window: &Window2d,
-        padding: (usize, usize),
+        padding: &Padding2d,
         scale: f64,
         transpose: bool,
     ) -> Option<RawTensor> {

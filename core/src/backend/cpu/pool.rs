@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::{HALVES_WIDENED, PARALLEL_MIN, dense, dense_run, host, wrap};
-use crate::backend::Window2d;
+use crate::backend::{Padding2d, Window2d};
 use crate::storage::{CpuBuffer, RawTensor};
 
 /// Whether `v` takes the place of the window's maximum so far, `best`: greater, or the first
@@ -21,13 +21,13 @@ fn better<T: PartialOrd + Copy>(v: T, best: T, is_nan: impl Fn(T) -> bool) -> bo
 /// The positions (`base` plus the offset in `image`, `[H, W]` row-major) of the first maximum
 /// of every window into `out` (`[OH * OW]`), each window's taps read in row-major order.
 /// `win.image` is the padded extents; padding is never chosen, and every window holds at
-/// least one pixel of the image (the caller's padding is below the kernel).
+/// least one pixel of the image (checked by the caller).
 fn argmax_image<T: PartialOrd + Copy>(
     image: &[T],
     base: usize,
     out: &mut [i64],
     win: &Window2d,
-    padding: (usize, usize),
+    padding: &Padding2d,
     is_nan: impl Fn(T) -> bool + Copy,
 ) {
     let (h, w) = win.unpadded(padding);
@@ -39,9 +39,9 @@ fn argmax_image<T: PartialOrd + Copy>(
     };
     let mut slots = out.iter_mut();
     for oy in 0..win.out.0 {
-        let (r0, r1) = inside(oy * win.stride.0, padding.0, win.kernel.0, h);
+        let (r0, r1) = inside(oy * win.stride.0, padding.before.0, win.kernel.0, h);
         for ox in 0..win.out.1 {
-            let (c0, c1) = inside(ox * win.stride.1, padding.1, win.kernel.1, w);
+            let (c0, c1) = inside(ox * win.stride.1, padding.before.1, win.kernel.1, w);
             // The maximum first, then the first pixel equal to it: both loops free of
             // data-dependent branches (a branch on "new maximum" is mispredicted about every
             // third tap on random data). A window holding NaN takes the slow loop.
@@ -109,18 +109,10 @@ fn per_image<T: Sync, U: Copy + Send>(
 }
 
 /// The position in `x` `[.., H, W]` (f32 or f64, contiguous order; halves arrive widened) of
-/// the first maximum of every window over `x` padded by `padding` (`win.image` the padded
+/// the first maximum of every window over `x` inside `padding` (`win.image` the padded
 /// extents), `[.., OH * OW]` i64.
-pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: (usize, usize)) -> RawTensor {
-    let image = win.unpadded(padding);
-    win.require("pool_argmax", &x.layout.shape, &[image.0, image.1]);
-    if padding.0 >= win.kernel.0 || padding.1 >= win.kernel.1 || image.0 == 0 || image.1 == 0 {
-        panic!(
-            "internal error: pool_argmax with padding {padding:?} not below the kernel {:?}, or of an empty \
-             {image:?} image",
-            win.kernel
-        );
-    }
+pub(super) fn pool_argmax(x: &RawTensor, win: &Window2d, padding: &Padding2d) -> RawTensor {
+    let image = win.require_pool_argmax(&x.layout.shape, padding);
     let x = dense(x);
     let shape = &x.layout.shape;
     let mut out_shape = shape[..shape.len() - 2].to_vec();
@@ -157,7 +149,7 @@ fn tap_row(y: usize, i: usize, win: &Window2d, pad: usize, height: usize) -> Opt
 
 /// The scaled sums of the windows of one image `src` (`[H, W]`) into `dst` (`[OH, OW]`):
 /// every window's taps added in row-major order from zero, then scaled.
-fn sum_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (usize, usize), scale: T)
+fn sum_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: &Padding2d, scale: T)
 where
     T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
 {
@@ -166,12 +158,12 @@ where
     for (y, acc) in dst.chunks_exact_mut(win.out.1).enumerate() {
         acc.fill(T::default());
         for i in 0..win.kernel.0 {
-            let Some(r) = tap_row(y, i, win, padding.0, h) else {
+            let Some(r) = tap_row(y, i, win, padding.before.0, h) else {
                 continue;
             };
             let row = &src[r * w..(r + 1) * w];
             for j in 0..win.kernel.1 {
-                let Some((lo, c0, len)) = tap_columns(j, padding.1, step, w, win.out.1) else {
+                let Some((lo, c0, len)) = tap_columns(j, padding.before.1, step, w, win.out.1) else {
                     continue;
                 };
                 let acc = &mut acc[lo..lo + len];
@@ -196,7 +188,7 @@ where
 /// (`[OH, OW]`) over the windows covering it. The window rows are visited last to first, so
 /// that every pixel receives its windows' values in row-major tap order, from zero (the CUDA
 /// kernel's order).
-fn sum_transpose_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: (usize, usize), scale: T)
+fn sum_transpose_image<T>(src: &[T], dst: &mut [T], win: &Window2d, padding: &Padding2d, scale: T)
 where
     T: Copy + Default + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
 {
@@ -205,12 +197,12 @@ where
     dst.fill(T::default());
     for (y, vals) in src.chunks_exact(win.out.1).enumerate().rev() {
         for i in 0..win.kernel.0 {
-            let Some(r) = tap_row(y, i, win, padding.0, h) else {
+            let Some(r) = tap_row(y, i, win, padding.before.0, h) else {
                 continue;
             };
             let row = &mut dst[r * w..(r + 1) * w];
             for j in 0..win.kernel.1 {
-                let Some((lo, c0, len)) = tap_columns(j, padding.1, step, w, win.out.1) else {
+                let Some((lo, c0, len)) = tap_columns(j, padding.before.1, step, w, win.out.1) else {
                     continue;
                 };
                 let vals = &vals[lo..lo + len];
@@ -231,21 +223,11 @@ where
     }
 }
 
-/// Average pooling's scaled window sums of `x` `[.., H, W]` padded by `padding` with zeros
+/// Average pooling's scaled window sums of `x` `[.., H, W]` inside `padding` zeros
 /// (`win.image` the padded extents), `[.., OH, OW]`; or, with `transpose`, their transpose
 /// from `x` `[.., OH, OW]` to `[.., H, W]` (f32 or f64; halves arrive widened).
-pub(super) fn pool_sum(
-    x: &RawTensor,
-    win: &Window2d,
-    padding: (usize, usize),
-    scale: f64,
-    transpose: bool,
-) -> RawTensor {
-    let (from, to) = win.pool_sum_extents(padding, transpose);
-    win.require("pool_sum", &x.layout.shape, &from);
-    if 2 * padding.0 > win.image.0 || 2 * padding.1 > win.image.1 || win.dilation != (1, 1) {
-        panic!("internal error: pool_sum with padding {padding:?} of the window {win:?}");
-    }
+pub(super) fn pool_sum(x: &RawTensor, win: &Window2d, padding: &Padding2d, scale: f64, transpose: bool) -> RawTensor {
+    let (from, to) = win.require_pool_sum(&x.layout.shape, padding, transpose);
     let x = dense(x);
     let shape = &x.layout.shape;
     let mut out_shape = shape[..shape.len() - 2].to_vec();
