@@ -43,6 +43,16 @@ pub fn for_tasks(tasks: i64, group: u32, sm_count: u32) -> LaunchDims {
     }
 }
 
+/// The launch of a fused attention pass over `blocks` blocks of rows (each block of
+/// `threads` threads owns the rows of one matrix): one block each, up to [`BLOCKS_PER_SM`] per
+/// SM, then every block takes several.
+pub fn for_row_blocks(blocks: i64, threads: u32, sm_count: u32) -> LaunchDims {
+    LaunchDims {
+        grid: (blocks.max(1) as u64).min(cap(sm_count)) as u32,
+        block: threads,
+    }
+}
+
 /// True when a kernel taking `group` can be launched with `block` threads per block: `block` a
 /// multiple of 32 up to 1024, and `group` a power of two up to 32 or equal to `block`.
 pub fn group_is_valid(group: u32, block: u32) -> bool {

@@ -41,7 +41,10 @@ mod ops;
 mod params;
 mod spec;
 
-pub use codegen::attention::{AttentionPass, AttentionSpec, MAX_HEAD as ATTENTION_MAX_HEAD};
+pub use codegen::attention::{
+    AttentionPass, AttentionSpec, HEAD_CLASSES as ATTENTION_HEAD_CLASSES, MAX_HEAD as ATTENTION_MAX_HEAD,
+    THREADS as ATTENTION_THREADS,
+};
 pub use codegen::channels::{ChannelPass, ChannelSpec};
 pub use codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,

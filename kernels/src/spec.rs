@@ -1,6 +1,6 @@
 //! [`KernelSpec`]: one entry point of any family, and the [`catalogue`] of all of them.
 
-use crate::codegen::attention::{AttentionPass, AttentionSpec};
+use crate::codegen::attention::{AttentionPass, AttentionSpec, HEAD_CLASSES as ATTENTION_HEAD_CLASSES};
 use crate::codegen::channels::{ChannelPass, ChannelSpec};
 use crate::codegen::elementwise::{
     ArangeSpec, BinarySpec, CastSpec, CompareSpec, CopySpec, FillSpec, SelectSpec, UnarySpec,
@@ -297,7 +297,9 @@ pub fn catalogue() -> Vec<KernelSpec> {
     for pass in AttentionPass::ALL {
         for d in dtypes {
             for masked in [false, true] {
-                push(AttentionSpec::new(pass, d, masked).map(Into::into));
+                for head in ATTENTION_HEAD_CLASSES {
+                    push(AttentionSpec::new(pass, d, masked, head).map(Into::into));
+                }
             }
         }
     }

@@ -97,8 +97,9 @@ fn catalogue_covers_every_family() {
         ("sgd", 4 * 2),
         ("unfold", 8),
         ("fold", 4),
-        // forward, backward over queries, backward over keys; f32 and f64.
-        ("attention", 3 * 2 * 2),
+        // forward, backward over queries, backward over keys; f32 and f64; without and with a
+        // mask; four head width classes.
+        ("attention", 3 * 2 * 2 * 4),
         // moments: partial and finish; the standardisation's backward: partial, finish and apply;
         // batch norm's backward: those and its sums; the scale and shift: apply.
         ("channel", (2 + 3 + 4 + 1) * 4),

@@ -1,13 +1,16 @@
-//! Fused scaled dot-product attention: the generated `nb_attention_*` kernels (one warp per
-//! query forward; one warp per query, then one per key, backward), over dense copies of the
-//! operands, with no `[Lq, Lk]` tensor. A boolean mask is read in place as a strided view (a
+//! Fused scaled dot-product attention: the generated `nb_attention_*` kernels (blocks of
+//! queries forward; blocks of queries, then of keys, backward; each staging tiles of the other
+//! operand in shared memory), over dense copies of the operands, with no `[Lq, Lk]` tensor. A boolean mask is read in place as a strided view (a
 //! key padding mask broadcast over heads and queries is never expanded). f32 and f64 with
 //! head widths up to `nabla_kernels::ATTENTION_MAX_HEAD`; other operands give `None` and the
 //! op layer composes.
 
 use nabla_core::DType;
 use nabla_core::storage::RawTensor;
-use nabla_kernels::{ATTENTION_MAX_HEAD, AttentionPass, AttentionSpec, KernelLayout, launch};
+use nabla_kernels::launch::LaunchDims;
+use nabla_kernels::{
+    ATTENTION_MAX_HEAD, ATTENTION_THREADS, AttentionPass, AttentionSpec, KernelDType, KernelLayout, KernelSpec, launch,
+};
 
 use super::{CudaBackend, kernel_dtype, spec};
 use crate::api::{DeviceApi, LaunchArg};
@@ -44,6 +47,28 @@ impl Extents {
         };
         let fits = [e.lq, e.lk, e.dim, e.dv].iter().all(|&n| n > 0) && e.dim.max(e.dv) <= ATTENTION_MAX_HEAD;
         fits.then_some(e)
+    }
+
+    /// The wider of the query/key and value widths (which picks the kernels' head class).
+    fn head(&self) -> usize {
+        self.dim.max(self.dv)
+    }
+
+    /// The kernel of `pass` for these extents (in the head class they need) and its launch
+    /// over `rows` rows of every matrix.
+    fn pass(
+        &self,
+        pass: AttentionPass,
+        dtype: KernelDType,
+        masked: bool,
+        rows: usize,
+        sm_count: u32,
+    ) -> (KernelSpec, LaunchDims) {
+        let s = AttentionSpec::new(pass, dtype, masked, self.head());
+        let per_block = s.as_ref().map_or(1, AttentionSpec::rows_per_block);
+        let blocks = self.matrices * rows.div_ceil(per_block);
+        let dims = launch::for_row_blocks(blocks as i64, ATTENTION_THREADS, sm_count);
+        (spec(s, "attention"), dims)
     }
 
     /// The arguments every pass takes, by name.
@@ -127,11 +152,13 @@ pub(super) fn attention<A: DeviceApi>(
     if e.matrices == 0 {
         return Some(out);
     }
-    let s = spec(
-        AttentionSpec::new(AttentionPass::Forward, kernel_dtype(q.dtype()), mask.is_some()),
-        "attention",
+    let (s, dims) = e.pass(
+        AttentionPass::Forward,
+        kernel_dtype(q.dtype()),
+        mask.is_some(),
+        e.lq,
+        be.api.sm_count(),
     );
-    let dims = launch::for_tasks((e.matrices * e.lq) as i64, 32, be.api.sm_count());
     be.run(&s, dims, |p| match p.name {
         "out" => Some(be.run_ptr(&out)),
         "q" => Some(be.run_ptr(&q)),
@@ -171,12 +198,11 @@ pub(super) fn attention_backward<A: DeviceApi>(
     // Each query's sum(d_o * o), written by the first pass and read by the second.
     let row_dots = be.empty(&[e.matrices * e.lq], q.dtype());
     let dtype = kernel_dtype(q.dtype());
-    for (pass, tasks) in [
-        (AttentionPass::BackwardQueries, e.matrices * e.lq),
-        (AttentionPass::BackwardKeys, e.matrices * e.lk),
+    for (pass, rows) in [
+        (AttentionPass::BackwardQueries, e.lq),
+        (AttentionPass::BackwardKeys, e.lk),
     ] {
-        let s = spec(AttentionSpec::new(pass, dtype, mask.is_some()), "attention backward");
-        let dims = launch::for_tasks(tasks as i64, 32, be.api.sm_count());
+        let (s, dims) = e.pass(pass, dtype, mask.is_some(), rows, be.api.sm_count());
         be.run(&s, dims, |p| match p.name {
             "grads" => Some(be.run_ptr(&grads)),
             "row_dots" => Some(be.run_ptr(&row_dots)),

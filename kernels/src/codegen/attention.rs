@@ -1,11 +1,21 @@
 //! Fused scaled dot-product attention over contiguous `[matrices, L, D]` operands, without a
-//! `[Lq, Lk]` scores tensor: the forward (one warp per query, keys taken 32 at a time, one per
-//! lane, with an online softmax; the output packed with each query's statistics as `[Lq, Dv +
-//! 2]`: the output, the maximum raw score `m` and `sum(exp(scale (s - m)))`), and the backward
-//! in two passes without atomics: one warp per query writes the query gradient and each
-//! query's `sum(d_o * o)`, then one warp per key accumulates that key's and its value's
-//! gradients over the queries that see it. Both recompute the probabilities from the forward's
-//! statistics (FlashAttention's recomputation). A causal query `i` sees keys `0..=i`.
+//! `[Lq, Lk]` scores tensor, in three tiled passes (FlashAttention's recomputation, on the
+//! CUDA cores):
+//!
+//! - **forward**: the output with each query's statistics, packed as `[Lq, Dv + 2]` (the
+//!   output, the largest raw score `m` and `sum(exp(scale (s - m)))`), by an online softmax
+//!   over the keys;
+//! - **backward over queries**: the query gradients and each query's `sum(d_o * o)`;
+//! - **backward over keys**: the key and value gradients, reading those sums (no atomics).
+//!
+//! Each block of [`THREADS`] threads owns consecutive rows of one matrix (queries, or keys in
+//! the last pass). A row belongs to a group of lanes that hold its elements in registers,
+//! [`LANE_BYTES`] bytes a lane, spread so that the lanes of a group read neighbouring 16-byte
+//! vectors; the block walks the other operand in tiles of rows staged in shared memory, which
+//! every group reads at once (a broadcast). Dot products are summed across the group with
+//! shuffles. The kernels are generated per head width class ([`HEAD_CLASSES`]: the wider of
+//! `D` and `Dv`, rounded up), which fixes the group size, the rows per block and the tile.
+//! A causal query `i` sees keys `0..=i`.
 //!
 //! A masked variant takes a boolean mask, a strided view of `[matrices, Lq, Lk]` (a key
 //! padding mask broadcast over heads and queries is read in place, never expanded): its
@@ -14,15 +24,28 @@
 //! gradient.
 //!
 //! Floats of 32 and 64 bits only (the statistics would round in a half type), with `D` and
-//! `Dv` up to [`MAX_HEAD`] (each lane holds up to eight of a row's elements).
+//! `Dv` up to [`MAX_HEAD`].
 
 use super::Gen;
 use crate::dtype::KernelDType;
 use crate::error::KernelError;
 use crate::params::{ArgType, Param};
 
-/// The largest head width (`D` and `Dv`) the kernels take: 8 elements per lane.
+/// The head width classes the kernels are generated for: a call takes the smallest that holds
+/// the wider of `D` and `Dv`.
+pub const HEAD_CLASSES: [usize; 4] = [32, 64, 128, 256];
+
+/// The largest head width (`D` and `Dv`) the kernels take.
 pub const MAX_HEAD: usize = 256;
+
+/// Threads per block of every attention kernel.
+pub const THREADS: u32 = 128;
+
+/// Bytes of a row that one lane holds in registers (16 f32 or 8 f64 elements).
+const LANE_BYTES: usize = 64;
+
+/// Bytes of shared memory the two staged tiles take at most.
+const TILE_BYTES: usize = 32 * 1024;
 
 /// The three launches of the fused attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,25 +77,46 @@ impl AttentionPass {
     }
 }
 
-/// One pass of the fused attention for `dtype` operands, with or without a mask.
+/// One pass of the fused attention for `dtype` operands of one head width class, with or
+/// without a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AttentionSpec {
     pass: AttentionPass,
     dtype: KernelDType,
     masked: bool,
+    head: usize,
 }
 
 impl AttentionSpec {
-    /// The pass `pass` for `dtype` (f32 or f64), taking a boolean mask when `masked`.
-    pub fn new(pass: AttentionPass, dtype: KernelDType, masked: bool) -> Result<AttentionSpec, KernelError> {
+    /// The pass `pass` for `dtype` (f32 or f64) and heads of width up to `head` (the wider of
+    /// `D` and `Dv`, at most [`MAX_HEAD`]), taking a boolean mask when `masked`.
+    pub fn new(
+        pass: AttentionPass,
+        dtype: KernelDType,
+        masked: bool,
+        head: usize,
+    ) -> Result<AttentionSpec, KernelError> {
+        let kernel = || format!("attention {}", pass.name());
         if !matches!(dtype, KernelDType::F32 | KernelDType::F64) {
             return Err(KernelError::Unsupported {
-                kernel: format!("attention {}", pass.name()),
+                kernel: kernel(),
                 dtype,
                 accepted: "f32 or f64",
             });
         }
-        Ok(AttentionSpec { pass, dtype, masked })
+        let Some(&head) = HEAD_CLASSES.iter().find(|&&c| c >= head.max(1)) else {
+            return Err(KernelError::Unsupported {
+                kernel: format!("{} with heads of width {head}", kernel()),
+                dtype,
+                accepted: "heads of width 1 to 256",
+            });
+        };
+        Ok(AttentionSpec {
+            pass,
+            dtype,
+            masked,
+            head,
+        })
     }
 
     /// The pass.
@@ -84,12 +128,51 @@ impl AttentionSpec {
     pub fn dtype(&self) -> KernelDType {
         self.dtype
     }
+
+    /// The head width class: the widest `D` and `Dv` these kernels take.
+    pub fn head(&self) -> usize {
+        self.head
+    }
+
+    fn elem(&self) -> usize {
+        self.dtype.size_in_bytes()
+    }
+
+    /// Row elements per lane.
+    fn per_lane(&self) -> usize {
+        LANE_BYTES / self.elem()
+    }
+
+    /// Elements in one 16-byte vector.
+    fn vector(&self) -> usize {
+        16 / self.elem()
+    }
+
+    /// Lanes that hold one row.
+    fn group(&self) -> usize {
+        self.head / self.per_lane()
+    }
+
+    /// Rows (queries, or keys in the last pass) each block owns.
+    pub fn rows_per_block(&self) -> usize {
+        THREADS as usize / self.group()
+    }
+
+    /// Rows of the other operand staged per tile.
+    fn tile(&self) -> usize {
+        (TILE_BYTES / (2 * self.head * self.elem())).min(32)
+    }
 }
 
 impl Gen for AttentionSpec {
     fn entry_name(&self) -> String {
         let masked = if self.masked { "_masked" } else { "" };
-        format!("nb_attention_{}{masked}_{}", self.pass.name(), self.dtype)
+        format!(
+            "nb_attention_{}{masked}_h{}_{}",
+            self.pass.name(),
+            self.head,
+            self.dtype
+        )
     }
 
     fn params(&self) -> Vec<Param> {
@@ -120,207 +203,273 @@ impl Gen for AttentionSpec {
         p
     }
 
+    /// The row helpers, for a lane `gl` of a group holding a row slice `r` of `per_lane`
+    /// elements: element `e` of vector `t` is the row's element `(gl + group t) vector + e`.
     fn helpers(&self, entry: &str) -> String {
         let c = self.dtype.compute_type();
+        let vt = if self.dtype == KernelDType::F32 {
+            "float4"
+        } else {
+            "double2"
+        };
+        let (g, v, h, tile) = (self.group(), self.vector(), self.head, self.tile());
+        let nv = self.per_lane() / v;
+        let zero = self.dtype.compute_literal(0);
+        let fields = ["x", "y", "z", "w"];
+        let dot: String = (0..v)
+            .map(|e| format!("        acc += r[t * {v} + {e}] * x.{};\n", fields[e]))
+            .collect();
+        let axpy: String = (0..v)
+            .map(|e| format!("        r[t * {v} + {e}] += a * x.{};\n", fields[e]))
+            .collect();
         format!(
-            "__device__ __forceinline__ {c} {entry}_max({c} a, {c} b) {{ return (a != a || a >= b) ? a : b; }}\n\
-             __device__ __forceinline__ {c} {entry}_warp_max({c} v) {{\n    \
-                 for (int o = 16; o > 0; o >>= 1) v = {entry}_max(v, __shfl_xor_sync(0xffffffffu, v, o));\n    \
-                 return v;\n}}\n\
-             __device__ __forceinline__ {c} {entry}_warp_sum({c} v) {{\n    \
-                 for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);\n    \
-                 return v;\n}}\n"
+            r#"__device__ __forceinline__ {c} {entry}_max({c} a, {c} b) {{ return (a != a || a >= b) ? a : b; }}
+// The sum of v over the {g} lanes of a group (identical in every lane).
+__device__ __forceinline__ {c} {entry}_group_sum({c} v) {{
+    for (int o = {g} / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}}
+// This lane's share of the dot product of the row slice r with a staged row.
+__device__ __forceinline__ {c} {entry}_dot(const {c}* r, const {c}* row, int gl) {{
+    {c} acc = {zero};
+#pragma unroll
+    for (int t = 0; t < {nv}; ++t) {{
+        const {vt} x = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
+{dot}    }}
+    return acc;
+}}
+// r += a * (this lane's slice of a staged row).
+__device__ __forceinline__ void {entry}_axpy({c}* r, {c} a, const {c}* row, int gl) {{
+#pragma unroll
+    for (int t = 0; t < {nv}; ++t) {{
+        const {vt} x = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
+{axpy}    }}
+}}
+// This lane's slice of a row of n elements at src (zeros past n, or when !valid).
+__device__ __forceinline__ void {entry}_load({c}* r, const {c}* src, long long n, bool valid, int gl) {{
+#pragma unroll
+    for (int t = 0; t < {nv}; ++t) {{
+#pragma unroll
+        for (int e = 0; e < {v}; ++e) {{
+            const long long f = (long long)(gl + {g} * t) * {v} + e;
+            r[t * {v} + e] = (valid && f < n) ? src[f] : {zero};
+        }}
+    }}
+}}
+// Writes this lane's slice of a row of n elements, times s.
+__device__ __forceinline__ void {entry}_store({c}* dst, const {c}* r, {c} s, long long n, int gl) {{
+#pragma unroll
+    for (int t = 0; t < {nv}; ++t) {{
+#pragma unroll
+        for (int e = 0; e < {v}; ++e) {{
+            const long long f = (long long)(gl + {g} * t) * {v} + e;
+            if (f < n) dst[f] = r[t * {v} + e] * s;
+        }}
+    }}
+}}
+// Rows r0 .. r0 + {tile} of a [rows, n] matrix into a [{tile}, {h}] tile (zeros outside), by the block.
+__device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long long r0, long long rows, long long n) {{
+    for (int e = threadIdx.x; e < {tile} * {h}; e += blockDim.x) {{
+        const int rr = e / {h};
+        const int p = e - rr * {h};
+        const long long r = r0 + rr;
+        tile[e] = (r < rows && p < n) ? src[r * n + p] : {zero};
+    }}
+}}
+"#
         )
     }
 
     fn body(&self, entry: &str) -> String {
         let d = self.dtype;
         let c = d.compute_type();
+        let vt = if d == KernelDType::F32 { "float4" } else { "double2" };
         let exp = d.math("exp");
         let ninf = d.neg_infinity();
         let zero = d.compute_literal(0);
         let one = d.compute_literal(1);
-        let head = format!(
-            r#"    const int lane = threadIdx.x & 31;
-    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
-    const long long first_task = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const {c} sc = ({c})scale;
-    const long long width = dv + 2;
-"#
+        let (g, v, h, tile, rb) = (
+            self.group(),
+            self.vector(),
+            self.head,
+            self.tile(),
+            self.rows_per_block(),
         );
-        // The packed gradients of one matrix: dq, dk, dv.
-        let head = if self.pass == AttentionPass::Forward {
-            head
+        let lanes = self.per_lane();
+        let rows = if self.pass == AttentionPass::BackwardKeys {
+            "lk"
         } else {
-            head + "    const long long per_matrix = lq * dim + lk * dim + lk * dv;\n"
+            "lq"
         };
-        // The mask: query i's row `mrow` (forward and query pass) or key j's column `mcol`
-        // (key pass) in matrix b, and whether it keeps the pair.
-        let (mrow, kept_j, mcol, kept_i) = if self.masked {
-            let base = "mask + nb_offset(mask_layout, b * lq * lk)";
+        // Matrix b's mask, and whether it keeps the pair (i, j) (read only when the rest of
+        // the condition holds).
+        let (mask_base, kept) = if self.masked {
             (
-                format!("        const bool* mrow = {base} + i * mask_rs;\n"),
-                "mrow[j * mask_cs]",
-                format!("        const bool* mcol = {base} + j * mask_cs;\n"),
-                "mcol[i * mask_rs]",
+                "        const bool* mb = mask + nb_offset(mask_layout, b * lq * lk);\n",
+                " && mb[i * mask_rs + j * mask_cs]",
             )
         } else {
-            (String::new(), "true", String::new(), "true")
+            ("", "")
         };
-        // A warp per query `i` of matrix `b` (task `t`), which sees `keys` keys: its row of q,
-        // the matrix's keys and values, and its mask row.
-        let query_task = format!(
-            r#"    for (long long t = first_task; t < matrices * lq; t += warps) {{
-        const long long b = t / lq;
-        const long long i = t - b * lq;
-        const long long keys = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
-        const auto* qi = q + t * dim;
-        const auto* kb = k + b * lk * dim;
-        const auto* vb = v + b * lk * dv;
-{mrow}"#
+        let head = format!(
+            r#"    const int gl = (threadIdx.x & 31) & ({g} - 1);
+    const long long slot = threadIdx.x / {g};
+    const {c} sc = ({c})scale;
+    __shared__ {vt} stage_a_v[{tile} * {h} / {v}];
+    __shared__ {vt} stage_b_v[{tile} * {h} / {v}];
+    {c}* stage_a = reinterpret_cast<{c}*>(stage_a_v);
+    {c}* stage_b = reinterpret_cast<{c}*>(stage_b_v);
+    const long long per_block = {rb};
+    const long long blocks_per_matrix = ({rows} + per_block - 1) / per_block;
+    for (long long blk = blockIdx.x; blk < matrices * blocks_per_matrix; blk += gridDim.x) {{
+        const long long b = blk / blocks_per_matrix;
+        const long long r0 = (blk - b * blocks_per_matrix) * per_block;
+{mask_base}"#
         );
-        let loop_body = match self.pass {
+        // The queries' passes: query i of this group, the keys it sees and the keys the
+        // block stages.
+        let query_rows = format!(
+            r#"        const long long i = r0 + slot;
+        const bool valid = i < lq;
+        const long long keys = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
+        const long long last = (r0 + per_block < lq ? r0 + per_block : lq) - 1;
+        const long long key_end = causal ? (last + 1 < lk ? last + 1 : lk) : lk;
+        const {c}* kb = k + b * lk * dim;
+        const {c}* vb = v + b * lk * dv;
+        {c} qr[{lanes}];
+        {entry}_load(qr, q + (b * lq + i) * dim, dim, valid, gl);
+"#
+        );
+        let key_tiles = format!(
+            r#"        for (long long j0 = 0; j0 < key_end; j0 += {tile}) {{
+            __syncthreads();
+            {entry}_stage(stage_a, kb, j0, lk, dim);
+            {entry}_stage(stage_b, vb, j0, lk, dv);
+            __syncthreads();
+            for (int jj = 0; jj < {tile}; ++jj) {{
+                const long long j = j0 + jj;
+                const {c}* kr = stage_a + jj * {h};
+                const {c}* vr = stage_b + jj * {h};
+"#
+        );
+        let pass = match self.pass {
             AttentionPass::Forward => format!(
-                r#"{query_task}        {c} m = {ninf};
+                r#"{query_rows}        {c} acc[{lanes}];
+        for (int x = 0; x < {lanes}; ++x) acc[x] = {zero};
+        {c} m = {ninf};
         {c} l = {zero};
-        {c} acc[8];
-        for (int r = 0; r < 8; ++r) acc[r] = {zero};
-        for (long long j0 = 0; j0 < keys; j0 += 32) {{
-            const long long j = j0 + lane;
-            {c} s = {ninf};
-            if (j < keys && {kept_j}) {{
-                {c} dot = {zero};
-                for (long long p = 0; p < dim; ++p) dot += ({c})qi[p] * ({c})kb[j * dim + p];
-                s = dot;
-            }}
-            const {c} m_new = {entry}_max(m, {entry}_warp_max(s));
-            const {c} alpha = m == {ninf} ? {zero} : {exp}((m - m_new) * sc);
-            // A score of -inf (a dropped key, or an infinite operand) weighs nothing, even
-            // while every score so far is -inf (m_new = -inf would make the difference NaN).
-            const {c} pj = (j < keys && s != {ninf}) ? {exp}((s - m_new) * sc) : {zero};
-            l = l * alpha + {entry}_warp_sum(pj);
-            for (int r = 0; r < 8; ++r) acc[r] *= alpha;
-            const int n = keys - j0 < 32 ? (int)(keys - j0) : 32;
-            for (int jj = 0; jj < n; ++jj) {{
-                const {c} p = __shfl_sync(0xffffffffu, pj, jj);
-                const auto* vr = vb + (j0 + jj) * dv;
-                for (int r = 0; r < 8; ++r) {{
-                    const long long col = lane + 32 * r;
-                    if (col < dv) acc[r] += p * ({c})vr[col];
+{key_tiles}                const {c} dot = {entry}_group_sum({entry}_dot(qr, kr, gl));
+                const {c} s = (valid && j < keys{kept}) ? dot : {ninf};
+                // A new largest score rescales what was summed so far.
+                if (s > m) {{
+                    const {c} alpha = {exp}((m - s) * sc);
+                    l *= alpha;
+                    for (int x = 0; x < {lanes}; ++x) acc[x] *= alpha;
+                    m = s;
                 }}
+                // A score of -inf (a dropped key) weighs nothing, even while m is -inf.
+                const {c} p = s == {ninf} ? {zero} : {exp}((s - m) * sc);
+                l += p;
+                {entry}_axpy(acc, p, vr, gl);
             }}
-            m = m_new;
         }}
-        auto* o = out + t * width;
-        // l = 0: the query kept no key and attends to nothing.
-        const {c} inv = l > {zero} ? {one} / l : {zero};
-        for (int r = 0; r < 8; ++r) {{
-            const long long col = lane + 32 * r;
-            if (col < dv) o[col] = acc[r] * inv;
+        if (valid) {{
+            {c}* o = out + (b * lq + i) * (dv + 2);
+            // l = 0: the query kept no key and attends to nothing.
+            {entry}_store(o, acc, l > {zero} ? {one} / l : {zero}, dv, gl);
+            if (gl == 0) {{
+                o[dv] = m;
+                o[dv + 1] = l;
+            }}
         }}
-        if (lane == 0) {{
-            o[dv] = m;
-            o[dv + 1] = l;
-        }}
-    }}
 "#
             ),
             AttentionPass::BackwardQueries => format!(
-                r#"{query_task}        const auto* doi = d_o + t * dv;
-        const auto* pk = packed + t * width;
+                r#"{query_rows}        const {c}* pk = packed + (b * lq + i) * (dv + 2);
+        {c} dor[{lanes}];
+        {entry}_load(dor, d_o + (b * lq + i) * dv, dv, valid, gl);
         // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
-        {c} dd = {zero};
-        for (long long col = lane; col < dv; col += 32) dd += ({c})doi[col] * ({c})pk[col];
-        dd = {entry}_warp_sum(dd);
-        const {c} m = pk[dv];
+        {c} dd;
+        {{
+            {c} orow[{lanes}];
+            {entry}_load(orow, pk, dv, valid, gl);
+            {c} part = {zero};
+            for (int x = 0; x < {lanes}; ++x) part += dor[x] * orow[x];
+            dd = {entry}_group_sum(part);
+        }}
+        const {c} m = valid ? pk[dv] : {zero};
+        const {c} lsum = valid ? pk[dv + 1] : {zero};
         // A sum of 0: the query kept no key, and has no gradient.
-        const bool empty = ({c})pk[dv + 1] == {zero};
-        const {c} inv = empty ? {zero} : {one} / ({c})pk[dv + 1];
-        {c} dq[8];
-        for (int r = 0; r < 8; ++r) dq[r] = {zero};
-        for (long long j0 = 0; j0 < keys; j0 += 32) {{
-            const long long j = j0 + lane;
-            {c} ds = {zero};
-            if (j < keys && !empty && {kept_j}) {{
-                {c} s = {zero};
-                for (long long p = 0; p < dim; ++p) s += ({c})qi[p] * ({c})kb[j * dim + p];
-                const {c} pj = {exp}((s - m) * sc) * inv;
-                {c} dp = {zero};
-                for (long long col = 0; col < dv; ++col) dp += ({c})doi[col] * ({c})vb[j * dv + col];
-                ds = pj * (dp - dd) * sc;
-            }}
-            const int n = keys - j0 < 32 ? (int)(keys - j0) : 32;
-            for (int jj = 0; jj < n; ++jj) {{
-                const {c} g = __shfl_sync(0xffffffffu, ds, jj);
-                const auto* kr = kb + (j0 + jj) * dim;
-                for (int r = 0; r < 8; ++r) {{
-                    const long long col = lane + 32 * r;
-                    if (col < dim) dq[r] += g * ({c})kr[col];
-                }}
+        const bool live = valid && lsum != {zero};
+        const {c} inv = live ? {one} / lsum : {zero};
+        {c} dq[{lanes}];
+        for (int x = 0; x < {lanes}; ++x) dq[x] = {zero};
+{key_tiles}                const {c} s = {entry}_group_sum({entry}_dot(qr, kr, gl));
+                const {c} dp = {entry}_group_sum({entry}_dot(dor, vr, gl));
+                const {c} ds = (live && j < keys{kept}) ? {exp}((s - m) * sc) * inv * (dp - dd) * sc : {zero};
+                {entry}_axpy(dq, ds, kr, gl);
             }}
         }}
-        auto* gq = grads + b * per_matrix + i * dim;
-        for (int r = 0; r < 8; ++r) {{
-            const long long col = lane + 32 * r;
-            if (col < dim) gq[col] = dq[r];
+        if (valid) {{
+            const long long per_matrix = lq * dim + lk * dim + lk * dv;
+            {entry}_store(grads + b * per_matrix + i * dim, dq, {one}, dim, gl);
+            if (gl == 0) row_dots[b * lq + i] = dd;
         }}
-        if (lane == 0) row_dots[t] = dd;
-    }}
 "#
             ),
             AttentionPass::BackwardKeys => format!(
-                r#"    for (long long t = first_task; t < matrices * lk; t += warps) {{
-        const long long b = t / lk;
-        const long long j = t - b * lk;
-        const auto* kj = k + t * dim;
-        const auto* vj = v + t * dv;
-        const long long row0 = b * lq;
-{mcol}        {c} dk[8];
-        {c} dvv[8];
-        for (int r = 0; r < 8; ++r) {{
-            dk[r] = {zero};
-            dvv[r] = {zero};
+                r#"        const long long j = r0 + slot;
+        const bool valid = j < lk;
+        {c} kr[{lanes}];
+        {c} vr[{lanes}];
+        {entry}_load(kr, k + (b * lk + j) * dim, dim, valid, gl);
+        {entry}_load(vr, v + (b * lk + j) * dv, dv, valid, gl);
+        {c} dk[{lanes}];
+        {c} dvv[{lanes}];
+        for (int x = 0; x < {lanes}; ++x) {{
+            dk[x] = {zero};
+            dvv[x] = {zero};
         }}
-        // The queries that see key j: i >= j when causal.
-        for (long long i0 = causal ? j : 0; i0 < lq; i0 += 32) {{
-            const long long i = i0 + lane;
-            {c} pi = {zero};
-            {c} ds = {zero};
-            const auto* pk = packed + (row0 + i) * width;
-            if (i < lq && ({c})pk[dv + 1] != {zero} && {kept_i}) {{
-                const auto* qi = q + (row0 + i) * dim;
-                const auto* doi = d_o + (row0 + i) * dv;
-                {c} s = {zero};
-                for (long long p = 0; p < dim; ++p) s += ({c})qi[p] * ({c})kj[p];
-                pi = {exp}((s - ({c})pk[dv]) * sc) * ({one} / ({c})pk[dv + 1]);
-                {c} dp = {zero};
-                for (long long col = 0; col < dv; ++col) dp += ({c})doi[col] * ({c})vj[col];
-                ds = pi * (dp - ({c})row_dots[row0 + i]) * sc;
+        const {c}* qb = q + b * lq * dim;
+        const {c}* dob = d_o + b * lq * dv;
+        const {c}* pb = packed + b * lq * (dv + 2);
+        const {c}* rd = row_dots + b * lq;
+        __shared__ {c} q_max[{tile}];
+        __shared__ {c} q_sum[{tile}];
+        __shared__ {c} q_dot[{tile}];
+        // The queries that see the block's keys: i >= r0 when causal.
+        for (long long i0 = causal ? r0 : 0; i0 < lq; i0 += {tile}) {{
+            __syncthreads();
+            {entry}_stage(stage_a, qb, i0, lq, dim);
+            {entry}_stage(stage_b, dob, i0, lq, dv);
+            for (int e = threadIdx.x; e < {tile}; e += blockDim.x) {{
+                const long long i = i0 + e;
+                q_max[e] = i < lq ? pb[i * (dv + 2) + dv] : {zero};
+                q_sum[e] = i < lq ? pb[i * (dv + 2) + dv + 1] : {zero};
+                q_dot[e] = i < lq ? rd[i] : {zero};
             }}
-            const int n = lq - i0 < 32 ? (int)(lq - i0) : 32;
-            for (int ii = 0; ii < n; ++ii) {{
-                const {c} p = __shfl_sync(0xffffffffu, pi, ii);
-                const {c} g = __shfl_sync(0xffffffffu, ds, ii);
-                const auto* qr = q + (row0 + i0 + ii) * dim;
-                const auto* dor = d_o + (row0 + i0 + ii) * dv;
-                for (int r = 0; r < 8; ++r) {{
-                    const long long col = lane + 32 * r;
-                    if (col < dim) dk[r] += g * ({c})qr[col];
-                    if (col < dv) dvv[r] += p * ({c})dor[col];
-                }}
+            __syncthreads();
+            for (int ii = 0; ii < {tile}; ++ii) {{
+                const long long i = i0 + ii;
+                const {c}* qr = stage_a + ii * {h};
+                const {c}* dor = stage_b + ii * {h};
+                const {c} s = {entry}_group_sum({entry}_dot(kr, qr, gl));
+                const {c} dp = {entry}_group_sum({entry}_dot(vr, dor, gl));
+                const bool use = valid && i < lq && q_sum[ii] != {zero} && (!causal || i >= j){kept};
+                const {c} p = use ? {exp}((s - q_max[ii]) * sc) * ({one} / q_sum[ii]) : {zero};
+                const {c} ds = use ? p * (dp - q_dot[ii]) * sc : {zero};
+                {entry}_axpy(dk, ds, qr, gl);
+                {entry}_axpy(dvv, p, dor, gl);
             }}
         }}
-        auto* gk = grads + b * per_matrix + lq * dim + j * dim;
-        auto* gv = grads + b * per_matrix + lq * dim + lk * dim + j * dv;
-        for (int r = 0; r < 8; ++r) {{
-            const long long col = lane + 32 * r;
-            if (col < dim) gk[col] = dk[r];
-            if (col < dv) gv[col] = dvv[r];
+        if (valid) {{
+            const long long per_matrix = lq * dim + lk * dim + lk * dv;
+            {entry}_store(grads + b * per_matrix + lq * dim + j * dim, dk, {one}, dim, gl);
+            {entry}_store(grads + b * per_matrix + lq * dim + lk * dim + j * dv, dvv, {one}, dv, gl);
         }}
-    }}
 "#
             ),
         };
-        format!("{head}{loop_body}")
+        format!("{head}{pass}    }}\n")
     }
 }

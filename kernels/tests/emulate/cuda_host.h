@@ -29,6 +29,14 @@
 #define __noinline__
 #define __shared__ static
 
+// The 16-byte vector types (the attention kernels read shared memory through them).
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) double2 {
+    double x, y;
+};
+
 struct nb_dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
