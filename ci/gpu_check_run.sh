@@ -6,9 +6,11 @@
 #   2. train_mlp --device cuda to its accuracy;
 #   3. NCCL at world size 1 (libnccl.so.2 of the wheel, through our loader): in-place
 #      all-reduce and broadcast of device tensors, and a group's gradient buckets through it;
-#   4. the benchmark against PyTorch on the same GPU, as one table;
+#   4. the benchmark against PyTorch on the same GPU, as one table; then (4b) the fused
+#      attention under each of its tunings (NABLA_ATTENTION_TUNING), one process each;
 #   5. when step 0 found the stream-ordered pool, train_mlp again on the cached cuMemAlloc
-#      allocator (NABLA_CUDA_ALLOCATOR=cached), the fallback where the pool does not work.
+#      allocator (NABLA_CUDA_ALLOCATOR=cached), the fallback where the pool does not work;
+#   6. only with GPU_CHECK_PROFILE=1: Nsight Compute on the fused attention's kernels.
 # Exit status: non-zero when a check fails (the table is printed either way).
 #
 # Each step's whole output goes to a log and only its tail is printed, so that the table,
@@ -169,6 +171,29 @@ else
 fi
 pack_logs
 
+echo "== 4b. the fused attention's tunings (NABLA_ATTENTION_TUNING=LANE_BYTES,ROWS), one process each"
+rm -f "$logs/tunings.jsonl"
+for tuning in 128,1 64,1 32,1 128,2 64,2 32,2 32,4; do
+  t=$(limit 20)
+  [ "$t" -gt 0 ] || { echo "(tuning $tuning skipped: the deadline has passed)"; break; }
+  NABLA_ATTENTION_TUNING=$tuning timeout -k 5 "$t" ./gpu_bench attention "tuning $tuning" >> "$logs/tunings.jsonl" 2>> "$logs/tunings.log" \
+    || echo "gpu-check: attention tuning $tuning failed (see tunings.log)"
+done
+python3 - "$logs/tunings.jsonl" <<'PY' | tee "$logs/tunings.md"
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        r = json.loads(line)
+        label = r["system"].replace(" forward", "")
+        rows.setdefault(label, {})["forward" if r["system"].endswith("forward") else "step"] = r["ms"]
+print("| attention tuning (bytes a lane, rows a group) | forward ms | value and gradients ms |")
+print("|---|---|---|")
+for label, r in rows.items():
+    print(f"| {label} | {r.get('forward', float('nan')):.3f} | {r.get('step', float('nan')):.3f} |")
+PY
+pack_logs
+
 echo "== 5. train_mlp --device cuda on the other allocator"
 if grep -q "memory: stream-ordered pool" "$logs/warm_kernels.log" 2>/dev/null; then
   train train_cached "train_mlp on the cached allocator" NABLA_CUDA_ALLOCATOR=cached
@@ -177,6 +202,25 @@ else
   grep "memory:" "$logs/warm_kernels.log" 2>/dev/null || true
 fi
 pack_logs
+
+# 6. With GPU_CHECK_PROFILE=1: Nsight Compute on the fused attention's three kernels (the
+# default tuning; the launches after the 12 timed forwards: forward, backward over queries,
+# backward over keys), clocks left alone; the whole report goes to ncu.log.
+if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+  echo "== 6. Nsight Compute on the fused attention"
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  t=$(limit 90)
+  if [ -z "$ncu_bin" ]; then
+    echo "(no ncu on this machine)"
+  elif [ "$t" -gt 0 ]; then
+    timeout -k 5 "$t" "$ncu_bin" --clock-control none -k regex:nb_attention --launch-skip 12 --launch-count 3 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      ./gpu_bench attention profiled > "$logs/ncu.log" 2>&1 || echo "(ncu exit status $?)"
+    grep -E "nb_attention|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc Active|Shared Memory|Stall|Block Limit" "$logs/ncu.log" | head -90
+  fi
+  pack_logs
+fi
 python3 - "$logs" <<'PY' | tee "$logs/table.md"
 import json, os, sys
 rows = {}
@@ -205,6 +249,8 @@ att = rows.get("attention_causal_16x8x1024x64", {})
 if att.get("nabla-rs") and att.get("nabla-rs composed"):
     print(f"attention: fused {att['nabla-rs']:.3f} ms, fused with a key padding mask {cell(att.get('nabla-rs masked'))} ms, "
           f"composed {att['nabla-rs composed']:.3f} ms (fused / composed {att['nabla-rs'] / att['nabla-rs composed']:.2f})")
+if att.get("nabla-rs forward") and att.get("torch forward"):
+    print(f"attention forward alone: fused {att['nabla-rs forward']:.3f} ms, torch {att['torch forward']:.3f} ms")
 bn = rows.get("batch_norm_32x64x56x56", {})
 if bn.get("nabla-rs") and bn.get("nabla-rs composed"):
     print(f"batch norm: fused {bn['nabla-rs']:.3f} ms, composed {bn['nabla-rs composed']:.3f} ms "

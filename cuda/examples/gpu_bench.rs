@@ -48,6 +48,14 @@ fn main() {
     let row = |case: &str, system: &str, ms: f64| {
         println!("{{\"case\": \"{case}\", \"system\": \"{system}\", \"ms\": {ms:.5}}}");
     };
+    // `gpu_bench attention LABEL`: the fused attention rows alone, as system `LABEL` (run once
+    // per NABLA_ATTENTION_TUNING by ci/gpu_check_run.sh to compare the kernels' tunings).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("attention") {
+        let label = args.get(2).map_or("nabla-rs", String::as_str);
+        attention_rows(gpu, &median_ms, &row, Some(label));
+        return;
+    }
     let mut rng = Rng::new(0);
     let mut layer = |i: usize, o: usize| {
         (
@@ -101,44 +109,7 @@ fn main() {
             median_ms(2, 10, &mut || drop(x.matmul(&w))),
         );
     }
-    let qkv: Vec<Tensor> = (4..7)
-        .map(|seed| {
-            Rng::new(seed)
-                .normal(&[16, 8, 1024, 64], 0.0, 1.0, DType::F32)
-                .to_device(gpu)
-                .unwrap()
-        })
-        .collect();
-    // The fused kernels; the masked ones with a key padding mask that keeps every key; and
-    // attention written out from public ops (products, a causal `where`, softmax), which
-    // forms the [16, 8, 1024, 1024] scores.
-    let padding = Tensor::ones(&[16, 1, 1, 1024], DType::F32)
-        .gt_scalar(0.0)
-        .to_device(gpu)
-        .unwrap();
-    let positions = Tensor::arange(0.0, 1024.0, 1.0, DType::I64).to_device(gpu).unwrap();
-    let causal = positions.reshape([1, 1024]).le(&positions.reshape([1024, 1]));
-    let composed = |t: &Vec<Tensor>| {
-        let scores = (&t[0] * 0.125).matmul(&t[1].swap_axes(-1, -2));
-        let scores = causal.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY));
-        scores.softmax(-1).matmul(&t[2])
-    };
-    let fused = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true);
-    let masked = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], Some(&padding), true);
-    type Attention<'a> = &'a dyn Fn(&Vec<Tensor>) -> Tensor;
-    let systems: [(&str, Attention); 3] = [
-        ("nabla-rs", &fused),
-        ("nabla-rs masked", &masked),
-        ("nabla-rs composed", &composed),
-    ];
-    for (system, attention) in systems {
-        let step = nb::value_and_grad(|t: &Vec<Tensor>| attention(t).square().mean_all());
-        row(
-            "attention_causal_16x8x1024x64",
-            system,
-            median_ms(2, 10, &mut || drop(step(&qkv))),
-        );
-    }
+    attention_rows(gpu, &median_ms, &row, None);
     let bn: Vec<Tensor> = [
         (7, &[32usize, 64, 56, 56][..], 0.0),
         (8, &[64], 1.0),
@@ -159,7 +130,8 @@ fn main() {
         let (mean, var) = (t[0].mean([0, 2, 3], true), t[0].var([0, 2, 3], true));
         (&t[0] - mean) * (var + 1e-5).rsqrt() * t[1].reshape([1, 64, 1, 1]) + t[2].reshape([1, 64, 1, 1])
     };
-    let systems: [(&str, Attention); 2] = [("nabla-rs", &bn_fused), ("nabla-rs composed", &bn_composed)];
+    let systems: [(&str, &dyn Fn(&Vec<Tensor>) -> Tensor); 2] =
+        [("nabla-rs", &bn_fused), ("nabla-rs composed", &bn_composed)];
     for (system, norm) in systems {
         // The gradients of the input, scale and shift (not of the weights t[3]).
         let step = nb::value_and_grad(|t: &Vec<Tensor>| (norm(t) * &bn[3]).sum_all());
@@ -190,4 +162,63 @@ fn main() {
     );
     eprintln!("gpu_bench: libraries: {}", nabla_cuda::loaded_libraries().join(" "));
     eprintln!("gpu_bench: memory: {}", backend.api().allocator_info());
+}
+
+/// Causal attention `[16, 8, 1024, 64]` f32 rows: the fused forward alone, then value and
+/// gradients fused, fused with a key padding mask and composed; only the fused ones, as system
+/// `only`, when given.
+fn attention_rows(
+    gpu: Device,
+    median_ms: &dyn Fn(usize, usize, &mut dyn FnMut()) -> f64,
+    row: &dyn Fn(&str, &str, f64),
+    only: Option<&str>,
+) {
+    let qkv: Vec<Tensor> = (4..7)
+        .map(|seed| {
+            Rng::new(seed)
+                .normal(&[16, 8, 1024, 64], 0.0, 1.0, DType::F32)
+                .to_device(gpu)
+                .unwrap()
+        })
+        .collect();
+    // The fused kernels; the masked ones with a key padding mask that keeps every key; and
+    // attention written out from public ops (products, a causal `where`, softmax), which
+    // forms the [16, 8, 1024, 1024] scores.
+    let padding = Tensor::ones(&[16, 1, 1, 1024], DType::F32)
+        .gt_scalar(0.0)
+        .to_device(gpu)
+        .unwrap();
+    let positions = Tensor::arange(0.0, 1024.0, 1.0, DType::I64).to_device(gpu).unwrap();
+    let causal = positions.reshape([1, 1024]).le(&positions.reshape([1024, 1]));
+    let composed = |t: &Vec<Tensor>| {
+        let scores = (&t[0] * 0.125).matmul(&t[1].swap_axes(-1, -2));
+        let scores = causal.where_(&scores, &scores.scalar_like(f64::NEG_INFINITY));
+        scores.softmax(-1).matmul(&t[2])
+    };
+    let fused = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true);
+    let masked = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], Some(&padding), true);
+    type Attention<'a> = &'a dyn Fn(&Vec<Tensor>) -> Tensor;
+    let all: [(&str, Attention); 3] = [
+        ("nabla-rs", &fused),
+        ("nabla-rs masked", &masked),
+        ("nabla-rs composed", &composed),
+    ];
+    let systems = match only {
+        Some(label) => vec![(label, &fused as Attention)],
+        None => all.to_vec(),
+    };
+    // The forward alone (the fused kernel's output), to split the step's time.
+    row(
+        "attention_causal_16x8x1024x64",
+        &format!("{} forward", only.unwrap_or("nabla-rs")),
+        median_ms(2, 10, &mut || drop(fused(&qkv))),
+    );
+    for (system, attention) in systems {
+        let step = nb::value_and_grad(|t: &Vec<Tensor>| attention(t).square().mean_all());
+        row(
+            "attention_causal_16x8x1024x64",
+            system,
+            median_ms(2, 10, &mut || drop(step(&qkv))),
+        );
+    }
 }

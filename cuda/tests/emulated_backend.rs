@@ -13,6 +13,7 @@ mod device;
 use std::sync::Arc;
 
 use nabla_core as nb;
+use nabla_kernels::AttentionTuning;
 use nb::{DType, Device, Tensor};
 
 const GPU: Device = Device::Cuda(0);
@@ -956,8 +957,50 @@ fn fused_attention_kernels_match_the_cpu_with_several_key_chunks_and_lane_slots(
             }
         }
     }
+    // Every other way of spreading rows over lanes (a row over fewer or more lanes, several
+    // rows a group), on the head classes each fits, masked and not.
+    let set_tuning = |t: AttentionTuning| {
+        if device::real_gpu() {
+            nabla_cuda::init(0).unwrap().set_attention_tuning(t);
+        } else {
+            device::emulated_backend().set_attention_tuning(t);
+        }
+    };
+    for (lane_bytes, rows_per_group) in [(32, 1), (64, 1), (64, 2), (32, 4), (128, 2)] {
+        set_tuning(AttentionTuning {
+            lane_bytes,
+            rows_per_group,
+        });
+        // The key padding mask has 70 keys.
+        for (lq, lk, dim, dv, masked) in [
+            (37, 70, 40, 33, false),
+            (37, 70, 40, 33, true),
+            (70, 37, 8, 5, false),
+            (19, 45, 70, 100, false),
+        ] {
+            let q = rng.normal(&[2, 2, lq, dim], 0.0, 1.0, DType::F64);
+            let k = rng.normal(&[2, 1, lk, dim], 0.0, 1.0, DType::F64);
+            let v = rng.normal(&[2, 1, lk, dv], 0.0, 1.0, DType::F64);
+            let name = format!(
+                "attention lq {lq} lk {lk} dim {dim} dv {dv}, {lane_bytes} bytes a lane, \
+                 {rows_per_group} rows a group, masked {masked}"
+            );
+            let mut inputs = vec![q, k, v];
+            if masked {
+                inputs.push(padding.clone());
+            }
+            check_both(&name, &inputs, |x| attention_and_gradients(x, x.get(3), true));
+        }
+    }
+    set_tuning(AttentionTuning::DEFAULT);
     if !device::real_gpu() {
         let launched = device::emulated_backend().api().launches.lock().unwrap().clone();
+        for name in [
+            "nb_attention_forward_h64_l32r4_f64",
+            "nb_attention_backward_keys_masked_h64_l128r2_f64",
+        ] {
+            assert!(launched.iter().any(|n| n == name), "{name} did not run");
+        }
         for pass in ["forward", "backward_queries", "backward_keys"] {
             for variant in ["", "_masked"] {
                 for dtype in ["f32", "f64"] {

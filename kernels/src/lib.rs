@@ -42,8 +42,8 @@ mod params;
 mod spec;
 
 pub use codegen::attention::{
-    AttentionPass, AttentionSpec, HEAD_CLASSES as ATTENTION_HEAD_CLASSES, MAX_HEAD as ATTENTION_MAX_HEAD,
-    THREADS as ATTENTION_THREADS,
+    AttentionPass, AttentionSpec, AttentionTuning, HEAD_CLASSES as ATTENTION_HEAD_CLASSES,
+    MAX_HEAD as ATTENTION_MAX_HEAD, THREADS as ATTENTION_THREADS,
 };
 pub use codegen::channels::{ChannelPass, ChannelSpec};
 pub use codegen::elementwise::{

@@ -9,7 +9,8 @@ use nabla_core::DType;
 use nabla_core::storage::RawTensor;
 use nabla_kernels::launch::LaunchDims;
 use nabla_kernels::{
-    ATTENTION_MAX_HEAD, ATTENTION_THREADS, AttentionPass, AttentionSpec, KernelDType, KernelLayout, KernelSpec, launch,
+    ATTENTION_MAX_HEAD, ATTENTION_THREADS, AttentionPass, AttentionSpec, AttentionTuning, KernelDType, KernelLayout,
+    KernelSpec, launch,
 };
 
 use super::{CudaBackend, kernel_dtype, spec};
@@ -54,17 +55,19 @@ impl Extents {
         self.dim.max(self.dv)
     }
 
-    /// The kernel of `pass` for these extents (in the head class they need) and its launch
-    /// over `rows` rows of every matrix.
+    /// The kernel of `pass` for these extents (in the head class they need, spread over lanes
+    /// as `tuning` says) and its launch over `rows` rows of every matrix.
     fn pass(
         &self,
         pass: AttentionPass,
         dtype: KernelDType,
         masked: bool,
         rows: usize,
+        tuning: AttentionTuning,
         sm_count: u32,
     ) -> (KernelSpec, LaunchDims) {
-        let s = AttentionSpec::new(pass, dtype, masked, self.head());
+        // A tuning the head class does not allow leaves that class on the default.
+        let s = AttentionSpec::new(pass, dtype, masked, self.head()).map(|s| s.with_tuning(tuning).unwrap_or(s));
         let per_block = s.as_ref().map_or(1, AttentionSpec::rows_per_block);
         let blocks = self.matrices * rows.div_ceil(per_block);
         let dims = launch::for_row_blocks(blocks as i64, ATTENTION_THREADS, sm_count);
@@ -84,6 +87,25 @@ impl Extents {
             "causal" => LaunchArg::I32(causal as i32),
             _ => return None,
         })
+    }
+}
+
+/// The tuning `NABLA_ATTENTION_TUNING=LANE_BYTES,ROWS` names (see [`AttentionTuning`]), else
+/// the default; a malformed value is refused naming the variable.
+pub(super) fn tuning_from_env() -> AttentionTuning {
+    let Ok(text) = std::env::var("NABLA_ATTENTION_TUNING") else {
+        return AttentionTuning::DEFAULT;
+    };
+    let parts: Vec<Option<usize>> = text.split(',').map(|p| p.trim().parse().ok()).collect();
+    match parts[..] {
+        [Some(lane_bytes), Some(rows_per_group)] => AttentionTuning {
+            lane_bytes,
+            rows_per_group,
+        },
+        _ => panic!(
+            "NABLA_ATTENTION_TUNING={text:?}: expected LANE_BYTES,ROWS (say 64,1: bytes of a row per lane, \
+             32, 64 or 128, and rows per group of lanes, 1, 2 or 4); unset it for the default"
+        ),
     }
 }
 
@@ -157,6 +179,7 @@ pub(super) fn attention<A: DeviceApi>(
         kernel_dtype(q.dtype()),
         mask.is_some(),
         e.lq,
+        be.attention_tuning(),
         be.api.sm_count(),
     );
     be.run(&s, dims, |p| match p.name {
@@ -202,7 +225,14 @@ pub(super) fn attention_backward<A: DeviceApi>(
         (AttentionPass::BackwardQueries, e.lq),
         (AttentionPass::BackwardKeys, e.lk),
     ] {
-        let (s, dims) = e.pass(pass, dtype, mask.is_some(), rows, be.api.sm_count());
+        let (s, dims) = e.pass(
+            pass,
+            dtype,
+            mask.is_some(),
+            rows,
+            be.attention_tuning(),
+            be.api.sm_count(),
+        );
         be.run(&s, dims, |p| match p.name {
             "grads" => Some(be.run_ptr(&grads)),
             "row_dots" => Some(be.run_ptr(&row_dots)),

@@ -56,6 +56,8 @@ pub struct CudaBackend<A: DeviceApi> {
     /// scalar operand, and tensors are immutable, so one device copy serves every use (a fill
     /// launch and an allocation saved each time).
     scalars: Mutex<HashMap<(DType, u64), RawTensor>>,
+    /// How the fused attention kernels spread rows over lanes.
+    attention_tuning: Mutex<nabla_kernels::AttentionTuning>,
 }
 
 /// The most scalars [`CudaBackend`] keeps (the cache starts over when full: learning-rate
@@ -107,7 +109,20 @@ impl<A: DeviceApi> CudaBackend<A> {
             err_lock: Mutex::new(()),
             sites: Mutex::new(Vec::new()),
             scalars: Mutex::new(HashMap::new()),
+            attention_tuning: Mutex::new(attention::tuning_from_env()),
         })
+    }
+
+    /// Makes the fused attention kernels spread rows over lanes as `tuning` says, for the calls
+    /// that follow (head classes it does not fit keep the default). It starts as
+    /// `NABLA_ATTENTION_TUNING=LANE_BYTES,ROWS` says, else the default: for comparing tunings.
+    pub fn set_attention_tuning(&self, tuning: nabla_kernels::AttentionTuning) {
+        *self.attention_tuning.lock().unwrap_or_else(|e| e.into_inner()) = tuning;
+    }
+
+    /// The fused attention kernels' tuning ([`CudaBackend::set_attention_tuning`]).
+    pub fn attention_tuning(&self) -> nabla_kernels::AttentionTuning {
+        *self.attention_tuning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The device API underneath.

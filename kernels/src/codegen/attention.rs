@@ -9,10 +9,10 @@
 //! - **backward over keys**: the key and value gradients, reading those sums (no atomics).
 //!
 //! Each block of [`THREADS`] threads owns consecutive rows of one matrix (queries, or keys in
-//! the last pass). A row belongs to a group of lanes that hold its elements in registers,
-//! [`LANE_BYTES`] bytes a lane, spread so that the lanes of a group read neighbouring 16-byte
+//! the last pass). A group of lanes holds one or more rows in registers, a few dozen bytes of
+//! each a lane ([`AttentionTuning`]), spread so that the lanes of a group read neighbouring 16-byte
 //! vectors; the block walks the other operand in tiles of rows staged in shared memory, which
-//! every group reads at once (a broadcast). Dot products are summed across the group with
+//! every group reads at once (a broadcast), each vector read serving all its rows. Dot products are summed across the group with
 //! shuffles. The kernels are generated per head width class ([`HEAD_CLASSES`]: the wider of
 //! `D` and `Dv`, rounded up), which fixes the group size, the rows per block and the tile.
 //! A causal query `i` sees keys `0..=i`.
@@ -41,8 +41,31 @@ pub const MAX_HEAD: usize = 256;
 /// Threads per block of every attention kernel.
 pub const THREADS: u32 = 128;
 
-/// Bytes of a row that one lane holds in registers (16 f32 or 8 f64 elements).
-const LANE_BYTES: usize = 64;
+/// How the attention kernels spread rows over lanes: the bytes of a row one lane holds in
+/// registers, and the rows a group of lanes holds (every staged vector a lane reads feeds that
+/// many rows). Both trade registers, and so resident warps, against work per shared-memory
+/// read and against per-row work repeated by every lane of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttentionTuning {
+    /// Bytes of a row one lane holds: 32, 64 or 128.
+    pub lane_bytes: usize,
+    /// Rows a group of lanes holds: 1, 2 or 4.
+    pub rows_per_group: usize,
+}
+
+impl AttentionTuning {
+    /// The tuning the backend uses unless told otherwise (the fastest measured on an H200).
+    pub const DEFAULT: AttentionTuning = AttentionTuning {
+        lane_bytes: 128,
+        rows_per_group: 1,
+    };
+}
+
+impl Default for AttentionTuning {
+    fn default() -> AttentionTuning {
+        AttentionTuning::DEFAULT
+    }
+}
 
 /// Bytes of shared memory the two staged tiles take at most.
 const TILE_BYTES: usize = 32 * 1024;
@@ -85,6 +108,7 @@ pub struct AttentionSpec {
     dtype: KernelDType,
     masked: bool,
     head: usize,
+    tuning: AttentionTuning,
 }
 
 impl AttentionSpec {
@@ -116,7 +140,28 @@ impl AttentionSpec {
             dtype,
             masked,
             head,
+            tuning: AttentionTuning::DEFAULT,
         })
+    }
+
+    /// This pass with rows spread as `tuning` says, or an error naming what the head width
+    /// class does not allow (a row over more than 32 lanes, or a lane holding less than one
+    /// 16-byte vector).
+    pub fn with_tuning(self, tuning: AttentionTuning) -> Result<AttentionSpec, KernelError> {
+        let t = AttentionSpec { tuning, ..self };
+        let lanes_ok = [32, 64, 128].contains(&tuning.lane_bytes) && t.per_lane() <= self.head && t.group() <= 32;
+        if !lanes_ok || ![1, 2, 4].contains(&tuning.rows_per_group) {
+            return Err(KernelError::Unsupported {
+                kernel: format!(
+                    "attention {} for heads up to {} with {tuning:?}",
+                    self.pass.name(),
+                    self.head
+                ),
+                dtype: self.dtype,
+                accepted: "32, 64 or 128 bytes a lane (a row over 1 to 32 lanes) and 1, 2 or 4 rows a group",
+            });
+        }
+        Ok(t)
     }
 
     /// The pass.
@@ -140,7 +185,7 @@ impl AttentionSpec {
 
     /// Row elements per lane.
     fn per_lane(&self) -> usize {
-        LANE_BYTES / self.elem()
+        self.tuning.lane_bytes / self.elem()
     }
 
     /// Elements in one 16-byte vector.
@@ -153,9 +198,15 @@ impl AttentionSpec {
         self.head / self.per_lane()
     }
 
-    /// Rows (queries, or keys in the last pass) each block owns.
-    pub fn rows_per_block(&self) -> usize {
+    /// Groups in a block.
+    fn groups(&self) -> usize {
         THREADS as usize / self.group()
+    }
+
+    /// Rows (queries, or keys in the last pass) each block owns: group `g`'s rows are `g`,
+    /// `g + groups`, ...
+    pub fn rows_per_block(&self) -> usize {
+        self.groups() * self.tuning.rows_per_group
     }
 
     /// Rows of the other operand staged per tile.
@@ -167,8 +218,14 @@ impl AttentionSpec {
 impl Gen for AttentionSpec {
     fn entry_name(&self) -> String {
         let masked = if self.masked { "_masked" } else { "" };
+        let t = self.tuning;
+        let tuning = if t == AttentionTuning::DEFAULT {
+            String::new()
+        } else {
+            format!("_l{}r{}", t.lane_bytes, t.rows_per_group)
+        };
         format!(
-            "nb_attention_{}{masked}_h{}_{}",
+            "nb_attention_{}{masked}_h{}{tuning}_{}",
             self.pass.name(),
             self.head,
             self.dtype
@@ -203,8 +260,9 @@ impl Gen for AttentionSpec {
         p
     }
 
-    /// The row helpers, for a lane `gl` of a group holding a row slice `r` of `per_lane`
-    /// elements: element `e` of vector `t` is the row's element `(gl + group t) vector + e`.
+    /// The row helpers. A lane `gl` of a group holds `per_lane` elements of each of its rows
+    /// (row `x`'s at `r + x * per_lane`): element `e` of vector `t` is the row's element
+    /// `(gl + group t) vector + e`.
     fn helpers(&self, entry: &str) -> String {
         let c = self.dtype.compute_type();
         let vt = if self.dtype == KernelDType::F32 {
@@ -212,15 +270,23 @@ impl Gen for AttentionSpec {
         } else {
             "double2"
         };
-        let (g, v, h, tile) = (self.group(), self.vector(), self.head, self.tile());
-        let nv = self.per_lane() / v;
+        let (g, v, h, tile, f) = (self.group(), self.vector(), self.head, self.tile(), self.per_lane());
+        let (nv, rows) = (f / v, self.tuning.rows_per_group);
         let zero = self.dtype.compute_literal(0);
         let fields = ["x", "y", "z", "w"];
+        // One partial sum per vector element: four short chains of dependent FMAs rather than
+        // one long one.
         let dot: String = (0..v)
-            .map(|e| format!("        acc += r[t * {v} + {e}] * x.{};\n", fields[e]))
+            .map(|e| {
+                format!(
+                    "            part[x * {v} + {e}] += r[x * {f} + t * {v} + {e}] * w.{};\n",
+                    fields[e]
+                )
+            })
             .collect();
+        let dot_sum: String = (0..v).map(|e| format!(" + part[x * {v} + {e}]")).collect();
         let axpy: String = (0..v)
-            .map(|e| format!("        r[t * {v} + {e}] += a * x.{};\n", fields[e]))
+            .map(|e| format!("            r[x * {f} + t * {v} + {e}] += a[x] * w.{};\n", fields[e]))
             .collect();
         format!(
             r#"__device__ __forceinline__ {c} {entry}_max({c} a, {c} b) {{ return (a != a || a >= b) ? a : b; }}
@@ -229,21 +295,30 @@ __device__ __forceinline__ {c} {entry}_group_sum({c} v) {{
     for (int o = {g} / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }}
-// This lane's share of the dot product of the row slice r with a staged row.
-__device__ __forceinline__ {c} {entry}_dot(const {c}* r, const {c}* row, int gl) {{
-    {c} acc = {zero};
+// out[x]: this lane's share of the dot product of its row x with a staged row.
+__device__ __forceinline__ void {entry}_dot(const {c}* r, const {c}* row, int gl, {c}* out) {{
+    {c} part[{rows} * {v}];
+#pragma unroll
+    for (int x = 0; x < {rows} * {v}; ++x) part[x] = {zero};
 #pragma unroll
     for (int t = 0; t < {nv}; ++t) {{
-        const {vt} x = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
-{dot}    }}
-    return acc;
+        const {vt} w = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
+#pragma unroll
+        for (int x = 0; x < {rows}; ++x) {{
+{dot}        }}
+    }}
+#pragma unroll
+    for (int x = 0; x < {rows}; ++x) out[x] = {zero}{dot_sum};
 }}
-// r += a * (this lane's slice of a staged row).
-__device__ __forceinline__ void {entry}_axpy({c}* r, {c} a, const {c}* row, int gl) {{
+// Row x += a[x] * (this lane's slice of a staged row).
+__device__ __forceinline__ void {entry}_axpy({c}* r, const {c}* a, const {c}* row, int gl) {{
 #pragma unroll
     for (int t = 0; t < {nv}; ++t) {{
-        const {vt} x = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
-{axpy}    }}
+        const {vt} w = *reinterpret_cast<const {vt}*>(row + (gl + {g} * t) * {v});
+#pragma unroll
+        for (int x = 0; x < {rows}; ++x) {{
+{axpy}        }}
+    }}
 }}
 // This lane's slice of a row of n elements at src (zeros past n, or when !valid).
 __device__ __forceinline__ void {entry}_load({c}* r, const {c}* src, long long n, bool valid, int gl) {{
@@ -251,8 +326,8 @@ __device__ __forceinline__ void {entry}_load({c}* r, const {c}* src, long long n
     for (int t = 0; t < {nv}; ++t) {{
 #pragma unroll
         for (int e = 0; e < {v}; ++e) {{
-            const long long f = (long long)(gl + {g} * t) * {v} + e;
-            r[t * {v} + e] = (valid && f < n) ? src[f] : {zero};
+            const long long i = (long long)(gl + {g} * t) * {v} + e;
+            r[t * {v} + e] = (valid && i < n) ? src[i] : {zero};
         }}
     }}
 }}
@@ -262,8 +337,8 @@ __device__ __forceinline__ void {entry}_store({c}* dst, const {c}* r, {c} s, lon
     for (int t = 0; t < {nv}; ++t) {{
 #pragma unroll
         for (int e = 0; e < {v}; ++e) {{
-            const long long f = (long long)(gl + {g} * t) * {v} + e;
-            if (f < n) dst[f] = r[t * {v} + e] * s;
+            const long long i = (long long)(gl + {g} * t) * {v} + e;
+            if (i < n) dst[i] = r[t * {v} + e] * s;
         }}
     }}
 }}
@@ -288,15 +363,10 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
         let ninf = d.neg_infinity();
         let zero = d.compute_literal(0);
         let one = d.compute_literal(1);
-        let (g, v, h, tile, rb) = (
-            self.group(),
-            self.vector(),
-            self.head,
-            self.tile(),
-            self.rows_per_block(),
-        );
-        let lanes = self.per_lane();
-        let rows = if self.pass == AttentionPass::BackwardKeys {
+        let (g, v, h, tile, f) = (self.group(), self.vector(), self.head, self.tile(), self.per_lane());
+        let (rows, groups, per_block) = (self.tuning.rows_per_group, self.groups(), self.rows_per_block());
+        let all = rows * f;
+        let extent = if self.pass == AttentionPass::BackwardKeys {
             "lk"
         } else {
             "lq"
@@ -319,25 +389,29 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
     __shared__ {vt} stage_b_v[{tile} * {h} / {v}];
     {c}* stage_a = reinterpret_cast<{c}*>(stage_a_v);
     {c}* stage_b = reinterpret_cast<{c}*>(stage_b_v);
-    const long long per_block = {rb};
-    const long long blocks_per_matrix = ({rows} + per_block - 1) / per_block;
+    const long long per_block = {per_block};
+    const long long blocks_per_matrix = ({extent} + per_block - 1) / per_block;
     for (long long blk = blockIdx.x; blk < matrices * blocks_per_matrix; blk += gridDim.x) {{
         const long long b = blk / blocks_per_matrix;
         const long long r0 = (blk - b * blocks_per_matrix) * per_block;
 {mask_base}"#
         );
-        // The queries' passes: query i of this group, the keys it sees and the keys the
-        // block stages.
+        // The queries' passes: this group's queries (query x is i = r0 + slot + x groups),
+        // the keys each sees, and the keys the block stages.
         let query_rows = format!(
-            r#"        const long long i = r0 + slot;
-        const bool valid = i < lq;
-        const long long keys = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
-        const long long last = (r0 + per_block < lq ? r0 + per_block : lq) - 1;
+            r#"        const long long last = (r0 + per_block < lq ? r0 + per_block : lq) - 1;
         const long long key_end = causal ? (last + 1 < lk ? last + 1 : lk) : lk;
         const {c}* kb = k + b * lk * dim;
         const {c}* vb = v + b * lk * dv;
-        {c} qr[{lanes}];
-        {entry}_load(qr, q + (b * lq + i) * dim, dim, valid, gl);
+        bool valid[{rows}];
+        long long keys[{rows}];
+        {c} qr[{all}];
+        for (int x = 0; x < {rows}; ++x) {{
+            const long long i = r0 + slot + x * {groups};
+            valid[x] = i < lq;
+            keys[x] = causal ? (i + 1 < lk ? i + 1 : lk) : lk;
+            {entry}_load(qr + x * {f}, q + (b * lq + i) * dim, dim, valid[x], gl);
+        }}
 "#
         );
         let key_tiles = format!(
@@ -354,79 +428,109 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
         );
         let pass = match self.pass {
             AttentionPass::Forward => format!(
-                r#"{query_rows}        {c} acc[{lanes}];
-        for (int x = 0; x < {lanes}; ++x) acc[x] = {zero};
-        {c} m = {ninf};
-        {c} l = {zero};
-{key_tiles}                const {c} dot = {entry}_group_sum({entry}_dot(qr, kr, gl));
-                const {c} s = (valid && j < keys{kept}) ? dot : {ninf};
-                // A new largest score rescales what was summed so far.
-                if (s > m) {{
-                    const {c} alpha = {exp}((m - s) * sc);
-                    l *= alpha;
-                    for (int x = 0; x < {lanes}; ++x) acc[x] *= alpha;
-                    m = s;
+                r#"{query_rows}        {c} acc[{all}];
+        for (int x = 0; x < {all}; ++x) acc[x] = {zero};
+        {c} m[{rows}];
+        {c} l[{rows}];
+        for (int x = 0; x < {rows}; ++x) {{
+            m[x] = {ninf};
+            l[x] = {zero};
+        }}
+{key_tiles}                {c} part[{rows}];
+                {entry}_dot(qr, kr, gl, part);
+                {c} p[{rows}];
+                for (int x = 0; x < {rows}; ++x) {{
+                    const long long i = r0 + slot + x * {groups};
+                    const {c} dot = {entry}_group_sum(part[x]);
+                    const {c} s = (valid[x] && j < keys[x]{kept}) ? dot : {ninf};
+                    // A new largest score rescales what was summed so far.
+                    if (s > m[x]) {{
+                        const {c} alpha = {exp}((m[x] - s) * sc);
+                        l[x] *= alpha;
+                        for (int y = 0; y < {f}; ++y) acc[x * {f} + y] *= alpha;
+                        m[x] = s;
+                    }}
+                    // A score of -inf (a dropped key) weighs nothing, even while m is -inf.
+                    p[x] = s == {ninf} ? {zero} : {exp}((s - m[x]) * sc);
+                    l[x] += p[x];
                 }}
-                // A score of -inf (a dropped key) weighs nothing, even while m is -inf.
-                const {c} p = s == {ninf} ? {zero} : {exp}((s - m) * sc);
-                l += p;
                 {entry}_axpy(acc, p, vr, gl);
             }}
         }}
-        if (valid) {{
-            {c}* o = out + (b * lq + i) * (dv + 2);
-            // l = 0: the query kept no key and attends to nothing.
-            {entry}_store(o, acc, l > {zero} ? {one} / l : {zero}, dv, gl);
-            if (gl == 0) {{
-                o[dv] = m;
-                o[dv + 1] = l;
+        for (int x = 0; x < {rows}; ++x) {{
+            if (valid[x]) {{
+                {c}* o = out + (b * lq + r0 + slot + x * {groups}) * (dv + 2);
+                // l = 0: the query kept no key and attends to nothing.
+                {entry}_store(o, acc + x * {f}, l[x] > {zero} ? {one} / l[x] : {zero}, dv, gl);
+                if (gl == 0) {{
+                    o[dv] = m[x];
+                    o[dv + 1] = l[x];
+                }}
             }}
         }}
 "#
             ),
             AttentionPass::BackwardQueries => format!(
-                r#"{query_rows}        const {c}* pk = packed + (b * lq + i) * (dv + 2);
-        {c} dor[{lanes}];
-        {entry}_load(dor, d_o + (b * lq + i) * dv, dv, valid, gl);
-        // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
-        {c} dd;
-        {{
-            {c} orow[{lanes}];
-            {entry}_load(orow, pk, dv, valid, gl);
+                r#"{query_rows}        {c} dor[{all}];
+        {c} dd[{rows}];
+        {c} m[{rows}];
+        {c} inv[{rows}];
+        bool live[{rows}];
+        for (int x = 0; x < {rows}; ++x) {{
+            const long long i = r0 + slot + x * {groups};
+            const {c}* pk = packed + (b * lq + i) * (dv + 2);
+            {entry}_load(dor + x * {f}, d_o + (b * lq + i) * dv, dv, valid[x], gl);
+            // sum(d_o * o): softmax's backward subtracts it (FlashAttention's form).
+            {c} orow[{f}];
+            {entry}_load(orow, pk, dv, valid[x], gl);
             {c} part = {zero};
-            for (int x = 0; x < {lanes}; ++x) part += dor[x] * orow[x];
-            dd = {entry}_group_sum(part);
+            for (int y = 0; y < {f}; ++y) part += dor[x * {f} + y] * orow[y];
+            dd[x] = {entry}_group_sum(part);
+            m[x] = valid[x] ? pk[dv] : {zero};
+            const {c} lsum = valid[x] ? pk[dv + 1] : {zero};
+            // A sum of 0: the query kept no key, and has no gradient.
+            live[x] = valid[x] && lsum != {zero};
+            inv[x] = live[x] ? {one} / lsum : {zero};
         }}
-        const {c} m = valid ? pk[dv] : {zero};
-        const {c} lsum = valid ? pk[dv + 1] : {zero};
-        // A sum of 0: the query kept no key, and has no gradient.
-        const bool live = valid && lsum != {zero};
-        const {c} inv = live ? {one} / lsum : {zero};
-        {c} dq[{lanes}];
-        for (int x = 0; x < {lanes}; ++x) dq[x] = {zero};
-{key_tiles}                const {c} s = {entry}_group_sum({entry}_dot(qr, kr, gl));
-                const {c} dp = {entry}_group_sum({entry}_dot(dor, vr, gl));
-                const {c} ds = (live && j < keys{kept}) ? {exp}((s - m) * sc) * inv * (dp - dd) * sc : {zero};
+        {c} dq[{all}];
+        for (int x = 0; x < {all}; ++x) dq[x] = {zero};
+{key_tiles}                {c} part_s[{rows}];
+                {c} part_p[{rows}];
+                {entry}_dot(qr, kr, gl, part_s);
+                {entry}_dot(dor, vr, gl, part_p);
+                {c} ds[{rows}];
+                for (int x = 0; x < {rows}; ++x) {{
+                    const long long i = r0 + slot + x * {groups};
+                    const {c} s = {entry}_group_sum(part_s[x]);
+                    const {c} dp = {entry}_group_sum(part_p[x]);
+                    ds[x] = (live[x] && j < keys[x]{kept}) ? {exp}((s - m[x]) * sc) * inv[x] * (dp - dd[x]) * sc : {zero};
+                }}
                 {entry}_axpy(dq, ds, kr, gl);
             }}
         }}
-        if (valid) {{
-            const long long per_matrix = lq * dim + lk * dim + lk * dv;
-            {entry}_store(grads + b * per_matrix + i * dim, dq, {one}, dim, gl);
-            if (gl == 0) row_dots[b * lq + i] = dd;
+        const long long per_matrix = lq * dim + lk * dim + lk * dv;
+        for (int x = 0; x < {rows}; ++x) {{
+            if (valid[x]) {{
+                const long long i = r0 + slot + x * {groups};
+                {entry}_store(grads + b * per_matrix + i * dim, dq + x * {f}, {one}, dim, gl);
+                if (gl == 0) row_dots[b * lq + i] = dd[x];
+            }}
         }}
 "#
             ),
             AttentionPass::BackwardKeys => format!(
-                r#"        const long long j = r0 + slot;
-        const bool valid = j < lk;
-        {c} kr[{lanes}];
-        {c} vr[{lanes}];
-        {entry}_load(kr, k + (b * lk + j) * dim, dim, valid, gl);
-        {entry}_load(vr, v + (b * lk + j) * dv, dv, valid, gl);
-        {c} dk[{lanes}];
-        {c} dvv[{lanes}];
-        for (int x = 0; x < {lanes}; ++x) {{
+                r#"        bool valid[{rows}];
+        {c} kr[{all}];
+        {c} vr[{all}];
+        for (int x = 0; x < {rows}; ++x) {{
+            const long long j = r0 + slot + x * {groups};
+            valid[x] = j < lk;
+            {entry}_load(kr + x * {f}, k + (b * lk + j) * dim, dim, valid[x], gl);
+            {entry}_load(vr + x * {f}, v + (b * lk + j) * dv, dv, valid[x], gl);
+        }}
+        {c} dk[{all}];
+        {c} dvv[{all}];
+        for (int x = 0; x < {all}; ++x) {{
             dk[x] = {zero};
             dvv[x] = {zero};
         }}
@@ -453,19 +557,31 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
                 const long long i = i0 + ii;
                 const {c}* qr = stage_a + ii * {h};
                 const {c}* dor = stage_b + ii * {h};
-                const {c} s = {entry}_group_sum({entry}_dot(kr, qr, gl));
-                const {c} dp = {entry}_group_sum({entry}_dot(vr, dor, gl));
-                const bool use = valid && i < lq && q_sum[ii] != {zero} && (!causal || i >= j){kept};
-                const {c} p = use ? {exp}((s - q_max[ii]) * sc) * ({one} / q_sum[ii]) : {zero};
-                const {c} ds = use ? p * (dp - q_dot[ii]) * sc : {zero};
+                {c} part_s[{rows}];
+                {c} part_p[{rows}];
+                {entry}_dot(kr, qr, gl, part_s);
+                {entry}_dot(vr, dor, gl, part_p);
+                {c} p[{rows}];
+                {c} ds[{rows}];
+                for (int x = 0; x < {rows}; ++x) {{
+                    const long long j = r0 + slot + x * {groups};
+                    const {c} s = {entry}_group_sum(part_s[x]);
+                    const {c} dp = {entry}_group_sum(part_p[x]);
+                    const bool use = valid[x] && i < lq && q_sum[ii] != {zero} && (!causal || i >= j){kept};
+                    p[x] = use ? {exp}((s - q_max[ii]) * sc) * ({one} / q_sum[ii]) : {zero};
+                    ds[x] = use ? p[x] * (dp - q_dot[ii]) * sc : {zero};
+                }}
                 {entry}_axpy(dk, ds, qr, gl);
                 {entry}_axpy(dvv, p, dor, gl);
             }}
         }}
-        if (valid) {{
-            const long long per_matrix = lq * dim + lk * dim + lk * dv;
-            {entry}_store(grads + b * per_matrix + lq * dim + j * dim, dk, {one}, dim, gl);
-            {entry}_store(grads + b * per_matrix + lq * dim + lk * dim + j * dv, dvv, {one}, dv, gl);
+        const long long per_matrix = lq * dim + lk * dim + lk * dv;
+        for (int x = 0; x < {rows}; ++x) {{
+            if (valid[x]) {{
+                const long long j = r0 + slot + x * {groups};
+                {entry}_store(grads + b * per_matrix + lq * dim + j * dim, dk + x * {f}, {one}, dim, gl);
+                {entry}_store(grads + b * per_matrix + lq * dim + lk * dim + j * dv, dvv + x * {f}, {one}, dv, gl);
+            }}
         }}
 "#
             ),

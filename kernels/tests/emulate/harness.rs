@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use nabla_kernels::{ArgType, KernelLayout, KernelSpec, catalogue};
+use nabla_kernels::{
+    ArgType, AttentionPass, AttentionSpec, AttentionTuning, KernelDType, KernelLayout, KernelSpec, catalogue,
+};
 
 /// A kernel argument.
 pub enum Arg {
@@ -109,6 +111,30 @@ struct NbRunner {
 };
 "#;
 
+/// The attention kernels spread over lanes in other ways than the default (not in the
+/// catalogue: the backend launches them only when told to), for the f64 head classes up to
+/// 128: the tunings the CUDA backend's tests compare with the CPU.
+fn attention_tunings() -> Vec<KernelSpec> {
+    let tunings = [(32, 1), (64, 1), (64, 2), (32, 4), (128, 2)];
+    let mut out = Vec::new();
+    for (lane_bytes, rows_per_group) in tunings {
+        let tuning = AttentionTuning {
+            lane_bytes,
+            rows_per_group,
+        };
+        for pass in AttentionPass::ALL {
+            for masked in [false, true] {
+                for head in [32, 64, 128] {
+                    let spec =
+                        AttentionSpec::new(pass, KernelDType::F64, masked, head).and_then(|s| s.with_tuning(tuning));
+                    out.extend(spec.ok().map(KernelSpec::from));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The path of the emulator executable, built once; `None` (with a message) when no C++
 /// compiler is found.
 fn emulator() -> Option<&'static PathBuf> {
@@ -124,7 +150,7 @@ fn emulator() -> Option<&'static PathBuf> {
         let mut src = String::from(include_str!("cuda_host.h"));
         let mut runners = String::new();
         let mut table = String::from("static const NbRunner nb_runners[] = {\n");
-        for spec in catalogue() {
+        for spec in catalogue().into_iter().chain(attention_tunings()) {
             let text = spec.source();
             for line in text.lines() {
                 if !line.starts_with("#include <cuda_") {
