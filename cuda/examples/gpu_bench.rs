@@ -130,8 +130,7 @@ fn main() {
         let (mean, var) = (t[0].mean([0, 2, 3], true), t[0].var([0, 2, 3], true));
         (&t[0] - mean) * (var + 1e-5).rsqrt() * t[1].reshape([1, 64, 1, 1]) + t[2].reshape([1, 64, 1, 1])
     };
-    let systems: [(&str, &dyn Fn(&Vec<Tensor>) -> Tensor); 2] =
-        [("nabla-rs", &bn_fused), ("nabla-rs composed", &bn_composed)];
+    let systems: [(&str, Layer); 2] = [("nabla-rs", &bn_fused), ("nabla-rs composed", &bn_composed)];
     for (system, norm) in systems {
         // The gradients of the input, scale and shift (not of the weights t[3]).
         let step = nb::value_and_grad(|t: &Vec<Tensor>| (norm(t) * &bn[3]).sum_all());
@@ -164,15 +163,16 @@ fn main() {
     eprintln!("gpu_bench: memory: {}", backend.api().allocator_info());
 }
 
+/// A function of the benchmark's input tensors.
+type Layer<'a> = &'a dyn Fn(&Vec<Tensor>) -> Tensor;
+
+/// The median milliseconds of `runs` calls after `warm` ones (`median_ms` in `main`).
+type MedianMs<'a> = dyn Fn(usize, usize, &mut dyn FnMut()) -> f64 + 'a;
+
 /// Causal attention `[16, 8, 1024, 64]` f32 rows: the fused forward alone, then value and
 /// gradients fused, fused with a key padding mask and composed; only the fused ones, as system
 /// `only`, when given.
-fn attention_rows(
-    gpu: Device,
-    median_ms: &dyn Fn(usize, usize, &mut dyn FnMut()) -> f64,
-    row: &dyn Fn(&str, &str, f64),
-    only: Option<&str>,
-) {
+fn attention_rows(gpu: Device, median_ms: &MedianMs, row: &dyn Fn(&str, &str, f64), only: Option<&str>) {
     let qkv: Vec<Tensor> = (4..7)
         .map(|seed| {
             Rng::new(seed)
@@ -197,14 +197,13 @@ fn attention_rows(
     };
     let fused = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], None, true);
     let masked = |t: &Vec<Tensor>| nb::scaled_dot_product_attention(&t[0], &t[1], &t[2], Some(&padding), true);
-    type Attention<'a> = &'a dyn Fn(&Vec<Tensor>) -> Tensor;
-    let all: [(&str, Attention); 3] = [
+    let all: [(&str, Layer); 3] = [
         ("nabla-rs", &fused),
         ("nabla-rs masked", &masked),
         ("nabla-rs composed", &composed),
     ];
     let systems = match only {
-        Some(label) => vec![(label, &fused as Attention)],
+        Some(label) => vec![(label, &fused as Layer)],
         None => all.to_vec(),
     };
     // The forward alone (the fused kernel's output), to split the step's time.
