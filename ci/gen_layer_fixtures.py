@@ -12,7 +12,7 @@ in all five inputs);
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window, and cases of PyTorch's
-ceil_mode and count_include_pad=False, checked against torch where it is installed); scaled dot-product
+ceil_mode, count_include_pad=False and divisor_override, checked against torch where it is installed); scaled dot-product
 attention with and without a boolean mask and the causal mask; cumsum and cumprod (with a
 zero inside).
 
@@ -204,7 +204,7 @@ def pool_extent(n, pad, k, stride, ceil):
     return out, max(pad, (out - 1) * stride + k - n - pad)
 
 
-def check_against_torch(op, x, k, s, p, ceil, include, want):
+def check_against_torch(op, x, k, s, p, ceil, include, want, divisor=None):
     """Asserts that torch.nn.functional's pooling agrees with the JAX reference (skipped, with a
     line saying so, where torch is not installed)."""
     try:
@@ -216,7 +216,8 @@ def check_against_torch(op, x, k, s, p, ceil, include, want):
     if op == "max_pool2d":
         got = torch.nn.functional.max_pool2d(t, k, s, p, ceil_mode=ceil)
     else:
-        got = torch.nn.functional.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=include)
+        got = torch.nn.functional.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=include,
+                                             divisor_override=divisor)
     got = got.numpy()
     assert got.shape == np.shape(want), (op, got.shape, np.shape(want))
     err = float(np.max(np.abs(got - np.asarray(want))))
@@ -272,6 +273,23 @@ def gen_pool():
             x = draw(g.rng_for(name), xs)
             check_against_torch(op, x, k, s, p, ceil, include, ref(jnp.asarray(x)))
             g.add_case(name, op, params, [x], ref)
+    # divisor_override: every window's sum over one number, whatever the window counts.
+    for xs, k, s, p, ceil, divisor in [([1, 2, 5, 6], (3, 2), (2, 1), (1, 1), False, 5),
+                                       ([2, 1, 6, 5], (3, 3), (2, 2), (1, 0), True, 2)]:
+        after = [pool_extent(n, pi, ki, si, ceil)[1] for n, pi, ki, si in zip(xs[2:], p, k, s)]
+        pads = [(0, 0), (0, 0), (p[0], after[0]), (p[1], after[1])]
+        params = {"kernel": list(k), "stride": list(s), "padding": list(p), "ceil_mode": ceil,
+                  "count_include_pad": False, "divisor_override": divisor}
+        tag = (f"{g.shape_str(xs)}_k{k[0]}{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}"
+               f"{'_ceil' if ceil else ''}_divisor{divisor}")
+
+        def divided_ref(x, k=k, s=s, pads=pads, divisor=divisor):
+            return jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, 1) + k, (1, 1) + s, pads) / divisor
+
+        name = f"avg_pool2d/{tag}"
+        x = g.uniform(g.rng_for(name), xs)
+        check_against_torch("avg_pool2d", x, k, s, p, ceil, False, divided_ref(jnp.asarray(x)), divisor)
+        g.add_case(name, "avg_pool2d", params, [x], divided_ref)
     # Ties: equal values in a window; JAX gives the whole cotangent to the first maximum.
     x = np.array([[[[1.0, 1.0, 0.5, 2.0], [1.0, 0.0, 2.0, 2.0], [3.0, 3.0, -1.0, -1.0], [3.0, 3.0, -1.0, -1.0]]]])
     g.add_case("max_pool2d/ties", "max_pool2d", {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0], "kink": True}, [x],

@@ -1,4 +1,4 @@
-//! Pooling with PyTorch's `ceil_mode` and `count_include_pad = false` (`max_pool2d_with`,
+//! Pooling with PyTorch's `ceil_mode`, `count_include_pad = false` and `divisor_override` (`max_pool2d_with`,
 //! `avg_pool2d_with`): values and gradients against a direct loop written after PyTorch's CPU
 //! kernels (its output-size rule, its window bounds and divisors) in every float dtype, the
 //! in-place kernels against the window-tensor path (under vmap), jit replays bit-equal to
@@ -60,10 +60,10 @@ fn reference(
                     y.push(x[best]);
                     dx[best] += g;
                 } else {
-                    let divisor = if o.count_include_pad {
-                        padded_size
-                    } else {
-                        ((r1 - r0) * (c1 - c0)) as f64
+                    let divisor = match o.divisor_override {
+                        Some(d) => d as f64,
+                        None if o.count_include_pad => padded_size,
+                        None => ((r1 - r0) * (c1 - c0)) as f64,
                     };
                     let mut sum = 0.0;
                     for r in r0..r1 {
@@ -100,6 +100,16 @@ fn cases() -> Vec<([usize; 4], (usize, usize), Pool2dOptions)> {
             [1, 1, 4, 9],
             (1, 3),
             o((1, 3), (0, 1)).ceil_mode(true).count_include_pad(false),
+        ),
+        // divisor_override: every window's sum over one divisor, whatever it counts.
+        ([1, 2, 5, 6], (3, 2), o((2, 1), (1, 1)).divisor_override(5)),
+        (
+            [2, 1, 6, 5],
+            (3, 3),
+            o((2, 2), (1, 0))
+                .ceil_mode(true)
+                .count_include_pad(false)
+                .divisor_override(2),
         ),
         // The stem's pooling over enough planes to run on several threads.
         (
@@ -242,4 +252,28 @@ fn an_average_over_a_window_of_padding_alone_without_counting_the_padding_is_ref
     // Counting the padding, the same windows average to zero.
     let y = nb::avg_pool2d_with(&x, (2, 2), o.count_include_pad(true));
     assert_eq!(y.to_vec::<f64>()[0], 0.0);
+}
+
+#[test]
+fn a_divisor_override_of_zero_is_refused_and_any_other_divides_every_window() {
+    let x = Tensor::from_vec(inputs(9, 1), &[1, 1, 3, 3]);
+    let o = Pool2dOptions::new((1, 1), (2, 2)).count_include_pad(false);
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        nb::avg_pool2d_with(&x, (2, 2), o.divisor_override(0))
+    }))
+    .expect_err("refused");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("avg_pool2d") && msg.contains("divisor_override"), "{msg}");
+    assert!(msg.contains("[1, 1, 3, 3]"), "names the shape: {msg}");
+    // With a divisor, windows of padding alone average to zero (no 0/0 to refuse), and the
+    // others are their sums over the divisor.
+    let y = nb::avg_pool2d_with(&x, (2, 2), o.divisor_override(3)).to_vec::<f64>();
+    let sums = nb::avg_pool2d_with(&x, (2, 2), o.count_include_pad(true)).to_vec::<f64>();
+    assert_eq!(y[0], 0.0);
+    for (i, (a, s)) in y.iter().zip(&sums).enumerate() {
+        assert!(
+            (a - s * 4.0 / 3.0).abs() <= 1e-12 * (1.0 + s.abs()),
+            "window {i}: {a} against {s} * 4 / 3"
+        );
+    }
 }

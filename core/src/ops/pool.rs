@@ -33,6 +33,9 @@ pub struct Pool2dOptions {
     /// Average pooling divides by the whole window, padding included (`true`, PyTorch's
     /// default), or by the pixels of the image in the window (`false`). Max pooling ignores it.
     pub count_include_pad: bool,
+    /// Average pooling divides every window's sum by this number instead (PyTorch's
+    /// `divisor_override`; `count_include_pad` then plays no part). Max pooling ignores it.
+    pub divisor_override: Option<usize>,
 }
 
 impl Pool2dOptions {
@@ -44,6 +47,7 @@ impl Pool2dOptions {
             padding,
             ceil_mode: false,
             count_include_pad: true,
+            divisor_override: None,
         }
     }
 
@@ -56,6 +60,15 @@ impl Pool2dOptions {
     pub fn count_include_pad(self, count_include_pad: bool) -> Pool2dOptions {
         Pool2dOptions {
             count_include_pad,
+            ..self
+        }
+    }
+
+    /// These options with averages dividing every window's sum by `divisor` (which must not
+    /// be zero: the pooling refuses it).
+    pub fn divisor_override(self, divisor: usize) -> Pool2dOptions {
+        Pool2dOptions {
+            divisor_override: Some(divisor),
             ..self
         }
     }
@@ -176,6 +189,19 @@ pub fn avg_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), pa
 /// leaves a window with no pixel to divide by.
 pub fn avg_pool2d_with(x: &Tensor, kernel: (usize, usize), options: Pool2dOptions) -> Tensor {
     let (window, padding) = pool_geometry("avg_pool2d", x, kernel, &options);
+    if let Some(divisor) = options.divisor_override {
+        if divisor == 0 {
+            panic!(
+                "avg_pool2d: divisor_override is 0 for a {}x{} window over an input of shape {:?}; \
+                 give a positive divisor, or leave it unset to divide by the window",
+                kernel.0,
+                kernel.1,
+                x.shape()
+            );
+        }
+        let sums = window_sums(x, &window, &padding, false);
+        return sums.div(&sums.scalar_like(divisor as f64));
+    }
     if !options.count_include_pad && !window.every_window_holds_a_pixel(&padding) {
         panic!(
             "avg_pool2d: with count_include_pad = false a {}x{} window (stride {:?}) holds padding alone over an \

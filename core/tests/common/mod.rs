@@ -123,12 +123,17 @@ fn conv_options(p: &Value) -> nb::Conv2dOptions {
     }
 }
 
-/// The pooling options of a fixture case: stride and padding, and PyTorch's `ceil_mode` and
-/// `count_include_pad` where the case names them (their defaults otherwise).
+/// The pooling options of a fixture case: stride and padding, and PyTorch's `ceil_mode`,
+/// `count_include_pad` and `divisor_override` where the case names them (their defaults
+/// otherwise).
 fn pool_options(p: &Value) -> nb::Pool2dOptions {
-    nb::Pool2dOptions::new(pair(&p["stride"]), pair(&p["padding"]))
+    let o = nb::Pool2dOptions::new(pair(&p["stride"]), pair(&p["padding"]))
         .ceil_mode(p.get("ceil_mode").and_then(Value::as_bool).unwrap_or(false))
-        .count_include_pad(p.get("count_include_pad").and_then(Value::as_bool).unwrap_or(true))
+        .count_include_pad(p.get("count_include_pad").and_then(Value::as_bool).unwrap_or(true));
+    match p.get("divisor_override").and_then(Value::as_u64) {
+        Some(d) => o.divisor_override(d as usize),
+        None => o,
+    }
 }
 
 fn axes(v: &Value) -> Axes {

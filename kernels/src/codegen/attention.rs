@@ -383,6 +383,12 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
         } else {
             ("", "")
         };
+        // Query x's index inside the score loops, which only the mask reads.
+        let row_i = if self.masked {
+            format!("                    const long long i = r0 + slot + x * {groups};\n")
+        } else {
+            String::new()
+        };
         let head = format!(
             r#"    const int gl = (threadIdx.x & 31) & ({g} - 1);
     const long long slot = threadIdx.x / {g};
@@ -444,8 +450,7 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
                 {entry}_dot(qr, kr, gl, part);
                 {c} p[{rows}];
                 for (int x = 0; x < {rows}; ++x) {{
-                    const long long i = r0 + slot + x * {groups};
-                    const {c} dot = {entry}_group_sum(part[x]);
+{row_i}                    const {c} dot = {entry}_group_sum(part[x]);
                     const {c} s = (valid[x] && j < keys[x]{kept}) ? dot : {ninf};
                     // A new largest score rescales what was summed so far.
                     if (s > m[x]) {{
@@ -504,8 +509,7 @@ __device__ __forceinline__ void {entry}_stage({c}* tile, const {c}* src, long lo
                 {entry}_dot(dor, vr, gl, part_p);
                 {c} ds[{rows}];
                 for (int x = 0; x < {rows}; ++x) {{
-                    const long long i = r0 + slot + x * {groups};
-                    const {c} s = {entry}_group_sum(part_s[x]);
+{row_i}                    const {c} s = {entry}_group_sum(part_s[x]);
                     const {c} dp = {entry}_group_sum(part_p[x]);
                     ds[x] = (live[x] && j < keys[x]{kept}) ? {exp}((s - m[x]) * sc) * inv[x] * (dp - dd[x]) * sc : {zero};
                 }}
