@@ -12,7 +12,8 @@ in all five inputs);
 conv2d (lax.conv_general_dilated: strides, padding, dilation, groups), conv_transpose2d (the
 derivative of conv2d in its input), max and average pooling (lax.reduce_window, with a case of
 ties, where JAX gives the cotangent to the first maximum of each window, and cases of PyTorch's
-ceil_mode, count_include_pad=False and divisor_override, checked against torch where it is installed); scaled dot-product
+ceil_mode, count_include_pad=False, divisor_override and max pooling's dilation, checked against torch where
+it is installed); scaled dot-product
 attention with and without a boolean mask and the causal mask; cumsum and cumprod (with a
 zero inside).
 
@@ -194,9 +195,10 @@ def gen_conv():
         g.add_case(name, "conv_transpose2d", opts, [g.uniform(r, xs, -1.0, 1.0), g.uniform(r, ws, -1.0, 1.0)], tconv)
 
 
-def pool_extent(n, pad, k, stride, ceil):
+def pool_extent(n, pad, k, stride, ceil, dilation=1):
     """Windows along one axis and the padding after the image (PyTorch's pooling_output_shape:
     with ceil_mode a last window that would start past the image and its padding is dropped)."""
+    k = dilation * (k - 1) + 1
     room = n + 2 * pad - k
     out = (-(-room // stride) if ceil else room // stride) + 1
     if ceil and (out - 1) * stride >= n + pad:
@@ -204,7 +206,7 @@ def pool_extent(n, pad, k, stride, ceil):
     return out, max(pad, (out - 1) * stride + k - n - pad)
 
 
-def check_against_torch(op, x, k, s, p, ceil, include, want, divisor=None):
+def check_against_torch(op, x, k, s, p, ceil, include, want, divisor=None, dilation=(1, 1)):
     """Asserts that torch.nn.functional's pooling agrees with the JAX reference (skipped, with a
     line saying so, where torch is not installed)."""
     try:
@@ -214,7 +216,7 @@ def check_against_torch(op, x, k, s, p, ceil, include, want, divisor=None):
         return
     t = torch.from_numpy(np.asarray(x))
     if op == "max_pool2d":
-        got = torch.nn.functional.max_pool2d(t, k, s, p, ceil_mode=ceil)
+        got = torch.nn.functional.max_pool2d(t, k, s, p, dilation=dilation, ceil_mode=ceil)
     else:
         got = torch.nn.functional.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=include,
                                              divisor_override=divisor)
@@ -290,6 +292,31 @@ def gen_pool():
         x = g.uniform(g.rng_for(name), xs)
         check_against_torch("avg_pool2d", x, k, s, p, ceil, False, divided_ref(jnp.asarray(x)), divisor)
         g.add_case(name, "avg_pool2d", params, [x], divided_ref)
+    # Max pooling's dilation: taps `dilation` apart.
+    for xs, k, s, p, ceil, d in [([1, 2, 7, 7], (3, 3), (1, 1), (0, 0), False, (2, 2)),
+                                 ([2, 1, 9, 8], (2, 3), (2, 1), (1, 1), False, (3, 2)),
+                                 ([1, 1, 8, 9], (3, 2), (2, 3), (1, 1), True, (2, 1))]:
+        after = [pool_extent(n, pi, ki, si, ceil, di)[1] for n, pi, ki, si, di in zip(xs[2:], p, k, s, d)]
+        pads = [(0, 0), (0, 0), (p[0], after[0]), (p[1], after[1])]
+        params = {"kernel": list(k), "stride": list(s), "padding": list(p), "dilation": list(d), "ceil_mode": ceil}
+        tag = (f"{g.shape_str(xs)}_k{k[0]}{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}_d{d[0]}{d[1]}"
+               f"{'_ceil' if ceil else ''}")
+
+        out = [pool_extent(n, pi, ki, si, ceil, di)[0] for n, pi, ki, si, di in zip(xs[2:], p, k, s, d)]
+
+        # jnp.max over the taps (reduce_window with window_dilation has no VJP in JAX); the
+        # inputs are distinct, so no window ties.
+        def dilated_ref(x, k=k, s=s, pads=pads, d=d, out=out):
+            xp = jnp.pad(x, pads, constant_values=-jnp.inf)
+            taps = [xp[:, :, i * d[0]:i * d[0] + (out[0] - 1) * s[0] + 1:s[0],
+                       j * d[1]:j * d[1] + (out[1] - 1) * s[1] + 1:s[1]]
+                    for i in range(k[0]) for j in range(k[1])]
+            return jnp.max(jnp.stack(taps), axis=0)
+
+        name = f"max_pool2d/{tag}"
+        x = g.distinct(g.rng_for(name), xs)
+        check_against_torch("max_pool2d", x, k, s, p, ceil, True, dilated_ref(jnp.asarray(x)), dilation=d)
+        g.add_case(name, "max_pool2d", params, [x], dilated_ref)
     # Ties: equal values in a window; JAX gives the whole cotangent to the first maximum.
     x = np.array([[[[1.0, 1.0, 0.5, 2.0], [1.0, 0.0, 2.0, 2.0], [3.0, 3.0, -1.0, -1.0], [3.0, 3.0, -1.0, -1.0]]]])
     g.add_case("max_pool2d/ties", "max_pool2d", {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0], "kink": True}, [x],

@@ -1,4 +1,5 @@
-//! Pooling with PyTorch's `ceil_mode`, `count_include_pad = false` and `divisor_override` (`max_pool2d_with`,
+//! Pooling with PyTorch's `ceil_mode`, `count_include_pad = false`, `divisor_override` and
+//! max pooling's `dilation` (`max_pool2d_with`,
 //! `avg_pool2d_with`): values and gradients against a direct loop written after PyTorch's CPU
 //! kernels (its output-size rule, its window bounds and divisors) in every float dtype, the
 //! in-place kernels against the window-tensor path (under vmap), jit replays bit-equal to
@@ -11,9 +12,9 @@ use common::hashed_values as inputs;
 use nabla_core as nb;
 use nb::{DType, Pool2dOptions, Tensor};
 
-/// Windows along one axis, as PyTorch's `pooling_output_shape` (dilation 1).
-fn torch_out(n: usize, pad: usize, k: usize, s: usize, ceil: bool) -> usize {
-    let room = (n + 2 * pad - k) as f64 / s as f64;
+/// Windows along one axis, as PyTorch's `pooling_output_shape` (a window of `k` taps `d` apart).
+fn torch_out(n: usize, pad: usize, k: usize, s: usize, d: usize, ceil: bool) -> usize {
+    let room = (n + 2 * pad - d * (k - 1) - 1) as f64 / s as f64;
     let mut out = if ceil { room.ceil() } else { room.floor() } as usize + 1;
     if ceil && (out - 1) * s >= n + pad {
         out -= 1;
@@ -34,13 +35,21 @@ fn reference(
 ) -> (Vec<f64>, Vec<f64>) {
     let [n, c, h, w] = shape;
     let (s, p) = (o.stride, o.padding);
-    let oh = torch_out(h, p.0, k.0, s.0, o.ceil_mode);
-    let ow = torch_out(w, p.1, k.1, s.1, o.ceil_mode);
+    let d = o.dilation;
+    let oh = torch_out(h, p.0, k.0, s.0, d.0, o.ceil_mode);
+    let ow = torch_out(w, p.1, k.1, s.1, d.1, o.ceil_mode);
+    // The taps of a window starting at `start` along an axis of `n` pixels that hit pixels.
+    let taps = |start: isize, k: usize, d: usize, n: usize| {
+        (0..k)
+            .map(move |i| start + (i * d) as isize)
+            .filter(move |&r| r >= 0 && r < n as isize)
+    };
     let (mut y, mut dx) = (Vec::new(), vec![0.0; x.len()]);
     for plane in 0..n * c {
         for oy in 0..oh {
             for ox in 0..ow {
                 let (r0, c0) = ((oy * s.0) as isize - p.0 as isize, (ox * s.1) as isize - p.1 as isize);
+                let (top, left) = (r0, c0);
                 let r1 = (r0 + k.0 as isize).min((h + p.0) as isize);
                 let c1 = (c0 + k.1 as isize).min((w + p.1) as isize);
                 let padded_size = ((r1 - r0) * (c1 - c0)) as f64;
@@ -49,14 +58,16 @@ fn reference(
                 let at = |r: isize, q: isize| plane * h * w + r as usize * w + q as usize;
                 let g = ct[y.len()];
                 if max {
-                    let mut best = at(r0, c0);
-                    for r in r0..r1 {
-                        for q in c0..c1 {
-                            if x[at(r, q)] > x[best] {
-                                best = at(r, q);
+                    // The first largest tap in row-major order.
+                    let mut best: Option<usize> = None;
+                    for r in taps(top, k.0, d.0, h) {
+                        for q in taps(left, k.1, d.1, w) {
+                            if best.is_none_or(|b| x[at(r, q)] > x[b]) {
+                                best = Some(at(r, q));
                             }
                         }
                     }
+                    let best = best.expect("every window holds a pixel");
                     y.push(x[best]);
                     dx[best] += g;
                 } else {
@@ -151,8 +162,8 @@ fn pooling_with_options_and_its_gradient_match_pytorchs_rules_in_every_float_dty
                 let ct = Tensor::from_vec(inputs(y.numel(), 2), y.shape()).cast(dtype);
                 let (want_y, want_dx) = reference(&xs, shape, k, o, max, &ct.cast(DType::F64).to_vec::<f64>());
                 let what = format!("{} {shape:?} {k:?} {o:?} {dtype}", if max { "max" } else { "avg" });
-                let oh = torch_out(shape[2], o.padding.0, k.0, o.stride.0, o.ceil_mode);
-                let ow = torch_out(shape[3], o.padding.1, k.1, o.stride.1, o.ceil_mode);
+                let oh = torch_out(shape[2], o.padding.0, k.0, o.stride.0, 1, o.ceil_mode);
+                let ow = torch_out(shape[3], o.padding.1, k.1, o.stride.1, 1, o.ceil_mode);
                 assert_eq!(y.shape(), &[shape[0], shape[1], oh, ow], "{what}: shape");
                 let tol = match dtype {
                     DType::F64 => 1e-13,
@@ -276,4 +287,56 @@ fn a_divisor_override_of_zero_is_refused_and_any_other_divides_every_window() {
             "window {i}: {a} against {s} * 4 / 3"
         );
     }
+}
+
+/// Max pooling with taps `dilation` apart: shapes, kernels and options.
+fn dilated_cases() -> Vec<([usize; 4], (usize, usize), Pool2dOptions)> {
+    let o = Pool2dOptions::new;
+    vec![
+        ([1, 2, 7, 7], (3, 3), o((1, 1), (0, 0)).dilation((2, 2))),
+        ([2, 1, 9, 8], (2, 3), o((2, 1), (1, 1)).dilation((3, 2))),
+        ([1, 1, 8, 9], (3, 2), o((2, 3), (1, 1)).dilation((2, 1)).ceil_mode(true)),
+    ]
+}
+
+#[test]
+fn max_pooling_with_dilation_and_its_gradient_match_pytorchs_rules_under_vmap_and_jit() {
+    for (shape, k, o) in dilated_cases() {
+        let len: usize = shape.iter().product();
+        for dtype in [DType::F64, DType::F32] {
+            let x = Tensor::from_vec(inputs(len, 4), &shape).cast(dtype);
+            let y = nb::max_pool2d_with(&x, k, o);
+            let ct = Tensor::from_vec(inputs(y.numel(), 5), y.shape()).cast(dtype);
+            let xs = x.cast(DType::F64).to_vec::<f64>();
+            let (want_y, want_dx) = reference(&xs, shape, k, o, true, &ct.cast(DType::F64).to_vec::<f64>());
+            let what = format!("max {shape:?} {k:?} {o:?} {dtype}");
+            let oh = torch_out(shape[2], o.padding.0, k.0, o.stride.0, o.dilation.0, o.ceil_mode);
+            let ow = torch_out(shape[3], o.padding.1, k.1, o.stride.1, o.dilation.1, o.ceil_mode);
+            assert_eq!(y.shape(), &[shape[0], shape[1], oh, ow], "{what}: shape");
+            let tol = if dtype == DType::F64 { 1e-13 } else { 1e-6 };
+            close(&format!("{what}: y"), &y, &want_y, tol);
+            let loss = move |x: &Tensor| (nb::max_pool2d_with(x, k, o) * &ct).sum_all();
+            close(&format!("{what}: dx"), &nb::grad(loss)(&x), &want_dx, tol);
+            // vmap over the batch gives each image's pooling; a jit replay gives eager's bits.
+            let batched = nb::vmap(move |x: &Tensor| nb::max_pool2d_with(&x.expand_dims(0), k, o).squeeze([0]))(&x);
+            assert_eq!(batched.to_vec::<f64>(), y.to_vec::<f64>(), "{what}: vmap");
+            let jitted = nb::jit(move |x: &Tensor| nb::max_pool2d_with(x, k, o));
+            for _ in 0..2 {
+                assert_eq!(jitted(&x).to_vec::<f64>(), y.to_vec::<f64>(), "{what}: jit");
+            }
+        }
+    }
+}
+
+#[test]
+fn average_pooling_refuses_a_dilation() {
+    let x = Tensor::from_vec(inputs(25, 1), &[1, 1, 5, 5]);
+    let o = Pool2dOptions::new((1, 1), (0, 0)).dilation((2, 1));
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nb::avg_pool2d_with(&x, (2, 2), o)))
+        .expect_err("refused");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains("avg_pool2d") && msg.contains("dilation") && msg.contains("[1, 1, 5, 5]"),
+        "{msg}"
+    );
 }

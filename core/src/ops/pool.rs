@@ -27,6 +27,9 @@ pub struct Pool2dOptions {
     pub stride: (usize, usize),
     /// Padding on both sides of the image: `-inf` for max pooling, zeros for average pooling.
     pub padding: (usize, usize),
+    /// Step between the taps of a window (PyTorch's `dilation`, max pooling only: average
+    /// pooling refuses anything but `(1, 1)`, as PyTorch's has no such option).
+    pub dilation: (usize, usize),
     /// Round the number of windows up, adding a last window that runs past the image's end
     /// (when it starts inside the image or the padding before it), instead of down.
     pub ceil_mode: bool,
@@ -45,10 +48,16 @@ impl Pool2dOptions {
         Pool2dOptions {
             stride,
             padding,
+            dilation: (1, 1),
             ceil_mode: false,
             count_include_pad: true,
             divisor_override: None,
         }
+    }
+
+    /// These options with taps `dilation` apart (max pooling only).
+    pub fn dilation(self, dilation: (usize, usize)) -> Pool2dOptions {
+        Pool2dOptions { dilation, ..self }
     }
 
     /// These options with `ceil_mode` set.
@@ -78,10 +87,19 @@ impl Pool2dOptions {
 /// the window does not fit or the kernel or stride is zero. With `ceil` the count rounds up,
 /// but a last window starting past the image and the padding before it is dropped (PyTorch's
 /// `pooling_output_shape`).
-fn pool_extent(input: usize, pad: usize, kernel: usize, stride: usize, ceil: bool) -> Option<(usize, usize)> {
-    if kernel == 0 || stride == 0 {
+fn pool_extent(
+    input: usize,
+    pad: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    ceil: bool,
+) -> Option<(usize, usize)> {
+    if kernel == 0 || stride == 0 || dilation == 0 {
         return None;
     }
+    // The rows a window spans, first tap to last.
+    let kernel = (kernel - 1).checked_mul(dilation)?.checked_add(1)?;
     let end = input.checked_add(pad)?;
     let room = end.checked_add(pad)?.checked_sub(kernel)?;
     let mut out = if ceil { room.div_ceil(stride) } else { room / stride } + 1;
@@ -97,13 +115,13 @@ fn pool_extent(input: usize, pad: usize, kernel: usize, stride: usize, ceil: boo
 fn pool_geometry(op: &str, x: &Tensor, kernel: (usize, usize), o: &Pool2dOptions) -> (Window2d, Padding2d) {
     require_nchw(op, x);
     let (h, w) = (x.shape()[2], x.shape()[3]);
-    let rows = pool_extent(h, o.padding.0, kernel.0, o.stride.0, o.ceil_mode);
-    let cols = pool_extent(w, o.padding.1, kernel.1, o.stride.1, o.ceil_mode);
+    let rows = pool_extent(h, o.padding.0, kernel.0, o.stride.0, o.dilation.0, o.ceil_mode);
+    let cols = pool_extent(w, o.padding.1, kernel.1, o.stride.1, o.dilation.1, o.ceil_mode);
     let (Some((oh, after_h)), Some((ow, after_w))) = (rows, cols) else {
         panic!(
-            "{op}: a {}x{} window (stride {:?}) does not fit an input of {h}x{w} padded by {:?}; strides must be \
-             at least 1; use a smaller kernel, more padding or a larger image",
-            kernel.0, kernel.1, o.stride, o.padding
+            "{op}: a {}x{} window (stride {:?}, dilation {:?}) does not fit an input of {h}x{w} padded by {:?}; \
+             strides and dilations must be at least 1; use a smaller kernel or dilation, more padding or a larger image",
+            kernel.0, kernel.1, o.stride, o.dilation, o.padding
         )
     };
     let padding = Padding2d {
@@ -114,7 +132,7 @@ fn pool_geometry(op: &str, x: &Tensor, kernel: (usize, usize), o: &Pool2dOptions
         image: (h + o.padding.0 + after_h, w + o.padding.1 + after_w),
         kernel,
         stride: o.stride,
-        dilation: (1, 1),
+        dilation: o.dilation,
         out: (oh, ow),
     };
     (window, padding)
@@ -132,7 +150,7 @@ fn pool_windows(x: &Tensor, window: &Window2d, padding: &Padding2d, fill: f64) -
         let inside = x.ones_like().pad(&widths).gt_scalar(0.5);
         inside.where_(&x.pad(&widths), &x.scalar_like(fill))
     };
-    patches(&padded, window.kernel, window.stride, (1, 1), window.out)
+    patches(&padded, window.kernel, window.stride, window.dilation, window.out)
 }
 
 /// Max pooling over `kernel` windows of NCHW `x` (padding counts as `-inf`): PyTorch's
@@ -164,7 +182,8 @@ fn max_pool_in_place(x: &Tensor, window: &Window2d, padding: &Padding2d) -> Opti
     let &[n, c, ..] = x.shape() else {
         unreachable!("require_nchw checked the rank")
     };
-    if x.is_batched() || !window.every_window_holds_a_pixel(padding) {
+    // The backends' kernels read windows of adjacent taps.
+    if x.is_batched() || window.dilation != (1, 1) || !window.every_window_holds_a_pixel(padding) {
         return None;
     }
     let positions = Tensor::untraced(x.backend().pool_argmax(x.raw(), window, padding)?, &[x]);
@@ -188,6 +207,16 @@ pub fn avg_pool2d(x: &Tensor, kernel: (usize, usize), stride: (usize, usize), pa
 /// PyTorch's `avg_pool2d`). Panics, as PyTorch refuses it, where `count_include_pad = false`
 /// leaves a window with no pixel to divide by.
 pub fn avg_pool2d_with(x: &Tensor, kernel: (usize, usize), options: Pool2dOptions) -> Tensor {
+    if options.dilation != (1, 1) {
+        panic!(
+            "avg_pool2d: dilation {:?} for a {}x{} window over an input of shape {:?}; average pooling takes \
+             adjacent taps only (as PyTorch's avg_pool2d): leave dilation at (1, 1), or use max_pool2d_with",
+            options.dilation,
+            kernel.0,
+            kernel.1,
+            x.shape()
+        );
+    }
     let (window, padding) = pool_geometry("avg_pool2d", x, kernel, &options);
     if let Some(divisor) = options.divisor_override {
         if divisor == 0 {

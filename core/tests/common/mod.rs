@@ -123,11 +123,12 @@ fn conv_options(p: &Value) -> nb::Conv2dOptions {
     }
 }
 
-/// The pooling options of a fixture case: stride and padding, and PyTorch's `ceil_mode`,
-/// `count_include_pad` and `divisor_override` where the case names them (their defaults
-/// otherwise).
+/// The pooling options of a fixture case: stride and padding, and PyTorch's `dilation`,
+/// `ceil_mode`, `count_include_pad` and `divisor_override` where the case names them (their
+/// defaults otherwise).
 fn pool_options(p: &Value) -> nb::Pool2dOptions {
     let o = nb::Pool2dOptions::new(pair(&p["stride"]), pair(&p["padding"]))
+        .dilation(p.get("dilation").map_or((1, 1), pair))
         .ceil_mode(p.get("ceil_mode").and_then(Value::as_bool).unwrap_or(false))
         .count_include_pad(p.get("count_include_pad").and_then(Value::as_bool).unwrap_or(true));
     match p.get("divisor_override").and_then(Value::as_u64) {
