@@ -1,6 +1,6 @@
-//! 2-D pooling over NCHW images: max pooling and average pooling, with PyTorch's `ceil_mode`
-//! and `count_include_pad` (PyTorch's `max_pool2d` and `avg_pool2d`, Flax's `max_pool` and
-//! `avg_pool`).
+//! 2-D pooling over NCHW images: max pooling and average pooling, with PyTorch's `ceil_mode`,
+//! `count_include_pad`, `divisor_override` and (max pooling) `dilation` (PyTorch's
+//! `max_pool2d` and `avg_pool2d`, Flax's `max_pool` and `avg_pool`).
 //!
 //! Where the backend has the kernels (`Backend::pool_argmax`, `Backend::pool_sum`: the CPU and
 //! CUDA) the windows are read in place: max pooling takes the values at the windows' first
@@ -12,7 +12,9 @@
 //! one that starts in that padding, PyTorch's rule), so the padding after the image can exceed
 //! the padding before it ([`Padding2d`]). An average whose windows do not all count the whole
 //! kernel (`count_include_pad = false`, or a `ceil_mode` window past the padding) divides its
-//! window sums by the window sums of ones over the counted pixels.
+//! window sums by the window sums of ones over the counted pixels; one with a
+//! `divisor_override` divides them by that number. Max pooling with a `dilation` reduces the
+//! window tensor (the in-place kernels read adjacent taps).
 
 use super::conv::{patches, require_nchw};
 use crate::backend::{Padding2d, Window2d};
